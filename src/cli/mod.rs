@@ -1,0 +1,124 @@
+//! The `ekaci` admin CLI: argument parsing and printing. It talks to the server only through the control
+//! socket ([`crate::control::client`]) and must never open the database or run Nix itself.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use argh::FromArgs;
+
+use crate::control::client::Client;
+use crate::control::{Request, Response, StatusInfo};
+
+/// Administer a running eka-ci-server over its control socket.
+#[derive(FromArgs, Debug)]
+pub struct Cli {
+    /// the server's control socket (default: $XDG_RUNTIME_DIR/ekaci.socket)
+    #[argh(option)]
+    pub socket: Option<PathBuf>,
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Status(StatusCmd),
+}
+
+/// Show the server's version, uptime, paths, queue depths and active builds.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "status")]
+pub struct StatusCmd {
+    /// print machine-readable JSON
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Runs the CLI and returns its exit status: 0 on success, 1 when the server cannot be reached or
+/// answers with an error.
+pub fn main(cli: Cli) -> ExitCode {
+    let socket = cli.socket.clone().unwrap_or_else(crate::paths::default_socket_path);
+    smol::block_on(async {
+        let result = match &cli.command {
+            Command::Status(cmd) => status(&socket, cmd).await,
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("ekaci: {message}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+async fn call(socket: &std::path::Path, request: Request) -> Result<Response, String> {
+    let mut client = Client::connect(socket).await.map_err(|e| e.to_string())?;
+    match client.call(&request).await.map_err(|e| e.to_string())? {
+        Response::Error { message } => Err(format!("server error: {message}")),
+        other => Ok(other),
+    }
+}
+
+async fn status(socket: &std::path::Path, cmd: &StatusCmd) -> Result<(), String> {
+    match call(socket, Request::Status).await? {
+        Response::Status(info) => {
+            if cmd.json {
+                println!("{}", serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", render_status(&info));
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected response to status: {other:?}")),
+    }
+}
+
+/// The human-readable form of `ekaci status`.
+pub fn render_status(info: &StatusInfo) -> String {
+    format!(
+        "eka-ci-server {version} (pid {pid})\n\
+         uptime:          {uptime}\n\
+         database:        {db} (schema v{schema})\n\
+         control socket:  {socket}\n\
+         http:            http://{http}\n\
+         queued:          {evals} evaluations, {builds} builds, {events} GitHub events\n\
+         active builds:   {active}\n",
+        version = info.version,
+        pid = info.pid,
+        uptime = human_duration(info.uptime_seconds),
+        db = info.db_path,
+        schema = info.schema_version,
+        socket = info.socket_path,
+        http = info.http_address,
+        evals = info.queues.evaluations,
+        builds = info.queues.builds,
+        events = info.queues.github_events,
+        active = info.active_builds,
+    )
+}
+
+/// `3725` → `1h 2m 5s`.
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m {s}s"),
+        _ => format!("{d}d {h}h {m}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(61), "1m 1s");
+        assert_eq!(human_duration(3725), "1h 2m 5s");
+        assert_eq!(human_duration(90061), "1d 1h 1m");
+    }
+}

@@ -1,0 +1,110 @@
+//! The control protocol between `ekaci` and `eka-ci-server` over the unix socket.
+//!
+//! A frame is a 4-byte big-endian length, then that many bytes: one protocol-version byte followed by a
+//! postcard-encoded [`Request`] or [`Response`]. Frames over the size limit, of another version, or that
+//! do not decode are errors for that connection only. This module owns the wire format and the request
+//! and response types; it must never execute requests (the daemon's handler does) nor know about sockets
+//! beyond reading and writing frames on any async stream.
+
+pub mod client;
+pub mod server;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// The protocol version byte every frame carries.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// The largest request frame the server accepts (length field value).
+pub const MAX_REQUEST_FRAME: u32 = 1 << 20;
+/// The largest response frame the client accepts.
+pub const MAX_RESPONSE_FRAME: u32 = 64 << 20;
+
+/// What a client asks the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Version, uptime, paths, queue depths and active builds.
+    Status,
+}
+
+/// What the server answers. One request gets exactly one final response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Status(StatusInfo),
+    /// The request could not be served; the message says why.
+    Error { message: String },
+}
+
+/// The answer to [`Request::Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_seconds: u64,
+    pub db_path: String,
+    pub socket_path: String,
+    pub http_address: String,
+    pub schema_version: u32,
+    pub queues: QueueDepths,
+    pub active_builds: u64,
+}
+
+/// Work waiting in the server's queues.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueDepths {
+    pub evaluations: u64,
+    pub builds: u64,
+    pub github_events: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: u32, max: u32 },
+    #[error("empty frame (no version byte)")]
+    Empty,
+    #[error("protocol version {found} not supported (this side speaks version {PROTOCOL_VERSION})")]
+    Version { found: u8 },
+    #[error("malformed message: {0}")]
+    Decode(postcard::Error),
+    #[error("cannot encode message: {0}")]
+    Encode(postcard::Error),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Writes one frame holding `msg`.
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<(), FrameError> {
+    let mut body = vec![PROTOCOL_VERSION];
+    body = postcard::to_extend(msg, body).map_err(FrameError::Encode)?;
+    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge { len: u32::MAX, max: u32::MAX })?;
+    w.write_all(&len.to_be_bytes()).await?;
+    w.write_all(&body).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame of at most `max` bytes and decodes it. The length is checked before anything else is
+/// read, so an oversized frame costs nothing.
+pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R, max: u32) -> Result<T, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len);
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body).await?;
+    if body[0] != PROTOCOL_VERSION {
+        return Err(FrameError::Version { found: body[0] });
+    }
+    postcard::from_bytes(&body[1..]).map_err(FrameError::Decode)
+}

@@ -1,0 +1,245 @@
+//! The daemon's lifecycle: start-up checks, opening the store and sockets, running every service on one
+//! single-threaded smol executor, and an orderly shutdown on SIGTERM/SIGINT.
+//!
+//! This module wires the other modules together and owns the order of start and stop. It must never
+//! contain the logic of a service itself (HTTP routes, control requests' meaning, scheduling): those
+//! live in their modules and are only started and stopped from here.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use smol::LocalExecutor;
+
+use crate::config::{LoadedConfig, ServerConfig};
+use crate::control::server::{ControlSocket, Handler, SocketError};
+use crate::control::{QueueDepths, Request, Response, StatusInfo};
+use crate::store::{Store, StoreError};
+
+/// How long running work may take to finish after SIGTERM before it is abandoned.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(
+        "no webhook secret is configured: set security.webhook_secret in {origin} or the WEBHOOK_SECRET \
+         environment variable, or set security.allow_insecure_webhooks = true for local development"
+    )]
+    NoWebhookSecret { origin: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error("cannot listen for HTTP on {address}: {source}")]
+    Http { address: String, source: std::io::Error },
+    #[error("cannot create the build log directory {path}: {source}")]
+    LogsDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Checks that need the whole configuration before anything is opened. Failures are configuration
+/// errors (exit status 2).
+pub fn check_startup(loaded: &LoadedConfig) -> Result<(), StartupError> {
+    let security = &loaded.config.security;
+    let has_secret = security.webhook_secret.as_ref().is_some_and(|s| !s.is_empty());
+    if !has_secret && !security.allow_insecure_webhooks {
+        let origin = match &loaded.source {
+            Some(p) => p.display().to_string(),
+            None => format!("{} (no config file was found)", crate::paths::default_config_file().display()),
+        };
+        return Err(StartupError::NoWebhookSecret { origin });
+    }
+    if !has_secret {
+        tracing::warn!("running without a webhook secret (allow_insecure_webhooks = true): never do this in production");
+    }
+    Ok(())
+}
+
+/// Services started by the daemon receive this; it resolves when shutdown begins.
+#[derive(Clone)]
+pub struct ShutdownSignal(async_channel::Receiver<()>);
+
+impl ShutdownSignal {
+    /// Waits until shutdown begins.
+    pub async fn wait(&self) {
+        let _ = self.0.recv().await;
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Blocks the calling thread.
+pub fn run(loaded: LoadedConfig) -> Result<(), DaemonError> {
+    let ex = Rc::new(LocalExecutor::new());
+    smol::block_on(ex.run(run_on(ex.clone(), loaded)))
+}
+
+async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let config = loaded.config.clone();
+    match &loaded.source {
+        Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),
+        None => tracing::info!("no configuration file found; running on embedded defaults"),
+    }
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+
+    // Signals first, so a SIGTERM during start-up is not lost.
+    let mut signals = async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+        .map_err(DaemonError::Signals)?;
+
+    let logs_dir = config.logs_dir();
+    std::fs::create_dir_all(&logs_dir).map_err(|e| DaemonError::LogsDir { path: logs_dir.clone(), source: e })?;
+
+    let db_path = config.db_path();
+    let store = {
+        let p = db_path.clone();
+        smol::unblock(move || Store::open(&p)).await?
+    };
+    let (run_id, unclean) = {
+        let s = store.clone();
+        smol::unblock(move || s.begin_run(std::process::id())).await?
+    };
+    if let Some((id, run)) = unclean {
+        tracing::warn!(run = id, pid = run.pid, started_at = run.started_at, "the previous server run did not shut down cleanly; recovering");
+    }
+
+    let socket = ControlSocket::bind(&config.socket_path())?;
+    let address = format!("{}:{}", config.web.address, config.web.port);
+    let listener = match smol::net::TcpListener::bind(address.as_str()).await {
+        Ok(l) => l,
+        Err(e) => {
+            socket.remove();
+            return Err(DaemonError::Http { address, source: e });
+        }
+    };
+    let http_address = listener.local_addr().map(|a| a.to_string()).unwrap_or(address);
+    crate::metrics::global().start_time_seconds.set(crate::store::now_secs() as i64);
+    tracing::info!(http = %http_address, socket = %socket.path().display(), db = %db_path.display(), "eka-ci-server {} ready", crate::VERSION);
+
+    let (shutdown_tx, shutdown_rx) = async_channel::bounded::<()>(1);
+    let _shutdown = ShutdownSignal(shutdown_rx);
+
+    let status = Arc::new(StatusHandler {
+        started,
+        store: store.clone(),
+        db_path: db_path.display().to_string(),
+        socket_path: socket.path().display().to_string(),
+        http_address: http_address.clone(),
+    });
+    let http_app = crate::web::app(crate::web::AppState { started });
+    // Accept loops: dropped (and so cancelled) when shutdown begins, which stops accepting new work.
+    let accept_tasks = vec![
+        ex.spawn(crate::web::serve(ex.clone(), listener, http_app)),
+        ex.spawn(accept_control(ex.clone(), socket_listener(&socket), status)),
+    ];
+    // Long-running services (the scheduler and friends) join this list and finish within SHUTDOWN_GRACE.
+    let services: Vec<smol::Task<()>> = Vec::new();
+
+    let signal = signals.next().await;
+    tracing::info!(signal = ?signal.and_then(Result::ok), "shutting down: no longer accepting work");
+    drop(accept_tasks);
+    shutdown_tx.close();
+    finish_within(SHUTDOWN_GRACE, services).await;
+
+    let s = store.clone();
+    smol::unblock(move || s.end_run(run_id)).await?;
+    socket.remove();
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn socket_listener(socket: &ControlSocket) -> smol::net::unix::UnixListener {
+    socket.listener.clone()
+}
+
+/// Waits for every task, but no longer than `grace`; tasks still running then are cancelled.
+async fn finish_within(grace: Duration, tasks: Vec<smol::Task<()>>) {
+    let all = async {
+        for t in tasks {
+            t.await;
+        }
+        true
+    };
+    let timeout = async {
+        smol::Timer::after(grace).await;
+        false
+    };
+    if !futures_lite::future::or(all, timeout).await {
+        tracing::warn!(grace_seconds = grace.as_secs(), "work still running after the grace period was abandoned");
+    }
+}
+
+async fn accept_control<H: Handler>(
+    ex: Rc<LocalExecutor<'static>>,
+    listener: smol::net::unix::UnixListener,
+    handler: Arc<H>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                crate::metrics::global().control_connections.inc();
+                ex.spawn(crate::control::server::serve_connection(stream, handler.clone())).detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a control connection failed");
+                smol::Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Answers control requests from the daemon's state.
+struct StatusHandler {
+    started: Instant,
+    store: Store,
+    db_path: String,
+    socket_path: String,
+    http_address: String,
+}
+
+impl Handler for StatusHandler {
+    fn handle(&self, request: Request) -> impl Future<Output = Response> {
+        async move {
+            match request {
+                Request::Status => {
+                    let store = self.store.clone();
+                    let schema_version = smol::unblock(move || store.schema_version()).await;
+                    match schema_version {
+                        Ok(schema_version) => Response::Status(StatusInfo {
+                            version: crate::VERSION.to_string(),
+                            pid: std::process::id(),
+                            uptime_seconds: self.started.elapsed().as_secs(),
+                            db_path: self.db_path.clone(),
+                            socket_path: self.socket_path.clone(),
+                            http_address: self.http_address.clone(),
+                            schema_version,
+                            queues: QueueDepths::default(),
+                            active_builds: 0,
+                        }),
+                        Err(e) => Response::Error { message: e.to_string() },
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The configuration values the daemon derived, for `--print-config`-style diagnostics.
+pub fn describe(config: &ServerConfig) -> String {
+    format!(
+        "db_path = {}\nlogs_dir = {}\nsocket_path = {}\nhttp = {}:{}\n",
+        config.db_path().display(),
+        config.logs_dir().display(),
+        config.socket_path().display(),
+        config.web.address,
+        config.web.port
+    )
+}

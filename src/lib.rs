@@ -1,0 +1,18 @@
+//! eka-ci: a continuous-integration server for Nix repositories.
+//!
+//! The crate is one library with two thin binaries (`eka-ci-server`, the daemon, and `ekaci`, the admin CLI).
+//! Each module owns one boundary; see `docs/ARCHITECTURE.md` for the code map and the invariants.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod metrics;
+pub mod nix;
+pub mod paths;
+pub mod secret;
+pub mod store;
+pub mod web;
+
+/// The version reported by `ekaci status` and `/healthz`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

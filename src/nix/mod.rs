@@ -1,0 +1,6 @@
+//! The Nix layer: reading derivations, evaluating jobs, and talking to Nix's own commands.
+//!
+//! This module owns every interaction with Nix; nothing else in the crate spawns a Nix process or reads
+//! the store directly.
+
+pub mod drv;

@@ -1,0 +1,76 @@
+//! The HTTP server: tide's router served on our smol executor through async-h1.
+//!
+//! This module owns the listener, the connection loop and the route table; one file per route group
+//! (`health`, `metrics`). It must never start another runtime: tide is used only as a router through
+//! `tide::Server::respond`, and every connection is a task on the daemon's executor.
+
+mod health;
+mod metrics;
+
+use std::rc::Rc;
+
+use smol::net::TcpListener;
+use tide::http::StatusCode;
+
+/// State shared by every route.
+#[derive(Clone)]
+pub struct AppState {
+    pub started: std::time::Instant,
+}
+
+/// The route table.
+pub fn app(state: AppState) -> tide::Server<AppState> {
+    let mut app = tide::with_state(state);
+    app.with(tide::utils::After(json_errors));
+    health::routes(&mut app);
+    metrics::routes(&mut app);
+    app
+}
+
+/// Turns tide's empty error responses (unknown route, wrong method) into JSON error bodies and counts
+/// every response by status class.
+async fn json_errors(mut res: tide::Response) -> tide::Result {
+    let status = res.status();
+    if status.is_client_error() || status.is_server_error() {
+        let empty = res.is_empty().unwrap_or(true);
+        if empty {
+            let message = match status {
+                StatusCode::NotFound => "no such route".to_string(),
+                StatusCode::MethodNotAllowed => "method not allowed on this route".to_string(),
+                other => other.canonical_reason().to_lowercase(),
+            };
+            res.set_body(serde_json::json!({ "error": message, "status": status as u16 }));
+            res.set_content_type(tide::http::mime::JSON);
+        }
+    }
+    let class = format!("{}xx", status as u16 / 100);
+    crate::metrics::global().http_requests.with_label_values(&["all", &class]).inc();
+    Ok(res)
+}
+
+/// Accepts connections forever, serving each on its own task of `ex`.
+pub async fn serve(ex: Rc<smol::LocalExecutor<'static>>, listener: TcpListener, app: tide::Server<AppState>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                smol::Timer::after(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        ex.spawn(async move {
+            let served = async_h1::accept(stream, |req| {
+                let app = app.clone();
+                async move { app.respond(req).await }
+            })
+            .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        })
+        .detach();
+    }
+}
