@@ -5,8 +5,7 @@
 //! contain the logic of a service itself (HTTP routes, control requests' meaning, scheduling): those
 //! live in their modules and are only started and stopped from here.
 
-use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +15,12 @@ use smol::LocalExecutor;
 
 use crate::config::{LoadedConfig, ServerConfig};
 use crate::control::server::{ControlSocket, Handler, SocketError};
-use crate::control::{QueueDepths, Request, Response, StatusInfo};
+use crate::checkout::Checkouts;
+use crate::control::{Progress, QueueDepths, Request, Response, StatusInfo};
+use crate::graph::Graph;
+use crate::jobset::Jobsets;
+use crate::nix::eval::EvalOptions;
+use crate::pipeline::Pipeline;
 use crate::store::{Store, StoreError};
 
 /// How long running work may take to finish after SIGTERM before it is abandoned.
@@ -43,6 +47,8 @@ pub enum DaemonError {
     LogsDir { path: PathBuf, source: std::io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
 }
 
 /// Checks that need the whole configuration before anything is opened. Failures are configuration
@@ -127,9 +133,11 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
     let (shutdown_tx, shutdown_rx) = async_channel::bounded::<()>(1);
     let _shutdown = ShutdownSignal(shutdown_rx);
 
-    let status = Arc::new(StatusHandler {
+    let pipeline = start_pipeline(&config, &store).await?;
+    let status = Arc::new(DaemonHandler {
         started,
         store: store.clone(),
+        pipeline,
         db_path: db_path.display().to_string(),
         socket_path: socket.path().display().to_string(),
         http_address: http_address.clone(),
@@ -154,6 +162,24 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
     socket.remove();
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Opens what the pipeline needs: the derivation graph, the git mirrors (pruning worktrees a previous run
+/// left behind), and the evaluator's settings.
+async fn start_pipeline(config: &ServerConfig, store: &Store) -> Result<Arc<Pipeline>, DaemonError> {
+    let data_dir = config.data_dir();
+    let graph = {
+        let (store, capacity) = (store.clone(), config.graph_lru_capacity);
+        smol::unblock(move || Graph::open(store, capacity)).await?
+    };
+    let checkouts = Checkouts::new(&data_dir);
+    match checkouts.prune_stale().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(worktrees = n, "removed worktrees left by a previous run"),
+        Err(e) => tracing::warn!(error = %e, "pruning stale worktrees failed"),
+    }
+    let eval_options = EvalOptions::new(data_dir.join("gcroots"));
+    Ok(Pipeline::new(Jobsets::new(store.clone()), checkouts, graph, eval_options, &data_dir, 1))
 }
 
 fn socket_listener(socket: &ControlSocket) -> smol::net::unix::UnixListener {
@@ -197,38 +223,55 @@ async fn accept_control<H: Handler>(
 }
 
 /// Answers control requests from the daemon's state.
-struct StatusHandler {
+struct DaemonHandler {
     started: Instant,
     store: Store,
+    pipeline: Arc<Pipeline>,
     db_path: String,
     socket_path: String,
     http_address: String,
 }
 
-impl Handler for StatusHandler {
-    fn handle(&self, request: Request) -> impl Future<Output = Response> {
-        async move {
-            match request {
-                Request::Status => {
-                    let store = self.store.clone();
-                    let schema_version = smol::unblock(move || store.schema_version()).await;
-                    match schema_version {
-                        Ok(schema_version) => Response::Status(StatusInfo {
-                            version: crate::VERSION.to_string(),
-                            pid: std::process::id(),
-                            uptime_seconds: self.started.elapsed().as_secs(),
-                            db_path: self.db_path.clone(),
-                            socket_path: self.socket_path.clone(),
-                            http_address: self.http_address.clone(),
-                            schema_version,
-                            queues: QueueDepths::default(),
-                            active_builds: 0,
-                        }),
-                        Err(e) => Response::Error { message: e.to_string() },
-                    }
+impl Handler for DaemonHandler {
+    async fn handle(&self, request: Request, progress: async_channel::Sender<Progress>) -> Response {
+        let progress = Some(progress);
+        match request {
+            Request::Status => self.status().await,
+            Request::Eval { repo, rev, job } => {
+                match self.pipeline.evaluate_local(Path::new(&repo), &rev, job.as_deref(), &progress).await {
+                    Ok((report, _)) => Response::Eval(report),
+                    Err(e) => Response::Error { message: e.to_string() },
+                }
+            }
+            Request::Diff { repo, base, head, job } => {
+                match self.pipeline.diff_local(Path::new(&repo), &base, &head, job.as_deref(), &progress).await {
+                    Ok(report) => Response::Diff(report),
+                    Err(e) => Response::Error { message: e.to_string() },
                 }
             }
         }
+    }
+}
+
+impl DaemonHandler {
+    async fn status(&self) -> Response {
+        let store = self.store.clone();
+        let schema_version = match smol::unblock(move || store.schema_version()).await {
+            Ok(v) => v,
+            Err(e) => return Response::Error { message: e.to_string() },
+        };
+        let (waiting, _running) = self.pipeline.depths();
+        Response::Status(StatusInfo {
+            version: crate::VERSION.to_string(),
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            db_path: self.db_path.clone(),
+            socket_path: self.socket_path.clone(),
+            http_address: self.http_address.clone(),
+            schema_version,
+            queues: QueueDepths { evaluations: waiting, builds: 0, github_events: 0 },
+            active_builds: 0,
+        })
     }
 }
 

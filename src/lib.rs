@@ -3,13 +3,17 @@
 //! The crate is one library with two thin binaries (`eka-ci-server`, the daemon, and `ekaci`, the admin CLI).
 //! Each module owns one boundary; see `docs/ARCHITECTURE.md` for the code map and the invariants.
 
+pub mod checkout;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod graph;
+pub mod jobset;
 pub mod metrics;
 pub mod nix;
 pub mod paths;
+pub mod pipeline;
 pub mod secret;
 pub mod store;
 pub mod web;

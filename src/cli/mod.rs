@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 
+mod progress;
+pub mod render;
+
 use crate::control::client::Client;
 use crate::control::{Request, Response, StatusInfo};
 
@@ -23,6 +26,49 @@ pub struct Cli {
 #[argh(subcommand)]
 pub enum Command {
     Status(StatusCmd),
+    Eval(EvalCmd),
+    Diff(DiffCmd),
+}
+
+/// Evaluate a local repository at a revision, per its .eka-ci/config.json, and print every attribute's
+/// derivation or evaluation error. Exits 1 when a job's evaluation fails.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "eval")]
+pub struct EvalCmd {
+    /// path to a local git repository
+    #[argh(option)]
+    pub repo: PathBuf,
+    /// revision to evaluate (a commit, branch, tag, HEAD~1, ...)
+    #[argh(option)]
+    pub rev: String,
+    /// only this job
+    #[argh(option)]
+    pub job: Option<String>,
+    /// print machine-readable JSON (no progress output)
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Evaluate two revisions of a local repository and print, per job, which attributes were added, removed
+/// or changed, and the evaluation errors on either side.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "diff")]
+pub struct DiffCmd {
+    /// path to a local git repository
+    #[argh(option)]
+    pub repo: PathBuf,
+    /// the base revision
+    #[argh(option)]
+    pub base: String,
+    /// the head revision
+    #[argh(option)]
+    pub head: String,
+    /// only this job
+    #[argh(option)]
+    pub job: Option<String>,
+    /// print machine-readable JSON (no progress output)
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// Show the server's version, uptime, paths, queue depths and active builds.
@@ -41,6 +87,8 @@ pub fn main(cli: Cli) -> ExitCode {
     smol::block_on(async {
         let result = match &cli.command {
             Command::Status(cmd) => status(&socket, cmd).await,
+            Command::Eval(cmd) => eval(&socket, cmd).await,
+            Command::Diff(cmd) => diff(&socket, cmd).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -53,10 +101,67 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 async fn call(socket: &std::path::Path, request: Request) -> Result<Response, String> {
+    call_with_progress(socket, request, false).await
+}
+
+/// Sends a request; with `show_progress` and a terminal on stderr, draws one updating progress line.
+async fn call_with_progress(
+    socket: &std::path::Path,
+    request: Request,
+    show_progress: bool,
+) -> Result<Response, String> {
     let mut client = Client::connect(socket).await.map_err(|e| e.to_string())?;
-    match client.call(&request).await.map_err(|e| e.to_string())? {
-        Response::Error { message } => Err(format!("server error: {message}")),
+    let mut line = progress::Line::new(show_progress);
+    let response = client.call_with_progress(&request, |p| line.update(p)).await;
+    line.finish();
+    match response.map_err(|e| e.to_string())? {
+        Response::Error { message } => Err(message),
         other => Ok(other),
+    }
+}
+
+/// The repository path as the server must see it: absolute, symlinks resolved.
+fn repo_path(repo: &std::path::Path) -> Result<String, String> {
+    std::fs::canonicalize(repo)
+        .map(|p| p.display().to_string())
+        .map_err(|e| format!("cannot use repository {}: {e}", repo.display()))
+}
+
+async fn eval(socket: &std::path::Path, cmd: &EvalCmd) -> Result<(), String> {
+    let request = Request::Eval { repo: repo_path(&cmd.repo)?, rev: cmd.rev.clone(), job: cmd.job.clone() };
+    match call_with_progress(socket, request, !cmd.json).await? {
+        Response::Eval(report) => {
+            if cmd.json {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", render::eval_report(&report));
+            }
+            if report.jobs.iter().any(|j| j.jobset.eval_failed()) {
+                return Err("evaluation failed (see above)".into());
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected response to eval: {other:?}")),
+    }
+}
+
+async fn diff(socket: &std::path::Path, cmd: &DiffCmd) -> Result<(), String> {
+    let request = Request::Diff {
+        repo: repo_path(&cmd.repo)?,
+        base: cmd.base.clone(),
+        head: cmd.head.clone(),
+        job: cmd.job.clone(),
+    };
+    match call_with_progress(socket, request, !cmd.json).await? {
+        Response::Diff(report) => {
+            if cmd.json {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", render::diff_report(&report));
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected response to diff: {other:?}")),
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use smol::net::unix::UnixStream;
 
-use super::{read_frame, write_frame, FrameError, Request, Response, MAX_RESPONSE_FRAME};
+use super::{read_frame, write_frame, FrameError, Progress, Request, Response, MAX_RESPONSE_FRAME};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -28,13 +28,28 @@ impl Client {
         Ok(Client { stream, path: path.into() })
     }
 
-    /// Sends one request and waits for its response.
+    /// Sends one request and waits for its final response, ignoring progress.
     pub async fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        self.call_with_progress(request, |_| {}).await
+    }
+
+    /// Sends one request, hands every progress frame to `on_progress`, and returns the final response.
+    pub async fn call_with_progress(
+        &mut self,
+        request: &Request,
+        mut on_progress: impl FnMut(&Progress),
+    ) -> Result<Response, ClientError> {
         write_frame(&mut self.stream, request)
             .await
             .map_err(|e| ClientError::Frame { path: self.path.clone(), source: e })?;
-        read_frame(&mut self.stream, MAX_RESPONSE_FRAME)
-            .await
-            .map_err(|e| ClientError::Frame { path: self.path.clone(), source: e })
+        loop {
+            let response: Response = read_frame(&mut self.stream, MAX_RESPONSE_FRAME)
+                .await
+                .map_err(|e| ClientError::Frame { path: self.path.clone(), source: e })?;
+            match response {
+                Response::Progress(p) => on_progress(&p),
+                other => return Ok(other),
+            }
+        }
     }
 }

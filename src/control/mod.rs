@@ -24,14 +24,40 @@ pub const MAX_RESPONSE_FRAME: u32 = 64 << 20;
 pub enum Request {
     /// Version, uptime, paths, queue depths and active builds.
     Status,
+    /// Evaluate a repository at a revision (every job, or one).
+    Eval { repo: String, rev: String, job: Option<String> },
+    /// Evaluate two revisions and diff them per job.
+    Diff { repo: String, base: String, head: String, job: Option<String> },
 }
 
-/// What the server answers. One request gets exactly one final response.
+/// What the server answers. One request gets any number of [`Response::Progress`] frames followed by
+/// exactly one final response (any other variant).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
+    /// Not final: how far a long request has come.
+    Progress(Progress),
     Status(StatusInfo),
+    Eval(crate::pipeline::EvalReport),
+    Diff(crate::pipeline::DiffReport),
     /// The request could not be served; the message says why.
     Error { message: String },
+}
+
+impl Response {
+    /// Whether this is the last frame of its request.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Response::Progress(_))
+    }
+}
+
+/// Progress of a long request, for a terminal progress line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// What is being worked on, e.g. `evaluating main @ 3f2a1c0`.
+    pub stage: String,
+    pub done: u64,
+    /// 0 when not known yet.
+    pub total: u64,
 }
 
 /// The answer to [`Request::Status`].

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use smol::net::unix::{UnixListener, UnixStream};
 
-use super::{read_frame, write_frame, FrameError, Request, Response, MAX_REQUEST_FRAME};
+use super::{read_frame, write_frame, FrameError, Progress, Request, Response, MAX_REQUEST_FRAME};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -87,6 +87,12 @@ impl ControlSocket {
     }
 }
 
+enum Step {
+    Done(Response),
+    Progress(Progress),
+    Idle,
+}
+
 fn lock_path_for(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".lock");
@@ -94,8 +100,14 @@ fn lock_path_for(path: &Path) -> PathBuf {
 }
 
 /// Executes one request. The daemon implements it; the protocol knows nothing of what requests do.
+/// Progress frames sent through `progress` reach the client before the final response; when the client
+/// reads slowly they are dropped, never buffered without bound.
 pub trait Handler: 'static {
-    fn handle(&self, request: Request) -> impl std::future::Future<Output = Response>;
+    fn handle(
+        &self,
+        request: Request,
+        progress: async_channel::Sender<Progress>,
+    ) -> impl std::future::Future<Output = Response>;
 }
 
 /// Serves one connection until the client closes it or sends a bad frame.
@@ -104,6 +116,11 @@ pub async fn serve_connection<H: Handler>(mut stream: UnixStream, handler: Arc<H
         let request: Request = match read_frame(&mut stream, MAX_REQUEST_FRAME).await {
             Ok(r) => r,
             Err(FrameError::Closed) => return,
+            // A client that hangs up mid-frame is a disconnect, not a bad frame.
+            Err(FrameError::Io(e)) => {
+                tracing::debug!(error = %e, "control client disconnected mid-frame");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "rejecting control frame; closing connection");
                 crate::metrics::global().control_frames_rejected.inc();
@@ -111,7 +128,28 @@ pub async fn serve_connection<H: Handler>(mut stream: UnixStream, handler: Arc<H
                 return;
             }
         };
-        let response = handler.handle(request).await;
+        let (progress_tx, progress_rx) = async_channel::bounded::<Progress>(16);
+        let mut handling = std::pin::pin!(handler.handle(request, progress_tx));
+        let response = loop {
+            let next = futures_lite::future::or(
+                async { Step::Done((&mut handling).await) },
+                async { progress_rx.recv().await.map(Step::Progress).unwrap_or(Step::Idle) },
+            );
+            match next.await {
+                Step::Done(response) => break response,
+                Step::Progress(p) => {
+                    if let Err(e) = write_frame(&mut stream, &Response::Progress(p)).await {
+                        // The client is gone; the request itself still runs to completion (its results
+                        // are stored), but nobody is left to answer.
+                        tracing::debug!(error = %e, "control client went away during a request");
+                        let _ = handling.await;
+                        return;
+                    }
+                }
+                // All progress senders dropped before the response: just wait for it.
+                Step::Idle => break handling.await,
+            }
+        };
         if let Err(e) = write_frame(&mut stream, &response).await {
             tracing::debug!(error = %e, "control client went away");
             return;

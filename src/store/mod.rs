@@ -41,7 +41,7 @@ pub enum StoreError {
     #[error("database {path} is already open in another process (is another eka-ci-server running?)")]
     AlreadyOpen { path: PathBuf },
     #[error("cannot open database {path}: {source}")]
-    Open { path: PathBuf, source: redb::DatabaseError },
+    Open { path: PathBuf, source: Box<redb::DatabaseError> },
     #[error(
         "database {path} has schema version {found}, newer than the {supported} this eka-ci-server {version} \
          understands; run a newer eka-ci-server (the database was not modified)"
@@ -53,20 +53,22 @@ pub enum StoreError {
     Corrupt { table: &'static str, key: String, source: postcard::Error },
     #[error("cannot encode value for table `{table}`: {source}")]
     Encode { table: &'static str, source: postcard::Error },
+    #[error("no row in table `{table}` at key {key}")]
+    Missing { table: &'static str, key: String },
     #[error("database error: {0}")]
-    Redb(#[from] redb::Error),
+    Redb(Box<redb::Error>),
 }
 
 macro_rules! redb_from {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Redb(e.into())
+                StoreError::Redb(Box::new(e.into()))
             }
         }
     )*};
 }
-redb_from!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+redb_from!(redb::Error, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
 /// A record of one daemon run: started, and (if it stopped cleanly) when it stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +118,7 @@ impl Store {
         }
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: path.to_path_buf() },
-            other => StoreError::Open { path: path.to_path_buf(), source: other },
+            other => StoreError::Open { path: path.to_path_buf(), source: Box::new(other) },
         })?;
         let store = Store { db: Arc::new(db), path: path.to_path_buf() };
         store.prepare(target, upgrades)?;

@@ -12,6 +12,24 @@ pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// One row per daemon start: run id → `DaemonRunRecord`.
 pub const DAEMON_RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("daemon_runs");
 
+/// Jobset headers: jobset id → `JobsetRecord`.
+pub const JOBSETS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobsets");
+
+/// Jobset lookup: `repo \0 commit \0 job` → jobset id.
+pub const JOBSET_KEYS: TableDefinition<&str, u64> = TableDefinition::new("jobset_keys");
+
+/// Jobset contents: (jobset id, attribute) → `AttrRecord`.
+pub const JOBSET_ATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("jobset_attrs");
+
+/// The derivation graph's path interning: .drv store path → `DrvIdRecord` (see `graph::record`).
+pub const GRAPH_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("graph_ids");
+
+/// The derivation graph's nodes: derivation id → `NodeRecord`.
+pub const GRAPH_NODES: TableDefinition<u32, &[u8]> = TableDefinition::new("graph_nodes");
+
+/// The derivation graph's reverse edges: `(input id, first dependent id)` → `DependentsRecord` (a group).
+pub const GRAPH_DEPENDENTS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("graph_dependents");
+
 /// A table as described in `migrations-free-schema/`: its name and its key and value types as Rust
 /// spells them in the definitions above.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,11 +43,23 @@ pub struct TableInfo {
 pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "meta", key: "&str", value: "&[u8]" },
     TableInfo { name: "daemon_runs", key: "u64", value: "&[u8]" },
+    TableInfo { name: "graph_ids", key: "&str", value: "&[u8]" },
+    TableInfo { name: "graph_nodes", key: "u32", value: "&[u8]" },
+    TableInfo { name: "graph_dependents", key: "(u32, u32)", value: "&[u8]" },
+    TableInfo { name: "jobsets", key: "u64", value: "&[u8]" },
+    TableInfo { name: "jobset_keys", key: "&str", value: "u64" },
+    TableInfo { name: "jobset_attrs", key: "(u64, &str)", value: "&[u8]" },
 ];
 
 /// Creates every table that does not exist yet.
 pub fn create_all(tx: &WriteTransaction) -> Result<(), redb::Error> {
     tx.open_table(META)?;
     tx.open_table(DAEMON_RUNS)?;
+    tx.open_table(GRAPH_IDS)?;
+    tx.open_table(GRAPH_NODES)?;
+    tx.open_table(GRAPH_DEPENDENTS)?;
+    tx.open_table(JOBSETS)?;
+    tx.open_table(JOBSET_KEYS)?;
+    tx.open_table(JOBSET_ATTRS)?;
     Ok(())
 }

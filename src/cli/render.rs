@@ -1,0 +1,113 @@
+//! Plain-text rendering of the CLI's results for terminals.
+
+use std::fmt::Write;
+
+use crate::jobset::diff::{AttrChange, JobDiff};
+use crate::jobset::{AttrOutcome, Jobset, JobsetState};
+use crate::pipeline::{DiffReport, EvalReport};
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+/// The first non-empty line of a Nix error, without Nix's own `error: ` prefix.
+fn first_line(message: &str) -> &str {
+    let line = message.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    line.strip_prefix("error: ").unwrap_or(line)
+}
+
+fn jobset_line(js: &Jobset) -> String {
+    match &js.state {
+        JobsetState::Failed { message } => format!("evaluation failed: {}", first_line(message)),
+        JobsetState::Evaluating => "still evaluating".into(),
+        JobsetState::Evaluated => {
+            let note = if js.errors > 0 && js.allow_eval_failures { " (allowed)" } else { "" };
+            format!("{} derivations, {} evaluation errors{note}", js.derivations, js.errors)
+        }
+    }
+}
+
+/// `ekaci eval`'s output.
+pub fn eval_report(r: &EvalReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{} at {} ({})", r.repo, short(&r.commit), r.config_file);
+    for w in &r.config_warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    for job in &r.jobs {
+        let reused = if job.reused { ", reused" } else { "" };
+        let _ = writeln!(out, "\njob {}: {}{reused}", job.jobset.key.job, jobset_line(&job.jobset));
+        if let JobsetState::Failed { message } = &job.jobset.state {
+            for l in message.lines() {
+                let _ = writeln!(out, "  {l}");
+            }
+        }
+        let width = job.attrs.iter().map(|(a, _)| a.len()).max().unwrap_or(0);
+        for (attr, outcome) in &job.attrs {
+            match outcome {
+                AttrOutcome::Drv(d) => {
+                    let _ = writeln!(out, "  {attr:width$}  {}", d.drv_path);
+                }
+                AttrOutcome::Error { message } => {
+                    let _ = writeln!(out, "  {attr:width$}  error: {}", first_line(message));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn change_list(out: &mut String, title: &str, changes: &[AttrChange]) {
+    if changes.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  {title} ({}):", changes.len());
+    for c in changes {
+        let _ = writeln!(out, "    {} ({})", c.attr, c.name);
+    }
+}
+
+fn job_diff(out: &mut String, d: &JobDiff) {
+    let _ = writeln!(out, "\njob {}:", d.job);
+    let _ = writeln!(out, "  base: {}", jobset_line(&d.base));
+    let _ = writeln!(out, "  head: {}", jobset_line(&d.head));
+    change_list(out, "added", &d.added);
+    change_list(out, "removed", &d.removed);
+    change_list(out, "changed", &d.changed);
+    let _ = writeln!(out, "  unchanged: {}", d.unchanged);
+    let groups: [(&str, Box<dyn Fn(&crate::jobset::diff::ErrorChange) -> bool>); 3] = [
+        ("newly failing evaluation", Box::new(|e| e.is_new())),
+        ("fixed evaluation", Box::new(|e| e.is_fixed())),
+        ("still failing evaluation", Box::new(|e| !e.is_new() && !e.is_fixed())),
+    ];
+    for (title, pick) in groups.iter() {
+        let picked: Vec<_> = d.errors.iter().filter(|e| pick(e)).collect();
+        if picked.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "  {title} ({}):", picked.len());
+        for e in picked {
+            let message = e.head_error.as_deref().or(e.base_error.as_deref()).unwrap_or("");
+            let _ = writeln!(out, "    {}: {}", e.attr, first_line(message));
+        }
+    }
+}
+
+/// `ekaci diff`'s output.
+pub fn diff_report(r: &DiffReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: {} → {}", r.repo, short(&r.base_commit), short(&r.head_commit));
+    for w in &r.config_warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    for d in &r.jobs {
+        job_diff(&mut out, d);
+    }
+    for job in &r.only_in_head {
+        let _ = writeln!(out, "\njob {job}: new in head (nothing to compare)");
+    }
+    for job in &r.only_in_base {
+        let _ = writeln!(out, "\njob {job}: removed in head");
+    }
+    out
+}

@@ -1,0 +1,319 @@
+//! Jobsets: what one job of one repository evaluates to at one commit, stored once.
+//!
+//! A jobset is keyed by (repository, commit, job). It records the evaluation's state and, per attribute,
+//! either the derivation it produced or the evaluation error. Evaluating the same key again reuses a
+//! finished jobset. [`diff`] compares two jobsets of the same job. This module owns the `jobsets`,
+//! `jobset_keys` and `jobset_attrs` tables; it must never run Nix (the scheduler evaluates and hands the
+//! records here) and never hold a write transaction across an `.await` (every call is blocking).
+
+pub mod diff;
+
+use redb::{ReadableTable, TableHandle};
+use serde::{Deserialize, Serialize};
+
+use crate::store::codec::{decode, encode};
+use crate::store::schema::{JOBSETS, JOBSET_ATTRS, JOBSET_KEYS};
+use crate::store::{now_secs, Store, StoreError};
+
+pub type JobsetId = u64;
+
+/// What identifies a jobset.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JobsetKey {
+    /// The repository's identity: `file:///abs/path` for local repositories, the clone URL otherwise.
+    pub repo: String,
+    /// The full commit SHA.
+    pub commit: String,
+    /// The job's name in `.eka-ci/config.json`.
+    pub job: String,
+}
+
+impl JobsetKey {
+    fn index_key(&self) -> String {
+        format!("{}\u{0}{}\u{0}{}", self.repo, self.commit, self.job)
+    }
+}
+
+/// Where a jobset's evaluation stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobsetState {
+    Evaluating,
+    /// Every attribute has a record (derivation or error).
+    Evaluated,
+    /// The job as a whole could not be evaluated (missing file, syntax error at the top, time-out).
+    Failed { message: String },
+}
+
+/// A jobset's header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jobset {
+    pub id: JobsetId,
+    pub key: JobsetKey,
+    pub state: JobsetState,
+    pub allow_eval_failures: bool,
+    pub created_at: u64,
+    pub finished_at: Option<u64>,
+    pub derivations: u64,
+    pub errors: u64,
+}
+
+impl Jobset {
+    /// Whether the evaluation result should fail a check: a failed job always does, attribute errors
+    /// only when the job does not allow evaluation failures.
+    pub fn eval_failed(&self) -> bool {
+        match self.state {
+            JobsetState::Failed { .. } => true,
+            _ => self.errors > 0 && !self.allow_eval_failures,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+enum JobsetRecord {
+    V1(Jobset),
+}
+
+/// One attribute's evaluation result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttrOutcome {
+    Drv(AttrDrv),
+    Error { message: String },
+}
+
+/// A derivation an attribute evaluated to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrDrv {
+    pub drv_path: String,
+    pub name: String,
+    pub system: String,
+    /// Output name → store path, sorted by name.
+    pub outputs: Vec<(String, String)>,
+    /// The attribute's `meta`, as JSON text (postcard cannot carry arbitrary JSON values).
+    pub meta_json: Option<String>,
+    pub required_system_features: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum AttrRecord {
+    V1(AttrOutcome),
+}
+
+/// What [`Jobsets::begin`] found.
+#[derive(Debug)]
+pub enum Begin {
+    /// A finished jobset for this key exists: reuse it.
+    Existing(Jobset),
+    /// A fresh (or reset) jobset to fill.
+    New(JobsetId),
+}
+
+/// Access to the jobset tables.
+#[derive(Clone, Debug)]
+pub struct Jobsets {
+    store: Store,
+}
+
+/// How many attribute records are committed per write transaction while an evaluation streams in.
+const WRITE_BATCH: usize = 2000;
+
+impl Jobsets {
+    pub fn new(store: Store) -> Jobsets {
+        Jobsets { store }
+    }
+
+    /// Finds a finished jobset for `key`, or starts a new one (a previous unfinished or failed attempt
+    /// is discarded and its id reused).
+    pub fn begin(&self, key: &JobsetKey, allow_eval_failures: bool) -> Result<Begin, StoreError> {
+        let tx = self.store.db().begin_write()?;
+        let id = {
+            let mut keys = tx.open_table(JOBSET_KEYS)?;
+            let mut jobsets = tx.open_table(JOBSETS)?;
+            let existing = keys.get(key.index_key().as_str())?.map(|v| v.value());
+            let id = match existing {
+                Some(id) => {
+                    let current = match jobsets.get(id)? {
+                        Some(v) => Some(decode_jobset(id, v.value())?),
+                        None => None,
+                    };
+                    if let Some(js) = current {
+                        if js.state == JobsetState::Evaluated && js.allow_eval_failures == allow_eval_failures {
+                            return Ok(Begin::Existing(js));
+                        }
+                    }
+                    id
+                }
+                None => {
+                    let id = jobsets.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                    keys.insert(key.index_key().as_str(), id)?;
+                    id
+                }
+            };
+            let header = Jobset {
+                id,
+                key: key.clone(),
+                state: JobsetState::Evaluating,
+                allow_eval_failures,
+                created_at: now_secs(),
+                finished_at: None,
+                derivations: 0,
+                errors: 0,
+            };
+            jobsets.insert(id, encode(JOBSETS.name(), &JobsetRecord::V1(header))?.as_slice())?;
+            id
+        };
+        {
+            let mut attrs = tx.open_table(JOBSET_ATTRS)?;
+            attrs.retain_in((id, "")..(id + 1, ""), |_, _| false)?;
+        }
+        tx.commit()?;
+        Ok(Begin::New(id))
+    }
+
+    /// A buffered writer for jobset `id`'s attribute records.
+    pub fn writer(&self, id: JobsetId) -> AttrWriter {
+        AttrWriter { store: self.store.clone(), id, pending: Vec::new(), derivations: 0, errors: 0 }
+    }
+
+    /// The jobset with this id.
+    pub fn get(&self, id: JobsetId) -> Result<Option<Jobset>, StoreError> {
+        let tx = self.store.db().begin_read()?;
+        let table = tx.open_table(JOBSETS)?;
+        let found = table.get(id)?;
+        found.map(|v| decode_jobset(id, v.value())).transpose()
+    }
+
+    /// The jobset for this key, in whatever state.
+    pub fn find(&self, key: &JobsetKey) -> Result<Option<Jobset>, StoreError> {
+        let id = {
+            let tx = self.store.db().begin_read()?;
+            let keys = tx.open_table(JOBSET_KEYS)?;
+            let found = keys.get(key.index_key().as_str())?;
+            found.map(|v| v.value())
+        };
+        match id {
+            Some(id) => self.get(id),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the end of an evaluation.
+    pub fn finish(&self, id: JobsetId, state: JobsetState) -> Result<Jobset, StoreError> {
+        let tx = self.store.db().begin_write()?;
+        let header = {
+            let mut jobsets = tx.open_table(JOBSETS)?;
+            let current = jobsets.get(id)?.map(|v| decode_jobset(id, v.value())).transpose()?;
+            let mut header = current.ok_or(StoreError::Missing { table: "jobsets", key: id.to_string() })?;
+            let attrs = tx.open_table(JOBSET_ATTRS)?;
+            let (mut derivations, mut errors) = (0u64, 0u64);
+            for entry in attrs.range((id, "")..(id + 1, ""))? {
+                let (k, v) = entry?;
+                match decode_attr(id, k.value().1, v.value())? {
+                    AttrOutcome::Drv(_) => derivations += 1,
+                    AttrOutcome::Error { .. } => errors += 1,
+                }
+            }
+            header.state = state;
+            header.finished_at = Some(now_secs());
+            header.derivations = derivations;
+            header.errors = errors;
+            jobsets.insert(id, encode(JOBSETS.name(), &JobsetRecord::V1(header.clone()))?.as_slice())?;
+            header
+        };
+        tx.commit()?;
+        Ok(header)
+    }
+
+    /// Calls `f` with every attribute of jobset `id`, in attribute order, streaming from the database.
+    pub fn for_each_attr(
+        &self,
+        id: JobsetId,
+        mut f: impl FnMut(&str, AttrOutcome) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let tx = self.store.db().begin_read()?;
+        let attrs = tx.open_table(JOBSET_ATTRS)?;
+        for entry in attrs.range((id, "")..(id + 1, ""))? {
+            let (k, v) = entry?;
+            let attr = k.value().1;
+            f(attr, decode_attr(id, attr, v.value())?)?;
+        }
+        Ok(())
+    }
+
+    /// One attribute of jobset `id`.
+    pub fn attr(&self, id: JobsetId, attr: &str) -> Result<Option<AttrOutcome>, StoreError> {
+        let tx = self.store.db().begin_read()?;
+        let attrs = tx.open_table(JOBSET_ATTRS)?;
+        let found = attrs.get((id, attr))?;
+        found.map(|v| decode_attr(id, attr, v.value())).transpose()
+    }
+
+    /// How many attribute records jobset `id` has.
+    pub fn attr_count(&self, id: JobsetId) -> Result<u64, StoreError> {
+        let tx = self.store.db().begin_read()?;
+        let attrs = tx.open_table(JOBSET_ATTRS)?;
+        let mut n = 0;
+        for entry in attrs.range((id, "")..(id + 1, ""))? {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// Buffers attribute records and commits them in large transactions.
+pub struct AttrWriter {
+    store: Store,
+    id: JobsetId,
+    pending: Vec<(String, AttrOutcome)>,
+    pub derivations: u64,
+    pub errors: u64,
+}
+
+impl AttrWriter {
+    /// Adds one record; commits when the buffer is full.
+    pub fn push(&mut self, attr: String, outcome: AttrOutcome) -> Result<(), StoreError> {
+        match outcome {
+            AttrOutcome::Drv(_) => self.derivations += 1,
+            AttrOutcome::Error { .. } => self.errors += 1,
+        }
+        self.pending.push((attr, outcome));
+        if self.pending.len() >= WRITE_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Commits everything buffered.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let tx = self.store.db().begin_write()?;
+        {
+            let mut attrs = tx.open_table(JOBSET_ATTRS)?;
+            for (attr, outcome) in self.pending.drain(..) {
+                let bytes = encode(JOBSET_ATTRS.name(), &AttrRecord::V1(outcome))?;
+                attrs.insert((self.id, attr.as_str()), bytes.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn decode_jobset(id: JobsetId, bytes: &[u8]) -> Result<Jobset, StoreError> {
+    match decode::<JobsetRecord>(JOBSETS.name(), &id.to_string(), bytes)? {
+        JobsetRecord::V1(j) => Ok(j),
+    }
+}
+
+fn decode_attr(id: JobsetId, attr: &str, bytes: &[u8]) -> Result<AttrOutcome, StoreError> {
+    match decode::<AttrRecord>(JOBSET_ATTRS.name(), &format!("({id}, {attr:?})"), bytes)? {
+        AttrRecord::V1(o) => Ok(o),
+    }
+}
+

@@ -1,0 +1,260 @@
+//! Shared test support: a real `eka-ci-server` process in a private temporary home, and helpers to talk
+//! to it over its real control socket and HTTP port.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SERVER: &str = env!("CARGO_BIN_EXE_eka-ci-server");
+pub const CLI: &str = env!("CARGO_BIN_EXE_ekaci");
+
+/// A private directory tree standing in for a user's home: XDG dirs, a config file, a socket path.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        Home { dir: tempfile::tempdir().expect("tempdir") }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.path().join("run/ekaci.socket")
+    }
+    pub fn db(&self) -> PathBuf {
+        self.path().join("data/ekaci/ekaci.redb")
+    }
+    pub fn config_file(&self) -> PathBuf {
+        self.path().join("ekaci.toml")
+    }
+    /// Writes `ekaci.toml` with an ephemeral HTTP port, no webhook secret requirement, and `extra`.
+    pub fn write_config(&self, extra: &str) -> PathBuf {
+        let text = format!("[web]\nport = 0\n\n[security]\nallow_insecure_webhooks = true\n\n{extra}\n");
+        std::fs::write(self.config_file(), text).expect("write config");
+        self.config_file()
+    }
+    /// A command for one of our binaries with this home's environment.
+    pub fn command(&self, bin: &str) -> Command {
+        let mut c = Command::new(bin);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.path())
+            .env("XDG_CONFIG_HOME", self.path().join("config"))
+            .env("XDG_DATA_HOME", self.path().join("data"))
+            .env("XDG_RUNTIME_DIR", self.path().join("run"))
+            .env("NIX_CONFIG", "substituters =")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        c
+    }
+    /// Starts the server with `--config-file` and waits until it answers on its control socket.
+    pub fn start(&self) -> Server {
+        let cfg = if self.config_file().exists() { self.config_file() } else { self.write_config("") };
+        let child = self
+            .command(SERVER)
+            .arg("--config-file")
+            .arg(&cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn eka-ci-server");
+        let mut server = Server { child: Some(child), socket: self.socket() };
+        server.wait_ready();
+        server
+    }
+    /// Runs `ekaci --socket <this home's socket> ARGS`.
+    pub fn ekaci(&self, args: &[&str]) -> Output {
+        self.command(CLI).arg("--socket").arg(self.socket()).args(args).output().expect("run ekaci")
+    }
+}
+
+/// A running server process; killed (SIGKILL) on drop if the test did not stop it.
+pub struct Server {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+}
+
+impl Server {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let out = self.child.take().map(|c| c.wait_with_output());
+                    panic!("server exited early with {status}: {out:?}");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server did not open {} within 30 s", self.socket.display());
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid()).expect("pid");
+        rustix::process::kill_process(pid, sig).expect("kill");
+    }
+
+    /// Waits for the process to exit (at most `timeout`) and returns its status and stderr.
+    pub fn wait(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("server already waited for");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("collect output");
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// `ekaci status --json` parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new(CLI)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["status", "--json"])
+            .output()
+            .expect("run ekaci status");
+        assert!(out.status.success(), "ekaci status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// The HTTP address the server reports.
+    pub fn http_address(&self) -> String {
+        self.status()["http_address"].as_str().expect("http_address").to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client over a real TCP connection: returns (status code, headers, body).
+pub fn http_get(address: &str, path: &str) -> (u16, String, Vec<u8>) {
+    http_request(address, "GET", path, &[], b"")
+}
+
+pub fn http_request(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(address).expect("connect HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(req.as_bytes()).expect("send request");
+    s.write_all(body).expect("send body");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status code");
+    let mut body = raw[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, head, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+    out
+}
+
+/// A real git repository built by a test, one commit per call to [`GitRepo::commit`].
+pub struct GitRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl GitRepo {
+    pub fn new() -> GitRepo {
+        let repo = GitRepo { dir: tempfile::tempdir().expect("tempdir") };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(["-c", "user.name=eka-ci tests", "-c", "user.email=tests@eka-ci.invalid"])
+            .args(args)
+            .current_dir(self.path())
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .expect("run git");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+    /// Writes `files` (path, content), removes files whose content is `None`, commits, returns the SHA.
+    pub fn commit(&self, message: &str, files: &[(&str, Option<&str>)]) -> String {
+        for (path, content) in files {
+            let full = self.path().join(path);
+            match content {
+                Some(c) => {
+                    if let Some(parent) = full.parent() {
+                        std::fs::create_dir_all(parent).expect("mkdir");
+                    }
+                    std::fs::write(&full, c).expect("write");
+                }
+                None => {
+                    let _ = std::fs::remove_file(&full);
+                }
+            }
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+}
+
+/// Nix helpers every fixture expression starts with: `mk name script` is a trivial derivation built by
+/// /bin/sh (PATH is empty inside builds).
+pub const NIX_PRELUDE: &str = r#"
+let
+  mk = name: script: derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+  };
+in
+"#;
