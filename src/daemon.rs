@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use futures_lite::StreamExt;
 use smol::LocalExecutor;
 
-use crate::config::{LoadedConfig, ServerConfig};
+use crate::config::{EvalBackendSetting, LoadedConfig, ServerConfig};
 use crate::control::server::{ControlSocket, Handler, SocketError};
 use crate::checkout::Checkouts;
 use crate::control::{Progress, QueueDepths, Request, Response, StatusInfo};
 use crate::graph::Graph;
 use crate::jobset::Jobsets;
-use crate::nix::eval::EvalOptions;
+use crate::nix::eval::{EvalBackend, EvalOptions};
 use crate::pipeline::Pipeline;
 use crate::store::{Store, StoreError};
 
@@ -178,8 +178,22 @@ async fn start_pipeline(config: &ServerConfig, store: &Store) -> Result<Arc<Pipe
         Ok(n) => tracing::info!(worktrees = n, "removed worktrees left by a previous run"),
         Err(e) => tracing::warn!(error = %e, "pruning stale worktrees failed"),
     }
-    let eval_options = EvalOptions::new(data_dir.join("gcroots"));
-    Ok(Pipeline::new(Jobsets::new(store.clone()), checkouts, graph, eval_options, &data_dir, 1))
+    let e = &config.evaluation;
+    let mut eval_options = EvalOptions::new(data_dir.join("gcroots"));
+    if e.workers > 0 {
+        eval_options.workers = e.workers as usize;
+    }
+    eval_options.max_memory_mib = e.max_memory_mib;
+    eval_options.timeout = Duration::from_secs(e.timeout_seconds);
+    eval_options.batch_size = e.batch_size as usize;
+    eval_options.force_recurse = e.force_recurse;
+    eval_options.backend = match e.backend {
+        EvalBackendSetting::Auto => EvalBackend::Auto,
+        EvalBackendSetting::Builtin => EvalBackend::Builtin,
+        EvalBackendSetting::NixEvalJobs => EvalBackend::NixEvalJobs,
+    };
+    let concurrent = e.concurrent as usize;
+    Ok(Pipeline::new(Jobsets::new(store.clone()), checkouts, graph, eval_options, &data_dir, concurrent))
 }
 
 fn socket_listener(socket: &ControlSocket) -> smol::net::unix::UnixListener {

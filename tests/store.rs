@@ -87,7 +87,7 @@ fn a_newer_database_is_refused_and_left_untouched() {
 
 const WIDGETS: TableDefinition<&str, u64> = TableDefinition::new("widgets_v2");
 
-fn add_widgets(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+fn add_widgets(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     let mut t = tx.open_table(WIDGETS)?;
     t.insert("upgraded", 1)?;
     Ok(())

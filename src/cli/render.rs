@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::jobset::diff::{AttrChange, JobDiff};
+use crate::jobset::diff::{AttrChange, ErrorChange, JobDiff};
 use crate::jobset::{AttrOutcome, Jobset, JobsetState};
 use crate::pipeline::{DiffReport, EvalReport};
 
@@ -75,12 +75,13 @@ fn job_diff(out: &mut String, d: &JobDiff) {
     change_list(out, "removed", &d.removed);
     change_list(out, "changed", &d.changed);
     let _ = writeln!(out, "  unchanged: {}", d.unchanged);
-    let groups: [(&str, Box<dyn Fn(&crate::jobset::diff::ErrorChange) -> bool>); 3] = [
-        ("newly failing evaluation", Box::new(|e| e.is_new())),
-        ("fixed evaluation", Box::new(|e| e.is_fixed())),
-        ("still failing evaluation", Box::new(|e| !e.is_new() && !e.is_fixed())),
+    type Pick = fn(&ErrorChange) -> bool;
+    let groups: [(&str, Pick); 3] = [
+        ("newly failing evaluation", ErrorChange::is_new),
+        ("fixed evaluation", ErrorChange::is_fixed),
+        ("still failing evaluation", |e| !e.is_new() && !e.is_fixed()),
     ];
-    for (title, pick) in groups.iter() {
+    for (title, pick) in groups {
         let picked: Vec<_> = d.errors.iter().filter(|e| pick(e)).collect();
         if picked.is_empty() {
             continue;

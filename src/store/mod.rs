@@ -28,7 +28,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct Upgrade {
     pub from: u32,
     pub describe: &'static str,
-    pub apply: fn(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    pub apply: fn(&redb::WriteTransaction) -> Result<(), StoreError>,
 }
 
 /// Every upgrade step this build knows, oldest first. Empty while the schema is at its first version.

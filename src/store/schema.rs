@@ -52,7 +52,7 @@ pub const TABLES: &[TableInfo] = &[
 ];
 
 /// Creates every table that does not exist yet.
-pub fn create_all(tx: &WriteTransaction) -> Result<(), redb::Error> {
+pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(META)?;
     tx.open_table(DAEMON_RUNS)?;
     tx.open_table(GRAPH_IDS)?;
