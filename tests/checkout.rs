@@ -1,0 +1,369 @@
+//! Integration tests of `eka_ci::checkout` against real git repositories created in temporary directories:
+//! checkouts by commit id from `file://` URLs and plain paths, concurrency on one mirror, fork-PR refs,
+//! refusals (branch names, unknown commits, hostile URLs), worktree removal, startup pruning, `resolve_rev`.
+
+use std::path::{Path, PathBuf};
+
+use eka_ci::checkout::{local_url, resolve_rev, CheckoutError, Checkouts};
+
+/// Runs git in `dir` without any user or system configuration.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Writes `content` to `file` and commits it; returns the new commit id.
+fn commit(repo: &Path, content: &str) -> String {
+    std::fs::write(repo.join("file"), content).expect("write");
+    git(repo, &["add", "file"]);
+    git(repo, &["commit", "-q", "-m", content]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+/// A repository `<tmp>/src` with commits "one" and "two" on main.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    src: PathBuf,
+    one: String,
+    two: String,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).expect("mkdir");
+        git(&src, &["init", "-q"]);
+        let one = commit(&src, "one");
+        let two = commit(&src, "two");
+        Fixture { tmp, src, one, two }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    fn checkouts(&self) -> Checkouts {
+        Checkouts::new(&self.data())
+    }
+}
+
+fn read(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("file")).expect("read checked-out file")
+}
+
+/// The worktree paths git knows for `mirror`.
+fn listed_worktrees(mirror: &Path) -> Vec<PathBuf> {
+    let out = git(mirror, &["worktree", "list", "--porcelain"]);
+    out.lines().filter_map(|l| l.strip_prefix("worktree ")).map(PathBuf::from).collect()
+}
+
+#[test]
+fn checks_out_a_commit_by_sha_from_a_file_url() {
+    let fx = Fixture::new();
+    let checkouts = fx.checkouts();
+    let url = local_url(&fx.src);
+    assert!(url.starts_with("file:///"), "{url}");
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.one, None)).expect("checkout");
+    assert_eq!(read(wt.path()), "one");
+    assert_eq!(wt.sha(), fx.one);
+    assert!(wt.path().starts_with(fx.data().join("worktrees")), "{}", wt.path().display());
+    assert!(wt.mirror().starts_with(fx.data().join("mirrors")), "{}", wt.mirror().display());
+    assert_eq!(git(wt.path(), &["rev-parse", "HEAD"]), fx.one);
+    // Detached: no branch is checked out.
+    assert_eq!(git(wt.path(), &["rev-parse", "--abbrev-ref", "HEAD"]), "HEAD");
+    smol::block_on(wt.remove()).expect("remove");
+}
+
+#[test]
+fn checks_out_a_commit_by_sha_from_a_plain_path() {
+    let fx = Fixture::new();
+    let checkouts = fx.checkouts();
+    let path = fx.src.to_str().expect("utf-8 temp path");
+    let wt = smol::block_on(checkouts.checkout(path, &fx.two, None)).expect("checkout");
+    assert_eq!(read(wt.path()), "two");
+    // Upper-case ids are accepted and normalized.
+    let wt1 = smol::block_on(checkouts.checkout(path, &fx.one.to_uppercase(), None)).expect("checkout");
+    assert_eq!(wt1.sha(), fx.one);
+    assert_eq!(read(wt1.path()), "one");
+    assert_eq!(wt.mirror(), wt1.mirror(), "one mirror per URL");
+}
+
+#[test]
+fn a_commit_already_in_the_mirror_is_not_fetched_again() {
+    let fx = Fixture::new();
+    let checkouts = fx.checkouts();
+    let url = local_url(&fx.src);
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.one, None)).expect("first checkout");
+    smol::block_on(wt.remove()).expect("remove");
+    std::fs::remove_dir_all(&fx.src).expect("delete the source repository");
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.one, None)).expect("checkout without fetching");
+    assert_eq!(read(wt.path()), "one");
+    // While a commit that was never fetched needs the (now gone) source.
+    assert!(smol::block_on(checkouts.checkout(&url, &fx.two, None)).is_err());
+}
+
+#[test]
+fn two_shas_of_one_repository_check_out_concurrently() {
+    let fx = Fixture::new();
+    let checkouts = fx.checkouts();
+    let url = local_url(&fx.src);
+    let ex = smol::LocalExecutor::new();
+    let a = ex.spawn(checkouts.checkout(&url, &fx.one, None));
+    let b = ex.spawn(checkouts.checkout(&url, &fx.two, None));
+    let (a, b) = smol::block_on(ex.run(async { (a.await, b.await) }));
+    let (a, b) = (a.expect("first checkout"), b.expect("second checkout"));
+    assert_ne!(a.path(), b.path());
+    assert_eq!(read(a.path()), "one");
+    assert_eq!(read(b.path()), "two");
+    let listed = listed_worktrees(a.mirror());
+    assert!(
+        listed.contains(&a.path().to_path_buf()) && listed.contains(&b.path().to_path_buf()),
+        "{listed:?}"
+    );
+
+    // The same commit twice at once is fine as well.
+    let c = ex.spawn(checkouts.checkout(&url, &fx.one, None));
+    let d = ex.spawn(checkouts.checkout(&url, &fx.one, None));
+    let (c, d) = smol::block_on(ex.run(async { (c.await, d.await) }));
+    let (c, d) = (c.expect("third checkout"), d.expect("fourth checkout"));
+    assert_ne!(c.path(), d.path());
+    assert_eq!(read(c.path()), "one");
+    assert_eq!(read(d.path()), "one");
+}
+
+#[test]
+fn a_commit_only_on_a_pull_ref_is_fetchable() {
+    let fx = Fixture::new();
+    git(&fx.src, &["checkout", "-q", "-b", "fork"]);
+    let inner = commit(&fx.src, "fork inner");
+    let tip = commit(&fx.src, "fork tip");
+    git(&fx.src, &["update-ref", "refs/pull/1/head", &tip]);
+    git(&fx.src, &["checkout", "-q", "main"]);
+    git(&fx.src, &["branch", "-q", "-D", "fork"]);
+    let branches = git(&fx.src, &["branch", "--contains", &tip]);
+    assert!(branches.is_empty(), "the PR commit must be on no branch: {branches}");
+
+    let checkouts = fx.checkouts();
+    let url = local_url(&fx.src);
+    let wt = smol::block_on(checkouts.checkout(&url, &tip, None)).expect("checkout the PR head");
+    assert_eq!(read(wt.path()), "fork tip");
+    let wt = smol::block_on(checkouts.checkout(&url, &inner, None)).expect("checkout a PR commit");
+    assert_eq!(read(wt.path()), "fork inner");
+}
+
+#[test]
+fn branch_names_are_refused() {
+    let fx = Fixture::new();
+    let checkouts = fx.checkouts();
+    let url = local_url(&fx.src);
+    for rev in ["main", "HEAD", "refs/heads/main", &fx.one[..12], "--upload-pack=x"] {
+        let err = smol::block_on(checkouts.checkout(&url, rev, None)).expect_err("not a commit id");
+        assert!(matches!(err, CheckoutError::InvalidSha { .. }), "{rev}: {err}");
+    }
+    assert!(!fx.data().exists(), "nothing is created for a refused request");
+}
+
+#[test]
+fn an_unknown_sha_is_named_in_the_error() {
+    let fx = Fixture::new();
+    let checkouts = fx.checkouts();
+    let url = local_url(&fx.src);
+    let unknown = "3f2a0000000000000000000000000000000000ff";
+    let err = smol::block_on(checkouts.checkout(&url, unknown, None)).expect_err("unknown commit");
+    assert!(matches!(err, CheckoutError::Fetch { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(unknown), "{msg}");
+    assert!(msg.contains(&url), "{msg}");
+    assert!(msg.contains("cannot fetch"), "{msg}");
+    // No worktree is left behind.
+    let worktrees = fx.data().join("worktrees");
+    let left = std::fs::read_dir(&worktrees).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn errors_never_show_url_credentials() {
+    let fx = Fixture::new();
+    let checkouts = fx.checkouts();
+    let url = "https://user:hunter2@127.0.0.1:9/o/r.git";
+    let err = smol::block_on(checkouts.checkout(url, &fx.one, None)).expect_err("nothing listens on port 9");
+    let msg = err.to_string();
+    assert!(!msg.contains("hunter2") && !msg.contains("user:"), "{msg}");
+    assert!(msg.contains("https://127.0.0.1:9/o/r.git") && msg.contains(&fx.one), "{msg}");
+}
+
+/// Every path under `root`, relative, sorted.
+fn tree(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            out.push(path.strip_prefix(root).expect("under root").to_path_buf());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn hostile_urls_cannot_escape_the_mirrors_dir() {
+    let fx = Fixture::new();
+    // The data dir is nested so that `../..` from mirrors/ would still land inside the temp dir.
+    let data = fx.tmp.path().join("a/b/data");
+    let checkouts = Checkouts::new(&data);
+    let marker = fx.tmp.path().join("pwned");
+    let before: Vec<PathBuf> = tree(fx.tmp.path()).into_iter().filter(|p| !p.starts_with("a")).collect();
+    let refused = [
+        "../../etc".to_string(),
+        "../../../x".to_string(),
+        format!("--upload-pack=touch {}", marker.display()),
+        format!("-u touch {}", marker.display()),
+        format!("ext::sh -c touch% {}", marker.display()),
+        "ssh://-oProxyCommand=touch/x".to_string(),
+    ];
+    for url in &refused {
+        let err = smol::block_on(checkouts.checkout(url, &fx.one, None)).expect_err("hostile url");
+        assert!(matches!(err, CheckoutError::InvalidUrl { .. }), "{url}: {err}");
+    }
+    // Accepted (they are absolute paths) but sanitized into one component under mirrors/.
+    for url in
+        ["file:///../../etc", "/../../../etc", "file:///tmp/../../x/..", "https://127.0.0.1:9/../../.."]
+    {
+        let _ = smol::block_on(checkouts.checkout(url, &fx.one, None));
+    }
+    assert!(!marker.exists(), "a hostile URL ran a command");
+    let after: Vec<PathBuf> = tree(fx.tmp.path()).into_iter().filter(|p| !p.starts_with("a")).collect();
+    assert_eq!(before, after, "something was created outside the data dir");
+    for entry in std::fs::read_dir(&data).expect("data dir") {
+        let name = entry.expect("entry").file_name();
+        assert!(name == "mirrors" || name == "worktrees", "unexpected {name:?} in the data dir");
+    }
+    let mirrors: Vec<_> =
+        std::fs::read_dir(data.join("mirrors")).expect("mirrors").map(|e| e.expect("entry").path()).collect();
+    assert!(!mirrors.is_empty(), "the accepted URLs got mirrors");
+    for mirror in mirrors {
+        let name = mirror.file_name().and_then(|n| n.to_str()).expect("utf-8 name");
+        assert!(name.ends_with(".git") && !name.starts_with('.'), "{name}");
+        assert_eq!(checkouts.mirrors_dir(), mirror.parent().expect("parent"));
+    }
+}
+
+#[test]
+fn remove_deletes_the_directory_and_git_forgets_it() {
+    let fx = Fixture::new();
+    let checkouts = fx.checkouts();
+    let url = local_url(&fx.src);
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.one, None)).expect("checkout");
+    let (path, mirror) = (wt.path().to_path_buf(), wt.mirror().to_path_buf());
+    std::fs::write(path.join("untracked-build-output"), "x").expect("write");
+    assert!(listed_worktrees(&mirror).contains(&path));
+    smol::block_on(wt.remove()).expect("remove");
+    assert!(!path.exists());
+    assert!(!listed_worktrees(&mirror).contains(&path));
+}
+
+#[test]
+fn dropping_a_worktree_deletes_its_directory() {
+    let fx = Fixture::new();
+    let checkouts = fx.checkouts();
+    let url = local_url(&fx.src);
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.one, None)).expect("checkout");
+    let (path, mirror) = (wt.path().to_path_buf(), wt.mirror().to_path_buf());
+    drop(wt);
+    assert!(!path.exists());
+    // The admin entry goes at the next checkout of the mirror.
+    let _wt = smol::block_on(checkouts.checkout(&url, &fx.two, None)).expect("checkout");
+    assert!(!listed_worktrees(&mirror).contains(&path));
+}
+
+#[test]
+fn prune_stale_cleans_up_after_a_crashed_process() {
+    let fx = Fixture::new();
+    let url = local_url(&fx.src);
+    let crashed = fx.checkouts();
+    let wt = smol::block_on(crashed.checkout(&url, &fx.one, None)).expect("checkout");
+    let (path, mirror) = (wt.path().to_path_buf(), wt.mirror().to_path_buf());
+    std::mem::forget(wt); // the process "crashes": no Drop, no removal
+    std::fs::create_dir_all(crashed.worktrees_dir().join("half-created/sub")).expect("mkdir");
+    assert!(path.exists() && listed_worktrees(&mirror).contains(&path));
+
+    // The restarted process: its own live worktree must survive the prune.
+    let restarted = fx.checkouts();
+    let live = smol::block_on(restarted.checkout(&url, &fx.two, None)).expect("checkout");
+    let removed = smol::block_on(restarted.prune_stale()).expect("prune");
+    assert_eq!(removed, 2);
+    assert!(!path.exists());
+    assert!(!crashed.worktrees_dir().join("half-created").exists());
+    let listed = listed_worktrees(&mirror);
+    assert!(!listed.contains(&path), "{listed:?}");
+    assert!(live.path().exists() && listed.contains(&live.path().to_path_buf()), "{listed:?}");
+    assert_eq!(read(live.path()), "two");
+    // Nothing left to do the second time; an empty data dir is fine too.
+    assert_eq!(smol::block_on(restarted.prune_stale()).expect("prune"), 0);
+    let empty = tempfile::tempdir().expect("tempdir");
+    assert_eq!(smol::block_on(Checkouts::new(empty.path()).prune_stale()).expect("prune"), 0);
+}
+
+#[test]
+fn resolve_rev_reads_a_local_repository() {
+    let fx = Fixture::new();
+    assert_eq!(smol::block_on(resolve_rev(&fx.src, "HEAD")).expect("HEAD"), fx.two);
+    assert_eq!(smol::block_on(resolve_rev(&fx.src, "HEAD~1")).expect("HEAD~1"), fx.one);
+    assert_eq!(smol::block_on(resolve_rev(&fx.src, "main")).expect("main"), fx.two);
+    assert_eq!(smol::block_on(resolve_rev(&fx.src, &fx.one[..10])).expect("short id"), fx.one);
+    let err = smol::block_on(resolve_rev(&fx.src, "--output=/tmp/x")).expect_err("option-like rev");
+    assert!(matches!(err, CheckoutError::InvalidRev { .. }), "{err}");
+    let err = smol::block_on(resolve_rev(&fx.src, "no-such-branch")).expect_err("unknown rev");
+    assert!(
+        matches!(err, CheckoutError::Resolve { .. }) && err.to_string().contains("no-such-branch"),
+        "{err}"
+    );
+    let err = smol::block_on(resolve_rev(&fx.src, "HEAD~5")).expect_err("beyond the root");
+    assert!(matches!(err, CheckoutError::Resolve { .. }), "{err}");
+    let not_a_repo = tempfile::tempdir().expect("tempdir");
+    let err = smol::block_on(resolve_rev(not_a_repo.path(), "HEAD")).expect_err("not a repository");
+    assert!(err.to_string().contains("not a git repository"), "{err}");
+}
+
+#[test]
+fn local_url_handles_relative_paths_and_spaces() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("with space");
+    std::fs::create_dir(&src).expect("mkdir");
+    git(&src, &["init", "-q"]);
+    let sha = commit(&src, "spaced");
+    let url = local_url(&src);
+    assert!(url.starts_with("file:///") && url.ends_with("with space"), "{url}");
+    let checkouts = Checkouts::new(&tmp.path().join("data"));
+    let wt = smol::block_on(checkouts.checkout(&url, &sha, None)).expect("checkout");
+    assert_eq!(read(wt.path()), "spaced");
+    assert!(local_url(Path::new("relative")).starts_with("file:///"));
+}
+
+#[test]
+fn sha256_repositories_check_out_by_64_hex_ids() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).expect("mkdir");
+    git(&src, &["init", "-q", "--object-format=sha256"]);
+    let sha = commit(&src, "sha256");
+    assert_eq!(sha.len(), 64);
+    let checkouts = Checkouts::new(&tmp.path().join("data"));
+    let wt = smol::block_on(checkouts.checkout(&local_url(&src), &sha, None)).expect("checkout");
+    assert_eq!(read(wt.path()), "sha256");
+    assert_eq!(wt.sha(), sha);
+}
