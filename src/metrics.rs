@@ -5,7 +5,10 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 /// Every metric family of the process.
 pub struct Metrics {
@@ -15,6 +18,24 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub control_connections: IntCounter,
     pub control_frames_rejected: IntCounter,
+    /// Derivation graph (`graph`): nodes known (stored), whatever is resident.
+    pub graph_nodes: IntGauge,
+    /// Derivation graph: resident nodes / LRU capacity (above 1 only when pinned nodes exceed capacity).
+    pub graph_cache_utilization: Gauge,
+    /// Derivation graph: nodes loaded from the database on a cache miss.
+    pub graph_cache_reloads: IntCounter,
+    /// Derivation graph: nodes currently pinned (never evicted).
+    pub graph_pinned_nodes: IntGauge,
+    /// Derivation graph: time to load one node from the database on a cache miss.
+    pub graph_cache_reload_duration: Histogram,
+    /// Build scheduler (`scheduler`): derivations waiting (queued or buildable, not building), by platform.
+    pub build_queue_depth: IntGaugeVec,
+    /// Build scheduler: derivations building now, by platform.
+    pub active_builds: IntGaugeVec,
+    /// Build scheduler: wall time of one derivation's build, from Nix's start to its end.
+    pub build_duration: Histogram,
+    /// Build scheduler: final (and retried) build states, by state name.
+    pub build_outcome: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -39,6 +60,53 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "eka_ci_control_frames_rejected_total",
         "Control frames rejected (oversized, wrong version or malformed)",
     )?;
+    let graph_nodes = IntGauge::new("eka_ci_graph_nodes_total", "Derivations known to the derivation graph")?;
+    let graph_cache_utilization = Gauge::new(
+        "eka_ci_graph_cache_utilization",
+        "Resident derivation-graph nodes divided by the LRU capacity (graph_lru_capacity)",
+    )?;
+    let graph_cache_reloads = IntCounter::new(
+        "eka_ci_graph_cache_reloads_total",
+        "Derivation-graph nodes loaded from the database because they were not resident",
+    )?;
+    let graph_pinned_nodes = IntGauge::new(
+        "eka_ci_graph_pinned_nodes_total",
+        "Derivation-graph nodes pinned in memory (pending work)",
+    )?;
+    let graph_cache_reload_duration = Histogram::with_opts(
+        HistogramOpts::new(
+            "eka_ci_graph_cache_reload_duration_seconds",
+            "Time to load one derivation-graph node from the database",
+        )
+        .buckets(vec![1e-6, 4e-6, 16e-6, 64e-6, 256e-6, 1e-3, 4e-3, 16e-3]),
+    )?;
+    registry.register(Box::new(graph_nodes.clone()))?;
+    registry.register(Box::new(graph_cache_utilization.clone()))?;
+    registry.register(Box::new(graph_cache_reloads.clone()))?;
+    registry.register(Box::new(graph_pinned_nodes.clone()))?;
+    registry.register(Box::new(graph_cache_reload_duration.clone()))?;
+    let build_queue_depth = IntGaugeVec::new(
+        Opts::new("eka_ci_build_queue_depth", "Derivations waiting to be built (queued or buildable), by platform"),
+        &["platform"],
+    )?;
+    let active_builds =
+        IntGaugeVec::new(Opts::new("eka_ci_active_builds", "Derivations building now, by platform"), &["platform"])?;
+    let build_duration = Histogram::with_opts(
+        HistogramOpts::new("eka_ci_build_duration_seconds", "Wall time of one derivation's build")
+            .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0]),
+    )?;
+    let build_outcome = IntCounterVec::new(
+        Opts::new(
+            "eka_ci_build_outcome_total",
+            "Derivations reaching a final state (or a retry), by state: success, failure, cached, \
+             transitive-failure, blocked, failed-retry, interrupted-<kind>",
+        ),
+        &["outcome"],
+    )?;
+    registry.register(Box::new(build_queue_depth.clone()))?;
+    registry.register(Box::new(active_builds.clone()))?;
+    registry.register(Box::new(build_duration.clone()))?;
+    registry.register(Box::new(build_outcome.clone()))?;
     registry.register(Box::new(build_info.clone()))?;
     registry.register(Box::new(start_time_seconds.clone()))?;
     registry.register(Box::new(http_requests.clone()))?;
@@ -51,6 +119,15 @@ fn build() -> Result<Metrics, prometheus::Error> {
         http_requests,
         control_connections,
         control_frames_rejected,
+        graph_nodes,
+        graph_cache_utilization,
+        graph_cache_reloads,
+        graph_pinned_nodes,
+        graph_cache_reload_duration,
+        build_queue_depth,
+        active_builds,
+        build_duration,
+        build_outcome,
     })
 }
 

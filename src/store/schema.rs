@@ -30,6 +30,18 @@ pub const GRAPH_NODES: TableDefinition<u32, &[u8]> = TableDefinition::new("graph
 /// The derivation graph's reverse edges: `(input id, first dependent id)` → `DependentsRecord` (a group).
 pub const GRAPH_DEPENDENTS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("graph_dependents");
 
+/// Build states (`scheduler::state`): derivation id → `BuildStateRecord` (current state and counters).
+pub const BUILD_STATES: TableDefinition<u32, &[u8]> = TableDefinition::new("build_states");
+
+/// Build history: `(derivation id, seq)` → `BuildHistoryRecord` (one row per state transition).
+pub const BUILD_HISTORY: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("build_history");
+
+/// Build attempts: `(derivation id, attempt)` → `BuildAttemptRecord` (start, end, builder).
+pub const BUILD_ATTEMPTS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("build_attempts");
+
+/// Build owners: owner id (a jobset id, or 2^63 + drv id for a rebuild) → `BuildOwnerRecord`.
+pub const BUILD_OWNERS: TableDefinition<u64, &[u8]> = TableDefinition::new("build_owners");
+
 /// A table as described in `migrations-free-schema/`: its name and its key and value types as Rust
 /// spells them in the definitions above.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +61,10 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "jobsets", key: "u64", value: "&[u8]" },
     TableInfo { name: "jobset_keys", key: "&str", value: "u64" },
     TableInfo { name: "jobset_attrs", key: "(u64, &str)", value: "&[u8]" },
+    TableInfo { name: "build_states", key: "u32", value: "&[u8]" },
+    TableInfo { name: "build_history", key: "(u32, u32)", value: "&[u8]" },
+    TableInfo { name: "build_attempts", key: "(u32, u32)", value: "&[u8]" },
+    TableInfo { name: "build_owners", key: "u64", value: "&[u8]" },
 ];
 
 /// Creates every table that does not exist yet.
@@ -61,5 +77,9 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(JOBSETS)?;
     tx.open_table(JOBSET_KEYS)?;
     tx.open_table(JOBSET_ATTRS)?;
+    tx.open_table(BUILD_STATES)?;
+    tx.open_table(BUILD_HISTORY)?;
+    tx.open_table(BUILD_ATTEMPTS)?;
+    tx.open_table(BUILD_OWNERS)?;
     Ok(())
 }
