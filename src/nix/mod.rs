@@ -3,4 +3,8 @@
 //! This module owns every interaction with Nix; nothing else in the crate spawns a Nix process or reads
 //! the store directly.
 
+pub mod build;
 pub mod drv;
+pub mod eval;
+pub mod eval_builtin;
+pub mod process;

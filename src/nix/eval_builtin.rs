@@ -1,0 +1,880 @@
+//! The built-in evaluator: lists a job's attributes and instantiates its derivations with Nix's own
+//! `nix-instantiate`, in a pool of parallel worker processes, isolating failures per attribute.
+//!
+//! Used when `nix-eval-jobs` is not installed. Every step is one short-lived `nix-instantiate` process
+//! evaluating [`WRAPPER`] on a JSON request file (the job, the mode, a batch of attribute paths):
+//!
+//! 1. **root**: import the file (auto-called with `{}` if it is a function) or `getFlake` the checkout,
+//!    select the attribute path; a derivation is the single job, an attribute set is listed, anything else
+//!    (or a failure) is an [`EvalError`] for the whole job.
+//! 2. **classify** (listing): each attribute is forced to weak head normal form under `builtins.tryEval`
+//!    and classified as derivation, set to recurse into (`recurseForDerivations = true`, or any set with
+//!    `force_recurse`), something to skip, or failing. Only what classification needs is evaluated.
+//! 3. **info** (per batch of `batch_size` derivations): name, system, drvPath, outputs, meta and
+//!    requiredSystemFeatures under `tryEval` (in read-write mode, so that import-from-derivation can build).
+//! 4. **explain**: an attribute whose `tryEval` failed is evaluated alone without the guard, to get Nix's
+//!    real message (tryEval only says "false").
+//! 5. **instantiate**: `nix-instantiate --add-root` writes the batch's `.drv` files and a GC root for each;
+//!    the `.drv` path from the root must equal the one from step 3.
+//!
+//! A step whose process fails as a whole (an error `tryEval` cannot catch, such as a type error, the memory
+//! limit, a crash) must find the attribute responsible. When Nix printed part of its JSON output before
+//! failing (Nix 2.8 does), the complete elements are results and the next attribute is the culprit: it gets
+//! the process's message and the rest of the batch is retried ([`streamed_prefix`]). Otherwise the batch
+//! is bisected: split in halves and retried until the failing attribute is alone. Either way one bad
+//! attribute never costs the rest of the job. Work is spread over `workers` concurrent processes (listing
+//! batches, then instantiation batches); records are sent as each batch finishes and never accumulated.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::nix::eval::{
+    attr_display, check_source, meta_with_names, nix_error_message, prepare_roots_dir, Emitter, EvalDrv,
+    EvalError, EvalOptions, EvalOutcome, EvalRecord, EvalSource, Target,
+};
+use crate::nix::process::{run_captured, RunLimits, RunOutput, Termination};
+
+/// The Nix program every step runs.
+const NIX_INSTANTIATE: &str = "nix-instantiate";
+
+/// Attribute sets nested deeper than this are not recursed into (protects `force_recurse` from cycles
+/// such as `pkgs.pkgs.pkgs…`).
+pub const MAX_DEPTH: usize = 32;
+
+/// A listing batch is this many times `batch_size`: classification is cheap per attribute.
+const LIST_BATCH_FACTOR: usize = 10;
+
+/// The Nix side of the evaluator, evaluated by every step with `--argstr ekaCiRequest <request.json>`.
+pub const WRAPPER: &str = r#"{ ekaCiRequest }:
+let
+  r = builtins.fromJSON (builtins.readFile ekaCiRequest);
+  top =
+    if r.kind == "flake" then (builtins.getFlake r.ref).outputs
+    else
+      let raw = import (/. + r.file);
+      in if builtins.isFunction raw then raw { } else raw;
+  root = builtins.foldl' (v: n: v.${n}) top r.attrPath;
+  get = path: builtins.foldl' (v: n: v.${n}) root path;
+  isDrv = v: (v.type or null) == "derivation";
+  kindOf = v:
+    if !(builtins.isAttrs v) then "skip"
+    else if isDrv v then "drv"
+    else if r.forceRecurse || (v.recurseForDerivations or false) == true then "rec"
+    else "skip";
+  classify = path:
+    let
+      v = get path;
+      k = builtins.tryEval (kindOf v);
+    in
+      if !k.success then { k = "err"; }
+      else if k.value == "rec" then { k = "rec"; names = builtins.attrNames v; }
+      else { k = k.value; };
+  jsonOk = v:
+    let t = builtins.typeOf v;
+    in
+      if t == "list" then builtins.all jsonOk v
+      else if t == "set" then !(v ? outPath) && builtins.all (n: jsonOk v.${n}) (builtins.attrNames v)
+      else builtins.elem t [ "int" "bool" "string" "float" "null" ];
+  metaOf = d:
+    let m = d.meta or { };
+    in
+      if !(builtins.isAttrs m) then { }
+      else builtins.listToAttrs (builtins.concatMap (n:
+        let ok = builtins.tryEval (jsonOk m.${n});
+        in if ok.success && ok.value then [ { name = n; value = m.${n}; } ] else [ ])
+        (builtins.attrNames m));
+  strOrNull = v: if builtins.isString v then v else null;
+  infoOf = d:
+    let
+      features = d.requiredSystemFeatures or [ ];
+      i = {
+        name = d.name;
+        system = d.system;
+        drvPath = d.drvPath;
+        outputs = builtins.listToAttrs
+          (map (o: { name = o; value = d.${o}.outPath or null; }) (d.outputs or [ "out" ]));
+        features = if builtins.isList features then builtins.filter builtins.isString features else [ ];
+        meta = if r.meta then metaOf d else null;
+        pname = if r.meta then strOrNull (d.pname or null) else null;
+        version = if r.meta then strOrNull (d.version or null) else null;
+      };
+    in builtins.deepSeq i i;
+  info = path:
+    let
+      res = builtins.tryEval (let v = get path; in if kindOf v == "drv" then infoOf v else throw "not a derivation");
+    in if res.success then res.value else null;
+  explain = path:
+    let v = get path; k = kindOf v;
+    in if k == "drv" then infoOf v else { k = k; };
+  rootKind =
+    if isDrv root then { k = "drv"; }
+    else if builtins.isAttrs root then { k = "set"; names = builtins.attrNames root; }
+    else { k = "other"; type = builtins.typeOf root; };
+in
+  if r.mode == "root" then rootKind
+  else if r.mode == "classify" then map classify r.items
+  else if r.mode == "info" then map info r.items
+  else if r.mode == "explain" then map explain r.items
+  else builtins.genList (i: get (builtins.elemAt r.items i) // { __ekaCiIndex = i; }) (builtins.length r.items)
+"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Root,
+    Classify,
+    Info,
+    Explain,
+    Instantiate,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Root => "root",
+            Mode::Classify => "classify",
+            Mode::Info => "info",
+            Mode::Explain => "explain",
+            Mode::Instantiate => "instantiate",
+        }
+    }
+}
+
+/// An attribute to instantiate; `error` is set when listing already found it failing.
+#[derive(Debug)]
+struct Item {
+    path: Vec<String>,
+    error: Option<String>,
+}
+
+/// Why one step's process failed.
+enum Failure {
+    Memory,
+    Other(String),
+}
+
+impl Failure {
+    fn message(&self, opts: &EvalOptions) -> String {
+        match self {
+            Failure::Memory => format!("evaluation exceeded the memory limit of {} MiB", opts.max_memory_mib),
+            Failure::Other(m) => m.clone(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RootKind {
+    k: String,
+    #[serde(default)]
+    names: Vec<String>,
+    #[serde(default, rename = "type")]
+    type_: String,
+}
+
+#[derive(Deserialize)]
+struct Classified {
+    k: String,
+    #[serde(default)]
+    names: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Info {
+    name: String,
+    system: String,
+    #[serde(rename = "drvPath")]
+    drv_path: String,
+    outputs: BTreeMap<String, Option<String>>,
+    features: Vec<String>,
+    meta: Option<Value>,
+    pname: Option<String>,
+    version: Option<String>,
+}
+
+/// A temporary directory for request files, removed (blocking, it holds a few small files) on drop.
+struct WorkDir {
+    path: PathBuf,
+    token: String,
+}
+
+static WORK_DIRS: AtomicU64 = AtomicU64::new(0);
+
+impl WorkDir {
+    async fn create() -> Result<WorkDir, EvalError> {
+        smol::unblock(|| {
+            let base = std::env::temp_dir();
+            loop {
+                let n = WORK_DIRS.fetch_add(1, Ordering::Relaxed);
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0);
+                let token = format!("ekaci-{}-{n}-{nanos:x}", std::process::id());
+                let path = base.join(&token);
+                match std::fs::create_dir(&path) {
+                    Ok(()) => return Ok(WorkDir { path, token }),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(source) => {
+                        return Err(EvalError::Io {
+                            action: "create a temporary directory in",
+                            path: base,
+                            source,
+                        })
+                    }
+                }
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the evaluation's temporary directory");
+        }
+    }
+}
+
+struct Evaluator<'a> {
+    checkout: PathBuf,
+    target: Target,
+    attr_path: Vec<String>,
+    what: String,
+    opts: &'a EvalOptions,
+    roots_dir: PathBuf,
+    work: WorkDir,
+    seq: Cell<u64>,
+    limits: RunLimits,
+}
+
+/// Runs the built-in evaluator; see the module documentation.
+pub(crate) async fn run(
+    checkout: &Path,
+    source: &EvalSource,
+    opts: &EvalOptions,
+    out: &Emitter,
+) -> Result<(), EvalError> {
+    let (checkout, target) = check_source(checkout, source).await?;
+    let roots_dir = prepare_roots_dir(&opts.gc_roots_dir).await?;
+    let work = WorkDir::create().await?;
+    let (attr_path, what) = match source {
+        EvalSource::File { file, attr_path } if attr_path.is_empty() => {
+            (attr_path, file.display().to_string())
+        }
+        EvalSource::File { file, attr_path } => {
+            (attr_path, format!("attribute {:?} of {}", attr_display(attr_path), file.display()))
+        }
+        EvalSource::Flake { attr_path } => {
+            (attr_path, format!("the flake output {:?}", attr_display(attr_path)))
+        }
+    };
+    let attr_path = attr_path.clone();
+    let limits = RunLimits {
+        memory_limit_bytes: (opts.max_memory_mib > 0).then(|| opts.max_memory_mib.saturating_mul(1 << 20)),
+        timeout: None,
+        poll_interval: Duration::from_millis(50),
+        stdout_limit: 256 << 20,
+        stderr_tail: 64 << 10,
+    };
+    let ev =
+        Evaluator { checkout, target, attr_path, what, opts, roots_dir, work, seq: Cell::new(0), limits };
+
+    let items = match ev.root().await? {
+        None => vec![Item { path: Vec::new(), error: None }],
+        Some(names) => ev.list(names).await?,
+    };
+    out.listed(items.len()).await?;
+    ev.instantiate_all(&items, out).await?;
+    if items.is_empty() {
+        out.progress().await?;
+    }
+    Ok(())
+}
+
+impl Evaluator<'_> {
+    fn next_seq(&self) -> u64 {
+        let n = self.seq.get() + 1;
+        self.seq.set(n);
+        n
+    }
+
+    /// Runs one `nix-instantiate` step over `items`; `root` makes it an instantiation with GC roots.
+    async fn run_nix(
+        &self,
+        mode: Mode,
+        items: &[&[String]],
+        root: Option<&Path>,
+    ) -> Result<RunOutput, EvalError> {
+        let (kind, file, flake) = match &self.target {
+            Target::File(f) => ("file", f.to_string_lossy().into_owned(), String::new()),
+            Target::Flake(r) => ("flake", String::new(), r.clone()),
+        };
+        let request = serde_json::json!({
+            "mode": mode.as_str(),
+            "kind": kind,
+            "file": file,
+            "ref": flake,
+            "attrPath": self.attr_path,
+            "items": items,
+            "forceRecurse": self.opts.force_recurse,
+            "meta": self.opts.meta,
+        });
+        let request_path = self.work.path.join(format!("request-{}.json", self.next_seq()));
+        {
+            let path = request_path.clone();
+            let bytes = request.to_string().into_bytes();
+            smol::unblock(move || std::fs::write(&path, bytes)).await.map_err(|source| EvalError::Io {
+                action: "write",
+                path: request_path.clone(),
+                source,
+            })?;
+        }
+        let mut cmd = std::process::Command::new(NIX_INSTANTIATE);
+        cmd.current_dir(&self.checkout);
+        if mode != Mode::Instantiate {
+            // Read-write mode: import-from-derivation must be able to build while evaluating.
+            cmd.args(["--eval", "--read-write-mode", "--strict", "--json"]);
+        }
+        if matches!(self.target, Target::Flake(_)) {
+            cmd.args(["--extra-experimental-features", "nix-command flakes"]);
+        }
+        cmd.arg("--expr").arg(WRAPPER).arg("--argstr").arg("ekaCiRequest").arg(&request_path);
+        if let Some(root) = root {
+            cmd.arg("--add-root").arg(root);
+        }
+        let result = run_captured(cmd, &self.limits).await;
+        let path = request_path.clone();
+        let _ = smol::unblock(move || std::fs::remove_file(path)).await;
+        Ok(result?)
+    }
+
+    /// Runs an evaluation step and parses its JSON output, or says why it failed.
+    async fn run_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        mode: Mode,
+        items: &[&[String]],
+    ) -> Result<Result<T, Failure>, EvalError> {
+        let out = self.run_nix(mode, items, None).await?;
+        if let Some(f) = failure(&out) {
+            return Ok(Err(f));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(serde_json::from_str(&text).map_err(|e| {
+            Failure::Other(format!("unexpected output from {NIX_INSTANTIATE} ({mode:?} step): {e}"))
+        }))
+    }
+
+    /// Runs a step that maps a list of attributes to a list of results; see [`Batch`].
+    async fn run_list<T: for<'de> Deserialize<'de>>(
+        &self,
+        mode: Mode,
+        items: &[&[String]],
+    ) -> Result<Batch<T>, EvalError> {
+        let out = self.run_nix(mode, items, None).await?;
+        let unexpected = |detail: String| {
+            Batch::Failed(Failure::Other(format!(
+                "unexpected output from {NIX_INSTANTIATE} ({mode:?} step): {detail}"
+            )))
+        };
+        match failure(&out) {
+            None => match serde_json::from_slice::<Vec<T>>(&out.stdout) {
+                Ok(list) if list.len() == items.len() => Ok(Batch::All(list)),
+                Ok(list) => Ok(unexpected(format!("{} results for {} attributes", list.len(), items.len()))),
+                Err(e) => Ok(unexpected(e.to_string())),
+            },
+            Some(failure @ Failure::Other(_)) if matches!(out.termination, Termination::Exited(_)) => {
+                let done = streamed_prefix(&out.stdout).filter(|values| values.len() < items.len()).and_then(
+                    |values| values.into_iter().map(|v| serde_json::from_value::<T>(v).ok()).collect(),
+                );
+                Ok(match done {
+                    Some(done) => Batch::FailedAt { done, failure },
+                    None => Batch::Failed(failure),
+                })
+            }
+            Some(failure) => Ok(Batch::Failed(failure)),
+        }
+    }
+
+    /// Evaluates the selected value: `None` when it is a derivation, its names when it is a set.
+    async fn root(&self) -> Result<Option<Vec<String>>, EvalError> {
+        let kind: RootKind = match self.run_json(Mode::Root, &[]).await? {
+            Ok(k) => k,
+            Err(Failure::Memory) => {
+                return Err(EvalError::MemoryLimit {
+                    what: self.what.clone(),
+                    limit_mib: self.opts.max_memory_mib,
+                })
+            }
+            Err(Failure::Other(message)) => return Err(EvalError::Nix { what: self.what.clone(), message }),
+        };
+        match kind.k.as_str() {
+            "drv" => Ok(None),
+            "set" => Ok(Some(kind.names)),
+            _ => Err(EvalError::NotAnAttrSet { what: self.what.clone(), actual: describe_type(&kind.type_) }),
+        }
+    }
+
+    /// Lists the attributes to instantiate, recursing breadth-first over the worker pool.
+    async fn list(&self, names: Vec<String>) -> Result<Vec<Item>, EvalError> {
+        let chunk = self.opts.batch_size.saturating_mul(LIST_BATCH_FACTOR).max(1);
+        let items = RefCell::new(Vec::new());
+        let (tx, rx) = async_channel::unbounded::<Vec<Vec<String>>>();
+        let pending = Cell::new(0usize);
+        let enqueue = |paths: Vec<Vec<String>>| {
+            for c in paths.chunks(chunk) {
+                pending.set(pending.get() + 1);
+                let _ = tx.try_send(c.to_vec());
+            }
+        };
+        enqueue(names.into_iter().map(|n| vec![n]).collect());
+        if pending.get() == 0 {
+            return Ok(Vec::new());
+        }
+        let worker = || async {
+            while let Ok(batch) = rx.recv().await {
+                let children = self.classify(batch, &items).await?;
+                enqueue(children);
+                pending.set(pending.get() - 1);
+                if pending.get() == 0 {
+                    tx.close();
+                }
+            }
+            Ok::<(), EvalError>(())
+        };
+        try_join_all((0..self.opts.workers).map(|_| worker()).collect()).await?;
+        let mut items = items.into_inner();
+        items.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(items)
+    }
+
+    /// Classifies a batch of attributes (isolating failures); returns the children of recursed sets.
+    async fn classify(
+        &self,
+        batch: Vec<Vec<String>>,
+        items: &RefCell<Vec<Item>>,
+    ) -> Result<Vec<Vec<String>>, EvalError> {
+        let mut children = Vec::new();
+        let accept = |batch: Vec<Vec<String>>, list: Vec<Classified>, children: &mut Vec<Vec<String>>| {
+            for (path, c) in batch.into_iter().zip(list) {
+                match c.k.as_str() {
+                    "drv" | "err" => items.borrow_mut().push(Item { path, error: None }),
+                    "rec" if path.len() >= MAX_DEPTH => items.borrow_mut().push(Item {
+                        path,
+                        error: Some(format!(
+                            "not recursing into an attribute set nested deeper than {MAX_DEPTH} levels"
+                        )),
+                    }),
+                    "rec" => children.extend(c.names.into_iter().map(|n| {
+                        let mut p = path.clone();
+                        p.push(n);
+                        p
+                    })),
+                    _ => {}
+                }
+            }
+        };
+        let mut stack = vec![batch];
+        while let Some(mut batch) = stack.pop() {
+            let refs: Vec<&[String]> = batch.iter().map(Vec::as_slice).collect();
+            match self.run_list::<Classified>(Mode::Classify, &refs).await? {
+                Batch::All(list) => accept(batch, list, &mut children),
+                Batch::FailedAt { done, failure } => {
+                    let rest = split_culprit(&mut batch, done.len(), &mut stack);
+                    accept(batch, done, &mut children);
+                    if let Some(path) = rest {
+                        items.borrow_mut().push(Item { path, error: Some(failure.message(self.opts)) });
+                    }
+                }
+                Batch::Failed(failure) => bisect(batch, &mut stack, |path| {
+                    items.borrow_mut().push(Item { path, error: Some(failure.message(self.opts)) })
+                }),
+            }
+        }
+        Ok(children)
+    }
+
+    /// Instantiates all items in batches over the worker pool.
+    async fn instantiate_all(&self, items: &[Item], out: &Emitter) -> Result<(), EvalError> {
+        let batches: Vec<&[Item]> = items.chunks(self.opts.batch_size.max(1)).collect();
+        let next = Cell::new(0usize);
+        let worker = || async {
+            loop {
+                let i = next.get();
+                let Some(batch) = batches.get(i) else { return Ok(()) };
+                next.set(i + 1);
+                self.process_batch(batch, out).await?;
+                out.progress().await?;
+            }
+        };
+        try_join_all((0..self.opts.workers).map(|_| worker()).collect()).await
+    }
+
+    async fn process_batch(&self, batch: &[Item], out: &Emitter) -> Result<(), EvalError> {
+        let mut todo = Vec::new();
+        for item in batch {
+            match &item.error {
+                Some(message) => out.record(error_record(&item.path, message.clone())).await?,
+                None => todo.push(item),
+            }
+        }
+        let mut stack = vec![todo];
+        while let Some(mut batch) = stack.pop() {
+            if batch.is_empty() {
+                continue;
+            }
+            let refs: Vec<&[String]> = batch.iter().map(|i| i.path.as_slice()).collect();
+            match self.run_list::<Option<Info>>(Mode::Info, &refs).await? {
+                Batch::All(infos) => self.accept_infos(batch, infos, out).await?,
+                Batch::FailedAt { done, failure } => {
+                    let culprit = split_culprit(&mut batch, done.len(), &mut stack);
+                    self.accept_infos(batch, done, out).await?;
+                    if let Some(item) = culprit {
+                        out.record(error_record(&item.path, failure.message(self.opts))).await?;
+                    }
+                }
+                Batch::Failed(failure) => {
+                    let mut failed = Vec::new();
+                    bisect(batch, &mut stack, |item| failed.push(item));
+                    for item in failed {
+                        out.record(error_record(&item.path, failure.message(self.opts))).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Explains the attributes whose `tryEval` failed, then instantiates the others.
+    async fn accept_infos(
+        &self,
+        batch: Vec<&Item>,
+        infos: Vec<Option<Info>>,
+        out: &Emitter,
+    ) -> Result<(), EvalError> {
+        let mut good = Vec::new();
+        for (item, info) in batch.into_iter().zip(infos) {
+            match info {
+                Some(info) => good.push((item, info)),
+                None => match self.explain(item).await? {
+                    Ok(info) => good.push((item, info)),
+                    Err(message) => out.record(error_record(&item.path, message)).await?,
+                },
+            }
+        }
+        self.instantiate(good, out).await
+    }
+
+    /// Re-evaluates one attribute whose `tryEval` failed, without the guard, for Nix's message.
+    async fn explain(&self, item: &Item) -> Result<Result<Info, String>, EvalError> {
+        let refs = [item.path.as_slice()];
+        match self.run_json::<Vec<Value>>(Mode::Explain, &refs).await? {
+            Ok(mut v) if v.len() == 1 => {
+                let value = v.remove(0);
+                if value.get("drvPath").is_some() {
+                    Ok(serde_json::from_value::<Info>(value)
+                        .map_err(|e| format!("unexpected output from {NIX_INSTANTIATE}: {e}")))
+                } else {
+                    Ok(Err("the attribute failed under builtins.tryEval but evaluated without it (is the expression \
+                            impure?)"
+                        .to_string()))
+                }
+            }
+            Ok(v) => Ok(Err(format!(
+                "unexpected output from {NIX_INSTANTIATE}: {} results for 1 attribute",
+                v.len()
+            ))),
+            Err(f) => Ok(Err(f.message(self.opts))),
+        }
+    }
+
+    /// Instantiates evaluated derivations with GC roots (bisecting on failure) and sends their records.
+    async fn instantiate(&self, good: Vec<(&Item, Info)>, out: &Emitter) -> Result<(), EvalError> {
+        let mut stack = vec![good];
+        while let Some(batch) = stack.pop() {
+            if batch.is_empty() {
+                continue;
+            }
+            let base = self.roots_dir.join(format!("{}-{}", self.work.token, self.next_seq()));
+            let refs: Vec<&[String]> = batch.iter().map(|(i, _)| i.path.as_slice()).collect();
+            let run = self.run_nix(Mode::Instantiate, &refs, Some(&base)).await?;
+            let failure = match failure(&run) {
+                None => {
+                    let lines =
+                        String::from_utf8_lossy(&run.stdout).lines().filter(|l| !l.is_empty()).count();
+                    if lines == batch.len() {
+                        let roots = read_roots(&base, batch.len()).await;
+                        for ((item, info), root) in batch.into_iter().zip(roots) {
+                            out.record(self.drv_record(item, info, root)).await?;
+                        }
+                        continue;
+                    }
+                    Failure::Other(format!(
+                        "unexpected output from {NIX_INSTANTIATE}: {lines} derivations for {} attributes",
+                        batch.len()
+                    ))
+                }
+                Some(f) => f,
+            };
+            let mut failed = Vec::new();
+            bisect(batch, &mut stack, |pair| failed.push(pair));
+            for (item, _) in failed {
+                out.record(error_record(&item.path, failure.message(self.opts))).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn drv_record(&self, item: &Item, info: Info, root: Result<String, String>) -> EvalRecord {
+        let root = match root {
+            Ok(r) => r,
+            Err(message) => return error_record(&item.path, message),
+        };
+        if root != info.drv_path {
+            return error_record(
+                &item.path,
+                format!(
+                    "the derivation path differs between evaluation ({}) and instantiation ({root}); is the \
+                     expression impure?",
+                    info.drv_path
+                ),
+            );
+        }
+        let meta = if self.opts.meta {
+            meta_with_names(
+                Some(info.meta.unwrap_or_else(|| Value::Object(Default::default()))),
+                info.pname,
+                info.version,
+            )
+        } else {
+            None
+        };
+        let drv = EvalDrv {
+            name: info.name,
+            system: info.system,
+            drv_path: info.drv_path,
+            outputs: info.outputs.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect(),
+            meta,
+            required_system_features: info.features,
+        };
+        EvalRecord {
+            attr: attr_display(&item.path),
+            attr_path: item.path.clone(),
+            outcome: EvalOutcome::Derivation(drv),
+        }
+    }
+}
+
+fn error_record(path: &[String], message: String) -> EvalRecord {
+    EvalRecord { attr: attr_display(path), attr_path: path.to_vec(), outcome: EvalOutcome::Error { message } }
+}
+
+/// Why a step's process failed, or `None` when it succeeded.
+fn failure(out: &RunOutput) -> Option<Failure> {
+    match &out.termination {
+        Termination::Exited(status) if status.success() => None,
+        Termination::Exited(status) => {
+            let message = nix_error_message(&out.stderr);
+            Some(Failure::Other(if message.is_empty() {
+                format!("{NIX_INSTANTIATE} failed ({status}) without an error message")
+            } else {
+                message
+            }))
+        }
+        Termination::MemoryLimit { .. } => Some(Failure::Memory),
+        Termination::TimedOut(d) => Some(Failure::Other(format!("evaluation timed out after {d:?}"))),
+        Termination::OutputLimit { limit_bytes } => {
+            Some(Failure::Other(format!("the evaluation's output exceeded {limit_bytes} bytes")))
+        }
+    }
+}
+
+/// The outcome of a step over a list of attributes.
+enum Batch<T> {
+    /// One result per attribute.
+    All(Vec<T>),
+    /// The first `done.len()` attributes succeeded and the next one failed with `failure`; the rest were not
+    /// evaluated. Known from the partial output of Nix versions that print JSON as they evaluate (2.8 does).
+    FailedAt { done: Vec<T>, failure: Failure },
+    /// The process failed and it is unknown which attribute caused it: bisect.
+    Failed(Failure),
+}
+
+/// After a [`Batch::FailedAt`]: truncates `batch` to its `done` first elements, pushes the attributes after
+/// the failing one onto `stack` and returns the failing one.
+fn split_culprit<T>(batch: &mut Vec<T>, done: usize, stack: &mut Vec<Vec<T>>) -> Option<T> {
+    let mut rest = batch.split_off(done.min(batch.len()));
+    if rest.is_empty() {
+        return None;
+    }
+    let culprit = rest.remove(0);
+    if !rest.is_empty() {
+        stack.push(rest);
+    }
+    Some(culprit)
+}
+
+/// The complete elements of a JSON list whose printing was cut short by an evaluation error. Nix 2.8 prints
+/// `--json` output while it evaluates, and on an error closes the list after the elements it finished:
+/// `[{"k":"drv"},{"k":"skip"},]`. Every element of our steps is fully evaluated before its first byte is
+/// printed, so the elements before the cut are complete results and the next attribute is the one that
+/// failed. Returns `None` when the output is not such a list (newer Nix versions print nothing on failure).
+fn streamed_prefix(stdout: &[u8]) -> Option<Vec<Value>> {
+    let text = std::str::from_utf8(stdout).ok()?;
+    let mut rest = text.trim_start().strip_prefix('[')?;
+    let mut values = Vec::new();
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() || rest.starts_with(']') {
+            return Some(values);
+        }
+        let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        let Some(Ok(value)) = stream.next() else { return Some(values) };
+        let after = rest[stream.byte_offset()..].trim_start();
+        if let Some(next) = after.strip_prefix(',') {
+            values.push(value);
+            rest = next;
+        } else {
+            if after.starts_with(']') {
+                values.push(value);
+            }
+            return Some(values);
+        }
+    }
+}
+
+/// Splits a failed batch in halves onto `stack`, or hands its single element to `fail`.
+fn bisect<T>(mut batch: Vec<T>, stack: &mut Vec<Vec<T>>, mut fail: impl FnMut(T)) {
+    if batch.len() > 1 {
+        let second = batch.split_off(batch.len() / 2);
+        // Popped in order: first half first.
+        stack.push(second);
+        stack.push(batch);
+    } else if let Some(single) = batch.pop() {
+        fail(single);
+    }
+}
+
+/// Reads the GC roots `nix-instantiate --add-root <base>` created: `<base>`, `<base>-2`, `<base>-3`, …
+async fn read_roots(base: &Path, n: usize) -> Vec<Result<String, String>> {
+    let base = base.to_path_buf();
+    smol::unblock(move || {
+        (0..n)
+            .map(|i| {
+                let mut name = base.clone().into_os_string();
+                if i > 0 {
+                    name.push(format!("-{}", i + 1));
+                }
+                let root = PathBuf::from(name);
+                std::fs::read_link(&root)
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .map_err(|e| format!("cannot read the GC root {}: {e}", root.display()))
+            })
+            .collect()
+    })
+    .await
+}
+
+fn describe_type(nix_type: &str) -> String {
+    match nix_type {
+        "" => "not an attribute set".to_string(),
+        "lambda" => "a function".to_string(),
+        "int" => "an integer".to_string(),
+        "bool" => "a Boolean".to_string(),
+        "null" => "null".to_string(),
+        "float" | "string" | "path" | "list" => format!("a {nix_type}"),
+        other => format!("a value of type {other}"),
+    }
+}
+
+/// Polls all futures together; the first error wins (the others are dropped, killing their children).
+async fn try_join_all<F, E>(futures: Vec<F>) -> Result<(), E>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    let mut futures: Vec<Option<Pin<Box<F>>>> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    futures_lite::future::poll_fn(|cx| {
+        let mut pending = false;
+        for slot in futures.iter_mut() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(Ok(())) => *slot = None,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bisect_splits_then_fails_singletons() {
+        let mut stack = Vec::new();
+        let mut failed = Vec::new();
+        bisect(vec![1, 2, 3], &mut stack, |x| failed.push(x));
+        assert_eq!(stack, vec![vec![2, 3], vec![1]]);
+        assert!(failed.is_empty());
+        let mut stack = Vec::new();
+        bisect(vec![7], &mut stack, |x| failed.push(x));
+        assert!(stack.is_empty());
+        assert_eq!(failed, vec![7]);
+    }
+
+    #[test]
+    fn join_reports_the_first_error() {
+        let r: Result<(), &str> = smol::block_on(try_join_all(vec![
+            Box::pin(async { Ok(()) }) as Pin<Box<dyn Future<Output = Result<(), &str>>>>,
+            Box::pin(async { Err("boom") }),
+            Box::pin(futures_lite::future::pending()),
+        ]));
+        assert_eq!(r, Err("boom"));
+        let r: Result<(), ()> =
+            smol::block_on(try_join_all(Vec::<futures_lite::future::Ready<Result<(), ()>>>::new()));
+        assert_eq!(r, Ok(()));
+    }
+
+    #[test]
+    fn reads_the_streamed_prefix_of_a_failed_list() {
+        let values = |s: &str| streamed_prefix(s.as_bytes()).map(|v| v.len());
+        assert_eq!(values(r#"[{"k":"drv"},{"k":"rec","names":["a","b"]},]"#), Some(2));
+        assert_eq!(values(r#"[{"k":1,"n":[1]},{"k":2,"n":[2]},{"k":3,"n":}]"#), Some(2));
+        assert_eq!(values("[]"), Some(0));
+        assert_eq!(values("[1, 2 ,3]"), Some(3));
+        assert_eq!(values("[null,"), Some(1));
+        assert_eq!(values(""), None);
+        assert_eq!(values("error"), None);
+        let mut batch = vec![1, 2, 3, 4, 5];
+        let mut stack = Vec::new();
+        assert_eq!(split_culprit(&mut batch, 2, &mut stack), Some(3));
+        assert_eq!((batch, stack), (vec![1, 2], vec![vec![4, 5]]));
+        let mut batch = vec![1];
+        let mut stack = Vec::new();
+        assert_eq!(split_culprit(&mut batch, 0, &mut stack), Some(1));
+        assert!(batch.is_empty() && stack.is_empty());
+    }
+
+    #[test]
+    fn describes_types() {
+        assert_eq!(describe_type("lambda"), "a function");
+        assert_eq!(describe_type("int"), "an integer");
+        assert_eq!(describe_type("list"), "a list");
+    }
+}

@@ -1,0 +1,694 @@
+//! Supervised child processes: each child runs in its own process group, the whole group is killed on
+//! cancellation, its resident memory can be capped, and its output is captured within fixed bounds.
+//!
+//! The evaluator runs every `nix-instantiate` through [`run_captured`]; the build engine can use the
+//! lower-level [`SupervisedChild`] to stream a child's output itself. The rules this module enforces:
+//!
+//! * A child is the leader of a new process group (`setpgid(0, 0)` at spawn), so everything it forks stays
+//!   in that group unless it calls `setsid`/`setpgid` itself (Nix's local builders do: they are outside the
+//!   reach of a group kill, but Nix kills them itself on SIGTERM; see [`SupervisedChild::terminate`]).
+//! * Dropping a [`SupervisedChild`] that has not been reaped sends SIGKILL to the whole group, so a cancelled
+//!   future (a timeout, a shutdown) never leaves evaluators or builders running. async-process reaps the
+//!   zombie in the background.
+//! * After the leader exits, the group is sent SIGKILL once to take stragglers with it. The group id is the
+//!   leader's pid; Linux does not reuse a pid while any process still carries it as its group id, so this
+//!   can only reach a stranger if the whole group vanished *and* the pid was recycled as a new group leader
+//!   in the microseconds in between.
+//! * Memory is the sum of `VmRSS` over every process of the group, read from `/proc` every
+//!   [`RunLimits::poll_interval`]. Shared pages are counted once per process, so the sum over-estimates a
+//!   group of forked processes; for a single evaluator it is exact. Polling means a child can overshoot the
+//!   limit by whatever it allocates within one interval.
+//! * Captured output is bounded: stdout up to [`RunLimits::stdout_limit`] (exceeding it kills the group),
+//!   stderr keeps only its last [`RunLimits::stderr_tail`] bytes (errors come last).
+//!
+//! Text helpers ([`strip_ansi`], [`truncate_utf8`], [`bounded_text`]) turn raw child output into text that is
+//! safe to store and show: valid UTF-8, no terminal escapes, a bounded length cut on a character boundary.
+
+use std::cell::Cell;
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::process::CommandExt as _;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use futures_lite::io::{AsyncRead, AsyncReadExt};
+use rustix::process::{kill_process_group, Pid, Signal};
+use smol::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+
+/// Failures to run a child at all (as opposed to the child failing, which is a [`Termination`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start {program}: {source}")]
+    Spawn { program: String, source: io::Error },
+    #[error("waiting for {program} (pid {pid}) failed: {source}")]
+    Wait { program: String, pid: u32, source: io::Error },
+    #[error("reading the output of {program} (pid {pid}) failed: {source}")]
+    Read { program: String, pid: u32, source: io::Error },
+}
+
+impl ProcessError {
+    /// True when the program itself could not be found (`ENOENT` at spawn).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ProcessError::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// What to connect a child's standard stream to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipe {
+    Null,
+    Piped,
+    Inherit,
+}
+
+impl Pipe {
+    fn stdio(self) -> Stdio {
+        match self {
+            Pipe::Null => Stdio::null(),
+            Pipe::Piped => Stdio::piped(),
+            Pipe::Inherit => Stdio::inherit(),
+        }
+    }
+}
+
+/// A child process that leads its own process group; see the module documentation.
+#[derive(Debug)]
+pub struct SupervisedChild {
+    child: Child,
+    program: String,
+    pid: u32,
+    pgid: Option<Pid>,
+    reaped: bool,
+}
+
+impl SupervisedChild {
+    /// Starts `cmd` as the leader of a new process group, with the given standard streams.
+    pub fn spawn(
+        mut cmd: std::process::Command,
+        stdin: Pipe,
+        stdout: Pipe,
+        stderr: Pipe,
+    ) -> Result<SupervisedChild, ProcessError> {
+        let program = program_name(cmd.get_program());
+        cmd.process_group(0);
+        let mut cmd = smol::process::Command::from(cmd);
+        cmd.stdin(stdin.stdio()).stdout(stdout.stdio()).stderr(stderr.stdio());
+        let child = cmd.spawn().map_err(|source| ProcessError::Spawn { program: program.clone(), source })?;
+        let pid = child.id();
+        // The child called setpgid(0, 0) before exec, so its group id is its pid.
+        let pgid = i32::try_from(pid).ok().and_then(Pid::from_raw);
+        Ok(SupervisedChild { child, program, pid, pgid, reaped: false })
+    }
+
+    /// The leader's pid (also the process group id).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The program name, for messages.
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    pub fn take_stderr(&mut self) -> Option<ChildStderr> {
+        self.child.stderr.take()
+    }
+
+    /// Sends `signal` to every process of the group. A group that no longer exists is not an error.
+    pub fn signal_group(&self, signal: Signal) -> io::Result<()> {
+        let Some(pgid) = self.pgid else { return Ok(()) };
+        match kill_process_group(pgid, signal) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends SIGKILL to the whole group (best effort).
+    pub fn kill_group(&self) {
+        if let Err(e) = self.signal_group(Signal::KILL) {
+            tracing::warn!(pid = self.pid, program = %self.program, error = %e, "cannot kill a process group");
+        }
+    }
+
+    /// The group's resident memory in bytes (blocking: reads `/proc`).
+    pub fn group_rss_bytes(&self) -> u64 {
+        self.pgid.map(|p| group_rss_bytes(p.as_raw_nonzero().get())).unwrap_or(0)
+    }
+
+    /// Waits for the leader to exit, then kills whatever is left of its group.
+    pub async fn wait(&mut self) -> Result<ExitStatus, ProcessError> {
+        let status = self.child.status().await.map_err(|source| ProcessError::Wait {
+            program: self.program.clone(),
+            pid: self.pid,
+            source,
+        })?;
+        self.reaped = true;
+        self.kill_group();
+        Ok(status)
+    }
+
+    /// Stops the group gracefully: SIGTERM to the group, up to `grace` to exit, then SIGKILL. Nix handles
+    /// SIGTERM by killing its own builders (which live in groups of their own), so prefer this over a bare
+    /// kill when the child may be building.
+    pub async fn terminate(&mut self, grace: Duration) -> Result<ExitStatus, ProcessError> {
+        if let Err(e) = self.signal_group(Signal::TERM) {
+            tracing::warn!(pid = self.pid, program = %self.program, error = %e, "cannot signal a process group");
+        }
+        let waited = future::or(async { Some(self.wait().await) }, async {
+            smol::Timer::after(grace).await;
+            None
+        })
+        .await;
+        match waited {
+            Some(r) => r,
+            None => {
+                self.kill_group();
+                self.wait().await
+            }
+        }
+    }
+}
+
+impl Drop for SupervisedChild {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.kill_group();
+        }
+    }
+}
+
+fn program_name(program: &OsStr) -> String {
+    program.to_string_lossy().into_owned()
+}
+
+/// The sum of `VmRSS` (bytes) of every process whose process group is `pgid`. Blocking.
+pub fn group_rss_bytes(pgid: i32) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let mut total = 0u64;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        // Processes come and go while we scan: every read failure just means "not there any more".
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        if stat_pgrp(&stat) != Some(pgid) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        total += status_rss_bytes(&status).unwrap_or(0);
+    }
+    total
+}
+
+/// The process group field of `/proc/<pid>/stat` (the 5th; the command name in parentheses may contain
+/// spaces and parentheses, so fields are counted after the last `)`).
+fn stat_pgrp(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // state, ppid, pgrp
+    rest.split_ascii_whitespace().nth(2)?.parse().ok()
+}
+
+/// `VmRSS` of `/proc/<pid>/status`, in bytes (absent for zombies and kernel threads).
+fn status_rss_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line["VmRSS:".len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Polls the group's memory every `interval` and resolves with the observed RSS once it exceeds
+/// `limit_bytes`. `peak` records the highest value seen. Never resolves while the group stays under.
+pub async fn watch_memory(pgid: i32, limit_bytes: u64, interval: Duration, peak: &Cell<u64>) -> u64 {
+    loop {
+        smol::Timer::after(interval).await;
+        let rss = smol::unblock(move || group_rss_bytes(pgid)).await;
+        peak.set(peak.get().max(rss));
+        if rss > limit_bytes {
+            return rss;
+        }
+    }
+}
+
+/// Bounds for [`run_captured`].
+#[derive(Debug, Clone)]
+pub struct RunLimits {
+    /// Kill the group when its resident memory exceeds this many bytes.
+    pub memory_limit_bytes: Option<u64>,
+    /// Kill the group when it has run this long.
+    pub timeout: Option<Duration>,
+    /// How often memory is sampled.
+    pub poll_interval: Duration,
+    /// Kill the group when its stdout exceeds this many bytes.
+    pub stdout_limit: usize,
+    /// Keep only this many bytes from the end of stderr.
+    pub stderr_tail: usize,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        RunLimits {
+            memory_limit_bytes: None,
+            timeout: None,
+            poll_interval: Duration::from_millis(100),
+            stdout_limit: 64 << 20,
+            stderr_tail: 64 << 10,
+        }
+    }
+}
+
+/// How a child run by [`run_captured`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Termination {
+    /// The leader exited by itself.
+    Exited(ExitStatus),
+    /// Killed because the group's RSS exceeded the limit.
+    MemoryLimit { rss_bytes: u64, limit_bytes: u64 },
+    /// Killed because it ran longer than the timeout.
+    TimedOut(Duration),
+    /// Killed because stdout exceeded its limit.
+    OutputLimit { limit_bytes: usize },
+}
+
+impl Termination {
+    /// True for an exit with status 0.
+    pub fn success(&self) -> bool {
+        matches!(self, Termination::Exited(s) if s.success())
+    }
+}
+
+/// The result of [`run_captured`].
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    pub termination: Termination,
+    pub stdout: Vec<u8>,
+    /// The last [`RunLimits::stderr_tail`] bytes of stderr.
+    pub stderr: Vec<u8>,
+    /// True when the beginning of stderr was dropped.
+    pub stderr_truncated: bool,
+    /// The highest group RSS sampled (0 when memory was not watched).
+    pub peak_rss_bytes: u64,
+    pub elapsed: Duration,
+}
+
+enum Stage<T> {
+    Done(T),
+    Memory(u64),
+    Timeout,
+    OutputLimit,
+}
+
+/// Runs `cmd` (stdin closed) in its own process group under `limits` and returns its captured output.
+/// Cancelling the returned future kills the group.
+pub async fn run_captured(cmd: std::process::Command, limits: &RunLimits) -> Result<RunOutput, ProcessError> {
+    let started = Instant::now();
+    let mut child = SupervisedChild::spawn(cmd, Pipe::Null, Pipe::Piped, Pipe::Piped)?;
+    let pid = child.pid();
+    let pgid = i32::try_from(pid).unwrap_or(0);
+    let program = child.program().to_string();
+    let peak = Cell::new(0u64);
+    let deadline = limits.timeout.map(|t| started + t);
+
+    let mut stdout_pipe = child.take_stdout();
+    let mut stderr_pipe = child.take_stderr();
+    let mut stdout = Vec::new();
+    let mut stderr = TailBuffer::new(limits.stderr_tail);
+
+    // Stage 1: read both pipes to the end. Stage 2: wait for the leader. Either can be cut short.
+    let read_result = {
+        let io = async {
+            let read_stdout = async {
+                let r = read_bounded(stdout_pipe.as_mut(), &mut stdout, limits.stdout_limit).await;
+                if !matches!(r, Ok(true)) {
+                    // Over the limit (or unreadable): kill the group now, so that stderr ends too.
+                    child.kill_group();
+                }
+                r
+            };
+            let (a, b) = future::zip(read_stdout, read_tail(stderr_pipe.as_mut(), &mut stderr)).await;
+            match (a, b) {
+                (Ok(true), Ok(())) => Stage::Done(Ok(())),
+                (Ok(false), Ok(())) => Stage::OutputLimit,
+                (Err(e), _) | (_, Err(e)) => Stage::Done(Err(e)),
+            }
+        };
+        race_limits(io, pgid, limits, deadline, &peak).await
+    };
+    drop(stdout_pipe);
+    drop(stderr_pipe);
+
+    let killed = match read_result {
+        Stage::Done(Ok(())) => None,
+        Stage::Done(Err(source)) => {
+            child.kill_group();
+            let _ = child.wait().await;
+            return Err(ProcessError::Read { program, pid, source });
+        }
+        Stage::Memory(rss) => Some(Termination::MemoryLimit {
+            rss_bytes: rss,
+            limit_bytes: limits.memory_limit_bytes.unwrap_or(0),
+        }),
+        Stage::Timeout => Some(Termination::TimedOut(limits.timeout.unwrap_or_default())),
+        Stage::OutputLimit => Some(Termination::OutputLimit { limit_bytes: limits.stdout_limit }),
+    };
+
+    let termination = match killed {
+        Some(t) => {
+            child.kill_group();
+            child.wait().await?;
+            t
+        }
+        None => {
+            let waited =
+                race_limits(async { Stage::Done(child.wait().await) }, pgid, limits, deadline, &peak).await;
+            match waited {
+                Stage::Done(status) => Termination::Exited(status?),
+                other => {
+                    child.kill_group();
+                    child.wait().await?;
+                    match other {
+                        Stage::Memory(rss) => Termination::MemoryLimit {
+                            rss_bytes: rss,
+                            limit_bytes: limits.memory_limit_bytes.unwrap_or(0),
+                        },
+                        _ => Termination::TimedOut(limits.timeout.unwrap_or_default()),
+                    }
+                }
+            }
+        }
+    };
+
+    let (stderr, stderr_truncated) = stderr.into_parts();
+    Ok(RunOutput {
+        termination,
+        stdout,
+        stderr,
+        stderr_truncated,
+        peak_rss_bytes: peak.get(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Runs `work` until it finishes, the group exceeds its memory limit, or the deadline passes.
+async fn race_limits<T>(
+    work: impl std::future::Future<Output = Stage<T>>,
+    pgid: i32,
+    limits: &RunLimits,
+    deadline: Option<Instant>,
+    peak: &Cell<u64>,
+) -> Stage<T> {
+    let memory = async {
+        match limits.memory_limit_bytes {
+            Some(limit) if pgid > 0 => {
+                Stage::Memory(watch_memory(pgid, limit, limits.poll_interval, peak).await)
+            }
+            _ => future::pending().await,
+        }
+    };
+    let timeout = async {
+        match deadline {
+            Some(d) => {
+                smol::Timer::at(d).await;
+                Stage::Timeout
+            }
+            None => future::pending().await,
+        }
+    };
+    future::or(work, future::or(memory, timeout)).await
+}
+
+/// Appends everything from `pipe` to `out`; returns `Ok(false)` as soon as `out` would exceed `limit`.
+async fn read_bounded<R: AsyncRead + Unpin>(
+    pipe: Option<&mut R>,
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<bool> {
+    let Some(pipe) = pipe else { return Ok(true) };
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = pipe.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if out.len() + n > limit {
+            return Ok(false);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+async fn read_tail<R: AsyncRead + Unpin>(pipe: Option<&mut R>, out: &mut TailBuffer) -> io::Result<()> {
+    let Some(pipe) = pipe else { return Ok(()) };
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = pipe.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.push(&buf[..n]);
+    }
+}
+
+/// Keeps the last `limit` bytes written to it.
+#[derive(Debug, Clone)]
+pub struct TailBuffer {
+    buf: Vec<u8>,
+    limit: usize,
+    dropped: bool,
+}
+
+impl TailBuffer {
+    pub fn new(limit: usize) -> TailBuffer {
+        TailBuffer { buf: Vec::new(), limit, dropped: false }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        // Trim only once the buffer is twice the limit, so appends stay amortised O(1).
+        if self.buf.len() > self.limit.saturating_mul(2).max(1) {
+            let cut = self.buf.len() - self.limit;
+            self.buf.drain(..cut);
+            self.dropped = true;
+        }
+    }
+
+    /// The kept bytes (at most `limit`) and whether anything was dropped from the front.
+    pub fn into_parts(mut self) -> (Vec<u8>, bool) {
+        if self.buf.len() > self.limit {
+            let cut = self.buf.len() - self.limit;
+            self.buf.drain(..cut);
+            self.dropped = true;
+        }
+        (self.buf, self.dropped)
+    }
+}
+
+/// Removes terminal escape sequences (CSI `ESC [ … final`, OSC `ESC ] … BEL|ESC \`, two- and three-byte
+/// `ESC` sequences, the C1 CSI `U+009B`) and control characters other than newline and tab.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                Some('[') => skip_csi(&mut chars),
+                Some(']') => {
+                    // OSC: until BEL or ST (ESC \).
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' {
+                            break;
+                        }
+                        if c == '\u{1b}' {
+                            if chars.peek() == Some(&'\\') {
+                                chars.next();
+                            }
+                            break;
+                        }
+                    }
+                }
+                Some(c) if ('\u{20}'..='\u{2f}').contains(&c) => {
+                    // ESC, intermediates, one final byte (e.g. `ESC ( B`).
+                    while chars.peek().is_some_and(|c| ('\u{20}'..='\u{2f}').contains(c)) {
+                        chars.next();
+                    }
+                    chars.next();
+                }
+                _ => {}
+            },
+            '\u{9b}' => skip_csi(&mut chars),
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn skip_csi(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    // Parameter and intermediate bytes, then one final byte in 0x40..=0x7e.
+    for c in chars.by_ref() {
+        if ('\u{40}'..='\u{7e}').contains(&c) || !('\u{20}'..='\u{3f}').contains(&c) {
+            break;
+        }
+    }
+}
+
+/// The longest prefix of `text` of at most `max_bytes` bytes that ends on a character boundary.
+pub fn truncate_utf8(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Marker appended to text cut by [`bounded_text`].
+pub const TRUNCATION_MARKER: &str = " […]";
+
+/// Raw child output as displayable text: decoded lossily, escapes stripped, trimmed, and cut to at most
+/// `max_bytes` bytes (including [`TRUNCATION_MARKER`] when cut) on a character boundary.
+pub fn bounded_text(bytes: &[u8], max_bytes: usize) -> String {
+    let text = strip_ansi(&String::from_utf8_lossy(bytes));
+    bound_str(text.trim(), max_bytes)
+}
+
+/// Cuts `text` to at most `max_bytes` bytes on a character boundary, marking the cut.
+pub fn bound_str(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_string();
+    }
+    let keep = truncate_utf8(text, max_bytes.saturating_sub(TRUNCATION_MARKER.len()));
+    let mut s = keep.trim_end().to_string();
+    if s.len() + TRUNCATION_MARKER.len() <= max_bytes {
+        s.push_str(TRUNCATION_MARKER);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_escapes_and_controls() {
+        let s = "\u{1b}[31;1merror:\u{1b}[0m bad\r\n\u{1b}]0;title\u{7}x\u{1b}(By\u{9b}2Kz\tw\u{0}";
+        assert_eq!(strip_ansi(s), "error: bad\nxyz\tw");
+        assert_eq!(strip_ansi("plain ünïcode"), "plain ünïcode");
+        assert_eq!(strip_ansi("\u{1b}"), "");
+        assert_eq!(strip_ansi("a\u{1b}[1"), "a");
+    }
+
+    #[test]
+    fn truncates_on_char_boundaries() {
+        let s = "aé€😀";
+        for max in 0..=s.len() + 1 {
+            let t = truncate_utf8(s, max);
+            assert!(t.len() <= max);
+            assert!(s.starts_with(t));
+        }
+        assert_eq!(truncate_utf8(s, 2), "a");
+        let long = "€".repeat(2000);
+        let b = bounded_text(long.as_bytes(), 4096);
+        assert!(b.len() <= 4096, "{}", b.len());
+        assert!(b.ends_with(TRUNCATION_MARKER));
+        assert_eq!(bounded_text(b"  short \n", 4096), "short");
+        // Invalid UTF-8 is replaced, not an error.
+        assert_eq!(bounded_text(b"a\xffb", 100), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn tail_buffer_keeps_the_end() {
+        let mut t = TailBuffer::new(4);
+        for chunk in [&b"abc"[..], b"defgh", b"ij"] {
+            t.push(chunk);
+        }
+        assert_eq!(t.into_parts(), (b"ghij".to_vec(), true));
+        let mut t = TailBuffer::new(10);
+        t.push(b"abc");
+        assert_eq!(t.into_parts(), (b"abc".to_vec(), false));
+    }
+
+    #[test]
+    fn parses_proc_fields() {
+        let stat = "1234 (we ird) (name) S 1 4321 4321 0 -1 4194560 120 0 0 0";
+        assert_eq!(stat_pgrp(stat), Some(4321));
+        assert_eq!(stat_pgrp("garbage"), None);
+        let status = "Name:\tnix\nVmPeak:\t  100 kB\nVmRSS:\t   2048 kB\nThreads: 1\n";
+        assert_eq!(status_rss_bytes(status), Some(2048 * 1024));
+        assert_eq!(status_rss_bytes("Name:\tzombie\n"), None);
+    }
+
+    fn sh(script: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("/bin/sh");
+        c.arg("-c").arg(script);
+        c
+    }
+
+    #[test]
+    fn captures_output_and_status() {
+        let out = smol::block_on(run_captured(sh("echo out; echo err >&2; exit 3"), &RunLimits::default()))
+            .expect("run");
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+        match out.termination {
+            Termination::Exited(s) => assert_eq!(s.code(), Some(3)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_program_is_not_found() {
+        let cmd = std::process::Command::new("/nonexistent/eka-ci-test-program");
+        let err = smol::block_on(run_captured(cmd, &RunLimits::default())).expect_err("must fail");
+        assert!(err.is_not_found(), "{err}");
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_group() {
+        // A grandchild holding the pipes open must die with the group, or this would hang for 30 s.
+        let limits = RunLimits { timeout: Some(Duration::from_millis(300)), ..RunLimits::default() };
+        let started = Instant::now();
+        let out = smol::block_on(run_captured(sh("sleep 30 & sleep 30; echo never"), &limits)).expect("run");
+        assert_eq!(out.termination, Termination::TimedOut(Duration::from_millis(300)));
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        assert!(out.stdout.is_empty());
+    }
+
+    #[test]
+    fn output_limit_kills() {
+        let limits = RunLimits { stdout_limit: 1000, ..RunLimits::default() };
+        let out =
+            smol::block_on(run_captured(sh("while :; do echo yyyyyyyyyyyy; done"), &limits)).expect("run");
+        assert_eq!(out.termination, Termination::OutputLimit { limit_bytes: 1000 });
+    }
+
+    #[test]
+    fn memory_limit_kills() {
+        // The shell builds an ever longer string: its RSS grows without bound until killed.
+        let limits = RunLimits {
+            memory_limit_bytes: Some(30 << 20),
+            poll_interval: Duration::from_millis(20),
+            timeout: Some(Duration::from_secs(30)),
+            ..RunLimits::default()
+        };
+        let script = "x=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; while :; do x=\"$x$x\"; done";
+        let out = smol::block_on(run_captured(sh(script), &limits)).expect("run");
+        match out.termination {
+            Termination::MemoryLimit { rss_bytes, limit_bytes } => {
+                assert_eq!(limit_bytes, 30 << 20);
+                assert!(rss_bytes > limit_bytes);
+            }
+            other => panic!("expected a memory kill, got {other:?}"),
+        }
+    }
+}
