@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod nix;
 pub mod paths;
 pub mod pipeline;
+pub mod scheduler;
 pub mod secret;
 pub mod store;
 pub mod web;

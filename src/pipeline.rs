@@ -21,6 +21,8 @@ use crate::graph::Graph;
 use crate::jobset::diff::{diff, JobDiff};
 use crate::jobset::{AttrDrv, AttrOutcome, Begin, Jobset, JobsetKey, JobsetState, Jobsets};
 use crate::nix::eval::{self, EvalEvent, EvalOptions, EvalOutcome, EvalSource};
+use crate::scheduler::state::{Completion, DrvState};
+use crate::scheduler::{OwnerOutcome, SchedulerHandle};
 use crate::store::StoreError;
 
 /// The result of evaluating one commit.
@@ -72,17 +74,17 @@ pub enum PipelineError {
     UnknownJob { job: String, file: String, commit: String, defined: String },
     #[error("graph discovery for job `{job}` failed: {source}")]
     Graph { job: String, source: crate::graph::GraphError },
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error(transparent)]
+    Scheduler(#[from] crate::scheduler::SchedulerError),
 }
 
-/// Where progress goes: a channel to the control connection that asked, if any.
-pub type ProgressSink = Option<async_channel::Sender<Progress>>;
+/// Where progress goes: the frame channel of the control connection that asked, if any.
+pub type ProgressSink = Option<async_channel::Sender<crate::control::Response>>;
 
 fn report(progress: &ProgressSink, stage: &str, done: u64, total: u64) {
     if let Some(tx) = progress {
         // Progress is advisory: when the client reads slowly, drop it.
-        let _ = tx.try_send(Progress { stage: stage.to_string(), done, total });
+        let _ = tx.try_send(crate::control::Response::Progress(Progress { stage: stage.to_string(), done, total }));
     }
 }
 
@@ -93,6 +95,7 @@ pub struct Pipeline {
     graph: Graph,
     eval_options: EvalOptions,
     gc_roots: PathBuf,
+    logs_dir: PathBuf,
     slots: smol::lock::Semaphore,
     waiting: AtomicU64,
     running: AtomicU64,
@@ -105,6 +108,7 @@ impl Pipeline {
         graph: Graph,
         eval_options: EvalOptions,
         data_dir: &Path,
+        logs_dir: &Path,
         concurrent_evaluations: usize,
     ) -> Arc<Pipeline> {
         Arc::new(Pipeline {
@@ -113,6 +117,7 @@ impl Pipeline {
             graph,
             eval_options,
             gc_roots: data_dir.join("gcroots"),
+            logs_dir: logs_dir.to_path_buf(),
             slots: smol::lock::Semaphore::new(concurrent_evaluations.max(1)),
             waiting: AtomicU64::new(0),
             running: AtomicU64::new(0),
@@ -446,4 +451,227 @@ fn select_jobs<'c>(
             }),
         },
     }
+}
+
+/// How one Added or Changed attribute fared in a review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Added, and it builds.
+    AddedOk,
+    /// Added, and it fails to build.
+    AddedFailing,
+    /// Built on base, fails on head.
+    NewlyFailing,
+    /// Failed on base, builds on head.
+    NewlySucceeding,
+    /// Fails on both sides.
+    StillFailing,
+    /// Builds on both sides.
+    StillOk,
+}
+
+impl Verdict {
+    /// Whether this attribute fails the review.
+    pub fn fails(self) -> bool {
+        matches!(self, Verdict::AddedFailing | Verdict::NewlyFailing | Verdict::StillFailing)
+    }
+}
+
+/// A build result as the review reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildResult {
+    /// The state's short name: `success`, `cached`, `failure`, `transitive-failure`, `interrupted`, …
+    pub state: String,
+    pub ok: bool,
+    /// Why it failed, when it did (Nix's message, the failed dependency, the interruption reason).
+    pub detail: Option<String>,
+}
+
+impl BuildResult {
+    fn from_state(state: Option<&DrvState>) -> BuildResult {
+        match state {
+            None => BuildResult { state: "unknown".into(), ok: false, detail: Some("never scheduled".into()) },
+            Some(s) => {
+                let detail = match s {
+                    DrvState::Completed(Completion::Failure { message, .. }) => Some(message.clone()),
+                    DrvState::TransitiveFailure { dependency } => Some(format!("dependency {dependency} failed")),
+                    DrvState::Blocked { dependency } => Some(format!("dependency {dependency} was interrupted")),
+                    DrvState::Interrupted { kind, reason } => Some(format!("{kind}: {reason}")),
+                    _ => None,
+                };
+                BuildResult { state: s.name().to_string(), ok: s.is_done(), detail }
+            }
+        }
+    }
+}
+
+/// One Added or Changed attribute of a review.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrReview {
+    pub attr: String,
+    pub name: String,
+    pub verdict: Verdict,
+    pub head_drv: String,
+    pub head: BuildResult,
+    /// The base side, for Changed attributes.
+    pub base_drv: Option<String>,
+    pub base: Option<BuildResult>,
+    /// The last lines of head's build log when head failed to build (lossy UTF-8, bounded).
+    pub log_tail: Option<String>,
+}
+
+/// The review of one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobReview {
+    pub diff: JobDiff,
+    pub attrs: Vec<AttrReview>,
+    /// Whether this job fails the review (see [`Pipeline::review_local`]).
+    pub failed: bool,
+}
+
+/// The result of `ekaci review`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewReport {
+    pub repo: String,
+    pub base_commit: String,
+    pub head_commit: String,
+    pub jobs: Vec<JobReview>,
+    pub only_in_base: Vec<String>,
+    pub only_in_head: Vec<String>,
+    pub config_warnings: Vec<String>,
+    pub failed: bool,
+}
+
+impl Pipeline {
+    /// Reviews `head` against `base` of a local repository: evaluates and diffs both, builds every Added
+    /// and Changed attribute on head (and the base side of Changed ones, to tell newly failing from
+    /// still failing; those are usually already built and come back Cached), and classifies each.
+    ///
+    /// A job fails the review when an Added or Changed attribute fails to build on head, when head
+    /// introduces an evaluation error (unless the job has `allow_eval_failures`), or when head's
+    /// evaluation fails as a whole. Evaluation errors head merely keeps from base are reported, not held
+    /// against it.
+    pub async fn review_local(
+        &self,
+        scheduler: &SchedulerHandle,
+        repo_path: &Path,
+        base: &str,
+        head: &str,
+        progress: &ProgressSink,
+    ) -> Result<ReviewReport, PipelineError> {
+        let diff = self.diff_local(repo_path, base, head, None, progress).await?;
+        let mut owners = Vec::new();
+        for job in &diff.jobs {
+            let head_roots: Vec<String> = job.to_build().filter_map(|c| c.head_drv.clone()).collect();
+            let base_roots: Vec<String> = job.changed.iter().filter_map(|c| c.base_drv.clone()).collect();
+            for (owner, roots) in [(job.head.id, head_roots), (job.base.id, base_roots)] {
+                if !roots.is_empty() {
+                    scheduler.request(owner, roots).await?;
+                    owners.push(owner);
+                }
+            }
+        }
+        let mut states: std::collections::HashMap<String, DrvState> = std::collections::HashMap::new();
+        for owner in owners {
+            let outcome = self.wait_with_progress(scheduler, owner, progress).await?;
+            for root in outcome.roots {
+                if let Some(state) = root.state {
+                    states.insert(root.drv, state);
+                }
+            }
+        }
+        let mut jobs = Vec::new();
+        for job in diff.jobs {
+            let mut attrs = Vec::new();
+            for change in job.to_build() {
+                let Some(head_drv) = change.head_drv.clone() else { continue };
+                let head_result = BuildResult::from_state(states.get(&head_drv));
+                let base_result = change.base_drv.as_ref().map(|b| BuildResult::from_state(states.get(b)));
+                let verdict = match (&base_result, head_result.ok) {
+                    (None, true) => Verdict::AddedOk,
+                    (None, false) => Verdict::AddedFailing,
+                    (Some(b), true) if b.ok => Verdict::StillOk,
+                    (Some(_), true) => Verdict::NewlySucceeding,
+                    (Some(b), false) if b.ok => Verdict::NewlyFailing,
+                    (Some(_), false) => Verdict::StillFailing,
+                };
+                let log_tail = if head_result.ok { None } else { self.log_tail(scheduler, &head_drv).await };
+                attrs.push(AttrReview {
+                    attr: change.attr.clone(),
+                    name: change.name.clone(),
+                    verdict,
+                    head_drv,
+                    head: head_result,
+                    base_drv: change.base_drv.clone(),
+                    base: base_result,
+                    log_tail,
+                });
+            }
+            let new_eval_errors = job.errors.iter().any(|e| e.is_new()) && !job.head.allow_eval_failures;
+            let head_eval_failed = matches!(job.head.state, JobsetState::Failed { .. });
+            let failed = attrs.iter().any(|a| a.verdict.fails()) || new_eval_errors || head_eval_failed;
+            jobs.push(JobReview { diff: job, attrs, failed });
+        }
+        let failed = jobs.iter().any(|j| j.failed);
+        Ok(ReviewReport {
+            repo: diff.repo,
+            base_commit: diff.base_commit,
+            head_commit: diff.head_commit,
+            jobs,
+            only_in_base: diff.only_in_base,
+            only_in_head: diff.only_in_head,
+            config_warnings: diff.config_warnings,
+            failed,
+        })
+    }
+
+    /// The last [`LOG_TAIL_LINES`] lines of the latest attempt's log of `drv`, if it has one.
+    async fn log_tail(&self, scheduler: &SchedulerHandle, drv: &str) -> Option<String> {
+        let attempt = scheduler.state(drv).await.ok().flatten()?.attempt;
+        let path = crate::nix::build::log_path(&self.logs_dir, drv, attempt).ok()?;
+        smol::unblock(move || tail_lines(&path, LOG_TAIL_LINES, LOG_TAIL_BYTES)).await
+    }
+
+    /// Waits for `owner`'s builds, reporting the remaining queue once a second.
+    pub async fn wait_with_progress(
+        &self,
+        scheduler: &SchedulerHandle,
+        owner: u64,
+        progress: &ProgressSink,
+    ) -> Result<OwnerOutcome, PipelineError> {
+        let mut waiting = std::pin::pin!(scheduler.wait(owner));
+        loop {
+            let tick = async {
+                smol::Timer::after(std::time::Duration::from_secs(1)).await;
+                None
+            };
+            match futures_lite::future::or(async { Some((&mut waiting).await) }, tick).await {
+                Some(outcome) => return Ok(outcome?),
+                None => {
+                    let depths = scheduler.depths().await?;
+                    let remaining: usize = depths.iter().map(|d| d.queued + d.buildable + d.building).sum();
+                    let building: usize = depths.iter().map(|d| d.building).sum();
+                    report(progress, &format!("building: {building} running, {remaining} not finished"), 0, 0);
+                }
+            }
+        }
+    }
+}
+
+/// How much of a failed build's log a review shows.
+const LOG_TAIL_LINES: usize = 25;
+const LOG_TAIL_BYTES: u64 = 16 * 1024;
+
+/// The last `lines` lines of the file at `path`, reading at most its last `max_bytes` bytes.
+fn tail_lines(path: &Path, lines: usize, max_bytes: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max_bytes))).ok()?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    (!tail.trim().is_empty()).then_some(tail)
 }

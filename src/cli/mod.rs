@@ -28,6 +28,79 @@ pub enum Command {
     Status(StatusCmd),
     Eval(EvalCmd),
     Diff(DiffCmd),
+    Review(ReviewCmd),
+    Builds(BuildsCmd),
+    Logs(LogsCmd),
+    Rebuild(RebuildCmd),
+    Cancel(CancelCmd),
+}
+
+/// List derivations with a build state.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "builds")]
+pub struct BuildsCmd {
+    /// only this state: queued, buildable, building, success, failure, failed-retry, transitive-failure,
+    /// blocked, interrupted, cached
+    #[argh(option)]
+    pub state: Option<String>,
+    /// at most this many (default 1000)
+    #[argh(option, default = "1000")]
+    pub limit: u32,
+    /// print machine-readable JSON
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Print a derivation's build log (the latest attempt unless --attempt).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "logs")]
+pub struct LogsCmd {
+    /// the derivation (/nix/store/...drv)
+    #[argh(positional)]
+    pub drv: String,
+    /// which attempt (numbered from 1)
+    #[argh(option)]
+    pub attempt: Option<u32>,
+    /// keep printing while the build runs
+    #[argh(switch, short = 'f')]
+    pub follow: bool,
+}
+
+/// Requeue a derivation in a final state, wait, and print how it ended. Exits 1 unless it succeeds.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "rebuild")]
+pub struct RebuildCmd {
+    /// the derivation (/nix/store/...drv)
+    #[argh(positional)]
+    pub drv: String,
+}
+
+/// Cancel a jobset's builds: work no other jobset needs is dropped, running builds of it are killed.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "cancel")]
+pub struct CancelCmd {
+    /// the jobset id (as `ekaci eval --json` reports it)
+    #[argh(positional)]
+    pub jobset: u64,
+}
+
+/// Review head against base of a local repository: evaluate both, diff them, build what is added or
+/// changed, and report per job. Exits 0 when no added or changed attribute fails, 1 otherwise.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "review")]
+pub struct ReviewCmd {
+    /// path to a local git repository
+    #[argh(option)]
+    pub repo: PathBuf,
+    /// the base revision
+    #[argh(option)]
+    pub base: String,
+    /// the head revision
+    #[argh(option)]
+    pub head: String,
+    /// print machine-readable JSON (no progress output)
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// Evaluate a local repository at a revision, per its .eka-ci/config.json, and print every attribute's
@@ -89,6 +162,11 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Status(cmd) => status(&socket, cmd).await,
             Command::Eval(cmd) => eval(&socket, cmd).await,
             Command::Diff(cmd) => diff(&socket, cmd).await,
+            Command::Review(cmd) => review(&socket, cmd).await,
+            Command::Builds(cmd) => builds(&socket, cmd).await,
+            Command::Logs(cmd) => logs(&socket, cmd).await,
+            Command::Rebuild(cmd) => rebuild(&socket, cmd).await,
+            Command::Cancel(cmd) => cancel(&socket, cmd).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -176,6 +254,94 @@ async fn status(socket: &std::path::Path, cmd: &StatusCmd) -> Result<(), String>
             Ok(())
         }
         other => Err(format!("unexpected response to status: {other:?}")),
+    }
+}
+
+async fn review(socket: &std::path::Path, cmd: &ReviewCmd) -> Result<(), String> {
+    let request = Request::Review { repo: repo_path(&cmd.repo)?, base: cmd.base.clone(), head: cmd.head.clone() };
+    match call_with_progress(socket, request, !cmd.json).await? {
+        Response::Review(report) => {
+            if cmd.json {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", render::review_report(&report));
+            }
+            if report.failed {
+                return Err("review failed: an added or changed attribute fails (see above)".into());
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected response to review: {other:?}")),
+    }
+}
+
+async fn builds(socket: &std::path::Path, cmd: &BuildsCmd) -> Result<(), String> {
+    let request = Request::Builds { state: cmd.state.clone(), limit: cmd.limit };
+    match call(socket, request).await? {
+        Response::Builds(list) => {
+            if cmd.json {
+                println!("{}", serde_json::to_string_pretty(&list).map_err(|e| e.to_string())?);
+            } else {
+                for b in &list {
+                    let detail = b.detail.as_deref().map(|d| format!("  ({d})")).unwrap_or_default();
+                    println!("{:<20} {}  attempt {}{detail}", b.state, b.drv, b.attempt);
+                }
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected response to builds: {other:?}")),
+    }
+}
+
+async fn logs(socket: &std::path::Path, cmd: &LogsCmd) -> Result<(), String> {
+    use std::io::Write;
+    let request = Request::Log { drv: cmd.drv.clone(), attempt: cmd.attempt, follow: cmd.follow };
+    let mut client = Client::connect(socket).await.map_err(|e| e.to_string())?;
+    let mut stdout = std::io::stdout().lock();
+    let mut write_failed = None;
+    let response = client
+        .call_streaming(&request, |frame| {
+            if let Response::LogData(bytes) = frame {
+                // Bytes as the build printed them: never transcoded.
+                if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+                    write_failed.get_or_insert(e);
+                }
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(e) = write_failed {
+        return Err(format!("cannot write the log: {e}"));
+    }
+    match response {
+        Response::LogEnd { .. } => Ok(()),
+        Response::Error { message } => Err(message),
+        other => Err(format!("unexpected response to logs: {other:?}")),
+    }
+}
+
+async fn rebuild(socket: &std::path::Path, cmd: &RebuildCmd) -> Result<(), String> {
+    match call_with_progress(socket, Request::Rebuild { drv: cmd.drv.clone() }, true).await? {
+        Response::Rebuilt { drv, state, detail, ok } => {
+            let detail = detail.map(|d| format!(": {d}")).unwrap_or_default();
+            println!("{drv}: {state}{detail}");
+            if ok {
+                Ok(())
+            } else {
+                Err("the rebuild did not succeed".into())
+            }
+        }
+        other => Err(format!("unexpected response to rebuild: {other:?}")),
+    }
+}
+
+async fn cancel(socket: &std::path::Path, cmd: &CancelCmd) -> Result<(), String> {
+    match call(socket, Request::Cancel { jobset: cmd.jobset }).await? {
+        Response::Cancelled { jobset } => {
+            println!("cancelled the builds of jobset {jobset}");
+            Ok(())
+        }
+        other => Err(format!("unexpected response to cancel: {other:?}")),
     }
 }
 

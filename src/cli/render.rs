@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use crate::jobset::diff::{AttrChange, ErrorChange, JobDiff};
 use crate::jobset::{AttrOutcome, Jobset, JobsetState};
-use crate::pipeline::{DiffReport, EvalReport};
+use crate::pipeline::{DiffReport, EvalReport, ReviewReport, Verdict};
 
 fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
@@ -110,5 +110,72 @@ pub fn diff_report(r: &DiffReport) -> String {
     for job in &r.only_in_base {
         let _ = writeln!(out, "\njob {job}: removed in head");
     }
+    out
+}
+
+/// `ekaci review`'s output.
+pub fn review_report(r: &ReviewReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: review of {} against {}", r.repo, short(&r.head_commit), short(&r.base_commit));
+    for w in &r.config_warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    for job in &r.jobs {
+        let d = &job.diff;
+        let verdict = if job.failed { "FAIL" } else { "ok" };
+        let _ = writeln!(out, "\njob {}: {verdict}", d.job);
+        let _ = writeln!(out, "  head: {}", jobset_line(&d.head));
+        let count = |v: Verdict| job.attrs.iter().filter(|a| a.verdict == v).count();
+        let _ = writeln!(
+            out,
+            "  {} added, {} removed, {} changed, {} unchanged; {} newly failing, {} newly succeeding, {} still failing",
+            d.added.len(),
+            d.removed.len(),
+            d.changed.len(),
+            d.unchanged,
+            count(Verdict::NewlyFailing) + count(Verdict::AddedFailing),
+            count(Verdict::NewlySucceeding),
+            count(Verdict::StillFailing),
+        );
+        let sections: [(&str, &[Verdict]); 5] = [
+            ("newly failing", &[Verdict::NewlyFailing, Verdict::AddedFailing]),
+            ("still failing", &[Verdict::StillFailing]),
+            ("newly succeeding", &[Verdict::NewlySucceeding]),
+            ("added", &[Verdict::AddedOk]),
+            ("changed, still building", &[Verdict::StillOk]),
+        ];
+        for (title, verdicts) in sections {
+            let picked: Vec<_> = job.attrs.iter().filter(|a| verdicts.contains(&a.verdict)).collect();
+            if picked.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "  {title} ({}):", picked.len());
+            for a in picked {
+                let why = match (&a.head.detail, a.head.ok) {
+                    (Some(detail), false) => format!(": {} ({})", first_line(detail), a.head.state),
+                    _ => String::new(),
+                };
+                let _ = writeln!(out, "    {} ({}){why}", a.attr, a.name);
+                if let Some(tail) = &a.log_tail {
+                    for line in tail.lines() {
+                        let _ = writeln!(out, "      | {line}");
+                    }
+                }
+            }
+        }
+        change_list(&mut out, "removed", &d.removed);
+        let new_errors: Vec<_> = d.errors.iter().filter(|e| e.is_new()).collect();
+        if !new_errors.is_empty() {
+            let note = if d.head.allow_eval_failures { ", allowed" } else { "" };
+            let _ = writeln!(out, "  newly failing evaluation ({}{note}):", new_errors.len());
+            for e in new_errors {
+                let _ = writeln!(out, "    {}: {}", e.attr, first_line(e.head_error.as_deref().unwrap_or("")));
+            }
+        }
+    }
+    for job in &r.only_in_head {
+        let _ = writeln!(out, "\njob {job}: new in head (not reviewed)");
+    }
+    let _ = writeln!(out, "\nresult: {}", if r.failed { "FAIL" } else { "ok" });
     out
 }

@@ -39,6 +39,20 @@ impl Client {
         request: &Request,
         mut on_progress: impl FnMut(&Progress),
     ) -> Result<Response, ClientError> {
+        self.call_streaming(request, |frame| {
+            if let Response::Progress(p) = frame {
+                on_progress(p)
+            }
+        })
+        .await
+    }
+
+    /// Sends one request, hands every non-final frame to `on_frame`, and returns the final response.
+    pub async fn call_streaming(
+        &mut self,
+        request: &Request,
+        mut on_frame: impl FnMut(&Response),
+    ) -> Result<Response, ClientError> {
         write_frame(&mut self.stream, request)
             .await
             .map_err(|e| ClientError::Frame { path: self.path.clone(), source: e })?;
@@ -46,10 +60,10 @@ impl Client {
             let response: Response = read_frame(&mut self.stream, MAX_RESPONSE_FRAME)
                 .await
                 .map_err(|e| ClientError::Frame { path: self.path.clone(), source: e })?;
-            match response {
-                Response::Progress(p) => on_progress(&p),
-                other => return Ok(other),
+            if response.is_final() {
+                return Ok(response);
             }
+            on_frame(&response);
         }
     }
 }

@@ -28,17 +28,39 @@ pub enum Request {
     Eval { repo: String, rev: String, job: Option<String> },
     /// Evaluate two revisions and diff them per job.
     Diff { repo: String, base: String, head: String, job: Option<String> },
+    /// Evaluate, diff and build: the local review of `head` against `base`.
+    Review { repo: String, base: String, head: String },
+    /// Derivations with a build state, optionally only those in `state` (a state name such as
+    /// `failure`), at most `limit`.
+    Builds { state: Option<String>, limit: u32 },
+    /// The build log of a derivation (latest attempt unless `attempt`); with `follow`, keeps streaming
+    /// while the build runs.
+    Log { drv: String, attempt: Option<u32>, follow: bool },
+    /// Requeue a derivation in a final state and wait for its result.
+    Rebuild { drv: String },
+    /// Cancel the builds of a jobset.
+    Cancel { jobset: u64 },
 }
 
-/// What the server answers. One request gets any number of [`Response::Progress`] frames followed by
-/// exactly one final response (any other variant).
+/// What the server answers. One request gets any number of non-final frames ([`Response::Progress`],
+/// [`Response::LogData`]) followed by exactly one final response (any other variant).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     /// Not final: how far a long request has come.
     Progress(Progress),
+    /// Not final: the next bytes of a build log (as-is, possibly not UTF-8).
+    LogData(Vec<u8>),
     Status(StatusInfo),
     Eval(crate::pipeline::EvalReport),
     Diff(crate::pipeline::DiffReport),
+    Review(crate::pipeline::ReviewReport),
+    Builds(Vec<BuildSummary>),
+    /// The end of a log: the attempt shown and the derivation's state when the stream ended.
+    LogEnd { attempt: u32, state: String },
+    /// The state a rebuilt derivation ended in.
+    Rebuilt { drv: String, state: String, detail: Option<String>, ok: bool },
+    /// A jobset's builds were cancelled.
+    Cancelled { jobset: u64 },
     /// The request could not be served; the message says why.
     Error { message: String },
 }
@@ -46,8 +68,17 @@ pub enum Response {
 impl Response {
     /// Whether this is the last frame of its request.
     pub fn is_final(&self) -> bool {
-        !matches!(self, Response::Progress(_))
+        !matches!(self, Response::Progress(_) | Response::LogData(_))
     }
+}
+
+/// One line of `ekaci builds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildSummary {
+    pub drv: String,
+    pub state: String,
+    pub detail: Option<String>,
+    pub attempt: u32,
 }
 
 /// Progress of a long request, for a terminal progress line.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use smol::net::unix::{UnixListener, UnixStream};
 
-use super::{read_frame, write_frame, FrameError, Progress, Request, Response, MAX_REQUEST_FRAME};
+use super::{read_frame, write_frame, FrameError, Request, Response, MAX_REQUEST_FRAME};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -89,7 +89,7 @@ impl ControlSocket {
 
 enum Step {
     Done(Response),
-    Progress(Progress),
+    Frame(Response),
     Idle,
 }
 
@@ -100,13 +100,14 @@ fn lock_path_for(path: &Path) -> PathBuf {
 }
 
 /// Executes one request. The daemon implements it; the protocol knows nothing of what requests do.
-/// Progress frames sent through `progress` reach the client before the final response; when the client
-/// reads slowly they are dropped, never buffered without bound.
+/// Non-final frames sent through `frames` ([`Response::Progress`], [`Response::LogData`]) reach the
+/// client, in order, before the final response. The channel is small: senders that must not lose data
+/// await `send`; progress uses `try_send` and is dropped when the client reads slowly.
 pub trait Handler: 'static {
     fn handle(
         &self,
         request: Request,
-        progress: async_channel::Sender<Progress>,
+        frames: async_channel::Sender<Response>,
     ) -> impl std::future::Future<Output = Response>;
 }
 
@@ -128,17 +129,17 @@ pub async fn serve_connection<H: Handler>(mut stream: UnixStream, handler: Arc<H
                 return;
             }
         };
-        let (progress_tx, progress_rx) = async_channel::bounded::<Progress>(16);
-        let mut handling = std::pin::pin!(handler.handle(request, progress_tx));
+        let (frames_tx, frames_rx) = async_channel::bounded::<Response>(16);
+        let mut handling = std::pin::pin!(handler.handle(request, frames_tx));
         let response = loop {
             let next = futures_lite::future::or(
                 async { Step::Done((&mut handling).await) },
-                async { progress_rx.recv().await.map(Step::Progress).unwrap_or(Step::Idle) },
+                async { frames_rx.recv().await.map(Step::Frame).unwrap_or(Step::Idle) },
             );
             match next.await {
                 Step::Done(response) => break response,
-                Step::Progress(p) => {
-                    if let Err(e) = write_frame(&mut stream, &Response::Progress(p)).await {
+                Step::Frame(frame) => {
+                    if let Err(e) = write_frame(&mut stream, &frame).await {
                         // The client is gone; the request itself still runs to completion (its results
                         // are stored), but nobody is left to answer.
                         tracing::debug!(error = %e, "control client went away during a request");
@@ -146,10 +147,16 @@ pub async fn serve_connection<H: Handler>(mut stream: UnixStream, handler: Arc<H
                         return;
                     }
                 }
-                // All progress senders dropped before the response: just wait for it.
+                // All frame senders dropped before the response: just wait for it.
                 Step::Idle => break handling.await,
             }
         };
+        // Frames sent just before the response was ready still go first.
+        while let Ok(frame) = frames_rx.try_recv() {
+            if write_frame(&mut stream, &frame).await.is_err() {
+                return;
+            }
+        }
         if let Err(e) = write_frame(&mut stream, &response).await {
             tracing::debug!(error = %e, "control client went away");
             return;

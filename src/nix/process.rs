@@ -92,6 +92,23 @@ impl SupervisedChild {
     ) -> Result<SupervisedChild, ProcessError> {
         let program = program_name(cmd.get_program());
         cmd.process_group(0);
+        // If the server dies (even by SIGKILL), the kernel sends SIGTERM to the child, so Nix stops its
+        // builders cleanly instead of building on unsupervised; recovery requeues the work at the next
+        // start. The signal follows the *thread* that spawned the child: children are spawned on the
+        // executor's thread, which lives as long as the server.
+        let parent = rustix::process::getpid();
+        // SAFETY: the closure runs between fork and exec and only makes two async-signal-safe system
+        // calls (prctl, getppid); it allocates nothing and touches no locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+                // The parent may have died before the prctl: then nobody will ever send the signal.
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(std::io::Error::other("the server exited while starting this process"));
+                }
+                Ok(())
+            });
+        }
         let mut cmd = smol::process::Command::from(cmd);
         cmd.stdin(stdin.stdio()).stdout(stdout.stdio()).stderr(stderr.stdio());
         let child = cmd.spawn().map_err(|source| ProcessError::Spawn { program: program.clone(), source })?;

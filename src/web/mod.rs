@@ -4,7 +4,11 @@
 //! (`health`, `metrics`). It must never start another runtime: tide is used only as a router through
 //! `tide::Server::respond`, and every connection is a task on the daemon's executor.
 
+mod builds;
+mod drvs;
 mod health;
+mod jobsets;
+mod logs;
 mod metrics;
 
 use std::rc::Rc;
@@ -16,6 +20,14 @@ use tide::http::StatusCode;
 #[derive(Clone)]
 pub struct AppState {
     pub started: std::time::Instant,
+    /// The build scheduler: derivation states, active builds.
+    pub scheduler: crate::scheduler::SchedulerHandle,
+    /// The derivation graph: dependencies and dependents.
+    pub graph: crate::graph::Graph,
+    /// Jobsets: headers and attributes.
+    pub jobsets: crate::jobset::Jobsets,
+    /// Where build logs are (`<logs_dir>/<drv hash>/<attempt>.log`).
+    pub logs_dir: std::path::PathBuf,
 }
 
 /// The route table.
@@ -24,6 +36,10 @@ pub fn app(state: AppState) -> tide::Server<AppState> {
     app.with(tide::utils::After(json_errors));
     health::routes(&mut app);
     metrics::routes(&mut app);
+    drvs::routes(&mut app);
+    logs::routes(&mut app);
+    builds::routes(&mut app);
+    jobsets::routes(&mut app);
     app
 }
 

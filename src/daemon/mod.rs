@@ -2,10 +2,12 @@
 //! single-threaded smol executor, and an orderly shutdown on SIGTERM/SIGINT.
 //!
 //! This module wires the other modules together and owns the order of start and stop. It must never
-//! contain the logic of a service itself (HTTP routes, control requests' meaning, scheduling): those
-//! live in their modules and are only started and stopped from here.
+//! contain the logic of a service itself (HTTP routes, scheduling): those live in their modules and are
+//! only started and stopped from here. What each control request does is in [`requests`].
 
-use std::path::{Path, PathBuf};
+mod requests;
+
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,11 +18,12 @@ use smol::LocalExecutor;
 use crate::config::{EvalBackendSetting, LoadedConfig, ServerConfig};
 use crate::control::server::{ControlSocket, Handler, SocketError};
 use crate::checkout::Checkouts;
-use crate::control::{Progress, QueueDepths, Request, Response, StatusInfo};
+
 use crate::graph::Graph;
 use crate::jobset::Jobsets;
 use crate::nix::eval::{EvalBackend, EvalOptions};
 use crate::pipeline::Pipeline;
+use crate::scheduler::{SchedulerConfig, SchedulerHandle};
 use crate::store::{Store, StoreError};
 
 /// How long running work may take to finish after SIGTERM before it is abandoned.
@@ -49,6 +52,10 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error(transparent)]
     Graph(#[from] crate::graph::GraphError),
+    #[error("cannot start the build scheduler: {0}")]
+    Scheduler(#[from] crate::scheduler::SchedulerError),
+    #[error("cannot ask Nix about the local machine (is Nix installed?): {0}")]
+    DetectNix(crate::scheduler::builders::DetectError),
 }
 
 /// Checks that need the whole configuration before anything is opened. Failures are configuration
@@ -133,16 +140,30 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
     let (shutdown_tx, shutdown_rx) = async_channel::bounded::<()>(1);
     let _shutdown = ShutdownSignal(shutdown_rx);
 
-    let pipeline = start_pipeline(&config, &store).await?;
-    let status = Arc::new(DaemonHandler {
+    let (pipeline, scheduler) = match start_pipeline(&ex, &config, &store).await {
+        Ok(started) => started,
+        Err(e) => {
+            socket.remove();
+            return Err(e);
+        }
+    };
+    let status = Arc::new(requests::DaemonHandler {
         started,
         store: store.clone(),
-        pipeline,
+        pipeline: pipeline.clone(),
+        scheduler: scheduler.clone(),
         db_path: db_path.display().to_string(),
         socket_path: socket.path().display().to_string(),
         http_address: http_address.clone(),
+        logs_dir: config.logs_dir(),
     });
-    let http_app = crate::web::app(crate::web::AppState { started });
+    let http_app = crate::web::app(crate::web::AppState {
+        started,
+        scheduler: scheduler.clone(),
+        graph: pipeline.graph().clone(),
+        jobsets: pipeline.jobsets().clone(),
+        logs_dir: config.logs_dir(),
+    });
     // Accept loops: dropped (and so cancelled) when shutdown begins, which stops accepting new work.
     let accept_tasks = vec![
         ex.spawn(crate::web::serve(ex.clone(), listener, http_app)),
@@ -156,6 +177,12 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
     drop(accept_tasks);
     shutdown_tx.close();
     finish_within(SHUTDOWN_GRACE, services).await;
+    // Running builds may finish within the grace period; what still runs then is killed, stays
+    // `Building` in the store, and is requeued (or found built) at the next start, as after a crash.
+    drain_builds(&scheduler, SHUTDOWN_GRACE).await;
+    if let Err(e) = scheduler.shutdown().await {
+        tracing::warn!(error = %e, "stopping the scheduler failed");
+    }
 
     let s = store.clone();
     smol::unblock(move || s.end_run(run_id)).await?;
@@ -166,7 +193,11 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
 
 /// Opens what the pipeline needs: the derivation graph, the git mirrors (pruning worktrees a previous run
 /// left behind), and the evaluator's settings.
-async fn start_pipeline(config: &ServerConfig, store: &Store) -> Result<Arc<Pipeline>, DaemonError> {
+async fn start_pipeline(
+    ex: &Rc<LocalExecutor<'static>>,
+    config: &ServerConfig,
+    store: &Store,
+) -> Result<(Arc<Pipeline>, SchedulerHandle), DaemonError> {
     let data_dir = config.data_dir();
     let graph = {
         let (store, capacity) = (store.clone(), config.graph_lru_capacity);
@@ -193,11 +224,38 @@ async fn start_pipeline(config: &ServerConfig, store: &Store) -> Result<Arc<Pipe
         EvalBackendSetting::NixEvalJobs => EvalBackend::NixEvalJobs,
     };
     let concurrent = e.concurrent as usize;
-    Ok(Pipeline::new(Jobsets::new(store.clone()), checkouts, graph, eval_options, &data_dir, concurrent))
+    let local = crate::scheduler::builders::detect_local().await.map_err(DaemonError::DetectNix)?;
+    tracing::info!(systems = ?local.systems, features = ?local.features, "local Nix builder");
+    let scheduler =
+        crate::scheduler::start(ex, graph.clone(), SchedulerConfig::from_server(config, local)).await?;
+    let logs_dir = config.logs_dir();
+    let pipeline =
+        Pipeline::new(Jobsets::new(store.clone()), checkouts, graph, eval_options, &data_dir, &logs_dir, concurrent);
+    Ok((pipeline, scheduler))
 }
 
 fn socket_listener(socket: &ControlSocket) -> smol::net::unix::UnixListener {
     socket.listener.clone()
+}
+
+/// Lets running builds finish, for at most `grace`.
+async fn drain_builds(scheduler: &SchedulerHandle, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    if let Err(e) = scheduler.drain().await {
+        tracing::warn!(error = %e, "the scheduler did not stop dispatching");
+    }
+    loop {
+        match scheduler.active().await {
+            Ok(active) if active.is_empty() => return,
+            Ok(active) if Instant::now() >= deadline => {
+                tracing::warn!(builds = active.len(), "builds still running after the grace period are killed");
+                return;
+            }
+            Ok(active) => tracing::info!(builds = active.len(), "waiting for running builds to finish"),
+            Err(_) => return,
+        }
+        smol::Timer::after(Duration::from_millis(250)).await;
+    }
 }
 
 /// Waits for every task, but no longer than `grace`; tasks still running then are cancelled.
@@ -233,59 +291,6 @@ async fn accept_control<H: Handler>(
                 smol::Timer::after(Duration::from_millis(100)).await;
             }
         }
-    }
-}
-
-/// Answers control requests from the daemon's state.
-struct DaemonHandler {
-    started: Instant,
-    store: Store,
-    pipeline: Arc<Pipeline>,
-    db_path: String,
-    socket_path: String,
-    http_address: String,
-}
-
-impl Handler for DaemonHandler {
-    async fn handle(&self, request: Request, progress: async_channel::Sender<Progress>) -> Response {
-        let progress = Some(progress);
-        match request {
-            Request::Status => self.status().await,
-            Request::Eval { repo, rev, job } => {
-                match self.pipeline.evaluate_local(Path::new(&repo), &rev, job.as_deref(), &progress).await {
-                    Ok((report, _)) => Response::Eval(report),
-                    Err(e) => Response::Error { message: e.to_string() },
-                }
-            }
-            Request::Diff { repo, base, head, job } => {
-                match self.pipeline.diff_local(Path::new(&repo), &base, &head, job.as_deref(), &progress).await {
-                    Ok(report) => Response::Diff(report),
-                    Err(e) => Response::Error { message: e.to_string() },
-                }
-            }
-        }
-    }
-}
-
-impl DaemonHandler {
-    async fn status(&self) -> Response {
-        let store = self.store.clone();
-        let schema_version = match smol::unblock(move || store.schema_version()).await {
-            Ok(v) => v,
-            Err(e) => return Response::Error { message: e.to_string() },
-        };
-        let (waiting, _running) = self.pipeline.depths();
-        Response::Status(StatusInfo {
-            version: crate::VERSION.to_string(),
-            pid: std::process::id(),
-            uptime_seconds: self.started.elapsed().as_secs(),
-            db_path: self.db_path.clone(),
-            socket_path: self.socket_path.clone(),
-            http_address: self.http_address.clone(),
-            schema_version,
-            queues: QueueDepths { evaluations: waiting, builds: 0, github_events: 0 },
-            active_builds: 0,
-        })
     }
 }
 

@@ -1,0 +1,228 @@
+//! What each control request does: the daemon's [`Handler`], answering from the pipeline, the
+//! scheduler and the store. Requests that take long stream non-final frames (progress, log data) before
+//! their one final response.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::control::server::Handler;
+use crate::control::{BuildSummary, QueueDepths, Request, Response, StatusInfo};
+use crate::pipeline::Pipeline;
+use crate::scheduler::SchedulerHandle;
+use crate::store::Store;
+
+/// Answers control requests from the daemon's state.
+pub(super) struct DaemonHandler {
+    pub(super) started: Instant,
+    pub(super) store: Store,
+    pub(super) pipeline: Arc<Pipeline>,
+    pub(super) scheduler: SchedulerHandle,
+    pub(super) db_path: String,
+    pub(super) socket_path: String,
+    pub(super) http_address: String,
+    pub(super) logs_dir: std::path::PathBuf,
+}
+
+impl Handler for DaemonHandler {
+    async fn handle(&self, request: Request, frames: async_channel::Sender<Response>) -> Response {
+        let progress = Some(frames.clone());
+        match request {
+            Request::Status => self.status().await,
+            Request::Eval { repo, rev, job } => {
+                match self.pipeline.evaluate_local(Path::new(&repo), &rev, job.as_deref(), &progress).await {
+                    Ok((report, _)) => Response::Eval(report),
+                    Err(e) => Response::Error { message: e.to_string() },
+                }
+            }
+            Request::Review { repo, base, head } => {
+                match self.pipeline.review_local(&self.scheduler, Path::new(&repo), &base, &head, &progress).await {
+                    Ok(report) => Response::Review(report),
+                    Err(e) => Response::Error { message: e.to_string() },
+                }
+            }
+            Request::Builds { state, limit } => self.builds(state, limit).await,
+            Request::Log { drv, attempt, follow } => self.log(&drv, attempt, follow, &frames).await,
+            Request::Rebuild { drv } => self.rebuild(&drv, &progress).await,
+            Request::Cancel { jobset } => match self.scheduler.cancel(jobset).await {
+                Ok(()) => Response::Cancelled { jobset },
+                Err(e) => Response::Error { message: e.to_string() },
+            },
+            Request::Diff { repo, base, head, job } => {
+                match self.pipeline.diff_local(Path::new(&repo), &base, &head, job.as_deref(), &progress).await {
+                    Ok(report) => Response::Diff(report),
+                    Err(e) => Response::Error { message: e.to_string() },
+                }
+            }
+        }
+    }
+}
+
+fn error(e: impl std::fmt::Display) -> Response {
+    Response::Error { message: e.to_string() }
+}
+
+/// How often a followed log is polled for new bytes.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+impl DaemonHandler {
+    /// Every derivation with a build state (optionally only in `state`), in graph order, at most `limit`.
+    async fn builds(&self, state: Option<String>, limit: u32) -> Response {
+        let graph = self.pipeline.graph().clone();
+        let store = self.store.clone();
+        let listed = smol::unblock(move || -> Result<Vec<BuildSummary>, String> {
+            let reader = crate::scheduler::state::Reader::new(&store).map_err(|e| e.to_string())?;
+            let ids = (0..u32::try_from(graph.len()).unwrap_or(u32::MAX)).map(crate::graph::DrvId);
+            let mut out = Vec::new();
+            for (id, record) in reader.states(ids).map_err(|e| e.to_string())? {
+                if state.as_deref().is_some_and(|s| s != record.state.name()) {
+                    continue;
+                }
+                let drv = graph.path_of(id).map_err(|e| e.to_string())?;
+                let full = record.state.to_string();
+                let detail = (full != record.state.name()).then_some(full);
+                out.push(BuildSummary { drv, state: record.state.name().to_string(), detail, attempt: record.attempt });
+                if out.len() >= limit as usize {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await;
+        match listed {
+            Ok(list) => Response::Builds(list),
+            Err(e) => error(e),
+        }
+    }
+
+    /// Streams a build log as `LogData` frames; with `follow`, keeps reading while the build runs.
+    async fn log(
+        &self,
+        drv: &str,
+        attempt: Option<u32>,
+        follow: bool,
+        frames: &async_channel::Sender<Response>,
+    ) -> Response {
+        let status = match self.scheduler.state(drv).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return error(format!("{drv} has never been scheduled")),
+            Err(e) => return error(e),
+        };
+        let attempt = match attempt {
+            Some(0) => return error("attempts are numbered from 1"),
+            Some(n) if n > status.attempt => {
+                return error(format!("{drv} has {} attempt(s); there is no attempt {n}", status.attempt))
+            }
+            Some(n) => n,
+            None if status.attempt == 0 && !follow => return error(format!("{drv} has not been built yet")),
+            None => status.attempt.max(1),
+        };
+        let path = match crate::nix::build::log_path(&self.logs_dir, drv, attempt) {
+            Ok(p) => p,
+            Err(e) => return error(e),
+        };
+        let mut offset = 0u64;
+        let mut state = status.state;
+        // The state is refreshed before each read, so the read after the build became final (or moved
+        // on to a retry, which has its own log) still gets every byte written before that.
+        let mut last_pass = !follow || state.is_terminal();
+        loop {
+            match read_from(&path, offset).await {
+                Ok(chunks) => {
+                    for chunk in chunks {
+                        offset += chunk.len() as u64;
+                        if frames.send(Response::LogData(chunk)).await.is_err() {
+                            return error("client went away");
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !last_pass => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return error(format!("no log for attempt {attempt} of {drv}"))
+                }
+                Err(e) => return error(format!("cannot read the log of {drv}: {}", e.kind())),
+            }
+            if last_pass {
+                return Response::LogEnd { attempt, state: state.name().to_string() };
+            }
+            smol::Timer::after(FOLLOW_POLL).await;
+            match self.scheduler.state(drv).await {
+                Ok(Some(s)) => {
+                    last_pass = s.state.is_terminal() || s.attempt > attempt;
+                    state = s.state;
+                }
+                Ok(None) => return error(format!("{drv} has never been scheduled")),
+                Err(e) => return error(e),
+            }
+        }
+    }
+
+    /// Requeues `drv` and waits for it (and the dependents its success requeues).
+    async fn rebuild(&self, drv: &str, progress: &crate::pipeline::ProgressSink) -> Response {
+        let owner = match self.scheduler.rebuild(drv).await {
+            Ok(o) => o,
+            Err(e) => return error(e),
+        };
+        if let Err(e) = self.pipeline.wait_with_progress(&self.scheduler, owner, progress).await {
+            return error(e);
+        }
+        match self.scheduler.state(drv).await {
+            Ok(Some(s)) => {
+                let full = s.state.to_string();
+                let detail = (full != s.state.name()).then_some(full);
+                Response::Rebuilt { drv: drv.to_string(), state: s.state.name().into(), detail, ok: s.state.is_done() }
+            }
+            Ok(None) => error(format!("{drv} has no state after its rebuild")),
+            Err(e) => error(e),
+        }
+    }
+
+    async fn status(&self) -> Response {
+        let store = self.store.clone();
+        let schema_version = match smol::unblock(move || store.schema_version()).await {
+            Ok(v) => v,
+            Err(e) => return Response::Error { message: e.to_string() },
+        };
+        let (waiting, _running) = self.pipeline.depths();
+        let depths = self.scheduler.depths().await.unwrap_or_default();
+        let builds = depths.iter().map(|d| (d.queued + d.buildable) as u64).sum();
+        let active_builds = depths.iter().map(|d| d.building as u64).sum();
+        Response::Status(StatusInfo {
+            version: crate::VERSION.to_string(),
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            db_path: self.db_path.clone(),
+            socket_path: self.socket_path.clone(),
+            http_address: self.http_address.clone(),
+            schema_version,
+            queues: QueueDepths { evaluations: waiting, builds, github_events: 0 },
+            active_builds,
+        })
+    }
+}
+
+
+/// Reads `path` from `offset` to its current end, in chunks of at most 64 KiB.
+async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<Vec<u8>>> {
+    let path = path.to_path_buf();
+    smol::unblock(move || {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(&path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut chunks = Vec::new();
+        loop {
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(chunks);
+            }
+            buf.truncate(n);
+            chunks.push(buf);
+            if chunks.len() >= 16 {
+                // Hand over at most 1 MiB per call; the caller loops.
+                return Ok(chunks);
+            }
+        }
+    })
+    .await
+}

@@ -1,0 +1,160 @@
+//! `GET /v1/jobsets/{id}?limit=N&after=<attr>`: a jobset's header and a page of its attributes, each
+//! with its derivation and that derivation's current build state.
+//!
+//! Build states come from the scheduler one derivation at a time, so a page holds at most `limit`
+//! attributes (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]); `next_after` names the attribute to pass
+//! as `after` for the next page.
+
+use serde_json::{json, Value};
+
+use super::drvs::{echo, ok_json, respond, state_json, ApiError};
+use super::AppState;
+use crate::jobset::{AttrOutcome, JobsetState};
+
+pub const DEFAULT_LIMIT: usize = 1000;
+pub const MAX_LIMIT: usize = 10_000;
+
+/// The paging parameters of the query.
+#[derive(Debug, PartialEq, Eq)]
+struct Page {
+    limit: usize,
+    after: Option<String>,
+}
+
+fn parse_page(req: &tide::Request<AppState>) -> Result<Page, ApiError> {
+    let mut page = Page { limit: DEFAULT_LIMIT, after: None };
+    for (k, v) in req.url().query_pairs() {
+        match k.as_ref() {
+            "limit" => {
+                let bad = |reason| ApiError::BadQuery { param: "limit", value: echo(&v), reason };
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad("expected a positive integer"));
+                }
+                // Anything with more digits than fit is over the maximum anyway.
+                let n = v.parse::<usize>().unwrap_or(MAX_LIMIT);
+                if n == 0 {
+                    return Err(bad("expected a positive integer"));
+                }
+                page.limit = n.min(MAX_LIMIT);
+            }
+            "after" => page.after = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    Ok(page)
+}
+
+fn parse_id(raw: &str) -> Result<u64, ApiError> {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::BadJobsetId { input: echo(raw) });
+    }
+    raw.parse().map_err(|_| ApiError::BadJobsetId { input: echo(raw) })
+}
+
+fn jobset_state_json(state: &JobsetState) -> Value {
+    match state {
+        JobsetState::Evaluating => json!({ "name": "evaluating" }),
+        JobsetState::Evaluated => json!({ "name": "evaluated" }),
+        JobsetState::Failed { message } => json!({ "name": "failed", "message": message }),
+    }
+}
+
+/// One page of attributes: those after `page.after`, at most `page.limit`, plus whether more follow and
+/// the total number of attributes.
+struct Attrs {
+    items: Vec<(String, AttrOutcome)>,
+    more: bool,
+    total: u64,
+}
+
+async fn get_jobset(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let id = parse_id(req.param("id").unwrap_or_default())?;
+    let page = parse_page(&req)?;
+    let state = req.state();
+
+    let jobsets = state.jobsets.clone();
+    let (limit, after) = (page.limit, page.after.clone());
+    let read = smol::unblock(move || {
+        let Some(header) = jobsets.get(id)? else { return Ok(None) };
+        let mut attrs = Attrs { items: Vec::new(), more: false, total: 0 };
+        jobsets.for_each_attr(id, |name, outcome| {
+            attrs.total += 1;
+            if after.as_deref().is_some_and(|a| name <= a) {
+                return Ok(());
+            }
+            if attrs.items.len() < limit {
+                attrs.items.push((name.to_string(), outcome));
+            } else {
+                attrs.more = true;
+            }
+            Ok(())
+        })?;
+        Ok(Some((header, attrs)))
+    });
+    let (header, attrs) = read
+        .await
+        .map_err(|e| ApiError::store("reading the jobset", e))?
+        .ok_or(ApiError::UnknownJobset { id })?;
+
+    let mut items = Vec::with_capacity(attrs.items.len());
+    for (attr, outcome) in &attrs.items {
+        items.push(match outcome {
+            AttrOutcome::Drv(d) => {
+                let status = state
+                    .scheduler
+                    .state(&d.drv_path)
+                    .await
+                    .map_err(|e| ApiError::scheduler("reading the build state", e))?;
+                let outputs: serde_json::Map<String, Value> =
+                    d.outputs.iter().map(|(n, p)| (n.clone(), Value::String(p.clone()))).collect();
+                json!({
+                    "attr": attr,
+                    "drv": d.drv_path,
+                    "name": d.name,
+                    "system": d.system,
+                    "outputs": outputs,
+                    "build_state": status.as_ref().map(|s| s.state.name()),
+                    "build": status.as_ref().map(|s| state_json(&s.state)),
+                })
+            }
+            AttrOutcome::Error { message } => json!({ "attr": attr, "error": message }),
+        });
+    }
+    let next_after = if attrs.more { attrs.items.last().map(|(a, _)| a.clone()) } else { None };
+    Ok(ok_json(json!({
+        "id": header.id,
+        "repo": header.key.repo,
+        "commit": header.key.commit,
+        "job": header.key.job,
+        "state": jobset_state_json(&header.state),
+        "allow_eval_failures": header.allow_eval_failures,
+        "eval_failed": header.eval_failed(),
+        "derivations": header.derivations,
+        "errors": header.errors,
+        "created_at": header.created_at,
+        "finished_at": header.finished_at,
+        "attributes_total": attrs.total,
+        "limit": page.limit,
+        "after": page.after,
+        "next_after": next_after,
+        "attributes": items,
+    })))
+}
+
+pub fn routes(app: &mut tide::Server<AppState>) {
+    app.at("/v1/jobsets/:id")
+        .get(|req: tide::Request<AppState>| async move { respond(get_jobset(req).await) });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert_eq!(parse_id("42").ok(), Some(42));
+        for bad in ["", "-1", "1.0", "abc", "99999999999999999999999", " 1"] {
+            assert_eq!(parse_id(bad).map_err(|e| e.status()), Err(400), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! `GET /v1/logs/{drv}?attempt=N`: the build log of one attempt of a derivation, streamed from disk
+//! byte for byte (`text/plain; charset=utf-8`, but never transcoded: a build's non-UTF-8 output reaches
+//! the client unchanged).
+
+use futures_lite::io::{AsyncReadExt as _, BufReader};
+
+use super::drvs::{echo, parse_drv_param, respond, ApiError};
+use super::AppState;
+
+/// Which attempt the query asks for: `None` for the latest.
+fn parse_attempt(req: &tide::Request<AppState>) -> Result<Option<u32>, ApiError> {
+    let mut found = None;
+    for (k, v) in req.url().query_pairs() {
+        if k != "attempt" {
+            continue;
+        }
+        if found.is_some() {
+            return Err(ApiError::BadQuery {
+                param: "attempt",
+                value: echo(&v),
+                reason: "given more than once",
+            });
+        }
+        let bad = |reason| ApiError::BadQuery { param: "attempt", value: echo(&v), reason };
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("expected a positive integer"));
+        }
+        let n: u32 = v.parse().map_err(|_| bad("too large"))?;
+        if n == 0 {
+            return Err(bad("attempts are numbered from 1"));
+        }
+        found = Some(n);
+    }
+    Ok(found)
+}
+
+async fn get_log(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
+    let asked = parse_attempt(&req)?;
+    let state = req.state();
+
+    let graph = state.graph.clone();
+    let path = drv.clone();
+    let known = smol::unblock(move || graph.id_of(&path))
+        .await
+        .map_err(|e| ApiError::graph("reading the derivation graph", e))?;
+    if known.is_none() {
+        return Err(ApiError::UnknownDrv { drv });
+    }
+    let status =
+        state.scheduler.state(&drv).await.map_err(|e| ApiError::scheduler("reading the build state", e))?;
+    let Some(status) = status.filter(|s| s.attempt > 0) else {
+        return Err(ApiError::NeverBuilt { drv });
+    };
+    let attempt = asked.unwrap_or(status.attempt);
+    if !status.attempts.iter().any(|a| a.number == attempt) {
+        return Err(ApiError::NoAttempt { drv, attempt, latest: status.attempt });
+    }
+
+    let log = crate::nix::build::log_path(&state.logs_dir, &drv, attempt)
+        .map_err(|_| ApiError::BadDrv { input: echo(&drv), reason: "not a derivation path" })?;
+    let file = match smol::fs::File::open(&log).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ApiError::NoLog { drv, attempt }),
+        Err(e) => {
+            tracing::error!(log = %log.display(), error = %e, "HTTP API: cannot open a build log");
+            return Err(ApiError::Internal { during: "opening the build log" });
+        }
+    };
+    let meta = file.metadata().await.map_err(|e| {
+        tracing::error!(log = %log.display(), error = %e, "HTTP API: cannot stat a build log");
+        ApiError::Internal { during: "opening the build log" }
+    })?;
+    if !meta.is_file() {
+        return Err(ApiError::NoLog { drv, attempt });
+    }
+    // The length is fixed when the file is opened; a log still being written is served up to that point.
+    let len = meta.len();
+    let body = tide::Body::from_reader(BufReader::new(file.take(len)), usize::try_from(len).ok());
+    Ok(tide::Response::builder(200)
+        .body(body)
+        .content_type("text/plain; charset=utf-8")
+        .header("X-Eka-Ci-Attempt", attempt.to_string())
+        .build())
+}
+
+pub fn routes(app: &mut tide::Server<AppState>) {
+    app.at("/v1/logs/:drv").get(|req: tide::Request<AppState>| async move { respond(get_log(req).await) });
+}
