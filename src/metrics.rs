@@ -86,11 +86,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(graph_pinned_nodes.clone()))?;
     registry.register(Box::new(graph_cache_reload_duration.clone()))?;
     let build_queue_depth = IntGaugeVec::new(
-        Opts::new("eka_ci_build_queue_depth", "Derivations waiting to be built (queued or buildable), by platform"),
+        Opts::new(
+            "eka_ci_build_queue_depth",
+            "Derivations waiting to be built (queued or buildable), by platform",
+        ),
         &["platform"],
     )?;
-    let active_builds =
-        IntGaugeVec::new(Opts::new("eka_ci_active_builds", "Derivations building now, by platform"), &["platform"])?;
+    let active_builds = IntGaugeVec::new(
+        Opts::new("eka_ci_active_builds", "Derivations building now, by platform"),
+        &["platform"],
+    )?;
     let build_duration = Histogram::with_opts(
         HistogramOpts::new("eka_ci_build_duration_seconds", "Wall time of one derivation's build")
             .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0]),

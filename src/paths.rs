@@ -7,10 +7,7 @@ use std::path::PathBuf;
 
 /// Reads an environment variable the XDG way: unset and empty both mean "not set".
 fn env_path(var: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from).filter(|p| p.is_absolute())
 }
 
 fn home() -> PathBuf {

@@ -84,7 +84,11 @@ pub type ProgressSink = Option<async_channel::Sender<crate::control::Response>>;
 fn report(progress: &ProgressSink, stage: &str, done: u64, total: u64) {
     if let Some(tx) = progress {
         // Progress is advisory: when the client reads slowly, drop it.
-        let _ = tx.try_send(crate::control::Response::Progress(Progress { stage: stage.to_string(), done, total }));
+        let _ = tx.try_send(crate::control::Response::Progress(Progress {
+            stage: stage.to_string(),
+            done,
+            total,
+        }));
     }
 }
 
@@ -325,7 +329,9 @@ impl Pipeline {
         progress: &ProgressSink,
     ) -> Result<(), String> {
         let source = match &job.source {
-            JobSource::File { file, attr_path } => EvalSource::File { file: file.clone(), attr_path: attr_path.clone() },
+            JobSource::File { file, attr_path } => {
+                EvalSource::File { file: file.clone(), attr_path: attr_path.clone() }
+            }
             JobSource::Flake { attr_path } => EvalSource::Flake { attr_path: attr_path.clone() },
         };
         let mut opts = self.eval_options.clone();
@@ -490,12 +496,18 @@ pub struct BuildResult {
 impl BuildResult {
     fn from_state(state: Option<&DrvState>) -> BuildResult {
         match state {
-            None => BuildResult { state: "unknown".into(), ok: false, detail: Some("never scheduled".into()) },
+            None => {
+                BuildResult { state: "unknown".into(), ok: false, detail: Some("never scheduled".into()) }
+            }
             Some(s) => {
                 let detail = match s {
                     DrvState::Completed(Completion::Failure { message, .. }) => Some(message.clone()),
-                    DrvState::TransitiveFailure { dependency } => Some(format!("dependency {dependency} failed")),
-                    DrvState::Blocked { dependency } => Some(format!("dependency {dependency} was interrupted")),
+                    DrvState::TransitiveFailure { dependency } => {
+                        Some(format!("dependency {dependency} failed"))
+                    }
+                    DrvState::Blocked { dependency } => {
+                        Some(format!("dependency {dependency} was interrupted"))
+                    }
                     DrvState::Interrupted { kind, reason } => Some(format!("{kind}: {reason}")),
                     _ => None,
                 };
@@ -651,7 +663,12 @@ impl Pipeline {
                     let depths = scheduler.depths().await?;
                     let remaining: usize = depths.iter().map(|d| d.queued + d.buildable + d.building).sum();
                     let building: usize = depths.iter().map(|d| d.building).sum();
-                    report(progress, &format!("building: {building} running, {remaining} not finished"), 0, 0);
+                    report(
+                        progress,
+                        &format!("building: {building} running, {remaining} not finished"),
+                        0,
+                        0,
+                    );
                 }
             }
         }

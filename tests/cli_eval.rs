@@ -51,7 +51,11 @@ fn fixture() -> (GitRepo, String, String) {
     let repo = GitRepo::new();
     let base = repo.commit(
         "base",
-        &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&base_nix())), ("tools.nix", Some(TOOLS))],
+        &[
+            (".eka-ci/config.json", Some(CONFIG)),
+            ("default.nix", Some(&base_nix())),
+            ("tools.nix", Some(TOOLS)),
+        ],
     );
     let head = repo.commit("head", &[("default.nix", Some(&head_nix()))]);
     (repo, base, head)
@@ -59,7 +63,11 @@ fn fixture() -> (GitRepo, String, String) {
 
 fn json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
@@ -75,7 +83,12 @@ fn nix_instantiate(dir: &std::path::Path, attr: &str) -> String {
 }
 
 fn attrs(job: &Value) -> Vec<(String, Value)> {
-    job["attrs"].as_array().expect("attrs").iter().map(|p| (p[0].as_str().expect("name").to_string(), p[1].clone())).collect()
+    job["attrs"]
+        .as_array()
+        .expect("attrs")
+        .iter()
+        .map(|p| (p[0].as_str().expect("name").to_string(), p[1].clone()))
+        .collect()
 }
 
 #[test]
@@ -83,7 +96,16 @@ fn eval_reports_drvs_and_per_attribute_errors() {
     let (repo, base, _) = fixture();
     let home = Home::new();
     let _server = home.start();
-    let out = home.ekaci(&["eval", "--repo", &repo.path().display().to_string(), "--rev", &base, "--job", "main", "--json"]);
+    let out = home.ekaci(&[
+        "eval",
+        "--repo",
+        &repo.path().display().to_string(),
+        "--rev",
+        &base,
+        "--job",
+        "main",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(1), "errors fail a job without allow_eval_failures");
     assert!(String::from_utf8_lossy(&out.stderr).contains("evaluation failed"));
     let report = json(&out);
@@ -104,24 +126,43 @@ fn eval_reports_drvs_and_per_attribute_errors() {
             assert_eq!(drv["drv_path"].as_str(), Some(nix_instantiate(repo.path(), attr).as_str()), "{attr}");
         }
     }
-    let err = |name: &str| attrs.iter().find(|(n, _)| n == name).expect(name).1["Error"]["message"].as_str().expect("message").to_string();
+    let err = |name: &str| {
+        attrs.iter().find(|(n, _)| n == name).expect(name).1["Error"]["message"]
+            .as_str()
+            .expect("message")
+            .to_string()
+    };
     assert!(err("broken").contains("broken on purpose"), "{}", err("broken"));
     assert!(err("assertion").contains("assertion"), "{}", err("assertion"));
     assert!(err("typeError").contains("cannot add"), "{}", err("typeError"));
     assert!(!err("typeError").contains('\u{1b}'), "ANSI escapes are stripped");
-    assert!(err("typeError").contains("at default.nix:17:19:"), "paths are repository-relative: {}", err("typeError"));
+    assert!(
+        err("typeError").contains("at default.nix:17:19:"),
+        "paths are repository-relative: {}",
+        err("typeError")
+    );
     assert!(!err("typeError").contains("worktrees"), "the server's directories never show");
     assert_eq!(job["jobset"]["derivations"], 4);
     assert_eq!(job["jobset"]["errors"], 3);
 
     // The same commit again reuses the stored jobset.
-    let again = json(&home.ekaci(&["eval", "--repo", &repo.path().display().to_string(), "--rev", &base, "--job", "main", "--json"]));
+    let again = json(&home.ekaci(&[
+        "eval",
+        "--repo",
+        &repo.path().display().to_string(),
+        "--rev",
+        &base,
+        "--job",
+        "main",
+        "--json",
+    ]));
     assert_eq!(again["jobs"][0]["reused"], true);
     assert_eq!(again["jobs"][0]["jobset"]["id"], job["jobset"]["id"]);
     assert_eq!(again["jobs"][0]["attrs"], job["attrs"]);
 
     // A job that allows evaluation failures succeeds despite its error; the text output lists both.
-    let out = home.ekaci(&["eval", "--repo", &repo.path().display().to_string(), "--rev", &base, "--job", "tools"]);
+    let out =
+        home.ekaci(&["eval", "--repo", &repo.path().display().to_string(), "--rev", &base, "--job", "tools"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("job tools: 1 derivations, 1 evaluation errors (allowed)"), "{text}");
@@ -129,7 +170,18 @@ fn eval_reports_drvs_and_per_attribute_errors() {
 }
 
 fn diff_json(home: &Home, repo: &GitRepo, base: &str, head: &str) -> Value {
-    let out = home.ekaci(&["diff", "--repo", &repo.path().display().to_string(), "--base", base, "--head", head, "--job", "main", "--json"]);
+    let out = home.ekaci(&[
+        "diff",
+        "--repo",
+        &repo.path().display().to_string(),
+        "--base",
+        base,
+        "--head",
+        head,
+        "--job",
+        "main",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     json(&out)
 }
@@ -153,7 +205,13 @@ fn diff_classifies_and_does_not_depend_on_the_graph_cache_size() {
         .as_array()
         .expect("errors")
         .iter()
-        .map(|e| (e["attr"].as_str().expect("attr").to_string(), e["head_error"].is_null(), e["base_error"].is_null()))
+        .map(|e| {
+            (
+                e["attr"].as_str().expect("attr").to_string(),
+                e["head_error"].is_null(),
+                e["base_error"].is_null(),
+            )
+        })
         .collect();
     assert_eq!(
         errors,
@@ -176,7 +234,15 @@ fn diff_classifies_and_does_not_depend_on_the_graph_cache_size() {
     assert_eq!(d2["jobs"][0]["errors"], job["errors"]);
 
     // Text output on a non-terminal has no progress escapes.
-    let out = small.ekaci(&["diff", "--repo", &repo.path().display().to_string(), "--base", &base, "--head", &head]);
+    let out = small.ekaci(&[
+        "diff",
+        "--repo",
+        &repo.path().display().to_string(),
+        "--base",
+        &base,
+        "--head",
+        &head,
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("changed (2):") && text.contains("hello (hello-2.0)"), "{text}");
     assert!(text.contains("newly failing evaluation (1):\n    newlyBroken: now broken"), "{text}");
@@ -193,7 +259,11 @@ fn bad_requests_get_clear_errors() {
     let out = home.ekaci(&["eval", "--repo", &path, "--rev", &base, "--job", "nope"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("job `nope` is not defined in .eka-ci/config.json") && err.contains("defined: main, tools"), "{err}");
+    assert!(
+        err.contains("job `nope` is not defined in .eka-ci/config.json")
+            && err.contains("defined: main, tools"),
+        "{err}"
+    );
 
     let out = home.ekaci(&["eval", "--repo", &path, "--rev", "no-such-branch"]);
     assert_eq!(out.status.code(), Some(1));
@@ -204,11 +274,22 @@ fn bad_requests_get_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot use repository /definitely/not/here"));
 
     // An invalid repository config names the fields.
-    let bad = repo.commit("bad config", &[(".eka-ci/config.json", Some(r#"{ "jobs": { "x": { "file": "../escape.nix", "allow_eval_failures": "yes" } } }"#))]);
+    let bad = repo.commit(
+        "bad config",
+        &[(
+            ".eka-ci/config.json",
+            Some(r#"{ "jobs": { "x": { "file": "../escape.nix", "allow_eval_failures": "yes" } } }"#),
+        )],
+    );
     let out = home.ekaci(&["eval", "--repo", &path, "--rev", &bad]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(".eka-ci/config.json") && err.contains("jobs.x.file") && err.contains("jobs.x.allow_eval_failures"), "{err}");
+    assert!(
+        err.contains(".eka-ci/config.json")
+            && err.contains("jobs.x.file")
+            && err.contains("jobs.x.allow_eval_failures"),
+        "{err}"
+    );
 
     // No config at all.
     let none = repo.commit("no config", &[(".eka-ci/config.json", None)]);
@@ -216,7 +297,10 @@ fn bad_requests_get_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no .eka-ci/config.json"));
 
     // A whole-job failure (missing file at that commit) is recorded in the jobset, not a crash.
-    let missing = repo.commit("restore config, drop file", &[(".eka-ci/config.json", Some(r#"{ "jobs": { "main": { "file": "default.nix" } } }"#))]);
+    let missing = repo.commit(
+        "restore config, drop file",
+        &[(".eka-ci/config.json", Some(r#"{ "jobs": { "main": { "file": "default.nix" } } }"#))],
+    );
     repo.git(&["rm", "-q", "default.nix"]);
     let missing2 = repo.commit("rm", &[]);
     let _ = missing;

@@ -38,16 +38,34 @@ const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
 
 fn json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
 fn attr<'a>(job: &'a Value, name: &str) -> &'a Value {
-    job["attrs"].as_array().expect("attrs").iter().find(|a| a["attr"] == name).unwrap_or_else(|| panic!("no {name} in {job}"))
+    job["attrs"]
+        .as_array()
+        .expect("attrs")
+        .iter()
+        .find(|a| a["attr"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {job}"))
 }
 
 fn review(home: &Home, repo: &GitRepo, base: &str, head: &str) -> std::process::Output {
-    home.ekaci(&["review", "--repo", &repo.path().display().to_string(), "--base", base, "--head", head, "--json"])
+    home.ekaci(&[
+        "review",
+        "--repo",
+        &repo.path().display().to_string(),
+        "--base",
+        base,
+        "--head",
+        head,
+        "--json",
+    ])
 }
 
 #[test]
@@ -106,7 +124,8 @@ fn review_fails_on_new_breakage_with_the_log_tail_and_builds_commands_work() {
 }}"#,
         marker = marker.display()
     );
-    let base = repo.commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&base_nix))]);
+    let base =
+        repo.commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&base_nix))]);
     let head = repo.commit("head", &[("default.nix", Some(&head_nix))]);
     let home = Home::new();
     let _server = home.start();
@@ -128,10 +147,21 @@ fn review_fails_on_new_breakage_with_the_log_tail_and_builds_commands_work() {
     assert!(tool["head"]["detail"].as_str().expect("detail").contains("core-2.drv"), "{tool}");
     assert_eq!(attr(job, "fixme")["verdict"], "NewlySucceeding");
     assert_eq!(attr(job, "flaky")["verdict"], "AddedFailing");
-    assert!(job["attrs"].as_array().expect("attrs").iter().all(|a| a["attr"] != "stays"), "unchanged is not built");
+    assert!(
+        job["attrs"].as_array().expect("attrs").iter().all(|a| a["attr"] != "stays"),
+        "unchanged is not built"
+    );
 
     // The text form shows the same, with the log tail.
-    let text_out = home.ekaci(&["review", "--repo", &repo.path().display().to_string(), "--base", &base, "--head", &head]);
+    let text_out = home.ekaci(&[
+        "review",
+        "--repo",
+        &repo.path().display().to_string(),
+        "--base",
+        &base,
+        "--head",
+        &head,
+    ]);
     assert_eq!(text_out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&text_out.stdout);
     assert!(text.contains("job main: FAIL") && text.contains("result: FAIL"), "{text}");
@@ -142,7 +172,12 @@ fn review_fails_on_new_breakage_with_the_log_tail_and_builds_commands_work() {
     let out = home.ekaci(&["builds", "--state", "failure", "--json"]);
     assert!(out.status.success());
     let failures = json(&out);
-    let drvs: Vec<String> = failures.as_array().expect("list").iter().map(|b| b["drv"].as_str().expect("drv").to_string()).collect();
+    let drvs: Vec<String> = failures
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|b| b["drv"].as_str().expect("drv").to_string())
+        .collect();
     assert_eq!(drvs.len(), 3, "{failures}");
     let core_drv = core["head_drv"].as_str().expect("drv").to_string();
     let flaky_drv = attr(job, "flaky")["head_drv"].as_str().expect("drv").to_string();
@@ -152,16 +187,26 @@ fn review_fails_on_new_breakage_with_the_log_tail_and_builds_commands_work() {
     let transitive = json(&out);
     assert_eq!(transitive.as_array().map(|l| l.len()), Some(1), "{transitive}");
     assert!(transitive[0]["detail"].as_str().expect("detail").contains("core-2.drv"));
-    assert!(failures.as_array().expect("list").iter().all(|b| b["attempt"] == 2), "a failure is retried once: {failures}");
+    assert!(
+        failures.as_array().expect("list").iter().all(|b| b["attempt"] == 2),
+        "a failure is retried once: {failures}"
+    );
 
     // logs: bytes as printed, per attempt.
     let out = home.ekaci(&["logs", &core_drv]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stdout.windows(2).any(|w| w == [0xff, 0xfe]), "non-UTF-8 bytes survive: {:?}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.windows(2).any(|w| w == [0xff, 0xfe]),
+        "non-UTF-8 bytes survive: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("core: tests failed"));
     let first = home.ekaci(&["logs", &core_drv, "--attempt", "1"]);
     assert!(first.status.success());
-    assert!(String::from_utf8_lossy(&first.stdout).contains("core: tests failed"), "the first attempt keeps its own log");
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("core: tests failed"),
+        "the first attempt keeps its own log"
+    );
     let bad = home.ekaci(&["logs", &core_drv, "--attempt", "3"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("there is no attempt 3"));
@@ -191,7 +236,10 @@ fn kill_9_in_the_middle_of_building_recovers_to_the_same_result() {
     let repo = GitRepo::new();
     let base = repo.commit(
         "base",
-        &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&format!(r#"{p} {{ a = mk "a-0" "echo a > $out" []; }}"#)))],
+        &[
+            (".eka-ci/config.json", Some(CONFIG)),
+            ("default.nix", Some(&format!(r#"{p} {{ a = mk "a-0" "echo a > $out" []; }}"#))),
+        ],
     );
     let head_nix = format!(
         r#"{p} rec {{
@@ -207,13 +255,29 @@ fn kill_9_in_the_middle_of_building_recovers_to_the_same_result() {
     let server = home.start();
     let path = repo.path().display().to_string();
     let mut cmd = home.command(common::CLI);
-    cmd.args(["--socket", &home.socket().display().to_string(), "review", "--repo", &path, "--base", &base, "--head", &head, "--json"]);
-    let mut first = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("review");
+    cmd.args([
+        "--socket",
+        &home.socket().display().to_string(),
+        "review",
+        "--repo",
+        &path,
+        "--base",
+        &base,
+        "--head",
+        &head,
+        "--json",
+    ]);
+    let mut first =
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("review");
     // Wait until `slow` is building, then kill the server hard.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = home.ekaci(&["builds", "--state", "building", "--json"]);
-        if out.status.success() && json(&out).as_array().is_some_and(|l| l.iter().any(|b| b["drv"].as_str().is_some_and(|d| d.ends_with("slow-1.drv")))) {
+        if out.status.success()
+            && json(&out).as_array().is_some_and(|l| {
+                l.iter().any(|b| b["drv"].as_str().is_some_and(|d| d.ends_with("slow-1.drv")))
+            })
+        {
             break;
         }
         assert!(Instant::now() < deadline, "slow never started building");
@@ -246,7 +310,13 @@ fn kill_9_in_the_middle_of_building_recovers_to_the_same_result() {
             .as_array()
             .expect("attrs")
             .iter()
-            .map(|a| (a["attr"].as_str().unwrap_or("").to_string(), a["verdict"].as_str().unwrap_or("").to_string(), a["head"]["ok"] == true))
+            .map(|a| {
+                (
+                    a["attr"].as_str().unwrap_or("").to_string(),
+                    a["verdict"].as_str().unwrap_or("").to_string(),
+                    a["head"]["ok"] == true,
+                )
+            })
             .collect()
     };
     assert_eq!(verdicts(&recovered_json), verdicts(&clean));
@@ -257,10 +327,16 @@ fn kill_9_in_the_middle_of_building_recovers_to_the_same_result() {
     // slow's history: building when the server died, requeued at the restart, then built to success.
     let slow_drv = attr(&recovered_json["jobs"][0], "slow")["head_drv"].as_str().expect("drv").to_string();
     let addr = _server.http_address();
-    let (code, _, body) = common::http_get(&addr, &format!("/v1/drvs/{}", slow_drv.trim_start_matches("/nix/store/")));
+    let (code, _, body) =
+        common::http_get(&addr, &format!("/v1/drvs/{}", slow_drv.trim_start_matches("/nix/store/")));
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     let drv: Value = serde_json::from_slice(&body).expect("drv JSON");
-    let states: Vec<&str> = drv["history"].as_array().expect("history").iter().map(|h| h["state"]["name"].as_str().unwrap_or("")).collect();
+    let states: Vec<&str> = drv["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["state"]["name"].as_str().unwrap_or(""))
+        .collect();
     let building = states.iter().filter(|s| **s == "building").count();
     assert_eq!(building, 2, "built before and after the kill: {states:?}");
     assert_eq!(states.last(), Some(&"success"), "{states:?}");

@@ -1151,17 +1151,24 @@ fn evaluation_section_defaults_ranges_and_backend() {
     std::fs::write(&path, "[evaluation]\n").expect("write");
     let loaded = eka_ci::config::load_with_env(Some(&path), &|_| None).expect("load");
     let e = &loaded.config.evaluation;
-    assert_eq!((e.workers, e.max_memory_mib, e.timeout_seconds, e.batch_size, e.concurrent), (0, 4096, 3600, 100, 1));
+    assert_eq!(
+        (e.workers, e.max_memory_mib, e.timeout_seconds, e.batch_size, e.concurrent),
+        (0, 4096, 3600, 100, 1)
+    );
     assert_eq!(e.backend, eka_ci::config::EvalBackendSetting::Auto);
 
-    std::fs::write(&path, "[evaluation]\nbackend = \"nix-eval-jobs\"\nworkers = 4\nmax_memory_mib = 0\n").expect("write");
+    std::fs::write(&path, "[evaluation]\nbackend = \"nix-eval-jobs\"\nworkers = 4\nmax_memory_mib = 0\n")
+        .expect("write");
     let loaded = eka_ci::config::load_with_env(Some(&path), &|_| None).expect("load");
     assert_eq!(loaded.config.evaluation.backend, eka_ci::config::EvalBackendSetting::NixEvalJobs);
     assert_eq!(loaded.config.evaluation.workers, 4);
 
     std::fs::write(&path, "[evaluation]\n\nconcurrent = 0\n").expect("write");
     let err = eka_ci::config::load_with_env(Some(&path), &|_| None).expect_err("out of range").to_string();
-    assert!(err.contains(&format!("{}:3:", path.display())) && err.contains("evaluation.concurrent"), "{err}");
+    assert!(
+        err.contains(&format!("{}:3:", path.display())) && err.contains("evaluation.concurrent"),
+        "{err}"
+    );
     assert!(err.contains("between 1 and 64"), "{err}");
 
     std::fs::write(&path, "[evaluation]\nbackend = \"magic\"\n").expect("write");

@@ -43,7 +43,10 @@ fn status_without_a_server_is_one_line_and_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("cannot connect to eka-ci-server at") && err.contains("is the server running?"), "{err}");
+    assert!(
+        err.contains("cannot connect to eka-ci-server at") && err.contains("is the server running?"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty());
 }
 
@@ -265,7 +268,8 @@ fn no_webhook_secret_is_refused_with_exit_2_before_binding() {
 fn a_config_error_exits_2_and_binds_nothing() {
     let home = Home::new();
     let cfg = home.config_file();
-    std::fs::write(&cfg, "[security]\nallow_insecure_webhooks = true\n[web]\nport = \"eighty\"\n").expect("write");
+    std::fs::write(&cfg, "[security]\nallow_insecure_webhooks = true\n[web]\nport = \"eighty\"\n")
+        .expect("write");
     let out = home.command(common::SERVER).arg("--config-file").arg(&cfg).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -283,16 +287,18 @@ fn embedded_defaults_with_no_config_file_and_xdg_paths() {
     let home = Home::new();
     // No --config-file and no $XDG_CONFIG_HOME/ekaci/ekaci.toml: defaults, with the secret from the env.
     // Port 3030 may be taken on a shared machine, so check the resolved paths with --check-config.
-    let out = home
-        .command(common::SERVER)
-        .arg("--check-config")
-        .env("WEBHOOK_SECRET", "x")
-        .output()
-        .expect("run");
+    let out =
+        home.command(common::SERVER).arg("--check-config").env("WEBHOOK_SECRET", "x").output().expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("db_path = {}", home.path().join("data/ekaci/ekaci.redb").display())), "{text}");
-    assert!(text.contains(&format!("logs_dir = {}", home.path().join("data/ekaci/build-logs").display())), "{text}");
+    assert!(
+        text.contains(&format!("db_path = {}", home.path().join("data/ekaci/ekaci.redb").display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("logs_dir = {}", home.path().join("data/ekaci/build-logs").display())),
+        "{text}"
+    );
     assert!(text.contains(&format!("socket_path = {}", home.socket().display())), "{text}");
     assert!(text.contains("http = 127.0.0.1:3030"), "{text}");
 
@@ -300,7 +306,8 @@ fn embedded_defaults_with_no_config_file_and_xdg_paths() {
     let dir = home.path().join("config/ekaci");
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("ekaci.toml"), "[web]\nport = 4123\n").expect("write");
-    let out = home.command(common::SERVER).arg("--check-config").env("WEBHOOK_SECRET", "x").output().expect("run");
+    let out =
+        home.command(common::SERVER).arg("--check-config").env("WEBHOOK_SECRET", "x").output().expect("run");
     assert!(String::from_utf8_lossy(&out.stdout).contains("http = 127.0.0.1:4123"));
 }
 
@@ -310,8 +317,11 @@ fn an_http_port_in_use_fails_start_up_and_cleans_the_socket() {
     let port = taken.local_addr().expect("addr").port();
     let home = Home::new();
     let cfg = home.write_config("");
-    std::fs::write(&cfg, std::fs::read_to_string(&cfg).expect("read").replace("port = 0", &format!("port = {port}")))
-        .expect("write");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).expect("read").replace("port = 0", &format!("port = {port}")),
+    )
+    .expect("write");
     let out = home.command(common::SERVER).arg("--config-file").arg(&cfg).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

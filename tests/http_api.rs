@@ -401,6 +401,10 @@ fn build_api_over_real_http() {
     err(&addr, "/v1/jobsets/987654", 404, "unknown jobset 987654", &home);
     err(&addr, &format!("/v1/jobsets/{jobset_id}?limit=0"), 400, "limit", &home);
     err(&addr, &format!("/v1/jobsets/{jobset_id}?limit=ten"), 400, "limit", &home);
+    let (code, _, body) = common::http_request(&addr, "POST", "/v1/builds/active", &[], b"");
+    assert_eq!(code, 405);
+    let v: Value = serde_json::from_slice(&body).expect("405 JSON");
+    assert_eq!(v, serde_json::json!({ "error": "method not allowed on this route", "status": 405 }));
     // Routes that do not exist keep the generic JSON 404.
     err(&addr, "/v1/drvs", 404, "no such route", &home);
     err(&addr, "/v1/builds/nope", 404, "no such route", &home);

@@ -24,7 +24,9 @@ fn key(commit: &str) -> JobsetKey {
 }
 
 fn fill(js: &Jobsets, commit: &str, attrs: &[(&str, AttrOutcome)]) -> u64 {
-    let Begin::New(id) = js.begin(&key(commit), false).expect("begin") else { panic!("expected a new jobset") };
+    let Begin::New(id) = js.begin(&key(commit), false).expect("begin") else {
+        panic!("expected a new jobset")
+    };
     let mut w = js.writer(id);
     for (a, o) in attrs {
         w.push(a.to_string(), o.clone()).expect("push");
@@ -139,7 +141,8 @@ fn diff_classifies_every_case() {
     assert_eq!(d.changed[0].attr, "bumped");
     assert_eq!(d.changed[0].name, "bumped-2");
     assert_eq!(d.changed[0].base_drv.as_deref(), Some("/nix/store/b1-bumped-1.drv"));
-    let errs: Vec<(&str, bool, bool)> = d.errors.iter().map(|e| (e.attr.as_str(), e.is_new(), e.is_fixed())).collect();
+    let errs: Vec<(&str, bool, bool)> =
+        d.errors.iter().map(|e| (e.attr.as_str(), e.is_new(), e.is_fixed())).collect();
     assert_eq!(
         errs,
         [

@@ -500,7 +500,10 @@ fn job_file_path_escapes_are_rejected() {
 fn job_file_must_exist_and_be_a_file() {
     let dir = checkout();
     assert_eq!(job_file_error(dir.path(), "missing.nix"), "missing.nix does not exist in the repository");
-    assert_eq!(job_file_error(dir.path(), "default.nix/x.nix"), "default.nix/x.nix does not exist in the repository");
+    assert_eq!(
+        job_file_error(dir.path(), "default.nix/x.nix"),
+        "default.nix/x.nix does not exist in the repository"
+    );
     assert_eq!(job_file_error(dir.path(), "ci"), "names a directory; it must name a Nix file");
 }
 

@@ -155,7 +155,11 @@ fn documented_tables() -> BTreeMap<String, (String, String)> {
                 .to_string()
         };
         let name = grab("# Table ");
-        assert_eq!(path.file_stem().and_then(|s| s.to_str()), Some(name.as_str()), "file named after its table");
+        assert_eq!(
+            path.file_stem().and_then(|s| s.to_str()),
+            Some(name.as_str()),
+            "file named after its table"
+        );
         out.insert(name, (grab("- key: "), grab("- value: ")));
     }
     out

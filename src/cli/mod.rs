@@ -258,7 +258,8 @@ async fn status(socket: &std::path::Path, cmd: &StatusCmd) -> Result<(), String>
 }
 
 async fn review(socket: &std::path::Path, cmd: &ReviewCmd) -> Result<(), String> {
-    let request = Request::Review { repo: repo_path(&cmd.repo)?, base: cmd.base.clone(), head: cmd.head.clone() };
+    let request =
+        Request::Review { repo: repo_path(&cmd.repo)?, base: cmd.base.clone(), head: cmd.head.clone() };
     match call_with_progress(socket, request, !cmd.json).await? {
         Response::Review(report) => {
             if cmd.json {

@@ -116,7 +116,8 @@ pub fn diff_report(r: &DiffReport) -> String {
 /// `ekaci review`'s output.
 pub fn review_report(r: &ReviewReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{}: review of {} against {}", r.repo, short(&r.head_commit), short(&r.base_commit));
+    let _ =
+        writeln!(out, "{}: review of {} against {}", r.repo, short(&r.head_commit), short(&r.base_commit));
     for w in &r.config_warnings {
         let _ = writeln!(out, "warning: {w}");
     }
@@ -169,7 +170,8 @@ pub fn review_report(r: &ReviewReport) -> String {
             let note = if d.head.allow_eval_failures { ", allowed" } else { "" };
             let _ = writeln!(out, "  newly failing evaluation ({}{note}):", new_errors.len());
             for e in new_errors {
-                let _ = writeln!(out, "    {}: {}", e.attr, first_line(e.head_error.as_deref().unwrap_or("")));
+                let _ =
+                    writeln!(out, "    {}: {}", e.attr, first_line(e.head_error.as_deref().unwrap_or("")));
             }
         }
     }

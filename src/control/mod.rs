@@ -56,13 +56,25 @@ pub enum Response {
     Review(crate::pipeline::ReviewReport),
     Builds(Vec<BuildSummary>),
     /// The end of a log: the attempt shown and the derivation's state when the stream ended.
-    LogEnd { attempt: u32, state: String },
+    LogEnd {
+        attempt: u32,
+        state: String,
+    },
     /// The state a rebuilt derivation ended in.
-    Rebuilt { drv: String, state: String, detail: Option<String>, ok: bool },
+    Rebuilt {
+        drv: String,
+        state: String,
+        detail: Option<String>,
+        ok: bool,
+    },
     /// A jobset's builds were cancelled.
-    Cancelled { jobset: u64 },
+    Cancelled {
+        jobset: u64,
+    },
     /// The request could not be served; the message says why.
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 impl Response {
@@ -144,7 +156,10 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T
 
 /// Reads one frame of at most `max` bytes and decodes it. The length is checked before anything else is
 /// read, so an oversized frame costs nothing.
-pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R, max: u32) -> Result<T, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: u32,
+) -> Result<T, FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(()) => {}

@@ -132,10 +132,9 @@ pub async fn serve_connection<H: Handler>(mut stream: UnixStream, handler: Arc<H
         let (frames_tx, frames_rx) = async_channel::bounded::<Response>(16);
         let mut handling = std::pin::pin!(handler.handle(request, frames_tx));
         let response = loop {
-            let next = futures_lite::future::or(
-                async { Step::Done((&mut handling).await) },
-                async { frames_rx.recv().await.map(Step::Frame).unwrap_or(Step::Idle) },
-            );
+            let next = futures_lite::future::or(async { Step::Done((&mut handling).await) }, async {
+                frames_rx.recv().await.map(Step::Frame).unwrap_or(Step::Idle)
+            });
             match next.await {
                 Step::Done(response) => break response,
                 Step::Frame(frame) => {

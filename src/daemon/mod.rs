@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use futures_lite::StreamExt;
 use smol::LocalExecutor;
 
+use crate::checkout::Checkouts;
 use crate::config::{EvalBackendSetting, LoadedConfig, ServerConfig};
 use crate::control::server::{ControlSocket, Handler, SocketError};
-use crate::checkout::Checkouts;
 
 use crate::graph::Graph;
 use crate::jobset::Jobsets;
@@ -71,7 +71,9 @@ pub fn check_startup(loaded: &LoadedConfig) -> Result<(), StartupError> {
         return Err(StartupError::NoWebhookSecret { origin });
     }
     if !has_secret {
-        tracing::warn!("running without a webhook secret (allow_insecure_webhooks = true): never do this in production");
+        tracing::warn!(
+            "running without a webhook secret (allow_insecure_webhooks = true): never do this in production"
+        );
     }
     Ok(())
 }
@@ -109,7 +111,8 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
         .map_err(DaemonError::Signals)?;
 
     let logs_dir = config.logs_dir();
-    std::fs::create_dir_all(&logs_dir).map_err(|e| DaemonError::LogsDir { path: logs_dir.clone(), source: e })?;
+    std::fs::create_dir_all(&logs_dir)
+        .map_err(|e| DaemonError::LogsDir { path: logs_dir.clone(), source: e })?;
 
     let db_path = config.db_path();
     let store = {
@@ -121,7 +124,12 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
         smol::unblock(move || s.begin_run(std::process::id())).await?
     };
     if let Some((id, run)) = unclean {
-        tracing::warn!(run = id, pid = run.pid, started_at = run.started_at, "the previous server run did not shut down cleanly; recovering");
+        tracing::warn!(
+            run = id,
+            pid = run.pid,
+            started_at = run.started_at,
+            "the previous server run did not shut down cleanly; recovering"
+        );
     }
 
     let socket = ControlSocket::bind(&config.socket_path())?;
@@ -229,8 +237,15 @@ async fn start_pipeline(
     let scheduler =
         crate::scheduler::start(ex, graph.clone(), SchedulerConfig::from_server(config, local)).await?;
     let logs_dir = config.logs_dir();
-    let pipeline =
-        Pipeline::new(Jobsets::new(store.clone()), checkouts, graph, eval_options, &data_dir, &logs_dir, concurrent);
+    let pipeline = Pipeline::new(
+        Jobsets::new(store.clone()),
+        checkouts,
+        graph,
+        eval_options,
+        &data_dir,
+        &logs_dir,
+        concurrent,
+    );
     Ok((pipeline, scheduler))
 }
 
@@ -248,7 +263,10 @@ async fn drain_builds(scheduler: &SchedulerHandle, grace: Duration) {
         match scheduler.active().await {
             Ok(active) if active.is_empty() => return,
             Ok(active) if Instant::now() >= deadline => {
-                tracing::warn!(builds = active.len(), "builds still running after the grace period are killed");
+                tracing::warn!(
+                    builds = active.len(),
+                    "builds still running after the grace period are killed"
+                );
                 return;
             }
             Ok(active) => tracing::info!(builds = active.len(), "waiting for running builds to finish"),
@@ -271,7 +289,10 @@ async fn finish_within(grace: Duration, tasks: Vec<smol::Task<()>>) {
         false
     };
     if !futures_lite::future::or(all, timeout).await {
-        tracing::warn!(grace_seconds = grace.as_secs(), "work still running after the grace period was abandoned");
+        tracing::warn!(
+            grace_seconds = grace.as_secs(),
+            "work still running after the grace period was abandoned"
+        );
     }
 }
 

@@ -36,7 +36,11 @@ impl Handler for DaemonHandler {
                 }
             }
             Request::Review { repo, base, head } => {
-                match self.pipeline.review_local(&self.scheduler, Path::new(&repo), &base, &head, &progress).await {
+                match self
+                    .pipeline
+                    .review_local(&self.scheduler, Path::new(&repo), &base, &head, &progress)
+                    .await
+                {
                     Ok(report) => Response::Review(report),
                     Err(e) => Response::Error { message: e.to_string() },
                 }
@@ -49,7 +53,11 @@ impl Handler for DaemonHandler {
                 Err(e) => Response::Error { message: e.to_string() },
             },
             Request::Diff { repo, base, head, job } => {
-                match self.pipeline.diff_local(Path::new(&repo), &base, &head, job.as_deref(), &progress).await {
+                match self
+                    .pipeline
+                    .diff_local(Path::new(&repo), &base, &head, job.as_deref(), &progress)
+                    .await
+                {
                     Ok(report) => Response::Diff(report),
                     Err(e) => Response::Error { message: e.to_string() },
                 }
@@ -81,7 +89,12 @@ impl DaemonHandler {
                 let drv = graph.path_of(id).map_err(|e| e.to_string())?;
                 let full = record.state.to_string();
                 let detail = (full != record.state.name()).then_some(full);
-                out.push(BuildSummary { drv, state: record.state.name().to_string(), detail, attempt: record.attempt });
+                out.push(BuildSummary {
+                    drv,
+                    state: record.state.name().to_string(),
+                    detail,
+                    attempt: record.attempt,
+                });
                 if out.len() >= limit as usize {
                     break;
                 }
@@ -170,7 +183,12 @@ impl DaemonHandler {
             Ok(Some(s)) => {
                 let full = s.state.to_string();
                 let detail = (full != s.state.name()).then_some(full);
-                Response::Rebuilt { drv: drv.to_string(), state: s.state.name().into(), detail, ok: s.state.is_done() }
+                Response::Rebuilt {
+                    drv: drv.to_string(),
+                    state: s.state.name().into(),
+                    detail,
+                    ok: s.state.is_done(),
+                }
             }
             Ok(None) => error(format!("{drv} has no state after its rebuild")),
             Err(e) => error(e),
@@ -200,7 +218,6 @@ impl DaemonHandler {
         })
     }
 }
-
 
 /// Reads `path` from `offset` to its current end, in chunks of at most 64 KiB.
 async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<Vec<u8>>> {

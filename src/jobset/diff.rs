@@ -158,7 +158,9 @@ fn classify(out: &mut JobDiff, attr: String, base: Option<AttrOutcome>, head: Op
     };
     match (base, head) {
         (None, None) => {}
-        (None, Some(Drv(h))) => out.added.push(change(attr, ChangeKind::Added, &h, None, Some(h.drv_path.clone()))),
+        (None, Some(Drv(h))) => {
+            out.added.push(change(attr, ChangeKind::Added, &h, None, Some(h.drv_path.clone())))
+        }
         (Some(Drv(b)), None) => {
             out.removed.push(change(attr, ChangeKind::Removed, &b, Some(b.drv_path.clone()), None))
         }

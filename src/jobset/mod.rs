@@ -41,7 +41,9 @@ pub enum JobsetState {
     /// Every attribute has a record (derivation or error).
     Evaluated,
     /// The job as a whole could not be evaluated (missing file, syntax error at the top, time-out).
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
 }
 
 /// A jobset's header.
@@ -136,7 +138,8 @@ impl Jobsets {
                         None => None,
                     };
                     if let Some(js) = current {
-                        if js.state == JobsetState::Evaluated && js.allow_eval_failures == allow_eval_failures {
+                        if js.state == JobsetState::Evaluated && js.allow_eval_failures == allow_eval_failures
+                        {
                             return Ok(Begin::Existing(js));
                         }
                     }
@@ -239,6 +242,31 @@ impl Jobsets {
         Ok(())
     }
 
+    /// At most `limit` attributes of jobset `id` that sort after `after` (from the first when `None`), and
+    /// whether more follow. Reads only the rows it returns (plus one), whatever the page's depth.
+    pub fn page(
+        &self,
+        id: JobsetId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, AttrOutcome)>, bool), StoreError> {
+        let tx = self.store.db().begin_read()?;
+        let attrs = tx.open_table(JOBSET_ATTRS)?;
+        let mut out = Vec::new();
+        for entry in attrs.range((id, after.unwrap_or(""))..(id + 1, ""))? {
+            let (k, v) = entry?;
+            let attr = k.value().1;
+            if after == Some(attr) {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push((attr.to_string(), decode_attr(id, attr, v.value())?));
+        }
+        Ok((out, false))
+    }
+
     /// One attribute of jobset `id`.
     pub fn attr(&self, id: JobsetId, attr: &str) -> Result<Option<AttrOutcome>, StoreError> {
         let tx = self.store.db().begin_read()?;
@@ -316,4 +344,3 @@ fn decode_attr(id: JobsetId, attr: &str, bytes: &[u8]) -> Result<AttrOutcome, St
         AttrRecord::V1(o) => Ok(o),
     }
 }
-

@@ -203,8 +203,9 @@ fn compute_route(builders: &[BuilderSpec], req: &Requirements) -> Result<Vec<usi
     let mut all = able(&|k| !matches!(k, BuilderKind::FixedOutput));
     // Faster builders first; among equals the local machine (no copying), then configuration order.
     all.sort_by_key(|&i| {
-        let b = &builders[i];
-        (std::cmp::Reverse(b.speed_factor), !matches!(b.kind, BuilderKind::Local), i)
+        let (speed, remote) =
+            builders.get(i).map_or((0, true), |b| (b.speed_factor, !matches!(b.kind, BuilderKind::Local)));
+        (std::cmp::Reverse(speed), remote, i)
     });
     if all.is_empty() {
         Err(req.no_builder_reason())

@@ -19,8 +19,8 @@
 //!   orders it itself, so a large jobset costs about what one `nix-build` of it costs (see
 //!   `docs/engine-bench.md`); priority is honoured between batches, `seed_cap` ready derivations at a time.
 //!   A builder runs at most `children_per_builder` (default 2) children; another one starts only while the
-//!   running ones leave slots idle (fewer members `Buildable` or `Building` than `max_jobs`), so a batch's
-//!   tail overlaps the next batch and the machine is oversubscribed by at most one batch.
+//!   running ones leave slots idle (fewer members `Buildable` or `Building` than `max_jobs`), with `-j` =
+//!   the idle slots, so a batch's tail overlaps the next batch and the builder runs about `max_jobs` builds.
 //! * **Outcomes.** A first failure is retried once after `retry_backoff`; a second one is final and every
 //!   dependent (found through the persisted graph) becomes `TransitiveFailure`, naming the failed dependency.
 //!   Time-outs, OOM kills and process deaths interrupt the derivation and block its dependents. A rebuild
@@ -1415,7 +1415,14 @@ impl Engine {
         tracing::debug!(batch = bid, builder = %spec.name, drvs = drvs.len(), "starting a batch");
         let mut batch = BuildBatch::new(drvs, self.cfg.logs_dir.clone());
         batch.attempt_of = attempt_of;
-        batch.max_jobs = spec.local_jobs();
+        // A child started next to running ones gets only the slots they leave idle, so the builder runs
+        // about `max_jobs` builds (more only when the running batches' queued members become buildable).
+        let (children, runnable) = self.slots.get(b).map_or((0, 0), |s| (s.children, s.runnable));
+        batch.max_jobs = if children == 0 || spec.local_jobs() == 0 {
+            spec.local_jobs()
+        } else {
+            spec.local_jobs().saturating_sub(u32::try_from(runnable).unwrap_or(u32::MAX)).max(1)
+        };
         batch.max_silent = self.cfg.max_silent;
         batch.max_duration = self.cfg.max_duration;
         batch.builders = spec.nix_builders();

@@ -172,9 +172,11 @@ impl Store {
         };
         match table.get(key)? {
             None => Ok(None),
-            Some(v) => postcard::from_bytes::<u32>(v.value())
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt { table: "meta", key: key.into(), source: e }),
+            Some(v) => postcard::from_bytes::<u32>(v.value()).map(Some).map_err(|e| StoreError::Corrupt {
+                table: "meta",
+                key: key.into(),
+                source: e,
+            }),
         }
     }
 
@@ -213,7 +215,8 @@ impl Store {
                 None => None,
             };
             let id = last.as_ref().map(|(k, _)| k + 1).unwrap_or(1);
-            let run = DaemonRun { started_at: now_secs(), stopped_at: None, version: crate::VERSION.into(), pid };
+            let run =
+                DaemonRun { started_at: now_secs(), stopped_at: None, version: crate::VERSION.into(), pid };
             runs.insert(id, encode(DAEMON_RUNS.name(), &DaemonRunRecord::V1(run))?.as_slice())?;
             (id, last.filter(|(_, r)| r.stopped_at.is_none()))
         };
@@ -254,5 +257,3 @@ fn decode_run(id: u64, bytes: &[u8]) -> Result<DaemonRun, StoreError> {
         DaemonRunRecord::V1(r) => Ok(r),
     }
 }
-
-

@@ -76,19 +76,13 @@ async fn get_jobset(req: tide::Request<AppState>) -> Result<tide::Response, ApiE
     let (limit, after) = (page.limit, page.after.clone());
     let read = smol::unblock(move || {
         let Some(header) = jobsets.get(id)? else { return Ok(None) };
-        let mut attrs = Attrs { items: Vec::new(), more: false, total: 0 };
-        jobsets.for_each_attr(id, |name, outcome| {
-            attrs.total += 1;
-            if after.as_deref().is_some_and(|a| name <= a) {
-                return Ok(());
-            }
-            if attrs.items.len() < limit {
-                attrs.items.push((name.to_string(), outcome));
-            } else {
-                attrs.more = true;
-            }
-            Ok(())
-        })?;
+        let (items, more) = jobsets.page(id, after.as_deref(), limit)?;
+        // A finished jobset's header counts its records; an unfinished one is counted on demand.
+        let total = match header.state {
+            crate::jobset::JobsetState::Evaluating => jobsets.attr_count(id)?,
+            _ => header.derivations + header.errors,
+        };
+        let attrs = Attrs { items, more, total };
         Ok(Some((header, attrs)))
     });
     let (header, attrs) = read
