@@ -2,23 +2,12 @@
 //! checkouts by commit id from `file://` URLs and plain paths, concurrency on one mirror, fork-PR refs,
 //! refusals (branch names, unknown commits, hostile URLs), worktree removal, startup pruning, `resolve_rev`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::git_in as git;
 use eka_ci::checkout::{local_url, resolve_rev, CheckoutError, Checkouts};
-
-/// Runs git in `dir` without any user or system configuration.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("run git");
-    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// Writes `content` to `file` and commits it; returns the new commit id.
 fn commit(repo: &Path, content: &str) -> String {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{GitRepo, Home, NIX_PRELUDE};
+use common::{json, GitRepo, Home, NIX_PRELUDE};
 use serde_json::Value;
 
 const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" }, "tools": { "file": "tools.nix", "allow_eval_failures": true } } }"#;
@@ -59,16 +59,6 @@ fn fixture() -> (GitRepo, String, String) {
     );
     let head = repo.commit("head", &[("default.nix", Some(&head_nix()))]);
     (repo, base, head)
-}
-
-fn json(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 fn nix_instantiate(dir: &std::path::Path, attr: &str) -> String {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{GitRepo, Home};
+use common::{json, GitRepo, Home};
 use rustix::process::Signal;
 use serde_json::Value;
 
@@ -35,16 +35,6 @@ in
 }
 
 const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
-
-fn json(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 fn attr<'a>(job: &'a Value, name: &str) -> &'a Value {
     job["attrs"]
@@ -283,6 +273,8 @@ fn kill_9_in_the_middle_of_building_recovers_to_the_same_result() {
         assert!(Instant::now() < deadline, "slow never started building");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Derivations with pending work are pinned in the graph's cache while they wait or build.
+    assert!(pinned(&server.http_address()) > 0, "nodes with pending work are pinned");
     server.signal(Signal::KILL);
     let (status, _) = server.wait(Duration::from_secs(10));
     assert_eq!(status.code(), None);
@@ -298,6 +290,7 @@ fn kill_9_in_the_middle_of_building_recovers_to_the_same_result() {
     let _server = home.start();
     let recovered = review(&home, &repo, &base, &head);
     let recovered_json = json(&recovered);
+    assert_eq!(pinned(&_server.http_address()), 0, "nothing is pinned once every build is final");
 
     // An uninterrupted run in a fresh home (same derivations: outputs built above are reused there as
     // Cached, so compare verdicts and ok-ness, which must agree).
@@ -341,6 +334,17 @@ fn kill_9_in_the_middle_of_building_recovers_to_the_same_result() {
     assert_eq!(building, 2, "built before and after the kill: {states:?}");
     assert_eq!(states.last(), Some(&"success"), "{states:?}");
     assert!(drv["history"].to_string().contains("server restarted during the build"), "{drv}");
+}
+
+/// `eka_ci_graph_pinned_nodes_total` scraped from /metrics.
+fn pinned(addr: &str) -> u64 {
+    let (_, _, body) = common::http_get(addr, "/metrics");
+    let text = String::from_utf8_lossy(&body);
+    text.lines()
+        .find_map(|l| l.strip_prefix("eka_ci_graph_pinned_nodes_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no eka_ci_graph_pinned_nodes_total in:\n{text}"))
 }
 
 /// Processes whose command line mentions `needle` (read from /proc).

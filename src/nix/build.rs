@@ -914,6 +914,37 @@ struct DrvState {
     finished: Option<(DrvOutcome, Duration, bool)>,
 }
 
+impl DrvState {
+    /// A batch member that has not started.
+    fn new(
+        path: String,
+        attempt: u32,
+        log: PathBuf,
+        info: Option<DrvGraphInfo>,
+        read_error: Option<String>,
+    ) -> DrvState {
+        DrvState {
+            path,
+            attempt,
+            log,
+            info,
+            read_error,
+            inputs: Vec::new(),
+            dependents: Vec::new(),
+            machine: None,
+            started: None,
+            ever_started: false,
+            activity: None,
+            log_file: None,
+            verdict: None,
+            message: None,
+            kill_default: None,
+            interrupted: false,
+            finished: None,
+        }
+    }
+}
+
 /// One `nix-build` child.
 struct ChildRun {
     child: SupervisedChild,
@@ -990,25 +1021,7 @@ impl Driver {
                     Ok(i) => (Some(i), None),
                     Err(e) => (None, Some(e)),
                 };
-                DrvState {
-                    path: path.clone(),
-                    attempt: batch.attempt(path),
-                    log,
-                    info,
-                    read_error,
-                    inputs: Vec::new(),
-                    dependents: Vec::new(),
-                    machine: None,
-                    started: None,
-                    ever_started: false,
-                    activity: None,
-                    log_file: None,
-                    verdict: None,
-                    message: None,
-                    kill_default: None,
-                    interrupted: false,
-                    finished: None,
-                }
+                DrvState::new(path.clone(), batch.attempt(path), log, info, read_error)
             })
             .collect();
         for i in 0..states.len() {
@@ -2037,25 +2050,7 @@ mod tests {
     }
 
     fn state(inputs: Vec<usize>) -> DrvState {
-        DrvState {
-            path: String::new(),
-            attempt: 1,
-            log: PathBuf::new(),
-            info: None,
-            read_error: None,
-            inputs,
-            dependents: Vec::new(),
-            machine: None,
-            started: None,
-            ever_started: false,
-            activity: None,
-            log_file: None,
-            verdict: None,
-            message: None,
-            kill_default: None,
-            interrupted: false,
-            finished: None,
-        }
+        DrvState { inputs, ..DrvState::new(String::new(), 1, PathBuf::new(), None, None) }
     }
 
     #[test]

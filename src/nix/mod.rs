@@ -7,4 +7,5 @@ pub mod build;
 pub mod drv;
 pub mod eval;
 pub mod eval_builtin;
+pub mod local;
 pub mod process;

@@ -768,6 +768,7 @@ impl Engine {
     fn finish(&mut self, id: DrvId, state: DrvState, note: &str) {
         self.unready(id);
         let Some(mut n) = self.nodes.remove(&id) else { return };
+        self.graph.unpin(id);
         self.building.remove(&id);
         self.count(n.sys, class(&n.rec.state), -1);
         let requeue = n.rec.requeue_dependents && state.is_done();
@@ -1034,6 +1035,10 @@ impl Engine {
             };
             self.count(sys, class(&node.rec.state), 1);
             self.nodes.insert(id, node);
+            // A node with pending work stays resident in the graph's LRU front until it is final.
+            if let Err(e) = self.graph.pin(id) {
+                tracing::warn!(drv = id.0, error = %e, "cannot pin a derivation with pending work");
+            }
             self.add_owner(id, owner);
             activated.push(id);
         }

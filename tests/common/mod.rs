@@ -213,16 +213,7 @@ impl GitRepo {
         self.dir.path()
     }
     pub fn git(&self, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args(["-c", "user.name=eka-ci tests", "-c", "user.email=tests@eka-ci.invalid"])
-            .args(args)
-            .current_dir(self.path())
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .output()
-            .expect("run git");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        git_in(self.path(), args)
     }
     /// Writes `files` (path, content), removes files whose content is `None`, commits, returns the SHA.
     pub fn commit(&self, message: &str, files: &[(&str, Option<&str>)]) -> String {
@@ -258,3 +249,35 @@ let
   };
 in
 "#;
+
+/// Runs git in `dir` without any user or system configuration and returns its trimmed stdout.
+pub fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=eka-ci tests",
+            "-c",
+            "user.email=tests@eka-ci.invalid",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A command's stdout parsed as JSON, with stdout and stderr in the panic message when it is not.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
