@@ -217,8 +217,17 @@ fn diff_classifies_and_does_not_depend_on_the_graph_cache_size() {
     // The same diff with a graph cache far smaller than the graph gives the same answer.
     let small = Home::new();
     small.write_config("graph_lru_capacity = 2");
-    let _server = small.start();
+    let small_server = small.start();
     let d2 = diff_json(&small, &repo, &base, &head);
+    // The graph really is far larger than that cache.
+    let (_, _, body) = common::http_get(&small_server.http_address(), "/metrics");
+    let metrics = String::from_utf8_lossy(&body);
+    let nodes: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("eka_ci_graph_nodes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("eka_ci_graph_nodes_total");
+    assert!(nodes >= 10.0, "graph of {nodes} nodes against a capacity of 2");
     assert_eq!(d2["jobs"][0]["added"], job["added"]);
     assert_eq!(d2["jobs"][0]["changed"], job["changed"]);
     assert_eq!(d2["jobs"][0]["errors"], job["errors"]);

@@ -92,7 +92,11 @@ fn a_second_server_on_the_same_socket_is_refused() {
         ),
     )
     .expect("write");
-    let out = home.command(common::SERVER).arg("--config-file").arg(&cfg).output().expect("run");
+    let out = Exited::from(common::run_to_exit({
+        let mut c = home.command(common::SERVER);
+        c.arg("--config-file").arg(&cfg);
+        c
+    }));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another eka-ci-server is already serving the control socket"), "{err}");
@@ -118,6 +122,18 @@ fn a_stale_socket_from_a_killed_server_is_replaced() {
     assert_eq!(status.code(), Some(0));
     assert!(stderr.contains("replacing stale control socket"), "{stderr}");
     assert!(stderr.contains("did not shut down cleanly"), "{stderr}");
+}
+
+/// A finished server run, shaped like `std::process::Output` for the assertions.
+struct Exited {
+    status: std::process::ExitStatus,
+    stderr: Vec<u8>,
+}
+
+impl From<(std::process::ExitStatus, String)> for Exited {
+    fn from((status, stderr): (std::process::ExitStatus, String)) -> Self {
+        Exited { status, stderr: stderr.into_bytes() }
+    }
 }
 
 fn frame(version: u8, payload: &[u8]) -> Vec<u8> {
@@ -241,7 +257,11 @@ fn no_webhook_secret_is_refused_with_exit_2_before_binding() {
     let home = Home::new();
     let cfg = home.config_file();
     std::fs::write(&cfg, "[web]\nport = 0\n").expect("write");
-    let out = home.command(common::SERVER).arg("--config-file").arg(&cfg).output().expect("run");
+    let out = Exited::from(common::run_to_exit({
+        let mut c = home.command(common::SERVER);
+        c.arg("--config-file").arg(&cfg);
+        c
+    }));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no webhook secret is configured"), "{err}");
@@ -270,14 +290,22 @@ fn a_config_error_exits_2_and_binds_nothing() {
     let cfg = home.config_file();
     std::fs::write(&cfg, "[security]\nallow_insecure_webhooks = true\n[web]\nport = \"eighty\"\n")
         .expect("write");
-    let out = home.command(common::SERVER).arg("--config-file").arg(&cfg).output().expect("run");
+    let out = Exited::from(common::run_to_exit({
+        let mut c = home.command(common::SERVER);
+        c.arg("--config-file").arg(&cfg);
+        c
+    }));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&cfg.display().to_string()) && err.contains("web.port"), "{err}");
     assert!(!home.socket().exists() && !home.db().exists());
 
     let missing = home.path().join("nope.toml");
-    let out = home.command(common::SERVER).arg("--config-file").arg(&missing).output().expect("run");
+    let out = Exited::from(common::run_to_exit({
+        let mut c = home.command(common::SERVER);
+        c.arg("--config-file").arg(&missing);
+        c
+    }));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&missing.display().to_string()));
 }
@@ -322,9 +350,45 @@ fn an_http_port_in_use_fails_start_up_and_cleans_the_socket() {
         std::fs::read_to_string(&cfg).expect("read").replace("port = 0", &format!("port = {port}")),
     )
     .expect("write");
-    let out = home.command(common::SERVER).arg("--config-file").arg(&cfg).output().expect("run");
+    let out = Exited::from(common::run_to_exit({
+        let mut c = home.command(common::SERVER);
+        c.arg("--config-file").arg(&cfg);
+        c
+    }));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot listen for HTTP on 127.0.0.1:{port}")), "{err}");
     assert!(!home.socket().exists());
+}
+
+#[test]
+fn a_machines_file_is_validated_at_start_up() {
+    let home = Home::new();
+    let machines = home.path().join("machines");
+    std::fs::write(&machines, "# builders\nssh://builder@builder.eka-ci-test.invalid x86_64-linux - 4 2 kvm,big-parallel\nssh://b2.eka-ci-test.invalid x86_64-linux - many\n")
+        .expect("write");
+    let cfg = home.write_config(&format!("machines_file = \"{}\"", machines.display()));
+    let out = Exited::from(common::run_to_exit({
+        let mut c = home.command(common::SERVER);
+        c.arg("--config-file").arg(&cfg);
+        c
+    }));
+    assert_eq!(out.status.code(), Some(2), "a bad machines file is a configuration error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&machines.display().to_string()) && err.contains("line 3"), "{err}");
+    assert!(!home.socket().exists());
+
+    std::fs::write(
+        &machines,
+        "ssh://builder@builder.eka-ci-test.invalid x86_64-linux - 4 2 kvm,big-parallel\n",
+    )
+    .expect("write");
+    let server = home.start();
+    server.signal(Signal::TERM);
+    let (status, stderr) = server.wait(Duration::from_secs(40));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("remote builders from the machines file") && stderr.contains("machines=1"),
+        "{stderr}"
+    );
 }

@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub caches: Vec<CacheConfig>,
     /// `[[remote_builders]]`: Nix remote build machines.
     pub remote_builders: Vec<RemoteBuilderConfig>,
+    /// More remote build machines, from a file in Nix's machines format (e.g. `/etc/nix/machines`); an
+    /// eka-ci extension, read at start-up.
+    pub machines_file: Option<PathBuf>,
     /// `[[gitea_instances]]`.
     pub gitea_instances: Vec<ForgeInstanceConfig>,
     /// `[[gitlab_instances]]`.
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             github_apps: Vec::new(),
             caches: Vec::new(),
             remote_builders: Vec::new(),
+            machines_file: None,
             gitea_instances: Vec::new(),
             gitlab_instances: Vec::new(),
             rebuild: RebuildConfig::default(),
@@ -531,7 +535,8 @@ pub fn from_toml(text: &str, path: &Path) -> Result<LoadedConfig, ConfigError> {
 }
 
 /// Plain top-level keys: found inside a table, they were most likely written after a table header.
-const TOP_LEVEL_KEYS: [&str; 8] = [
+const TOP_LEVEL_KEYS: [&str; 9] = [
+    "machines_file",
     "db_path",
     "logs_dir",
     "build_no_output_timeout_seconds",

@@ -7,7 +7,7 @@
 
 mod requests;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +31,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error("machines_file {path}: {message}")]
+    MachinesFile { path: PathBuf, message: String },
     #[error(
         "no webhook secret is configured: set security.webhook_secret in {origin} or the WEBHOOK_SECRET \
          environment variable, or set security.allow_insecure_webhooks = true for local development"
@@ -54,6 +56,8 @@ pub enum DaemonError {
     Graph(#[from] crate::graph::GraphError),
     #[error("cannot start the build scheduler: {0}")]
     Scheduler(#[from] crate::scheduler::SchedulerError),
+    #[error(transparent)]
+    Machines(StartupError),
     #[error("cannot ask Nix about the local machine (is Nix installed?): {0}")]
     DetectNix(crate::scheduler::builders::DetectError),
 }
@@ -70,12 +74,23 @@ pub fn check_startup(loaded: &LoadedConfig) -> Result<(), StartupError> {
         };
         return Err(StartupError::NoWebhookSecret { origin });
     }
+    if let Some(path) = &loaded.config.machines_file {
+        read_machines(path)?;
+    }
     if !has_secret {
         tracing::warn!(
             "running without a webhook secret (allow_insecure_webhooks = true): never do this in production"
         );
     }
     Ok(())
+}
+
+/// The remote builders listed in a Nix machines file.
+fn read_machines(path: &Path) -> Result<Vec<crate::scheduler::builders::BuilderSpec>, StartupError> {
+    let fail = |message: String| StartupError::MachinesFile { path: path.to_path_buf(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
+    let native = crate::scheduler::builders::native_system();
+    crate::scheduler::builders::parse_machines(&text, &native).map_err(|e| fail(e.to_string()))
 }
 
 /// Services started by the daemon receive this; it resolves when shutdown begins.
@@ -234,8 +249,13 @@ async fn start_pipeline(
     let concurrent = e.concurrent as usize;
     let local = crate::scheduler::builders::detect_local().await.map_err(DaemonError::DetectNix)?;
     tracing::info!(systems = ?local.systems, features = ?local.features, "local Nix builder");
-    let scheduler =
-        crate::scheduler::start(ex, graph.clone(), SchedulerConfig::from_server(config, local)).await?;
+    let mut scheduler_config = SchedulerConfig::from_server(config, local);
+    if let Some(path) = &config.machines_file {
+        let machines = read_machines(path).map_err(DaemonError::Machines)?;
+        tracing::info!(machines = machines.len(), file = %path.display(), "remote builders from the machines file");
+        scheduler_config.remote_builders.extend(machines);
+    }
+    let scheduler = crate::scheduler::start(ex, graph.clone(), scheduler_config).await?;
     let logs_dir = config.logs_dir();
     let pipeline = Pipeline::new(
         Jobsets::new(store.clone()),

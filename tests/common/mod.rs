@@ -31,9 +31,10 @@ impl Home {
     pub fn config_file(&self) -> PathBuf {
         self.path().join("ekaci.toml")
     }
-    /// Writes `ekaci.toml` with an ephemeral HTTP port, no webhook secret requirement, and `extra`.
+    /// Writes `ekaci.toml` with an ephemeral HTTP port, no webhook secret requirement, and `extra`, which
+    /// comes first so that its top-level keys stay top-level (it may end with tables of its own).
     pub fn write_config(&self, extra: &str) -> PathBuf {
-        let text = format!("[web]\nport = 0\n\n[security]\nallow_insecure_webhooks = true\n\n{extra}\n");
+        let text = format!("{extra}\n\n[web]\nport = 0\n\n[security]\nallow_insecure_webhooks = true\n");
         std::fs::write(self.config_file(), text).expect("write config");
         self.config_file()
     }
@@ -70,6 +71,14 @@ impl Home {
     pub fn ekaci(&self, args: &[&str]) -> Output {
         self.command(CLI).arg("--socket").arg(self.socket()).args(args).output().expect("run ekaci")
     }
+}
+
+/// Runs `cmd` (a server expected to exit by itself, e.g. refusing to start) and returns its exit status
+/// and stderr; fails the test instead of hanging when it is still running after 60 s.
+pub fn run_to_exit(mut cmd: Command) -> (ExitStatus, String) {
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let server = Server { child: Some(child), socket: PathBuf::new() };
+    server.wait(Duration::from_secs(60))
 }
 
 /// A running server process; killed (SIGKILL) on drop if the test did not stop it.
