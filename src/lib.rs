@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod forge;
 pub mod graph;
 pub mod jobset;
 pub mod metrics;

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub build_duration: Histogram,
     /// Build scheduler: final (and retried) build states, by state name.
     pub build_outcome: IntCounterVec,
+    /// GitHub webhook deliveries (`web::github`), by event and outcome.
+    pub github_webhooks: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -112,6 +114,15 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(active_builds.clone()))?;
     registry.register(Box::new(build_duration.clone()))?;
     registry.register(Box::new(build_outcome.clone()))?;
+    let github_webhooks = IntCounterVec::new(
+        Opts::new(
+            "eka_ci_github_webhooks_total",
+            "GitHub webhook deliveries, by event (known names, else other) and outcome: accepted, duplicate, \
+             ignored, unauthorized, too_large, malformed, error",
+        ),
+        &["event", "outcome"],
+    )?;
+    registry.register(Box::new(github_webhooks.clone()))?;
     registry.register(Box::new(build_info.clone()))?;
     registry.register(Box::new(start_time_seconds.clone()))?;
     registry.register(Box::new(http_requests.clone()))?;
@@ -133,6 +144,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         active_builds,
         build_duration,
         build_outcome,
+        github_webhooks,
     })
 }
 

@@ -392,3 +392,60 @@ fn a_machines_file_is_validated_at_start_up() {
         "{stderr}"
     );
 }
+
+#[test]
+fn github_app_credentials_are_checked_at_start_up() {
+    let home = Home::new();
+    let vault = "[[github_apps]]\nid = \"main\"\ncredentials = { vault = { address = \"https://vault.example.invalid\", secret_path = \"x\" } }\n";
+    let cfg = home.write_config(vault);
+    let out = Exited::from(common::run_to_exit({
+        let mut c = home.command(common::SERVER);
+        c.arg("--config-file").arg(&cfg);
+        c
+    }));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("main") && err.contains("not supported for GitHub Apps yet"), "{err}");
+    assert!(!home.socket().exists());
+
+    // A key file that is not a private key is refused without echoing it.
+    let bad_key = home.path().join("bad.pem");
+    std::fs::write(
+        &bad_key,
+        "-----BEGIN RSA PRIVATE KEY-----\nc2VjcmV0LWJ1dC1ub3QtYS1rZXk=\n-----END RSA PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    let keyfile = format!(
+        "[[github_apps]]\nid = \"main\"\ncredentials = {{ github-app-key-file = {{ app_id_env = \"EKA_TEST_APP_ID\", key_file = \"{}\" }} }}\n",
+        bad_key.display()
+    );
+    let cfg = home.write_config(&keyfile);
+    let out = Exited::from(common::run_to_exit({
+        let mut c = home.command(common::SERVER);
+        c.arg("--config-file").arg(&cfg).env("EKA_TEST_APP_ID", "12345");
+        c
+    }));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("main"), "{err}");
+    assert!(!err.contains("c2VjcmV0"), "key material must not be echoed: {err}");
+
+    // A real key starts the server.
+    let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/github/keys/test-app-key.pkcs1.pem");
+    let keyfile = keyfile.replace(&bad_key.display().to_string(), &good.display().to_string());
+    let cfg = home.write_config(&keyfile);
+    let mut c = home.command(common::SERVER);
+    c.arg("--config-file").arg(&cfg).env("EKA_TEST_APP_ID", "12345").stderr(std::process::Stdio::piped());
+    let child = c.spawn().expect("spawn");
+    let server = common::Server { child: Some(child), socket: home.socket() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(home.socket()).is_err() {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.signal(Signal::TERM);
+    let (status, stderr) = server.wait(Duration::from_secs(40));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("GitHub App credentials loaded"), "{stderr}");
+}

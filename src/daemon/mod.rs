@@ -33,6 +33,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub enum StartupError {
     #[error("machines_file {path}: {message}")]
     MachinesFile { path: PathBuf, message: String },
+    #[error(transparent)]
+    GitHubApp(crate::forge::github::app::AppError),
     #[error(
         "no webhook secret is configured: set security.webhook_secret in {origin} or the WEBHOOK_SECRET \
          environment variable, or set security.allow_insecure_webhooks = true for local development"
@@ -76,6 +78,13 @@ pub fn check_startup(loaded: &LoadedConfig) -> Result<(), StartupError> {
     }
     if let Some(path) = &loaded.config.machines_file {
         read_machines(path)?;
+    }
+    // Every GitHub App's credentials are loaded and its key validated now, so a missing file, a bad key
+    // or a source that is not supported yet stops the start instead of the first webhook.
+    let apps = crate::forge::github::app::load_all(&loaded.config, &|k| std::env::var(k).ok())
+        .map_err(StartupError::GitHubApp)?;
+    if !apps.is_empty() {
+        tracing::info!(apps = apps.len(), "GitHub App credentials loaded");
     }
     if !has_secret {
         tracing::warn!(
@@ -186,6 +195,7 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
         graph: pipeline.graph().clone(),
         jobsets: pipeline.jobsets().clone(),
         logs_dir: config.logs_dir(),
+        webhook_secret: config.security.webhook_secret.clone(),
     });
     // Accept loops: dropped (and so cancelled) when shutdown begins, which stops accepting new work.
     let accept_tasks = vec![

@@ -201,6 +201,12 @@ impl DaemonHandler {
             Ok(v) => v,
             Err(e) => return Response::Error { message: e.to_string() },
         };
+        let store = self.store.clone();
+        let github_events =
+            match smol::unblock(move || crate::forge::github::webhook::pending_count(&store)).await {
+                Ok(n) => n,
+                Err(e) => return Response::Error { message: e.to_string() },
+            };
         let (waiting, _running) = self.pipeline.depths();
         let depths = self.scheduler.depths().await.unwrap_or_default();
         let builds = depths.iter().map(|d| (d.queued + d.buildable) as u64).sum();
@@ -213,7 +219,7 @@ impl DaemonHandler {
             socket_path: self.socket_path.clone(),
             http_address: self.http_address.clone(),
             schema_version,
-            queues: QueueDepths { evaluations: waiting, builds, github_events: 0 },
+            queues: QueueDepths { evaluations: waiting, builds, github_events },
             active_builds,
         })
     }

@@ -42,6 +42,12 @@ pub const BUILD_ATTEMPTS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::
 /// Build owners: owner id (a jobset id, or 2^63 + drv id for a rebuild) → `BuildOwnerRecord`.
 pub const BUILD_OWNERS: TableDefinition<u64, &[u8]> = TableDefinition::new("build_owners");
 
+/// GitHub webhook deliveries seen (`forge::github::webhook`): `X-GitHub-Delivery` id → `DeliveryRecord`.
+pub const GITHUB_DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("github_deliveries");
+
+/// GitHub events waiting to be handled (`forge::github::webhook`): sequence number → `StoredEvent`.
+pub const GITHUB_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("github_events");
+
 /// A table as described in `migrations-free-schema/`: its name and its key and value types as Rust
 /// spells them in the definitions above.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +71,8 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "build_history", key: "(u32, u32)", value: "&[u8]" },
     TableInfo { name: "build_attempts", key: "(u32, u32)", value: "&[u8]" },
     TableInfo { name: "build_owners", key: "u64", value: "&[u8]" },
+    TableInfo { name: "github_deliveries", key: "&str", value: "&[u8]" },
+    TableInfo { name: "github_events", key: "u64", value: "&[u8]" },
 ];
 
 /// Creates every table that does not exist yet.
@@ -81,5 +89,7 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(BUILD_HISTORY)?;
     tx.open_table(BUILD_ATTEMPTS)?;
     tx.open_table(BUILD_OWNERS)?;
+    tx.open_table(GITHUB_DELIVERIES)?;
+    tx.open_table(GITHUB_EVENTS)?;
     Ok(())
 }

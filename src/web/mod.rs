@@ -6,6 +6,7 @@
 
 mod builds;
 mod drvs;
+mod github;
 mod health;
 mod jobsets;
 mod logs;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub jobsets: crate::jobset::Jobsets,
     /// Where build logs are (`<logs_dir>/<drv hash>/<attempt>.log`).
     pub logs_dir: std::path::PathBuf,
+    /// `security.webhook_secret`; `None` only with `allow_insecure_webhooks` (the daemon refuses otherwise).
+    pub webhook_secret: Option<crate::secret::Secret>,
 }
 
 /// The route table.
@@ -40,6 +43,7 @@ pub fn app(state: AppState) -> tide::Server<AppState> {
     logs::routes(&mut app);
     builds::routes(&mut app);
     jobsets::routes(&mut app);
+    github::routes(&mut app);
     app
 }
 

@@ -1,0 +1,922 @@
+//! The GitHub REST client of a GitHub App: installation access tokens (fetched with the App JWT,
+//! cached per installation until shortly before they expire) and the few typed calls the integration
+//! needs (pull requests, check runs, collaborator permissions, repository installations).
+//!
+//! Calls are blocking `ureq` requests run through `smol::unblock`; waits between attempts are
+//! `smol::Timer`s on our executor. Discipline: `Retry-After` and `X-RateLimit-Remaining: 0` +
+//! `X-RateLimit-Reset` are honoured up to [`ClientConfig::max_rate_limit_wait`]; 5xx and transport
+//! errors are retried with exponential backoff up to [`ClientConfig::max_attempts`]; other 4xx are
+//! never retried. Errors carry the method, path, status and GitHub's `message`; tokens and JWTs are
+//! [`Secret`]s and never appear in errors, logs or `Debug` output.
+//!
+//! The request and response types follow GitHub's REST shapes (see `tests/fixtures/github/api/`),
+//! with only the fields we use; unknown fields are ignored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use smol::lock::Mutex;
+
+use super::app::AppCredentials;
+use super::jwt::JwtError;
+use crate::secret::Secret;
+
+/// GitHub.com's API; GitHub Enterprise Server uses `https://HOST/api/v3`.
+pub const DEFAULT_API_URL: &str = "https://api.github.com";
+/// The REST API version we are written against.
+pub const API_VERSION: &str = "2022-11-28";
+const ACCEPT: &str = "application/vnd.github+json";
+/// Longest GitHub `message` (or body excerpt) kept in an error.
+const MAX_MESSAGE: usize = 300;
+/// Largest response body read.
+const MAX_BODY: u64 = 16 * 1024 * 1024;
+
+/// How the client talks to GitHub.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// API base URL without a trailing slash (default [`DEFAULT_API_URL`]).
+    pub api_url: String,
+    /// Attempts per call, the first included, for 5xx, transport errors and rate limits (at least 1).
+    pub max_attempts: u32,
+    /// Wait before the second attempt after a 5xx; doubled for each further attempt.
+    pub initial_backoff: Duration,
+    /// Upper bound of one backoff wait.
+    pub max_backoff: Duration,
+    /// Longest wait accepted for a rate limit (`Retry-After`, `X-RateLimit-Reset`); longer is an error.
+    pub max_rate_limit_wait: Duration,
+    /// Bound on one HTTP exchange.
+    pub timeout: Duration,
+    /// An installation token is replaced this long before its `expires_at`.
+    pub token_refresh_margin: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            api_url: DEFAULT_API_URL.to_string(),
+            max_attempts: 4,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            max_rate_limit_wait: Duration::from_secs(120),
+            timeout: Duration::from_secs(30),
+            token_refresh_margin: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// A failed GitHub call. No variant contains a token or JWT.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("GitHub API {method} {path}: HTTP {status}: {message} (after {attempts} attempt(s))")]
+    Api {
+        method: &'static str,
+        path: String,
+        status: u16,
+        /// GitHub's `message`, or an excerpt of a body that is not GitHub's JSON error.
+        message: String,
+        documentation_url: Option<String>,
+        attempts: u32,
+    },
+    #[error(
+        "GitHub API {method} {path}: rate limited (HTTP {status}: {message}); GitHub asks to wait \
+         {wait_secs} s, more than the allowed {max_wait_secs} s"
+    )]
+    RateLimited {
+        method: &'static str,
+        path: String,
+        status: u16,
+        message: String,
+        wait_secs: u64,
+        max_wait_secs: u64,
+    },
+    #[error("GitHub API {method} {path}: {error} (after {attempts} attempt(s))")]
+    Transport { method: &'static str, path: String, error: String, attempts: u32 },
+    #[error("GitHub API {method} {path}: unexpected response body: {error}")]
+    Decode { method: &'static str, path: String, error: String },
+    #[error("invalid {what} for a GitHub API path: {value:?}")]
+    InvalidArgument { what: &'static str, value: String },
+    #[error("installation {installation_id}: GitHub sent an unreadable token expiry {value:?}")]
+    BadExpiry { installation_id: u64, value: String },
+    #[error("invalid GitHub API URL {0:?}: it must start with http:// or https://")]
+    BadApiUrl(String),
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+}
+
+impl ClientError {
+    /// The HTTP status GitHub answered with, when there was an answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::RateLimited { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Models (GitHub's shapes, only the fields we use).
+
+/// A user or organisation (`simple-user`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Account {
+    pub login: String,
+    pub id: u64,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+}
+
+/// `GET /repos/{owner}/{repo}/installation`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Installation {
+    pub id: u64,
+    #[serde(default)]
+    pub app_id: Option<u64>,
+    #[serde(default)]
+    pub account: Option<Account>,
+    #[serde(default)]
+    pub repository_selection: Option<String>,
+}
+
+/// The repository of a pull request's head or base (null when a fork was deleted).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PullRequestRepo {
+    pub id: u64,
+    pub name: String,
+    pub full_name: String,
+    #[serde(default)]
+    pub clone_url: Option<String>,
+}
+
+/// The head or base of a pull request.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PullRequestRef {
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub sha: String,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub repo: Option<PullRequestRepo>,
+}
+
+/// `GET /repos/{owner}/{repo}/pulls/{pull_number}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PullRequest {
+    pub id: u64,
+    pub number: u64,
+    pub state: String,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub user: Option<Account>,
+    pub head: PullRequestRef,
+    pub base: PullRequestRef,
+    #[serde(default)]
+    pub draft: Option<bool>,
+    #[serde(default)]
+    pub merged: Option<bool>,
+    #[serde(default)]
+    pub mergeable: Option<bool>,
+    #[serde(default)]
+    pub author_association: Option<String>,
+    #[serde(default)]
+    pub html_url: Option<String>,
+}
+
+/// The status of a check run we create or update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Queued,
+    InProgress,
+    Completed,
+}
+
+/// The conclusion of a completed check run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckConclusion {
+    ActionRequired,
+    Cancelled,
+    Failure,
+    Neutral,
+    Success,
+    Skipped,
+    Stale,
+    TimedOut,
+}
+
+/// The `output` of a check run request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckRunOutput {
+    pub title: String,
+    pub summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// `POST /repos/{owner}/{repo}/check-runs` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreateCheckRun {
+    pub name: String,
+    pub head_sha: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<CheckStatus>,
+    /// RFC 3339 time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conclusion: Option<CheckConclusion>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<CheckRunOutput>,
+}
+
+impl CreateCheckRun {
+    /// A request with only the required fields set.
+    pub fn new(name: impl Into<String>, head_sha: impl Into<String>) -> Self {
+        CreateCheckRun {
+            name: name.into(),
+            head_sha: head_sha.into(),
+            details_url: None,
+            external_id: None,
+            status: None,
+            started_at: None,
+            conclusion: None,
+            completed_at: None,
+            output: None,
+        }
+    }
+}
+
+/// `PATCH /repos/{owner}/{repo}/check-runs/{check_run_id}` body; unset fields are left unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UpdateCheckRun {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<CheckStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conclusion: Option<CheckConclusion>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<CheckRunOutput>,
+}
+
+/// The `output` of a check run as GitHub returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CheckRunOutputInfo {
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub summary: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub annotations_count: u64,
+}
+
+/// The App that owns a check run.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CheckRunApp {
+    pub id: u64,
+    #[serde(default)]
+    pub slug: Option<String>,
+}
+
+/// A check run as GitHub returns it. `status` and `conclusion` stay strings: GitHub has more values
+/// (`waiting`, `requested`, `pending`, …) than we send.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CheckRun {
+    pub id: u64,
+    pub name: String,
+    pub head_sha: String,
+    pub status: String,
+    #[serde(default)]
+    pub conclusion: Option<String>,
+    #[serde(default)]
+    pub external_id: Option<String>,
+    #[serde(default)]
+    pub details_url: Option<String>,
+    #[serde(default)]
+    pub html_url: Option<String>,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub completed_at: Option<String>,
+    #[serde(default)]
+    pub output: Option<CheckRunOutputInfo>,
+    #[serde(default)]
+    pub app: Option<CheckRunApp>,
+}
+
+/// `GET /repos/{owner}/{repo}/commits/{ref}/check-runs`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CheckRunList {
+    pub total_count: u64,
+    pub check_runs: Vec<CheckRun>,
+}
+
+/// `GET /repos/{owner}/{repo}/collaborators/{username}/permission`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CollaboratorPermission {
+    /// `admin`, `write`, `read` or `none` (`maintain` and `triage` map to `write` and `read`).
+    pub permission: String,
+    #[serde(default)]
+    pub role_name: Option<String>,
+    #[serde(default)]
+    pub user: Option<Account>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    token: Secret,
+    expires_at: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    message: Option<String>,
+    documentation_url: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The client.
+
+struct CachedToken {
+    token: Secret,
+    refresh_at: SystemTime,
+}
+
+struct Inner {
+    config: ClientConfig,
+    credentials: AppCredentials,
+    agent: ureq::Agent,
+    user_agent: String,
+    tokens: Mutex<HashMap<u64, CachedToken>>,
+}
+
+/// A GitHub API client acting as one GitHub App. Cheap to clone.
+#[derive(Clone)]
+pub struct GitHubClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GitHubClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubClient")
+            .field("api_url", &self.inner.config.api_url)
+            .field("app_id", &self.inner.credentials.app_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Method {
+    Get,
+    Post,
+    Patch,
+}
+
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Patch => "PATCH",
+        }
+    }
+}
+
+/// One HTTP answer, reduced to what the retry logic and decoding need.
+struct RawResponse {
+    status: u16,
+    retry_after: Option<String>,
+    remaining: Option<String>,
+    reset: Option<String>,
+    body: String,
+}
+
+impl GitHubClient {
+    /// A client for the App with `credentials`.
+    pub fn new(credentials: AppCredentials, config: ClientConfig) -> Result<Self, ClientError> {
+        let api_url = config.api_url.trim_end_matches('/').to_string();
+        if !(api_url.starts_with("http://") || api_url.starts_with("https://")) {
+            return Err(ClientError::BadApiUrl(config.api_url.clone()));
+        }
+        let config = ClientConfig { api_url, max_attempts: config.max_attempts.max(1), ..config };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(config.timeout))
+            .build()
+            .into();
+        Ok(GitHubClient {
+            inner: Arc::new(Inner {
+                config,
+                credentials,
+                agent,
+                user_agent: format!("eka-ci/{}", crate::VERSION),
+                tokens: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The App id this client authenticates as.
+    pub fn app_id(&self) -> &str {
+        &self.inner.credentials.app_id
+    }
+
+    /// An installation access token, from the cache while it is valid for more than
+    /// [`ClientConfig::token_refresh_margin`], else fetched with the App JWT.
+    pub async fn installation_token(&self, installation_id: u64) -> Result<Secret, ClientError> {
+        let mut cache = self.inner.tokens.lock().await;
+        if let Some(cached) = cache.get(&installation_id) {
+            if SystemTime::now() < cached.refresh_at {
+                return Ok(cached.token.clone());
+            }
+        }
+        let path = format!("/app/installations/{installation_id}/access_tokens");
+        let body = self.send(Method::Post, &path, Auth::App, Some("{}".to_string())).await?;
+        let parsed: TokenResponse = serde_json::from_str(&body).map_err(|e| ClientError::Decode {
+            method: "POST",
+            path: path.clone(),
+            // Position only: the body holds the token.
+            error: format!("not an installation token (line {}, column {})", e.line(), e.column()),
+        })?;
+        let expires = parse_rfc3339(&parsed.expires_at)
+            .ok_or_else(|| ClientError::BadExpiry { installation_id, value: parsed.expires_at.clone() })?;
+        let refresh_at = expires.checked_sub(self.inner.config.token_refresh_margin).unwrap_or(UNIX_EPOCH);
+        tracing::debug!(installation_id, expires_at = %parsed.expires_at, "fetched a GitHub installation token");
+        cache.insert(installation_id, CachedToken { token: parsed.token.clone(), refresh_at });
+        Ok(parsed.token)
+    }
+
+    /// Forgets the cached token of an installation (e.g. after GitHub refused it).
+    pub async fn forget_token(&self, installation_id: u64) {
+        self.inner.tokens.lock().await.remove(&installation_id);
+    }
+
+    /// `GET /repos/{owner}/{repo}/installation` (authenticated as the App).
+    pub async fn repo_installation(&self, repo: &str) -> Result<Installation, ClientError> {
+        let path = format!("{}/installation", repo_path(repo)?);
+        self.call_json(Method::Get, &path, Auth::App, None).await
+    }
+
+    /// `GET /repos/{owner}/{repo}/pulls/{number}`.
+    pub async fn pull_request(
+        &self,
+        installation_id: u64,
+        repo: &str,
+        number: u64,
+    ) -> Result<PullRequest, ClientError> {
+        let path = format!("{}/pulls/{number}", repo_path(repo)?);
+        self.call_json(Method::Get, &path, Auth::Installation(installation_id), None).await
+    }
+
+    /// `POST /repos/{owner}/{repo}/check-runs`.
+    pub async fn create_check_run(
+        &self,
+        installation_id: u64,
+        repo: &str,
+        request: &CreateCheckRun,
+    ) -> Result<CheckRun, ClientError> {
+        let path = format!("{}/check-runs", repo_path(repo)?);
+        let body = to_json(request, &path)?;
+        self.call_json(Method::Post, &path, Auth::Installation(installation_id), Some(body)).await
+    }
+
+    /// `PATCH /repos/{owner}/{repo}/check-runs/{check_run_id}`.
+    pub async fn update_check_run(
+        &self,
+        installation_id: u64,
+        repo: &str,
+        check_run_id: u64,
+        request: &UpdateCheckRun,
+    ) -> Result<CheckRun, ClientError> {
+        let path = format!("{}/check-runs/{check_run_id}", repo_path(repo)?);
+        let body = to_json(request, &path)?;
+        self.call_json(Method::Patch, &path, Auth::Installation(installation_id), Some(body)).await
+    }
+
+    /// `GET /repos/{owner}/{repo}/commits/{ref}/check-runs`, optionally for one check name (first 100).
+    pub async fn list_check_runs_for_ref(
+        &self,
+        installation_id: u64,
+        repo: &str,
+        git_ref: &str,
+        check_name: Option<&str>,
+    ) -> Result<CheckRunList, ClientError> {
+        if git_ref.is_empty() {
+            return Err(ClientError::InvalidArgument { what: "git ref", value: String::new() });
+        }
+        let mut path =
+            format!("{}/commits/{}/check-runs?per_page=100", repo_path(repo)?, percent_encode(git_ref));
+        if let Some(name) = check_name {
+            path.push_str("&check_name=");
+            path.push_str(&percent_encode(name));
+        }
+        self.call_json(Method::Get, &path, Auth::Installation(installation_id), None).await
+    }
+
+    /// `GET /repos/{owner}/{repo}/collaborators/{username}/permission`.
+    pub async fn collaborator_permission(
+        &self,
+        installation_id: u64,
+        repo: &str,
+        username: &str,
+    ) -> Result<CollaboratorPermission, ClientError> {
+        let path =
+            format!("{}/collaborators/{}/permission", repo_path(repo)?, segment(username, "user name")?);
+        self.call_json(Method::Get, &path, Auth::Installation(installation_id), None).await
+    }
+
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Auth,
+        body: Option<String>,
+    ) -> Result<T, ClientError> {
+        let text = match auth {
+            Auth::Installation(id) => match self.send(method, path, auth, body.clone()).await {
+                // A revoked or otherwise refused cached token: fetch a fresh one once.
+                Err(ClientError::Api { status: 401, .. }) => {
+                    self.forget_token(id).await;
+                    self.send(method, path, auth, body).await?
+                }
+                other => other?,
+            },
+            Auth::App => self.send(method, path, auth, body).await?,
+        };
+        serde_json::from_str(&text).map_err(|e| ClientError::Decode {
+            method: method.as_str(),
+            path: path.to_string(),
+            error: e.to_string(),
+        })
+    }
+
+    /// One API call with the retry discipline; returns the body of a 2xx answer.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Auth,
+        body: Option<String>,
+    ) -> Result<String, ClientError> {
+        let config = &self.inner.config;
+        let url = format!("{}{}", config.api_url, path);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let authorization = match auth {
+                Auth::App => {
+                    self.inner.credentials.key.sign(&self.inner.credentials.app_id, SystemTime::now())?
+                }
+                Auth::Installation(id) => Box::pin(self.installation_token(id)).await?,
+            };
+            let agent = self.inner.agent.clone();
+            let (url2, body2, ua) = (url.clone(), body.clone(), self.inner.user_agent.clone());
+            let result =
+                smol::unblock(move || exchange(&agent, method, &url2, &authorization, &ua, body2)).await;
+            let last_attempt = attempt >= config.max_attempts;
+            let response = match result {
+                Ok(r) => r,
+                Err(error) if last_attempt => {
+                    return Err(ClientError::Transport {
+                        method: method.as_str(),
+                        path: path.to_string(),
+                        error,
+                        attempts: attempt,
+                    })
+                }
+                Err(error) => {
+                    let wait = self.backoff(attempt);
+                    tracing::warn!(method = method.as_str(), path, %error, ?wait, "GitHub API transport error; retrying");
+                    smol::Timer::after(wait).await;
+                    continue;
+                }
+            };
+            if (200..300).contains(&response.status) {
+                return Ok(response.body);
+            }
+            let (message, documentation_url) = error_message(&response.body);
+            let api_error = |attempts| ClientError::Api {
+                method: method.as_str(),
+                path: path.to_string(),
+                status: response.status,
+                message: message.clone(),
+                documentation_url: documentation_url.clone(),
+                attempts,
+            };
+            let wait = match response.status {
+                403 | 429 => match rate_limit_wait(&response, &message) {
+                    Some(wait) => {
+                        if wait > config.max_rate_limit_wait {
+                            return Err(ClientError::RateLimited {
+                                method: method.as_str(),
+                                path: path.to_string(),
+                                status: response.status,
+                                message,
+                                wait_secs: wait.as_secs(),
+                                max_wait_secs: config.max_rate_limit_wait.as_secs(),
+                            });
+                        }
+                        wait
+                    }
+                    None if response.status == 429 => self.backoff(attempt).min(config.max_rate_limit_wait),
+                    None => return Err(api_error(attempt)),
+                },
+                500..=599 => self.backoff(attempt),
+                _ => return Err(api_error(attempt)),
+            };
+            if last_attempt {
+                return Err(api_error(attempt));
+            }
+            tracing::warn!(
+                method = method.as_str(),
+                path,
+                status = response.status,
+                ?wait,
+                attempt,
+                "GitHub API call failed; retrying"
+            );
+            smol::Timer::after(wait).await;
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.inner.config.initial_backoff.saturating_mul(factor).min(self.inner.config.max_backoff)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Auth {
+    /// The App JWT.
+    App,
+    /// An installation token of this installation.
+    Installation(u64),
+}
+
+/// The blocking HTTP exchange. The error string is ureq's description (no headers, so no token).
+fn exchange(
+    agent: &ureq::Agent,
+    method: Method,
+    url: &str,
+    authorization: &Secret,
+    user_agent: &str,
+    body: Option<String>,
+) -> Result<RawResponse, String> {
+    let bearer = format!("Bearer {}", authorization.expose());
+    let result = match method {
+        Method::Get => agent
+            .get(url)
+            .header("Authorization", &bearer)
+            .header("Accept", ACCEPT)
+            .header("X-GitHub-Api-Version", API_VERSION)
+            .header("User-Agent", user_agent)
+            .call(),
+        Method::Post | Method::Patch => {
+            let builder = if method == Method::Post { agent.post(url) } else { agent.patch(url) };
+            builder
+                .header("Authorization", &bearer)
+                .header("Accept", ACCEPT)
+                .header("X-GitHub-Api-Version", API_VERSION)
+                .header("User-Agent", user_agent)
+                .header("Content-Type", "application/json")
+                .send(body.unwrap_or_default().as_bytes())
+        }
+    };
+    let mut response = result.map_err(|e| e.to_string())?;
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let retry_after = header("retry-after");
+    let remaining = header("x-ratelimit-remaining");
+    let reset = header("x-ratelimit-reset");
+    let status = response.status().as_u16();
+    let body =
+        response.body_mut().with_config().limit(MAX_BODY).read_to_string().map_err(|e| e.to_string())?;
+    Ok(RawResponse { status, retry_after, remaining, reset, body })
+}
+
+/// How long GitHub asks us to wait, if this 403/429 is a rate limit.
+fn rate_limit_wait(response: &RawResponse, message: &str) -> Option<Duration> {
+    if let Some(secs) = response.retry_after.as_deref().and_then(|v| v.trim().parse::<u64>().ok()) {
+        return Some(Duration::from_secs(secs));
+    }
+    if response.remaining.as_deref().map(str::trim) == Some("0") {
+        if let Some(reset) = response.reset.as_deref().and_then(|v| v.trim().parse::<u64>().ok()) {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            return Some(Duration::from_secs(reset.saturating_sub(now).max(1)));
+        }
+    }
+    // A secondary rate limit without headers: GitHub asks for at least a minute.
+    if message.to_ascii_lowercase().contains("secondary rate limit") {
+        return Some(Duration::from_secs(60));
+    }
+    None
+}
+
+/// GitHub's `message` and `documentation_url`, or a bounded excerpt of a non-JSON body.
+fn error_message(body: &str) -> (String, Option<String>) {
+    match serde_json::from_str::<ErrorBody>(body) {
+        Ok(ErrorBody { message: Some(m), documentation_url }) => (truncate(&m), documentation_url),
+        Ok(ErrorBody { message: None, documentation_url }) => ("(no message)".to_string(), documentation_url),
+        Err(_) if body.trim().is_empty() => ("(empty body)".to_string(), None),
+        Err(_) => (truncate(body.trim()), None),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    let mut out: String = s.chars().filter(|c| !c.is_control()).take(MAX_MESSAGE).collect();
+    if s.chars().count() > MAX_MESSAGE {
+        out.push('…');
+    }
+    out
+}
+
+fn to_json<T: Serialize>(value: &T, path: &str) -> Result<String, ClientError> {
+    serde_json::to_string(value).map_err(|e| ClientError::Decode {
+        method: "encode",
+        path: path.to_string(),
+        error: e.to_string(),
+    })
+}
+
+/// A path segment that needs no encoding: an owner, repository or user name.
+fn segment<'a>(s: &'a str, what: &'static str) -> Result<&'a str, ClientError> {
+    let ok = !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.len() <= 100
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(s)
+    } else {
+        Err(ClientError::InvalidArgument { what, value: s.chars().take(100).collect() })
+    }
+}
+
+/// `/repos/{owner}/{repo}` for `owner/repo`.
+fn repo_path(repo: &str) -> Result<String, ClientError> {
+    let Some((owner, name)) = repo.split_once('/') else {
+        return Err(ClientError::InvalidArgument {
+            what: "repository (owner/name)",
+            value: repo.to_string(),
+        });
+    };
+    Ok(format!("/repos/{}/{}", segment(owner, "repository owner")?, segment(name, "repository name")?))
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Parses an RFC 3339 time (`2016-07-11T22:14:10Z`, fractions and `±hh:mm` offsets allowed).
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| {
+        s.get(r).filter(|t| t.bytes().all(|c| c.is_ascii_digit()))?.parse::<i64>().ok()
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6
+            && (rest.starts_with('+') || rest.starts_with('-'))
+            && rest.as_bytes()[3] == b':' =>
+        {
+            let h = rest.get(1..3)?.parse::<u8>().ok().map(i64::from)?;
+            let m = rest.get(4..6)?.parse::<u8>().ok().map(i64::from)?;
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (h * 3600 + m * 60)
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    u64::try_from(secs).ok().map(|s| UNIX_EPOCH + Duration::from_secs(s))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(t: SystemTime) -> u64 {
+        t.duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(secs(parse_rfc3339("2016-07-11T22:14:10Z").unwrap()), 1_468_275_250);
+        assert_eq!(secs(parse_rfc3339("1970-01-01T00:00:00Z").unwrap()), 0);
+        assert_eq!(secs(parse_rfc3339("2016-07-11T22:14:10.123Z").unwrap()), 1_468_275_250);
+        assert_eq!(secs(parse_rfc3339("2017-07-08T16:18:44-04:00").unwrap()), 1_499_545_124);
+        assert_eq!(secs(parse_rfc3339("2000-02-29T00:00:00+00:00").unwrap()), 951_782_400);
+        for bad in [
+            "",
+            "2016-07-11",
+            "2016-13-11T22:14:10Z",
+            "2016-07-11T22:14:10",
+            "x016-07-11T22:14:10Z",
+            "2016-07-11T22:14:10+0\u{e9}00",
+            "2016-07-11T22:14:10+\u{e9}:00",
+            "2016-07-11T22:14:10+-1:00",
+        ] {
+            assert!(parse_rfc3339(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn paths_are_validated_and_encoded() {
+        assert_eq!(repo_path("octo/hello-world.rs").unwrap(), "/repos/octo/hello-world.rs");
+        assert!(repo_path("octo").is_err());
+        assert!(repo_path("octo/../x").is_err());
+        assert!(repo_path("a/b/c").is_err());
+        assert_eq!(percent_encode("refs/heads/a b"), "refs%2Fheads%2Fa%20b");
+    }
+
+    #[test]
+    fn error_bodies() {
+        let (m, d) =
+            error_message(r#"{"message":"Not Found","documentation_url":"https://docs.github.com/rest"}"#);
+        assert_eq!(m, "Not Found");
+        assert_eq!(d.as_deref(), Some("https://docs.github.com/rest"));
+        assert_eq!(error_message("").0, "(empty body)");
+        assert_eq!(error_message(&"x".repeat(1000)).0.chars().count(), MAX_MESSAGE + 1);
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_bounded() {
+        let key = super::super::jwt::AppKey::from_pem(include_str!(
+            "../../../tests/fixtures/github/keys/test-app-key.pkcs1.pem"
+        ))
+        .unwrap();
+        let creds = AppCredentials { app_id: "1".into(), key };
+        let config = ClientConfig {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(350),
+            ..ClientConfig::default()
+        };
+        let c = GitHubClient::new(creds, config).unwrap();
+        assert_eq!(c.backoff(1), Duration::from_millis(100));
+        assert_eq!(c.backoff(2), Duration::from_millis(200));
+        assert_eq!(c.backoff(3), Duration::from_millis(350));
+        assert_eq!(c.backoff(40), Duration::from_millis(350));
+    }
+}

@@ -1,0 +1,683 @@
+//! A fake GitHub REST API for tests: a real HTTP/1.1 server on 127.0.0.1 (an ephemeral port) in a
+//! background thread, answering the endpoints eka-ci uses with bodies built from GitHub's own examples
+//! (`tests/fixtures/github/api/`, read at run time) adjusted to each request.
+//!
+//! * `POST /app/installations/{id}/access_tokens` and `GET /repos/{o}/{r}/installation` require a valid
+//!   App JWT (RS256, signed by the test key in `tests/fixtures/github/keys/`, `iss` = [`APP_ID`], at
+//!   most 10 minutes long); repository endpoints require an installation token this fake issued and
+//!   that has not expired. Otherwise: 401 with GitHub's "Bad credentials" body.
+//! * Check runs are stored: create gives increasing ids and echoes the request, PATCH updates, the
+//!   list for a ref returns the stored runs of that SHA.
+//! * Every request is recorded ([`Call`]: method, path, query, headers, body, status answered).
+//! * [`FakeGitHub::inject`] makes the next N calls matching a method and path pattern (`*` matches
+//!   anything) answer with a given [`Reply`]: GitHub error bodies, rate limits, 5xx.
+//!
+//! Usable from any integration test with `mod fake_github;`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{json, Value};
+
+/// The App id the fake expects as the JWT issuer.
+pub const APP_ID: &str = "4242";
+/// The installation id the fake reports for every repository (unless changed).
+pub const INSTALLATION_ID: u64 = 77;
+/// The test App's private key, PKCS#1 (test-only key; see the keys README).
+pub const PRIVATE_KEY_PKCS1: &str = include_str!("../fixtures/github/keys/test-app-key.pkcs1.pem");
+/// The same key, PKCS#8.
+pub const PRIVATE_KEY_PKCS8: &str = include_str!("../fixtures/github/keys/test-app-key.pkcs8.pem");
+/// Its public key, used to verify JWTs.
+pub const PUBLIC_KEY: &str = include_str!("../fixtures/github/keys/test-app-key.pub.pem");
+
+const DOCS: &str = "https://docs.github.com/rest";
+
+/// One recorded request.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    /// The path, percent-decoded, without the query.
+    pub path: String,
+    /// The raw query string (empty when none).
+    pub query: String,
+    /// Header names lower-cased, in arrival order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// The status the fake answered with.
+    pub status: u16,
+}
+
+impl Call {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`Value::Null` when empty or not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// An answer to inject.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    /// GitHub's usual error body: `{"message", "documentation_url"}`.
+    pub fn error(status: u16, message: &str) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: json!({"message": message, "documentation_url": DOCS}).to_string(),
+        }
+    }
+
+    /// 422 "Validation Failed" with one `errors` entry, as GitHub sends it.
+    pub fn validation_failed(resource: &str, field: &str, code: &str) -> Reply {
+        Reply {
+            status: 422,
+            headers: Vec::new(),
+            body: json!({
+                "message": "Validation Failed",
+                "errors": [{"resource": resource, "field": field, "code": code}],
+                "documentation_url": DOCS,
+            })
+            .to_string(),
+        }
+    }
+
+    /// A primary rate limit: 403, `X-RateLimit-Remaining: 0`, reset `reset_in` from now.
+    pub fn rate_limited(reset_in: Duration) -> Reply {
+        let reset = now_secs() + reset_in.as_secs();
+        let mut reply = Reply::error(403, "API rate limit exceeded for installation ID 77.");
+        reply.headers = vec![
+            ("X-RateLimit-Limit".into(), "5000".into()),
+            ("X-RateLimit-Remaining".into(), "0".into()),
+            ("X-RateLimit-Used".into(), "5000".into()),
+            ("X-RateLimit-Reset".into(), reset.to_string()),
+        ];
+        reply
+    }
+
+    /// A secondary rate limit with `Retry-After: secs` (status 429 or 403).
+    pub fn retry_after(status: u16, secs: u64) -> Reply {
+        let mut reply = Reply::error(
+            status,
+            "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+        );
+        reply.headers = vec![("Retry-After".into(), secs.to_string())];
+        reply
+    }
+}
+
+struct Injection {
+    method: String,
+    pattern: String,
+    remaining: usize,
+    reply: Reply,
+}
+
+struct Token {
+    value: String,
+    installation: u64,
+    expires: u64,
+}
+
+struct Fixtures {
+    token: Value,
+    installation: Value,
+    check_run: Value,
+    pull: Value,
+    permission: Value,
+}
+
+struct State {
+    calls: Vec<Call>,
+    injections: Vec<Injection>,
+    tokens: Vec<Token>,
+    token_lifetime: Duration,
+    installation_id: u64,
+    next_check_run_id: u64,
+    check_runs: Vec<(String, Value)>,
+    permissions: HashMap<(String, String), String>,
+    pulls: HashMap<(String, u64), Value>,
+    fixtures: Fixtures,
+}
+
+/// The running fake. Dropping it stops accepting connections.
+pub struct FakeGitHub {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/github/api/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl FakeGitHub {
+    /// Starts the server on 127.0.0.1 with an ephemeral port.
+    pub fn start() -> FakeGitHub {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake GitHub");
+        let addr = listener.local_addr().expect("local address");
+        let state = Arc::new(Mutex::new(State {
+            calls: Vec::new(),
+            injections: Vec::new(),
+            tokens: Vec::new(),
+            token_lifetime: Duration::from_secs(3600),
+            installation_id: INSTALLATION_ID,
+            next_check_run_id: 1001,
+            check_runs: Vec::new(),
+            permissions: HashMap::new(),
+            pulls: HashMap::new(),
+            fixtures: Fixtures {
+                token: fixture("apps.create-installation-access-token.response.201.json"),
+                installation: fixture("apps.get-repo-installation.response.200.json"),
+                check_run: fixture("checks.create.response.201.json"),
+                pull: fixture("pulls.get.response.200.json"),
+                permission: fixture("repos.get-collaborator-permission-level.response.200.json"),
+            },
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if sp.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || serve(conn, &st));
+            }
+        });
+        FakeGitHub { addr, state, stop }
+    }
+
+    /// The API base URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// The requests with this method whose path matches `pattern` (`*` matches anything).
+    pub fn calls_to(&self, method: &str, pattern: &str) -> Vec<Call> {
+        self.calls().into_iter().filter(|c| c.method == method && wildcard(pattern, &c.path)).collect()
+    }
+
+    pub fn clear_calls(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// The next `times` requests with `method` (or `"*"`) whose path matches `pattern` get `reply`.
+    pub fn inject(&self, method: &str, pattern: &str, times: usize, reply: Reply) {
+        self.lock().injections.push(Injection {
+            method: method.to_string(),
+            pattern: pattern.to_string(),
+            remaining: times,
+            reply,
+        });
+    }
+
+    /// How long newly issued installation tokens are valid (default one hour).
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.lock().token_lifetime = lifetime;
+    }
+
+    /// Every installation token issued so far.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.lock().tokens.iter().map(|t| t.value.clone()).collect()
+    }
+
+    /// Makes an issued token invalid, as if it had been revoked.
+    pub fn revoke_tokens(&self) {
+        self.lock().tokens.clear();
+    }
+
+    /// The installation id reported by `GET /repos/{o}/{r}/installation` and checked nowhere else.
+    pub fn set_installation_id(&self, id: u64) {
+        self.lock().installation_id = id;
+    }
+
+    /// The permission (`admin`, `write`, `read`, `none`) of `user` on `repo` (default `none`).
+    pub fn set_permission(&self, repo: &str, user: &str, permission: &str) {
+        self.lock().permissions.insert((repo.to_string(), user.to_string()), permission.to_string());
+    }
+
+    /// Fields merged (recursively) into the example pull request served for `repo` #`number`.
+    pub fn set_pull_request(&self, repo: &str, number: u64, patch: Value) {
+        self.lock().pulls.insert((repo.to_string(), number), patch);
+    }
+
+    /// The stored check runs of `repo`, in creation order.
+    pub fn check_runs(&self, repo: &str) -> Vec<Value> {
+        self.lock().check_runs.iter().filter(|(r, _)| r == repo).map(|(_, v)| v.clone()).collect()
+    }
+}
+
+impl Drop for FakeGitHub {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// `*` matches any run of characters, `/` included.
+pub fn wildcard(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut pos = first.len();
+    let end = text.len() - last.len();
+    for part in &parts[1..parts.len() - 1] {
+        match text[pos..end].find(part) {
+            Some(i) => pos += i + part.len(),
+            None => return false,
+        }
+    }
+    true
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) =
+                std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| percent_decode(v))
+}
+
+// --- HTTP ------------------------------------------------------------------------------------------
+
+struct Request {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?.trim(), 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body = vec![0; len];
+        reader.read_exact(&mut body).ok()?;
+    }
+    Some(Request { method, target, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+fn serve(conn: TcpStream, state: &Arc<Mutex<State>>) {
+    let Ok(write_half) = conn.try_clone() else { return };
+    let mut reader = BufReader::new(conn);
+    let Some(req) = read_request(&mut reader) else { return };
+    let (raw_path, query) = match req.target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (req.target.clone(), String::new()),
+    };
+    let path = percent_decode(&raw_path);
+    let reply = {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let injected = st.injections.iter_mut().find(|i| {
+            i.remaining > 0 && (i.method == "*" || i.method == req.method) && wildcard(&i.pattern, &path)
+        });
+        let reply = match injected {
+            Some(inj) => {
+                inj.remaining -= 1;
+                inj.reply.clone()
+            }
+            None => route(&mut st, &req, &raw_path, &query),
+        };
+        st.injections.retain(|i| i.remaining > 0);
+        st.calls.push(Call {
+            method: req.method.clone(),
+            path,
+            query,
+            headers: req.headers.clone(),
+            body: req.body.clone(),
+            status: reply.status,
+        });
+        reply
+    };
+    let mut out = write_half;
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reply.status,
+        reason(reply.status),
+        reply.body.len()
+    );
+    for (k, v) in &reply.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = out.write_all(head.as_bytes());
+    let _ = out.write_all(reply.body.as_bytes());
+    let _ = out.flush();
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        422 => "Unprocessable Entity",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+fn ok(status: u16, body: Value) -> Reply {
+    Reply { status, headers: Vec::new(), body: body.to_string() }
+}
+
+fn bad_credentials() -> Reply {
+    Reply::error(401, "Bad credentials")
+}
+
+// --- routing ---------------------------------------------------------------------------------------
+
+fn bearer(req: &Request) -> Option<String> {
+    let v = req.headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.clone())?;
+    v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("token ")).map(|t| t.trim().to_string())
+}
+
+#[derive(serde::Deserialize)]
+struct JwtClaims {
+    iat: u64,
+    exp: u64,
+    iss: String,
+}
+
+fn jwt_ok(req: &Request) -> bool {
+    let Some(token) = bearer(req) else { return false };
+    let Ok(key) = DecodingKey::from_rsa_pem(PUBLIC_KEY.as_bytes()) else { return false };
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_issuer(&[APP_ID]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    let Ok(data) = jsonwebtoken::decode::<JwtClaims>(&token, &key, &validation) else { return false };
+    let now = now_secs();
+    let c = data.claims;
+    c.iss == APP_ID && c.exp <= now + 600 && c.iat <= now + 60 && c.exp > c.iat && c.exp - c.iat <= 660
+}
+
+fn token_ok(st: &State, req: &Request) -> bool {
+    let Some(token) = bearer(req) else { return false };
+    let now = now_secs();
+    st.tokens.iter().any(|t| t.value == token && t.expires > now)
+}
+
+fn route(st: &mut State, req: &Request, raw_path: &str, query: &str) -> Reply {
+    let segs: Vec<String> = raw_path.trim_start_matches('/').split('/').map(percent_decode).collect();
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let m = req.method.as_str();
+    match (m, s.as_slice()) {
+        ("POST", ["app", "installations", id, "access_tokens"]) => {
+            if !jwt_ok(req) {
+                return Reply::error(401, "A JSON web token could not be decoded");
+            }
+            let Ok(installation) = id.parse::<u64>() else { return Reply::error(404, "Not Found") };
+            let expires = now_secs() + st.token_lifetime.as_secs();
+            let value = format!("ghs_fake{:04}x{}", st.tokens.len() + 1, now_nanos() % 1_000_000_007);
+            st.tokens.push(Token { value: value.clone(), installation, expires });
+            let mut body = st.fixtures.token.clone();
+            body["token"] = json!(value);
+            body["expires_at"] = json!(rfc3339(expires));
+            ok(201, body)
+        }
+        ("GET", ["repos", owner, _repo, "installation"]) => {
+            if !jwt_ok(req) {
+                return Reply::error(401, "A JSON web token could not be decoded");
+            }
+            let mut body = st.fixtures.installation.clone();
+            body["id"] = json!(st.installation_id);
+            body["app_id"] = json!(APP_ID.parse::<u64>().unwrap_or(0));
+            body["account"]["login"] = json!(owner);
+            ok(200, body)
+        }
+        (_, ["repos", ..]) if !token_ok(st, req) => bad_credentials(),
+        ("GET", ["repos", owner, repo, "pulls", n]) => {
+            let Ok(number) = n.parse::<u64>() else { return Reply::error(404, "Not Found") };
+            let full = format!("{owner}/{repo}");
+            let mut body = st.fixtures.pull.clone();
+            body["number"] = json!(number);
+            body["base"]["repo"]["full_name"] = json!(full);
+            body["base"]["repo"]["name"] = json!(repo);
+            if let Some(patch) = st.pulls.get(&(full, number)) {
+                merge(&mut body, patch);
+            }
+            ok(200, body)
+        }
+        ("POST", ["repos", owner, repo, "check-runs"]) => {
+            create_check_run(st, &format!("{owner}/{repo}"), req)
+        }
+        ("PATCH", ["repos", owner, repo, "check-runs", id]) => {
+            let full = format!("{owner}/{repo}");
+            let Ok(id) = id.parse::<u64>() else { return Reply::error(404, "Not Found") };
+            let Ok(patch) = serde_json::from_str::<Value>(&req.body) else {
+                return Reply::error(400, "Problems parsing JSON");
+            };
+            let Some((_, run)) = st.check_runs.iter_mut().find(|(r, v)| *r == full && v["id"] == json!(id))
+            else {
+                return Reply::error(404, "Not Found");
+            };
+            for field in
+                ["name", "details_url", "external_id", "status", "started_at", "conclusion", "completed_at"]
+            {
+                if let Some(v) = patch.get(field) {
+                    run[field] = v.clone();
+                }
+            }
+            if patch.get("conclusion").is_some_and(|c| !c.is_null()) {
+                run["status"] = json!("completed");
+                if run["completed_at"].is_null() {
+                    run["completed_at"] = json!(rfc3339(now_secs()));
+                }
+            }
+            if let Some(output) = patch.get("output") {
+                apply_output(run, output);
+            }
+            ok(200, run.clone())
+        }
+        ("GET", ["repos", owner, repo, "commits", git_ref, "check-runs"]) => {
+            let full = format!("{owner}/{repo}");
+            let name = query_param(query, "check_name");
+            let runs: Vec<Value> = st
+                .check_runs
+                .iter()
+                .filter(|(r, v)| *r == full && v["head_sha"] == json!(git_ref))
+                .filter(|(_, v)| name.as_ref().is_none_or(|n| v["name"] == json!(n)))
+                .map(|(_, v)| v.clone())
+                .collect();
+            ok(200, json!({"total_count": runs.len(), "check_runs": runs}))
+        }
+        ("GET", ["repos", owner, repo, "collaborators", user, "permission"]) => {
+            let full = format!("{owner}/{repo}");
+            let perm =
+                st.permissions.get(&(full, user.to_string())).cloned().unwrap_or_else(|| "none".into());
+            let mut body = st.fixtures.permission.clone();
+            body["permission"] = json!(perm);
+            body["role_name"] = json!(perm);
+            body["user"]["login"] = json!(user);
+            ok(200, body)
+        }
+        _ => Reply::error(404, "Not Found"),
+    }
+}
+
+fn create_check_run(st: &mut State, repo: &str, req: &Request) -> Reply {
+    let Ok(body) = serde_json::from_str::<Value>(&req.body) else {
+        return Reply::error(400, "Problems parsing JSON");
+    };
+    for field in ["name", "head_sha"] {
+        if !body.get(field).is_some_and(Value::is_string) {
+            return Reply::validation_failed("CheckRun", field, "missing_field");
+        }
+    }
+    let conclusion = body.get("conclusion").cloned().unwrap_or(Value::Null);
+    let status = match body.get("status").and_then(Value::as_str) {
+        Some(s) => s.to_string(),
+        None if !conclusion.is_null() => "completed".into(),
+        None => "queued".into(),
+    };
+    if status == "completed" && conclusion.is_null() {
+        return Reply::validation_failed("CheckRun", "conclusion", "missing_field");
+    }
+    let id = st.next_check_run_id;
+    st.next_check_run_id += 1;
+    let mut run = st.fixtures.check_run.clone();
+    let now = rfc3339(now_secs());
+    run["id"] = json!(id);
+    run["node_id"] = json!(format!("CR_fake{id}"));
+    run["name"] = body["name"].clone();
+    run["head_sha"] = body["head_sha"].clone();
+    run["status"] = json!(status);
+    run["conclusion"] = conclusion;
+    run["external_id"] = body.get("external_id").cloned().unwrap_or(json!(""));
+    run["details_url"] = body.get("details_url").cloned().unwrap_or(Value::Null);
+    run["started_at"] = body.get("started_at").cloned().unwrap_or(json!(now));
+    run["completed_at"] = match body.get("completed_at") {
+        Some(v) => v.clone(),
+        None if status == "completed" => json!(now),
+        None => Value::Null,
+    };
+    run["url"] = json!(format!("https://api.github.com/repos/{repo}/check-runs/{id}"));
+    run["html_url"] = json!(format!("https://github.com/{repo}/runs/{id}"));
+    run["output"] = json!({
+        "title": null, "summary": null, "text": null, "annotations_count": 0,
+        "annotations_url": format!("https://api.github.com/repos/{repo}/check-runs/{id}/annotations"),
+    });
+    if let Some(output) = body.get("output") {
+        apply_output(&mut run, output);
+    }
+    run["pull_requests"] = json!([]);
+    st.check_runs.push((repo.to_string(), run.clone()));
+    ok(201, run)
+}
+
+fn apply_output(run: &mut Value, output: &Value) {
+    for field in ["title", "summary", "text"] {
+        if let Some(v) = output.get(field) {
+            run["output"][field] = v.clone();
+        }
+    }
+    if let Some(a) = output.get("annotations").and_then(Value::as_array) {
+        let n = run["output"]["annotations_count"].as_u64().unwrap_or(0) + a.len() as u64;
+        run["output"]["annotations_count"] = json!(n);
+    }
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
