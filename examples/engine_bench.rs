@@ -14,6 +14,8 @@
 //! `EKA_BATCH_CAP` and `EKA_CHILDREN` (the scheduler's `seed_cap`, `batch_cap`, `children_per_builder`) to
 //! compare settings.
 
+mod common;
+
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Instant;
@@ -23,40 +25,15 @@ use eka_ci::scheduler::{self, builders, DrvState, SchedulerConfig};
 use eka_ci::store::Store;
 use smol::LocalExecutor;
 
-const LAYERS: usize = 10;
-
 fn generate(n: usize, nonce: &str, flat: bool) -> String {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move |bound: usize| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((state >> 33) as usize) % bound.max(1)
-    };
-    let per = n.div_ceil(LAYERS).max(1);
-    let mut s = String::with_capacity(n * 80);
-    s.push_str(&format!(
+    let prelude = format!(
         "let\n  mk = name: outputs: deps: derivation {{\n    name = \"${{name}}-{nonce}\";\n    inherit outputs deps;\n    \
          system = builtins.currentSystem;\n    builder = \"/bin/sh\";\n    \
          args = [ \"-c\" \"echo $deps > $out; if [ -n \\\"$dev\\\" ]; then echo > $dev; fi\" ];\n  }};\n  \
          core = mk \"engine-core\" [ \"out\" ] [ ];\n"
-    ));
-    for k in 0..n {
-        let layer = k / per;
-        let mut deps = if flat { Vec::new() } else { vec!["core".to_string()] };
-        if layer > 0 && !flat {
-            for _ in 0..2 + next(4) {
-                let d = next(layer * per);
-                deps.push(if d % 7 == 3 { format!("d{d}.dev") } else { format!("d{d}") });
-            }
-        }
-        let outputs = if k % 7 == 3 { "[ \"out\" \"dev\" ]" } else { "[ \"out\" ]" };
-        s.push_str(&format!("  d{k} = mk \"engine-pkg-{k}\" {outputs} [ {} ];\n", deps.join(" ")));
-    }
-    s.push_str("in [\n");
-    for k in 0..n {
-        s.push_str(&format!("  d{k}\n"));
-    }
-    s.push_str("]\n");
-    s
+    );
+    // Seed 0 is the sequence this benchmark has always used.
+    common::layered_dag(n, 0, &prelude, |k| format!("engine-pkg-{k}"), flat)
 }
 
 /// CPU seconds (user + system) of this process alone, from `/proc/self/stat` (children excluded).

@@ -10,45 +10,19 @@
 //! deterministic generator, and one in seven has a `dev` output that its dependents use. It evaluates to the
 //! list of all N derivations (the core is reached through them), like a jobset where every package is a job.
 
+mod common;
+
 use std::process::ExitCode;
 use std::time::Instant;
 
 use eka_ci::graph::{Graph, GraphConfig};
 use eka_ci::store::Store;
 
-const LAYERS: usize = 10;
-
 fn generate(n: usize, seed: u64) -> String {
-    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
-    let mut next = move |bound: usize| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((state >> 33) as usize) % bound.max(1)
-    };
-    let per = n.div_ceil(LAYERS).max(1);
-    let mut s = String::with_capacity(n * 64);
-    s.push_str(
-        "let\n  mk = name: outputs: deps: derivation {\n    inherit name outputs deps;\n    system = \
+    let prelude = "let\n  mk = name: outputs: deps: derivation {\n    inherit name outputs deps;\n    system = \
          builtins.currentSystem;\n    builder = \"/bin/sh\";\n    args = [ \"-c\" \"echo $deps > $out\" ];\n  };\n  \
-         core = mk \"synth-stdenv-core-1.0\" [ \"out\" ] [ ];\n",
-    );
-    for k in 0..n {
-        let layer = k / per;
-        let mut deps = vec!["core".to_string()];
-        if layer > 0 {
-            for _ in 0..2 + next(4) {
-                let d = next(layer * per);
-                deps.push(if d % 7 == 3 { format!("d{d}.dev") } else { format!("d{d}") });
-            }
-        }
-        let outputs = if k % 7 == 3 { "[ \"out\" \"dev\" ]" } else { "[ \"out\" ]" };
-        s.push_str(&format!("  d{k} = mk \"synth-package-{k}-1.0\" {outputs} [ {} ];\n", deps.join(" ")));
-    }
-    s.push_str("in [\n");
-    for k in 0..n {
-        s.push_str(&format!("  d{k}\n"));
-    }
-    s.push_str("]\n");
-    s
+         core = mk \"synth-stdenv-core-1.0\" [ \"out\" ] [ ];\n";
+    common::layered_dag(n, seed, prelude, |k| format!("synth-package-{k}-1.0"), false)
 }
 
 fn discover(db: &str, roots_file: &str, threads: Option<usize>) -> Result<(), String> {

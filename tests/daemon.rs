@@ -92,11 +92,7 @@ fn a_second_server_on_the_same_socket_is_refused() {
         ),
     )
     .expect("write");
-    let out = Exited::from(common::run_to_exit({
-        let mut c = home.command(common::SERVER);
-        c.arg("--config-file").arg(&cfg);
-        c
-    }));
+    let out = run_until_exit(&home, &cfg, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another eka-ci-server is already serving the control socket"), "{err}");
@@ -122,6 +118,13 @@ fn a_stale_socket_from_a_killed_server_is_replaced() {
     assert_eq!(status.code(), Some(0));
     assert!(stderr.contains("replacing stale control socket"), "{stderr}");
     assert!(stderr.contains("did not shut down cleanly"), "{stderr}");
+}
+
+/// Runs the server with `--config-file cfg` and `env` until it exits by itself (start-up refusals).
+fn run_until_exit(home: &Home, cfg: &std::path::Path, env: &[(&str, &str)]) -> Exited {
+    let mut c = home.command(common::SERVER);
+    c.arg("--config-file").arg(cfg).envs(env.iter().copied());
+    Exited::from(common::run_to_exit(c))
 }
 
 /// A finished server run, shaped like `std::process::Output` for the assertions.
@@ -257,11 +260,7 @@ fn no_webhook_secret_is_refused_with_exit_2_before_binding() {
     let home = Home::new();
     let cfg = home.config_file();
     std::fs::write(&cfg, "[web]\nport = 0\n").expect("write");
-    let out = Exited::from(common::run_to_exit({
-        let mut c = home.command(common::SERVER);
-        c.arg("--config-file").arg(&cfg);
-        c
-    }));
+    let out = run_until_exit(&home, &cfg, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no webhook secret is configured"), "{err}");
@@ -290,22 +289,14 @@ fn a_config_error_exits_2_and_binds_nothing() {
     let cfg = home.config_file();
     std::fs::write(&cfg, "[security]\nallow_insecure_webhooks = true\n[web]\nport = \"eighty\"\n")
         .expect("write");
-    let out = Exited::from(common::run_to_exit({
-        let mut c = home.command(common::SERVER);
-        c.arg("--config-file").arg(&cfg);
-        c
-    }));
+    let out = run_until_exit(&home, &cfg, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&cfg.display().to_string()) && err.contains("web.port"), "{err}");
     assert!(!home.socket().exists() && !home.db().exists());
 
     let missing = home.path().join("nope.toml");
-    let out = Exited::from(common::run_to_exit({
-        let mut c = home.command(common::SERVER);
-        c.arg("--config-file").arg(&missing);
-        c
-    }));
+    let out = run_until_exit(&home, &missing, &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&missing.display().to_string()));
 }
@@ -350,11 +341,7 @@ fn an_http_port_in_use_fails_start_up_and_cleans_the_socket() {
         std::fs::read_to_string(&cfg).expect("read").replace("port = 0", &format!("port = {port}")),
     )
     .expect("write");
-    let out = Exited::from(common::run_to_exit({
-        let mut c = home.command(common::SERVER);
-        c.arg("--config-file").arg(&cfg);
-        c
-    }));
+    let out = run_until_exit(&home, &cfg, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot listen for HTTP on 127.0.0.1:{port}")), "{err}");
@@ -368,11 +355,7 @@ fn a_machines_file_is_validated_at_start_up() {
     std::fs::write(&machines, "# builders\nssh://builder@builder.eka-ci-test.invalid x86_64-linux - 4 2 kvm,big-parallel\nssh://b2.eka-ci-test.invalid x86_64-linux - many\n")
         .expect("write");
     let cfg = home.write_config(&format!("machines_file = \"{}\"", machines.display()));
-    let out = Exited::from(common::run_to_exit({
-        let mut c = home.command(common::SERVER);
-        c.arg("--config-file").arg(&cfg);
-        c
-    }));
+    let out = run_until_exit(&home, &cfg, &[]);
     assert_eq!(out.status.code(), Some(2), "a bad machines file is a configuration error");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&machines.display().to_string()) && err.contains("line 3"), "{err}");
@@ -398,11 +381,7 @@ fn github_app_credentials_are_checked_at_start_up() {
     let home = Home::new();
     let vault = "[[github_apps]]\nid = \"main\"\ncredentials = { vault = { address = \"https://vault.example.invalid\", secret_path = \"x\" } }\n";
     let cfg = home.write_config(vault);
-    let out = Exited::from(common::run_to_exit({
-        let mut c = home.command(common::SERVER);
-        c.arg("--config-file").arg(&cfg);
-        c
-    }));
+    let out = run_until_exit(&home, &cfg, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("main") && err.contains("not supported for GitHub Apps yet"), "{err}");
@@ -420,11 +399,7 @@ fn github_app_credentials_are_checked_at_start_up() {
         bad_key.display()
     );
     let cfg = home.write_config(&keyfile);
-    let out = Exited::from(common::run_to_exit({
-        let mut c = home.command(common::SERVER);
-        c.arg("--config-file").arg(&cfg).env("EKA_TEST_APP_ID", "12345");
-        c
-    }));
+    let out = run_until_exit(&home, &cfg, &[("EKA_TEST_APP_ID", "12345")]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("main"), "{err}");

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use eka_ci::config::{CredentialSource, GitHubAppConfig, Permissions, ServerConfig};
 use eka_ci::forge::github::app::{self, AppCredentials};
 use eka_ci::forge::github::client::{
-    CheckConclusion, CheckRunOutput, CheckStatus, ClientConfig, ClientError, CreateCheckRun, GitHubClient,
-    UpdateCheckRun,
+    CheckConclusion, CheckRunFields, CheckRunOutput, CheckStatus, ClientConfig, ClientError, CreateCheckRun,
+    GitHubClient, UpdateCheckRun,
 };
 use eka_ci::forge::github::jwt::AppKey;
 use fake_github::{FakeGitHub, Reply, APP_ID, INSTALLATION_ID, PRIVATE_KEY_PKCS1, PRIVATE_KEY_PKCS8};
@@ -144,10 +144,10 @@ fn check_run_create_patch_list_round_trip() {
     let sha = "ce587453ced02b1526dfb4cb910479d431683101";
     smol::block_on(async {
         let mut create = CreateCheckRun::new("eka-ci/eval", sha);
-        create.status = Some(CheckStatus::InProgress);
-        create.external_id = Some("jobset-1".into());
-        create.started_at = Some("2026-01-02T03:04:05Z".into());
-        create.output =
+        create.fields.status = Some(CheckStatus::InProgress);
+        create.fields.external_id = Some("jobset-1".into());
+        create.fields.started_at = Some("2026-01-02T03:04:05Z".into());
+        create.fields.output =
             Some(CheckRunOutput { title: "Evaluating".into(), summary: "started".into(), text: None });
         let run = c.create_check_run(INSTALLATION_ID, REPO, &create).await.unwrap();
         assert_eq!(run.id, 1001);
@@ -158,13 +158,16 @@ fn check_run_create_patch_list_round_trip() {
         assert_eq!(run.conclusion, None);
 
         let update = UpdateCheckRun {
-            conclusion: Some(CheckConclusion::Success),
-            completed_at: Some("2026-01-02T03:14:05Z".into()),
-            output: Some(CheckRunOutput {
-                title: "Done".into(),
-                summary: "3 rebuilds".into(),
-                text: Some("x".into()),
-            }),
+            fields: CheckRunFields {
+                conclusion: Some(CheckConclusion::Success),
+                completed_at: Some("2026-01-02T03:14:05Z".into()),
+                output: Some(CheckRunOutput {
+                    title: "Done".into(),
+                    summary: "3 rebuilds".into(),
+                    text: Some("x".into()),
+                }),
+                ..CheckRunFields::default()
+            },
             ..UpdateCheckRun::default()
         };
         let updated = c.update_check_run(INSTALLATION_ID, REPO, run.id, &update).await.unwrap();
@@ -292,7 +295,7 @@ fn client_errors_are_not_retried_and_carry_githubs_message() {
 
     // The fake's own validation: `completed` without a conclusion.
     let mut bad = CreateCheckRun::new("n", "abc");
-    bad.status = Some(CheckStatus::Completed);
+    bad.fields.status = Some(CheckStatus::Completed);
     let err = smol::block_on(c.create_check_run(INSTALLATION_ID, REPO, &bad)).unwrap_err();
     assert_eq!(err.status(), Some(422));
     assert!(err.to_string().contains("Validation Failed"), "{err}");

@@ -393,15 +393,16 @@ fn non_utf8_output_is_kept_byte_exact() {
     assert_eq!(lines, ["a\u{fffd}\u{fffd}b", "é", "xr", "esc\u{1b}[31mred", "noeol"]);
 }
 
-#[test]
-fn unbuildable_system_is_no_builder_and_the_rest_still_builds() {
-    let case = Case::new(
-        r#"rec {
+/// A derivation for a system no builder has (`alien`), one depending on it, and an independent one.
+const ALIEN_CASE: &str = r#"rec {
   alien = derivation { name = "alien"; system = "aarch64-darwin"; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; nonce = n; };
   above = mk "above" "echo > $out" { dep = alien; };
   fine = mk "fine" "/bin/sleep 0.3; echo > $out" {};
-}"#,
-    );
+}"#;
+
+#[test]
+fn unbuildable_system_is_no_builder_and_the_rest_still_builds() {
+    let case = Case::new(ALIEN_CASE);
     let drvs = case.drvs(&["alien", "above", "fine"]);
     let (s, events) = run(case.batch(&drvs));
     assert!(s.extra_builds.is_empty(), "{:?}", s.extra_builds);
@@ -418,13 +419,7 @@ fn unbuildable_system_is_no_builder_and_the_rest_still_builds() {
 
 #[test]
 fn an_unbuildable_dependency_outside_the_batch_fails_its_dependents() {
-    let case = Case::new(
-        r#"rec {
-  alien = derivation { name = "alien"; system = "aarch64-darwin"; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; nonce = n; };
-  above = mk "above" "echo > $out" { dep = alien; };
-  fine = mk "fine" "/bin/sleep 0.3; echo > $out" {};
-}"#,
-    );
+    let case = Case::new(ALIEN_CASE);
     let drvs = case.drvs(&["alien", "above", "fine"]);
     let (s, _) = run(case.batch(&drvs[1..]));
     assert_eq!(outcome(&s, &drvs[1]), &DrvOutcome::DependencyFailed { dependency: Some(drvs[0].clone()) });

@@ -218,11 +218,10 @@ pub struct CheckRunOutput {
     pub text: Option<String>,
 }
 
-/// `POST /repos/{owner}/{repo}/check-runs` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CreateCheckRun {
-    pub name: String,
-    pub head_sha: String,
+/// The optional fields a check-run request may set, shared by [`CreateCheckRun`] and [`UpdateCheckRun`];
+/// unset fields are not sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CheckRunFields {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -234,26 +233,26 @@ pub struct CreateCheckRun {
     pub started_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conclusion: Option<CheckConclusion>,
+    /// RFC 3339 time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<CheckRunOutput>,
 }
 
+/// `POST /repos/{owner}/{repo}/check-runs` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreateCheckRun {
+    pub name: String,
+    pub head_sha: String,
+    #[serde(flatten)]
+    pub fields: CheckRunFields,
+}
+
 impl CreateCheckRun {
     /// A request with only the required fields set.
     pub fn new(name: impl Into<String>, head_sha: impl Into<String>) -> Self {
-        CreateCheckRun {
-            name: name.into(),
-            head_sha: head_sha.into(),
-            details_url: None,
-            external_id: None,
-            status: None,
-            started_at: None,
-            conclusion: None,
-            completed_at: None,
-            output: None,
-        }
+        CreateCheckRun { name: name.into(), head_sha: head_sha.into(), fields: CheckRunFields::default() }
     }
 }
 
@@ -262,20 +261,8 @@ impl CreateCheckRun {
 pub struct UpdateCheckRun {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub details_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub external_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<CheckStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub conclusion: Option<CheckConclusion>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub completed_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output: Option<CheckRunOutput>,
+    #[serde(flatten)]
+    pub fields: CheckRunFields,
 }
 
 /// The `output` of a check run as GitHub returns it.
