@@ -18,6 +18,8 @@ pub mod pipeline;
 pub mod scheduler;
 pub mod secret;
 pub mod store;
+pub mod summary;
+pub mod time;
 pub mod web;
 
 /// The version reported by `ekaci status` and `/healthz`.

@@ -6,8 +6,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric family of the process.
@@ -38,6 +38,18 @@ pub struct Metrics {
     pub build_outcome: IntCounterVec,
     /// GitHub webhook deliveries (`web::github`), by event and outcome.
     pub github_webhooks: IntCounterVec,
+    /// Change summaries (`summary`): time of each phase (classify, impact, render, end_to_end).
+    pub change_summary_duration: HistogramVec,
+    /// Change summaries served from the `change_summaries` cache.
+    pub change_summary_cache_hits: IntCounter,
+    /// Change summaries computed because none was cached (for the same settings).
+    pub change_summary_cache_misses: IntCounter,
+    /// Renderings that dropped detail, by level: columns (rows or lines dropped), summary (counts only).
+    pub change_summary_truncated: IntCounterVec,
+    /// Package comparisons where neither side had usable `meta` (pname/version from the name only).
+    pub change_summary_metadata_unavailable: IntCounter,
+    /// Rebuild impact: time of the blast-radius traversal, by system of the changed derivations.
+    pub rebuild_impact_traversal_duration: HistogramVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -123,6 +135,56 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["event", "outcome"],
     )?;
     registry.register(Box::new(github_webhooks.clone()))?;
+    let summary_buckets = vec![1e-4, 1e-3, 5e-3, 0.025, 0.1, 0.25, 1.0, 5.0, 30.0];
+    let change_summary_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "eka_ci_change_summary_total_duration_seconds",
+            "Time to compute a change summary, by phase: classify, impact, render, end_to_end",
+        )
+        .buckets(summary_buckets.clone()),
+        &["phase"],
+    )?;
+    let change_summary_cache_hits = IntCounter::new(
+        "eka_ci_change_summary_cache_hits_total",
+        "Change summaries served from the change_summaries cache",
+    )?;
+    let change_summary_cache_misses = IntCounter::new(
+        "eka_ci_change_summary_cache_misses_total",
+        "Change summaries computed because none was cached",
+    )?;
+    let change_summary_truncated = IntCounterVec::new(
+        Opts::new(
+            "eka_ci_change_summary_truncated_total",
+            "Rendered change summaries that dropped detail to fit, by level: columns (maintainer or license \
+             rows, or the rebuild-only line), summary (counts only)",
+        ),
+        &["level"],
+    )?;
+    let change_summary_metadata_unavailable = IntCounter::new(
+        "eka_ci_change_summary_metadata_unavailable_total",
+        "Changed packages compared without meta on either side (pname and version from the name only)",
+    )?;
+    let rebuild_impact_traversal_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "eka_ci_rebuild_impact_traversal_duration_seconds",
+            "Time of the blast-radius traversal of the head graph, by system of the changed derivations",
+        )
+        .buckets(summary_buckets),
+        &["system"],
+    )?;
+    // Known label values exist from the first scrape.
+    for phase in ["classify", "impact", "render", "end_to_end"] {
+        change_summary_duration.with_label_values(&[phase]);
+    }
+    for level in ["columns", "summary"] {
+        change_summary_truncated.with_label_values(&[level]);
+    }
+    registry.register(Box::new(change_summary_duration.clone()))?;
+    registry.register(Box::new(change_summary_cache_hits.clone()))?;
+    registry.register(Box::new(change_summary_cache_misses.clone()))?;
+    registry.register(Box::new(change_summary_truncated.clone()))?;
+    registry.register(Box::new(change_summary_metadata_unavailable.clone()))?;
+    registry.register(Box::new(rebuild_impact_traversal_duration.clone()))?;
     registry.register(Box::new(build_info.clone()))?;
     registry.register(Box::new(start_time_seconds.clone()))?;
     registry.register(Box::new(http_requests.clone()))?;
@@ -145,6 +207,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
         build_duration,
         build_outcome,
         github_webhooks,
+        change_summary_duration,
+        change_summary_cache_hits,
+        change_summary_cache_misses,
+        change_summary_truncated,
+        change_summary_metadata_unavailable,
+        rebuild_impact_traversal_duration,
     })
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkout::{Checkouts, Worktree};
+use crate::checkout::{Checkouts, GitAuth, Worktree};
 use crate::config::repo::{self, JobConfig, JobSource, RepoConfig, RepoConfigOutcome};
 use crate::control::Progress;
 use crate::graph::Graph;
@@ -35,6 +35,9 @@ pub struct EvalReport {
     /// Warnings about the repository configuration (unknown fields, deprecated location).
     pub config_warnings: Vec<String>,
     pub jobs: Vec<JobReport>,
+    /// The change-summary settings of this commit's repository configuration (not sent anywhere).
+    #[serde(skip)]
+    pub summary_settings: crate::summary::Settings,
 }
 
 /// One job of an [`EvalReport`].
@@ -58,6 +61,9 @@ pub struct DiffReport {
     pub only_in_base: Vec<String>,
     pub only_in_head: Vec<String>,
     pub config_warnings: Vec<String>,
+    /// The change-summary settings of head's repository configuration (not sent anywhere).
+    #[serde(skip)]
+    pub summary_settings: crate::summary::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +157,7 @@ impl Pipeline {
     ) -> Result<(EvalReport, Vec<Jobset>), PipelineError> {
         let commit = crate::checkout::resolve_rev(repo_path, rev).await?;
         let url = crate::checkout::local_url(repo_path);
-        self.evaluate_commit(&url, &commit, job, progress, true).await
+        self.evaluate_commit(&url, &commit, job, None, progress, true).await
     }
 
     /// Diffs `base` against `head` of the local repository at `repo_path`.
@@ -166,51 +172,104 @@ impl Pipeline {
         let base_commit = crate::checkout::resolve_rev(repo_path, base).await?;
         let head_commit = crate::checkout::resolve_rev(repo_path, head).await?;
         let url = crate::checkout::local_url(repo_path);
-        let (base_report, base_sets) = self.evaluate_commit(&url, &base_commit, job, progress, false).await?;
-        let (head_report, head_sets) = self.evaluate_commit(&url, &head_commit, job, progress, false).await?;
+        self.diff_commits(&url, &base_commit, &head_commit, job, None, progress).await
+    }
+
+    /// Diffs commit `base` against commit `head` of the repository at `url` (fetched with `auth` when
+    /// given). Head is evaluated first: its configuration decides the jobs, and an invalid one is an
+    /// error. A base without a usable configuration, or without one of head's jobs, contributes an
+    /// empty jobset for that job, so everything head has is Added.
+    pub async fn diff_commits(
+        &self,
+        url: &str,
+        base_commit: &str,
+        head_commit: &str,
+        job: Option<&str>,
+        auth: Option<&GitAuth>,
+        progress: &ProgressSink,
+    ) -> Result<DiffReport, PipelineError> {
+        let (head_report, head_sets) =
+            self.evaluate_commit(url, head_commit, job, auth, progress, false).await?;
+        let summary_settings = head_report.summary_settings.clone();
+        let mut config_warnings: Vec<String> =
+            head_report.config_warnings.into_iter().map(|w| format!("head: {w}")).collect();
+        let base_sets = match self.evaluate_commit(url, base_commit, job, auth, progress, false).await {
+            Ok((base_report, sets)) => {
+                config_warnings.extend(base_report.config_warnings.into_iter().map(|w| format!("base: {w}")));
+                sets
+            }
+            Err(e @ (PipelineError::NoRepoConfig { .. } | PipelineError::InvalidRepoConfig { .. }))
+            | Err(e @ PipelineError::UnknownJob { .. }) => {
+                config_warnings.push(format!("base: {e}; every attribute of head counts as added"));
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
         let mut jobs = Vec::new();
         let mut only_in_head = Vec::new();
         for h in &head_sets {
-            match base_sets.iter().find(|b| b.key.job == h.key.job) {
-                Some(b) => {
-                    let (jobsets, b, h) = (self.jobsets.clone(), b.id, h.id);
-                    jobs.push(smol::unblock(move || diff(&jobsets, b, h)).await?);
+            let base_id = match base_sets.iter().find(|b| b.key.job == h.key.job) {
+                Some(b) => b.id,
+                None => {
+                    only_in_head.push(h.key.job.clone());
+                    let key =
+                        JobsetKey { repo: url.into(), commit: base_commit.into(), job: h.key.job.clone() };
+                    let (jobsets, allow) = (self.jobsets.clone(), h.allow_eval_failures);
+                    smol::unblock(move || jobsets.empty(&key, allow)).await?.id
                 }
-                None => only_in_head.push(h.key.job.clone()),
-            }
+            };
+            let (jobsets, h) = (self.jobsets.clone(), h.id);
+            jobs.push(smol::unblock(move || diff(&jobsets, base_id, h)).await?);
         }
         let only_in_base = base_sets
             .iter()
             .filter(|b| !head_sets.iter().any(|h| h.key.job == b.key.job))
             .map(|b| b.key.job.clone())
             .collect();
-        let mut config_warnings = base_report.config_warnings;
-        config_warnings.extend(head_report.config_warnings.into_iter().map(|w| format!("head: {w}")));
         Ok(DiffReport {
-            repo: url,
-            base_commit,
-            head_commit,
+            repo: url.into(),
+            base_commit: base_commit.into(),
+            head_commit: head_commit.into(),
             jobs,
             only_in_base,
             only_in_head,
             config_warnings,
+            summary_settings,
         })
     }
 
-    /// Evaluates every job (or `only`) of `repo` at `commit`. With `with_attrs`, the report carries every
-    /// attribute; otherwise only the jobset headers (the diff reads the store directly).
+    /// Evaluates every job (or `only`) of `repo` at `commit`, fetching with `auth` when given. With
+    /// `with_attrs`, the report carries every attribute; otherwise only the jobset headers (the diff
+    /// reads the store directly).
     pub async fn evaluate_commit(
         &self,
         repo: &str,
         commit: &str,
         only: Option<&str>,
+        auth: Option<&GitAuth>,
         progress: &ProgressSink,
         with_attrs: bool,
     ) -> Result<(EvalReport, Vec<Jobset>), PipelineError> {
         let short = &commit[..commit.len().min(12)];
         report(progress, &format!("checking out {short}"), 0, 0);
-        let worktree = self.checkouts.checkout(repo, commit, None).await?;
+        let worktree = self.checkouts.checkout(repo, commit, auth).await?;
         let result = self.evaluate_worktree(repo, commit, &worktree, only, progress, with_attrs).await;
+        if let Err(e) = worktree.remove().await {
+            tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
+        }
+        result
+    }
+
+    /// The repository configuration of `repo` at `commit` (checked out, read, validated, removed): the
+    /// configuration, its file (relative to the repository) and its warnings.
+    pub async fn repo_config(
+        &self,
+        repo: &str,
+        commit: &str,
+        auth: Option<&GitAuth>,
+    ) -> Result<(RepoConfig, String, Vec<String>), PipelineError> {
+        let worktree = self.checkouts.checkout(repo, commit, auth).await?;
+        let result = load_repo_config(&worktree, repo, commit).await;
         if let Err(e) = worktree.remove().await {
             tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
         }
@@ -226,21 +285,7 @@ impl Pipeline {
         progress: &ProgressSink,
         with_attrs: bool,
     ) -> Result<(EvalReport, Vec<Jobset>), PipelineError> {
-        let path = worktree.path().to_path_buf();
-        let (config, file, warnings) = match smol::unblock(move || repo::load(&path)).await {
-            RepoConfigOutcome::Loaded { config, file, warnings } => (config, file, warnings),
-            RepoConfigOutcome::NotFound => {
-                return Err(PipelineError::NoRepoConfig { repo: repo.into(), commit: commit.into() })
-            }
-            RepoConfigOutcome::Invalid { file, errors, .. } => {
-                return Err(PipelineError::InvalidRepoConfig {
-                    file: file.display().to_string(),
-                    commit: commit.into(),
-                    errors,
-                })
-            }
-        };
-        let file = file.display().to_string();
+        let (config, file, warnings) = load_repo_config(worktree, repo, commit).await?;
         let selected = select_jobs(&config, only, &file, commit)?;
         let mut jobs = Vec::new();
         let mut headers = Vec::new();
@@ -268,8 +313,9 @@ impl Pipeline {
             repo: repo.into(),
             commit: commit.into(),
             config_file: file,
-            config_warnings: warnings.iter().map(|w| w.to_string()).collect(),
+            config_warnings: warnings,
             jobs,
+            summary_settings: crate::summary::Settings::from_repo(&config),
         };
         Ok((report, headers))
     }
@@ -381,6 +427,28 @@ impl Pipeline {
             Ok(roots)
         })
         .await
+    }
+}
+
+/// Reads and validates the repository configuration in `worktree`.
+async fn load_repo_config(
+    worktree: &Worktree,
+    repo: &str,
+    commit: &str,
+) -> Result<(RepoConfig, String, Vec<String>), PipelineError> {
+    let path = worktree.path().to_path_buf();
+    match smol::unblock(move || repo::load(&path)).await {
+        RepoConfigOutcome::Loaded { config, file, warnings } => {
+            Ok((config, file.display().to_string(), warnings.iter().map(|w| w.to_string()).collect()))
+        }
+        RepoConfigOutcome::NotFound => {
+            Err(PipelineError::NoRepoConfig { repo: repo.into(), commit: commit.into() })
+        }
+        RepoConfigOutcome::Invalid { file, errors, .. } => Err(PipelineError::InvalidRepoConfig {
+            file: file.display().to_string(),
+            commit: commit.into(),
+            errors,
+        }),
     }
 }
 
@@ -552,6 +620,10 @@ pub struct ReviewReport {
     pub only_in_head: Vec<String>,
     pub config_warnings: Vec<String>,
     pub failed: bool,
+    /// The change summary of every job (package changes, rebuild impact), when it could be computed.
+    pub summary: Option<crate::summary::ChangeSummary>,
+    /// `summary` rendered as markdown.
+    pub summary_markdown: Option<String>,
 }
 
 impl Pipeline {
@@ -571,13 +643,82 @@ impl Pipeline {
         head: &str,
         progress: &ProgressSink,
     ) -> Result<ReviewReport, PipelineError> {
-        let diff = self.diff_local(repo_path, base, head, None, progress).await?;
+        let base_commit = crate::checkout::resolve_rev(repo_path, base).await?;
+        let head_commit = crate::checkout::resolve_rev(repo_path, head).await?;
+        let url = crate::checkout::local_url(repo_path);
+        let owners = std::sync::Mutex::new(Vec::new());
+        self.review_commits(scheduler, &url, &base_commit, &head_commit, None, &owners, progress).await
+    }
+
+    /// Reviews commit `head` against commit `base` of the repository at `url` (see
+    /// [`Pipeline::review_local`]). Every build owner requested is pushed to `owners` as soon as it is
+    /// requested, so a caller that abandons the review can cancel exactly those builds.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn review_commits(
+        &self,
+        scheduler: &SchedulerHandle,
+        url: &str,
+        base: &str,
+        head: &str,
+        auth: Option<&GitAuth>,
+        requested: &std::sync::Mutex<Vec<u64>>,
+        progress: &ProgressSink,
+    ) -> Result<ReviewReport, PipelineError> {
+        let diff = self.diff_commits(url, base, head, None, auth, progress).await?;
+        let summary = match self.change_summary(&diff).await {
+            Ok(summary) => Some(summary),
+            Err(e) => {
+                tracing::warn!(error = %e, "computing the change summary failed");
+                None
+            }
+        };
+        let mut review = self.build_review(scheduler, diff, requested, progress).await?;
+        if let Some((summary, rendered)) = summary {
+            review.summary = Some(summary);
+            review.summary_markdown = Some(rendered.markdown);
+        }
+        Ok(review)
+    }
+
+    /// The change summary of every job of `diff` (cached per job), and its markdown.
+    pub async fn change_summary(
+        &self,
+        diff: &DiffReport,
+    ) -> Result<(crate::summary::ChangeSummary, crate::summary::Rendered), crate::summary::SummaryError> {
+        let (jobsets, graph) = (self.jobsets.clone(), self.graph.clone());
+        let pairs: Vec<(u64, u64)> = diff.jobs.iter().map(|j| (j.base.id, j.head.id)).collect();
+        let (repo, base_sha, head_sha) =
+            (diff.repo.clone(), diff.base_commit.clone(), diff.head_commit.clone());
+        let settings = diff.summary_settings.clone();
+        smol::unblock(move || {
+            let store = jobsets.store().clone();
+            let mut jobs = Vec::new();
+            for (b, h) in pairs {
+                jobs.push(crate::summary::summarize_job(&store, &jobsets, &graph, b, h, &settings)?);
+            }
+            let summary = crate::summary::ChangeSummary { repo, base_sha, head_sha, jobs };
+            let rendered = crate::summary::render(&summary, &settings);
+            Ok((summary, rendered))
+        })
+        .await
+    }
+
+    /// The build half of a review: builds what `diff` says must be built and classifies each Added
+    /// and Changed attribute (see [`Pipeline::review_local`]).
+    pub async fn build_review(
+        &self,
+        scheduler: &SchedulerHandle,
+        diff: DiffReport,
+        requested: &std::sync::Mutex<Vec<u64>>,
+        progress: &ProgressSink,
+    ) -> Result<ReviewReport, PipelineError> {
         let mut owners = Vec::new();
         for job in &diff.jobs {
             let head_roots: Vec<String> = job.to_build().filter_map(|c| c.head_drv.clone()).collect();
             let base_roots: Vec<String> = job.changed.iter().filter_map(|c| c.base_drv.clone()).collect();
             for (owner, roots) in [(job.head.id, head_roots), (job.base.id, base_roots)] {
                 if !roots.is_empty() {
+                    requested.lock().unwrap_or_else(|e| e.into_inner()).push(owner);
                     scheduler.request(owner, roots).await?;
                     owners.push(owner);
                 }
@@ -634,6 +775,8 @@ impl Pipeline {
             only_in_head: diff.only_in_head,
             config_warnings: diff.config_warnings,
             failed,
+            summary: None,
+            summary_markdown: None,
         })
     }
 

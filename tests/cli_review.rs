@@ -9,30 +9,7 @@ use common::{json, GitRepo, Home};
 use rustix::process::Signal;
 use serde_json::Value;
 
-fn nonce() -> String {
-    format!("{:x}{:x}", std::process::id(), Instant::now().elapsed().as_nanos() ^ rand_seed())
-}
-
-fn rand_seed() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(7)
-}
-
-/// `mk name script deps`: a derivation built by /bin/sh that depends on `deps` and carries the nonce.
-fn prelude(nonce: &str) -> String {
-    format!(
-        r#"
-let
-  nonce = "{nonce}";
-  mk = name: script: deps: derivation {{
-    inherit name nonce deps;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  }};
-in
-"#
-    )
-}
+use common::{nonce, nonce_prelude as prelude};
 
 const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
 

@@ -90,6 +90,10 @@ fn assert_defaults(c: &ServerConfig) {
     assert_eq!(c.build_no_output_timeout_seconds, 1200);
     assert_eq!(c.build_max_duration_seconds, 14400);
     assert_eq!(c.graph_lru_capacity, 100_000);
+    assert_eq!(
+        (c.change_summary.cache_max_age_seconds, c.change_summary.prune_interval_seconds),
+        (604_800, 3600)
+    );
     assert!(!c.require_approval);
     assert!(!c.merge_queue_require_approval);
     assert_eq!(c.default_merge_method, MergeMethod::Squash);

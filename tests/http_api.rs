@@ -46,11 +46,7 @@ in
     )
 }
 
-fn nonce() -> String {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{}x{}", std::process::id(), nanos)
-}
+use common::nonce;
 
 /// GET returning (status, parsed JSON body); asserts the body is JSON.
 fn get_json(addr: &str, path: &str) -> (u16, Value) {

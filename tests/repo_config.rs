@@ -416,6 +416,44 @@ fn every_type_error_is_reported_with_its_path() {
 }
 
 #[test]
+fn change_summary_limits_have_ranges_and_feed_the_summary_settings() {
+    let dir = checkout();
+    let at_max = r#"{
+      "package_change_summary": { "max_packages_listed": 10000, "include_rebuild_only": true },
+      "rebuild_impact": { "max_top_blast_radius": 1000, "enabled": false }
+    }"#;
+    let (config, warnings) = parse_ok(dir.path(), at_max);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let settings = eka_ci::summary::Settings::from_repo(&config);
+    assert_eq!(
+        settings,
+        eka_ci::summary::Settings {
+            package_changes: true,
+            max_packages_listed: 10_000,
+            include_rebuild_only: true,
+            impact: false,
+            max_top_blast_radius: 1000,
+            full_blast_radius: false,
+        }
+    );
+    assert_eq!(
+        eka_ci::summary::Settings::from_repo(&RepoConfig::default()),
+        eka_ci::summary::Settings::default()
+    );
+
+    let over = r#"{
+      "package_change_summary": { "max_packages_listed": 10001 },
+      "rebuild_impact": { "max_top_blast_radius": 1001, "typo": 1 }
+    }"#;
+    let errors = parse_err(dir.path(), over);
+    assert_eq!(error_at(&errors, "package_change_summary.max_packages_listed"), "must be at most 10000");
+    assert_eq!(error_at(&errors, "rebuild_impact.max_top_blast_radius"), "must be at most 1000");
+    let negative = r#"{ "rebuild_impact": { "max_top_blast_radius": -3 } }"#;
+    let errors = parse_err(dir.path(), negative);
+    assert_eq!(error_at(&errors, "rebuild_impact.max_top_blast_radius"), "must be at least 1");
+}
+
+#[test]
 fn unknown_fields_are_warnings_with_paths() {
     let dir = checkout();
     let json = r#"{

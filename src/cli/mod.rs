@@ -10,7 +10,8 @@ mod progress;
 pub mod render;
 
 use crate::control::client::Client;
-use crate::control::{Request, Response, StatusInfo};
+use crate::control::{ApprovedUsersOp, Request, Response, StatusInfo};
+use crate::forge::github::approvals;
 
 /// Administer a running eka-ci-server over its control socket.
 #[derive(FromArgs, Debug)]
@@ -33,6 +34,84 @@ pub enum Command {
     Logs(LogsCmd),
     Rebuild(RebuildCmd),
     Cancel(CancelCmd),
+    Approve(ApproveCmd),
+    ApprovedUsers(ApprovedUsersCmd),
+    Summary(SummaryCmd),
+}
+
+/// Evaluate two revisions of a local repository and print the change summary: package changes, rebuild
+/// counts per system and the largest blast radii, as markdown (default) or JSON.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "summary")]
+pub struct SummaryCmd {
+    /// path to a local git repository
+    #[argh(option)]
+    pub repo: PathBuf,
+    /// the base revision
+    #[argh(option)]
+    pub base: String,
+    /// the head revision
+    #[argh(option)]
+    pub head: String,
+    /// only this job
+    #[argh(option)]
+    pub job: Option<String>,
+    /// md (default) or json
+    #[argh(option, default = "String::from(\"md\")")]
+    pub format: String,
+}
+
+/// Approve a pull request held by require_approval (its author lacks write permission), so that it is
+/// evaluated and built.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "approve")]
+pub struct ApproveCmd {
+    /// the pull request, OWNER/REPO#NUMBER (e.g. octo-org/hello-world#42)
+    #[argh(positional)]
+    pub pr: String,
+}
+
+/// Manage the GitHub users whose pull requests need no approval under require_approval.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "approved-users")]
+pub struct ApprovedUsersCmd {
+    #[argh(subcommand)]
+    pub op: ApprovedUsersSub,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum ApprovedUsersSub {
+    Add(ApprovedUsersAdd),
+    Remove(ApprovedUsersRemove),
+    List(ApprovedUsersList),
+}
+
+/// Add a GitHub login to the approved users.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "add")]
+pub struct ApprovedUsersAdd {
+    /// the GitHub login
+    #[argh(positional)]
+    pub login: String,
+}
+
+/// Remove a GitHub login from the approved users.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "remove")]
+pub struct ApprovedUsersRemove {
+    /// the GitHub login
+    #[argh(positional)]
+    pub login: String,
+}
+
+/// List the approved users.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+pub struct ApprovedUsersList {
+    /// print machine-readable JSON
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// List derivations with a build state.
@@ -167,6 +246,9 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Logs(cmd) => logs(&socket, cmd).await,
             Command::Rebuild(cmd) => rebuild(&socket, cmd).await,
             Command::Cancel(cmd) => cancel(&socket, cmd).await,
+            Command::Approve(cmd) => approve(&socket, cmd).await,
+            Command::ApprovedUsers(cmd) => approved_users(&socket, cmd).await,
+            Command::Summary(cmd) => summary(&socket, cmd).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -343,6 +425,90 @@ async fn cancel(socket: &std::path::Path, cmd: &CancelCmd) -> Result<(), String>
             Ok(())
         }
         other => Err(format!("unexpected response to cancel: {other:?}")),
+    }
+}
+
+async fn summary(socket: &std::path::Path, cmd: &SummaryCmd) -> Result<(), String> {
+    let json = match cmd.format.as_str() {
+        "md" => false,
+        "json" => true,
+        other => return Err(format!("invalid --format `{other}`: expected md or json")),
+    };
+    let request = Request::Summary {
+        repo: repo_path(&cmd.repo)?,
+        base: cmd.base.clone(),
+        head: cmd.head.clone(),
+        job: cmd.job.clone(),
+    };
+    match call_with_progress(socket, request, !json).await? {
+        Response::Summary { summary, markdown } => {
+            if json {
+                let mut value = serde_json::to_value(&summary).map_err(|e| e.to_string())?;
+                if let Some(obj) = value.as_object_mut() {
+                    obj.insert("markdown".into(), serde_json::Value::String(markdown));
+                }
+                println!("{}", serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?);
+            } else {
+                print!("{markdown}");
+                if !markdown.ends_with('\n') {
+                    println!();
+                }
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected response to summary: {other:?}")),
+    }
+}
+
+async fn approve(socket: &std::path::Path, cmd: &ApproveCmd) -> Result<(), String> {
+    let (repo, number) = approvals::parse_pr_ref(&cmd.pr).map_err(|e| e.to_string())?;
+    match call(socket, Request::Approve { repo, number }).await? {
+        Response::Approved { repo, number, newly } => {
+            if newly {
+                println!("approved {repo}#{number}");
+            } else {
+                println!("{repo}#{number} was already approved");
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected response to approve: {other:?}")),
+    }
+}
+
+async fn approved_users(socket: &std::path::Path, cmd: &ApprovedUsersCmd) -> Result<(), String> {
+    let (op, json) = match &cmd.op {
+        ApprovedUsersSub::Add(a) => (ApprovedUsersOp::Add(a.login.clone()), false),
+        ApprovedUsersSub::Remove(r) => (ApprovedUsersOp::Remove(r.login.clone()), false),
+        ApprovedUsersSub::List(l) => (ApprovedUsersOp::List, l.json),
+    };
+    if let ApprovedUsersOp::Add(login) | ApprovedUsersOp::Remove(login) = &op {
+        approvals::validate_login(login).map_err(|e| e.to_string())?;
+    }
+    let adding = matches!(op, ApprovedUsersOp::Add(_));
+    match call(socket, Request::ApprovedUsers(op)).await? {
+        Response::ApprovedUserChanged { login, changed } => {
+            match (adding, changed) {
+                (true, true) => println!("added {login} to the approved users"),
+                (true, false) => println!("{login} already is an approved user"),
+                (false, true) => println!("removed {login} from the approved users"),
+                (false, false) => println!("{login} was not an approved user"),
+            }
+            Ok(())
+        }
+        Response::ApprovedUsers(users) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users).map_err(|e| e.to_string())?);
+            } else if users.is_empty() {
+                println!("no approved users");
+            } else {
+                let width = users.iter().map(|u| u.login.len()).max().unwrap_or(0);
+                for u in &users {
+                    println!("{:width$}  added {} by {}", u.login, render::utc_time(u.added_at), u.added_by);
+                }
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected response to approved-users: {other:?}")),
     }
 }
 

@@ -178,6 +178,26 @@ pub fn review_report(r: &ReviewReport) -> String {
     for job in &r.only_in_head {
         let _ = writeln!(out, "\njob {job}: new in head (not reviewed)");
     }
+    if let Some(markdown) = &r.summary_markdown {
+        let _ = writeln!(out, "\n{}", markdown.trim_end());
+    }
     let _ = writeln!(out, "\nresult: {}", if r.failed { "FAIL" } else { "ok" });
     out
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc_time(secs: u64) -> String {
+    crate::time::readable(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_time;
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_time(1_700_000_000), "2023-11-14 22:13:20 UTC");
+    }
 }

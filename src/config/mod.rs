@@ -80,6 +80,10 @@ pub struct ServerConfig {
     pub rebuild: RebuildConfig,
     /// `[evaluation]`: bounds of the evaluator (an eka-ci extension of the upstream schema).
     pub evaluation: EvaluationConfig,
+    /// `[change_summary]`: the change-summary cache (an eka-ci extension of the upstream schema).
+    pub change_summary: ChangeSummaryConfig,
+    /// `[github]`: how the server talks to GitHub (an eka-ci extension of the upstream schema).
+    pub github: GitHubConfig,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +109,8 @@ impl Default for ServerConfig {
             gitlab_instances: Vec::new(),
             rebuild: RebuildConfig::default(),
             evaluation: EvaluationConfig::default(),
+            change_summary: ChangeSummaryConfig::default(),
+            github: GitHubConfig::default(),
         }
     }
 }
@@ -358,6 +364,80 @@ impl Default for EvaluationConfig {
             concurrent: 1,
             force_recurse: false,
         }
+    }
+}
+
+/// `[github]`: the GitHub API endpoint and how pull requests are handled.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct GitHubConfig {
+    /// REST API base URL: `https://api.github.com` (default), or `https://HOST/api/v3` for GitHub
+    /// Enterprise Server. Always `http://` or `https://`, without a trailing `/`, once loaded.
+    #[serde(deserialize_with = "de::api_url")]
+    pub api_url: String,
+    /// The host whose `https://` clone URLs receive the installation token; `None` derives it from
+    /// `api_url` (`api.github.com` → `github.com`, `HOST/api/v3` → `HOST`).
+    pub git_host: Option<String>,
+    /// What happens to draft pull requests: `skip` them until they are marked ready (default) or
+    /// `build` them like any other.
+    pub draft_pull_requests: DraftPolicy,
+    /// Failure check runs created per job and commit; the gate's summary counts the rest (1..=1000,
+    /// default 50).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 1000>")]
+    pub max_failure_check_runs: u64,
+}
+
+impl Default for GitHubConfig {
+    fn default() -> Self {
+        GitHubConfig {
+            api_url: "https://api.github.com".to_string(),
+            git_host: None,
+            draft_pull_requests: DraftPolicy::Skip,
+            max_failure_check_runs: 50,
+        }
+    }
+}
+
+impl GitHubConfig {
+    /// The host of clone URLs that may receive the installation token (lower case).
+    pub fn git_host(&self) -> String {
+        if let Some(h) = &self.git_host {
+            return h.to_ascii_lowercase();
+        }
+        let rest = self.api_url.split_once("://").map_or(self.api_url.as_str(), |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
+        match host.strip_prefix("api.") {
+            Some(h) if !h.is_empty() => h.to_string(),
+            _ => host,
+        }
+    }
+}
+
+/// `github.draft_pull_requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DraftPolicy {
+    Skip,
+    Build,
+}
+
+/// `[change_summary]`: how long computed change summaries are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ChangeSummaryConfig {
+    /// Cached summaries older than this many seconds are removed (60..=31536000, default 604800: 7 days).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 60, 31536000>")]
+    pub cache_max_age_seconds: u64,
+    /// How often the cache is pruned, in seconds (10..=86400, default 3600).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 10, 86400>")]
+    pub prune_interval_seconds: u64,
+}
+
+impl Default for ChangeSummaryConfig {
+    fn default() -> Self {
+        ChangeSummaryConfig { cache_max_age_seconds: 7 * 24 * 3600, prune_interval_seconds: 3600 }
     }
 }
 
@@ -988,6 +1068,21 @@ mod de {
             Err("must not be empty".into())
         } else {
             Ok(s.to_string())
+        }
+    }
+
+    pub fn api_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let s = String::deserialize(d)?;
+        let trimmed = s.trim_end_matches('/');
+        let rest = trimmed.strip_prefix("https://").or_else(|| trimmed.strip_prefix("http://"));
+        match rest {
+            Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(['?', '#', '@', ' ']) => {
+                Ok(trimmed.to_string())
+            }
+            _ => Err(D::Error::custom(format!(
+                "`{s}` is not an API base URL: write http(s)://host[/path] without query, fragment or \
+                 credentials, e.g. `https://api.github.com` or `https://ghe.example.com/api/v3`"
+            ))),
         }
     }
 

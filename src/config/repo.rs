@@ -37,6 +37,10 @@ pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 pub const MAX_NAME_CHARS: usize = 100;
 /// The flake output attribute evaluated by `"flake": true` when no `attr_path` is given.
 pub const DEFAULT_FLAKE_ATTR: &str = "hydraJobs";
+/// The largest `package_change_summary.max_packages_listed` accepted.
+pub const MAX_PACKAGES_LISTED: u32 = 10_000;
+/// The largest `rebuild_impact.max_top_blast_radius` accepted.
+pub const MAX_TOP_BLAST_RADIUS: u32 = 1000;
 /// The largest number of `change_sets` rules accepted.
 pub const MAX_CHANGE_SET_RULES: usize = 1000;
 
@@ -135,7 +139,7 @@ pub struct CheckConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageChangeSummaryConfig {
     pub enabled: bool,
-    /// At least 1.
+    /// 1 to [`MAX_PACKAGES_LISTED`].
     pub max_packages_listed: u32,
     pub include_rebuild_only: bool,
 }
@@ -150,7 +154,7 @@ impl Default for PackageChangeSummaryConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildImpactConfig {
     pub enabled: bool,
-    /// At least 1.
+    /// 1 to [`MAX_TOP_BLAST_RADIUS`].
     pub max_top_blast_radius: u32,
     pub compute_full_blast_radius: bool,
 }
@@ -516,7 +520,15 @@ impl Validator {
     }
 
     /// A whole number ≥ 1 that fits in `u32`.
-    fn opt_count(&mut self, obj: &Map<String, Value>, parent: &str, key: &str, default: u32) -> u32 {
+    /// An optional whole number in `1..=max`.
+    fn opt_count(
+        &mut self,
+        obj: &Map<String, Value>,
+        parent: &str,
+        key: &str,
+        default: u32,
+        max: u32,
+    ) -> u32 {
         let path = key_path(parent, key);
         let n = match obj.get(key) {
             None => return default,
@@ -527,11 +539,9 @@ impl Validator {
             }
         };
         match (n.as_u64(), n.as_i64()) {
-            (Some(u), _) => match u32::try_from(u) {
-                Ok(0) => self.error(&path, "must be at least 1"),
-                Ok(u) => return u,
-                Err(_) => self.error(&path, format!("must be at most {}", u32::MAX)),
-            },
+            (Some(0), _) => self.error(&path, "must be at least 1"),
+            (Some(u), _) if u <= u64::from(max) => return u32::try_from(u).unwrap_or(max),
+            (Some(_), _) => self.error(&path, format!("must be at most {max}")),
             (None, Some(_)) => self.error(&path, "must be at least 1"),
             (None, None) => self.error(&path, "expected a whole number, found a fractional number"),
         }
@@ -950,7 +960,13 @@ impl Validator {
         self.unknown_fields(obj, path, SUMMARY_FIELDS);
         PackageChangeSummaryConfig {
             enabled: self.opt_bool(obj, path, "enabled", d.enabled),
-            max_packages_listed: self.opt_count(obj, path, "max_packages_listed", d.max_packages_listed),
+            max_packages_listed: self.opt_count(
+                obj,
+                path,
+                "max_packages_listed",
+                d.max_packages_listed,
+                MAX_PACKAGES_LISTED,
+            ),
             include_rebuild_only: self.opt_bool(obj, path, "include_rebuild_only", d.include_rebuild_only),
         }
     }
@@ -962,7 +978,13 @@ impl Validator {
         self.unknown_fields(obj, path, IMPACT_FIELDS);
         RebuildImpactConfig {
             enabled: self.opt_bool(obj, path, "enabled", d.enabled),
-            max_top_blast_radius: self.opt_count(obj, path, "max_top_blast_radius", d.max_top_blast_radius),
+            max_top_blast_radius: self.opt_count(
+                obj,
+                path,
+                "max_top_blast_radius",
+                d.max_top_blast_radius,
+                MAX_TOP_BLAST_RADIUS,
+            ),
             compute_full_blast_radius: self.opt_bool(
                 obj,
                 path,

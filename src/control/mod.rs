@@ -40,6 +40,24 @@ pub enum Request {
     Rebuild { drv: String },
     /// Cancel the builds of a jobset.
     Cancel { jobset: u64 },
+    /// Approve pull request `number` of `repo` (`owner/repo`) for `require_approval`.
+    Approve { repo: String, number: u64 },
+    /// Change or list the users whose pull requests need no approval.
+    ApprovedUsers(ApprovedUsersOp),
+    /// Evaluate two revisions of a local repository and compute their change summary (every job, or
+    /// one).
+    Summary { repo: String, base: String, head: String, job: Option<String> },
+}
+
+/// What [`Request::ApprovedUsers`] does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApprovedUsersOp {
+    /// Add a GitHub login.
+    Add(String),
+    /// Remove a GitHub login.
+    Remove(String),
+    /// List every approved user.
+    List,
 }
 
 /// What the server answers. One request gets any number of non-final frames ([`Response::Progress`],
@@ -74,6 +92,24 @@ pub enum Response {
     /// The request could not be served; the message says why.
     Error {
         message: String,
+    },
+    /// A pull request is approved; `newly` is false when it already was. `repo` is lowercased.
+    Approved {
+        repo: String,
+        number: u64,
+        newly: bool,
+    },
+    /// The answer to an `ApprovedUsers` add or remove: the login (lowercased) and whether anything changed.
+    ApprovedUserChanged {
+        login: String,
+        changed: bool,
+    },
+    /// The approved users, by login.
+    ApprovedUsers(Vec<crate::forge::github::approvals::ApprovedUser>),
+    /// The change summary of a local change, and its markdown rendering.
+    Summary {
+        summary: crate::summary::ChangeSummary,
+        markdown: String,
     },
 }
 

@@ -60,6 +60,8 @@ pub enum DaemonError {
     Scheduler(#[from] crate::scheduler::SchedulerError),
     #[error(transparent)]
     Machines(StartupError),
+    #[error("GitHub: {0}")]
+    GitHub(String),
     #[error("cannot ask Nix about the local machine (is Nix installed?): {0}")]
     DetectNix(crate::scheduler::builders::DetectError),
 }
@@ -170,7 +172,7 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
     tracing::info!(http = %http_address, socket = %socket.path().display(), db = %db_path.display(), "eka-ci-server {} ready", crate::VERSION);
 
     let (shutdown_tx, shutdown_rx) = async_channel::bounded::<()>(1);
-    let _shutdown = ShutdownSignal(shutdown_rx);
+    let shutdown = ShutdownSignal(shutdown_rx);
 
     let (pipeline, scheduler) = match start_pipeline(&ex, &config, &store).await {
         Ok(started) => started,
@@ -178,6 +180,35 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
             socket.remove();
             return Err(e);
         }
+    };
+    // The GitHub service, when an App is configured: it consumes the webhook queue.
+    let apps = crate::forge::github::app::load_all(&config, &|k| std::env::var(k).ok())
+        .map_err(|e| DaemonError::GitHub(e.to_string()))?;
+    let mut services: Vec<smol::Task<()>> = Vec::new();
+    services.push(ex.spawn(crate::summary::prune_loop(
+        store.clone(),
+        Duration::from_secs(config.change_summary.cache_max_age_seconds),
+        Duration::from_secs(config.change_summary.prune_interval_seconds),
+        shutdown.0.clone(),
+    )));
+    let github = if apps.is_empty() {
+        tracing::info!("no GitHub App configured: webhook events are queued but not handled");
+        None
+    } else {
+        let service = crate::forge::github::service::GitHubService::new(
+            ex.clone(),
+            store.clone(),
+            pipeline.clone(),
+            scheduler.clone(),
+            apps,
+            config.github.clone(),
+            config.require_approval,
+        )
+        .map_err(|e| DaemonError::GitHub(e.to_string()))?;
+        let (wakers, task) = service.start(shutdown.0.clone());
+        services.push(task);
+        tracing::info!(api = %config.github.api_url, "GitHub service started");
+        Some(wakers)
     };
     let status = Arc::new(requests::DaemonHandler {
         started,
@@ -188,6 +219,7 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
         socket_path: socket.path().display().to_string(),
         http_address: http_address.clone(),
         logs_dir: config.logs_dir(),
+        approvals: github.as_ref().map(|w| w.approvals.clone()),
     });
     let http_app = crate::web::app(crate::web::AppState {
         started,
@@ -196,14 +228,16 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
         jobsets: pipeline.jobsets().clone(),
         logs_dir: config.logs_dir(),
         webhook_secret: config.security.webhook_secret.clone(),
+        store: store.clone(),
+        github_wake: github.as_ref().map(|w| w.events.clone()),
     });
     // Accept loops: dropped (and so cancelled) when shutdown begins, which stops accepting new work.
     let accept_tasks = vec![
         ex.spawn(crate::web::serve(ex.clone(), listener, http_app)),
         ex.spawn(accept_control(ex.clone(), socket_listener(&socket), status)),
     ];
-    // Long-running services (the scheduler and friends) join this list and finish within SHUTDOWN_GRACE.
-    let services: Vec<smol::Task<()>> = Vec::new();
+    // Long-running services (the GitHub service and friends) are in `services` and finish within
+    // SHUTDOWN_GRACE.
 
     let signal = signals.next().await;
     tracing::info!(signal = ?signal.and_then(Result::ok), "shutting down: no longer accepting work");

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::control::server::Handler;
-use crate::control::{BuildSummary, QueueDepths, Request, Response, StatusInfo};
+use crate::control::{ApprovedUsersOp, BuildSummary, Progress, QueueDepths, Request, Response, StatusInfo};
+use crate::forge::github::approvals::{self, ApprovalNotice};
 use crate::pipeline::Pipeline;
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
+use crate::summary;
 
 /// Answers control requests from the daemon's state.
 pub(super) struct DaemonHandler {
@@ -22,6 +24,8 @@ pub(super) struct DaemonHandler {
     pub(super) socket_path: String,
     pub(super) http_address: String,
     pub(super) logs_dir: std::path::PathBuf,
+    /// Where approvals of held pull requests are announced (the GitHub service); `None` without one.
+    pub(super) approvals: Option<async_channel::Sender<ApprovalNotice>>,
 }
 
 impl Handler for DaemonHandler {
@@ -52,6 +56,11 @@ impl Handler for DaemonHandler {
                 Ok(()) => Response::Cancelled { jobset },
                 Err(e) => Response::Error { message: e.to_string() },
             },
+            Request::Approve { repo, number } => self.approve(&repo, number).await,
+            Request::ApprovedUsers(op) => self.approved_users(op).await,
+            Request::Summary { repo, base, head, job } => {
+                self.summary(Path::new(&repo), &base, &head, job.as_deref(), &progress).await
+            }
             Request::Diff { repo, base, head, job } => {
                 match self
                     .pipeline
@@ -69,6 +78,9 @@ impl Handler for DaemonHandler {
 fn error(e: impl std::fmt::Display) -> Response {
     Response::Error { message: e.to_string() }
 }
+
+/// Who approvals and approved users made through the control socket are recorded as.
+const APPROVED_BY: &str = "cli";
 
 /// How often a followed log is polled for new bytes.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
@@ -193,6 +205,108 @@ impl DaemonHandler {
             Ok(None) => error(format!("{drv} has no state after its rebuild")),
             Err(e) => error(e),
         }
+    }
+
+    /// Approves a pull request for `require_approval` and tells the GitHub service (if any) to resume it.
+    async fn approve(&self, repo: &str, number: u64) -> Response {
+        if let Err(e) = approvals::validate_repo(repo) {
+            return error(e);
+        }
+        if number == 0 {
+            return error(format!("invalid pull request `{repo}#0`: pull request numbers start at 1"));
+        }
+        let repo = repo.to_ascii_lowercase();
+        let store = self.store.clone();
+        let key = repo.clone();
+        let newly =
+            match smol::unblock(move || approvals::approve_pr(&store, &key, number, APPROVED_BY)).await {
+                Ok(n) => n,
+                Err(e) => return error(format!("cannot record the approval of {repo}#{number}: {e}")),
+            };
+        if let Some(tx) = &self.approvals {
+            // A full or closed channel is fine: the GitHub service re-checks held pull requests at start.
+            if let Err(e) = tx.try_send(ApprovalNotice { repo: repo.clone(), number }) {
+                tracing::debug!(%repo, number, error = %e, "approval notice not delivered");
+            }
+        }
+        Response::Approved { repo, number, newly }
+    }
+
+    /// Adds, removes or lists the users whose pull requests need no approval.
+    async fn approved_users(&self, op: ApprovedUsersOp) -> Response {
+        if let ApprovedUsersOp::Add(login) | ApprovedUsersOp::Remove(login) = &op {
+            if let Err(e) = approvals::validate_login(login) {
+                return error(e);
+            }
+        }
+        let store = self.store.clone();
+        match op {
+            ApprovedUsersOp::List => match smol::unblock(move || approvals::list_users(&store)).await {
+                Ok(users) => Response::ApprovedUsers(users),
+                Err(e) => error(format!("cannot list the approved users: {e}")),
+            },
+            ApprovedUsersOp::Add(login) => {
+                let login = login.to_ascii_lowercase();
+                let key = login.clone();
+                match smol::unblock(move || approvals::add_user(&store, &key, APPROVED_BY)).await {
+                    Ok(changed) => Response::ApprovedUserChanged { login, changed },
+                    Err(e) => error(format!("cannot add {login} to the approved users: {e}")),
+                }
+            }
+            ApprovedUsersOp::Remove(login) => {
+                let login = login.to_ascii_lowercase();
+                let key = login.clone();
+                match smol::unblock(move || approvals::remove_user(&store, &key)).await {
+                    Ok(changed) => Response::ApprovedUserChanged { login, changed },
+                    Err(e) => error(format!("cannot remove {login} from the approved users: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Evaluates and diffs `base` and `head` of a local repository, then summarises every job's change
+    /// with the head commit's `package_change_summary` and `rebuild_impact` settings.
+    async fn summary(
+        &self,
+        repo: &Path,
+        base: &str,
+        head: &str,
+        job: Option<&str>,
+        progress: &crate::pipeline::ProgressSink,
+    ) -> Response {
+        let report = match self.pipeline.diff_local(repo, base, head, job, progress).await {
+            Ok(r) => r,
+            Err(e) => return error(e),
+        };
+        // The head configuration's `package_change_summary` and `rebuild_impact`, as the diff read them.
+        let settings = report.summary_settings.clone();
+        let total = report.jobs.len() as u64;
+        let mut jobs = Vec::with_capacity(report.jobs.len());
+        for (done, d) in report.jobs.iter().enumerate() {
+            if let Some(tx) = progress {
+                let stage = format!("summarising job {}", d.job);
+                let _ = tx.try_send(Response::Progress(Progress { stage, done: done as u64, total }));
+            }
+            let (store, jobsets, graph) =
+                (self.store.clone(), self.pipeline.jobsets().clone(), self.pipeline.graph().clone());
+            let (base_id, head_id, s) = (d.base.id, d.head.id, settings.clone());
+            match smol::unblock(move || {
+                summary::summarize_job(&store, &jobsets, &graph, base_id, head_id, &s)
+            })
+            .await
+            {
+                Ok(j) => jobs.push(j),
+                Err(e) => return error(format!("summarising job {}: {e}", d.job)),
+            }
+        }
+        let change = summary::ChangeSummary {
+            repo: report.repo,
+            base_sha: report.base_commit,
+            head_sha: report.head_commit,
+            jobs,
+        };
+        let markdown = summary::render(&change, &settings).markdown;
+        Response::Summary { summary: change, markdown }
     }
 
     async fn status(&self) -> Response {

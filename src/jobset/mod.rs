@@ -172,6 +172,15 @@ impl Jobsets {
         Ok(Begin::New(id))
     }
 
+    /// The jobset of a job that has no attributes at its commit (the commit does not define the job,
+    /// or has no usable configuration): found, or created empty and finished.
+    pub fn empty(&self, key: &JobsetKey, allow_eval_failures: bool) -> Result<Jobset, StoreError> {
+        match self.begin(key, allow_eval_failures)? {
+            Begin::Existing(jobset) => Ok(jobset),
+            Begin::New(id) => self.finish(id, JobsetState::Evaluated),
+        }
+    }
+
     /// A buffered writer for jobset `id`'s attribute records.
     pub fn writer(&self, id: JobsetId) -> AttrWriter {
         AttrWriter { store: self.store.clone(), id, pending: Vec::new(), derivations: 0, errors: 0 }

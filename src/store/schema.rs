@@ -48,6 +48,23 @@ pub const GITHUB_DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new
 /// GitHub events waiting to be handled (`forge::github::webhook`): sequence number → `StoredEvent`.
 pub const GITHUB_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("github_events");
 
+/// Pull requests approved for `require_approval` (`forge::github::approvals`): `owner/repo#N` (lowercased)
+/// → `ApprovedPrRecord`.
+pub const GITHUB_APPROVED_PRS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_approved_prs");
+
+/// GitHub users whose pull requests need no approval (`forge::github::approvals`): login (lowercased) →
+/// `ApprovedUserRecord`.
+pub const GITHUB_APPROVED_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_approved_users");
+
+/// Change summaries (`summary::cache`): `head_sha \0 base_sha \0 job` → `SummaryRecord`.
+pub const CHANGE_SUMMARIES: TableDefinition<&str, &[u8]> = TableDefinition::new("change_summaries");
+
+/// GitHub runs (`forge::github::runs`): `owner/name \0 head sha` (lower case) → `RunRecord`.
+pub const GITHUB_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_runs");
+
+/// Which GitHub App installation serves a repository: `owner/name` (lower case) → `InstallationRecord`.
+pub const GITHUB_INSTALLATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_installations");
+
 /// A table as described in `migrations-free-schema/`: its name and its key and value types as Rust
 /// spells them in the definitions above.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +90,11 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "build_owners", key: "u64", value: "&[u8]" },
     TableInfo { name: "github_deliveries", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_events", key: "u64", value: "&[u8]" },
+    TableInfo { name: "github_runs", key: "&str", value: "&[u8]" },
+    TableInfo { name: "github_installations", key: "&str", value: "&[u8]" },
+    TableInfo { name: "change_summaries", key: "&str", value: "&[u8]" },
+    TableInfo { name: "github_approved_prs", key: "&str", value: "&[u8]" },
+    TableInfo { name: "github_approved_users", key: "&str", value: "&[u8]" },
 ];
 
 /// Creates every table that does not exist yet.
@@ -91,5 +113,10 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(BUILD_OWNERS)?;
     tx.open_table(GITHUB_DELIVERIES)?;
     tx.open_table(GITHUB_EVENTS)?;
+    tx.open_table(GITHUB_RUNS)?;
+    tx.open_table(GITHUB_INSTALLATIONS)?;
+    tx.open_table(CHANGE_SUMMARIES)?;
+    tx.open_table(GITHUB_APPROVED_PRS)?;
+    tx.open_table(GITHUB_APPROVED_USERS)?;
     Ok(())
 }

@@ -163,12 +163,17 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
     drop(body);
 
     let store = req.state().graph.store().clone();
+    let wake = req.state().github_wake.clone();
     let id = delivery.clone();
     let recorded =
         smol::unblock(move || webhook::record(&store, &id, incoming, crate::store::now_secs())).await;
     match recorded {
         Ok(Intake::Accepted { seq }) => {
             tracing::info!(%delivery, %event, seq, "queued a GitHub event");
+            if let Some(wake) = &wake {
+                // A full channel already holds a wake-up; the service reads the whole queue each time.
+                let _ = wake.try_send(());
+            }
             Reply::ok(202, "accepted", json!({ "status": "accepted", "seq": seq }))
         }
         Ok(Intake::Duplicate { .. }) => {

@@ -11,6 +11,7 @@ mod health;
 mod jobsets;
 mod logs;
 mod metrics;
+mod summary;
 
 use std::rc::Rc;
 
@@ -31,6 +32,11 @@ pub struct AppState {
     pub logs_dir: std::path::PathBuf,
     /// `security.webhook_secret`; `None` only with `allow_insecure_webhooks` (the daemon refuses otherwise).
     pub webhook_secret: Option<crate::secret::Secret>,
+    /// The database (change summaries read jobsets, the graph and their cache through it).
+    pub store: crate::store::Store,
+    /// Wakes the GitHub service after an event was queued; `None` when no GitHub App is configured
+    /// (events then wait in the queue until one is).
+    pub github_wake: Option<async_channel::Sender<()>>,
 }
 
 /// The route table.
@@ -44,6 +50,7 @@ pub fn app(state: AppState) -> tide::Server<AppState> {
     builds::routes(&mut app);
     jobsets::routes(&mut app);
     github::routes(&mut app);
+    summary::routes(&mut app);
     app
 }
 

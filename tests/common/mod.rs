@@ -259,6 +259,33 @@ let
 in
 "#;
 
+/// A string unique to this call in this process and across test runs: put it into derivations so that
+/// nothing is already built.
+pub fn nonce() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}x{n}x{nanos:x}", std::process::id())
+}
+
+/// Like [`NIX_PRELUDE`], with `nonce` in every derivation and dependencies: `mk name script deps`.
+pub fn nonce_prelude(nonce: &str) -> String {
+    format!(
+        r#"
+let
+  nonce = "{nonce}";
+  mk = name: script: deps: derivation {{
+    inherit name nonce deps;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+  }};
+in
+"#
+    )
+}
+
 /// Runs git in `dir` without any user or system configuration and returns its trimmed stdout.
 pub fn git_in(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")

@@ -634,6 +634,8 @@ fn create_check_run(st: &mut State, repo: &str, req: &Request) -> Reply {
         apply_output(&mut run, output);
     }
     run["pull_requests"] = json!([]);
+    // GitHub stamps the App whose installation token created the run.
+    run["app"]["id"] = json!(APP_ID.parse::<u64>().unwrap_or(0));
     st.check_runs.push((repo.to_string(), run.clone()));
     ok(201, run)
 }
@@ -667,17 +669,5 @@ fn now_nanos() -> u128 {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch.
 pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    eka_ci::time::rfc3339(secs)
 }

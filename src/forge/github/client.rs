@@ -782,6 +782,11 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// `t` as RFC 3339 UTC with whole seconds.
+pub fn format_rfc3339(t: SystemTime) -> String {
+    crate::time::rfc3339(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
 /// Parses an RFC 3339 time (`2016-07-11T22:14:10Z`, fractions and `±hh:mm` offsets allowed).
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let s = s.trim();
@@ -846,6 +851,17 @@ mod tests {
 
     fn secs(t: SystemTime) -> u64 {
         t.duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    #[test]
+    fn rfc3339_formatting_round_trips() {
+        for s in [0u64, 951_782_400, 1_468_275_250, 4_107_542_399, 1_795_000_000] {
+            let t = UNIX_EPOCH + Duration::from_secs(s);
+            let text = format_rfc3339(t);
+            assert_eq!(parse_rfc3339(&text).map(secs), Some(s), "{text}");
+        }
+        assert_eq!(format_rfc3339(UNIX_EPOCH + Duration::from_secs(1_468_275_250)), "2016-07-11T22:14:10Z");
+        assert_eq!(format_rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! GitHub: webhook intake (`webhook`), and the GitHub App's authentication and API client.
 //!
-//! `webhook` verifies, parses and persists incoming deliveries; it never talks to GitHub.
+//! `webhook` verifies, parses and persists incoming deliveries; it never talks to GitHub. `service`
+//! turns the persisted events into runs (`runs`) and runs into evaluations, builds and check runs.
+//! `approvals` stores the administrators' approvals for `require_approval`.
 
 pub mod app;
+pub mod approvals;
 pub mod client;
 pub mod jwt;
+pub mod runs;
+pub mod service;
 pub mod webhook;

@@ -1,0 +1,259 @@
+//! Persisted GitHub work: one *run* per (repository, head commit) that a pull request or merge group asks
+//! for, and which installation serves which repository.
+//!
+//! A run records everything needed to redo it from scratch after a crash — clone URL, base and head
+//! commits, installation, pull request number, author — plus what was already said to GitHub (the ids of
+//! the check runs created for it), so that a restart, a redelivery or a re-request PATCHes those check
+//! runs instead of creating new ones. Every change is a read-modify-write in one redb write transaction
+//! ([`update`]), so the service loop and the run tasks never lose each other's updates. This module
+//! owns the `github_runs` and `github_installations` tables; it never talks to GitHub.
+
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+use crate::store::codec::{decode, encode};
+use crate::store::schema::{GITHUB_INSTALLATIONS, GITHUB_RUNS};
+use crate::store::{now_secs, Store, StoreError};
+
+const RUNS_NAME: &str = "github_runs";
+const INSTALLATIONS_NAME: &str = "github_installations";
+
+/// What asked for a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Trigger {
+    PullRequest { number: u64, author: Option<String> },
+    MergeGroup { head_ref: String },
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunState {
+    /// To be (re)started by the service, not before `not_before` (Unix seconds).
+    Queued { not_before: u64 },
+    /// Held by `require_approval` until a maintainer approves.
+    AwaitingApproval,
+    /// Finished and reported; `outcome` in a few words.
+    Done { outcome: String },
+    /// Stopped before it finished (superseded head, closed pull request).
+    Cancelled { reason: String },
+}
+
+impl RunState {
+    /// Queued or held: the run still has something to do.
+    pub fn is_live(&self) -> bool {
+        matches!(self, RunState::Queued { .. } | RunState::AwaitingApproval)
+    }
+}
+
+/// A check run this run created on GitHub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRef {
+    pub name: String,
+    pub id: u64,
+    pub completed: bool,
+}
+
+/// One run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// `owner/name` as GitHub spells it.
+    pub repo: String,
+    pub clone_url: String,
+    pub installation: Option<u64>,
+    pub head_sha: String,
+    pub base_sha: String,
+    pub base_ref: String,
+    pub trigger: Trigger,
+    pub state: RunState,
+    /// Starts at 1; a re-request or a restart of a finished run adds one.
+    pub attempt: u32,
+    pub checks: Vec<CheckRef>,
+    /// Head derivations that failed in the last attempt (what a re-request rebuilds).
+    pub failed_drvs: Vec<String>,
+    /// Set by a re-request: the next attempt rebuilds `failed_drvs` first.
+    pub rebuild_failed: bool,
+    /// A maintainer approved the pull request (`require_approval`); no need to ask GitHub again.
+    pub approved: bool,
+    /// GitHub calls that failed in a row; the retry backoff grows with it.
+    pub api_failures: u32,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+impl Run {
+    /// The pull request number, for pull-request runs.
+    pub fn pull_request(&self) -> Option<u64> {
+        match self.trigger {
+            Trigger::PullRequest { number, .. } => Some(number),
+            Trigger::MergeGroup { .. } => None,
+        }
+    }
+
+    /// The id of our check run called `name`, if one was created.
+    pub fn check_id(&self, name: &str) -> Option<u64> {
+        self.checks.iter().find(|c| c.name == name).map(|c| c.id)
+    }
+
+    /// Records check run `name` → `id` (replacing an older id for the same name).
+    pub fn set_check(&mut self, name: &str, id: u64, completed: bool) {
+        match self.checks.iter_mut().find(|c| c.name == name) {
+            Some(c) => {
+                c.id = id;
+                c.completed = completed;
+            }
+            None => self.checks.push(CheckRef { name: name.to_string(), id, completed }),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+enum RunRecord {
+    V1(Run),
+}
+
+/// The key of a run: lower-cased `owner/name`, NUL, head commit.
+pub fn key(repo: &str, head_sha: &str) -> String {
+    format!("{}\u{0}{}", repo.to_ascii_lowercase(), head_sha.to_ascii_lowercase())
+}
+
+/// The run with this key. Blocking.
+pub fn get(store: &Store, key: &str) -> Result<Option<Run>, StoreError> {
+    let tx = store.db().begin_read()?;
+    let table = tx.open_table(GITHUB_RUNS)?;
+    let found = table.get(key)?;
+    match found {
+        Some(v) => {
+            let RunRecord::V1(run) = decode(RUNS_NAME, key, v.value())?;
+            Ok(Some(run))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Every run, with its key. Blocking.
+pub fn all(store: &Store) -> Result<Vec<(String, Run)>, StoreError> {
+    let tx = store.db().begin_read()?;
+    let table = tx.open_table(GITHUB_RUNS)?;
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        let RunRecord::V1(run) = decode(RUNS_NAME, k.value(), v.value())?;
+        out.push((k.value().to_string(), run));
+    }
+    Ok(out)
+}
+
+/// Reads run `key` (or `None`), lets `change` edit it (returning `None` deletes nothing and writes
+/// nothing), and writes the result, in one write transaction. Returns what was written. Blocking.
+pub fn update<T>(
+    store: &Store,
+    key: &str,
+    change: impl FnOnce(Option<Run>) -> (Option<Run>, T),
+) -> Result<T, StoreError> {
+    let tx = store.db().begin_write()?;
+    let result = {
+        let mut table = tx.open_table(GITHUB_RUNS)?;
+        let current = match table.get(key)? {
+            Some(v) => {
+                let RunRecord::V1(run) = decode(RUNS_NAME, key, v.value())?;
+                Some(run)
+            }
+            None => None,
+        };
+        let (next, result) = change(current);
+        if let Some(mut run) = next {
+            run.updated_at = now_secs();
+            table.insert(key, encode(RUNS_NAME, &RunRecord::V1(run))?.as_slice())?;
+        }
+        result
+    };
+    tx.commit()?;
+    Ok(result)
+}
+
+/// Which installation serves a repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallationEntry {
+    pub installation: u64,
+    /// The account (user or organisation) the App is installed on.
+    pub account: String,
+    pub updated_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum InstallationRecord {
+    V1(InstallationEntry),
+}
+
+/// Records that `installation` serves `added` and no longer serves `removed` (repositories as
+/// `owner/name`), in one write transaction. Blocking.
+pub fn set_installation(
+    store: &Store,
+    installation: u64,
+    account: &str,
+    added: &[String],
+    removed: &[String],
+) -> Result<(), StoreError> {
+    let tx = store.db().begin_write()?;
+    {
+        let mut table = tx.open_table(GITHUB_INSTALLATIONS)?;
+        for repo in removed {
+            let k = repo.to_ascii_lowercase();
+            let current = match table.get(k.as_str())? {
+                Some(v) => Some(decode::<InstallationRecord>(INSTALLATIONS_NAME, &k, v.value())?),
+                None => None,
+            };
+            if matches!(current, Some(InstallationRecord::V1(e)) if e.installation == installation) {
+                table.remove(k.as_str())?;
+            }
+        }
+        for repo in added {
+            let entry = InstallationRecord::V1(InstallationEntry {
+                installation,
+                account: account.to_string(),
+                updated_at: now_secs(),
+            });
+            table
+                .insert(repo.to_ascii_lowercase().as_str(), encode(INSTALLATIONS_NAME, &entry)?.as_slice())?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Forgets every repository of `installation` (the App was uninstalled). Returns how many. Blocking.
+pub fn remove_installation(store: &Store, installation: u64) -> Result<usize, StoreError> {
+    let tx = store.db().begin_write()?;
+    let removed = {
+        let mut table = tx.open_table(GITHUB_INSTALLATIONS)?;
+        let mut doomed = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let InstallationRecord::V1(e) = decode(INSTALLATIONS_NAME, k.value(), v.value())?;
+            if e.installation == installation {
+                doomed.push(k.value().to_string());
+            }
+        }
+        for k in &doomed {
+            table.remove(k.as_str())?;
+        }
+        doomed.len()
+    };
+    tx.commit()?;
+    Ok(removed)
+}
+
+/// The installation recorded for `repo` (`owner/name`, any case). Blocking.
+pub fn installation_for(store: &Store, repo: &str) -> Result<Option<InstallationEntry>, StoreError> {
+    let tx = store.db().begin_read()?;
+    let table = tx.open_table(GITHUB_INSTALLATIONS)?;
+    let k = repo.to_ascii_lowercase();
+    let found = table.get(k.as_str())?;
+    match found {
+        Some(v) => {
+            let InstallationRecord::V1(e) = decode(INSTALLATIONS_NAME, &k, v.value())?;
+            Ok(Some(e))
+        }
+        None => Ok(None),
+    }
+}

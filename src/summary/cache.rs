@@ -1,0 +1,98 @@
+//! The `change_summaries` table: computed [`JobSummary`]s keyed `head_sha \0 base_sha \0 job`, so a summary
+//! is computed once per (head, base, job) and served from here to the check run, the HTTP API and the CLI.
+//!
+//! Rows are postcard-encoded versioned records ([`crate::store::codec`]) and are removed by age
+//! ([`prune`]). This file must never touch any other table, and never decide whether a row is still valid
+//! for given settings (the caller compares [`JobSummary::settings`]).
+
+use redb::TableHandle;
+use serde::{Deserialize, Serialize};
+
+use super::JobSummary;
+use crate::store::codec::{decode, encode};
+use crate::store::schema::CHANGE_SUMMARIES;
+use crate::store::{Store, StoreError};
+
+#[derive(Serialize, Deserialize)]
+enum SummaryRecord {
+    V1(JobSummary),
+}
+
+fn key(head_sha: &str, base_sha: &str, job: &str) -> String {
+    format!("{head_sha}\u{0}{base_sha}\u{0}{job}")
+}
+
+fn decode_row(key: &str, bytes: &[u8]) -> Result<JobSummary, StoreError> {
+    match decode::<SummaryRecord>(CHANGE_SUMMARIES.name(), &format!("{key:?}"), bytes)? {
+        SummaryRecord::V1(s) => Ok(s),
+    }
+}
+
+/// The cached summary of `job` at `head_sha` against `base_sha`, if any.
+pub fn get(
+    store: &Store,
+    head_sha: &str,
+    base_sha: &str,
+    job: &str,
+) -> Result<Option<JobSummary>, StoreError> {
+    let k = key(head_sha, base_sha, job);
+    let tx = store.db().begin_read()?;
+    let table = tx.open_table(CHANGE_SUMMARIES)?;
+    let found = table.get(k.as_str())?;
+    found.map(|v| decode_row(&k, v.value())).transpose()
+}
+
+/// Stores (or replaces) a summary under its (head, base, job).
+pub fn put(store: &Store, summary: &JobSummary) -> Result<(), StoreError> {
+    let k = key(&summary.head_sha, &summary.base_sha, &summary.job);
+    let bytes = encode(CHANGE_SUMMARIES.name(), &SummaryRecord::V1(summary.clone()))?;
+    let tx = store.db().begin_write()?;
+    {
+        let mut table = tx.open_table(CHANGE_SUMMARIES)?;
+        table.insert(k.as_str(), bytes.as_slice())?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Every cached summary of commit `head_sha` (any base, any job), in key order.
+pub fn for_head(store: &Store, head_sha: &str) -> Result<Vec<JobSummary>, StoreError> {
+    let start = format!("{head_sha}\u{0}");
+    let end = format!("{head_sha}\u{1}");
+    let tx = store.db().begin_read()?;
+    let table = tx.open_table(CHANGE_SUMMARIES)?;
+    let mut out = Vec::new();
+    for entry in table.range(start.as_str()..end.as_str())? {
+        let (k, v) = entry?;
+        out.push(decode_row(k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// Removes every summary computed more than `max_age_secs` ago (rows that cannot be decoded are removed
+/// too: they can only be recomputed); returns how many were removed.
+pub fn prune(store: &Store, max_age_secs: u64) -> Result<usize, StoreError> {
+    let cutoff = crate::store::now_secs().saturating_sub(max_age_secs);
+    let tx = store.db().begin_write()?;
+    let mut removed = 0;
+    {
+        let mut table = tx.open_table(CHANGE_SUMMARIES)?;
+        table.retain(|k, v| {
+            let keep = decode_row(k, v).is_ok_and(|s| s.computed_at >= cutoff);
+            if !keep {
+                removed += 1;
+            }
+            keep
+        })?;
+    }
+    tx.commit()?;
+    Ok(removed)
+}
+
+/// How many summaries are cached.
+pub fn len(store: &Store) -> Result<u64, StoreError> {
+    use redb::ReadableTableMetadata;
+    let tx = store.db().begin_read()?;
+    let table = tx.open_table(CHANGE_SUMMARIES)?;
+    Ok(table.len()?)
+}

@@ -1,0 +1,596 @@
+//! The GitHub App end to end: signed webhooks into the real server, a fake GitHub on loopback for the
+//! REST API, real git repositories as the pull requests' repositories (`file://` clone URLs), real Nix
+//! evaluations and builds, and assertions on the exact check runs the fake recorded.
+
+mod common;
+mod fake_github;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{http_request, nonce, nonce_prelude, GitRepo, Home, Server};
+use eka_ci::forge::github::webhook;
+use fake_github::FakeGitHub;
+use rustix::process::Signal;
+use serde_json::{json, Value};
+
+const REPO: &str = "octo-org/widgets";
+const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
+const GATE: &str = "EkaCI: Evaluate Job (main)";
+
+/// `rec { body }` with `mk name script deps` and a per-test nonce, so nothing is already built.
+fn nix(nonce: &str, body: &str) -> String {
+    format!("{} rec {{ {body} }}", nonce_prelude(nonce))
+}
+
+const LIB: &str = r#"lib = mk "lib-1" "echo lib > $out" [];"#;
+
+/// A pull request's repository: the base commit has the configuration and `lib`.
+struct Fixture {
+    repo: GitRepo,
+    nonce: String,
+    base: String,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let (repo, nonce) = (GitRepo::new(), nonce());
+        let base = repo.commit(
+            "base",
+            &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&nix(&nonce, LIB)))],
+        );
+        Fixture { repo, nonce, base }
+    }
+
+    /// A commit whose `default.nix` is `rec { body }`.
+    fn head(&self, message: &str, body: &str) -> String {
+        self.repo.commit(message, &[("default.nix", Some(&nix(&self.nonce, body)))])
+    }
+
+    fn path(&self) -> &Path {
+        self.repo.path()
+    }
+}
+
+/// A server configured with a webhook secret, the test App (credentials from a file) and the fake's URL.
+struct Setup {
+    fake: FakeGitHub,
+    home: Home,
+    secret: String,
+    server: Option<Server>,
+}
+
+impl Setup {
+    fn new(extra: &str) -> Setup {
+        let fake = FakeGitHub::start();
+        let home = Home::new();
+        let secret = format!("wh-{}", nonce());
+        let creds = home.path().join("github-app.json");
+        let body = json!({ "GITHUB_APP_ID": fake_github::APP_ID, "GITHUB_APP_PRIVATE_KEY": fake_github::PRIVATE_KEY_PKCS1 });
+        std::fs::write(&creds, body.to_string()).expect("write credentials");
+        let config = format!(
+            "{extra}\n\n[web]\nport = 0\n\n[security]\nwebhook_secret = \"{secret}\"\n\n[github]\napi_url = \"{}\"\n\n\
+             [[github_apps]]\nid = \"main\"\ncredentials = {{ file = {{ path = \"{}\" }} }}\n",
+            fake.url(),
+            creds.display()
+        );
+        std::fs::write(home.config_file(), config).expect("write config");
+        let server = Some(home.start());
+        Setup { fake, home, secret, server }
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("server running")
+    }
+
+    fn deliver(&self, event: &str, delivery: &str, body: &[u8]) -> u16 {
+        let sig = webhook::sign(self.secret.as_bytes(), body);
+        self.post(event, delivery, &sig, body)
+    }
+
+    fn post(&self, event: &str, delivery: &str, signature: &str, body: &[u8]) -> u16 {
+        let addr = self.server().http_address();
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", event),
+            ("X-GitHub-Delivery", delivery),
+            ("X-Hub-Signature-256", signature),
+        ];
+        http_request(&addr, "POST", "/github/webhook", &headers, body).0
+    }
+
+    /// The check runs the fake holds for `sha`.
+    fn runs(&self, sha: &str) -> Vec<Value> {
+        self.fake.check_runs(REPO).into_iter().filter(|r| r["head_sha"] == sha).collect()
+    }
+
+    fn run(&self, sha: &str, name: &str) -> Option<Value> {
+        self.runs(sha).into_iter().find(|r| r["name"] == name)
+    }
+
+    /// Waits (bounded) until `name` on `sha` is completed, and returns it.
+    fn wait_completed(&self, sha: &str, name: &str) -> Value {
+        wait_for(&format!("{name} on {sha} completed"), || {
+            self.run(sha, name).filter(|r| r["status"] == "completed")
+        })
+    }
+
+    fn restart(&mut self) {
+        self.server = Some(self.home.start());
+    }
+}
+
+/// Polls `probe` every 100 ms for up to 180 s.
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn fixture(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/github").join(name);
+    serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("fixture JSON")
+}
+
+/// GitHub's own `pull_request` example, pointed at our repository and commits.
+fn pull_request(
+    action: &str,
+    number: u64,
+    repo: &Path,
+    head: &str,
+    base: &str,
+    draft: bool,
+    author: &str,
+) -> Vec<u8> {
+    let mut p = fixture("pull_request.opened.json");
+    let url = format!("file://{}", repo.display());
+    p["action"] = json!(action);
+    p["number"] = json!(number);
+    p["repository"]["full_name"] = json!(REPO);
+    p["repository"]["clone_url"] = json!(url);
+    p["installation"]["id"] = json!(fake_github::INSTALLATION_ID);
+    let pr = &mut p["pull_request"];
+    pr["number"] = json!(number);
+    pr["draft"] = json!(draft);
+    pr["user"]["login"] = json!(author);
+    pr["head"]["sha"] = json!(head);
+    pr["head"]["repo"]["full_name"] = json!(REPO);
+    pr["base"]["sha"] = json!(base);
+    pr["base"]["repo"]["full_name"] = json!(REPO);
+    serde_json::to_vec(&p).expect("encode")
+}
+
+fn names(runs: &[Value]) -> Vec<String> {
+    let mut n: Vec<String> = runs.iter().map(|r| r["name"].as_str().unwrap_or("").to_string()).collect();
+    n.sort();
+    n
+}
+
+fn summary(run: &Value) -> String {
+    run["output"]["summary"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn a_pull_request_ends_in_exact_check_runs_and_redeliveries_and_forgeries_change_nothing() {
+    let f = Fixture::new();
+    let base = f.head("base with app", &format!(r#"{LIB} app = mk "app-1" "echo app > $out" [ lib ];"#));
+    let head = f.head(
+        "head",
+        &format!(
+            r#"{LIB} app = mk "app-2" "echo app2 > $out" [ lib ];
+               good = mk "good-1" "echo good > $out" [];
+               broken = mk "broken-1" "echo boom-marker-from-the-build >&2; exit 3" [ lib ];"#
+        ),
+    );
+    let s = Setup::new("");
+    let body = pull_request("opened", 7, f.path(), &head, &base, false, "octocat");
+    assert_eq!(s.deliver("pull_request", "d-open-1", &body), 202);
+
+    let gate = s.wait_completed(&head, GATE);
+    assert_eq!(gate["conclusion"], "failure", "{gate}");
+    assert!(summary(&gate).contains("| 2 | 1 | 0 | 1 | 2 | 1 | 0 |"), "counts: {}", summary(&gate));
+    assert!(summary(&gate).contains("broken"), "{}", summary(&gate));
+    let failure = s.wait_completed(&head, "broken (main)");
+    assert_eq!(failure["conclusion"], "failure");
+    let text = failure["output"]["text"].as_str().unwrap_or("");
+    assert!(text.contains("boom-marker-from-the-build"), "log tail in the failure run: {failure}");
+    let configure = s.wait_completed(&head, "EkaCI: Configure");
+    assert_eq!(configure["conclusion"], "success");
+    let change = s.wait_completed(&head, "EkaCI: Change Summary");
+    assert_eq!(change["conclusion"], "neutral");
+    assert_eq!(
+        names(&s.runs(&head)),
+        ["EkaCI: Change Summary", "EkaCI: Configure", GATE, "broken (main)"],
+        "exactly these check runs, each once"
+    );
+    let posts = s.fake.calls_to("POST", "/repos/*/check-runs").len();
+    assert_eq!(posts, 4, "one POST per check run");
+
+    // A redelivery (same delivery id) and a forged signature change nothing.
+    assert_eq!(s.deliver("pull_request", "d-open-1", &body), 200);
+    let forged = webhook::sign(b"not-the-secret", &body);
+    assert_eq!(s.post("pull_request", "d-open-2", &forged, &body), 401);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(s.fake.calls_to("POST", "/repos/*/check-runs").len(), 4);
+    assert_eq!(s.runs(&head).len(), 4);
+
+    // A re-request re-runs the failed work and PATCHes the same check runs.
+    let attempts_before = broken_attempt(&s.home);
+    let patches_before = s.fake.calls_to("PATCH", "/repos/*/check-runs/*").len();
+    let mut rerequest = fixture("check_run.rerequested.json");
+    rerequest["repository"]["full_name"] = json!(REPO);
+    rerequest["check_run"]["head_sha"] = json!(head);
+    rerequest["installation"] = json!({ "id": fake_github::INSTALLATION_ID });
+    let rerequest = serde_json::to_vec(&rerequest).expect("encode");
+    assert_eq!(s.deliver("check_run", "d-rerun-1", &rerequest), 202);
+    let broken_id = failure["id"].clone();
+    wait_for("the failure run patched again", || {
+        let patched = s
+            .fake
+            .calls_to("PATCH", "/repos/*/check-runs/*")
+            .into_iter()
+            .skip(patches_before)
+            .any(|c| c.path.ends_with(&format!("/{broken_id}")) && c.json()["conclusion"] == "failure");
+        patched.then_some(())
+    });
+    wait_for("the gate completed again", || {
+        let gate_id = gate["id"].clone();
+        s.fake
+            .calls_to("PATCH", "/repos/*/check-runs/*")
+            .into_iter()
+            .skip(patches_before)
+            .any(|c| c.path.ends_with(&format!("/{gate_id}")) && c.json()["conclusion"] == "failure")
+            .then_some(())
+    });
+    assert_eq!(s.fake.calls_to("POST", "/repos/*/check-runs").len(), 4, "a re-run creates nothing new");
+    let summary_id = change["id"].clone();
+    let summary_patched = s
+        .fake
+        .calls_to("PATCH", "/repos/*/check-runs/*")
+        .into_iter()
+        .skip(patches_before)
+        .any(|c| c.path.ends_with(&format!("/{summary_id}")) && c.json()["conclusion"] == "neutral");
+    assert!(summary_patched, "the change summary is updated in place");
+    let attempts_after = broken_attempt(&s.home);
+    assert!(attempts_after > attempts_before, "rebuilt on re-request: {attempts_before} -> {attempts_after}");
+}
+
+/// The latest build attempt of the `broken-1` derivation, from `ekaci builds --json`.
+fn broken_attempt(home: &Home) -> u64 {
+    let builds = home.ekaci(&["builds", "--json"]);
+    let builds: Value = serde_json::from_slice(&builds.stdout).expect("builds JSON");
+    builds
+        .as_array()
+        .and_then(|a| a.iter().find(|b| b["drv"].as_str().is_some_and(|d| d.ends_with("-broken-1.drv"))))
+        .and_then(|b| b["attempt"].as_u64())
+        .expect("broken in ekaci builds")
+}
+
+#[test]
+fn synchronize_cancels_the_superseded_head_and_closed_cancels_the_pull_request() {
+    let f = Fixture::new();
+    let gate_file = std::env::temp_dir().join(format!("ekaci-gate-{}", f.nonce));
+    let slow = format!(
+        r#"slow = mk "slow-1" "while [ ! -e {} ]; do /bin/sleep 0.2; done; echo > $out" [];"#,
+        gate_file.display()
+    );
+    let base = f.base.clone();
+    let head1 = f.head("slow", &format!("{LIB} {slow}"));
+    let head2 = f.head("fast", &format!(r#"{LIB} fast = mk "fast-1" "echo > $out" [];"#));
+    let head3 = f.head("slow again", &format!("{LIB} {}", slow.replace("slow-1", "slow-2")));
+    let s = Setup::new("");
+
+    assert_eq!(
+        s.deliver(
+            "pull_request",
+            "d-1",
+            &pull_request("opened", 9, f.path(), &head1, &base, false, "octocat")
+        ),
+        202
+    );
+    wait_for("head1's gate in progress", || s.run(&head1, GATE).filter(|r| r["status"] == "in_progress"));
+    wait_for("slow building", || {
+        let status = s.server().status();
+        (status["active_builds"].as_u64() > Some(0)).then_some(())
+    });
+
+    assert_eq!(
+        s.deliver(
+            "pull_request",
+            "d-2",
+            &pull_request("synchronize", 9, f.path(), &head2, &base, false, "octocat")
+        ),
+        202
+    );
+    let cancelled = s.wait_completed(&head1, GATE);
+    assert_eq!(cancelled["conclusion"], "cancelled", "{cancelled}");
+    assert!(summary(&cancelled).contains(&head2[..12]), "names the new head: {cancelled}");
+    let gate2 = s.wait_completed(&head2, GATE);
+    assert_eq!(gate2["conclusion"], "success", "{gate2}");
+    wait_for("the superseded build stopped", || {
+        let status = s.server().status();
+        (status["active_builds"].as_u64() == Some(0)).then_some(())
+    });
+
+    assert_eq!(
+        s.deliver(
+            "pull_request",
+            "d-3",
+            &pull_request("synchronize", 9, f.path(), &head3, &base, false, "octocat")
+        ),
+        202
+    );
+    wait_for("head3's gate in progress", || s.run(&head3, GATE).filter(|r| r["status"] == "in_progress"));
+    assert_eq!(
+        s.deliver(
+            "pull_request",
+            "d-4",
+            &pull_request("closed", 9, f.path(), &head3, &base, false, "octocat")
+        ),
+        202
+    );
+    let closed = s.wait_completed(&head3, GATE);
+    assert_eq!(closed["conclusion"], "cancelled", "{closed}");
+    assert!(summary(&closed).contains("closed"), "{closed}");
+    // Nothing was created for head2 twice, and head1 kept its single gate.
+    assert_eq!(s.runs(&head1).iter().filter(|r| r["name"] == GATE).count(), 1);
+    assert_eq!(s.runs(&head2).iter().filter(|r| r["name"] == GATE).count(), 1);
+    let _ = std::fs::write(&gate_file, "");
+    let _ = std::fs::remove_file(&gate_file);
+}
+
+#[test]
+fn a_crash_right_after_the_202_still_ends_in_the_right_check_runs() {
+    let f = Fixture::new();
+    let (base, head) = (f.base.clone(), f.head("head", r#"lib = mk "lib-2" "echo lib2 > $out" [];"#));
+    let mut s = Setup::new("");
+    let body = pull_request("opened", 11, f.path(), &head, &base, false, "octocat");
+    assert_eq!(s.deliver("pull_request", "d-crash", &body), 202);
+    s.server().signal(Signal::KILL);
+    let _ = s.server.take().map(|srv| srv.wait(Duration::from_secs(10)));
+    s.restart();
+    let gate = s.wait_completed(&head, GATE);
+    assert_eq!(gate["conclusion"], "success", "{gate}");
+    s.wait_completed(&head, "EkaCI: Configure");
+    s.wait_completed(&head, "EkaCI: Change Summary");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(names(&s.runs(&head)), ["EkaCI: Change Summary", "EkaCI: Configure", GATE], "no duplicates");
+    // The redelivery GitHub may send after the outage is a no-op.
+    assert_eq!(s.deliver("pull_request", "d-crash", &body), 200);
+}
+
+#[test]
+fn configuration_errors_are_listed_with_their_field_paths() {
+    let repo = GitRepo::new();
+    let base = repo.commit("base", &[("README", Some("x"))]);
+    let head = repo.commit(
+        "bad config",
+        &[(
+            ".eka-ci/config.json",
+            Some(r#"{ "jobs": { "main": { "file": 5 }, "other": { "attr_path": [] } } }"#),
+        )],
+    );
+    let s = Setup::new("");
+    assert_eq!(
+        s.deliver(
+            "pull_request",
+            "d-cfg",
+            &pull_request("opened", 3, repo.path(), &head, &base, false, "octocat")
+        ),
+        202
+    );
+    let configure = s.wait_completed(&head, "EkaCI: Configure");
+    assert_eq!(configure["conclusion"], "failure", "{configure}");
+    let text = summary(&configure);
+    assert!(text.contains(r"**jobs\.main\.file**: expected a string"), "{text}");
+    assert!(text.contains(r"**jobs\.other\.file**: missing required field"), "{text}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(names(&s.runs(&head)), ["EkaCI: Configure"], "nothing is evaluated");
+}
+
+#[test]
+fn drafts_wait_for_ready_for_review_and_fork_heads_come_from_refs_pull() {
+    let f = Fixture::new();
+    let base = f.base.clone();
+    // The head exists only as refs/pull/5/head in the base repository, as for a fork's pull request.
+    f.repo.git(&["checkout", "-q", "-b", "fork-work"]);
+    let head = f.head("fork", &format!(r#"{LIB} new = mk "new-1" "echo > $out" [];"#));
+    f.repo.git(&["update-ref", "refs/pull/5/head", &head]);
+    f.repo.git(&["checkout", "-q", "main"]);
+    f.repo.git(&["branch", "-D", "fork-work"]);
+    let s = Setup::new("");
+    let mut draft: Value =
+        serde_json::from_slice(&pull_request("opened", 5, f.path(), &head, &base, true, "forker"))
+            .expect("json");
+    draft["pull_request"]["head"]["repo"]["full_name"] = json!("forker/widgets");
+    assert_eq!(s.deliver("pull_request", "d-draft", &serde_json::to_vec(&draft).expect("encode")), 202);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(s.runs(&head).is_empty(), "a draft is not evaluated: {:?}", s.runs(&head));
+    draft["action"] = json!("ready_for_review");
+    draft["pull_request"]["draft"] = json!(false);
+    assert_eq!(s.deliver("pull_request", "d-ready", &serde_json::to_vec(&draft).expect("encode")), 202);
+    let gate = s.wait_completed(&head, GATE);
+    assert_eq!(gate["conclusion"], "success", "{gate}");
+    assert!(summary(&gate).contains("| 1 | 0 | 0 | 1 |"), "{}", summary(&gate));
+}
+
+#[test]
+fn require_approval_holds_outside_authors_until_a_maintainer_approves() {
+    let f = Fixture::new();
+    let (base, head) = (f.base.clone(), f.head("head", r#"lib = mk "lib-3" "echo lib3 > $out" [];"#));
+    let s = Setup::new("require_approval = true");
+    s.fake.set_permission(REPO, "member", "write");
+
+    // An outside author (permission "none") is held.
+    assert_eq!(
+        s.deliver(
+            "pull_request",
+            "d-out",
+            &pull_request("opened", 21, f.path(), &head, &base, false, "outsider")
+        ),
+        202
+    );
+    let held = s.wait_completed(&head, "EkaCI: Approval Required");
+    assert_eq!(held["conclusion"], "action_required", "{held}");
+    assert!(summary(&held).contains(&format!("ekaci approve {REPO}#21")), "{held}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(names(&s.runs(&head)), ["EkaCI: Approval Required"], "nothing evaluated before approval");
+
+    let out = s.home.ekaci(&["approve", &format!("{REPO}#21")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gate = s.wait_completed(&head, GATE);
+    assert_eq!(gate["conclusion"], "success", "{gate}");
+    let approved = s.run(&head, "EkaCI: Approval Required").expect("approval run");
+    assert_eq!(approved["conclusion"], "success", "{approved}");
+
+    // A member with write access goes straight through.
+    let head2 = f.head("member", r#"lib = mk "lib-4" "echo lib4 > $out" [];"#);
+    assert_eq!(
+        s.deliver(
+            "pull_request",
+            "d-mem",
+            &pull_request("opened", 22, f.path(), &head2, &base, false, "member")
+        ),
+        202
+    );
+    let gate2 = s.wait_completed(&head2, GATE);
+    assert_eq!(gate2["conclusion"], "success");
+    assert!(s.run(&head2, "EkaCI: Approval Required").is_none());
+}
+
+#[test]
+fn merge_groups_are_checked_and_installations_are_recorded_without_a_restart() {
+    let f = Fixture::new();
+    let (base, merge) = (f.base.clone(), f.head("merge", &format!(r#"{LIB} q = mk "q-1" "exit 1" [];"#)));
+    let mut s = Setup::new("");
+
+    let mut mg = fixture("merge_group.checks_requested.json");
+    mg["repository"]["full_name"] = json!(REPO);
+    mg["repository"]["clone_url"] = json!(format!("file://{}", f.path().display()));
+    mg["merge_group"]["head_sha"] = json!(merge);
+    mg["merge_group"]["base_sha"] = json!(base);
+    mg["installation"]["id"] = json!(fake_github::INSTALLATION_ID);
+    assert_eq!(s.deliver("merge_group", "d-mg", &serde_json::to_vec(&mg).expect("encode")), 202);
+    let gate = s.wait_completed(&merge, GATE);
+    assert_eq!(gate["conclusion"], "failure", "the queued merge breaks q: {gate}");
+    assert_eq!(s.wait_completed(&merge, "q (main)")["conclusion"], "failure");
+
+    let mut created = fixture("installation.created.json");
+    created["installation"]["id"] = json!(9001);
+    created["repositories"] = json!([{ "id": 1, "name": "one", "full_name": "acme/one", "private": true },
+                                      { "id": 2, "name": "two", "full_name": "acme/two", "private": false }]);
+    assert_eq!(s.deliver("installation", "d-inst", &serde_json::to_vec(&created).expect("encode")), 202);
+    let mut changed = fixture("installation_repositories.added.json");
+    changed["installation"]["id"] = json!(9001);
+    changed["repositories_added"] =
+        json!([{ "id": 3, "name": "three", "full_name": "acme/three", "private": true }]);
+    changed["repositories_removed"] =
+        json!([{ "id": 1, "name": "one", "full_name": "acme/one", "private": true }]);
+    assert_eq!(
+        s.deliver(
+            "installation_repositories",
+            "d-inst-repos",
+            &serde_json::to_vec(&changed).expect("encode")
+        ),
+        202
+    );
+    wait_for("both installation events handled", || {
+        (s.server().status()["queues"]["github_events"] == 0).then_some(())
+    });
+
+    // Stop cleanly and read what was recorded.
+    let server = s.server.take().expect("server");
+    server.signal(Signal::TERM);
+    let (status, _) = server.wait(Duration::from_secs(60));
+    assert!(status.success());
+    let store = eka_ci::store::Store::open(&s.home.db()).expect("open store");
+    use eka_ci::forge::github::runs::installation_for;
+    assert_eq!(installation_for(&store, "acme/one").expect("read"), None, "removed");
+    assert_eq!(installation_for(&store, "ACME/Two").expect("read").map(|e| e.installation), Some(9001));
+    assert_eq!(installation_for(&store, "acme/three").expect("read").map(|e| e.installation), Some(9001));
+}
+
+#[test]
+fn the_installation_token_never_leaks_into_logs_check_runs_or_git_config() {
+    let repo = GitRepo::new();
+    let base = repo.commit("base", &[("README", Some("x"))]);
+    let head = repo.commit("head", &[("README", Some("y"))]);
+    // Clone URLs of the configured GitHub host get the token; port 1 refuses connections at once.
+    let mut s = Setup::new("");
+    let cfg = std::fs::read_to_string(s.home.config_file()).expect("config");
+    std::fs::write(s.home.config_file(), cfg.replace("[github]\n", "[github]\ngit_host = \"127.0.0.1\"\n"))
+        .expect("config");
+    let server = s.server.take().expect("server");
+    server.signal(Signal::TERM);
+    server.wait(Duration::from_secs(60));
+    s.restart();
+
+    let mut body: Value =
+        serde_json::from_slice(&pull_request("opened", 4, repo.path(), &head, &base, false, "octocat"))
+            .expect("json");
+    body["repository"]["clone_url"] = json!("https://127.0.0.1:1/octo-org/widgets.git");
+    assert_eq!(s.deliver("pull_request", "d-https", &serde_json::to_vec(&body).expect("encode")), 202);
+    let configure = s.wait_completed(&head, "EkaCI: Configure");
+    assert_eq!(configure["conclusion"], "failure", "{configure}");
+    assert!(summary(&configure).contains("127.0.0.1"), "names what failed: {configure}");
+    let tokens = s.fake.issued_tokens();
+    assert!(!tokens.is_empty(), "a token was fetched for the GitHub host");
+
+    let server = s.server.take().expect("server");
+    server.signal(Signal::TERM);
+    let (_, stderr) = server.wait(Duration::from_secs(60));
+    let mut haystacks = vec![stderr, configure.to_string()];
+    for entry in walk(&s.home.path().join("data")) {
+        if entry.file_name().is_some_and(|n| n == "config") {
+            haystacks.push(std::fs::read_to_string(&entry).unwrap_or_default());
+        }
+    }
+    for token in &tokens {
+        for h in &haystacks {
+            assert!(!h.contains(token.as_str()), "the token leaked into: {h}");
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn github_failures_are_retried_later_without_duplicating_check_runs() {
+    let f = Fixture::new();
+    let (base, head) = (f.base.clone(), f.head("head", r#"lib = mk "lib-5" "echo lib5 > $out" [];"#));
+    let s = Setup::new("");
+    // More 502s than the client's own retries (4 attempts): the run itself must come back later.
+    s.fake.inject("PATCH", "/repos/*/check-runs/*", 4, fake_github::Reply::error(502, "Server Error"));
+    assert_eq!(
+        s.deliver(
+            "pull_request",
+            "d-502",
+            &pull_request("opened", 31, f.path(), &head, &base, false, "octocat")
+        ),
+        202
+    );
+    let gate = s.wait_completed(&head, GATE);
+    assert_eq!(gate["conclusion"], "success", "{gate}");
+    let failed = s.fake.calls().iter().filter(|c| c.status == 502).count();
+    assert_eq!(failed, 4, "the injected failures were met");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(names(&s.runs(&head)), ["EkaCI: Change Summary", "EkaCI: Configure", GATE], "no duplicates");
+}
