@@ -88,6 +88,22 @@ impl Setup {
         self.post(event, delivery, &sig, body)
     }
 
+    /// Delivers `pull_request` `action` (not a draft) and expects it accepted.
+    #[allow(clippy::too_many_arguments)]
+    fn pr(
+        &self,
+        delivery: &str,
+        action: &str,
+        number: u64,
+        repo: &Path,
+        head: &str,
+        base: &str,
+        author: &str,
+    ) {
+        let body = pull_request(action, number, repo, head, base, false, author);
+        assert_eq!(self.deliver("pull_request", delivery, &body), 202, "{action} ({delivery}) accepted");
+    }
+
     fn post(&self, event: &str, delivery: &str, signature: &str, body: &[u8]) -> u16 {
         let addr = self.server().http_address();
         let headers = [
@@ -285,28 +301,14 @@ fn synchronize_cancels_the_superseded_head_and_closed_cancels_the_pull_request()
     let head3 = f.head("slow again", &format!("{LIB} {}", slow.replace("slow-1", "slow-2")));
     let s = Setup::new("");
 
-    assert_eq!(
-        s.deliver(
-            "pull_request",
-            "d-1",
-            &pull_request("opened", 9, f.path(), &head1, &base, false, "octocat")
-        ),
-        202
-    );
+    s.pr("d-1", "opened", 9, f.path(), &head1, &base, "octocat");
     wait_for("head1's gate in progress", || s.run(&head1, GATE).filter(|r| r["status"] == "in_progress"));
     wait_for("slow building", || {
         let status = s.server().status();
         (status["active_builds"].as_u64() > Some(0)).then_some(())
     });
 
-    assert_eq!(
-        s.deliver(
-            "pull_request",
-            "d-2",
-            &pull_request("synchronize", 9, f.path(), &head2, &base, false, "octocat")
-        ),
-        202
-    );
+    s.pr("d-2", "synchronize", 9, f.path(), &head2, &base, "octocat");
     let cancelled = s.wait_completed(&head1, GATE);
     assert_eq!(cancelled["conclusion"], "cancelled", "{cancelled}");
     assert!(summary(&cancelled).contains(&head2[..12]), "names the new head: {cancelled}");
@@ -317,23 +319,9 @@ fn synchronize_cancels_the_superseded_head_and_closed_cancels_the_pull_request()
         (status["active_builds"].as_u64() == Some(0)).then_some(())
     });
 
-    assert_eq!(
-        s.deliver(
-            "pull_request",
-            "d-3",
-            &pull_request("synchronize", 9, f.path(), &head3, &base, false, "octocat")
-        ),
-        202
-    );
+    s.pr("d-3", "synchronize", 9, f.path(), &head3, &base, "octocat");
     wait_for("head3's gate in progress", || s.run(&head3, GATE).filter(|r| r["status"] == "in_progress"));
-    assert_eq!(
-        s.deliver(
-            "pull_request",
-            "d-4",
-            &pull_request("closed", 9, f.path(), &head3, &base, false, "octocat")
-        ),
-        202
-    );
+    s.pr("d-4", "closed", 9, f.path(), &head3, &base, "octocat");
     let closed = s.wait_completed(&head3, GATE);
     assert_eq!(closed["conclusion"], "cancelled", "{closed}");
     assert!(summary(&closed).contains("closed"), "{closed}");
@@ -376,14 +364,7 @@ fn configuration_errors_are_listed_with_their_field_paths() {
         )],
     );
     let s = Setup::new("");
-    assert_eq!(
-        s.deliver(
-            "pull_request",
-            "d-cfg",
-            &pull_request("opened", 3, repo.path(), &head, &base, false, "octocat")
-        ),
-        202
-    );
+    s.pr("d-cfg", "opened", 3, repo.path(), &head, &base, "octocat");
     let configure = s.wait_completed(&head, "EkaCI: Configure");
     assert_eq!(configure["conclusion"], "failure", "{configure}");
     let text = summary(&configure);
@@ -427,14 +408,7 @@ fn require_approval_holds_outside_authors_until_a_maintainer_approves() {
     s.fake.set_permission(REPO, "member", "write");
 
     // An outside author (permission "none") is held.
-    assert_eq!(
-        s.deliver(
-            "pull_request",
-            "d-out",
-            &pull_request("opened", 21, f.path(), &head, &base, false, "outsider")
-        ),
-        202
-    );
+    s.pr("d-out", "opened", 21, f.path(), &head, &base, "outsider");
     let held = s.wait_completed(&head, "EkaCI: Approval Required");
     assert_eq!(held["conclusion"], "action_required", "{held}");
     assert!(summary(&held).contains(&format!("ekaci approve {REPO}#21")), "{held}");
@@ -450,14 +424,7 @@ fn require_approval_holds_outside_authors_until_a_maintainer_approves() {
 
     // A member with write access goes straight through.
     let head2 = f.head("member", r#"lib = mk "lib-4" "echo lib4 > $out" [];"#);
-    assert_eq!(
-        s.deliver(
-            "pull_request",
-            "d-mem",
-            &pull_request("opened", 22, f.path(), &head2, &base, false, "member")
-        ),
-        202
-    );
+    s.pr("d-mem", "opened", 22, f.path(), &head2, &base, "member");
     let gate2 = s.wait_completed(&head2, GATE);
     assert_eq!(gate2["conclusion"], "success");
     assert!(s.run(&head2, "EkaCI: Approval Required").is_none());
@@ -579,14 +546,7 @@ fn github_failures_are_retried_later_without_duplicating_check_runs() {
     let s = Setup::new("");
     // More 502s than the client's own retries (4 attempts): the run itself must come back later.
     s.fake.inject("PATCH", "/repos/*/check-runs/*", 4, fake_github::Reply::error(502, "Server Error"));
-    assert_eq!(
-        s.deliver(
-            "pull_request",
-            "d-502",
-            &pull_request("opened", 31, f.path(), &head, &base, false, "octocat")
-        ),
-        202
-    );
+    s.pr("d-502", "opened", 31, f.path(), &head, &base, "octocat");
     let gate = s.wait_completed(&head, GATE);
     assert_eq!(gate["conclusion"], "success", "{gate}");
     let failed = s.fake.calls().iter().filter(|c| c.status == 502).count();

@@ -46,16 +46,7 @@ in
     )
 }
 
-use common::nonce;
-
-/// GET returning (status, parsed JSON body); asserts the body is JSON.
-fn get_json(addr: &str, path: &str) -> (u16, Value) {
-    let (code, head, body) = http_get(addr, path);
-    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{path}: {head}");
-    let v = serde_json::from_slice(&body)
-        .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", String::from_utf8_lossy(&body)));
-    (code, v)
-}
+use common::{get_json, nonce};
 
 fn ok(addr: &str, path: &str) -> Value {
     let (code, v) = get_json(addr, path);

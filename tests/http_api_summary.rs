@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{http_get, json, GitRepo, Home};
+use common::{get_json, http_get, json, GitRepo, Home};
 use serde_json::Value;
 
 const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
@@ -64,15 +64,6 @@ fn fixture() -> (GitRepo, String, String) {
         repo.commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&base_nix()))]);
     let head = repo.commit("head", &[("default.nix", Some(&head_nix()))]);
     (repo, base, head)
-}
-
-/// GET returning (status, parsed JSON body); asserts the body is JSON.
-fn get_json(addr: &str, path: &str) -> (u16, Value) {
-    let (code, head, body) = http_get(addr, path);
-    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{path}: {head}");
-    let v = serde_json::from_slice(&body)
-        .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", String::from_utf8_lossy(&body)));
-    (code, v)
 }
 
 /// Asserts a JSON error answer with exactly this status and message.

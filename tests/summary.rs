@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::GitRepo;
+use common::{nonce, GitRepo};
 use eka_ci::checkout::Checkouts;
 use eka_ci::graph::Graph;
 use eka_ci::jobset::Jobsets;
@@ -99,12 +99,6 @@ fn env() -> Env {
         1,
     );
     Env { _dir: dir, store, pipeline }
-}
-
-fn nonce() -> String {
-    let t =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1);
-    format!("{:x}{:x}", std::process::id(), t)
 }
 
 /// Evaluates base and head of `repo` and returns the one job's (base, head) jobset ids.

@@ -207,6 +207,15 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// GET returning (status, parsed JSON body); asserts the body is JSON.
+pub fn get_json(addr: &str, path: &str) -> (u16, serde_json::Value) {
+    let (code, head, body) = http_get(addr, path);
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{path}: {head}");
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+    (code, v)
+}
+
 /// A real git repository built by a test, one commit per call to [`GitRepo::commit`].
 pub struct GitRepo {
     pub dir: tempfile::TempDir,
