@@ -38,6 +38,8 @@ pub struct Metrics {
     pub build_outcome: IntCounterVec,
     /// GitHub webhook deliveries (`web::github`), by event and outcome.
     pub github_webhooks: IntCounterVec,
+    /// GitHub run attempts (`forge::github::service`), by how they ended.
+    pub github_runs: IntCounterVec,
     /// Change summaries (`summary`): time of each phase (classify, impact, render, end_to_end).
     pub change_summary_duration: HistogramVec,
     /// Change summaries served from the `change_summaries` cache.
@@ -135,6 +137,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["event", "outcome"],
     )?;
     registry.register(Box::new(github_webhooks.clone()))?;
+    let github_runs = IntCounterVec::new(
+        Opts::new(
+            "eka_ci_github_runs_total",
+            "GitHub run attempts (one pull request or merge group head), by result: passed, failed, \
+             held (waiting for approval), cancelled, retry (GitHub failed; retried later), skipped \
+             (no configuration, no App for the repository), error (configuration or checkout error)",
+        ),
+        &["result"],
+    )?;
+    registry.register(Box::new(github_runs.clone()))?;
     let summary_buckets = vec![1e-4, 1e-3, 5e-3, 0.025, 0.1, 0.25, 1.0, 5.0, 30.0];
     let change_summary_duration = HistogramVec::new(
         HistogramOpts::new(
@@ -207,6 +219,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         build_duration,
         build_outcome,
         github_webhooks,
+        github_runs,
         change_summary_duration,
         change_summary_cache_hits,
         change_summary_cache_misses,

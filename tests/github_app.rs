@@ -273,6 +273,12 @@ fn a_pull_request_ends_in_exact_check_runs_and_redeliveries_and_forgeries_change
         .any(|c| c.path.ends_with(&format!("/{summary_id}")) && c.json()["conclusion"] == "neutral");
     assert!(summary_patched, "the change summary is updated in place");
     let attempts_after = broken_attempt(&s.home);
+    let (_, _, metrics) = common::http_get(&s.server().http_address(), "/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("eka_ci_github_runs_total{result=\"failed\"} 2"),
+        "two failed attempts: {metrics}"
+    );
     assert!(attempts_after > attempts_before, "rebuilt on re-request: {attempts_before} -> {attempts_after}");
 }
 
@@ -325,6 +331,10 @@ fn synchronize_cancels_the_superseded_head_and_closed_cancels_the_pull_request()
     let closed = s.wait_completed(&head3, GATE);
     assert_eq!(closed["conclusion"], "cancelled", "{closed}");
     assert!(summary(&closed).contains("closed"), "{closed}");
+    let (_, _, metrics) = common::http_get(&s.server().http_address(), "/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("eka_ci_github_runs_total{result=\"cancelled\"} 2"), "{metrics}");
+    assert!(metrics.contains("eka_ci_github_runs_total{result=\"passed\"} 1"), "{metrics}");
     // Nothing was created for head2 twice, and head1 kept its single gate.
     assert_eq!(s.runs(&head1).iter().filter(|r| r["name"] == GATE).count(), 1);
     assert_eq!(s.runs(&head2).iter().filter(|r| r["name"] == GATE).count(), 1);

@@ -423,6 +423,7 @@ impl GitHubService {
             }
         }
         tracing::info!(repo = %run.repo, head = %run.head_sha, reason, "run cancelled");
+        crate::metrics::global().github_runs.with_label_values(&["cancelled"]).inc();
         if let Some((_, client)) = self.client_for(&run) {
             let reporter = Reporter::new(self.store.clone(), client.clone(), key, &run);
             let reason = reason.to_string();
@@ -510,6 +511,12 @@ impl GitHubService {
     /// Executes run `key` once; GitHub failures requeue it with backoff.
     async fn execute(&self, key: &str, owners: &Arc<Mutex<Vec<u64>>>) {
         let result = self.attempt(key, owners).await;
+        let label = match &result {
+            Ok(Finish::Done { result, .. }) => result,
+            Ok(Finish::Held) => "held",
+            Err(_) => "retry",
+        };
+        crate::metrics::global().github_runs.with_label_values(&[label]).inc();
         let store = self.store.clone();
         let k = key.to_string();
         let write = smol::unblock(move || {
@@ -519,7 +526,7 @@ impl GitHubService {
                     return (None, None); // cancelled meanwhile
                 }
                 match &result {
-                    Ok(Finish::Done { outcome, failed_drvs }) => {
+                    Ok(Finish::Done { outcome, failed_drvs, .. }) => {
                         run.state = RunState::Done { outcome: outcome.clone() };
                         run.failed_drvs = failed_drvs.clone();
                         run.rebuild_failed = false;
@@ -555,6 +562,7 @@ impl GitHubService {
             return Ok(Finish::Done {
                 outcome: "no GitHub App may serve this repository and branch".into(),
                 failed_drvs: Vec::new(),
+                result: "skipped",
             });
         };
         let installation = self.installation(&run, client).await?;
@@ -632,6 +640,7 @@ impl GitHubService {
                 return Ok(Finish::Done {
                     outcome: "no repository configuration".into(),
                     failed_drvs: Vec::new(),
+                    result: "skipped",
                 });
             }
             Err(PipelineError::InvalidRepoConfig { file, errors, .. }) => {
@@ -647,6 +656,7 @@ impl GitHubService {
                 return Ok(Finish::Done {
                     outcome: "invalid repository configuration".into(),
                     failed_drvs: Vec::new(),
+                    result: "error",
                 });
             }
             Err(e) => {
@@ -660,6 +670,7 @@ impl GitHubService {
                 return Ok(Finish::Done {
                     outcome: format!("checkout failed: {e}"),
                     failed_drvs: Vec::new(),
+                    result: "error",
                 });
             }
         };
@@ -716,6 +727,7 @@ impl GitHubService {
                 return Ok(Finish::Done {
                     outcome: format!("evaluation failed: {e}"),
                     failed_drvs: Vec::new(),
+                    result: "error",
                 });
             }
         };
@@ -735,6 +747,7 @@ impl GitHubService {
                 return Ok(Finish::Done {
                     outcome: format!("builds failed to run: {e}"),
                     failed_drvs: Vec::new(),
+                    result: "error",
                 });
             }
         };
@@ -805,7 +818,8 @@ impl GitHubService {
         let failed = review.jobs.iter().filter(|j| j.failed).count();
         let outcome =
             if failed == 0 { "all jobs passed".to_string() } else { format!("{failed} job(s) failed") };
-        Ok(Finish::Done { outcome, failed_drvs })
+        let result = if failed == 0 { "passed" } else { "failed" };
+        Ok(Finish::Done { outcome, failed_drvs, result })
     }
 
     /// Requeues the failed derivations (or the failed dependency of a transitive failure).
@@ -890,7 +904,12 @@ impl GitHubService {
 
 /// How a run attempt ended (errors aside).
 enum Finish {
-    Done { outcome: String, failed_drvs: Vec<String> },
+    /// `result` is the `eka_ci_github_runs_total` label.
+    Done {
+        outcome: String,
+        failed_drvs: Vec<String>,
+        result: &'static str,
+    },
     Held,
 }
 
