@@ -62,6 +62,11 @@ struct Setup {
 
 impl Setup {
     fn new(extra: &str) -> Setup {
+        Setup::with_github(extra, "")
+    }
+
+    /// Like [`Setup::new`], with `github` added to the `[github]` table.
+    fn with_github(extra: &str, github: &str) -> Setup {
         let fake = FakeGitHub::start();
         let home = Home::new();
         let secret = format!("wh-{}", nonce());
@@ -69,7 +74,7 @@ impl Setup {
         let body = json!({ "GITHUB_APP_ID": fake_github::APP_ID, "GITHUB_APP_PRIVATE_KEY": fake_github::PRIVATE_KEY_PKCS1 });
         std::fs::write(&creds, body.to_string()).expect("write credentials");
         let config = format!(
-            "{extra}\n\n[web]\nport = 0\n\n[security]\nwebhook_secret = \"{secret}\"\n\n[github]\napi_url = \"{}\"\n\n\
+            "{extra}\n\n[web]\nport = 0\n\n[security]\nwebhook_secret = \"{secret}\"\n\n[github]\napi_url = \"{}\"\n{github}\n\
              [[github_apps]]\nid = \"main\"\ncredentials = {{ file = {{ path = \"{}\" }} }}\n",
             fake.url(),
             creds.display()
@@ -219,6 +224,12 @@ fn a_pull_request_ends_in_exact_check_runs_and_redeliveries_and_forgeries_change
     assert_eq!(configure["conclusion"], "success");
     let change = s.wait_completed(&head, "EkaCI: Change Summary");
     assert_eq!(change["conclusion"], "neutral");
+    assert!(summary(&change).contains("| broken |"), "{}", summary(&change));
+    // The HTTP API serves the same summary the check run shows.
+    let (status, _, md) =
+        common::http_get(&s.server().http_address(), &format!("/v1/commits/{head}/change-summary.md"));
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8_lossy(&md), summary(&change));
     assert_eq!(
         names(&s.runs(&head)),
         ["EkaCI: Change Summary", "EkaCI: Configure", GATE, "broken (main)"],
@@ -443,8 +454,9 @@ fn require_approval_holds_outside_authors_until_a_maintainer_approves() {
 #[test]
 fn merge_groups_are_checked_and_installations_are_recorded_without_a_restart() {
     let f = Fixture::new();
-    let (base, merge) = (f.base.clone(), f.head("merge", &format!(r#"{LIB} q = mk "q-1" "exit 1" [];"#)));
-    let mut s = Setup::new("");
+    let q = r#"q = mk "q-1" "exit 1" []; r = mk "r-1" "exit 1" [];"#;
+    let (base, merge) = (f.base.clone(), f.head("merge", &format!("{LIB} {q}")));
+    let mut s = Setup::with_github("", "max_failure_check_runs = 1");
 
     let mut mg = fixture("merge_group.checks_requested.json");
     mg["repository"]["full_name"] = json!(REPO);
@@ -456,6 +468,9 @@ fn merge_groups_are_checked_and_installations_are_recorded_without_a_restart() {
     let gate = s.wait_completed(&merge, GATE);
     assert_eq!(gate["conclusion"], "failure", "the queued merge breaks q: {gate}");
     assert_eq!(s.wait_completed(&merge, "q (main)")["conclusion"], "failure");
+    assert!(s.run(&merge, "r (main)").is_none(), "max_failure_check_runs = 1");
+    assert!(summary(&gate).contains("1 failing attribute(s) have no check run of their own"), "{gate}");
+    assert!(summary(&gate).contains("`r`"), "the gate still names r: {gate}");
 
     let mut created = fixture("installation.created.json");
     created["installation"]["id"] = json!(9001);

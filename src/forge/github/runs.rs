@@ -171,6 +171,30 @@ pub fn update<T>(
     Ok(result)
 }
 
+/// Deletes finished (done or cancelled) runs not updated for `max_age_secs`; returns how many. A
+/// re-request of such an old commit then finds no run and is answered as unknown. Blocking.
+pub fn prune_finished(store: &Store, max_age_secs: u64) -> Result<usize, StoreError> {
+    let cutoff = now_secs().saturating_sub(max_age_secs);
+    let tx = store.db().begin_write()?;
+    let removed = {
+        let mut table = tx.open_table(GITHUB_RUNS)?;
+        let mut doomed = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let RunRecord::V1(run) = decode(RUNS_NAME, k.value(), v.value())?;
+            if !run.state.is_live() && run.updated_at < cutoff {
+                doomed.push(k.value().to_string());
+            }
+        }
+        for k in &doomed {
+            table.remove(k.as_str())?;
+        }
+        doomed.len()
+    };
+    tx.commit()?;
+    Ok(removed)
+}
+
 /// Which installation serves a repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallationEntry {
@@ -255,5 +279,79 @@ pub fn installation_for(store: &Store, repo: &str) -> Result<Option<Installation
             Ok(Some(e))
         }
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(head: &str, state: RunState) -> Run {
+        Run {
+            repo: "Octo/Widgets".into(),
+            clone_url: "https://github.com/Octo/Widgets.git".into(),
+            installation: Some(1),
+            head_sha: head.into(),
+            base_sha: "b".repeat(40),
+            base_ref: "main".into(),
+            trigger: Trigger::PullRequest { number: 1, author: None },
+            state,
+            attempt: 1,
+            checks: Vec::new(),
+            failed_drvs: Vec::new(),
+            rebuild_failed: false,
+            approved: false,
+            api_failures: 0,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn updates_are_read_modify_write_and_old_finished_runs_are_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("db.redb")).expect("store");
+        let live = key("Octo/Widgets", &"1".repeat(40));
+        let done = key("octo/widgets", &"2".repeat(40));
+        assert_eq!(live, format!("octo/widgets\u{0}{}", "1".repeat(40)), "keys ignore case");
+        update(&store, &live, |_| (Some(run(&"1".repeat(40), RunState::Queued { not_before: 0 })), ()))
+            .expect("put");
+        update(&store, &done, |_| (Some(run(&"2".repeat(40), RunState::Done { outcome: "ok".into() })), ()))
+            .expect("put");
+        let n = update(&store, &live, |r| {
+            let mut r = r.expect("exists");
+            r.set_check("EkaCI: Configure", 7, false);
+            r.set_check("EkaCI: Configure", 8, true);
+            (Some(r), 1)
+        })
+        .expect("update");
+        assert_eq!(n, 1);
+        let got = get(&store, &live).expect("get").expect("row");
+        assert_eq!(got.checks, vec![CheckRef { name: "EkaCI: Configure".into(), id: 8, completed: true }]);
+        assert_eq!(got.check_id("EkaCI: Configure"), Some(8));
+        assert_eq!(prune_finished(&store, 3600).expect("prune"), 0, "recent runs stay");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(prune_finished(&store, 0).expect("prune"), 1, "only the finished run goes");
+        assert!(get(&store, &done).expect("get").is_none());
+        assert!(get(&store, &live).expect("get").is_some());
+    }
+
+    #[test]
+    fn installations_follow_added_removed_and_uninstall() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("db.redb")).expect("store");
+        set_installation(&store, 5, "acme", &["acme/a".into(), "Acme/B".into()], &[]).expect("set");
+        set_installation(&store, 6, "other", &["other/x".into()], &["acme/a".into()]).expect("set");
+        assert_eq!(
+            installation_for(&store, "ACME/A").expect("get").map(|e| e.installation),
+            Some(5),
+            "6 cannot remove 5's repo"
+        );
+        set_installation(&store, 5, "acme", &[], &["acme/a".into()]).expect("set");
+        assert_eq!(installation_for(&store, "acme/a").expect("get"), None);
+        assert_eq!(installation_for(&store, "acme/b").expect("get").map(|e| e.account), Some("acme".into()));
+        assert_eq!(remove_installation(&store, 5).expect("remove"), 1);
+        assert_eq!(installation_for(&store, "acme/b").expect("get"), None);
+        assert!(installation_for(&store, "other/x").expect("get").is_some());
     }
 }

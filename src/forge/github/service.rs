@@ -53,6 +53,10 @@ pub const SUMMARY_CHECK: &str = "EkaCI: Change Summary";
 const MAX_OUTPUT_CHARS: usize = 65_535;
 /// How often the loop looks at the queue without being woken.
 const POLL: Duration = Duration::from_secs(5);
+/// Finished runs are kept this long (re-requests of older commits find nothing to re-run)…
+const KEEP_FINISHED: Duration = Duration::from_secs(90 * 24 * 3600);
+/// …and pruned this often.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The name of a job's gate check.
 pub fn gate_check(job: &str) -> String {
@@ -136,7 +140,17 @@ impl GitHubService {
     ) {
         let mut active: HashMap<String, Active> = HashMap::new();
         let (done_tx, done_rx) = async_channel::unbounded::<String>();
+        let mut next_prune = std::time::Instant::now();
         loop {
+            if std::time::Instant::now() >= next_prune {
+                next_prune = std::time::Instant::now() + PRUNE_EVERY;
+                let store = self.store.clone();
+                match smol::unblock(move || runs::prune_finished(&store, KEEP_FINISHED.as_secs())).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(runs = n, "pruned finished GitHub runs"),
+                    Err(e) => tracing::warn!(error = %e, "pruning finished GitHub runs failed"),
+                }
+            }
             if let Err(e) = self.drain_events(&mut active).await {
                 tracing::error!(error = %e, "handling queued GitHub events failed; retrying shortly");
             }
