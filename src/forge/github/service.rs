@@ -250,7 +250,7 @@ impl GitHubService {
                 }
                 "destroyed" => {
                     let key = runs::key(&mg.repo.full_name, &mg.head_sha);
-                    self.cancel(&key, "the merge group was destroyed", active).await?;
+                    self.cancel(&key, "the merge group was destroyed", &[], active).await?;
                     Ok("cancelled the merge group's run".into())
                 }
                 other => Ok(format!("merge_group {other}: nothing to do")),
@@ -394,18 +394,21 @@ impl GitHubService {
                 Some(head) => format!("superseded by {}", short(head)),
                 None => "the pull request was closed".to_string(),
             };
-            self.cancel(&key, &reason, active).await?;
+            // The new head's run needs the base (and the head) builds it shares with the old one.
+            let protect: Vec<&str> = keep.iter().copied().chain([pr.base_sha.as_str()]).collect();
+            self.cancel(&key, &reason, &protect, active).await?;
             cancelled += 1;
         }
         Ok(if cancelled > 0 { format!("; cancelled {cancelled} superseded run(s)") } else { String::new() })
     }
 
-    /// Cancels run `key`: marks it cancelled, stops its task and the builds no other run shares, and
-    /// completes its unfinished check runs as cancelled (in the background).
+    /// Cancels run `key`: marks it cancelled, stops its task and the builds of commits no other run (nor
+    /// `protect`) uses, and completes its unfinished check runs as cancelled (in the background).
     async fn cancel(
         &self,
         key: &str,
         reason: &str,
+        protect: &[&str],
         active: &mut HashMap<String, Active>,
     ) -> Result<(), StoreError> {
         let store = self.store.clone();
@@ -423,16 +426,24 @@ impl GitHubService {
         let Some(run) = cancelled else { return Ok(()) };
         if let Some(stopped) = active.remove(key) {
             let owners: Vec<u64> = stopped.owners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            // A build owner is a jobset (one commit of one job): keep those another live run requested
+            // or will request (its head or base is the same commit).
             let shared: Vec<u64> = active
                 .values()
                 .flat_map(|a| a.owners.lock().unwrap_or_else(|e| e.into_inner()).clone())
                 .collect();
-            let commits_in_use = |sha: &str| active.values().any(|a| a.head_sha == sha || a.base_sha == sha);
-            if !commits_in_use(&stopped.head_sha) || !commits_in_use(&stopped.base_sha) {
-                for owner in owners.into_iter().filter(|o| !shared.contains(o)) {
-                    if let Err(e) = self.scheduler.cancel(owner).await {
-                        tracing::warn!(owner, error = %e, "cancelling a superseded run's builds failed");
-                    }
+            for owner in owners.into_iter().filter(|o| !shared.contains(o)) {
+                let jobsets = self.pipeline.jobsets().clone();
+                let commit = smol::unblock(move || jobsets.get(owner)).await?.map(|j| j.key.commit);
+                let in_use = commit.is_some_and(|c| {
+                    protect.iter().any(|p| p.eq_ignore_ascii_case(&c))
+                        || active.values().any(|a| a.head_sha == c || a.base_sha == c)
+                });
+                if in_use {
+                    continue;
+                }
+                if let Err(e) = self.scheduler.cancel(owner).await {
+                    tracing::warn!(owner, error = %e, "cancelling a superseded run's builds failed");
                 }
             }
         }
