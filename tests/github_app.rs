@@ -252,7 +252,8 @@ fn a_pull_request_ends_in_exact_check_runs_and_redeliveries_and_forgeries_change
     let mut rerequest = fixture("check_run.rerequested.json");
     rerequest["repository"]["full_name"] = json!(REPO);
     rerequest["check_run"]["head_sha"] = json!(head);
-    rerequest["installation"] = json!({ "id": fake_github::INSTALLATION_ID });
+    rerequest["installation"] =
+        json!({ "id": fake_github::INSTALLATION_ID, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uNzc=" });
     let rerequest = serde_json::to_vec(&rerequest).expect("encode");
     assert_eq!(s.deliver("check_run", "d-rerun-1", &rerequest), 202);
     let broken_id = failure["id"].clone();
@@ -474,15 +475,14 @@ fn merge_groups_are_checked_and_installations_are_recorded_without_a_restart() {
 
     let mut created = fixture("installation.created.json");
     created["installation"]["id"] = json!(9001);
-    created["repositories"] = json!([{ "id": 1, "name": "one", "full_name": "acme/one", "private": true },
-                                      { "id": 2, "name": "two", "full_name": "acme/two", "private": false }]);
+    created["repositories"] = json!([{ "id": 1, "node_id": "R_one", "name": "one", "full_name": "acme/one", "private": true },
+                                      { "id": 2, "node_id": "R_two", "name": "two", "full_name": "acme/two", "private": false }]);
     assert_eq!(s.deliver("installation", "d-inst", &serde_json::to_vec(&created).expect("encode")), 202);
     let mut changed = fixture("installation_repositories.added.json");
     changed["installation"]["id"] = json!(9001);
-    changed["repositories_added"] =
-        json!([{ "id": 3, "name": "three", "full_name": "acme/three", "private": true }]);
+    changed["repositories_added"] = json!([{ "id": 3, "node_id": "R_three", "name": "three", "full_name": "acme/three", "private": true }]);
     changed["repositories_removed"] =
-        json!([{ "id": 1, "name": "one", "full_name": "acme/one", "private": true }]);
+        json!([{ "id": 1, "node_id": "R_one", "name": "one", "full_name": "acme/one", "private": true }]);
     assert_eq!(
         s.deliver(
             "installation_repositories",

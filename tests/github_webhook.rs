@@ -256,6 +256,20 @@ fn refused_deliveries_persist_nothing() {
     assert_eq!(status, 400, "{json}");
     let reason = json["error"].as_str().expect("reason");
     assert!(reason.contains("pull_request") && !reason.contains("SECRET-42"), "{reason}");
+    // Fields we do not read are checked too, against GitHub's model of the event (octocrab's).
+    let mut wrong: serde_json::Value = serde_json::from_slice(&body).expect("fixture");
+    wrong["sender"] = serde_json::json!("SECRET-sender");
+    let wrong = serde_json::to_vec(&wrong).expect("encode");
+    let (status, json) = deliver(&addr, &secret, "pull_request", "refused-5", &wrong);
+    assert_eq!(status, 400, "{json}");
+    let reason = json["error"].as_str().expect("reason");
+    assert!(
+        reason.starts_with(
+            "payload does not fit GitHub's `pull_request` event model (octocrab) at line 1, column"
+        ),
+        "{reason}"
+    );
+    assert!(!reason.contains("SECRET-sender"), "{reason}");
     // Missing delivery id.
     let sig = webhook::sign(secret.as_bytes(), &body);
     let (status, json) =
@@ -275,7 +289,7 @@ fn refused_deliveries_persist_nothing() {
     let metrics = String::from_utf8_lossy(&metrics);
     for line in [
         "eka_ci_github_webhooks_total{event=\"pull_request\",outcome=\"unauthorized\"} 6",
-        "eka_ci_github_webhooks_total{event=\"pull_request\",outcome=\"malformed\"} 3",
+        "eka_ci_github_webhooks_total{event=\"pull_request\",outcome=\"malformed\"} 4",
         "eka_ci_github_webhooks_total{event=\"pull_request\",outcome=\"too_large\"} 2",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
@@ -289,7 +303,7 @@ fn refused_deliveries_persist_nothing() {
 
     let store = eka_ci::store::Store::open(&home.db()).expect("reopen");
     assert_eq!(webhook::pending_count(&store).expect("count"), 1);
-    for id in ["refused-2", "refused-3", "refused-4"] {
+    for id in ["refused-2", "refused-3", "refused-4", "refused-5"] {
         assert_eq!(webhook::delivery(&store, id).expect("read"), None, "{id} was recorded");
     }
 }

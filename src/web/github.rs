@@ -151,7 +151,7 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
                     "form-encoded payloads are not supported: set the webhook's content type to application/json",
                 );
             }
-            match webhook::parse(used, &body) {
+            match webhook::parse(used, &body).and_then(|s| webhook::check_model(used, &body).map(|()| s)) {
                 Ok(summary) => Incoming::Event(Box::new(summary)),
                 Err(e) => {
                     tracing::info!(%delivery, %event, reason = %e, "refused a malformed webhook delivery");

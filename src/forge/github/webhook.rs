@@ -560,6 +560,10 @@ pub enum ParseError {
     Syntax { line: usize, column: usize },
     #[error("payload does not fit a `{event}` event at `{path}`: {what}")]
     Shape { event: &'static str, path: String, what: String },
+    #[error(
+        "payload does not fit GitHub's `{event}` event model (octocrab) at line {line}, column {column}"
+    )]
+    Model { event: &'static str, line: usize, column: usize },
 }
 
 fn from_json<T: DeserializeOwned>(event: UsedEvent, body: &[u8]) -> Result<T, ParseError> {
@@ -593,6 +597,17 @@ fn shape_error(event: UsedEvent, e: serde_path_to_error::Error<serde_json::Error
 
 fn names(list: Vec<WName>) -> Vec<String> {
     list.into_iter().map(|r| r.full_name).collect()
+}
+
+/// Checks that `body` fits `event` as octocrab models GitHub's webhook payloads
+/// (`WebhookEvent::try_from_header_and_body`), so that what GitHub documents for the event, not only the
+/// few fields [`parse`] extracts, is well-formed. The error gives the position, never a payload value.
+pub fn check_model(event: UsedEvent, body: &[u8]) -> Result<(), ParseError> {
+    use octocrab::models::webhook_events::WebhookEvent;
+    match WebhookEvent::try_from_header_and_body(event.name(), body) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ParseError::Model { event: event.name(), line: e.line(), column: e.column() }),
+    }
 }
 
 /// Parses the raw `body` of a `event` delivery into our summary.
