@@ -12,7 +12,6 @@ use crate::forge::github::approvals::{self, ApprovalNotice};
 use crate::pipeline::Pipeline;
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
-use crate::summary;
 
 /// Answers control requests from the daemon's state.
 pub(super) struct DaemonHandler {
@@ -278,35 +277,15 @@ impl DaemonHandler {
             Ok(r) => r,
             Err(e) => return error(e),
         };
-        // The head configuration's `package_change_summary` and `rebuild_impact`, as the diff read them.
-        let settings = report.summary_settings.clone();
-        let total = report.jobs.len() as u64;
-        let mut jobs = Vec::with_capacity(report.jobs.len());
-        for (done, d) in report.jobs.iter().enumerate() {
-            if let Some(tx) = progress {
-                let stage = format!("summarising job {}", d.job);
-                let _ = tx.try_send(Response::Progress(Progress { stage, done: done as u64, total }));
-            }
-            let (store, jobsets, graph) =
-                (self.store.clone(), self.pipeline.jobsets().clone(), self.pipeline.graph().clone());
-            let (base_id, head_id, s) = (d.base.id, d.head.id, settings.clone());
-            match smol::unblock(move || {
-                summary::summarize_job(&store, &jobsets, &graph, base_id, head_id, &s)
-            })
-            .await
-            {
-                Ok(j) => jobs.push(j),
-                Err(e) => return error(format!("summarising job {}: {e}", d.job)),
-            }
+        // With the head configuration's `package_change_summary` and `rebuild_impact`, as the diff read them.
+        if let Some(tx) = progress {
+            let stage = format!("summarising {} job(s)", report.jobs.len());
+            let _ = tx.try_send(Response::Progress(Progress { stage, done: 0, total: 0 }));
         }
-        let change = summary::ChangeSummary {
-            repo: report.repo,
-            base_sha: report.base_commit,
-            head_sha: report.head_commit,
-            jobs,
-        };
-        let markdown = summary::render(&change, &settings).markdown;
-        Response::Summary { summary: change, markdown }
+        match self.pipeline.change_summary(&report).await {
+            Ok((summary, rendered)) => Response::Summary { summary, markdown: rendered.markdown },
+            Err(e) => error(format!("summarising {}: {e}", report.head_commit)),
+        }
     }
 
     async fn status(&self) -> Response {
