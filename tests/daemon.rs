@@ -23,6 +23,8 @@ fn status_over_the_real_socket() {
     assert_eq!(status["schema_version"], 1);
     assert_eq!(status["queues"]["evaluations"], 0);
     assert_eq!(status["queues"]["builds"], 0);
+    assert_eq!(status["queues"]["github_runs"], 0);
+    assert_eq!(status["queues"]["github_held"], 0);
     assert_eq!(status["active_builds"], 0);
 
     let out = home.ekaci(&["status"]);
@@ -31,6 +33,7 @@ fn status_over_the_real_socket() {
     assert!(text.starts_with(&format!("eka-ci-server {}", env!("CARGO_PKG_VERSION"))), "{text}");
     assert!(text.contains(&format!("database:        {}", home.db().display())), "{text}");
     assert!(text.contains("active builds:   0"), "{text}");
+    assert!(text.contains("GitHub runs:     0 queued or running, 0 held for approval"), "{text}");
 
     let mode = std::fs::metadata(home.socket()).expect("socket").permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "control socket must be private");

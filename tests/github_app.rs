@@ -436,6 +436,7 @@ fn require_approval_holds_outside_authors_until_a_maintainer_approves() {
     assert!(summary(&held).contains(&format!("ekaci approve {REPO}#21")), "{held}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(names(&s.runs(&head)), ["EkaCI: Approval Required"], "nothing evaluated before approval");
+    assert_eq!(s.server().status()["queues"]["github_held"], 1, "ekaci status shows the held run");
 
     let out = s.home.ekaci(&["approve", &format!("{REPO}#21")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

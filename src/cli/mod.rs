@@ -521,6 +521,7 @@ pub fn render_status(info: &StatusInfo) -> String {
          control socket:  {socket}\n\
          http:            http://{http}\n\
          queued:          {evals} evaluations, {builds} builds, {events} GitHub events\n\
+         GitHub runs:     {runs} queued or running, {held} held for approval\n\
          active builds:   {active}\n",
         version = info.version,
         pid = info.pid,
@@ -532,6 +533,8 @@ pub fn render_status(info: &StatusInfo) -> String {
         evals = info.queues.evaluations,
         builds = info.queues.builds,
         events = info.queues.github_events,
+        runs = info.queues.github_runs,
+        held = info.queues.github_held,
         active = info.active_builds,
     )
 }

@@ -159,6 +159,10 @@ pub struct QueueDepths {
     pub evaluations: u64,
     pub builds: u64,
     pub github_events: u64,
+    /// GitHub runs (pull request or merge group heads) queued or running.
+    pub github_runs: u64,
+    /// GitHub runs held by `require_approval` until approved.
+    pub github_held: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

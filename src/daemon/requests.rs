@@ -295,11 +295,15 @@ impl DaemonHandler {
             Err(e) => return Response::Error { message: e.to_string() },
         };
         let store = self.store.clone();
-        let github_events =
-            match smol::unblock(move || crate::forge::github::webhook::pending_count(&store)).await {
-                Ok(n) => n,
-                Err(e) => return Response::Error { message: e.to_string() },
-            };
+        let github = smol::unblock(move || {
+            let events = crate::forge::github::webhook::pending_count(&store)?;
+            crate::forge::github::runs::live_counts(&store).map(|(runs, held)| (events, runs, held))
+        })
+        .await;
+        let (github_events, github_runs, github_held) = match github {
+            Ok(counts) => counts,
+            Err(e) => return Response::Error { message: e.to_string() },
+        };
         let (waiting, _running) = self.pipeline.depths();
         let depths = self.scheduler.depths().await.unwrap_or_default();
         let builds = depths.iter().map(|d| (d.queued + d.buildable) as u64).sum();
@@ -312,7 +316,7 @@ impl DaemonHandler {
             socket_path: self.socket_path.clone(),
             http_address: self.http_address.clone(),
             schema_version,
-            queues: QueueDepths { evaluations: waiting, builds, github_events },
+            queues: QueueDepths { evaluations: waiting, builds, github_events, github_runs, github_held },
             active_builds,
         })
     }

@@ -195,6 +195,19 @@ pub fn prune_finished(store: &Store, max_age_secs: u64) -> Result<usize, StoreEr
     Ok(removed)
 }
 
+/// How many runs are queued (or running) and how many wait for approval. Blocking.
+pub fn live_counts(store: &Store) -> Result<(u64, u64), StoreError> {
+    let (mut queued, mut held) = (0, 0);
+    for (_, run) in all(store)? {
+        match run.state {
+            RunState::Queued { .. } => queued += 1,
+            RunState::AwaitingApproval => held += 1,
+            _ => {}
+        }
+    }
+    Ok((queued, held))
+}
+
 /// Which installation serves a repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallationEntry {
