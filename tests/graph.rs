@@ -148,12 +148,22 @@ fn assert_nodes_match(graph: &Graph, nix: &BTreeMap<String, Value>) {
             expected_dependents.entry(input).or_default().insert(path);
         }
     }
+    let all: Vec<String> =
+        nix.keys().cloned().chain(["/nix/store/not-in-the-graph.drv".to_string()]).collect();
+    let ids = graph.ids_of(&all).expect("ids_of");
+    assert_eq!(ids.last(), Some(&None), "unknown paths have no id");
+    for (path, id) in all.iter().zip(&ids).take(nix.len()) {
+        assert_eq!(*id, graph.id_of(path).expect("id_of"), "ids_of agrees with id_of");
+    }
     for (path, drv) in nix {
         let id = graph.id_of(path).expect("id_of").unwrap_or_else(|| panic!("{path} not in the graph"));
         assert_eq!(graph.path_of(id).expect("path_of"), *path);
         let node = graph.node(id).expect("node");
         assert_eq!(node.path, *path);
         assert_eq!(node.system, drv["system"].as_str().expect("system"));
+        let (system, inputs) = graph.shape(id).expect("shape");
+        assert_eq!(system, node.system, "shape agrees with node");
+        assert_eq!(inputs, node.inputs.iter().map(|i| i.id).collect::<Vec<_>>());
         let outputs: BTreeMap<String, String> = drv["outputs"]
             .as_object()
             .expect("outputs")

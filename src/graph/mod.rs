@@ -342,6 +342,20 @@ impl Graph {
         Ok(record::id_of(&tx, path)?.map(DrvId))
     }
 
+    /// The ids of many derivations at once (one read transaction), in the order of `paths`.
+    pub fn ids_of(&self, paths: &[String]) -> Result<Vec<Option<DrvId>>, GraphError> {
+        let tx = self.inner.store.db().begin_read()?;
+        paths.iter().map(|p| Ok(record::id_of(&tx, p)?.map(DrvId))).collect()
+    }
+
+    /// The system and direct inputs of `id`, without decoding its paths: what traversals that only need
+    /// the graph's shape read.
+    pub fn shape(&self, id: DrvId) -> Result<(String, Vec<DrvId>), GraphError> {
+        self.with_node(&mut self.lock(), id.0, |p, i| {
+            Ok((p.system(i)?.to_owned(), p.input_ids().map(DrvId).collect()))
+        })
+    }
+
     /// The .drv path of `id`.
     pub fn path_of(&self, id: DrvId) -> Result<String, GraphError> {
         self.with_node(&mut self.lock(), id.0, |p, _| p.path())

@@ -283,6 +283,11 @@ impl Packed {
     }
 
     /// Everything but the dependents, as the record it was built from.
+    /// The derivation's system, without decoding paths or outputs.
+    pub(crate) fn system<'i>(&self, interner: &'i Interner) -> Result<&'i str, PackError> {
+        interner.get_one(self.header()?.system)
+    }
+
     pub(crate) fn unpack(&self, interner: &Interner) -> Result<NodeV1, PackError> {
         let h = self.header()?;
         let strings = |sym| -> Result<Vec<String>, PackError> {

@@ -156,12 +156,7 @@ impl Snapshot {
     /// Loads the closure of `roots` (derivation paths; those unknown to the graph are skipped) into a CSR.
     /// Graph ids are already topological (inputs have smaller ids), so the closure sorted by id is too.
     pub fn from_graph(graph: &Graph, roots: &[String]) -> Result<Snapshot, GraphError> {
-        let mut root_ids = Vec::with_capacity(roots.len());
-        for r in roots {
-            if let Some(id) = graph.id_of(r)? {
-                root_ids.push(id);
-            }
-        }
+        let root_ids: Vec<DrvId> = graph.ids_of(roots)?.into_iter().flatten().collect();
         let mut ids = graph.closure(&root_ids)?;
         ids.sort_unstable();
         let too_large = |what| GraphError::TooLarge { path: "(the head graph snapshot)".to_string(), what };
@@ -179,18 +174,18 @@ impl Snapshot {
         let mut inputs = Vec::new();
         offsets.push(0u32);
         for (i, id) in ids.iter().enumerate() {
-            let node = graph.node(*id)?;
-            let s = match systems.iter().position(|s| *s == node.system) {
+            let (node_system, node_inputs) = graph.shape(*id)?;
+            let s = match systems.iter().position(|s| *s == node_system) {
                 Some(s) => s,
                 None => {
-                    systems.push(node.system);
+                    systems.push(node_system);
                     systems.len() - 1
                 }
             };
             system.push(u16::try_from(s).map_err(|_| too_large("systems"))?);
             let start = inputs.len();
-            for input in &node.inputs {
-                match position.get(input.id.0 as usize) {
+            for input in &node_inputs {
+                match position.get(input.0 as usize) {
                     Some(&p) if p > 0 => {
                         if p as usize > i {
                             return Err(GraphError::Corrupt { id: *id, what: "an input with a larger id" });
