@@ -107,6 +107,9 @@ pub struct Pipeline {
     gc_roots: PathBuf,
     logs_dir: PathBuf,
     slots: smol::lock::Semaphore,
+    /// Bounds the worktrees that exist at once (twice the evaluation slots): many pull requests arriving
+    /// together must not check out a large repository dozens of times while they wait for a slot.
+    worktree_slots: smol::lock::Semaphore,
     waiting: AtomicU64,
     running: AtomicU64,
 }
@@ -129,6 +132,7 @@ impl Pipeline {
             gc_roots: data_dir.join("gcroots"),
             logs_dir: logs_dir.to_path_buf(),
             slots: smol::lock::Semaphore::new(concurrent_evaluations.max(1)),
+            worktree_slots: smol::lock::Semaphore::new(concurrent_evaluations.max(1) * 2),
             waiting: AtomicU64::new(0),
             running: AtomicU64::new(0),
         })
@@ -252,6 +256,7 @@ impl Pipeline {
     ) -> Result<(EvalReport, Vec<Jobset>), PipelineError> {
         let short = &commit[..commit.len().min(12)];
         report(progress, &format!("checking out {short}"), 0, 0);
+        let _worktree_slot = self.worktree_slots.acquire().await;
         let worktree = self.checkouts.checkout(repo, commit, auth).await?;
         let result = self.evaluate_worktree(repo, commit, &worktree, only, progress, with_attrs).await;
         if let Err(e) = worktree.remove().await {
@@ -268,6 +273,7 @@ impl Pipeline {
         commit: &str,
         auth: Option<&GitAuth>,
     ) -> Result<(RepoConfig, String, Vec<String>), PipelineError> {
+        let _worktree_slot = self.worktree_slots.acquire().await;
         let worktree = self.checkouts.checkout(repo, commit, auth).await?;
         let result = load_repo_config(&worktree, repo, commit).await;
         if let Err(e) = worktree.remove().await {
