@@ -428,6 +428,12 @@ pub fn local_url(path: &Path) -> String {
     format!("file://{}", absolute.to_string_lossy())
 }
 
+/// Whether a [`GitAuth`] for `host` would be sent when fetching `repo_url` (an `https://` URL of that
+/// host); callers use it to avoid fetching a token that git would not use.
+pub fn sends_credentials(repo_url: &str, host: &str) -> bool {
+    RepoUrl::parse(repo_url).is_ok_and(|u| u.sends_credentials_to(host))
+}
+
 /// Resolves `rev` (`HEAD`, `HEAD~1`, a branch, a short id) to a full commit id in the LOCAL repository
 /// at `repo_path`, with `git rev-parse --verify <rev>^{commit}`.
 pub async fn resolve_rev(repo_path: &Path, rev: &str) -> Result<String, CheckoutError> {
@@ -648,14 +654,16 @@ impl RepoUrl {
         format!("{identity}-{:016x}.git", fnv1a64(self.key.as_bytes()))
     }
 
+    /// Whether credentials for `host` are sent to this URL: only over https, only to that host.
+    fn sends_credentials_to(&self, host: &str) -> bool {
+        self.transport == Transport::Https
+            && self.host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(host.trim()))
+    }
+
     /// The `Authorization` header value for `auth`, if it applies to this URL.
     fn auth_header(&self, auth: Option<&GitAuth>) -> Option<Secret> {
         let auth = auth?;
-        let host = self.host.as_deref()?;
-        if self.transport != Transport::Https || auth.token.is_empty() {
-            return None;
-        }
-        if !host.eq_ignore_ascii_case(auth.host.trim()) {
+        if auth.token.is_empty() || !self.sends_credentials_to(&auth.host) {
             return None;
         }
         let credentials = format!("x-access-token:{}", auth.token.expose());
@@ -896,6 +904,19 @@ fn strip_ansi(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn credentials_go_only_to_https_urls_of_their_host() {
+        assert!(sends_credentials("https://github.com/o/r.git", "github.com"));
+        assert!(sends_credentials("https://GitHub.com:443/o/r.git", "github.com"));
+        assert!(sends_credentials("https://127.0.0.1:1/o/r.git", "127.0.0.1"));
+        assert!(!sends_credentials("http://github.com/o/r.git", "github.com"), "not over plain http");
+        assert!(!sends_credentials("https://github.com.evil.invalid/o/r.git", "github.com"));
+        assert!(!sends_credentials("ssh://git@github.com/o/r.git", "github.com"));
+        assert!(!sends_credentials("file:///srv/r.git", "github.com"));
+        assert!(!sends_credentials("not a url", "github.com"));
+    }
+
     use super::*;
 
     fn github_auth() -> GitAuth {

@@ -81,6 +81,37 @@ pub struct Run {
 }
 
 impl Run {
+    /// A new run, queued, at attempt 1 (SHAs lower-cased, `refs/heads/` stripped from the base branch).
+    pub fn new(
+        repo: &str,
+        clone_url: &str,
+        installation: Option<u64>,
+        head_sha: &str,
+        base_sha: &str,
+        base_ref: &str,
+        trigger: Trigger,
+    ) -> Run {
+        let now = now_secs();
+        Run {
+            repo: repo.to_string(),
+            clone_url: clone_url.to_string(),
+            installation,
+            head_sha: head_sha.to_ascii_lowercase(),
+            base_sha: base_sha.to_ascii_lowercase(),
+            base_ref: base_ref.strip_prefix("refs/heads/").unwrap_or(base_ref).to_string(),
+            trigger,
+            state: RunState::Queued { not_before: 0 },
+            attempt: 1,
+            checks: Vec::new(),
+            failed_drvs: Vec::new(),
+            rebuild_failed: false,
+            approved: false,
+            api_failures: 0,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// The pull request number, for pull-request runs.
     pub fn pull_request(&self) -> Option<u64> {
         match self.trigger {
@@ -175,21 +206,33 @@ pub fn update<T>(
 /// re-request of such an old commit then finds no run and is answered as unknown. Blocking.
 pub fn prune_finished(store: &Store, max_age_secs: u64) -> Result<usize, StoreError> {
     let cutoff = now_secs().saturating_sub(max_age_secs);
+    remove_where(store, GITHUB_RUNS, |k, v| {
+        let RunRecord::V1(run) = decode(RUNS_NAME, k, v)?;
+        Ok(!run.state.is_live() && run.updated_at < cutoff)
+    })
+}
+
+/// Deletes the rows of `table` for which `doomed(key, value)` holds, in one write transaction; returns
+/// how many. Blocking.
+fn remove_where(
+    store: &Store,
+    table: redb::TableDefinition<&str, &[u8]>,
+    doomed: impl Fn(&str, &[u8]) -> Result<bool, StoreError>,
+) -> Result<usize, StoreError> {
     let tx = store.db().begin_write()?;
     let removed = {
-        let mut table = tx.open_table(GITHUB_RUNS)?;
-        let mut doomed = Vec::new();
-        for row in table.iter()? {
+        let mut t = tx.open_table(table)?;
+        let mut keys = Vec::new();
+        for row in t.iter()? {
             let (k, v) = row?;
-            let RunRecord::V1(run) = decode(RUNS_NAME, k.value(), v.value())?;
-            if !run.state.is_live() && run.updated_at < cutoff {
-                doomed.push(k.value().to_string());
+            if doomed(k.value(), v.value())? {
+                keys.push(k.value().to_string());
             }
         }
-        for k in &doomed {
-            table.remove(k.as_str())?;
+        for k in &keys {
+            t.remove(k.as_str())?;
         }
-        doomed.len()
+        keys.len()
     };
     tx.commit()?;
     Ok(removed)
@@ -260,24 +303,10 @@ pub fn set_installation(
 
 /// Forgets every repository of `installation` (the App was uninstalled). Returns how many. Blocking.
 pub fn remove_installation(store: &Store, installation: u64) -> Result<usize, StoreError> {
-    let tx = store.db().begin_write()?;
-    let removed = {
-        let mut table = tx.open_table(GITHUB_INSTALLATIONS)?;
-        let mut doomed = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            let InstallationRecord::V1(e) = decode(INSTALLATIONS_NAME, k.value(), v.value())?;
-            if e.installation == installation {
-                doomed.push(k.value().to_string());
-            }
-        }
-        for k in &doomed {
-            table.remove(k.as_str())?;
-        }
-        doomed.len()
-    };
-    tx.commit()?;
-    Ok(removed)
+    remove_where(store, GITHUB_INSTALLATIONS, |k, v| {
+        let InstallationRecord::V1(e) = decode(INSTALLATIONS_NAME, k, v)?;
+        Ok(e.installation == installation)
+    })
 }
 
 /// The installation recorded for `repo` (`owner/name`, any case). Blocking.
@@ -300,24 +329,9 @@ mod tests {
     use super::*;
 
     fn run(head: &str, state: RunState) -> Run {
-        Run {
-            repo: "Octo/Widgets".into(),
-            clone_url: "https://github.com/Octo/Widgets.git".into(),
-            installation: Some(1),
-            head_sha: head.into(),
-            base_sha: "b".repeat(40),
-            base_ref: "main".into(),
-            trigger: Trigger::PullRequest { number: 1, author: None },
-            state,
-            attempt: 1,
-            checks: Vec::new(),
-            failed_drvs: Vec::new(),
-            rebuild_failed: false,
-            approved: false,
-            api_failures: 0,
-            created_at: 0,
-            updated_at: 0,
-        }
+        let trigger = Trigger::PullRequest { number: 1, author: None };
+        let url = "https://github.com/Octo/Widgets.git";
+        Run { state, ..Run::new("Octo/Widgets", url, Some(1), head, &"b".repeat(40), "main", trigger) }
     }
 
     #[test]

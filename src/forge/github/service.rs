@@ -237,7 +237,7 @@ impl GitHubService {
             EventSummary::PullRequest(pr) => self.on_pull_request(pr, active).await,
             EventSummary::MergeGroup(mg) => match mg.action.as_str() {
                 "checks_requested" => {
-                    let run = new_run(
+                    let run = Run::new(
                         &mg.repo.full_name,
                         &mg.repo.clone_url,
                         mg.installation,
@@ -310,7 +310,7 @@ impl GitHubService {
                 if pr.draft && self.config.draft_pull_requests == DraftPolicy::Skip {
                     return Ok(format!("draft pull request skipped until ready for review{superseded}"));
                 }
-                let run = new_run(
+                let run = Run::new(
                     &pr.repo.full_name,
                     &pr.repo.clone_url,
                     pr.installation,
@@ -915,11 +915,7 @@ impl GitHubService {
         installation: u64,
     ) -> Result<Option<GitAuth>, RunError> {
         let host = self.config.git_host();
-        let url_host =
-            run.clone_url.strip_prefix("https://").and_then(|r| r.split('/').next()).map(|a| {
-                a.rsplit('@').next().unwrap_or(a).split(':').next().unwrap_or(a).to_ascii_lowercase()
-            });
-        if url_host.as_deref() != Some(host.as_str()) {
+        if !crate::checkout::sends_credentials(&run.clone_url, &host) {
             return Ok(None);
         }
         let token = client.installation_token(installation).await?;
@@ -947,36 +943,6 @@ fn approved_locally(store: &Store, run: &Run) -> Result<bool, StoreError> {
     match author {
         Some(a) => approvals::is_user_approved(store, a),
         None => Ok(false),
-    }
-}
-
-fn new_run(
-    repo: &str,
-    clone_url: &str,
-    installation: Option<u64>,
-    head_sha: &str,
-    base_sha: &str,
-    base_ref: &str,
-    trigger: Trigger,
-) -> Run {
-    let now = now_secs();
-    Run {
-        repo: repo.to_string(),
-        clone_url: clone_url.to_string(),
-        installation,
-        head_sha: head_sha.to_ascii_lowercase(),
-        base_sha: base_sha.to_ascii_lowercase(),
-        base_ref: base_ref.strip_prefix("refs/heads/").unwrap_or(base_ref).to_string(),
-        trigger,
-        state: RunState::Queued { not_before: 0 },
-        attempt: 1,
-        checks: Vec::new(),
-        failed_drvs: Vec::new(),
-        rebuild_failed: false,
-        approved: false,
-        api_failures: 0,
-        created_at: now,
-        updated_at: now,
     }
 }
 
