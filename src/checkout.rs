@@ -15,7 +15,7 @@
 //! (git's own lock files would make concurrent fetches fail); different mirrors proceed in parallel.
 //!
 //! git runs with a deterministic environment: every inherited `GIT_*` variable is removed (except the
-//! `GIT_SSH*` ones an operator may need), system and global config are ignored, prompts are disabled,
+//! `GIT_SSH*` and `GIT_SSL_CA*` ones an operator may need), system and global config are ignored, prompts are disabled,
 //! hooks, automatic gc and attribute files are off, and only the one transport protocol the URL needs is
 //! allowed (`file` only for `file://` URLs and absolute paths). A [`GitAuth`] token reaches git only
 //! through the environment (never argv, never a config file), only over `https` to the configured host,
@@ -36,8 +36,11 @@ use crate::secret::Secret;
 /// Longest git message kept in an error, in characters (the tail is kept: git's `fatal:` line is last).
 const MAX_MESSAGE_CHARS: usize = 2000;
 
-/// Environment variables inherited by git despite the `GIT_*` clean-up: how to run ssh.
-const KEPT_GIT_VARS: &[&str] = &["GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSH_VARIANT"];
+/// Environment variables inherited by git despite the `GIT_*` clean-up: how to run ssh, and which
+/// certificate authorities to trust for HTTPS (a GitHub Enterprise host behind a private CA).
+/// `GIT_SSL_NO_VERIFY` is deliberately not among them: a token must never go to an unverified host.
+const KEPT_GIT_VARS: &[&str] =
+    &["GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSH_VARIANT", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH"];
 
 /// Credentials for fetching over HTTPS, e.g. a GitHub App installation token.
 ///
@@ -703,6 +706,13 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     hash
 }
 
+/// Whether an inherited environment variable is withheld from git: every `GIT_*` one but [`KEPT_GIT_VARS`],
+/// and the askpass programs (git must never prompt).
+fn removed_from_git_env(key: &std::ffi::OsStr) -> bool {
+    let git = key.as_encoded_bytes().starts_with(b"GIT_") && !KEPT_GIT_VARS.iter().any(|k| key == *k);
+    git || key == "GIT_ASKPASS" || key == "SSH_ASKPASS"
+}
+
 /// Standard base64 with padding.
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -807,9 +817,7 @@ impl GitCommand {
         let mut cmd = smol::process::Command::new("git");
         cmd.args(&self.args);
         for (key, _) in std::env::vars_os() {
-            let inherited_git =
-                key.to_str().is_some_and(|k| k.starts_with("GIT_") && !KEPT_GIT_VARS.contains(&k));
-            if inherited_git || key == "GIT_ASKPASS" || key == "SSH_ASKPASS" {
+            if removed_from_git_env(&key) {
                 cmd.env_remove(key);
             }
         }
@@ -904,6 +912,16 @@ fn strip_ansi(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_ssh_and_ca_settings_are_inherited_by_git() {
+        use std::ffi::OsStr;
+        for kept in ["GIT_SSH_COMMAND", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH", "PATH", "HOME", "SSL_CERT_FILE"] {
+            assert!(!super::removed_from_git_env(OsStr::new(kept)), "{kept} is kept");
+        }
+        for removed in ["GIT_SSL_NO_VERIFY", "GIT_DIR", "GIT_CONFIG_COUNT", "GIT_ASKPASS", "SSH_ASKPASS"] {
+            assert!(super::removed_from_git_env(OsStr::new(removed)), "{removed} is removed");
+        }
+    }
 
     #[test]
     fn credentials_go_only_to_https_urls_of_their_host() {

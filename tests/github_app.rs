@@ -509,40 +509,70 @@ fn merge_groups_are_checked_and_installations_are_recorded_without_a_restart() {
 }
 
 #[test]
-fn the_installation_token_never_leaks_into_logs_check_runs_or_git_config() {
-    let repo = GitRepo::new();
-    let base = repo.commit("base", &[("README", Some("x"))]);
-    let head = repo.commit("head", &[("README", Some("y"))]);
-    // Clone URLs of the configured GitHub host get the token; port 1 refuses connections at once.
+fn a_private_repository_is_fetched_over_https_with_the_installation_token_which_never_leaks() {
+    let f = Fixture::new();
+    let base = f.base.clone();
+    let head = f.head("head", &format!("{LIB} app = mk \"app-1\" \"echo app > $out\" [lib];"));
+    let other = f.head("other", &format!("{LIB} app = mk \"app-2\" \"echo app2 > $out\" [lib];"));
     let mut s = Setup::new("");
+    // GitHub's git host for a private repository: HTTPS, and nothing without an installation token.
+    let host = s.fake.git_host(&[(REPO, f.path())]);
     let cfg = std::fs::read_to_string(s.home.config_file()).expect("config");
     std::fs::write(s.home.config_file(), cfg.replace("[github]\n", "[github]\ngit_host = \"127.0.0.1\"\n"))
         .expect("config");
     let server = s.server.take().expect("server");
     server.signal(Signal::TERM);
     server.wait(Duration::from_secs(60));
-    s.restart();
+    s.server = Some(s.home.start_with(&[("GIT_SSL_CAINFO", host.ca_file().as_os_str())]));
 
-    let mut body: Value =
-        serde_json::from_slice(&pull_request("opened", 4, repo.path(), &head, &base, false, "octocat"))
-            .expect("json");
-    body["repository"]["clone_url"] = json!("https://127.0.0.1:1/octo-org/widgets.git");
-    assert_eq!(s.deliver("pull_request", "d-https", &serde_json::to_vec(&body).expect("encode")), 202);
+    let deliver = |number: u64, sha: &str, url: &str, delivery: &str| {
+        let mut body: Value =
+            serde_json::from_slice(&pull_request("opened", number, f.path(), sha, &base, false, "octocat"))
+                .expect("json");
+        body["repository"]["clone_url"] = json!(url);
+        body["repository"]["private"] = json!(true);
+        assert_eq!(s.deliver("pull_request", delivery, &serde_json::to_vec(&body).expect("encode")), 202);
+    };
+    deliver(4, &head, &host.clone_url(REPO), "d-https");
     let configure = s.wait_completed(&head, "EkaCI: Configure");
-    assert_eq!(configure["conclusion"], "failure", "{configure}");
-    assert!(summary(&configure).contains("127.0.0.1"), "names what failed: {configure}");
+    assert_eq!(configure["conclusion"], "success", "{configure}");
+    let gate = s.wait_completed(&head, GATE);
+    assert_eq!(gate["conclusion"], "success", "{gate}");
+    // One attribute added and built, one unchanged: the private repository's commits were evaluated.
+    assert!(summary(&gate).contains("| 1 | 0 | 0 | 1 | 1 | 0 | 0 |"), "{gate}");
     let tokens = s.fake.issued_tokens();
-    assert!(!tokens.is_empty(), "a token was fetched for the GitHub host");
+    let fetches = host.requests();
+    assert!(fetches.iter().any(|r| r.target.contains("git-upload-pack")), "fetched over HTTPS: {fetches:?}");
+    for r in &fetches {
+        assert_eq!(r.status, 200, "{r:?}");
+        let token = r.credentials.as_deref().and_then(|c| c.strip_prefix("x-access-token:"));
+        assert!(token.is_some_and(|t| tokens.iter().any(|i| i == t)), "an issued token was sent: {r:?}");
+    }
+
+    // The same server under another host name is not the configured GitHub host: no token goes there,
+    // so the private repository answers 401 and the check says which URL failed.
+    let before = host.requests().len();
+    deliver(5, &other, &host.clone_url_as_localhost(REPO), "d-elsewhere");
+    let configure = s.wait_completed(&other, "EkaCI: Configure");
+    assert_eq!(configure["conclusion"], "failure", "{configure}");
+    assert!(summary(&configure).contains("localhost"), "names what failed: {configure}");
+    let elsewhere = &host.requests()[before..];
+    assert!(!elsewhere.is_empty(), "git asked the other host");
+    assert!(elsewhere.iter().all(|r| r.credentials.is_none() && r.status == 401), "{elsewhere:?}");
 
     let server = s.server.take().expect("server");
     server.signal(Signal::TERM);
     let (_, stderr) = server.wait(Duration::from_secs(60));
-    let mut haystacks = vec![stderr, configure.to_string()];
+    let mut haystacks = vec![stderr, serde_json::to_string(&s.fake.check_runs(REPO)).expect("encode")];
+    let mut configs = 0;
     for entry in walk(&s.home.path().join("data")) {
         if entry.file_name().is_some_and(|n| n == "config") {
+            configs += 1;
             haystacks.push(std::fs::read_to_string(&entry).unwrap_or_default());
         }
     }
+    assert!(configs > 0, "the clone's .git/config was inspected");
+    assert!(!tokens.is_empty());
     for token in &tokens {
         for h in &haystacks {
             assert!(!h.contains(token.as_str()), "the token leaked into: {h}");

@@ -54,9 +54,14 @@ impl Home {
     }
     /// Starts the server with `--config-file` and waits until it answers on its control socket.
     pub fn start(&self) -> Server {
+        self.start_with(&[])
+    }
+    /// [`Home::start`] with extra environment variables for the server.
+    pub fn start_with(&self, env: &[(&str, &std::ffi::OsStr)]) -> Server {
         let cfg = if self.config_file().exists() { self.config_file() } else { self.write_config("") };
         let child = self
             .command(SERVER)
+            .envs(env.iter().copied())
             .arg("--config-file")
             .arg(&cfg)
             .stdout(Stdio::piped())

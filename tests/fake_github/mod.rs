@@ -12,11 +12,16 @@
 //! * [`FakeGitHub::inject`] makes the next N calls matching a method and path pattern (`*` matches
 //!   anything) answer with a given [`Reply`]: GitHub error bodies, rate limits, 5xx.
 //!
+//! * [`FakeGitHub::git_host`] (`git.rs`) serves repositories over HTTPS as GitHub's git host does for
+//!   private repositories: only with an installation token this fake issued.
+//!
 //! Usable from any integration test with `mod fake_github;`.
 #![allow(dead_code)]
 
+pub mod git;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -345,6 +350,14 @@ struct Request {
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let (method, target, headers, body) = read_http_request(reader)?;
+    Some(Request { method, target, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+/// One HTTP/1.1 request: method, target, headers (names lower-cased) and the body (de-chunked).
+type RawRequest = (String, String, Vec<(String, String)>, Vec<u8>);
+
+fn read_http_request(reader: &mut impl BufRead) -> Option<RawRequest> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
@@ -383,7 +396,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         body = vec![0; len];
         reader.read_exact(&mut body).ok()?;
     }
-    Some(Request { method, target, headers, body: String::from_utf8_lossy(&body).into_owned() })
+    Some((method, target, headers, body))
 }
 
 fn serve(conn: TcpStream, state: &Arc<Mutex<State>>) {
@@ -485,7 +498,11 @@ fn jwt_ok(req: &Request) -> bool {
 }
 
 fn token_ok(st: &State, req: &Request) -> bool {
-    let Some(token) = bearer(req) else { return false };
+    bearer(req).is_some_and(|token| token_valid(st, &token))
+}
+
+/// Whether this fake issued `token` and it has not expired.
+fn token_valid(st: &State, token: &str) -> bool {
     let now = now_secs();
     st.tokens.iter().any(|t| t.value == token && t.expires > now)
 }
