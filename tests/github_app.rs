@@ -355,6 +355,61 @@ fn synchronize_cancels_the_superseded_head_and_closed_cancels_the_pull_request()
 }
 
 #[test]
+fn a_head_shared_by_two_pull_requests_runs_on_until_the_last_one_leaves() {
+    let f = Fixture::new();
+    let gate_file = std::env::temp_dir().join(format!("ekaci-gate-{}", f.nonce));
+    let slow = format!(
+        r#"slow = mk "slow-3" "while [ ! -e {} ]; do /bin/sleep 0.2; done; echo > $out" [];"#,
+        gate_file.display()
+    );
+    let base = f.base.clone();
+    let shared = f.head("shared", &format!("{LIB} {slow}"));
+    let moved = f.head("moved on", &format!(r#"{LIB} fast = mk "fast-3" "echo > $out" [];"#));
+    let s = Setup::new("");
+    let events_drained = || {
+        wait_for("the webhook queue drained", || {
+            (s.server().status()["queues"]["github_events"] == 0).then_some(())
+        })
+    };
+
+    // One branch proposed twice (#61 and #62): one run, one set of check runs on the shared head.
+    s.pr("d-61", "opened", 61, f.path(), &shared, &base, "octocat");
+    s.pr("d-62", "opened", 62, f.path(), &shared, &base, "octocat");
+    wait_for("the shared gate in progress", || s.run(&shared, GATE).filter(|r| r["status"] == "in_progress"));
+    wait_for("slow building", || (s.server().status()["active_builds"].as_u64() > Some(0)).then_some(()));
+    // #61 moves on to another head and #62... is still open: the shared head keeps running.
+    s.pr("d-61b", "synchronize", 61, f.path(), &moved, &base, "octocat");
+    assert_eq!(s.wait_completed(&moved, GATE)["conclusion"], "success");
+    events_drained();
+    let gate = s.run(&shared, GATE).expect("shared gate");
+    assert_eq!(gate["status"], "in_progress", "#62 still needs it: {gate}");
+    assert!(s.server().status()["active_builds"].as_u64() > Some(0), "its build was not cancelled");
+    std::fs::write(&gate_file, "").expect("release the slow build");
+    let gate = s.wait_completed(&shared, GATE);
+    assert_eq!(gate["conclusion"], "success", "{gate}");
+    assert_eq!(s.runs(&shared).iter().filter(|r| r["name"] == GATE).count(), 1, "no duplicate for #62");
+    let _ = std::fs::remove_file(&gate_file);
+
+    // A third head shared by #63 and #64: closing one keeps it, closing the last cancels it.
+    let gate_file = std::env::temp_dir().join(format!("ekaci-gate-{}-2", f.nonce));
+    let slow = slow
+        .replace("slow-3", "slow-4")
+        .replace(&format!("ekaci-gate-{}", f.nonce), &format!("ekaci-gate-{}-2", f.nonce));
+    let third = f.head("third", &format!("{LIB} {slow}"));
+    s.pr("d-63", "opened", 63, f.path(), &third, &base, "octocat");
+    s.pr("d-64", "opened", 64, f.path(), &third, &base, "octocat");
+    wait_for("the third gate in progress", || s.run(&third, GATE).filter(|r| r["status"] == "in_progress"));
+    s.pr("d-63c", "closed", 63, f.path(), &third, &base, "octocat");
+    events_drained();
+    assert_eq!(s.run(&third, GATE).expect("gate")["status"], "in_progress", "#64 is still open");
+    s.pr("d-64c", "closed", 64, f.path(), &third, &base, "octocat");
+    let closed = s.wait_completed(&third, GATE);
+    assert_eq!(closed["conclusion"], "cancelled", "{closed}");
+    let _ = std::fs::write(&gate_file, "");
+    let _ = std::fs::remove_file(&gate_file);
+}
+
+#[test]
 fn a_crash_right_after_the_202_still_ends_in_the_right_check_runs() {
     let f = Fixture::new();
     let (base, head) = (f.base.clone(), f.head("head", r#"lib = mk "lib-2" "echo lib2 > $out" [];"#));
@@ -451,6 +506,52 @@ fn require_approval_holds_outside_authors_until_a_maintainer_approves() {
     let gate2 = s.wait_completed(&head2, GATE);
     assert_eq!(gate2["conclusion"], "success");
     assert!(s.run(&head2, "EkaCI: Approval Required").is_none());
+}
+
+#[test]
+fn merge_queue_require_approval_holds_entries_of_outside_authors_until_approved() {
+    let f = Fixture::new();
+    let base = f.base.clone();
+    let outside = f.head("outside", &format!(r#"{LIB} o = mk "o-1" "echo > $out" [];"#));
+    let inside = f.head("inside", &format!(r#"{LIB} m = mk "m-1" "echo > $out" [];"#));
+    let s = Setup::new("merge_queue_require_approval = true");
+    s.fake.set_permission(REPO, "member", "write");
+    s.fake.set_pull_request(REPO, 104, json!({ "user": { "login": "outsider" } }));
+    s.fake.set_pull_request(REPO, 105, json!({ "user": { "login": "member" } }));
+    let queue = |number: u64, head: &str, delivery: &str| {
+        let mut mg = fixture("merge_group.checks_requested.json");
+        mg["repository"]["full_name"] = json!(REPO);
+        mg["repository"]["clone_url"] = json!(format!("file://{}", f.path().display()));
+        mg["merge_group"]["head_sha"] = json!(head);
+        mg["merge_group"]["base_sha"] = json!(base);
+        mg["merge_group"]["head_ref"] =
+            json!(format!("refs/heads/gh-readonly-queue/main/pr-{number}-{head}"));
+        mg["installation"]["id"] = json!(fake_github::INSTALLATION_ID);
+        assert_eq!(s.deliver("merge_group", delivery, &serde_json::to_vec(&mg).expect("encode")), 202);
+    };
+
+    // The entry for #104, by an author without write access, waits.
+    queue(104, &outside, "d-mq-104");
+    let held = s.wait_completed(&outside, "EkaCI: Approval Required");
+    assert_eq!(held["conclusion"], "action_required", "{held}");
+    assert!(summary(&held).contains("merge queue entry (pull request #104 by outsider)"), "{held}");
+    assert!(summary(&held).contains(&format!("ekaci approve {REPO}#104")), "{held}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(names(&s.runs(&outside)), ["EkaCI: Approval Required"], "nothing evaluated before approval");
+    assert_eq!(s.server().status()["queues"]["github_held"], 1);
+
+    // The entry for #105, by a member, goes straight through.
+    queue(105, &inside, "d-mq-105");
+    assert_eq!(s.wait_completed(&inside, GATE)["conclusion"], "success");
+    assert!(s.run(&inside, "EkaCI: Approval Required").is_none());
+
+    let out = s.home.ekaci(&["approve", &format!("{REPO}#104")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s.wait_completed(&outside, GATE)["conclusion"], "success");
+    let approved = s.run(&outside, "EkaCI: Approval Required").expect("approval check");
+    assert_eq!(approved["conclusion"], "success", "the same check run, now approved: {approved}");
+    let pulls = s.fake.calls_to("GET", "/repos/octo-org/widgets/pulls/104");
+    assert_eq!(pulls.len(), 1, "the queued pull request's author is looked up once");
 }
 
 #[test]

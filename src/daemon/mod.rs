@@ -202,7 +202,10 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
             scheduler.clone(),
             apps,
             config.github.clone(),
-            config.require_approval,
+            crate::forge::github::service::ApprovalPolicy {
+                pull_requests: config.require_approval,
+                merge_queue: config.merge_queue_require_approval,
+            },
         )
         .map_err(|e| DaemonError::GitHub(e.to_string()))?;
         let (wakers, task) = service.start(shutdown.0.clone());

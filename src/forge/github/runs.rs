@@ -21,8 +21,31 @@ const INSTALLATIONS_NAME: &str = "github_installations";
 /// What asked for a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Trigger {
-    PullRequest { number: u64, author: Option<String> },
-    MergeGroup { head_ref: String },
+    PullRequest {
+        number: u64,
+        author: Option<String>,
+    },
+    /// `author` is the queued pull request's author, once looked up for `merge_queue_require_approval`.
+    MergeGroup {
+        head_ref: String,
+        author: Option<String>,
+    },
+}
+
+/// The pull request a merge queue entry is for, from its head ref
+/// (`[refs/heads/]gh-readonly-queue/<base branch>/pr-<number>-<head sha>`; the base may contain `/`).
+pub fn queued_pull_request(head_ref: &str) -> Option<u64> {
+    let rest = head_ref.strip_prefix("refs/heads/").unwrap_or(head_ref).strip_prefix("gh-readonly-queue/")?;
+    let (_, entry) = rest.rsplit_once('/')?;
+    let (number, _) = entry.strip_prefix("pr-")?.split_once('-')?;
+    number.parse().ok().filter(|n| *n > 0)
+}
+
+/// A pull request a run serves besides its trigger's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtherPullRequest {
+    pub number: u64,
+    pub author: Option<String>,
 }
 
 /// Where a run stands.
@@ -64,6 +87,9 @@ pub struct Run {
     pub base_sha: String,
     pub base_ref: String,
     pub trigger: Trigger,
+    /// Other pull requests of this repository whose head is this same commit (a branch proposed to two
+    /// bases, say). The run serves all of them: closing or moving one on leaves it running for the rest.
+    pub also_for: Vec<OtherPullRequest>,
     pub state: RunState,
     /// Starts at 1; a re-request or a restart of a finished run adds one.
     pub attempt: u32,
@@ -100,6 +126,7 @@ impl Run {
             base_sha: base_sha.to_ascii_lowercase(),
             base_ref: base_ref.strip_prefix("refs/heads/").unwrap_or(base_ref).to_string(),
             trigger,
+            also_for: Vec::new(),
             state: RunState::Queued { not_before: 0 },
             attempt: 1,
             checks: Vec::new(),
@@ -118,6 +145,49 @@ impl Run {
             Trigger::PullRequest { number, .. } => Some(number),
             Trigger::MergeGroup { .. } => None,
         }
+    }
+
+    /// The pull request whose approval `require_approval` (pull requests) or
+    /// `merge_queue_require_approval` (merge groups) asks for, with its author when known. `None` for a
+    /// merge group whose head ref names no pull request.
+    pub fn approval_subject(&self) -> Option<(u64, Option<&str>)> {
+        match &self.trigger {
+            Trigger::PullRequest { number, author } => Some((*number, author.as_deref())),
+            Trigger::MergeGroup { head_ref, author } => {
+                queued_pull_request(head_ref).map(|n| (n, author.as_deref()))
+            }
+        }
+    }
+
+    /// Whether pull request `number` (of this run's repository) is served by this run.
+    pub fn serves(&self, number: u64) -> bool {
+        self.pull_request() == Some(number) || self.also_for.iter().any(|p| p.number == number)
+    }
+
+    /// Records that pull request `number` also has this commit as its head; false if it already was.
+    pub fn add_pull_request(&mut self, number: u64, author: Option<String>) -> bool {
+        if self.serves(number) {
+            return false;
+        }
+        self.also_for.push(OtherPullRequest { number, author });
+        true
+    }
+
+    /// Pull request `number`, which this run [serves](Run::serves), no longer has this commit as its
+    /// head (closed, or pushed to). Returns false when it was the last pull request the run served, and
+    /// leaves the run unchanged then; otherwise forgets `number` (the next pull request becomes the
+    /// trigger if `number` was) and returns true.
+    pub fn drop_pull_request(&mut self, number: u64) -> bool {
+        if self.pull_request() != Some(number) {
+            self.also_for.retain(|p| p.number != number);
+            return true;
+        }
+        if self.also_for.is_empty() {
+            return false;
+        }
+        let next = self.also_for.remove(0);
+        self.trigger = Trigger::PullRequest { number: next.number, author: next.author };
+        true
     }
 
     /// The id of our check run called `name`, if one was created.
@@ -361,6 +431,49 @@ mod tests {
         assert_eq!(prune_finished(&store, 0).expect("prune"), 1, "only the finished run goes");
         assert!(get(&store, &done).expect("get").is_none());
         assert!(get(&store, &live).expect("get").is_some());
+    }
+
+    #[test]
+    fn a_run_serves_every_pull_request_of_its_head_until_the_last_one_leaves() {
+        let mut r = run(&"1".repeat(40), RunState::Queued { not_before: 0 });
+        assert!(r.serves(1) && !r.serves(2));
+        assert!(r.add_pull_request(2, Some("hubot".into())));
+        assert!(!r.add_pull_request(2, None) && !r.add_pull_request(1, None), "no duplicates");
+        assert!(r.serves(2));
+        assert!(r.drop_pull_request(1), "#2 still needs it");
+        assert_eq!(r.trigger, Trigger::PullRequest { number: 2, author: Some("hubot".into()) });
+        assert!(r.also_for.is_empty() && !r.serves(1));
+        let before = r.clone();
+        assert!(!r.drop_pull_request(2), "the last one");
+        assert_eq!(r, before, "unchanged when the last pull request leaves");
+        assert!(r.add_pull_request(3, None));
+        assert!(r.drop_pull_request(3) && r.serves(2) && !r.serves(3));
+    }
+
+    #[test]
+    fn merge_queue_refs_name_their_pull_request() {
+        let sha = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+        assert_eq!(
+            queued_pull_request(&format!("refs/heads/gh-readonly-queue/main/pr-142-{sha}")),
+            Some(142)
+        );
+        assert_eq!(queued_pull_request(&format!("gh-readonly-queue/release/24.05/pr-7-{sha}")), Some(7));
+        for bad in [
+            "refs/heads/main",
+            "gh-readonly-queue/main/pr--x",
+            "gh-readonly-queue/main/pr-0-x",
+            "gh-readonly-queue/pr-3-x",
+            "gh-readonly-queue/main/pr-3",
+        ] {
+            assert_eq!(queued_pull_request(bad), None, "{bad}");
+        }
+        let mut r = run(&"1".repeat(40), RunState::AwaitingApproval);
+        r.trigger = Trigger::MergeGroup {
+            head_ref: format!("refs/heads/gh-readonly-queue/main/pr-9-{sha}"),
+            author: None,
+        };
+        assert_eq!(r.approval_subject(), Some((9, None)));
+        assert_eq!(r.pull_request(), None, "a merge group serves no pull request's lifecycle");
     }
 
     #[test]

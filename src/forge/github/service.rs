@@ -15,7 +15,8 @@
 //! - `<attr> (<job>)`: one per failing Added or Changed attribute, with its log tail (at most
 //!   `github.max_failure_check_runs` per job; the gate counts the rest);
 //! - `EkaCI: Change Summary`: neutral, the package changes and rebuild impact (see `summary`);
-//! - `EkaCI: Approval Required`: with `require_approval`, while an outside author's pull request waits.
+//! - `EkaCI: Approval Required`: with `require_approval` (or `merge_queue_require_approval` for merge queue
+//!   entries), while an outside author's pull request waits.
 //!
 //! This module must never parse webhooks (`webhook` does), run git or Nix (the pipeline does), or
 //! hold a store transaction across an `.await` (`runs` and `webhook` functions are blocking, called
@@ -100,7 +101,29 @@ pub struct GitHubService {
     scheduler: SchedulerHandle,
     clients: Vec<(GitHubApp, GitHubClient)>,
     config: GitHubConfig,
-    require_approval: bool,
+    approval: ApprovalPolicy,
+}
+
+/// Which runs wait for a maintainer's approval (`require_approval`, `merge_queue_require_approval`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApprovalPolicy {
+    /// Pull requests whose author has no write access.
+    pub pull_requests: bool,
+    /// Merge queue entries whose pull request's author has no write access.
+    pub merge_queue: bool,
+}
+
+impl ApprovalPolicy {
+    fn any(&self) -> bool {
+        self.pull_requests || self.merge_queue
+    }
+
+    fn applies_to(&self, trigger: &Trigger) -> bool {
+        match trigger {
+            Trigger::PullRequest { .. } => self.pull_requests,
+            Trigger::MergeGroup { .. } => self.merge_queue,
+        }
+    }
 }
 
 impl GitHubService {
@@ -112,14 +135,14 @@ impl GitHubService {
         scheduler: SchedulerHandle,
         apps: Vec<GitHubApp>,
         config: GitHubConfig,
-        require_approval: bool,
+        approval: ApprovalPolicy,
     ) -> Result<Rc<GitHubService>, ClientError> {
         let client_config = ClientConfig { api_url: config.api_url.clone(), ..ClientConfig::default() };
         let clients = apps
             .into_iter()
             .map(|app| GitHubClient::new(app.credentials.clone(), client_config.clone()).map(|c| (app, c)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Rc::new(GitHubService { ex, store, pipeline, scheduler, clients, config, require_approval }))
+        Ok(Rc::new(GitHubService { ex, store, pipeline, scheduler, clients, config, approval }))
     }
 
     /// Starts the loop on `ex`; it stops when `shutdown` closes. Returns the wakers and the loop's task.
@@ -244,7 +267,7 @@ impl GitHubService {
                         &mg.head_sha,
                         &mg.base_sha,
                         &mg.base_ref,
-                        Trigger::MergeGroup { head_ref: mg.head_ref.clone() },
+                        Trigger::MergeGroup { head_ref: mg.head_ref.clone(), author: None },
                     );
                     self.queue(run).await
                 }
@@ -336,12 +359,32 @@ impl GitHubService {
         smol::unblock(move || {
             runs::update(&store, &key, |current| match current {
                 None => (Some(run), "run queued".to_string()),
-                Some(existing) if existing.state.is_live() => (None, "run already queued".to_string()),
+                Some(mut existing) if existing.state.is_live() => match run.trigger {
+                    // Another pull request with the same head: the running check serves it too.
+                    Trigger::PullRequest { number, author }
+                        if existing.add_pull_request(number, author.clone()) =>
+                    {
+                        (Some(existing), format!("run already queued; it now also serves #{number}"))
+                    }
+                    _ => (None, "run already queued".to_string()),
+                },
                 Some(mut existing) => {
                     existing.attempt += 1;
                     existing.state = RunState::Queued { not_before: 0 };
                     existing.base_sha = run.base_sha;
                     existing.base_ref = run.base_ref;
+                    // The pull request that asked again becomes the trigger; the others stay served.
+                    if let (
+                        Trigger::PullRequest { number: old, author },
+                        Trigger::PullRequest { number, .. },
+                    ) = (&existing.trigger, &run.trigger)
+                    {
+                        if old != number {
+                            let previous = runs::OtherPullRequest { number: *old, author: author.clone() };
+                            existing.also_for.retain(|p| p.number != *number);
+                            existing.also_for.insert(0, previous);
+                        }
+                    }
                     existing.trigger = run.trigger;
                     existing.installation = run.installation.or(existing.installation);
                     let attempt = existing.attempt;
@@ -383,11 +426,32 @@ impl GitHubService {
         let store = self.store.clone();
         let all = smol::unblock(move || runs::all(&store)).await?;
         let repo = pr.repo.full_name.to_ascii_lowercase();
-        let mut cancelled = 0;
+        let (mut cancelled, mut kept) = (0, 0);
         for (key, run) in all {
-            let same_pr = run.repo.to_ascii_lowercase() == repo && run.pull_request() == Some(pr.number);
-            if !same_pr || !run.state.is_live() || keep.is_some_and(|k| k.eq_ignore_ascii_case(&run.head_sha))
-            {
+            let same_pr = run.repo.to_ascii_lowercase() == repo && run.serves(pr.number);
+            if !same_pr || keep.is_some_and(|k| k.eq_ignore_ascii_case(&run.head_sha)) {
+                continue;
+            }
+            // The pull request leaves the run; another open pull request with this head keeps it going.
+            let (store, k, number) = (self.store.clone(), key.clone(), pr.number);
+            let others = smol::unblock(move || {
+                runs::update(&store, &k, |current| match current {
+                    Some(mut run) if run.serves(number) => {
+                        if run.drop_pull_request(number) {
+                            (Some(run), true)
+                        } else {
+                            (None, false)
+                        }
+                    }
+                    _ => (None, true),
+                })
+            })
+            .await?;
+            if !run.state.is_live() {
+                continue;
+            }
+            if others {
+                kept += 1;
                 continue;
             }
             let reason = match keep {
@@ -399,7 +463,14 @@ impl GitHubService {
             self.cancel(&key, &reason, &protect, active).await?;
             cancelled += 1;
         }
-        Ok(if cancelled > 0 { format!("; cancelled {cancelled} superseded run(s)") } else { String::new() })
+        let mut note = String::new();
+        if cancelled > 0 {
+            note.push_str(&format!("; cancelled {cancelled} superseded run(s)"));
+        }
+        if kept > 0 {
+            note.push_str(&format!("; {kept} run(s) kept for other pull requests with the same head"));
+        }
+        Ok(note)
     }
 
     /// Cancels run `key`: marks it cancelled, stops its task and the builds of commits no other run (nor
@@ -465,7 +536,7 @@ impl GitHubService {
 
     /// Runs held for approval whose pull request or author has been approved since go back to the queue.
     async fn release_approved(&self) -> Result<(), StoreError> {
-        if !self.require_approval {
+        if !self.approval.any() {
             return Ok(());
         }
         let store = self.store.clone();
@@ -474,7 +545,8 @@ impl GitHubService {
                 if run.state != RunState::AwaitingApproval {
                     continue;
                 }
-                if approved_locally(&store, &run)? {
+                let Some((number, author)) = run.approval_subject() else { continue };
+                if approved_locally(&store, &run.repo, number, author)? {
                     runs::update(&store, &key, |current| match current {
                         Some(mut r) if r.state == RunState::AwaitingApproval => {
                             r.state = RunState::Queued { not_before: 0 };
@@ -609,34 +681,13 @@ impl GitHubService {
             Reporter::new(self.store.clone(), client.clone(), key, &run).with_installation(installation);
         reporter.adopt_existing(&app.credentials.app_id).await?;
 
-        if let Trigger::PullRequest { number, author } = &run.trigger {
-            if self.require_approval
-                && !run.approved
-                && !self.trusted(&run, client, installation, author.as_deref()).await?
-            {
-                let who = author.as_deref().unwrap_or("a deleted account");
-                let summary = format!(
-                    "Pull requests by {} are evaluated once a maintainer approves them, because `require_approval` \
-                     is on and the author has no write access to {}.\n\nTo approve this pull request, run on the \
-                     eka-ci host:\n\n```\nekaci approve {}#{number}\n```\n\nTo trust the author from now on: \
-                     `ekaci approved-users add {}`.",
-                    escape_md(who),
-                    escape_md(&run.repo),
-                    run.repo,
-                    author.as_deref().unwrap_or("LOGIN"),
-                );
-                reporter
-                    .report(
-                        APPROVAL_CHECK,
-                        completed(
-                            CheckConclusion::ActionRequired,
-                            "Waiting for a maintainer's approval",
-                            summary,
-                            None,
-                        ),
-                    )
-                    .await?;
-                return Ok(Finish::Held);
+        if self.approval.applies_to(&run.trigger) {
+            if !run.approved {
+                let subject = self.approval_subject(key, &run, client, installation).await?;
+                if !self.trusted(&run, subject.as_ref(), client, installation).await? {
+                    reporter.report(APPROVAL_CHECK, held_summary(&run, subject.as_ref())).await?;
+                    return Ok(Finish::Held);
+                }
             }
             if run.approved && run.check_id(APPROVAL_CHECK).is_some() {
                 let fields = completed(
@@ -888,21 +939,54 @@ impl GitHubService {
         Ok(client.repo_installation(&run.repo).await?.id)
     }
 
-    /// Whether the author of a held pull request may be evaluated without approval.
-    async fn trusted(
+    /// The pull request whose approval a run needs, and its author. A merge group's pull request is the
+    /// one its head ref names; its author is looked up once and remembered in the run. `None` for a merge
+    /// group whose head ref names no pull request.
+    async fn approval_subject(
         &self,
+        key: &str,
         run: &Run,
         client: &GitHubClient,
         installation: u64,
-        author: Option<&str>,
+    ) -> Result<Option<(u64, Option<String>)>, RunError> {
+        let Some((number, author)) = run.approval_subject() else { return Ok(None) };
+        if author.is_some() || !matches!(run.trigger, Trigger::MergeGroup { .. }) {
+            return Ok(Some((number, author.map(str::to_string))));
+        }
+        let login = client.pull_request(installation, &run.repo, number).await?.user.map(|u| u.login);
+        let (store, k, l) = (self.store.clone(), key.to_string(), login.clone());
+        smol::unblock(move || {
+            runs::update(&store, &k, |current| match current {
+                Some(mut r) => {
+                    if let Trigger::MergeGroup { author, .. } = &mut r.trigger {
+                        *author = l;
+                    }
+                    (Some(r), ())
+                }
+                None => (None, ()),
+            })
+        })
+        .await?;
+        Ok(Some((number, login)))
+    }
+
+    /// Whether a run that needs approval may go ahead: its pull request or the author was approved with
+    /// `ekaci`, or the author has write access. Without a pull request to approve it never may (a merge
+    /// group whose head ref names none fails closed).
+    async fn trusted(
+        &self,
+        run: &Run,
+        subject: Option<&(u64, Option<String>)>,
+        client: &GitHubClient,
+        installation: u64,
     ) -> Result<bool, RunError> {
-        let store = self.store.clone();
-        let r = run.clone();
-        if smol::unblock(move || approved_locally(&store, &r)).await? {
+        let Some((number, author)) = subject.cloned() else { return Ok(false) };
+        let (store, repo, a) = (self.store.clone(), run.repo.clone(), author.clone());
+        if smol::unblock(move || approved_locally(&store, &repo, number, a.as_deref())).await? {
             return Ok(true);
         }
         let Some(author) = author else { return Ok(false) };
-        let permission = client.collaborator_permission(installation, &run.repo, author).await?;
+        let permission = client.collaborator_permission(installation, &run.repo, &author).await?;
         Ok(matches!(permission.permission.as_str(), "admin" | "maintain" | "write"))
     }
 
@@ -934,16 +1018,50 @@ enum Finish {
     Held,
 }
 
-/// Whether a held pull request or its author was approved with `ekaci`. Blocking.
-fn approved_locally(store: &Store, run: &Run) -> Result<bool, StoreError> {
-    let Trigger::PullRequest { number, author } = &run.trigger else { return Ok(true) };
-    if approvals::is_pr_approved(store, &run.repo, *number)? {
+/// Whether pull request `number` of `repo` or its author was approved with `ekaci`. Blocking.
+fn approved_locally(
+    store: &Store,
+    repo: &str,
+    number: u64,
+    author: Option<&str>,
+) -> Result<bool, StoreError> {
+    if approvals::is_pr_approved(store, repo, number)? {
         return Ok(true);
     }
     match author {
         Some(a) => approvals::is_user_approved(store, a),
         None => Ok(false),
     }
+}
+
+/// The `EkaCI: Approval Required` check of a held run (`subject` from `approval_subject`): why, and the
+/// commands that release it.
+fn held_summary(run: &Run, subject: Option<&(u64, Option<String>)>) -> CheckRunFields {
+    let Some((number, author)) = subject.map(|(n, a)| (*n, a.as_deref())) else {
+        let summary = "`merge_queue_require_approval` is on, and this merge group's head ref does not name a \
+                       pull request (`gh-readonly-queue/<base>/pr-<number>-<sha>`), so it cannot be approved. \
+                       Nothing is evaluated.";
+        return completed(CheckConclusion::ActionRequired, "Cannot be approved", summary.into(), None);
+    };
+    let who = escape_md(author.unwrap_or("a deleted account"));
+    let repo = escape_md(&run.repo);
+    let why = match run.trigger {
+        Trigger::PullRequest { .. } => format!(
+            "Pull requests by {who} are evaluated once a maintainer approves them, because `require_approval` \
+             is on and the author has no write access to {repo}."
+        ),
+        Trigger::MergeGroup { .. } => format!(
+            "This merge queue entry (pull request #{number} by {who}) is evaluated once a maintainer approves \
+             it, because `merge_queue_require_approval` is on and the author has no write access to {repo}."
+        ),
+    };
+    let summary = format!(
+        "{why}\n\nTo approve this pull request, run on the eka-ci host:\n\n```\nekaci approve {}#{number}\n```\n\n\
+         To trust the author from now on: `ekaci approved-users add {}`.",
+        run.repo,
+        author.unwrap_or("LOGIN"),
+    );
+    completed(CheckConclusion::ActionRequired, "Waiting for a maintainer's approval", summary, None)
 }
 
 /// Creates or updates the check runs of one run, recording every id it gets.
