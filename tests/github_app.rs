@@ -50,6 +50,17 @@ impl Fixture {
     fn path(&self) -> &Path {
         self.repo.path()
     }
+
+    /// An attribute `slow` (derivation `name`) whose build waits until the returned file exists; `gate`
+    /// tells gate files of one fixture apart.
+    fn slow(&self, name: &str, gate: &str) -> (String, PathBuf) {
+        let file = std::env::temp_dir().join(format!("ekaci-gate-{}{gate}", self.nonce));
+        let attr = format!(
+            r#"slow = mk "{name}" "while [ ! -e {} ]; do /bin/sleep 0.2; done; echo > $out" [];"#,
+            file.display()
+        );
+        (attr, file)
+    }
 }
 
 /// A server configured with a webhook secret, the test App (credentials from a file) and the fake's URL.
@@ -308,11 +319,7 @@ fn broken_attempt(home: &Home) -> u64 {
 #[test]
 fn synchronize_cancels_the_superseded_head_and_closed_cancels_the_pull_request() {
     let f = Fixture::new();
-    let gate_file = std::env::temp_dir().join(format!("ekaci-gate-{}", f.nonce));
-    let slow = format!(
-        r#"slow = mk "slow-1" "while [ ! -e {} ]; do /bin/sleep 0.2; done; echo > $out" [];"#,
-        gate_file.display()
-    );
+    let (slow, gate_file) = f.slow("slow-1", "");
     let base = f.base.clone();
     let head1 = f.head("slow", &format!("{LIB} {slow}"));
     let head2 = f.head("fast", &format!(r#"{LIB} fast = mk "fast-1" "echo > $out" [];"#));
@@ -357,11 +364,7 @@ fn synchronize_cancels_the_superseded_head_and_closed_cancels_the_pull_request()
 #[test]
 fn a_head_shared_by_two_pull_requests_runs_on_until_the_last_one_leaves() {
     let f = Fixture::new();
-    let gate_file = std::env::temp_dir().join(format!("ekaci-gate-{}", f.nonce));
-    let slow = format!(
-        r#"slow = mk "slow-3" "while [ ! -e {} ]; do /bin/sleep 0.2; done; echo > $out" [];"#,
-        gate_file.display()
-    );
+    let (slow, gate_file) = f.slow("slow-3", "");
     let base = f.base.clone();
     let shared = f.head("shared", &format!("{LIB} {slow}"));
     let moved = f.head("moved on", &format!(r#"{LIB} fast = mk "fast-3" "echo > $out" [];"#));
@@ -391,10 +394,7 @@ fn a_head_shared_by_two_pull_requests_runs_on_until_the_last_one_leaves() {
     let _ = std::fs::remove_file(&gate_file);
 
     // A third head shared by #63 and #64: closing one keeps it, closing the last cancels it.
-    let gate_file = std::env::temp_dir().join(format!("ekaci-gate-{}-2", f.nonce));
-    let slow = slow
-        .replace("slow-3", "slow-4")
-        .replace(&format!("ekaci-gate-{}", f.nonce), &format!("ekaci-gate-{}-2", f.nonce));
+    let (slow, gate_file) = f.slow("slow-4", "-2");
     let third = f.head("third", &format!("{LIB} {slow}"));
     s.pr("d-63", "opened", 63, f.path(), &third, &base, "octocat");
     s.pr("d-64", "opened", 64, f.path(), &third, &base, "octocat");

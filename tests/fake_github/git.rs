@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use super::{read_http_request, token_valid, FakeGitHub, State};
+use super::{accept_loop, read_http_request, token_valid, FakeGitHub, State};
 
 /// One request the git host answered.
 #[derive(Debug, Clone)]
@@ -65,17 +65,10 @@ impl FakeGitHub {
         let addr = listener.local_addr().expect("local address");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (state, root) = (self.state.clone(), dir.path().join("repos"));
-        let (reqs, sp) = (requests.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sp.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let (tls, state, root, reqs) = (tls.clone(), state.clone(), root.clone(), reqs.clone());
-                std::thread::spawn(move || serve(conn, tls, &state, &root, &reqs));
-            }
+        let (state, root, reqs) = (self.state.clone(), dir.path().join("repos"), requests.clone());
+        accept_loop(listener, stop.clone(), move |conn| {
+            let (tls, state, root, reqs) = (tls.clone(), state.clone(), root.clone(), reqs.clone());
+            move || serve(conn, tls, &state, &root, &reqs)
         });
         GitHost { addr, dir, requests, stop }
     }

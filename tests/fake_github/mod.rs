@@ -173,6 +173,24 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"))
 }
 
+/// Accepts connections on a background thread until `stop` is set (and a connection wakes it), each
+/// served on a thread of its own by the closure `handler` makes for it.
+fn accept_loop<H, F>(listener: TcpListener, stop: Arc<AtomicBool>, handler: H)
+where
+    H: Fn(TcpStream) -> F + Send + 'static,
+    F: FnOnce() + Send + 'static,
+{
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(handler(conn));
+        }
+    });
+}
+
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -201,16 +219,10 @@ impl FakeGitHub {
             },
         }));
         let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (state.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sp.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let st = st.clone();
-                std::thread::spawn(move || serve(conn, &st));
-            }
+        let st = state.clone();
+        accept_loop(listener, stop.clone(), move |conn| {
+            let st = st.clone();
+            move || serve(conn, &st)
         });
         FakeGitHub { addr, state, stop }
     }
