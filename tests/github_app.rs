@@ -509,6 +509,26 @@ fn require_approval_holds_outside_authors_until_a_maintainer_approves() {
 }
 
 #[test]
+fn a_held_head_goes_ahead_once_a_trusted_author_proposes_the_same_commit() {
+    let f = Fixture::new();
+    let (base, head) = (f.base.clone(), f.head("head", r#"lib = mk "lib-7" "echo lib7 > $out" [];"#));
+    let s = Setup::new("require_approval = true");
+    s.fake.set_permission(REPO, "member", "write");
+    s.pr("d-71", "opened", 71, f.path(), &head, &base, "outsider");
+    let held = s.wait_completed(&head, "EkaCI: Approval Required");
+    assert_eq!(held["conclusion"], "action_required", "{held}");
+    // A maintainer opens a pull request of the same commit: it is theirs to run, so the hold is lifted.
+    s.pr("d-72", "opened", 72, f.path(), &head, &base, "member");
+    assert_eq!(s.wait_completed(&head, GATE)["conclusion"], "success");
+    let lifted = s.run(&head, "EkaCI: Approval Required").expect("approval check");
+    assert_eq!(lifted["conclusion"], "success", "{lifted}");
+    assert_eq!(lifted["id"], held["id"], "the same check run, patched");
+    assert!(summary(&lifted).contains("No approval is needed any more"), "{lifted}");
+    let approved = s.home.ekaci(&["approved-users", "list", "--json"]);
+    assert!(!String::from_utf8_lossy(&approved.stdout).contains("outsider"), "nobody was approved");
+}
+
+#[test]
 fn merge_queue_require_approval_holds_entries_of_outside_authors_until_approved() {
     let f = Fixture::new();
     let base = f.base.clone();

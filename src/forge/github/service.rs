@@ -364,7 +364,13 @@ impl GitHubService {
                     Trigger::PullRequest { number, author }
                         if existing.add_pull_request(number, author.clone()) =>
                     {
-                        (Some(existing), format!("run already queued; it now also serves #{number}"))
+                        let mut note = format!("run already queued; it now also serves #{number}");
+                        // Held for approval: look again, the new pull request's author may be trusted.
+                        if existing.state == RunState::AwaitingApproval {
+                            existing.state = RunState::Queued { not_before: 0 };
+                            note.push_str(", approval checked again");
+                        }
+                        (Some(existing), note)
                     }
                     _ => (None, "run already queued".to_string()),
                 },
@@ -545,8 +551,11 @@ impl GitHubService {
                 if run.state != RunState::AwaitingApproval {
                     continue;
                 }
-                let Some((number, author)) = run.approval_subject() else { continue };
-                if approved_locally(&store, &run.repo, number, author)? {
+                let others = run.also_for.iter().map(|p| (p.number, p.author.as_deref()));
+                let mut subjects = run.approval_subject().into_iter().chain(others);
+                if subjects.try_fold(false, |ok, (n, a)| {
+                    Ok::<_, StoreError>(ok || approved_locally(&store, &run.repo, n, a)?)
+                })? {
                     runs::update(&store, &key, |current| match current {
                         Some(mut r) if r.state == RunState::AwaitingApproval => {
                             r.state = RunState::Queued { not_before: 0 };
@@ -689,13 +698,14 @@ impl GitHubService {
                     return Ok(Finish::Held);
                 }
             }
-            if run.approved && run.check_id(APPROVAL_CHECK).is_some() {
-                let fields = completed(
-                    CheckConclusion::Success,
-                    "Approved",
-                    "A maintainer approved this pull request.".into(),
-                    None,
-                );
+            if run.check_id(APPROVAL_CHECK).is_some() {
+                let summary = if run.approved {
+                    "A maintainer approved this pull request."
+                } else {
+                    "No approval is needed any more: a pull request with this head commit is by an author \
+                     with write access, or was approved."
+                };
+                let fields = completed(CheckConclusion::Success, "Approved", summary.into(), None);
                 reporter.report(APPROVAL_CHECK, fields).await?;
             }
         }
@@ -970,9 +980,10 @@ impl GitHubService {
         Ok(Some((number, login)))
     }
 
-    /// Whether a run that needs approval may go ahead: its pull request or the author was approved with
-    /// `ekaci`, or the author has write access. Without a pull request to approve it never may (a merge
-    /// group whose head ref names none fails closed).
+    /// Whether a run that needs approval may go ahead: one of the pull requests it serves (`subject`,
+    /// then the others with the same head) or its author was approved with `ekaci`, or the author has
+    /// write access. Without a pull request to approve it never may (a merge group whose head ref names
+    /// none fails closed).
     async fn trusted(
         &self,
         run: &Run,
@@ -980,14 +991,19 @@ impl GitHubService {
         client: &GitHubClient,
         installation: u64,
     ) -> Result<bool, RunError> {
-        let Some((number, author)) = subject.cloned() else { return Ok(false) };
-        let (store, repo, a) = (self.store.clone(), run.repo.clone(), author.clone());
-        if smol::unblock(move || approved_locally(&store, &repo, number, a.as_deref())).await? {
-            return Ok(true);
+        let others = run.also_for.iter().map(|p| (p.number, p.author.clone()));
+        for (number, author) in subject.cloned().into_iter().chain(others) {
+            let (store, repo, a) = (self.store.clone(), run.repo.clone(), author.clone());
+            if smol::unblock(move || approved_locally(&store, &repo, number, a.as_deref())).await? {
+                return Ok(true);
+            }
+            let Some(author) = author else { continue };
+            let permission = client.collaborator_permission(installation, &run.repo, &author).await?;
+            if matches!(permission.permission.as_str(), "admin" | "maintain" | "write") {
+                return Ok(true);
+            }
         }
-        let Some(author) = author else { return Ok(false) };
-        let permission = client.collaborator_permission(installation, &run.repo, &author).await?;
-        Ok(matches!(permission.permission.as_str(), "admin" | "maintain" | "write"))
+        Ok(false)
     }
 
     /// Git credentials for the run's clone URL: the installation token, only for `https://` URLs of
