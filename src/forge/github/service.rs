@@ -552,10 +552,14 @@ impl GitHubService {
                     continue;
                 }
                 let others = run.also_for.iter().map(|p| (p.number, p.author.as_deref()));
-                let mut subjects = run.approval_subject().into_iter().chain(others);
-                if subjects.try_fold(false, |ok, (n, a)| {
-                    Ok::<_, StoreError>(ok || approved_locally(&store, &run.repo, n, a)?)
-                })? {
+                let mut approved = false;
+                for (number, author) in run.approval_subject().into_iter().chain(others) {
+                    if approved_locally(&store, &run.repo, number, author)? {
+                        approved = true;
+                        break;
+                    }
+                }
+                if approved {
                     runs::update(&store, &key, |current| match current {
                         Some(mut r) if r.state == RunState::AwaitingApproval => {
                             r.state = RunState::Queued { not_before: 0 };
