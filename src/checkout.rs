@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use smol::lock::Mutex as AsyncMutex;
 
 use crate::secret::Secret;
+use crate::text::ellipsis_chars;
 
 /// Longest git message kept in an error, in characters (the tail is kept: git's `fatal:` line is last).
 const MAX_MESSAGE_CHARS: usize = 2000;
@@ -440,7 +441,7 @@ pub fn sends_credentials(repo_url: &str, host: &str) -> bool {
 /// Resolves `rev` (`HEAD`, `HEAD~1`, a branch, a short id) to a full commit id in the LOCAL repository
 /// at `repo_path`, with `git rev-parse --verify <rev>^{commit}`.
 pub async fn resolve_rev(repo_path: &Path, rev: &str) -> Result<String, CheckoutError> {
-    let invalid = |reason| CheckoutError::InvalidRev { rev: bounded(rev, 200), reason };
+    let invalid = |reason| CheckoutError::InvalidRev { rev: ellipsis_chars(rev, 200), reason };
     if rev.is_empty() {
         return Err(invalid("it is empty"));
     }
@@ -455,14 +456,15 @@ pub async fn resolve_rev(repo_path: &Path, rev: &str) -> Result<String, Checkout
     git.args(["rev-parse", "--verify", "--quiet", "--end-of-options"]).arg(format!("{rev}^{{commit}}"));
     let resolve_error = |message: String| CheckoutError::Resolve {
         path: repo_path.to_path_buf(),
-        rev: bounded(rev, 200),
+        rev: ellipsis_chars(rev, 200),
         message,
     };
     let out = git.run().await.map_err(|m| {
         resolve_error(if m.starts_with("git exited") { "no such commit".to_string() } else { m })
     })?;
     let sha = out.trim();
-    validate_sha(sha).map_err(|_| resolve_error(format!("unexpected git output {:?}", bounded(sha, 100))))
+    validate_sha(sha)
+        .map_err(|_| resolve_error(format!("unexpected git output {:?}", ellipsis_chars(sha, 100))))
 }
 
 /// A full commit id, lowercased, or `InvalidSha`.
@@ -471,17 +473,7 @@ fn validate_sha(sha: &str) -> Result<String, CheckoutError> {
     if ok {
         Ok(sha.to_ascii_lowercase())
     } else {
-        Err(CheckoutError::InvalidSha { sha: bounded(sha, 100) })
-    }
-}
-
-fn bounded(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(max).collect();
-        out.push('…');
-        out
+        Err(CheckoutError::InvalidSha { sha: ellipsis_chars(sha, 100) })
     }
 }
 
@@ -563,7 +555,8 @@ struct RepoUrl {
 
 impl RepoUrl {
     fn parse(raw: &str) -> Result<RepoUrl, CheckoutError> {
-        let reject = |reason| CheckoutError::InvalidUrl { url: bounded(&strip_userinfo(raw), 200), reason };
+        let reject =
+            |reason| CheckoutError::InvalidUrl { url: ellipsis_chars(&strip_userinfo(raw), 200), reason };
         if raw.is_empty() {
             return Err(reject("it is empty"));
         }
@@ -852,7 +845,8 @@ impl GitCommand {
 
     /// Strips ANSI escapes and control characters, redacts secrets, joins lines, bounds the length.
     fn clean(&self, stderr: &str) -> String {
-        let mut text = strip_ansi(stderr);
+        // Carriage returns (git's progress) and tabs separate words.
+        let mut text = crate::text::strip_ansi(&stderr.replace(['\r', '\t'], " "));
         for (from, to) in &self.replace {
             text = text.replace(from.as_str(), to);
         }
@@ -873,41 +867,8 @@ impl GitCommand {
             joined.push_str(line);
         }
         let text = joined;
-        let count = text.chars().count();
-        if count <= MAX_MESSAGE_CHARS {
-            text
-        } else {
-            let tail: String = text.chars().skip(count - MAX_MESSAGE_CHARS).collect();
-            format!("…{tail}")
-        }
+        crate::text::ellipsis_tail_chars(&text, MAX_MESSAGE_CHARS)
     }
-}
-
-/// Removes ANSI escape sequences (`ESC [ … final`, `ESC x`) and control characters other than newline.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if ('\u{40}'..='\u{7e}').contains(&c) {
-                        break;
-                    }
-                }
-            } else {
-                chars.next();
-            }
-        } else if c == '\n' {
-            out.push('\n');
-        } else if c == '\r' || c == '\t' {
-            out.push(' ');
-        } else if !c.is_control() {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

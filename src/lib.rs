@@ -19,6 +19,7 @@ pub mod scheduler;
 pub mod secret;
 pub mod store;
 pub mod summary;
+pub mod text;
 pub mod time;
 pub mod web;
 

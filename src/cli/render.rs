@@ -5,10 +5,7 @@ use std::fmt::Write;
 use crate::jobset::diff::{AttrChange, ErrorChange, JobDiff};
 use crate::jobset::{AttrOutcome, Jobset, JobsetState};
 use crate::pipeline::{DiffReport, EvalReport, ReviewReport, Verdict};
-
-fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
-}
+use crate::text::short_sha as short;
 
 /// The first non-empty line of a Nix error, without Nix's own `error: ` prefix.
 fn first_line(message: &str) -> &str {

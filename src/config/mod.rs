@@ -895,10 +895,7 @@ fn locate(root: &Spanned<DeTable<'_>>, segs: &[Seg], want_key: bool) -> Option<R
 
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut off = offset.min(text.len());
-    while !text.is_char_boundary(off) {
-        off -= 1;
-    }
+    let off = crate::text::floor_char_boundary(text, offset);
     let before = text.get(..off).unwrap_or("");
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::{
     ChangeSummary, EvalStatus, JobSummary, PackageChange, PackageChangeKind, Rendered, Settings, Truncation,
 };
-use crate::config::repo::escape_markdown;
+use crate::text::{escape_markdown, floor_char_boundary, short_sha as short};
 
 /// Detail is dropped until the text is shorter than this many bytes.
 pub const SOFT_LIMIT: usize = 60_000;
@@ -71,18 +71,6 @@ pub fn render(summary: &ChangeSummary, settings: &Settings) -> Rendered {
     }
     m.change_summary_duration.with_label_values(&["render"]).observe(started.elapsed().as_secs_f64());
     rendered
-}
-
-/// The largest index `<= at` that is a character boundary of `s`.
-fn floor_char_boundary(s: &str, at: usize) -> usize {
-    if at >= s.len() {
-        return s.len();
-    }
-    let mut i = at;
-    while i > 0 && !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
 }
 
 /// Escaped, bounded repository-provided text.
@@ -148,10 +136,6 @@ fn render_at(summary: &ChangeSummary, settings: &Settings, level: Truncation) ->
         let _ = writeln!(out, "\n*The summary was shortened to fit: {what}.*");
     }
     out
-}
-
-fn short(sha: &str) -> &str {
-    sha.get(..12).unwrap_or(sha)
 }
 
 fn render_job(out: &mut String, job: &JobSummary, settings: &Settings, level: Truncation, several: bool) {

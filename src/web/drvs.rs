@@ -101,14 +101,7 @@ pub(super) fn ok_json(body: Value) -> tide::Response {
 
 /// `input` shortened for an error message.
 pub(super) fn echo(input: &str) -> String {
-    if input.len() <= ECHO_LIMIT {
-        return input.to_string();
-    }
-    let mut end = ECHO_LIMIT;
-    while !input.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &input[..end])
+    crate::text::ellipsis_bytes(input, ECHO_LIMIT)
 }
 
 /// Strict percent-decoding of one path segment (`+` stays `+`); the result must be UTF-8.

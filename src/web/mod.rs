@@ -1,8 +1,20 @@
 //! The HTTP server: tide's router served on our smol executor through async-h1.
 //!
-//! This module owns the listener, the connection loop and the route table; one file per route group
-//! (`health`, `metrics`). It must never start another runtime: tide is used only as a router through
-//! `tide::Server::respond`, and every connection is a task on the daemon's executor.
+//! This module owns the listener, the connection loop and the route table; one file per route group:
+//!
+//! | file | routes |
+//! | --- | --- |
+//! | `health.rs` | `GET /healthz` |
+//! | `metrics.rs` | `GET /metrics` (Prometheus text format) |
+//! | `drvs.rs` | `GET /v1/drvs/{drv}` |
+//! | `logs.rs` | `GET /v1/logs/{drv}` |
+//! | `builds.rs` | `GET /v1/builds/active` |
+//! | `jobsets.rs` | `GET /v1/jobsets/{id}` |
+//! | `summary.rs` | `GET /v1/commits/{sha}/change-summary`, `…/change-summary.md`, `…/package-changes`, `…/rebuild-impact` |
+//! | `github.rs` | `POST /github/webhook` |
+//!
+//! It must never start another runtime: tide is used only as a router through `tide::Server::respond`,
+//! and every connection is a task on the daemon's executor.
 
 mod builds;
 mod drvs;

@@ -445,7 +445,7 @@ impl GitHubClient {
             // Position only: the body holds the token.
             error: format!("not an installation token (line {}, column {})", e.line(), e.column()),
         })?;
-        let expires = parse_rfc3339(&parsed.expires_at)
+        let expires = crate::time::parse_rfc3339(&parsed.expires_at)
             .ok_or_else(|| ClientError::BadExpiry { installation_id, value: parsed.expires_at.clone() })?;
         let refresh_at = expires.checked_sub(self.inner.config.token_refresh_margin).unwrap_or(UNIX_EPOCH);
         tracing::debug!(installation_id, expires_at = %parsed.expires_at, "fetched a GitHub installation token");
@@ -729,11 +729,8 @@ fn error_message(body: &str) -> (String, Option<String>) {
 }
 
 fn truncate(s: &str) -> String {
-    let mut out: String = s.chars().filter(|c| !c.is_control()).take(MAX_MESSAGE).collect();
-    if s.chars().count() > MAX_MESSAGE {
-        out.push('…');
-    }
-    out
+    let printable: String = s.chars().filter(|c| !c.is_control()).collect();
+    crate::text::ellipsis_chars(&printable, MAX_MESSAGE)
 }
 
 fn to_json<T: Serialize>(value: &T, path: &str) -> Result<String, ClientError> {
@@ -754,7 +751,7 @@ fn segment<'a>(s: &'a str, what: &'static str) -> Result<&'a str, ClientError> {
     if ok {
         Ok(s)
     } else {
-        Err(ClientError::InvalidArgument { what, value: s.chars().take(100).collect() })
+        Err(ClientError::InvalidArgument { what, value: crate::text::prefix_chars(s, 100).to_string() })
     }
 }
 
@@ -782,108 +779,9 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-/// `t` as RFC 3339 UTC with whole seconds.
-pub fn format_rfc3339(t: SystemTime) -> String {
-    crate::time::rfc3339(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
-}
-
-/// Parses an RFC 3339 time (`2016-07-11T22:14:10Z`, fractions and `±hh:mm` offsets allowed).
-pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let s = s.trim();
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| {
-        s.get(r).filter(|t| t.bytes().all(|c| c.is_ascii_digit()))?.parse::<i64>().ok()
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && (rest.starts_with('+') || rest.starts_with('-'))
-            && rest.as_bytes()[3] == b':' =>
-        {
-            let h = rest.get(1..3)?.parse::<u8>().ok().map(i64::from)?;
-            let m = rest.get(4..6)?.parse::<u8>().ok().map(i64::from)?;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (h * 3600 + m * 60)
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    u64::try_from(secs).ok().map(|s| UNIX_EPOCH + Duration::from_secs(s))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn secs(t: SystemTime) -> u64 {
-        t.duration_since(UNIX_EPOCH).unwrap().as_secs()
-    }
-
-    #[test]
-    fn rfc3339_formatting_round_trips() {
-        for s in [0u64, 951_782_400, 1_468_275_250, 4_107_542_399, 1_795_000_000] {
-            let t = UNIX_EPOCH + Duration::from_secs(s);
-            let text = format_rfc3339(t);
-            assert_eq!(parse_rfc3339(&text).map(secs), Some(s), "{text}");
-        }
-        assert_eq!(format_rfc3339(UNIX_EPOCH + Duration::from_secs(1_468_275_250)), "2016-07-11T22:14:10Z");
-        assert_eq!(format_rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
-    }
-
-    #[test]
-    fn rfc3339() {
-        assert_eq!(secs(parse_rfc3339("2016-07-11T22:14:10Z").unwrap()), 1_468_275_250);
-        assert_eq!(secs(parse_rfc3339("1970-01-01T00:00:00Z").unwrap()), 0);
-        assert_eq!(secs(parse_rfc3339("2016-07-11T22:14:10.123Z").unwrap()), 1_468_275_250);
-        assert_eq!(secs(parse_rfc3339("2017-07-08T16:18:44-04:00").unwrap()), 1_499_545_124);
-        assert_eq!(secs(parse_rfc3339("2000-02-29T00:00:00+00:00").unwrap()), 951_782_400);
-        for bad in [
-            "",
-            "2016-07-11",
-            "2016-13-11T22:14:10Z",
-            "2016-07-11T22:14:10",
-            "x016-07-11T22:14:10Z",
-            "2016-07-11T22:14:10+0\u{e9}00",
-            "2016-07-11T22:14:10+\u{e9}:00",
-            "2016-07-11T22:14:10+-1:00",
-        ] {
-            assert!(parse_rfc3339(bad).is_none(), "{bad}");
-        }
-    }
 
     #[test]
     fn paths_are_validated_and_encoded() {

@@ -3,7 +3,7 @@
 //! derivation states and history, graph neighbours, byte-exact logs per attempt, active builds during a
 //! running build, jobset listings with paging, and the JSON errors of bad input.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Stdio;

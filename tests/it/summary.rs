@@ -2,7 +2,7 @@
 //! produces every package classification, a chain whose blast radius is exact, a rename that is not a
 //! rebuild; the cache and its pruning; and rendering with truncation at every level.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

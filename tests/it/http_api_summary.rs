@@ -3,7 +3,7 @@
 //! `/v1/commits/{sha}/…` routes over real HTTP — cached summaries, summaries computed on demand from
 //! stored jobsets, limits, and the exact errors of bad input.
 
-mod common;
+use crate::common;
 
 use common::{get_json, http_get, json, GitRepo, Home};
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! `ekaci eval` and `ekaci diff` end to end: a real git repository, the real server over its socket,
 //! real Nix evaluation, the jobset store and the derivation graph.
 
-mod common;
+use crate::common;
 
 use common::{json, GitRepo, Home, NIX_PRELUDE};
 use serde_json::Value;

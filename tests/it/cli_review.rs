@@ -1,7 +1,7 @@
 //! `ekaci review` and the build commands end to end: a real git repository, the real server, real
 //! Nix builds. Every test puts a fresh nonce into its derivations so nothing is already built.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! server over its control socket, what they store in the real redb file, persistence across a restart,
 //! and the exact errors for bad input (from the CLI and from the server's own checks).
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! the check-run round trip, the retry and rate-limit discipline, error shapes without tokens, and
 //! loading App credentials from every supported source.
 
-mod fake_github;
+use crate::fake_github;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

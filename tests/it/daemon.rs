@@ -1,7 +1,7 @@
 //! The daemon as a real process: start-up rules, `ekaci status` over the real socket, signals, stale and
 //! busy sockets, bad control frames, and HTTP.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

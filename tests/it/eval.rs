@@ -492,7 +492,7 @@ fn gc_roots_survive_garbage_collection() {
         let store = tempfile::tempdir().expect("tempdir");
         let config = format!("substituters =\nstore = local?root={}", store.path().display());
         let out = Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", "gc_roots_survive_garbage_collection", "--nocapture", "--test-threads=1"])
+            .args(["--exact", "eval::gc_roots_survive_garbage_collection", "--nocapture", "--test-threads=1"])
             .env(GC_CHILD_ENV, store.path())
             .env("NIX_CONFIG", config)
             .output()

@@ -35,11 +35,11 @@ pub const APP_ID: &str = "4242";
 /// The installation id the fake reports for every repository (unless changed).
 pub const INSTALLATION_ID: u64 = 77;
 /// The test App's private key, PKCS#1 (test-only key; see the keys README).
-pub const PRIVATE_KEY_PKCS1: &str = include_str!("../fixtures/github/keys/test-app-key.pkcs1.pem");
+pub const PRIVATE_KEY_PKCS1: &str = include_str!("../../fixtures/github/keys/test-app-key.pkcs1.pem");
 /// The same key, PKCS#8.
-pub const PRIVATE_KEY_PKCS8: &str = include_str!("../fixtures/github/keys/test-app-key.pkcs8.pem");
+pub const PRIVATE_KEY_PKCS8: &str = include_str!("../../fixtures/github/keys/test-app-key.pkcs8.pem");
 /// Its public key, used to verify JWTs.
-pub const PUBLIC_KEY: &str = include_str!("../fixtures/github/keys/test-app-key.pub.pem");
+pub const PUBLIC_KEY: &str = include_str!("../../fixtures/github/keys/test-app-key.pub.pem");
 
 const DOCS: &str = "https://docs.github.com/rest";
 

@@ -2,7 +2,7 @@
 //! checkouts by commit id from `file://` URLs and plain paths, concurrency on one mirror, fork-PR refs,
 //! refusals (branch names, unknown commits, hostile URLs), worktree removal, startup pruning, `resolve_rev`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

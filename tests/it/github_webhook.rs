@@ -2,7 +2,7 @@
 //! refusals (signature, size, JSON, headers) that persist nothing, redeliveries, and events surviving a
 //! kill -9 right after the 202.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

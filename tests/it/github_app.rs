@@ -2,8 +2,8 @@
 //! REST API, real git repositories as the pull requests' repositories (`file://` clone URLs), real Nix
 //! evaluations and builds, and assertions on the exact check runs the fake recorded.
 
-mod common;
-mod fake_github;
+use crate::common;
+use crate::fake_github;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

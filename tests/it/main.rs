@@ -1,0 +1,31 @@
+//! The integration tests, in one binary: each module is one area (the file names say which), all sharing
+//! one link of the crate and its dependencies. Twenty binaries each linking every dependency cost most of
+//! CI's build time and disk (docs/benchmarks.md, "The test build on disk").
+//!
+//! `common` starts a real `eka-ci-server` in a private home and talks to it over its real socket and HTTP
+//! port; `fake_github` is a loopback GitHub (REST: App, installation and check-run endpoints; git over HTTPS).
+
+mod common;
+mod fake_github;
+
+mod approvals;
+mod checkout;
+mod cli_eval;
+mod cli_review;
+mod config;
+mod daemon;
+mod drv_parser;
+mod eval;
+mod github_app;
+mod github_client;
+mod github_webhook;
+mod graph;
+mod http_api;
+mod http_api_summary;
+mod jobset;
+mod nix_build;
+mod repo_config;
+mod scheduler;
+mod store;
+mod summary;
+
