@@ -20,6 +20,7 @@ use redb::ReadOnlyTable;
 use super::record::{self, NodeV1, Writer};
 use super::{DiscoverStats, DrvId, Graph, GraphError, RootFailure};
 use crate::nix::drv::{parse_graph_info, DrvGraphInfo};
+use crate::nix::store_path::looks_like_drv_path;
 use crate::store::schema::GRAPH_IDS;
 
 #[derive(Clone, Copy)]
@@ -63,11 +64,6 @@ struct Discovery<'t> {
     bytes_read: u64,
 }
 
-/// A root or input path must name a derivation: absolute, ending in `.drv`.
-fn is_drv_path(p: &str) -> bool {
-    p.starts_with('/') && p.ends_with(".drv") && !p.contains('\0')
-}
-
 impl Discovery<'_> {
     fn resolve(&mut self, path: &str) -> Result<Slot, GraphError> {
         if let Some(&s) = self.seen.get(path) {
@@ -105,7 +101,7 @@ impl Discovery<'_> {
                 let mut inputs = Vec::with_capacity(info.input_drvs.len());
                 let mut bad = None;
                 for (input, outs) in info.input_drvs {
-                    if !is_drv_path(&input) {
+                    if !looks_like_drv_path(&input) {
                         bad = Some(GraphError::BadInput { path: path.to_string(), input });
                         break;
                     }
@@ -224,7 +220,7 @@ pub(super) fn run(graph: &Graph, roots: &[String]) -> Result<DiscoverStats, Grap
     };
     let mut root_slots = Vec::with_capacity(roots.len());
     for root in roots {
-        root_slots.push(if is_drv_path(root) {
+        root_slots.push(if looks_like_drv_path(root) {
             Ok(d.resolve(root)?)
         } else {
             Err(Arc::new(GraphError::NotADerivation { path: root.clone() }))

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use super::record::NodeV1;
+use crate::nix::store_path::{self, DEFAULT_STORE_DIR, NIX_BASE32};
 
 /// An index into the [`Interner`].
 pub(crate) type Sym = u32;
@@ -331,9 +332,6 @@ impl Packed {
 // ---------------------------------------------------------------------------------------------------------
 // Store paths
 
-const STORE_DIR: &str = "/nix/store/";
-/// Nix's base-32 alphabet (no e, o, u, t).
-const BASE32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 /// Any string, as length and bytes.
 const TAG_RAW: u8 = 0;
 /// `/nix/store/<hash>-<name>`: 20 hash bytes, then the name as length and bytes.
@@ -346,13 +344,10 @@ fn drv_stem(path: &str) -> Option<&str> {
     split_store_path(path).and_then(|(_, name)| name.strip_suffix(".drv"))
 }
 
-/// `(hash, name)` of `/nix/store/<32 base-32 chars>-<non-empty name>`.
+/// `(hash, name)` of `/nix/store/<32 base-32 chars>-<non-empty name>`, the name unchecked (the loose
+/// split of [`store_path::split_default_store`]: any such string compresses and decodes back exactly).
 fn split_store_path(path: &str) -> Option<([u8; 20], &str)> {
-    let rest = path.strip_prefix(STORE_DIR)?;
-    let (hash, name) = (rest.get(..32)?, rest.get(32..)?.strip_prefix('-')?);
-    if name.is_empty() {
-        return None;
-    }
+    let (hash, name) = store_path::split_default_store(path)?;
     Some((hash_to_bytes(hash.as_bytes())?, name))
 }
 
@@ -397,8 +392,9 @@ fn decode_path(r: &mut Reader<'_>, derived: Option<(&str, &str)>) -> Result<Stri
             .map_err(|_| PackError::Corrupt("path is not UTF-8"));
     }
     let hash = r.bytes(20)?;
-    let mut s = String::with_capacity(STORE_DIR.len() + 33 + 40);
-    s.push_str(STORE_DIR);
+    let mut s = String::with_capacity(DEFAULT_STORE_DIR.len() + 34 + 40);
+    s.push_str(DEFAULT_STORE_DIR);
+    s.push('/');
     bytes_to_hash(hash, &mut s);
     s.push('-');
     match (tag, derived) {
@@ -425,7 +421,7 @@ const BASE32_VALUE: [u8; 256] = {
     let mut t = [0xffu8; 256];
     let mut i = 0;
     while i < 32 {
-        t[BASE32[i] as usize] = i as u8;
+        t[NIX_BASE32[i] as usize] = i as u8;
         i += 1;
     }
     t
@@ -462,7 +458,7 @@ fn bytes_to_hash(bytes: &[u8], out: &mut String) {
         bits += 8;
         while bits >= 5 {
             bits -= 5;
-            out.push(char::from(BASE32[((acc >> bits) & 31) as usize]));
+            out.push(char::from(NIX_BASE32[((acc >> bits) & 31) as usize]));
             acc &= (1 << bits) - 1;
         }
     }

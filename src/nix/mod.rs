@@ -9,3 +9,4 @@ pub mod eval;
 pub mod eval_builtin;
 pub mod local;
 pub mod process;
+pub mod store_path;

@@ -8,11 +8,9 @@ use serde_json::{json, Value};
 
 use super::AppState;
 use crate::graph::GraphError;
+use crate::nix::store_path::{strip_default_store, DrvPath, StorePathError, DEFAULT_STORE_DIR};
 use crate::scheduler::{Attempt, Completion, DrvState, HistoryEntry, SchedulerError};
 use crate::store::StoreError;
-
-/// The store directory every derivation path of the graph lives in.
-pub(super) const STORE_DIR: &str = "/nix/store/";
 
 /// At most this many dependents are listed; `dependents_total` gives the full count.
 const DEPENDENTS_CAP: usize = 1000;
@@ -135,19 +133,19 @@ pub(super) fn parse_drv_param(raw: &str) -> Result<String, ApiError> {
     let bad = |input: &str, reason| ApiError::BadDrv { input: echo(input), reason };
     let decoded = percent_decode(raw).map_err(|reason| bad(raw, reason))?;
     let base = if decoded.starts_with('/') {
-        decoded.strip_prefix(STORE_DIR).ok_or_else(|| bad(&decoded, "not under /nix/store/"))?
+        strip_default_store(&decoded).ok_or_else(|| bad(&decoded, "not under /nix/store/"))?
     } else {
         decoded.as_str()
     };
     if base.contains('/') {
         return Err(bad(&decoded, "a store path has no further '/' after /nix/store/"));
     }
-    let full = format!("{STORE_DIR}{base}");
-    let parts = crate::nix::build::parse_store_path(&full).map_err(|reason| bad(&decoded, reason))?;
-    if !parts.name.ends_with(".drv") || parts.name.len() == 4 {
-        return Err(bad(&decoded, "the name does not end in .drv"));
+    let full = format!("{DEFAULT_STORE_DIR}/{base}");
+    match DrvPath::parse(&full) {
+        Ok(_) => Ok(full),
+        Err(StorePathError::NotDrv) => Err(bad(&decoded, "the name does not end in .drv")),
+        Err(e) => Err(bad(&decoded, e.reason())),
     }
-    Ok(full)
 }
 
 /// The JSON form of a state: its name plus the details of that state.
@@ -177,7 +175,7 @@ pub(super) fn state_json(state: &DrvState) -> Value {
 
 /// The API path of an attempt's log.
 pub(super) fn log_url(drv: &str, attempt: u32) -> String {
-    let base = drv.strip_prefix(STORE_DIR).unwrap_or(drv);
+    let base = strip_default_store(drv).unwrap_or(drv);
     // Store path names may contain `?` and `=`: keep the URL unambiguous.
     let base = base.replace('?', "%3F");
     format!("/v1/logs/{base}?attempt={attempt}")

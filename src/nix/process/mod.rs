@@ -23,6 +23,11 @@
 //!
 //! Text helpers ([`strip_ansi`], [`truncate_utf8`], [`bounded_text`]) turn raw child output into text that is
 //! safe to store and show: valid UTF-8, no terminal escapes, a bounded length cut on a character boundary.
+//!
+//! Nix's local builders leave the group (`setsid`): `builders.rs` finds them in `/proc` and kills them by
+//! session, and reads the kernel's OOM-kill counter.
+
+pub(crate) mod builders;
 
 use std::cell::Cell;
 use std::ffi::OsStr;
