@@ -28,7 +28,7 @@ use futures_lite::io::{AsyncBufReadExt, BufReader};
 use futures_lite::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::nix::process::{self, Pipe, ProcessError, SupervisedChild, TailBuffer};
+use crate::nix::process::{Pipe, ProcessError, SupervisedChild, TailBuffer};
 
 /// Maximum length in bytes of an error message in a record or an [`EvalError`].
 pub const MAX_MESSAGE_BYTES: usize = 4096;
@@ -371,7 +371,7 @@ pub fn attr_split(attr: &str) -> Vec<String> {
 /// starting with `error:` (traces, warnings) and the `--show-trace` hint dropped, at most
 /// [`MAX_MESSAGE_BYTES`] bytes cut on a character boundary.
 pub fn nix_error_message(stderr: &[u8]) -> String {
-    let text = process::strip_ansi(&String::from_utf8_lossy(stderr));
+    let text = crate::text::strip_ansi(&String::from_utf8_lossy(stderr));
     let start = text.lines().scan(0usize, |offset, line| {
         let at = *offset;
         *offset += line.len() + 1;
@@ -388,7 +388,7 @@ pub fn nix_error_message(stderr: &[u8]) -> String {
         .lines()
         .filter(|l| !l.trim_start().starts_with("(use '--show-trace' to show detailed location information)"))
         .collect();
-    process::bound_str(kept.join("\n").trim(), MAX_MESSAGE_BYTES)
+    crate::text::bounded_str(kept.join("\n").trim(), MAX_MESSAGE_BYTES)
 }
 
 /// (De)serializes `Option<serde_json::Value>` as the value for human-readable formats and as JSON text
@@ -461,7 +461,7 @@ pub fn parse_nix_eval_jobs_line(line: &str) -> Result<EvalRecord, NixEvalJobsLin
     };
     let attr = attr_display(&attr_path);
     if let Some(error) = l.error {
-        let message = process::bound_str(process::strip_ansi(&error).trim(), MAX_MESSAGE_BYTES);
+        let message = crate::text::bounded_str(crate::text::strip_ansi(&error).trim(), MAX_MESSAGE_BYTES);
         return Ok(EvalRecord { attr, attr_path, outcome: EvalOutcome::Error { message } });
     }
     let missing = |field| NixEvalJobsLineError::Missing { attr: attr.clone(), field };

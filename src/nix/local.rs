@@ -55,7 +55,7 @@ pub async fn detect_local() -> Result<LocalNix, DetectError> {
     };
     let out = crate::nix::process::run_captured(cmd, &limits).await?;
     if !out.termination.success() {
-        return Err(DetectError::Failed(crate::nix::process::bounded_text(&out.stderr, 2000)));
+        return Err(DetectError::Failed(crate::text::bounded_output(&out.stderr, 2000)));
     }
     parse_show_config(&String::from_utf8_lossy(&out.stdout))
 }

@@ -18,6 +18,20 @@ pub use cut::{
 };
 pub use markdown::{escape_markdown, fence};
 
+/// Marks where [`bounded_str`] and [`bounded_output`] cut.
+pub const CUT_MARKER: &str = " […]";
+
+/// `text` cut to at most `max_bytes` bytes on a character boundary, [`CUT_MARKER`] included when cut.
+pub fn bounded_str(text: &str, max_bytes: usize) -> String {
+    bound_bytes(text, max_bytes, CUT_MARKER)
+}
+
+/// Raw child output as displayable text: decoded lossily (invalid UTF-8 becomes U+FFFD), terminal escapes
+/// stripped, trimmed, and cut like [`bounded_str`].
+pub fn bounded_output(bytes: &[u8], max_bytes: usize) -> String {
+    bounded_str(strip_ansi(&String::from_utf8_lossy(bytes)).trim(), max_bytes)
+}
+
 /// How many characters of a commit SHA people are shown.
 pub const SHORT_SHA_CHARS: usize = 12;
 
@@ -30,6 +44,19 @@ pub fn short_sha(sha: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn child_output_becomes_bounded_text() {
+        let long = "€".repeat(2000);
+        let b = bounded_output(long.as_bytes(), 4096);
+        assert!(b.len() <= 4096, "{}", b.len());
+        assert!(b.ends_with(CUT_MARKER));
+        assert_eq!(bounded_output(b"  short \n", 4096), "short");
+        assert_eq!(bounded_output(b"\x1b[31merror:\x1b[0m x", 100), "error: x");
+        // Invalid UTF-8 is replaced, not an error.
+        assert_eq!(bounded_output(b"a\xffb", 100), "a\u{fffd}b");
+        assert_eq!(bounded_str("abc", 3), "abc");
+    }
 
     #[test]
     fn short_shas() {

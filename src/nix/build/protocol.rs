@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::io;
 
-use crate::nix::process::strip_ansi;
+use crate::text::strip_ansi;
 
 // Nix's activity and result types (`src/libutil/logging.hh`).
 pub(super) const ACT_BUILDS: u64 = 104;

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{BuildError, MESSAGE_LIMIT};
-use crate::nix::process::{bounded_text, run_captured, RunLimits};
+use crate::nix::process::{run_captured, RunLimits};
+use crate::text::bounded_output as bounded_text;
 use crate::nix::store_path::StorePath;
 
 /// The program that checks output validity.

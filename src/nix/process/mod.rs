@@ -21,13 +21,16 @@
 //! * Captured output is bounded: stdout up to [`RunLimits::stdout_limit`] (exceeding it kills the group),
 //!   stderr keeps only its last [`RunLimits::stderr_tail`] bytes (errors come last).
 //!
-//! Text helpers ([`strip_ansi`], [`truncate_utf8`], [`bounded_text`]) turn raw child output into text that is
-//! safe to store and show: valid UTF-8, no terminal escapes, a bounded length cut on a character boundary.
+//! Raw child output becomes text safe to store and show through [`crate::text::bounded_output`]: valid
+//! UTF-8, no terminal escapes, a bounded length cut on a character boundary.
 //!
 //! Nix's local builders leave the group (`setsid`): `builders.rs` finds them in `/proc` and kills them by
 //! session, and reads the kernel's OOM-kill counter.
 
 pub(crate) mod builders;
+
+/// Old name of [`crate::text::bounded_str`], until the scheduler's callers move.
+pub use crate::text::bounded_str as bound_str;
 
 use std::cell::Cell;
 use std::ffi::OsStr;
@@ -512,121 +515,9 @@ impl TailBuffer {
     }
 }
 
-/// Removes terminal escape sequences (CSI `ESC [ … final`, OSC `ESC ] … BEL|ESC \`, two- and three-byte
-/// `ESC` sequences, the C1 CSI `U+009B`) and control characters other than newline and tab.
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\u{1b}' => match chars.next() {
-                Some('[') => skip_csi(&mut chars),
-                Some(']') => {
-                    // OSC: until BEL or ST (ESC \).
-                    while let Some(c) = chars.next() {
-                        if c == '\u{7}' {
-                            break;
-                        }
-                        if c == '\u{1b}' {
-                            if chars.peek() == Some(&'\\') {
-                                chars.next();
-                            }
-                            break;
-                        }
-                    }
-                }
-                Some(c) if ('\u{20}'..='\u{2f}').contains(&c) => {
-                    // ESC, intermediates, one final byte (e.g. `ESC ( B`).
-                    while chars.peek().is_some_and(|c| ('\u{20}'..='\u{2f}').contains(c)) {
-                        chars.next();
-                    }
-                    chars.next();
-                }
-                _ => {}
-            },
-            '\u{9b}' => skip_csi(&mut chars),
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn skip_csi(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
-    // Parameter and intermediate bytes, then one final byte in 0x40..=0x7e.
-    for c in chars.by_ref() {
-        if ('\u{40}'..='\u{7e}').contains(&c) || !('\u{20}'..='\u{3f}').contains(&c) {
-            break;
-        }
-    }
-}
-
-/// The longest prefix of `text` of at most `max_bytes` bytes that ends on a character boundary.
-pub fn truncate_utf8(text: &str, max_bytes: usize) -> &str {
-    if text.len() <= max_bytes {
-        return text;
-    }
-    let mut end = max_bytes;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-/// Marker appended to text cut by [`bounded_text`].
-pub const TRUNCATION_MARKER: &str = " […]";
-
-/// Raw child output as displayable text: decoded lossily, escapes stripped, trimmed, and cut to at most
-/// `max_bytes` bytes (including [`TRUNCATION_MARKER`] when cut) on a character boundary.
-pub fn bounded_text(bytes: &[u8], max_bytes: usize) -> String {
-    let text = strip_ansi(&String::from_utf8_lossy(bytes));
-    bound_str(text.trim(), max_bytes)
-}
-
-/// Cuts `text` to at most `max_bytes` bytes on a character boundary, marking the cut.
-pub fn bound_str(text: &str, max_bytes: usize) -> String {
-    if text.len() <= max_bytes {
-        return text.to_string();
-    }
-    let keep = truncate_utf8(text, max_bytes.saturating_sub(TRUNCATION_MARKER.len()));
-    let mut s = keep.trim_end().to_string();
-    if s.len() + TRUNCATION_MARKER.len() <= max_bytes {
-        s.push_str(TRUNCATION_MARKER);
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strips_escapes_and_controls() {
-        let s = "\u{1b}[31;1merror:\u{1b}[0m bad\r\n\u{1b}]0;title\u{7}x\u{1b}(By\u{9b}2Kz\tw\u{0}";
-        assert_eq!(strip_ansi(s), "error: bad\nxyz\tw");
-        assert_eq!(strip_ansi("plain ünïcode"), "plain ünïcode");
-        assert_eq!(strip_ansi("\u{1b}"), "");
-        assert_eq!(strip_ansi("a\u{1b}[1"), "a");
-    }
-
-    #[test]
-    fn truncates_on_char_boundaries() {
-        let s = "aé€😀";
-        for max in 0..=s.len() + 1 {
-            let t = truncate_utf8(s, max);
-            assert!(t.len() <= max);
-            assert!(s.starts_with(t));
-        }
-        assert_eq!(truncate_utf8(s, 2), "a");
-        let long = "€".repeat(2000);
-        let b = bounded_text(long.as_bytes(), 4096);
-        assert!(b.len() <= 4096, "{}", b.len());
-        assert!(b.ends_with(TRUNCATION_MARKER));
-        assert_eq!(bounded_text(b"  short \n", 4096), "short");
-        // Invalid UTF-8 is replaced, not an error.
-        assert_eq!(bounded_text(b"a\xffb", 100), "a\u{fffd}b");
-    }
 
     #[test]
     fn tail_buffer_keeps_the_end() {

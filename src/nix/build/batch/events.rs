@@ -18,7 +18,7 @@ use crate::nix::build::protocol::{
 };
 use crate::nix::build::{classify_signal, BuildEvent, DrvOutcome, MESSAGE_LIMIT};
 use crate::nix::process::builders::read_oom_kills;
-use crate::nix::process::{bound_str, strip_ansi};
+use crate::text::{bounded_str as bound_str, strip_ansi};
 
 impl Driver {
     pub(super) async fn on_line(&mut self, run: &mut ChildRun, line: NixLine) {

@@ -14,7 +14,8 @@ use super::{ChildRun, Driver};
 use crate::nix::build::validity::invalid_outputs;
 use crate::nix::build::{classify_signal, BatchSummary, BuildEvent, DrvOutcome, DrvReport};
 use crate::nix::process::builders::read_oom_kills;
-use crate::nix::process::{strip_ansi, TailBuffer};
+use crate::nix::process::TailBuffer;
+use crate::text::strip_ansi;
 
 impl Driver {
     /// Flushes and closes the streamed log file of `idx`.
