@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkout::{Checkouts, GitAuth, Worktree};
 use crate::config::repo::{self, JobConfig, JobSource, RepoConfig, RepoConfigOutcome};
-use crate::control::Progress;
 use crate::graph::Graph;
 use crate::jobset::diff::{diff, JobDiff};
 use crate::jobset::{AttrDrv, AttrOutcome, Begin, Jobset, JobsetKey, JobsetState, Jobsets};
@@ -84,17 +83,27 @@ pub enum PipelineError {
     Scheduler(#[from] crate::scheduler::SchedulerError),
 }
 
-/// Where progress goes: the frame channel of the control connection that asked, if any.
-pub type ProgressSink = Option<async_channel::Sender<crate::control::Response>>;
+/// Progress of a long request, for a terminal progress line. The control protocol carries it as is
+/// (`control::Response::Progress`), so its shape is part of the wire format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// What is being worked on, e.g. `evaluating main @ 3f2a1c0`.
+    pub stage: String,
+    pub done: u64,
+    /// 0 when not known yet.
+    pub total: u64,
+}
+
+/// Receives progress reports. It must not block: progress is advisory, and a receiver that cannot keep
+/// up drops reports.
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// Where progress goes, if anywhere (the daemon forwards it to the control connection that asked).
+pub type ProgressSink = Option<ProgressFn>;
 
 fn report(progress: &ProgressSink, stage: &str, done: u64, total: u64) {
-    if let Some(tx) = progress {
-        // Progress is advisory: when the client reads slowly, drop it.
-        let _ = tx.try_send(crate::control::Response::Progress(Progress {
-            stage: stage.to_string(),
-            done,
-            total,
-        }));
+    if let Some(sink) = progress {
+        sink(Progress { stage: stage.to_string(), done, total });
     }
 }
 

@@ -12,6 +12,9 @@ pub mod server;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+/// Progress frames carry the pipeline's progress reports as they are (same type, same encoding).
+pub use crate::pipeline::Progress;
+
 /// The protocol version byte every frame carries.
 pub const PROTOCOL_VERSION: u8 = 1;
 /// The largest request frame the server accepts (length field value).
@@ -129,16 +132,6 @@ pub struct BuildSummary {
     pub attempt: u32,
 }
 
-/// Progress of a long request, for a terminal progress line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Progress {
-    /// What is being worked on, e.g. `evaluating main @ 3f2a1c0`.
-    pub stage: String,
-    pub done: u64,
-    /// 0 when not known yet.
-    pub total: u64,
-}
-
 /// The answer to [`Request::Status`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusInfo {
@@ -219,4 +212,18 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
         return Err(FrameError::Version { found: body[0] });
     }
     postcard::from_bytes(&body[1..]).map_err(FrameError::Decode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_frames_keep_their_encoding() {
+        // Variant 0, the stage as a length-prefixed string, then `done` and `total` as varints.
+        let frame = Response::Progress(Progress { stage: "ab".into(), done: 1, total: 300 });
+        let bytes = postcard::to_allocvec(&frame).expect("encodes");
+        assert_eq!(bytes, [0, 2, b'a', b'b', 1, 0xac, 0x02]);
+        assert_eq!(postcard::from_bytes::<Response>(&bytes).expect("decodes"), frame);
+    }
 }

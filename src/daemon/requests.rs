@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::control::server::Handler;
-use crate::control::{ApprovedUsersOp, BuildSummary, Progress, QueueDepths, Request, Response, StatusInfo};
+use crate::control::{ApprovedUsersOp, BuildSummary, QueueDepths, Request, Response, StatusInfo};
 use crate::forge::github::approvals::{self, ApprovalNotice};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Progress, ProgressSink};
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 
@@ -29,7 +29,7 @@ pub(super) struct DaemonHandler {
 
 impl Handler for DaemonHandler {
     async fn handle(&self, request: Request, frames: async_channel::Sender<Response>) -> Response {
-        let progress = Some(frames.clone());
+        let progress = progress_frames(&frames);
         match request {
             Request::Status => self.status().await,
             Request::Eval { repo, rev, job } => {
@@ -76,6 +76,15 @@ impl Handler for DaemonHandler {
 
 fn error(e: impl std::fmt::Display) -> Response {
     Response::Error { message: e.to_string() }
+}
+
+/// The pipeline's progress reports, sent to the connection as non-final frames.
+fn progress_frames(frames: &async_channel::Sender<Response>) -> ProgressSink {
+    let frames = frames.clone();
+    Some(Arc::new(move |progress: Progress| {
+        // Progress is advisory: when the client reads slowly, drop it.
+        let _ = frames.try_send(Response::Progress(progress));
+    }))
 }
 
 /// Who approvals and approved users made through the control socket are recorded as.
@@ -182,7 +191,7 @@ impl DaemonHandler {
     }
 
     /// Requeues `drv` and waits for it (and the dependents its success requeues).
-    async fn rebuild(&self, drv: &str, progress: &crate::pipeline::ProgressSink) -> Response {
+    async fn rebuild(&self, drv: &str, progress: &ProgressSink) -> Response {
         let owner = match self.scheduler.rebuild(drv).await {
             Ok(o) => o,
             Err(e) => return error(e),
@@ -271,16 +280,16 @@ impl DaemonHandler {
         base: &str,
         head: &str,
         job: Option<&str>,
-        progress: &crate::pipeline::ProgressSink,
+        progress: &ProgressSink,
     ) -> Response {
         let report = match self.pipeline.diff_local(repo, base, head, job, progress).await {
             Ok(r) => r,
             Err(e) => return error(e),
         };
         // With the head configuration's `package_change_summary` and `rebuild_impact`, as the diff read them.
-        if let Some(tx) = progress {
+        if let Some(sink) = progress {
             let stage = format!("summarising {} job(s)", report.jobs.len());
-            let _ = tx.try_send(Response::Progress(Progress { stage, done: 0, total: 0 }));
+            sink(Progress { stage, done: 0, total: 0 });
         }
         match self.pipeline.change_summary(&report).await {
             Ok((summary, rendered)) => Response::Summary { summary, markdown: rendered.markdown },

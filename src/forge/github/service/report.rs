@@ -1,0 +1,337 @@
+//! Reporting: the texts of the check runs a run reports (configuration, gates, failures, approval) and
+//! the `Reporter`, which creates or updates one run's check runs and records every id it gets.
+//!
+//! Everything untrusted that reaches a check run goes through `escape_md` or `fence` here; outputs are
+//! capped to GitHub's limit. It never decides what a run does next (the run task does).
+
+use super::run::RunError;
+use crate::forge::github::client::{
+    CheckConclusion, CheckRunFields, CheckRunOutput, CheckStatus, CreateCheckRun, GitHubClient,
+    UpdateCheckRun,
+};
+use crate::forge::github::runs::{self, Run, Trigger};
+use crate::pipeline::JobReview;
+use crate::store::Store;
+
+/// Name of the configuration check.
+pub const CONFIGURE_CHECK: &str = "EkaCI: Configure";
+/// Name of the approval check.
+pub const APPROVAL_CHECK: &str = "EkaCI: Approval Required";
+/// Name of the change-summary check.
+pub const SUMMARY_CHECK: &str = "EkaCI: Change Summary";
+/// GitHub's limit on a check run's `output.summary` and `output.text`, in characters.
+const MAX_OUTPUT_CHARS: usize = 65_535;
+
+/// The name of a job's gate check.
+pub fn gate_check(job: &str) -> String {
+    format!("EkaCI: Evaluate Job ({job})")
+}
+
+/// The `EkaCI: Approval Required` check of a held run (`subject` from `approval_subject`): why, and the
+/// commands that release it.
+pub(super) fn held_summary(run: &Run, subject: Option<&(u64, Option<String>)>) -> CheckRunFields {
+    let Some((number, author)) = subject.map(|(n, a)| (*n, a.as_deref())) else {
+        let summary = "`merge_queue_require_approval` is on, and this merge group's head ref does not name a \
+                       pull request (`gh-readonly-queue/<base>/pr-<number>-<sha>`), so it cannot be approved. \
+                       Nothing is evaluated.";
+        return completed(CheckConclusion::ActionRequired, "Cannot be approved", summary.into(), None);
+    };
+    let who = escape_md(author.unwrap_or("a deleted account"));
+    let repo = escape_md(&run.repo);
+    let why = match run.trigger {
+        Trigger::PullRequest { .. } => format!(
+            "Pull requests by {who} are evaluated once a maintainer approves them, because `require_approval` \
+             is on and the author has no write access to {repo}."
+        ),
+        Trigger::MergeGroup { .. } => format!(
+            "This merge queue entry (pull request #{number} by {who}) is evaluated once a maintainer approves \
+             it, because `merge_queue_require_approval` is on and the author has no write access to {repo}."
+        ),
+    };
+    let summary = format!(
+        "{why}\n\nTo approve this pull request, run on the eka-ci host:\n\n```\nekaci approve {}#{number}\n```\n\n\
+         To trust the author from now on: `ekaci approved-users add {}`.",
+        run.repo,
+        author.unwrap_or("LOGIN"),
+    );
+    completed(CheckConclusion::ActionRequired, "Waiting for a maintainer's approval", summary, None)
+}
+
+/// Creates or updates the check runs of one run, recording every id it gets.
+pub(super) struct Reporter {
+    store: Store,
+    client: GitHubClient,
+    installation: u64,
+    key: String,
+    repo: String,
+    head_sha: String,
+    /// Name → (id, completed), as recorded.
+    known: std::cell::RefCell<Vec<(String, u64, bool)>>,
+}
+
+impl Reporter {
+    pub(super) fn new(store: Store, client: GitHubClient, key: &str, run: &Run) -> Reporter {
+        Reporter {
+            store,
+            client,
+            installation: run.installation.unwrap_or(0),
+            key: key.to_string(),
+            repo: run.repo.clone(),
+            head_sha: run.head_sha.clone(),
+            known: std::cell::RefCell::new(
+                run.checks.iter().map(|c| (c.name.clone(), c.id, c.completed)).collect(),
+            ),
+        }
+    }
+
+    pub(super) fn with_installation(mut self, installation: u64) -> Reporter {
+        self.installation = installation;
+        self
+    }
+
+    pub(super) fn known_checks(&self) -> Vec<String> {
+        self.known.borrow().iter().map(|(n, _, _)| n.clone()).collect()
+    }
+
+    /// Adopts check runs of this App on the head commit that the store does not know (created just
+    /// before a crash), so they are updated instead of duplicated.
+    pub(super) async fn adopt_existing(&self, app_id: &str) -> Result<(), RunError> {
+        let Ok(app) = app_id.parse::<u64>() else { return Ok(()) };
+        let list =
+            self.client.list_check_runs_for_ref(self.installation, &self.repo, &self.head_sha, None).await?;
+        for cr in list.check_runs {
+            if cr.app.as_ref().map(|a| a.id) != Some(app) || self.id_of(&cr.name).is_some() {
+                continue;
+            }
+            self.remember(&cr.name, cr.id, cr.status == "completed").await?;
+        }
+        Ok(())
+    }
+
+    fn id_of(&self, name: &str) -> Option<u64> {
+        self.known.borrow().iter().find(|(n, _, _)| n == name).map(|(_, id, _)| *id)
+    }
+
+    async fn remember(&self, name: &str, id: u64, completed: bool) -> Result<(), RunError> {
+        {
+            let mut known = self.known.borrow_mut();
+            match known.iter_mut().find(|(n, _, _)| n == name) {
+                Some(entry) => *entry = (name.to_string(), id, completed),
+                None => known.push((name.to_string(), id, completed)),
+            }
+        }
+        let (store, key, name) = (self.store.clone(), self.key.clone(), name.to_string());
+        smol::unblock(move || {
+            runs::update(&store, &key, |current| match current {
+                Some(mut run) => {
+                    run.set_check(&name, id, completed);
+                    (Some(run), ())
+                }
+                None => (None, ()),
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sets check run `name` to `fields`: PATCH when it exists, else POST (and record the id).
+    pub(super) async fn report(&self, name: &str, fields: CheckRunFields) -> Result<(), RunError> {
+        let fields = cap_output(fields);
+        let completed = fields.conclusion.is_some();
+        if let Some(id) = self.id_of(name) {
+            let update = UpdateCheckRun { name: None, fields: fields.clone() };
+            match self.client.update_check_run(self.installation, &self.repo, id, &update).await {
+                Ok(_) => return self.remember(name, id, completed).await,
+                // Deleted on GitHub's side: create it again below.
+                Err(e) if e.status() == Some(404) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let request = CreateCheckRun { name: name.to_string(), head_sha: self.head_sha.clone(), fields };
+        let created = self.client.create_check_run(self.installation, &self.repo, &request).await?;
+        self.remember(name, created.id, completed).await
+    }
+
+    /// Completes every check run of `run` that is not completed yet as cancelled.
+    pub(super) async fn cancel_open(&self, run: &Run, reason: &str) -> Result<(), RunError> {
+        let open: Vec<String> = run.checks.iter().filter(|c| !c.completed).map(|c| c.name.clone()).collect();
+        for name in open {
+            let summary = format!("Cancelled: {}.", escape_md(reason));
+            self.report(&name, completed(CheckConclusion::Cancelled, "Cancelled", summary, None)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A completed check run's fields.
+pub(super) fn completed(
+    conclusion: CheckConclusion,
+    title: &str,
+    summary: String,
+    text: Option<String>,
+) -> CheckRunFields {
+    CheckRunFields {
+        status: Some(CheckStatus::Completed),
+        conclusion: Some(conclusion),
+        completed_at: Some(crate::time::now_rfc3339()),
+        output: Some(CheckRunOutput { title: truncate_chars(title, 200), summary, text }),
+        ..CheckRunFields::default()
+    }
+}
+
+/// Keeps `output.summary` and `output.text` within GitHub's limit, cutting on a character boundary.
+fn cap_output(mut fields: CheckRunFields) -> CheckRunFields {
+    if let Some(output) = fields.output.as_mut() {
+        const NOTE: &str = "\n\n_…truncated_";
+        let limit = MAX_OUTPUT_CHARS - NOTE.chars().count();
+        if output.summary.chars().count() > MAX_OUTPUT_CHARS {
+            output.summary = format!("{}{NOTE}", truncate_chars(&output.summary, limit));
+        }
+        if let Some(text) = output.text.as_mut() {
+            if text.chars().count() > MAX_OUTPUT_CHARS {
+                // Log tails: the end matters most.
+                let skip = text.chars().count() - limit;
+                *text = format!("_…truncated_\n\n{}", text.chars().skip(skip).collect::<String>());
+            }
+        }
+    }
+    fields
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => s[..cut].to_string(),
+        None => s.to_string(),
+    }
+}
+
+/// The gate's title and summary for one job.
+pub(super) fn gate_text(job: &JobReview, not_listed: usize) -> (String, String) {
+    let d = &job.diff;
+    let failing: Vec<_> = job.attrs.iter().filter(|a| a.verdict.fails()).collect();
+    let built_ok = job.attrs.iter().filter(|a| !a.verdict.fails()).count();
+    let new_errors: Vec<_> = d.errors.iter().filter(|e| e.is_new()).collect();
+    let mut s = String::new();
+    if let crate::jobset::JobsetState::Failed { message } = &d.head.state {
+        s.push_str(&format!("**The evaluation of this job failed:**\n\n```\n{}\n```\n\n", fence(message)));
+    }
+    s.push_str(&format!(
+        "| added | changed | removed | unchanged | built | failing | new evaluation errors |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n| {} | {} | {} | {} | {} | {} | {} |\n",
+        d.added.len(),
+        d.changed.len(),
+        d.removed.len(),
+        d.unchanged,
+        built_ok,
+        failing.len(),
+        new_errors.len()
+    ));
+    if !failing.is_empty() {
+        s.push_str("\n**Failing:**\n");
+        let lines = failing.iter().map(|a| format!("`{}`: {}", escape_md(&a.attr), verdict_words(a.verdict)));
+        push_bullets(&mut s, lines, failing.len(), 100);
+        if not_listed > 0 {
+            s.push_str(&format!(
+                "\n{not_listed} failing attribute(s) have no check run of their own (limit reached).\n"
+            ));
+        }
+    }
+    if !new_errors.is_empty() {
+        let allowed = if d.head.allow_eval_failures { " (allowed by `allow_eval_failures`)" } else { "" };
+        s.push_str(&format!("\n**New evaluation errors{allowed}:**\n"));
+        let lines = new_errors.iter().map(|e| {
+            let last = e.head_error.as_deref().and_then(|m| m.lines().last()).unwrap_or("");
+            format!("`{}`: {}", escape_md(&e.attr), escape_md(&truncate_chars(last, 300)))
+        });
+        push_bullets(&mut s, lines, new_errors.len(), 50);
+    }
+    let title = if job.failed {
+        match (failing.len(), new_errors.len()) {
+            (0, 0) => "Evaluation failed".to_string(),
+            (f, 0) => format!("{f} attribute(s) fail to build"),
+            (0, e) => format!("{e} new evaluation error(s)"),
+            (f, e) => format!("{f} attribute(s) fail to build, {e} new evaluation error(s)"),
+        }
+    } else if d.added.is_empty() && d.changed.is_empty() {
+        "Nothing to build".to_string()
+    } else {
+        format!("{built_ok} attribute(s) built")
+    };
+    (title, s)
+}
+
+/// Appends at most `max` of the `total` lines as a markdown list, then "… and N more".
+fn push_bullets(out: &mut String, lines: impl Iterator<Item = String>, total: usize, max: usize) {
+    for line in lines.take(max) {
+        out.push_str(&format!("- {line}\n"));
+    }
+    if total > max {
+        out.push_str(&format!("- … and {} more\n", total - max));
+    }
+}
+
+pub(super) fn verdict_words(v: crate::pipeline::Verdict) -> &'static str {
+    use crate::pipeline::Verdict::*;
+    match v {
+        AddedOk => "added, builds",
+        AddedFailing => "added, fails to build",
+        NewlyFailing => "built on the base, fails now",
+        NewlySucceeding => "failed on the base, builds now",
+        StillFailing => "fails on the base and here",
+        StillOk => "builds",
+    }
+}
+
+pub(super) fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// Escapes markdown and HTML in untrusted text, and defuses @mentions.
+pub(super) fn escape_md(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '#' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '@' => out.push_str("@\u{200b}"),
+            '\n' | '\r' => out.push(' '),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Text for a fenced code block: a ``` inside would close it.
+pub(super) fn fence(s: &str) -> String {
+    s.replace("```", "`\u{200b}``")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_are_capped_on_character_boundaries_keeping_the_end_of_logs() {
+        let summary = "é".repeat(MAX_OUTPUT_CHARS + 10);
+        let text = format!("{}END", "ü".repeat(MAX_OUTPUT_CHARS));
+        let fields = cap_output(completed(CheckConclusion::Failure, "t", summary, Some(text)));
+        let output = fields.output.expect("output");
+        assert!(output.summary.chars().count() <= MAX_OUTPUT_CHARS);
+        assert!(output.summary.ends_with("_…truncated_"));
+        assert!(output.summary.starts_with("éé"));
+        let text = output.text.expect("text");
+        assert!(text.chars().count() <= MAX_OUTPUT_CHARS + 20);
+        assert!(text.starts_with("_…truncated_") && text.ends_with("üEND"), "the tail is kept");
+        let small = cap_output(completed(CheckConclusion::Success, "t", "short".into(), None));
+        assert_eq!(small.output.expect("output").summary, "short");
+    }
+
+    #[test]
+    fn untrusted_text_cannot_mention_or_format() {
+        assert_eq!(escape_md("@team <b>x</b> `y`"), "@\u{200b}team \\<b\\>x\\</b\\> \\`y\\`");
+        assert_eq!(fence("a```b"), "a`\u{200b}``b");
+        assert_eq!(truncate_chars("ééé", 2), "éé");
+        assert_eq!(gate_check("main"), "EkaCI: Evaluate Job (main)");
+    }
+}

@@ -1,0 +1,456 @@
+//! One run's task: reads the run, checks approval, reads the head's repository configuration,
+//! evaluates and diffs head against base, posts the change summary, builds, and completes the check
+//! runs; then records how the attempt ended (done, held for approval, or retry with backoff).
+//!
+//! A task only reads its run, works, and records what it told GitHub: everything it does can be redone.
+//! It never decides which runs exist or are cancelled (the loop in `mod.rs` does), never formats
+//! check-run text beyond assembling it from `report`'s helpers, and never holds a store transaction
+//! across an `.await`.
+
+use std::sync::{Arc, Mutex};
+
+use super::report::{
+    completed, escape_md, fence, gate_check, gate_text, held_summary, short, verdict_words, Reporter,
+    APPROVAL_CHECK, CONFIGURE_CHECK, SUMMARY_CHECK,
+};
+use super::{approved_locally, GitHubService};
+use crate::checkout::GitAuth;
+use crate::forge::github::client::{
+    CheckConclusion, CheckRunFields, CheckRunOutput, CheckStatus, ClientError, GitHubClient,
+};
+use crate::forge::github::runs::{self, Run, RunState, Trigger};
+use crate::pipeline::{PipelineError, ReviewReport};
+use crate::scheduler::state::DrvState;
+use crate::store::{now_secs, StoreError};
+
+impl GitHubService {
+    /// Executes run `key` once; GitHub failures requeue it with backoff.
+    pub(super) async fn execute(&self, key: &str, owners: &Arc<Mutex<Vec<u64>>>) {
+        let result = self.attempt(key, owners).await;
+        let label = match &result {
+            Ok(Finish::Done { result, .. }) => result,
+            Ok(Finish::Held) => "held",
+            Err(_) => "retry",
+        };
+        crate::metrics::global().github_runs.with_label_values(&[label]).inc();
+        let store = self.store.clone();
+        let k = key.to_string();
+        let write = smol::unblock(move || {
+            runs::update(&store, &k, |current| {
+                let Some(mut run) = current else { return (None, None) };
+                if !run.state.is_live() {
+                    return (None, None); // cancelled meanwhile
+                }
+                match &result {
+                    Ok(Finish::Done { outcome, failed_drvs, .. }) => {
+                        run.state = RunState::Done { outcome: outcome.clone() };
+                        run.failed_drvs = failed_drvs.clone();
+                        run.rebuild_failed = false;
+                        run.api_failures = 0;
+                    }
+                    Ok(Finish::Held) => run.state = RunState::AwaitingApproval,
+                    Err(e) => {
+                        run.api_failures = run.api_failures.saturating_add(1);
+                        let backoff = 5u64.saturating_mul(1 << (run.api_failures - 1).min(8)).min(900);
+                        run.state = RunState::Queued { not_before: now_secs() + backoff };
+                        return (Some(run), Some(format!("{e}; retrying in {backoff} s")));
+                    }
+                }
+                (Some(run), None)
+            })
+        })
+        .await;
+        match write {
+            Ok(Some(retry)) => tracing::warn!(run = %key.replace('\0', "@"), "run interrupted: {retry}"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "recording a run's end failed"),
+        }
+    }
+
+    async fn attempt(&self, key: &str, owners: &Arc<Mutex<Vec<u64>>>) -> Result<Finish, RunError> {
+        let store = self.store.clone();
+        let k = key.to_string();
+        let run = smol::unblock(move || runs::get(&store, &k))
+            .await?
+            .ok_or_else(|| RunError::Missing(key.into()))?;
+        let Some((app, client)) = self.client_for(&run) else {
+            tracing::warn!(repo = %run.repo, branch = %run.base_ref, "no configured GitHub App may serve this repository and branch");
+            return Ok(Finish::Done {
+                outcome: "no GitHub App may serve this repository and branch".into(),
+                failed_drvs: Vec::new(),
+                result: "skipped",
+            });
+        };
+        let installation = self.installation(&run, client).await?;
+        if run.installation.is_none() {
+            // Remember it, so that cancelling this run later can report without asking again.
+            let (store, k) = (self.store.clone(), key.to_string());
+            smol::unblock(move || {
+                runs::update(&store, &k, |current| match current {
+                    Some(mut r) => {
+                        r.installation = Some(installation);
+                        (Some(r), ())
+                    }
+                    None => (None, ()),
+                })
+            })
+            .await?;
+        }
+        let reporter =
+            Reporter::new(self.store.clone(), client.clone(), key, &run).with_installation(installation);
+        reporter.adopt_existing(&app.credentials.app_id).await?;
+
+        if self.approval.applies_to(&run.trigger) {
+            if !run.approved {
+                let subject = self.approval_subject(key, &run, client, installation).await?;
+                if !self.trusted(&run, subject.as_ref(), client, installation).await? {
+                    reporter.report(APPROVAL_CHECK, held_summary(&run, subject.as_ref())).await?;
+                    return Ok(Finish::Held);
+                }
+            }
+            if run.check_id(APPROVAL_CHECK).is_some() {
+                let summary = if run.approved {
+                    "A maintainer approved this pull request."
+                } else {
+                    "No approval is needed any more: a pull request with this head commit is by an author \
+                     with write access, or was approved."
+                };
+                let fields = completed(CheckConclusion::Success, "Approved", summary.into(), None);
+                reporter.report(APPROVAL_CHECK, fields).await?;
+            }
+        }
+
+        let auth = self.git_auth(&run, client, installation).await?;
+        let (url, head, base) = (run.clone_url.clone(), run.head_sha.clone(), run.base_sha.clone());
+        let config = match self.pipeline.repo_config(&url, &head, auth.as_ref()).await {
+            Ok(found) => found,
+            Err(PipelineError::NoRepoConfig { .. }) => {
+                let summary = "This commit has neither `.eka-ci/config.json` nor the legacy `.ekaci/config.json`, \
+                               so there is nothing to evaluate. See eka-ci's repository configuration documentation.";
+                reporter
+                    .report(
+                        CONFIGURE_CHECK,
+                        completed(CheckConclusion::Neutral, "No configuration", summary.into(), None),
+                    )
+                    .await?;
+                return Ok(Finish::Done {
+                    outcome: "no repository configuration".into(),
+                    failed_drvs: Vec::new(),
+                    result: "skipped",
+                });
+            }
+            Err(PipelineError::InvalidRepoConfig { file, errors, .. }) => {
+                let summary = format!(
+                    "`{}` cannot be used:\n\n{}",
+                    escape_md(&file),
+                    crate::config::repo::FieldError::to_markdown_list(&errors)
+                );
+                let title = format!("{} error(s) in {}", errors.len(), file);
+                reporter
+                    .report(CONFIGURE_CHECK, completed(CheckConclusion::Failure, &title, summary, None))
+                    .await?;
+                return Ok(Finish::Done {
+                    outcome: "invalid repository configuration".into(),
+                    failed_drvs: Vec::new(),
+                    result: "error",
+                });
+            }
+            Err(e) => {
+                let summary = format!("The commit could not be read:\n\n```\n{}\n```", fence(&e.to_string()));
+                reporter
+                    .report(
+                        CONFIGURE_CHECK,
+                        completed(CheckConclusion::Failure, "Cannot read the commit", summary, None),
+                    )
+                    .await?;
+                return Ok(Finish::Done {
+                    outcome: format!("checkout failed: {e}"),
+                    failed_drvs: Vec::new(),
+                    result: "error",
+                });
+            }
+        };
+        let (repo_config, file, warnings) = config;
+        let mut summary = format!("`{}` is valid: {} job(s).", escape_md(&file), repo_config.jobs.len());
+        if !warnings.is_empty() {
+            summary.push_str("\n\nWarnings:\n");
+            for w in &warnings {
+                summary.push_str(&format!("- {}\n", escape_md(w)));
+            }
+        }
+        reporter
+            .report(
+                CONFIGURE_CHECK,
+                completed(CheckConclusion::Success, "Configuration valid", summary, None),
+            )
+            .await?;
+        let jobs: Vec<String> = repo_config.jobs.keys().cloned().collect();
+        for job in &jobs {
+            let fields = CheckRunFields {
+                status: Some(CheckStatus::InProgress),
+                started_at: Some(crate::time::now_rfc3339()),
+                output: Some(CheckRunOutput {
+                    title: "Evaluating and building".into(),
+                    summary: format!(
+                        "Evaluating `{}` at {} against {}.",
+                        escape_md(job),
+                        short(&head),
+                        short(&base)
+                    ),
+                    text: None,
+                }),
+                ..CheckRunFields::default()
+            };
+            reporter.report(&gate_check(job), fields).await?;
+        }
+
+        if run.rebuild_failed {
+            self.rebuild_failed(&run.failed_drvs).await;
+        }
+
+        let diff = match self.pipeline.diff_commits(&url, &base, &head, None, auth.as_ref(), &None).await {
+            Ok(diff) => diff,
+            Err(e) => {
+                let summary = format!("Evaluation could not run:\n\n```\n{}\n```", fence(&e.to_string()));
+                for job in &jobs {
+                    reporter
+                        .report(
+                            &gate_check(job),
+                            completed(CheckConclusion::Failure, "Evaluation failed", summary.clone(), None),
+                        )
+                        .await?;
+                }
+                return Ok(Finish::Done {
+                    outcome: format!("evaluation failed: {e}"),
+                    failed_drvs: Vec::new(),
+                    result: "error",
+                });
+            }
+        };
+        self.report_summary(&reporter, &diff).await?;
+        let review = match self.pipeline.build_review(&self.scheduler, diff, owners, &None).await {
+            Ok(review) => review,
+            Err(e) => {
+                let summary = format!("Building failed to run:\n\n```\n{}\n```", fence(&e.to_string()));
+                for job in &jobs {
+                    reporter
+                        .report(
+                            &gate_check(job),
+                            completed(CheckConclusion::Failure, "Build error", summary.clone(), None),
+                        )
+                        .await?;
+                }
+                return Ok(Finish::Done {
+                    outcome: format!("builds failed to run: {e}"),
+                    failed_drvs: Vec::new(),
+                    result: "error",
+                });
+            }
+        };
+        self.report_review(&reporter, &review).await
+    }
+
+    /// Posts (or updates) the change summary of the diffed jobs.
+    async fn report_summary(
+        &self,
+        reporter: &Reporter,
+        diff: &crate::pipeline::DiffReport,
+    ) -> Result<(), RunError> {
+        match self.pipeline.change_summary(diff).await {
+            Ok((_, rendered)) => {
+                let fields = completed(CheckConclusion::Neutral, "Change summary", rendered.markdown, None);
+                reporter.report(SUMMARY_CHECK, fields).await?;
+            }
+            Err(e) => tracing::warn!(error = %e, "computing the change summary failed"),
+        }
+        Ok(())
+    }
+
+    /// Completes every job's gate and the failure check runs.
+    async fn report_review(&self, reporter: &Reporter, review: &ReviewReport) -> Result<Finish, RunError> {
+        let max = self.config.max_failure_check_runs as usize;
+        let mut failed_drvs = Vec::new();
+        let mut reported = Vec::new();
+        for job in &review.jobs {
+            let failing: Vec<_> = job.attrs.iter().filter(|a| a.verdict.fails()).collect();
+            for a in failing.iter().take(max) {
+                let name = format!("{} ({})", a.attr, job.diff.job);
+                let mut summary = format!(
+                    "`{}` ({}) {}.\n\n- derivation: `{}`\n- state: {}",
+                    escape_md(&a.attr),
+                    escape_md(&a.name),
+                    verdict_words(a.verdict),
+                    a.head_drv,
+                    a.head.state
+                );
+                if let Some(detail) = &a.head.detail {
+                    summary.push_str(&format!("\n- detail: {}", escape_md(detail)));
+                }
+                let text = a.log_tail.as_ref().map(|t| format!("```\n{}\n```", fence(t)));
+                let title = format!("{} fails to build", a.attr);
+                reporter.report(&name, completed(CheckConclusion::Failure, &title, summary, text)).await?;
+                reported.push(name);
+            }
+            failed_drvs.extend(failing.iter().map(|a| a.head_drv.clone()));
+            let (title, summary) = gate_text(job, failing.len().saturating_sub(max));
+            let conclusion = if job.failed { CheckConclusion::Failure } else { CheckConclusion::Success };
+            reporter.report(&gate_check(&job.diff.job), completed(conclusion, &title, summary, None)).await?;
+        }
+        // Failure runs of an earlier attempt whose attribute builds now.
+        let jobs: Vec<&str> = review.jobs.iter().map(|j| j.diff.job.as_str()).collect();
+        for check in reporter.known_checks() {
+            let is_failure_run =
+                jobs.iter().any(|j| check.ends_with(&format!(" ({j})"))) && !check.starts_with("EkaCI: ");
+            if is_failure_run && !reported.contains(&check) {
+                let fields = completed(
+                    CheckConclusion::Success,
+                    "Builds now",
+                    "This attribute builds at this attempt.".into(),
+                    None,
+                );
+                reporter.report(&check, fields).await?;
+            }
+        }
+        let failed = review.jobs.iter().filter(|j| j.failed).count();
+        let outcome =
+            if failed == 0 { "all jobs passed".to_string() } else { format!("{failed} job(s) failed") };
+        let result = if failed == 0 { "passed" } else { "failed" };
+        Ok(Finish::Done { outcome, failed_drvs, result })
+    }
+
+    /// Requeues the failed derivations (or the failed dependency of a transitive failure).
+    async fn rebuild_failed(&self, drvs: &[String]) {
+        let mut targets: Vec<String> = Vec::new();
+        for drv in drvs {
+            let target = match self.scheduler.state(drv).await {
+                Ok(Some(status)) => match status.state {
+                    DrvState::TransitiveFailure { dependency } | DrvState::Blocked { dependency } => {
+                        dependency
+                    }
+                    _ => drv.clone(),
+                },
+                _ => drv.clone(),
+            };
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+        for t in targets {
+            match self.scheduler.rebuild(&t).await {
+                Ok(owner) => {
+                    if let Err(e) = self.scheduler.wait(owner).await {
+                        tracing::warn!(drv = %t, error = %e, "waiting for a rebuild failed");
+                    }
+                }
+                Err(e) => tracing::info!(drv = %t, error = %e, "not rebuilt"),
+            }
+        }
+    }
+
+    /// The run's installation: from the event, the installations table, or GitHub.
+    async fn installation(&self, run: &Run, client: &GitHubClient) -> Result<u64, RunError> {
+        if let Some(id) = run.installation {
+            return Ok(id);
+        }
+        let (store, repo) = (self.store.clone(), run.repo.clone());
+        if let Some(entry) = smol::unblock(move || runs::installation_for(&store, &repo)).await? {
+            return Ok(entry.installation);
+        }
+        Ok(client.repo_installation(&run.repo).await?.id)
+    }
+
+    /// The pull request whose approval a run needs, and its author. A merge group's pull request is the
+    /// one its head ref names; its author is looked up once and remembered in the run. `None` for a merge
+    /// group whose head ref names no pull request.
+    async fn approval_subject(
+        &self,
+        key: &str,
+        run: &Run,
+        client: &GitHubClient,
+        installation: u64,
+    ) -> Result<Option<(u64, Option<String>)>, RunError> {
+        let Some((number, author)) = run.approval_subject() else { return Ok(None) };
+        if author.is_some() || !matches!(run.trigger, Trigger::MergeGroup { .. }) {
+            return Ok(Some((number, author.map(str::to_string))));
+        }
+        let login = client.pull_request(installation, &run.repo, number).await?.user.map(|u| u.login);
+        let (store, k, l) = (self.store.clone(), key.to_string(), login.clone());
+        smol::unblock(move || {
+            runs::update(&store, &k, |current| match current {
+                Some(mut r) => {
+                    if let Trigger::MergeGroup { author, .. } = &mut r.trigger {
+                        *author = l;
+                    }
+                    (Some(r), ())
+                }
+                None => (None, ()),
+            })
+        })
+        .await?;
+        Ok(Some((number, login)))
+    }
+
+    /// Whether a run that needs approval may go ahead: one of the pull requests it serves (`subject`,
+    /// then the others with the same head) or its author was approved with `ekaci`, or the author has
+    /// write access. Without a pull request to approve it never may (a merge group whose head ref names
+    /// none fails closed).
+    async fn trusted(
+        &self,
+        run: &Run,
+        subject: Option<&(u64, Option<String>)>,
+        client: &GitHubClient,
+        installation: u64,
+    ) -> Result<bool, RunError> {
+        let others = run.also_for.iter().map(|p| (p.number, p.author.clone()));
+        for (number, author) in subject.cloned().into_iter().chain(others) {
+            let (store, repo, a) = (self.store.clone(), run.repo.clone(), author.clone());
+            if smol::unblock(move || approved_locally(&store, &repo, number, a.as_deref())).await? {
+                return Ok(true);
+            }
+            let Some(author) = author else { continue };
+            let permission = client.collaborator_permission(installation, &run.repo, &author).await?;
+            if matches!(permission.permission.as_str(), "admin" | "maintain" | "write") {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Git credentials for the run's clone URL: the installation token, only for `https://` URLs of
+    /// the configured GitHub host.
+    async fn git_auth(
+        &self,
+        run: &Run,
+        client: &GitHubClient,
+        installation: u64,
+    ) -> Result<Option<GitAuth>, RunError> {
+        let host = self.config.git_host();
+        if !crate::checkout::sends_credentials(&run.clone_url, &host) {
+            return Ok(None);
+        }
+        let token = client.installation_token(installation).await?;
+        Ok(Some(GitAuth { token, host }))
+    }
+}
+
+/// How a run attempt ended (errors aside).
+enum Finish {
+    /// `result` is the `eka_ci_github_runs_total` label.
+    Done {
+        outcome: String,
+        failed_drvs: Vec<String>,
+        result: &'static str,
+    },
+    Held,
+}
+
+/// Why a run task stopped early. GitHub failures make the run retry later; the rest is reported.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RunError {
+    #[error(transparent)]
+    GitHub(#[from] ClientError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("run {0} vanished from the store")]
+    Missing(String),
+}
