@@ -63,6 +63,9 @@ fn main() -> ExitCode {
         for w in &loaded.warnings {
             eprintln!("warning: {w}");
         }
+        for key in &loaded.not_acted_on {
+            eprintln!("warning: {}", key.warning());
+        }
         print!("{}", eka_ci::daemon::describe(&loaded.config));
         return ExitCode::SUCCESS;
     }

@@ -15,6 +15,7 @@ use super::env::apply_env;
 use super::locate::{
     format_path, line_col, locate, one_line, redact_unexpected, segs_from_ignored, segs_from_p2e, Seg,
 };
+use super::not_acted_on::{self, ServerKey};
 use super::ServerConfig;
 
 /// A configuration as loaded: the values, where they came from, and the warnings to log.
@@ -25,6 +26,9 @@ pub struct LoadedConfig {
     pub source: Option<PathBuf>,
     /// Non-fatal findings (unknown keys, ignored environment variables), each naming the key.
     pub warnings: Vec<String>,
+    /// The keys this configuration uses (in the file or through the environment) that are accepted but
+    /// not acted on yet, in the order of [`not_acted_on::SERVER`]; the server warns about each once.
+    pub not_acted_on: Vec<&'static ServerKey>,
 }
 
 /// Why a configuration could not be loaded. The `Display` of every variant is one line naming where the
@@ -79,14 +83,18 @@ pub fn load_with_env(
             let p = default_config_file(env);
             match std::fs::read_to_string(&p) {
                 Ok(t) => from_toml(&t, &p)?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    LoadedConfig { config: ServerConfig::default(), source: None, warnings: vec![] }
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => LoadedConfig {
+                    config: ServerConfig::default(),
+                    source: None,
+                    warnings: vec![],
+                    not_acted_on: vec![],
+                },
                 Err(e) => return Err(ConfigError::Read { path: p, source: e }),
             }
         }
     };
     apply_env(&mut loaded.config, env, &mut loaded.warnings)?;
+    loaded.not_acted_on = not_acted_on::server_keys_in_use(&loaded.config, &loaded.not_acted_on);
     Ok(loaded)
 }
 
@@ -141,7 +149,15 @@ pub fn from_toml(text: &str, path: &Path) -> Result<LoadedConfig, ConfigError> {
     check_unique(&config.caches, |c| &c.id, "caches", "cache", text, path, &root)?;
     check_unique(&config.github_apps, |a| &a.id, "github_apps", "GitHub App", text, path, &root)?;
 
-    Ok(LoadedConfig { config, source: Some(path.to_path_buf()), warnings })
+    let written: Vec<&'static ServerKey> = not_acted_on::SERVER
+        .iter()
+        .filter(|k| {
+            let segs: Vec<Seg> = k.key.split('.').map(|s| Seg::Key(s.to_string())).collect();
+            locate(&root, &segs, true).is_some()
+        })
+        .collect();
+    let not_acted_on = not_acted_on::server_keys_in_use(&config, &written);
+    Ok(LoadedConfig { config, source: Some(path.to_path_buf()), warnings, not_acted_on })
 }
 
 /// Plain top-level keys: found inside a table, they were most likely written after a table header.

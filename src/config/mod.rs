@@ -17,7 +17,8 @@
 //! Files: `server.rs` (the schema, one type per section), `de.rs` (validating deserializers),
 //! `load.rs` (finding, parsing, unknown keys, unique ids), `env.rs` (environment overrides),
 //! `locate.rs` (key paths, lines and columns, message clean-up), `credentials.rs` (credential
-//! sources), `glob.rs` (permission globs); `repo/` is the repository configuration.
+//! sources), `glob.rs` (permission globs), `not_acted_on.rs` (keys accepted but not acted on yet);
+//! `repo/` is the repository configuration.
 
 pub mod credentials;
 mod de;
@@ -25,6 +26,7 @@ mod env;
 pub mod glob;
 mod load;
 mod locate;
+pub mod not_acted_on;
 pub mod repo;
 mod server;
 

@@ -146,6 +146,9 @@ async fn run_on(
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    for key in &loaded.not_acted_on {
+        tracing::warn!("{}", key.warning());
+    }
 
     // Signals first, so a SIGTERM during start-up is not lost.
     let mut signals = async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])

@@ -7,6 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::{index_path, key_path, Validator};
+use crate::config::not_acted_on;
 use crate::config::repo::paths::MAX_REL_PATH_BYTES;
 use crate::config::repo::CheckConfig;
 
@@ -18,6 +19,7 @@ impl Validator {
         let Some(map) = self.object(v, "checks") else { return out };
         for (name, body) in map {
             let path = key_path("checks", name);
+            self.not_acted_on(&path, &not_acted_on::REPO_CHECK);
             let name_ok = self.name(name, &path);
             if let Some(check) = self.check(body, &path) {
                 if name_ok {

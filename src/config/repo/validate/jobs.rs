@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::{index_path, key_path, Validator};
+use crate::config::not_acted_on;
 use crate::config::repo::field_error::is_forbidden_char;
 use crate::config::repo::paths::{relative_repo_path, resolve_in_repo, ResolveError};
 use crate::config::repo::{JobConfig, JobSource, SizeCheck, DEFAULT_FLAKE_ATTR};
@@ -36,6 +37,12 @@ impl Validator {
     pub(super) fn job(&mut self, v: &Value, path: &str) -> Option<JobConfig> {
         let obj = self.object(v, path)?;
         self.unknown_fields(obj, path, JOB_FIELDS);
+        if obj.contains_key("caches") {
+            self.not_acted_on(&key_path(path, "caches"), &not_acted_on::REPO_JOB_CACHES);
+        }
+        if obj.contains_key("size_check") {
+            self.not_acted_on(&key_path(path, "size_check"), &not_acted_on::REPO_JOB_SIZE_CHECK);
+        }
         let source = self.job_source(obj, path);
         let allow_eval_failures = self.opt_bool(obj, path, "allow_eval_failures", false);
         let caches = self.caches(obj, path);

@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 
 use super::field_error::is_forbidden_char;
 use super::{FieldError, RepoConfig, MAX_NAME_CHARS};
+use crate::config::not_acted_on::RepoKey;
 
 const MAX_ATTR_PATH_BYTES: usize = 1024;
 const PATH_KEY_SHOWN_CHARS: usize = 64;
@@ -80,6 +81,11 @@ impl Validator {
 
     fn warn(&mut self, path: &str, message: impl Into<String>) {
         self.warnings.push(FieldError::new(path, message));
+    }
+
+    /// The field at `path` is accepted but not acted on yet (see [`crate::config::not_acted_on`]).
+    fn not_acted_on(&mut self, path: &str, key: &RepoKey) {
+        self.warn(path, key.message());
     }
 
     fn type_error(&mut self, path: &str, expected: &str, found: &Value) {
