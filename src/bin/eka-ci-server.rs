@@ -52,18 +52,24 @@ fn main() -> ExitCode {
     if args.require_approval {
         loaded.config.require_approval = true;
     }
-    if let Err(e) = eka_ci::daemon::check_startup(&loaded) {
-        eprintln!("eka-ci-server: configuration error: {e}");
-        return ExitCode::from(2);
-    }
+    let startup = match eka_ci::daemon::check_startup(&loaded) {
+        Ok(startup) => startup,
+        Err(e) => {
+            eprintln!("eka-ci-server: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.check_config {
         for w in &loaded.warnings {
             eprintln!("warning: {w}");
         }
+        for key in &loaded.not_acted_on {
+            eprintln!("warning: {}", key.warning());
+        }
         print!("{}", eka_ci::daemon::describe(&loaded.config));
         return ExitCode::SUCCESS;
     }
-    match eka_ci::daemon::run(loaded) {
+    match eka_ci::daemon::run(loaded, startup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("eka-ci-server: {e}");

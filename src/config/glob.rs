@@ -10,6 +10,13 @@
 //! * `?` matches exactly one character other than `/`.
 //! * A pattern that is exactly `*` matches every name, `/` included (the documented "match all").
 //! * Every other character matches itself; a pattern without `*` or `?` is an exact match.
+//!
+//! These globs are deliberately not the change-set globs of the repository configuration
+//! (`config/repo/change_sets.rs`): those match repository *paths* segment by segment, with `**` only
+//! as a whole segment, a trailing `/` for directories and a pattern matching a directory matching
+//! everything below it. Permission globs match whole *names* (`owner/repo`, branch names) and grant
+//! access, so a name must match completely: under a directory-prefix rule the branch pattern
+//! `release` would also allow `release/anything`.
 
 use serde::Deserialize;
 

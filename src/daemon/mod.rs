@@ -58,17 +58,25 @@ pub enum DaemonError {
     Graph(#[from] crate::graph::GraphError),
     #[error("cannot start the build scheduler: {0}")]
     Scheduler(#[from] crate::scheduler::SchedulerError),
-    #[error(transparent)]
-    Machines(StartupError),
     #[error("GitHub: {0}")]
     GitHub(String),
     #[error("cannot ask Nix about the local machine (is Nix installed?): {0}")]
     DetectNix(crate::scheduler::builders::DetectError),
 }
 
-/// Checks that need the whole configuration before anything is opened. Failures are configuration
-/// errors (exit status 2).
-pub fn check_startup(loaded: &LoadedConfig) -> Result<(), StartupError> {
+/// What the start-up checks read and validated, handed on to [`run`] so that nothing is loaded twice.
+#[derive(Debug)]
+pub struct Startup {
+    /// Every `[[github_apps]]` entry with its credentials loaded and its key validated, in file order.
+    pub apps: Vec<crate::forge::github::app::GitHubApp>,
+    /// The remote builders of `machines_file` (empty without one).
+    pub machines: Vec<crate::scheduler::builders::BuilderSpec>,
+}
+
+/// Checks that need the whole configuration before anything is opened, and loads what they check
+/// (GitHub App credentials, the machines file) once for [`run`]. Failures are configuration errors
+/// (exit status 2).
+pub fn check_startup(loaded: &LoadedConfig) -> Result<Startup, StartupError> {
     let security = &loaded.config.security;
     let has_secret = security.webhook_secret.as_ref().is_some_and(|s| !s.is_empty());
     if !has_secret && !security.allow_insecure_webhooks {
@@ -78,9 +86,10 @@ pub fn check_startup(loaded: &LoadedConfig) -> Result<(), StartupError> {
         };
         return Err(StartupError::NoWebhookSecret { origin });
     }
-    if let Some(path) = &loaded.config.machines_file {
-        read_machines(path)?;
-    }
+    let machines = match &loaded.config.machines_file {
+        Some(path) => read_machines(path)?,
+        None => Vec::new(),
+    };
     // Every GitHub App's credentials are loaded and its key validated now, so a missing file, a bad key
     // or a source that is not supported yet stops the start instead of the first webhook.
     let apps = crate::forge::github::app::load_all(&loaded.config, &|k| std::env::var(k).ok())
@@ -93,7 +102,7 @@ pub fn check_startup(loaded: &LoadedConfig) -> Result<(), StartupError> {
             "running without a webhook secret (allow_insecure_webhooks = true): never do this in production"
         );
     }
-    Ok(())
+    Ok(Startup { apps, machines })
 }
 
 /// The remote builders listed in a Nix machines file.
@@ -115,13 +124,19 @@ impl ShutdownSignal {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT. Blocks the calling thread.
-pub fn run(loaded: LoadedConfig) -> Result<(), DaemonError> {
+/// Runs the daemon until SIGTERM or SIGINT, with what [`check_startup`] loaded. Blocks the calling
+/// thread.
+pub fn run(loaded: LoadedConfig, startup: Startup) -> Result<(), DaemonError> {
     let ex = Rc::new(LocalExecutor::new());
-    smol::block_on(ex.run(run_on(ex.clone(), loaded)))
+    smol::block_on(ex.run(run_on(ex.clone(), loaded, startup)))
 }
 
-async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<(), DaemonError> {
+async fn run_on(
+    ex: Rc<LocalExecutor<'static>>,
+    loaded: LoadedConfig,
+    startup: Startup,
+) -> Result<(), DaemonError> {
+    let Startup { apps, machines } = startup;
     let started = Instant::now();
     let config = loaded.config.clone();
     match &loaded.source {
@@ -130,6 +145,9 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
     }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
+    }
+    for key in &loaded.not_acted_on {
+        tracing::warn!("{}", key.warning());
     }
 
     // Signals first, so a SIGTERM during start-up is not lost.
@@ -174,16 +192,13 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
     let (shutdown_tx, shutdown_rx) = async_channel::bounded::<()>(1);
     let shutdown = ShutdownSignal(shutdown_rx);
 
-    let (pipeline, scheduler) = match start_pipeline(&ex, &config, &store).await {
+    let (pipeline, scheduler) = match start_pipeline(&ex, &config, &store, machines).await {
         Ok(started) => started,
         Err(e) => {
             socket.remove();
             return Err(e);
         }
     };
-    // The GitHub service, when an App is configured: it consumes the webhook queue.
-    let apps = crate::forge::github::app::load_all(&config, &|k| std::env::var(k).ok())
-        .map_err(|e| DaemonError::GitHub(e.to_string()))?;
     let mut services: Vec<smol::Task<()>> = Vec::new();
     services.push(ex.spawn(crate::summary::prune_loop(
         store.clone(),
@@ -191,6 +206,7 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
         Duration::from_secs(config.change_summary.prune_interval_seconds),
         shutdown.0.clone(),
     )));
+    // The GitHub service, when an App is configured: it consumes the webhook queue.
     let github = if apps.is_empty() {
         tracing::info!("no GitHub App configured: webhook events are queued but not handled");
         None
@@ -262,11 +278,13 @@ async fn run_on(ex: Rc<LocalExecutor<'static>>, loaded: LoadedConfig) -> Result<
 }
 
 /// Opens what the pipeline needs: the derivation graph, the git mirrors (pruning worktrees a previous run
-/// left behind), and the evaluator's settings.
+/// left behind), the evaluator's settings, and the scheduler with the builders of the configuration and
+/// of the machines file (`machines`, as read at start-up).
 async fn start_pipeline(
     ex: &Rc<LocalExecutor<'static>>,
     config: &ServerConfig,
     store: &Store,
+    machines: Vec<crate::scheduler::builders::BuilderSpec>,
 ) -> Result<(Arc<Pipeline>, SchedulerHandle), DaemonError> {
     let data_dir = config.data_dir();
     let graph = {
@@ -298,7 +316,6 @@ async fn start_pipeline(
     tracing::info!(systems = ?local.systems, features = ?local.features, "local Nix builder");
     let mut scheduler_config = SchedulerConfig::from_server(config, local);
     if let Some(path) = &config.machines_file {
-        let machines = read_machines(path).map_err(DaemonError::Machines)?;
         tracing::info!(machines = machines.len(), file = %path.display(), "remote builders from the machines file");
         scheduler_config.remote_builders.extend(machines);
     }

@@ -1179,3 +1179,22 @@ fn evaluation_section_defaults_ranges_and_backend() {
     let err = eka_ci::config::load_with_env(Some(&path), &|_| None).expect_err("bad backend").to_string();
     assert!(err.contains("evaluation.backend") && err.contains("magic"), "{err}");
 }
+
+#[test]
+fn keys_accepted_but_not_acted_on_are_listed_from_the_file_and_the_environment() {
+    let keys = |l: &LoadedConfig| l.not_acted_on.iter().map(|k| k.key).collect::<Vec<_>>();
+    assert!(ok("graph_lru_capacity = 5\n[web]\nport = 1\n").not_acted_on.is_empty());
+    // Written keys count even with their default value; unknown keys stay ordinary warnings.
+    let l = ok("default_merge_method = \"squash\"\n[security]\naudit_hooks = true\n[rebuild]\n");
+    assert_eq!(keys(&l), ["default_merge_method", "security.audit_hooks", "rebuild"]);
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    // The older name of `web.bundle_path`, and keys set through the environment.
+    let l = ok_env(
+        "[web]\nstatic_dir = \"/srv\"\n",
+        &[("JWT_SECRET", "s3cret"), ("GITEA_DOMAIN", "gitea.example.com")],
+    );
+    assert_eq!(keys(&l), ["web.bundle_path", "oauth", "gitea_instances"]);
+    let lines: Vec<String> = l.not_acted_on.iter().map(|k| k.warning()).collect();
+    assert_eq!(lines[1], "oauth: accepted, not yet acted on: there is no web UI login yet");
+    assert!(lines.iter().all(|w| !w.contains("s3cret")), "{lines:?}");
+}

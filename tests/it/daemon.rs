@@ -334,6 +334,49 @@ fn embedded_defaults_with_no_config_file_and_xdg_paths() {
 }
 
 #[test]
+fn check_config_warns_about_keys_accepted_but_not_acted_on() {
+    let home = Home::new();
+    // `[[caches]]` and `[oauth]` are accepted but not acted on; their values (one a secret) are not shown.
+    let cfg = home.write_config(
+        "[[caches]]\nid = \"c\"\ncache_type = \"cachix\"\ndestination = \"my-cache\"\ncredentials = \"none\"\n\n\
+         [oauth]\nclient_secret = \"oauth-secret-5b2c\"\n",
+    );
+    let out = home
+        .command(common::SERVER)
+        .arg("--check-config")
+        .arg("--config-file")
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: oauth: accepted, not yet acted on: there is no web UI login yet",
+            "warning: caches: accepted, not yet acted on: successful builds are not pushed to caches yet",
+        ],
+        "{err}"
+    );
+    assert!(!err.contains("oauth-secret-5b2c") && !err.contains("my-cache"), "{err}");
+
+    // A configuration using none of those keys gets no such warning.
+    let cfg = home.write_config("graph_lru_capacity = 5000");
+    let out = home
+        .command(common::SERVER)
+        .arg("--check-config")
+        .arg("--config-file")
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("warning: "), "{err}");
+    assert!(!err.contains("not yet acted on"), "{err}");
+}
+
+#[test]
 fn an_http_port_in_use_fails_start_up_and_cleans_the_socket() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();

@@ -91,7 +91,17 @@ fn every_field() {
       "change_sets": { "doc/**": "docs-only", ".github/": "no-op", "flake.lock": "full-rebuild" }
     }"#;
     let (config, warnings) = parse_ok(dir.path(), json);
-    assert!(warnings.is_empty(), "{warnings:#?}");
+    let not_yet =
+        |path: &str, what: &str| FieldError::new(path, format!("accepted, not yet acted on: {what}"));
+    assert_eq!(
+        warnings,
+        vec![
+            not_yet("jobs.hello.caches", "successful builds are not pushed to caches yet"),
+            not_yet("jobs.hello.size_check", "output and closure sizes are not checked yet"),
+            not_yet("checks.lint", "checks are not run yet"),
+            not_yet("change_sets", "change sets do not decide what is evaluated or built yet"),
+        ]
+    );
 
     let mut jobs = BTreeMap::new();
     jobs.insert(
@@ -475,6 +485,7 @@ fn unknown_fields_are_warnings_with_paths() {
             "jobs_extra",
             "jobs.foo.atr_path",
             "jobs.foo.colour",
+            "checks.c",
             "checks.c.sehll",
             "package_change_summary.extra",
             "rebuild_impact.enabeld",
@@ -488,6 +499,37 @@ fn unknown_fields_are_warnings_with_paths() {
         format!("{}", FieldError::new("jobs.foo.colour", "unknown field")),
         "jobs.foo.colour: unknown field"
     );
+}
+
+#[test]
+fn keys_accepted_but_not_acted_on_are_warnings_with_their_paths() {
+    let dir = checkout();
+    let json = r#"{
+      "jobs": {
+        "hello": { "file": "default.nix", "size_check": { "max_increase_percent": 5, "base_branch": "main" } },
+        "plain": { "file": "default.nix" }
+      },
+      "checks": { "lint": { "shell": "s", "command": "true" }, "fmt": { "shell": "s", "command": "true" } }
+    }"#;
+    let (config, warnings) = parse_ok(dir.path(), json);
+    assert_eq!(config.checks.len(), 2, "the keys are still accepted");
+    let shown: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "jobs.hello.size_check: accepted, not yet acted on: output and closure sizes are not checked yet",
+            "checks.fmt: accepted, not yet acted on: checks are not run yet",
+            "checks.lint: accepted, not yet acted on: checks are not run yet",
+        ]
+    );
+    // Through the loader too (what "EkaCI: Configure" and `ekaci eval` show).
+    write(dir.path(), ".eka-ci/config.json", json);
+    match repo::load(dir.path()) {
+        RepoConfigOutcome::Loaded { warnings: loaded, .. } => assert_eq!(loaded, warnings),
+        other => panic!("expected a loaded configuration, got {other:?}"),
+    }
+    let (_, none) = parse_ok(dir.path(), r#"{ "jobs": { "a": { "file": "default.nix" } } }"#);
+    assert!(none.is_empty(), "{none:?}");
 }
 
 // --- names ---------------------------------------------------------------------------------------
@@ -696,7 +738,16 @@ fn checks_and_caches_details() {
     let (config, warnings) =
         parse_ok(dir.path(), r#"{ "jobs": { "a": { "file": "default.nix", "caches": ["x", "y", "x"] } } }"#);
     assert_eq!(config.jobs["a"].caches, strs(&["x", "y"]));
-    assert_eq!(warnings, vec![FieldError::new("jobs.a.caches[2]", "duplicate cache id (listed once)")]);
+    assert_eq!(
+        warnings,
+        vec![
+            FieldError::new(
+                "jobs.a.caches",
+                "accepted, not yet acted on: successful builds are not pushed to caches yet"
+            ),
+            FieldError::new("jobs.a.caches[2]", "duplicate cache id (listed once)"),
+        ]
+    );
 }
 
 // --- change sets -------------------------------------------------------------------------------------

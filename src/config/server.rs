@@ -1,0 +1,470 @@
+//! The server configuration's schema (`ekaci.toml`): one type per section (`[web]`, `[security]`,
+//! `[evaluation]`, `[[github_apps]]`, `[[caches]]`, …) with its defaults and ranges, and the values
+//! derived from them (resolved paths, the OAuth callback, the git host).
+//!
+//! Ranges and shapes are checked while deserializing (see [`super::de`]), so a value of these types is
+//! always valid once loaded. This module only describes values: it never reads files or the environment.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::de;
+use super::{CredentialSource, Permissions};
+use crate::secret::Secret;
+
+/// The whole server configuration, with every default applied.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// `[web]`: the HTTP server.
+    pub web: WebConfig,
+    /// The database file; `None` means `$XDG_DATA_HOME/ekaci/ekaci.redb` (see [`ServerConfig::db_path`]).
+    pub db_path: Option<PathBuf>,
+    /// Build log directory; `None` means `$XDG_DATA_HOME/ekaci/build-logs`.
+    pub logs_dir: Option<PathBuf>,
+    /// `[unix]`: the control socket.
+    pub unix: UnixConfig,
+    /// A build printing nothing for this long is killed (30..=86400, default 1200).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 30, 86400>")]
+    pub build_no_output_timeout_seconds: u64,
+    /// Wall-clock cap of one build (60..=604800, default 14400).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 60, 604800>")]
+    pub build_max_duration_seconds: u64,
+    /// Nodes kept by the in-memory derivation-graph LRU (> 0, default 100000).
+    #[serde(deserialize_with = "de::positive_usize")]
+    pub graph_lru_capacity: usize,
+    /// Hold builds of pull requests from external authors until a maintainer approves.
+    pub require_approval: bool,
+    /// Hold merge-queue builds until approved.
+    pub merge_queue_require_approval: bool,
+    /// Merge method of the `@eka-ci merge` command (default `squash`).
+    pub default_merge_method: MergeMethod,
+    /// `[security]`.
+    pub security: SecurityConfig,
+    /// `[oauth]`: GitHub OAuth for the web UI.
+    pub oauth: OAuthConfig,
+    /// `[[github_apps]]`, in file order (ids are unique).
+    pub github_apps: Vec<GitHubAppConfig>,
+    /// `[[caches]]`, in file order (ids are unique).
+    pub caches: Vec<CacheConfig>,
+    /// `[[remote_builders]]`: Nix remote build machines.
+    pub remote_builders: Vec<RemoteBuilderConfig>,
+    /// More remote build machines, from a file in Nix's machines format (e.g. `/etc/nix/machines`); an
+    /// eka-ci extension, read at start-up.
+    pub machines_file: Option<PathBuf>,
+    /// `[[gitea_instances]]`.
+    pub gitea_instances: Vec<ForgeInstanceConfig>,
+    /// `[[gitlab_instances]]`.
+    pub gitlab_instances: Vec<ForgeInstanceConfig>,
+    /// `[rebuild]`: rebuild-detection limits.
+    pub rebuild: RebuildConfig,
+    /// `[evaluation]`: bounds of the evaluator (an eka-ci extension of the upstream schema).
+    pub evaluation: EvaluationConfig,
+    /// `[change_summary]`: the change-summary cache (an eka-ci extension of the upstream schema).
+    pub change_summary: ChangeSummaryConfig,
+    /// `[github]`: how the server talks to GitHub (an eka-ci extension of the upstream schema).
+    pub github: GitHubConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            web: WebConfig::default(),
+            db_path: None,
+            logs_dir: None,
+            unix: UnixConfig::default(),
+            build_no_output_timeout_seconds: 1200,
+            build_max_duration_seconds: 14400,
+            graph_lru_capacity: 100_000,
+            require_approval: false,
+            merge_queue_require_approval: false,
+            default_merge_method: MergeMethod::default(),
+            security: SecurityConfig::default(),
+            oauth: OAuthConfig::default(),
+            github_apps: Vec::new(),
+            caches: Vec::new(),
+            remote_builders: Vec::new(),
+            machines_file: None,
+            gitea_instances: Vec::new(),
+            gitlab_instances: Vec::new(),
+            rebuild: RebuildConfig::default(),
+            evaluation: EvaluationConfig::default(),
+            change_summary: ChangeSummaryConfig::default(),
+            github: GitHubConfig::default(),
+        }
+    }
+}
+
+/// `[web]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WebConfig {
+    /// Bind address; always a valid IPv4 or IPv6 address once loaded (default `127.0.0.1`).
+    #[serde(deserialize_with = "de::ip_address")]
+    pub address: String,
+    /// TCP port (default 3030; 0 picks a free port).
+    #[serde(deserialize_with = "de::port")]
+    pub port: u16,
+    /// CORS allow-list: full `http://` / `https://` origins (lower-cased), empty = no cross-origin requests.
+    #[serde(deserialize_with = "de::origins")]
+    pub allowed_origins: Vec<String>,
+    /// A pre-built web UI bundle to serve (`static_dir` is accepted as an older name).
+    #[serde(alias = "static_dir")]
+    pub bundle_path: Option<PathBuf>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig { address: "127.0.0.1".into(), port: 3030, allowed_origins: vec![], bundle_path: None }
+    }
+}
+
+impl WebConfig {
+    /// The socket address to bind: `address:port`.
+    pub fn socket_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
+        let ip: IpAddr = self.address.parse()?;
+        Ok(SocketAddr::new(ip, self.port))
+    }
+}
+
+/// `[unix]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct UnixConfig {
+    /// Control socket; `None` means `$XDG_RUNTIME_DIR/ekaci.socket`.
+    pub socket_path: Option<PathBuf>,
+}
+
+/// `[security]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SecurityConfig {
+    /// HMAC secret of incoming webhooks (all forges). `WEBHOOK_SECRET` overrides it.
+    #[serde(deserialize_with = "de::secret")]
+    pub webhook_secret: Option<Secret>,
+    /// Start without a webhook secret (development only).
+    pub allow_insecure_webhooks: bool,
+    /// Wall-clock cap of one post-build hook such as a cache push (1..=86400, default 300).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 86400>")]
+    pub max_hook_timeout_seconds: u64,
+    /// Write an audit record for every hook run (default true).
+    pub audit_hooks: bool,
+    /// Allow cache destinations on private or loopback addresses (disables SSRF protection).
+    pub allow_private_cache_hosts: bool,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            webhook_secret: None,
+            allow_insecure_webhooks: false,
+            max_hook_timeout_seconds: 300,
+            audit_hooks: true,
+            allow_private_cache_hosts: false,
+        }
+    }
+}
+
+/// `[oauth]`: GitHub OAuth for the web UI. Every field may also come from the environment.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct OAuthConfig {
+    /// `GITHUB_OAUTH_CLIENT_ID` overrides it.
+    pub client_id: Option<String>,
+    /// `GITHUB_OAUTH_CLIENT_SECRET` overrides it.
+    #[serde(deserialize_with = "de::secret")]
+    pub client_secret: Option<Secret>,
+    /// Callback URL; `None` means `http://{web.address}:{web.port}/github/auth/callback`.
+    pub redirect_url: Option<String>,
+    /// JWT signing secret; `JWT_SECRET` overrides it. `None`: the server generates one per start.
+    #[serde(deserialize_with = "de::secret")]
+    pub jwt_secret: Option<Secret>,
+}
+
+/// Merge method of the `@eka-ci merge` comment command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MergeMethod {
+    Merge,
+    #[default]
+    Squash,
+    Rebase,
+}
+
+impl MergeMethod {
+    /// The spelling used in the file and by the GitHub API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MergeMethod::Merge => "merge",
+            MergeMethod::Squash => "squash",
+            MergeMethod::Rebase => "rebase",
+        }
+    }
+}
+
+/// `[[github_apps]]`: a GitHub App the server authenticates as.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct GitHubAppConfig {
+    /// Unique name of this entry (not GitHub's numeric app id).
+    #[serde(deserialize_with = "de::non_empty_string")]
+    pub id: String,
+    pub credentials: CredentialSource,
+    #[serde(default)]
+    pub permissions: Permissions,
+}
+
+/// Backend of a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheType {
+    /// `nix copy --to <destination>` (S3, HTTP, SSH stores).
+    NixCopy,
+    /// `cachix push <destination>`.
+    Cachix,
+    /// `attic push <destination>`.
+    Attic,
+}
+
+impl CacheType {
+    /// The spelling used in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheType::NixCopy => "nix-copy",
+            CacheType::Cachix => "cachix",
+            CacheType::Attic => "attic",
+        }
+    }
+}
+
+/// `[[caches]]`: a binary cache that repositories may push to by id.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CacheConfig {
+    /// The id repositories name in `.eka-ci/config.json` (unique).
+    #[serde(deserialize_with = "de::non_empty_string")]
+    pub id: String,
+    pub cache_type: CacheType,
+    /// Store URL (nix-copy, attic) or cache name (cachix).
+    #[serde(deserialize_with = "de::non_empty_string")]
+    pub destination: String,
+    pub credentials: CredentialSource,
+    #[serde(default)]
+    pub permissions: Permissions,
+}
+
+/// `[[remote_builders]]`: a Nix remote build machine.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RemoteBuilderConfig {
+    /// Store URI, e.g. `ssh-ng://builder@10.0.0.5`.
+    #[serde(deserialize_with = "de::non_empty_string")]
+    pub uri: String,
+    /// Systems it builds for, e.g. `["x86_64-linux", "i686-linux"]` (at least one).
+    #[serde(deserialize_with = "de::non_empty_strings")]
+    pub systems: Vec<String>,
+    /// Concurrent builds (> 0, default 1).
+    #[serde(default = "one", deserialize_with = "de::positive_u32")]
+    pub max_jobs: u32,
+    /// Preference among builders, higher is preferred (> 0, default 1).
+    #[serde(default = "one", deserialize_with = "de::positive_u32")]
+    pub speed_factor: u32,
+    #[serde(default)]
+    pub supported_features: Vec<String>,
+    #[serde(default)]
+    pub mandatory_features: Vec<String>,
+    /// SSH private key used to reach it.
+    #[serde(default)]
+    pub ssh_key: Option<PathBuf>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `[[gitea_instances]]` / `[[gitlab_instances]]`: a self-hosted or public forge.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ForgeInstanceConfig {
+    /// Bare host name (optionally `:port`), no scheme: `gitea.example.com`.
+    #[serde(deserialize_with = "de::domain")]
+    pub domain: String,
+    /// API token; better supplied through `GITEA_TOKEN` / `GITLAB_TOKEN`.
+    #[serde(default, deserialize_with = "de::secret")]
+    pub token: Option<Secret>,
+}
+
+/// `[rebuild]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct RebuildConfig {
+    /// Above this many rebuilds a change is "wide" and per-package builds are skipped (> 0, default 20000).
+    #[serde(deserialize_with = "de::positive_usize")]
+    pub max_rebuild_count: usize,
+    /// Changes touching only these paths (globs) skip rebuild evaluation.
+    pub skip_paths: Vec<String>,
+}
+
+impl Default for RebuildConfig {
+    fn default() -> Self {
+        RebuildConfig { max_rebuild_count: 20_000, skip_paths: Vec::new() }
+    }
+}
+
+/// `[evaluation]`: how jobs are evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct EvaluationConfig {
+    /// Which evaluator runs: `auto` (nix-eval-jobs when on PATH, else the built-in one), `builtin`,
+    /// `nix-eval-jobs`.
+    pub backend: EvalBackendSetting,
+    /// Parallel evaluator processes per evaluation; 0 means one per core (0..=256, default 0).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 0, 256>")]
+    pub workers: u64,
+    /// Memory cap of each evaluator process in MiB; 0 disables it (0..=1048576, default 4096).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 0, 1048576>")]
+    pub max_memory_mib: u64,
+    /// Bound on one job's whole evaluation, in seconds (10..=86400, default 3600).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 10, 86400>")]
+    pub timeout_seconds: u64,
+    /// Attributes per evaluator process, the built-in evaluator's unit of work (1..=10000, default 100).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 10000>")]
+    pub batch_size: u64,
+    /// Evaluations that run at once; more wait in the queue (1..=64, default 1).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 64>")]
+    pub concurrent: u64,
+    /// Recurse into every attribute set, not only those with `recurseForDerivations = true`.
+    pub force_recurse: bool,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        EvaluationConfig {
+            backend: EvalBackendSetting::Auto,
+            workers: 0,
+            max_memory_mib: 4096,
+            timeout_seconds: 3600,
+            batch_size: 100,
+            concurrent: 1,
+            force_recurse: false,
+        }
+    }
+}
+
+/// `[github]`: the GitHub API endpoint and how pull requests are handled.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct GitHubConfig {
+    /// REST API base URL: `https://api.github.com` (default), or `https://HOST/api/v3` for GitHub
+    /// Enterprise Server. Always `http://` or `https://`, without a trailing `/`, once loaded.
+    #[serde(deserialize_with = "de::api_url")]
+    pub api_url: String,
+    /// The host whose `https://` clone URLs receive the installation token; `None` derives it from
+    /// `api_url` (`api.github.com` → `github.com`, `HOST/api/v3` → `HOST`).
+    pub git_host: Option<String>,
+    /// What happens to draft pull requests: `skip` them until they are marked ready (default) or
+    /// `build` them like any other.
+    pub draft_pull_requests: DraftPolicy,
+    /// Failure check runs created per job and commit; the gate's summary counts the rest (1..=1000,
+    /// default 50).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 1000>")]
+    pub max_failure_check_runs: u64,
+}
+
+impl Default for GitHubConfig {
+    fn default() -> Self {
+        GitHubConfig {
+            api_url: "https://api.github.com".to_string(),
+            git_host: None,
+            draft_pull_requests: DraftPolicy::Skip,
+            max_failure_check_runs: 50,
+        }
+    }
+}
+
+impl GitHubConfig {
+    /// The host of clone URLs that may receive the installation token (lower case).
+    pub fn git_host(&self) -> String {
+        if let Some(h) = &self.git_host {
+            return h.to_ascii_lowercase();
+        }
+        let rest = self.api_url.split_once("://").map_or(self.api_url.as_str(), |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
+        match host.strip_prefix("api.") {
+            Some(h) if !h.is_empty() => h.to_string(),
+            _ => host,
+        }
+    }
+}
+
+/// `github.draft_pull_requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DraftPolicy {
+    Skip,
+    Build,
+}
+
+/// `[change_summary]`: how long computed change summaries are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ChangeSummaryConfig {
+    /// Cached summaries older than this many seconds are removed (60..=31536000, default 604800: 7 days).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 60, 31536000>")]
+    pub cache_max_age_seconds: u64,
+    /// How often the cache is pruned, in seconds (10..=86400, default 3600).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 10, 86400>")]
+    pub prune_interval_seconds: u64,
+}
+
+impl Default for ChangeSummaryConfig {
+    fn default() -> Self {
+        ChangeSummaryConfig { cache_max_age_seconds: 7 * 24 * 3600, prune_interval_seconds: 3600 }
+    }
+}
+
+/// `evaluation.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvalBackendSetting {
+    Auto,
+    Builtin,
+    NixEvalJobs,
+}
+
+impl ServerConfig {
+    /// The redb file: `db_path`, else `$XDG_DATA_HOME/ekaci/ekaci.redb`.
+    pub fn db_path(&self) -> PathBuf {
+        self.db_path.clone().unwrap_or_else(crate::paths::default_db_path)
+    }
+    /// Build logs: `logs_dir`, else `$XDG_DATA_HOME/ekaci/build-logs`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.logs_dir.clone().unwrap_or_else(crate::paths::default_logs_dir)
+    }
+    /// Control socket: `unix.socket_path`, else `$XDG_RUNTIME_DIR/ekaci.socket`.
+    pub fn socket_path(&self) -> PathBuf {
+        self.unix.socket_path.clone().unwrap_or_else(crate::paths::default_socket_path)
+    }
+    /// Data directory for mirrors, worktrees and GC roots: next to the database.
+    pub fn data_dir(&self) -> PathBuf {
+        self.db_path().parent().map(Path::to_path_buf).unwrap_or_else(crate::paths::default_data_dir)
+    }
+    /// The cache with this id.
+    pub fn cache(&self, id: &str) -> Option<&CacheConfig> {
+        self.caches.iter().find(|c| c.id == id)
+    }
+    /// The GitHub App entry with this id.
+    pub fn github_app(&self, id: &str) -> Option<&GitHubAppConfig> {
+        self.github_apps.iter().find(|a| a.id == id)
+    }
+    /// The OAuth callback: `oauth.redirect_url`, else `http://{web.address}:{web.port}/github/auth/callback`.
+    pub fn oauth_redirect_url(&self) -> String {
+        if let Some(url) = &self.oauth.redirect_url {
+            return url.clone();
+        }
+        match self.web.socket_addr() {
+            Ok(addr) => format!("http://{addr}/github/auth/callback"),
+            Err(_) => format!("http://{}:{}/github/auth/callback", self.web.address, self.web.port),
+        }
+    }
+}
