@@ -25,9 +25,34 @@ pub fn escape_markdown(text: &str) -> String {
     out
 }
 
-/// Control characters and the Unicode bidirectional overrides and isolates.
-fn is_forbidden_char(c: char) -> bool {
+/// Control characters and the Unicode bidirectional overrides and isolates: never shown as they are
+/// (and refused in names a repository configuration declares).
+pub fn is_forbidden_char(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` as one inline code span that shows it literally: the span's backtick fence is longer than any
+/// run of backticks inside (so nothing inside can close it), line breaks and tabs become spaces, and
+/// control characters and bidirectional overrides become U+FFFD. Inside a code span GitHub formats
+/// nothing and links no mention, so no backslash escapes are needed (they would show).
+pub fn code_span(text: &str) -> String {
+    let mut content = String::with_capacity(text.len());
+    let (mut run, mut longest) = (0usize, 0usize);
+    for c in text.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+        match c {
+            '\n' | '\r' | '\t' => content.push(' '),
+            c if is_forbidden_char(c) => content.push('\u{FFFD}'),
+            c => content.push(c),
+        }
+    }
+    let fence = "`".repeat(longest + 1);
+    // CommonMark strips one space from each end when both are present: pad a leading or trailing
+    // backtick (or an all-space content) so it is shown as it is.
+    let pad = content.starts_with('`') || content.ends_with('`') || content.trim().is_empty();
+    let space = if pad { " " } else { "" };
+    format!("{fence}{space}{content}{space}{fence}")
 }
 
 /// Text for the inside of a fenced code block (three backticks): a run of backticks inside would close
@@ -86,6 +111,21 @@ mod tests {
         assert_eq!(escape_markdown("x\u{2066}y\u{2069}"), "x\u{FFFD}y\u{FFFD}");
         assert_eq!(escape_markdown("line\r\nnext\tcol"), "line  next col");
         assert_eq!(escape_markdown("plain ünïcode 漢字"), "plain ünïcode 漢字");
+    }
+
+    #[test]
+    fn code_spans_show_their_text_literally() {
+        assert_eq!(code_span("python3Packages.foo_bar"), "`python3Packages.foo_bar`");
+        assert_eq!(code_span("a`b"), "``a`b``");
+        assert_eq!(code_span("``x"), "``` ``x ```");
+        assert_eq!(code_span("x\ny"), "`x y`");
+        assert_eq!(code_span("rtl\u{202E}"), "`rtl\u{FFFD}`");
+        assert_eq!(code_span(""), "`  `");
+        // Nothing inside closes the span early: the fence is longer than every run inside.
+        let hostile = "``` `` ` @team <b>";
+        let span = code_span(hostile);
+        let fence_len = span.chars().take_while(|&c| c == '`').count();
+        assert!(hostile.split(|c| c != '`').all(|run| run.len() < fence_len), "{span}");
     }
 
     #[test]

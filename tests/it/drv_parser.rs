@@ -580,7 +580,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Throughput (ignored): DRV_BENCH_DIR=/nix/store cargo test --release --test drv_parser -- --ignored --nocapture
+// Throughput (ignored): DRV_BENCH_DIR=/nix/store cargo test --release --test it drv_parser:: -- --ignored --nocapture
 
 #[test]
 #[ignore]

@@ -8,8 +8,8 @@
 //! character by character (`**` may appear inside a segment there, `*` alone matches everything, and
 //! there is no directory-prefix rule).
 
-use super::field_error::is_forbidden_char;
 use super::{ChangeClass, ChangeSetKind, ChangeSets};
+use crate::text::markdown::is_forbidden_char;
 
 const MAX_GLOB_BYTES: usize = 1024;
 

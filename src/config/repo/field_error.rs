@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::escape_markdown;
+
 const MARKDOWN_MAX_ITEMS: usize = 100;
 
 /// One problem found in the configuration: where (`jobs.hello.file`; empty for the whole file) and what.
@@ -53,28 +55,4 @@ impl fmt::Display for FieldError {
             write!(f, "{}: {}", self.path, self.message)
         }
     }
-}
-
-/// Escapes `text` so that it renders literally, on one line, inside GitHub-flavoured Markdown.
-pub fn escape_markdown(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + text.len() / 4);
-    for c in text.chars() {
-        match c {
-            // A zero-width space after `@`/`#` stops mentions and issue references.
-            '@' => out.push_str("\\@&#8203;"),
-            '#' => out.push_str("\\#&#8203;"),
-            c if c.is_ascii_punctuation() => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if is_forbidden_char(c) => out.push('\u{FFFD}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Control characters and the Unicode bidirectional overrides.
-pub(super) fn is_forbidden_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }

@@ -30,7 +30,7 @@ mod types;
 mod validate;
 
 pub use change_sets::glob_matches;
-pub use field_error::{escape_markdown, FieldError};
+pub use field_error::FieldError;
 pub use load::{load, parse};
 pub use types::{
     ChangeClass, ChangeSetKind, ChangeSetRule, ChangeSets, CheckConfig, JobConfig, JobSource,

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::{BuildError, MESSAGE_LIMIT};
 use crate::nix::process::{run_captured, RunLimits};
-use crate::text::bounded_output as bounded_text;
 use crate::nix::store_path::StorePath;
+use crate::text::bounded_output as bounded_text;
 
 /// The program that checks output validity.
 const NIX_STORE: &str = "nix-store";

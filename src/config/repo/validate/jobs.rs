@@ -8,9 +8,9 @@ use serde_json::{Map, Value};
 
 use super::{index_path, key_path, Validator};
 use crate::config::not_acted_on;
-use crate::config::repo::field_error::is_forbidden_char;
 use crate::config::repo::paths::{relative_repo_path, resolve_in_repo, ResolveError};
 use crate::config::repo::{JobConfig, JobSource, SizeCheck, DEFAULT_FLAKE_ATTR};
+use crate::text::markdown::is_forbidden_char;
 
 const MAX_CACHE_ID_CHARS: usize = 256;
 const MAX_BRANCH_BYTES: usize = 255;

@@ -16,9 +16,9 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
-use super::field_error::is_forbidden_char;
 use super::{FieldError, RepoConfig, MAX_NAME_CHARS};
 use crate::config::not_acted_on::RepoKey;
+use crate::text::markdown::is_forbidden_char;
 
 const MAX_ATTR_PATH_BYTES: usize = 1024;
 const PATH_KEY_SHOWN_CHARS: usize = 64;
@@ -37,11 +37,7 @@ fn key_path(parent: &str, key: &str) -> String {
             format!("{parent}.{key}")
         }
     } else {
-        let shown: String = if key.chars().count() > PATH_KEY_SHOWN_CHARS {
-            key.chars().take(PATH_KEY_SHOWN_CHARS).chain(std::iter::once('…')).collect()
-        } else {
-            key.to_string()
-        };
+        let shown = crate::text::ellipsis_chars(key, PATH_KEY_SHOWN_CHARS);
         let quoted = serde_json::to_string(&shown).unwrap_or_else(|_| String::from("\"?\""));
         format!("{parent}[{quoted}]")
     }

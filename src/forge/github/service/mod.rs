@@ -47,8 +47,9 @@ use crate::store::{now_secs, Store, StoreError};
 mod report;
 mod run;
 
+use crate::text::short_sha as short;
+use report::Reporter;
 pub use report::{gate_check, APPROVAL_CHECK, CONFIGURE_CHECK, SUMMARY_CHECK};
-use report::{short, Reporter};
 
 /// How often the loop looks at the queue without being woken.
 const POLL: Duration = Duration::from_secs(5);

@@ -1,7 +1,8 @@
 //! Reporting: the texts of the check runs a run reports (configuration, gates, failures, approval) and
 //! the `Reporter`, which creates or updates one run's check runs and records every id it gets.
 //!
-//! Everything untrusted that reaches a check run goes through `escape_md` or `fence` here; outputs are
+//! Everything untrusted that reaches a check run goes through `crate::text`'s `escape_markdown`,
+//! `code_span` or `fence`; outputs are
 //! capped to GitHub's limit. It never decides what a run does next (the run task does).
 
 use super::run::RunError;
@@ -12,6 +13,7 @@ use crate::forge::github::client::{
 use crate::forge::github::runs::{self, Run, Trigger};
 use crate::pipeline::JobReview;
 use crate::store::Store;
+use crate::text::{self, code_span, escape_markdown, fence, prefix_chars};
 
 /// Name of the configuration check.
 pub const CONFIGURE_CHECK: &str = "EkaCI: Configure";
@@ -36,8 +38,8 @@ pub(super) fn held_summary(run: &Run, subject: Option<&(u64, Option<String>)>) -
                        Nothing is evaluated.";
         return completed(CheckConclusion::ActionRequired, "Cannot be approved", summary.into(), None);
     };
-    let who = escape_md(author.unwrap_or("a deleted account"));
-    let repo = escape_md(&run.repo);
+    let who = escape_markdown(author.unwrap_or("a deleted account"));
+    let repo = escape_markdown(&run.repo);
     let why = match run.trigger {
         Trigger::PullRequest { .. } => format!(
             "Pull requests by {who} are evaluated once a maintainer approves them, because `require_approval` \
@@ -156,7 +158,7 @@ impl Reporter {
     pub(super) async fn cancel_open(&self, run: &Run, reason: &str) -> Result<(), RunError> {
         let open: Vec<String> = run.checks.iter().filter(|c| !c.completed).map(|c| c.name.clone()).collect();
         for name in open {
-            let summary = format!("Cancelled: {}.", escape_md(reason));
+            let summary = format!("Cancelled: {}.", escape_markdown(reason));
             self.report(&name, completed(CheckConclusion::Cancelled, "Cancelled", summary, None)).await?;
         }
         Ok(())
@@ -174,7 +176,7 @@ pub(super) fn completed(
         status: Some(CheckStatus::Completed),
         conclusion: Some(conclusion),
         completed_at: Some(crate::time::now_rfc3339()),
-        output: Some(CheckRunOutput { title: truncate_chars(title, 200), summary, text }),
+        output: Some(CheckRunOutput { title: prefix_chars(title, 200).to_string(), summary, text }),
         ..CheckRunFields::default()
     }
 }
@@ -185,24 +187,16 @@ fn cap_output(mut fields: CheckRunFields) -> CheckRunFields {
         const NOTE: &str = "\n\n_…truncated_";
         let limit = MAX_OUTPUT_CHARS - NOTE.chars().count();
         if output.summary.chars().count() > MAX_OUTPUT_CHARS {
-            output.summary = format!("{}{NOTE}", truncate_chars(&output.summary, limit));
+            output.summary = format!("{}{NOTE}", text::prefix_chars(&output.summary, limit));
         }
         if let Some(text) = output.text.as_mut() {
             if text.chars().count() > MAX_OUTPUT_CHARS {
                 // Log tails: the end matters most.
-                let skip = text.chars().count() - limit;
-                *text = format!("_…truncated_\n\n{}", text.chars().skip(skip).collect::<String>());
+                *text = format!("_…truncated_\n\n{}", text::suffix_chars(text, limit));
             }
         }
     }
     fields
-}
-
-fn truncate_chars(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((cut, _)) => s[..cut].to_string(),
-        None => s.to_string(),
-    }
 }
 
 /// The gate's title and summary for one job.
@@ -227,7 +221,7 @@ pub(super) fn gate_text(job: &JobReview, not_listed: usize) -> (String, String) 
     ));
     if !failing.is_empty() {
         s.push_str("\n**Failing:**\n");
-        let lines = failing.iter().map(|a| format!("`{}`: {}", escape_md(&a.attr), verdict_words(a.verdict)));
+        let lines = failing.iter().map(|a| format!("{}: {}", code_span(&a.attr), verdict_words(a.verdict)));
         push_bullets(&mut s, lines, failing.len(), 100);
         if not_listed > 0 {
             s.push_str(&format!(
@@ -240,7 +234,7 @@ pub(super) fn gate_text(job: &JobReview, not_listed: usize) -> (String, String) 
         s.push_str(&format!("\n**New evaluation errors{allowed}:**\n"));
         let lines = new_errors.iter().map(|e| {
             let last = e.head_error.as_deref().and_then(|m| m.lines().last()).unwrap_or("");
-            format!("`{}`: {}", escape_md(&e.attr), escape_md(&truncate_chars(last, 300)))
+            format!("{}: {}", code_span(&e.attr), escape_markdown(prefix_chars(last, 300)))
         });
         push_bullets(&mut s, lines, new_errors.len(), 50);
     }
@@ -281,32 +275,6 @@ pub(super) fn verdict_words(v: crate::pipeline::Verdict) -> &'static str {
     }
 }
 
-pub(super) fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
-}
-
-/// Escapes markdown and HTML in untrusted text, and defuses @mentions.
-pub(super) fn escape_md(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '#' | '~' => {
-                out.push('\\');
-                out.push(c);
-            }
-            '@' => out.push_str("@\u{200b}"),
-            '\n' | '\r' => out.push(' '),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-/// Text for a fenced code block: a ``` inside would close it.
-pub(super) fn fence(s: &str) -> String {
-    s.replace("```", "`\u{200b}``")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,10 +296,7 @@ mod tests {
     }
 
     #[test]
-    fn untrusted_text_cannot_mention_or_format() {
-        assert_eq!(escape_md("@team <b>x</b> `y`"), "@\u{200b}team \\<b\\>x\\</b\\> \\`y\\`");
-        assert_eq!(fence("a```b"), "a`\u{200b}``b");
-        assert_eq!(truncate_chars("ééé", 2), "éé");
+    fn gate_check_names() {
         assert_eq!(gate_check("main"), "EkaCI: Evaluate Job (main)");
     }
 }

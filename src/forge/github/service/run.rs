@@ -10,8 +10,8 @@
 use std::sync::{Arc, Mutex};
 
 use super::report::{
-    completed, escape_md, fence, gate_check, gate_text, held_summary, short, verdict_words, Reporter,
-    APPROVAL_CHECK, CONFIGURE_CHECK, SUMMARY_CHECK,
+    completed, gate_check, gate_text, held_summary, verdict_words, Reporter, APPROVAL_CHECK, CONFIGURE_CHECK,
+    SUMMARY_CHECK,
 };
 use super::{approved_locally, GitHubService};
 use crate::checkout::GitAuth;
@@ -22,6 +22,7 @@ use crate::forge::github::runs::{self, Run, RunState, Trigger};
 use crate::pipeline::{PipelineError, ReviewReport};
 use crate::scheduler::state::DrvState;
 use crate::store::{now_secs, StoreError};
+use crate::text::{code_span, escape_markdown, fence, short_sha as short};
 
 impl GitHubService {
     /// Executes run `key` once; GitHub failures requeue it with backoff.
@@ -141,8 +142,8 @@ impl GitHubService {
             }
             Err(PipelineError::InvalidRepoConfig { file, errors, .. }) => {
                 let summary = format!(
-                    "`{}` cannot be used:\n\n{}",
-                    escape_md(&file),
+                    "{} cannot be used:\n\n{}",
+                    code_span(&file),
                     crate::config::repo::FieldError::to_markdown_list(&errors)
                 );
                 let title = format!("{} error(s) in {}", errors.len(), file);
@@ -171,11 +172,11 @@ impl GitHubService {
             }
         };
         let (repo_config, file, warnings) = config;
-        let mut summary = format!("`{}` is valid: {} job(s).", escape_md(&file), repo_config.jobs.len());
+        let mut summary = format!("{} is valid: {} job(s).", code_span(&file), repo_config.jobs.len());
         if !warnings.is_empty() {
             summary.push_str("\n\nWarnings:\n");
             for w in &warnings {
-                summary.push_str(&format!("- {}\n", escape_md(w)));
+                summary.push_str(&format!("- {}\n", escape_markdown(w)));
             }
         }
         reporter
@@ -192,8 +193,8 @@ impl GitHubService {
                 output: Some(CheckRunOutput {
                     title: "Evaluating and building".into(),
                     summary: format!(
-                        "Evaluating `{}` at {} against {}.",
-                        escape_md(job),
+                        "Evaluating {} at {} against {}.",
+                        code_span(job),
                         short(&head),
                         short(&base)
                     ),
@@ -276,15 +277,15 @@ impl GitHubService {
             for a in failing.iter().take(max) {
                 let name = format!("{} ({})", a.attr, job.diff.job);
                 let mut summary = format!(
-                    "`{}` ({}) {}.\n\n- derivation: `{}`\n- state: {}",
-                    escape_md(&a.attr),
-                    escape_md(&a.name),
+                    "{} ({}) {}.\n\n- derivation: `{}`\n- state: {}",
+                    code_span(&a.attr),
+                    escape_markdown(&a.name),
                     verdict_words(a.verdict),
                     a.head_drv,
                     a.head.state
                 );
                 if let Some(detail) = &a.head.detail {
-                    summary.push_str(&format!("\n- detail: {}", escape_md(detail)));
+                    summary.push_str(&format!("\n- detail: {}", escape_markdown(detail)));
                 }
                 let text = a.log_tail.as_ref().map(|t| format!("```\n{}\n```", fence(t)));
                 let title = format!("{} fails to build", a.attr);
