@@ -5,11 +5,13 @@
 use async_channel::Sender;
 
 use crate::graph::{DrvId, GraphError};
+use crate::jobset::JobsetId;
 use crate::store::StoreError;
 
+use super::engine::BatchId;
 use super::runner::BuildEvent;
 use super::state::{Attempt, DrvState, HistoryEntry, OwnerStatus};
-use super::OwnerId;
+use super::Owner;
 
 /// Errors of the scheduler's API.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +27,9 @@ pub enum SchedulerError {
     #[error("derivation {path} is {state}, not in a final state: it cannot be rebuilt now")]
     NotTerminal { path: String, state: String },
     #[error("no build owner {owner}")]
-    UnknownOwner { owner: OwnerId },
+    UnknownOwner { owner: Owner },
     #[error("owner id {owner} is reserved for rebuild requests")]
-    ReservedOwner { owner: OwnerId },
+    ReservedOwner { owner: Owner },
     #[error("recording build state failed: {0}")]
     Persist(String),
     #[error("a blocking task of the scheduler failed: {0}")]
@@ -47,7 +49,7 @@ pub struct RootOutcome {
 /// What [`SchedulerHandle::wait`] answers: the owner's status and the state of each of its roots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerOutcome {
-    pub owner: OwnerId,
+    pub owner: Owner,
     pub status: OwnerStatus,
     pub roots: Vec<RootOutcome>,
 }
@@ -86,15 +88,15 @@ pub struct QueueDepth {
 pub(super) type Reply<T> = Sender<Result<T, SchedulerError>>;
 
 pub(super) enum Command {
-    Request { owner: OwnerId, roots: Vec<String>, reply: Reply<()> },
-    Wait { owner: OwnerId, reply: Reply<OwnerOutcome> },
-    Cancel { owner: OwnerId, reply: Reply<()> },
-    Rebuild { drv: String, reply: Reply<OwnerId> },
+    Request { owner: Owner, roots: Vec<String>, reply: Reply<()> },
+    Wait { owner: Owner, reply: Reply<OwnerOutcome> },
+    Cancel { owner: Owner, reply: Reply<()> },
+    Rebuild { drv: String, reply: Reply<Owner> },
     State { drv: String, reply: Reply<Option<DrvStatus>> },
     Active { reply: Sender<Vec<ActiveBuild>> },
     Depths { reply: Sender<Vec<QueueDepth>> },
-    Batch { batch: u64, event: BuildEvent },
-    BatchDone { batch: u64, result: Result<(), String> },
+    Batch { batch: BatchId, event: BuildEvent },
+    BatchDone { batch: BatchId, result: Result<(), String> },
     RetryDue { drv: DrvId },
     Drain { reply: Sender<()> },
     Shutdown { reply: Sender<()> },
@@ -119,26 +121,29 @@ impl SchedulerHandle {
         rx.recv().await.map_err(|_| SchedulerError::Stopped)
     }
 
-    /// Asks for `roots` (.drv paths already in the graph) and everything they need to be built for `owner`.
-    /// Returns once the request is persisted. Asking again adds roots.
-    pub async fn request(&self, owner: OwnerId, roots: Vec<String>) -> Result<(), SchedulerError> {
-        self.ask(|reply| Command::Request { owner, roots, reply }).await?
+    /// Asks for `roots` (.drv paths already in the graph) and everything they need to be built for
+    /// `jobset` (the owner [`Owner::Jobset`]). Returns once the request is persisted. Asking again adds
+    /// roots. A jobset id in the range of rebuild keys is refused ([`SchedulerError::ReservedOwner`]).
+    pub async fn request(&self, jobset: JobsetId, roots: Vec<String>) -> Result<(), SchedulerError> {
+        self.ask(|reply| Command::Request { owner: Owner::Jobset(jobset), roots, reply }).await?
     }
 
     /// Resolves when every derivation `owner` needs is in a final state (or the owner is cancelled).
-    pub async fn wait(&self, owner: OwnerId) -> Result<OwnerOutcome, SchedulerError> {
+    pub async fn wait(&self, owner: impl Into<Owner>) -> Result<OwnerOutcome, SchedulerError> {
+        let owner = owner.into();
         self.ask(|reply| Command::Wait { owner, reply }).await?
     }
 
     /// Drops the work only `owner` needs; see the module documentation.
-    pub async fn cancel(&self, owner: OwnerId) -> Result<(), SchedulerError> {
+    pub async fn cancel(&self, owner: impl Into<Owner>) -> Result<(), SchedulerError> {
+        let owner = owner.into();
         self.ask(|reply| Command::Cancel { owner, reply }).await?
     }
 
     /// Moves a derivation in a final state back to `Queued` (attempt numbering continues). Returns the owner
-    /// id of the rebuild, to [`SchedulerHandle::wait`] on: it completes when the derivation and the
-    /// dependents its success requeues are final.
-    pub async fn rebuild(&self, drv: &str) -> Result<OwnerId, SchedulerError> {
+    /// of the rebuild ([`Owner::Rebuild`]), to [`SchedulerHandle::wait`] on: it completes when the derivation
+    /// and the dependents its success requeues are final.
+    pub async fn rebuild(&self, drv: &str) -> Result<Owner, SchedulerError> {
         self.ask(|reply| Command::Rebuild { drv: drv.to_string(), reply }).await?
     }
 

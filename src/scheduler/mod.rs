@@ -7,7 +7,7 @@
 //! follow-ups they caused (failure propagation and requeues walk the persisted graph), commits all state
 //! changes in one write transaction, answers the callers whose work is now persisted, and dispatches batches.
 //!
-//! * **Requests.** `request(owner, roots)` walks the graph down from the roots ([`prepare`]), asks Nix in bulk
+//! * **Requests.** `request(jobset, roots)` walks the graph down from the roots ([`prepare`]), asks Nix in bulk
 //!   which outputs of the never-seen derivations are already valid (one `nix-store --check-validity` per chunk)
 //!   and marks those `Cached`; the walk does not descend below a cached or already-built derivation, so the
 //!   closure of something valid is never built. The rest become `Queued`, or `Buildable` when every input is
@@ -43,6 +43,7 @@
 pub mod builders;
 mod engine;
 mod handle;
+mod owner;
 mod prepare;
 mod runner;
 pub mod state;
@@ -58,15 +59,10 @@ pub use engine::start;
 pub use handle::{
     ActiveBuild, DrvStatus, OwnerOutcome, QueueDepth, RootOutcome, SchedulerError, SchedulerHandle,
 };
+pub use owner::Owner;
 pub use state::{
     Attempt, Completion, DrvRecord, DrvState, HistoryEntry, InterruptKind, OwnerRecord, OwnerStatus,
 };
-
-/// Who asked for builds: a jobset id, or [`REBUILD_OWNER_BASE`] + a derivation id for a rebuild.
-pub type OwnerId = u64;
-
-/// Owner ids from here up are rebuild requests (`REBUILD_OWNER_BASE + drv id`); jobset ids stay below.
-pub const REBUILD_OWNER_BASE: u64 = 1 << 63;
 
 /// How the scheduler works.
 #[derive(Debug, Clone)]

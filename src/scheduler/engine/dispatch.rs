@@ -5,7 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 
-use super::{BatchMem, Engine};
+use super::{BatchId, BatchMem, Engine};
 use crate::graph::DrvId;
 use crate::scheduler::handle::Command;
 use crate::scheduler::runner::{self, BuildBatch};
@@ -89,12 +89,12 @@ impl Engine {
         while i < members.len() && members.len() < cap {
             let x = members[i];
             i += 1;
-            let Some(n) = self.nodes.get(&x) else { continue };
+            let Some(n) = self.nodes.get(&x) else { continue }; // members are active: read just now
             for d in &n.dependents {
                 if in_batch.contains(d) || members.len() >= cap {
                     continue;
                 }
-                let Some(dn) = self.nodes.get(d) else { continue };
+                let Some(dn) = self.nodes.get(d) else { continue }; // a finished dependent
                 if dn.batch.is_some() || dn.rec.state != DrvState::Queued || !self.takes(b, &dn.route) {
                     continue;
                 }
@@ -114,19 +114,19 @@ impl Engine {
     fn start_batch(&mut self, b: usize, members: Vec<DrvId>) {
         let Some(spec) = self.pool.get(b).cloned() else { return };
         let bid = self.next_batch;
-        self.next_batch += 1;
+        self.next_batch = BatchId(bid.0 + 1);
         let mut drvs = Vec::with_capacity(members.len());
         let mut attempt_of = HashMap::with_capacity(members.len());
         let mut paths = HashMap::with_capacity(members.len());
         for id in &members {
             self.unready(*id);
-            let Some(n) = self.nodes.get_mut(id) else { continue };
+            let Some(n) = self.nodes.get_mut(id) else { continue }; // reported by `unready`
             n.batch = Some(bid);
             drvs.push(n.path.to_string());
             attempt_of.insert(n.path.to_string(), n.rec.attempt + 1);
             paths.insert(n.path.clone(), *id);
         }
-        tracing::debug!(batch = bid, builder = %spec.name, drvs = drvs.len(), "starting a batch");
+        tracing::debug!(batch = %bid, builder = %spec.name, drvs = drvs.len(), "starting a batch");
         let mut batch = BuildBatch::new(drvs, self.cfg.logs_dir.clone());
         batch.attempt_of = attempt_of;
         // A child started next to running ones gets only the slots they leave idle, so the builder runs

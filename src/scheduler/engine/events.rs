@@ -5,7 +5,8 @@
 
 use std::time::Instant;
 
-use super::Engine;
+use super::invariant::{Subject, NOT_ACTIVE};
+use super::{BatchId, Engine};
 use crate::graph::DrvId;
 use crate::scheduler::handle::Command;
 use crate::scheduler::runner::{self, BuildEvent, DrvOutcome};
@@ -18,8 +19,15 @@ const UNBUILT_LIMIT: u32 = 3;
 const MESSAGE_LIMIT: usize = 4096;
 
 impl Engine {
-    pub(super) fn on_event(&mut self, bid: u64, event: BuildEvent) {
-        let Some(batch) = self.batches.get_mut(&bid) else { return };
+    pub(super) fn on_event(&mut self, bid: BatchId, event: BuildEvent) {
+        // A batch's events all arrive before its end (the runner sends them in order on the inbox).
+        let Some(batch) = self.batches.get_mut(&bid) else {
+            return self.violated(
+                "on_event",
+                "an event came from a batch that is not running",
+                Subject::Batch(bid),
+            );
+        };
         batch.progressed = true;
         let builder = batch.builder;
         let killed = batch.killed;
@@ -29,9 +37,10 @@ impl Engine {
             BuildEvent::Log { .. } => return,
         };
         let Some(&id) = batch.paths.get(drv.as_str()) else {
-            tracing::debug!(batch = bid, drv = %drv, "event for a derivation outside the batch");
+            tracing::debug!(batch = %bid, drv = %drv, "event for a derivation outside the batch");
             return;
         };
+        // A member may have been finished meanwhile (a failed input propagated to it): its news is stale.
         let Some(n) = self.nodes.get_mut(&id) else { return };
         if n.batch != Some(bid) {
             return;
@@ -134,8 +143,9 @@ impl Engine {
             crate::metrics::global().build_duration.observe(duration.as_secs_f64());
             self.close_attempt(id, attempt, state.name());
         }
-        if let Some(n) = self.nodes.get_mut(&id) {
-            n.batch = None;
+        match self.nodes.get_mut(&id) {
+            Some(n) => n.batch = None,
+            None => return self.violated("on_event", NOT_ACTIVE, Subject::Drv(id)),
         }
         if state.is_terminal() {
             self.finish(id, state, "");
@@ -180,27 +190,36 @@ impl Engine {
                 entry.builder = self.pool.get(*b).map(|x| x.name.clone()).unwrap_or_default();
                 entry.started_at_ms = *s;
             }
-            if let Some(n) = self.nodes.get(&id) {
-                entry.log = runner::log_path(&self.cfg.logs_dir, &n.path, attempt);
+            match self.nodes.get(&id) {
+                Some(n) => entry.log = runner::log_path(&self.cfg.logs_dir, &n.path, attempt),
+                None => self.violated("close_attempt", NOT_ACTIVE, Subject::Drv(id)),
             }
         }
     }
 
     pub(super) fn on_retry(&mut self, id: DrvId) {
+        // Cancelled or finished during the backoff: nothing to retry.
         if self.nodes.get(&id).is_some_and(|n| matches!(n.rec.state, DrvState::FailedRetry { .. })) {
             self.requeue(id, "retrying after a failure");
         }
     }
 
-    pub(super) fn on_batch_done(&mut self, bid: u64, result: Result<(), String>) {
-        let Some(batch) = self.batches.remove(&bid) else { return };
+    pub(super) fn on_batch_done(&mut self, bid: BatchId, result: Result<(), String>) {
+        let Some(batch) = self.batches.remove(&bid) else {
+            return self.violated(
+                "on_batch_done",
+                "a batch ended twice or never started",
+                Subject::Batch(bid),
+            );
+        };
         if let Some(s) = self.slots.get_mut(batch.builder) {
             s.children = s.children.saturating_sub(1);
         }
         if let Err(e) = &result {
-            tracing::warn!(batch = bid, error = %e, killed = batch.killed, "a build batch ended with an error");
+            tracing::warn!(batch = %bid, error = %e, killed = batch.killed, "a build batch ended with an error");
         }
         for id in batch.members {
+            // Members finished during the batch (built, propagated to, cancelled) are gone.
             let Some(n) = self.nodes.get_mut(&id) else { continue };
             if n.batch != Some(bid) {
                 continue;

@@ -7,7 +7,7 @@ use super::{record, Engine, Followup};
 use crate::graph::DrvId;
 use crate::scheduler::handle::SchedulerError;
 use crate::scheduler::state::{DrvState, Reader};
-use crate::scheduler::{OwnerId, REBUILD_OWNER_BASE};
+use crate::scheduler::Owner;
 
 impl Engine {
     pub(super) async fn run_followups(&mut self) {
@@ -64,8 +64,9 @@ impl Engine {
     /// After the rebuild of `id` succeeded: its dependents failed or blocked because of it are requeued under
     /// the rebuild's owner.
     async fn requeue_dependents(&mut self, id: DrvId, path: &str) -> Result<(), SchedulerError> {
-        let owner = REBUILD_OWNER_BASE + u64::from(id.0);
+        let owner = Owner::Rebuild(id);
         let result = self.requeue_dependents_inner(id, path, owner).await;
+        // The rebuild's owner is gone when it was cancelled meanwhile.
         if let Some(o) = self.owners.get_mut(&owner) {
             o.holds = o.holds.saturating_sub(1);
         }
@@ -77,7 +78,7 @@ impl Engine {
         &mut self,
         id: DrvId,
         path: &str,
-        owner: OwnerId,
+        owner: Owner,
     ) -> Result<(), SchedulerError> {
         let graph = self.graph.clone();
         let dependents = smol::unblock(move || graph.transitive_dependents(&[id])).await?;

@@ -1,6 +1,7 @@
 //! Read-only answers of the loop: a derivation's persisted status, the builds running now, the queue depth
 //! per system, and the queue gauges published after each turn. Nothing here changes a state.
 
+use super::invariant::{Subject, NOT_ACTIVE};
 use super::Engine;
 use crate::scheduler::handle::{ActiveBuild, DrvStatus, QueueDepth, SchedulerError};
 use crate::scheduler::state::Reader;
@@ -29,7 +30,11 @@ impl Engine {
         self.building
             .iter()
             .filter_map(|(id, (b, started, _))| {
-                let n = self.nodes.get(id)?;
+                // A derivation leaves `building` before it leaves the active nodes.
+                let Some(n) = self.nodes.get(id) else {
+                    self.violated("active", NOT_ACTIVE, Subject::Drv(*id));
+                    return None;
+                };
                 Some(ActiveBuild {
                     drv: n.path.to_string(),
                     builder: self.pool.get(*b).map(|s| s.name.clone()).unwrap_or_default(),

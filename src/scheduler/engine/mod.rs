@@ -12,6 +12,7 @@ mod dispatch;
 mod events;
 mod followups;
 mod inspect;
+mod invariant;
 mod requests;
 mod run;
 
@@ -31,9 +32,20 @@ use super::handle::{Command, OwnerOutcome, Reply, RootOutcome, SchedulerError};
 use super::state::{
     self, now_ms, Completion, DrvRecord, DrvState, InterruptKind, OwnerRecord, OwnerStatus, Reader, Writes,
 };
-use super::{OwnerId, SchedulerConfig, REBUILD_OWNER_BASE};
+use super::{Owner, SchedulerConfig};
+use invariant::{Subject, NOT_ACTIVE};
 
 pub use run::start;
+
+/// A running batch, numbered from 1 in the order batches start (not persisted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct BatchId(u64);
+
+impl std::fmt::Display for BatchId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// Ready derivations of one system, highest priority first.
 type ReadySet = BTreeSet<(Reverse<(u32, u32)>, DrvId)>;
@@ -49,10 +61,10 @@ struct Node {
     rec: DrvRecord,
     /// Inputs not yet `Completed(Success)` or `Cached`.
     waiting: u32,
-    owners: Vec<OwnerId>,
+    owners: Vec<Owner>,
     /// (longest chain of active dependents, number of direct active dependents).
     prio: (u32, u32),
-    batch: Option<u64>,
+    batch: Option<BatchId>,
     ready: bool,
     /// Batches in a row that ended without building it although its inputs were built.
     unbuilt: u32,
@@ -102,8 +114,8 @@ enum Followup {
 
 enum Deferred {
     Done(Reply<()>),
-    Rebuilt(Reply<OwnerId>, OwnerId),
-    Outcome { owner: OwnerId, waiters: Vec<Reply<OwnerOutcome>> },
+    Rebuilt(Reply<Owner>, Owner),
+    Outcome { owner: Owner, waiters: Vec<Reply<OwnerOutcome>> },
 }
 
 struct Engine {
@@ -118,10 +130,11 @@ struct Engine {
     sys_index: HashMap<String, usize>,
     ready: Vec<ReadySet>,
     counts: Vec<Counts>,
+    /// Derivations building now: builder, start time (Unix ms) and start instant.
     building: BTreeMap<DrvId, (usize, u64, Instant)>,
-    owners: HashMap<OwnerId, OwnerMem>,
-    batches: HashMap<u64, BatchMem>,
-    next_batch: u64,
+    owners: HashMap<Owner, OwnerMem>,
+    batches: HashMap<BatchId, BatchMem>,
+    next_batch: BatchId,
     slots: Vec<Slot>,
     writes: Writes,
     deferred: Vec<Deferred>,
@@ -194,7 +207,7 @@ impl Engine {
             building: BTreeMap::new(),
             owners: HashMap::new(),
             batches: HashMap::new(),
-            next_batch: 1,
+            next_batch: BatchId(1),
             slots,
             writes: Writes::default(),
             deferred: Vec::new(),
@@ -268,7 +281,7 @@ impl Engine {
     }
 
     /// The outcome of `owner` from the database (call after a flush).
-    async fn outcome(&self, owner: OwnerId) -> Result<OwnerOutcome, SchedulerError> {
+    async fn outcome(&self, owner: Owner) -> Result<OwnerOutcome, SchedulerError> {
         let graph = self.graph.clone();
         let store = self.store.clone();
         smol::unblock(move || {
@@ -313,7 +326,9 @@ impl Engine {
 
     /// A non-final transition of an active node.
     fn set_state(&mut self, id: DrvId, state: DrvState, note: &str) {
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return self.violated("set_state", NOT_ACTIVE, Subject::Drv(id));
+        };
         let (old, new, sys) = (class(&n.rec.state), class(&state), n.sys);
         record(&mut self.writes, id, &mut n.rec, state, note);
         self.count(sys, old, -1);
@@ -321,7 +336,9 @@ impl Engine {
     }
 
     fn make_ready(&mut self, id: DrvId) {
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return self.violated("make_ready", NOT_ACTIVE, Subject::Drv(id));
+        };
         if n.ready || n.batch.is_some() {
             return;
         }
@@ -332,7 +349,9 @@ impl Engine {
     }
 
     fn unready(&mut self, id: DrvId) {
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return self.violated("unready", NOT_ACTIVE, Subject::Drv(id));
+        };
         if n.ready {
             n.ready = false;
             if let Some(set) = self.ready.get_mut(n.sys) {
@@ -344,7 +363,9 @@ impl Engine {
     /// Puts an active node that is not in a batch back in line: cancelled if nobody needs it, else
     /// `Buildable` and ready when its inputs are done, else `Queued`.
     fn requeue(&mut self, id: DrvId, note: &str) {
-        let Some(n) = self.nodes.get(&id) else { return };
+        let Some(n) = self.nodes.get(&id) else {
+            return self.violated("requeue", NOT_ACTIVE, Subject::Drv(id));
+        };
         if n.batch.is_some() {
             return;
         }
@@ -372,8 +393,11 @@ impl Engine {
     /// A final transition of an active node: records it, releases dependents (on success), owners, and
     /// queues the follow-ups (propagation on failure, requeue of dependents after a rebuild's success).
     fn finish(&mut self, id: DrvId, state: DrvState, note: &str) {
+        if !self.nodes.contains_key(&id) {
+            return self.violated("finish", NOT_ACTIVE, Subject::Drv(id));
+        }
         self.unready(id);
-        let Some(mut n) = self.nodes.remove(&id) else { return };
+        let Some(mut n) = self.nodes.remove(&id) else { return }; // present: checked above
         self.graph.unpin(id);
         self.building.remove(&id);
         self.count(n.sys, class(&n.rec.state), -1);
@@ -388,6 +412,7 @@ impl Engine {
         record(&mut self.writes, id, &mut n.rec, state, note);
         if done {
             for d in &n.dependents {
+                // Dependents finished before this node (by propagation or cancellation) are gone: skip them.
                 let Some(dn) = self.nodes.get_mut(d) else { continue };
                 dn.waiting = dn.waiting.saturating_sub(1);
                 if dn.waiting == 0 && dn.rec.state == DrvState::Queued {
@@ -403,43 +428,51 @@ impl Engine {
             self.followups.push(Followup::Propagate { id, path: n.path.clone(), blocked });
         }
         if requeue {
-            let owner = REBUILD_OWNER_BASE + u64::from(id.0);
-            if let Some(o) = self.owners.get_mut(&owner) {
+            // The rebuild's owner is gone when it was cancelled: then nothing waits for the requeue.
+            if let Some(o) = self.owners.get_mut(&Owner::Rebuild(id)) {
                 o.holds += 1;
             }
             self.followups.push(Followup::Requeue { id, path: n.path.clone() });
         }
         for o in n.owners {
-            if let Some(om) = self.owners.get_mut(&o) {
-                om.pending = om.pending.saturating_sub(1);
+            // An active node lists only live owners (a cancelled owner is taken off its nodes).
+            match self.owners.get_mut(&o) {
+                Some(om) => om.pending = om.pending.saturating_sub(1),
+                None => self.violated("finish", "an owner of the derivation is not live", Subject::Drv(id)),
             }
             self.check_owner(o);
         }
     }
 
-    fn add_owner(&mut self, id: DrvId, owner: OwnerId) {
-        let Some(n) = self.nodes.get_mut(&id) else { return };
+    /// Lists the live `owner` on the active node `id`.
+    fn add_owner(&mut self, id: DrvId, owner: Owner) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return self.violated("add_owner", NOT_ACTIVE, Subject::Drv(id));
+        };
         if n.owners.contains(&owner) {
             return;
         }
         n.owners.push(owner);
-        if let Some(o) = self.owners.get_mut(&owner) {
-            o.pending += 1;
-            o.needs.push(id);
+        match self.owners.get_mut(&owner) {
+            Some(o) => {
+                o.pending += 1;
+                o.needs.push(id);
+            }
+            None => self.violated("add_owner", "the owner is not live", Subject::Owner(owner)),
         }
     }
 
-    /// Completes `owner` if everything it needs is final.
-    fn check_owner(&mut self, owner: OwnerId) {
+    /// Completes `owner` if everything it needs is final (nothing to do if it is no longer live).
+    fn check_owner(&mut self, owner: Owner) {
         let Some(o) = self.owners.get(&owner) else { return };
         if o.pending > 0 || o.holds > 0 || o.rec.status != OwnerStatus::Live {
             return;
         }
-        let Some(mut o) = self.owners.remove(&owner) else { return };
+        let Some(mut o) = self.owners.remove(&owner) else { return }; // present: read above
         o.rec.status = OwnerStatus::Completed;
         o.rec.finished_at_ms = Some(now_ms());
         self.writes.owners.insert(owner, o.rec);
-        tracing::debug!(owner, "build owner completed");
+        tracing::debug!(owner = %owner, "build owner completed");
         self.deferred.push(Deferred::Outcome { owner, waiters: o.waiters });
     }
 }

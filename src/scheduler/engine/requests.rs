@@ -7,6 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 
+use super::invariant::Subject;
 use super::{class, inherited_failure, record, Deferred, Engine, Followup, Node, OwnerMem};
 use crate::graph::DrvId;
 use crate::scheduler::builders::Requirements;
@@ -16,10 +17,10 @@ use crate::scheduler::runner;
 use crate::scheduler::state::{
     now_ms, Completion, DrvState, InterruptKind, OwnerRecord, OwnerStatus, Reader,
 };
-use crate::scheduler::{OwnerId, REBUILD_OWNER_BASE};
+use crate::scheduler::Owner;
 
 impl Engine {
-    pub(super) async fn request(&mut self, owner: OwnerId, roots: Vec<String>) -> Result<(), SchedulerError> {
+    pub(super) async fn request(&mut self, owner: Owner, roots: Vec<String>) -> Result<(), SchedulerError> {
         let graph = self.graph.clone();
         let paths = roots.clone();
         let ids = smol::unblock(move || prepare::resolve(&graph, &paths)).await?;
@@ -33,7 +34,7 @@ impl Engine {
     /// Makes `owner` live in memory with `roots` added (reading its record if it has one).
     pub(super) async fn ensure_owner(
         &mut self,
-        owner: OwnerId,
+        owner: Owner,
         roots: &[String],
     ) -> Result<(), SchedulerError> {
         if !self.owners.contains_key(&owner) {
@@ -57,7 +58,14 @@ impl Engine {
                 OwnerMem { rec, needs: Vec::new(), pending: 0, holds: 0, waiters: Vec::new() },
             );
         }
-        let Some(o) = self.owners.get_mut(&owner) else { return Ok(()) };
+        let Some(o) = self.owners.get_mut(&owner) else {
+            self.violated(
+                "ensure_owner",
+                "the owner is not live right after being made live",
+                Subject::Owner(owner),
+            );
+            return Ok(());
+        };
         for r in roots {
             if !o.rec.roots.contains(r) {
                 o.rec.roots.push(r.clone());
@@ -71,7 +79,7 @@ impl Engine {
     /// states (see the module documentation). Flushes first so the walk reads current states.
     pub(super) async fn activate(
         &mut self,
-        owner: OwnerId,
+        owner: Owner,
         seeds: &[DrvId],
         note: &str,
     ) -> Result<(), SchedulerError> {
@@ -96,7 +104,11 @@ impl Engine {
             if !reached.insert(id) {
                 continue;
             }
-            let Some(p) = prepared.get(&id) else { continue };
+            // The walk met every seed and every input of a derivation it did not stop at.
+            let Some(p) = prepared.get(&id) else {
+                self.violated("activate", "the graph walk did not meet the derivation", Subject::Drv(id));
+                continue;
+            };
             if p.stops() || (valid.contains(&id) && !self.nodes.contains_key(&id)) {
                 continue;
             }
@@ -110,7 +122,10 @@ impl Engine {
                 self.add_owner(id, owner);
                 continue;
             }
-            let Some(p) = prepared.get(&id) else { continue };
+            let Some(p) = prepared.get(&id) else {
+                self.violated("activate", "the graph walk did not meet the derivation", Subject::Drv(id));
+                continue;
+            };
             if p.stops() {
                 if let Some(r) = &p.rec {
                     resolved.insert(id, r.state.clone());
@@ -132,7 +147,8 @@ impl Engine {
                     let path: Rc<str> = p.path.as_str().into();
                     rec.requeue_dependents = false;
                     self.writes.states.insert(id, rec.clone());
-                    if let Some(o) = self.owners.get_mut(&(REBUILD_OWNER_BASE + u64::from(id.0))) {
+                    // The rebuild's owner is gone when it was cancelled (or the rebuild was before a restart).
+                    if let Some(o) = self.owners.get_mut(&Owner::Rebuild(id)) {
                         o.holds += 1;
                     }
                     self.followups.push(Followup::Requeue { id, path });
@@ -205,8 +221,9 @@ impl Engine {
             }
             let sys = self.sys(&p.system);
             for i in &active_inputs {
-                if let Some(inp) = self.nodes.get_mut(i) {
-                    inp.dependents.push(id);
+                match self.nodes.get_mut(i) {
+                    Some(inp) => inp.dependents.push(id),
+                    None => self.violated("activate", "an input found active is not", Subject::Drv(*i)),
                 }
             }
             let node = Node {
@@ -297,18 +314,26 @@ impl Engine {
                 n.prio = (height + 1, direct);
             }
         }
+        // Every ready derivation is active (`finish` takes it out of its ready set first).
+        let mut missing = Vec::new();
         for set in &mut self.ready {
             let ids: Vec<DrvId> = set.iter().map(|(_, id)| *id).collect();
             set.clear();
             for id in ids {
-                if let Some(n) = self.nodes.get(&id) {
-                    set.insert((Reverse(n.prio), id));
+                match self.nodes.get(&id) {
+                    Some(n) => {
+                        set.insert((Reverse(n.prio), id));
+                    }
+                    None => missing.push(id),
                 }
             }
         }
+        for id in missing {
+            self.violated("reprioritize", "a ready derivation is not active", Subject::Drv(id));
+        }
     }
 
-    pub(super) async fn cancel(&mut self, owner: OwnerId) -> Result<(), SchedulerError> {
+    pub(super) async fn cancel(&mut self, owner: Owner) -> Result<(), SchedulerError> {
         let Some(mut o) = self.owners.remove(&owner) else {
             let store = self.store.clone();
             self.flush().await?;
@@ -324,6 +349,7 @@ impl Engine {
         let mut needs = o.needs;
         needs.sort_unstable_by(|a, b| b.cmp(a));
         for id in needs {
+            // What the owner needed may have finished since.
             let Some(n) = self.nodes.get_mut(&id) else { continue };
             n.owners.retain(|x| *x != owner);
             if n.owners.is_empty() && n.batch.is_none() {
@@ -345,7 +371,7 @@ impl Engine {
         }
         for bid in to_kill {
             if let Some(b) = self.batches.get_mut(&bid) {
-                tracing::info!(batch = bid, "killing a batch no live owner needs");
+                tracing::info!(batch = %bid, "killing a batch no live owner needs");
                 b.killed = true;
                 let _ = b.kill.try_send(());
             }
@@ -354,7 +380,7 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) async fn rebuild(&mut self, path: &str) -> Result<OwnerId, SchedulerError> {
+    pub(super) async fn rebuild(&mut self, path: &str) -> Result<Owner, SchedulerError> {
         let graph = self.graph.clone();
         let paths = vec![path.to_string()];
         let id = smol::unblock(move || prepare::resolve(&graph, &paths))
@@ -376,7 +402,7 @@ impl Engine {
         rec.failures = 0;
         rec.requeue_dependents = true;
         record(&mut self.writes, id, &mut rec, DrvState::Queued, "rebuild requested");
-        let owner = REBUILD_OWNER_BASE + u64::from(id.0);
+        let owner = Owner::Rebuild(id);
         self.ensure_owner(owner, &[path.to_string()]).await?;
         self.activate(owner, &[id], "rebuild requested").await?;
         self.check_owner(owner);

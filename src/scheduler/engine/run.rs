@@ -17,7 +17,7 @@ use crate::scheduler::handle::{Command, SchedulerError, SchedulerHandle};
 use crate::scheduler::prepare;
 use crate::scheduler::runner;
 use crate::scheduler::state::{OwnerRecord, OwnerStatus, Reader};
-use crate::scheduler::{OwnerId, SchedulerConfig, REBUILD_OWNER_BASE};
+use crate::scheduler::{Owner, SchedulerConfig};
 
 /// Build events (state transitions) are committed at most this often, unless a caller waits for them.
 /// A crash loses at most this much of history; recovery re-derives the states from Nix (output validity).
@@ -94,7 +94,8 @@ impl Engine {
     async fn handle(&mut self, cmd: Command) -> Option<Sender<()>> {
         match cmd {
             Command::Request { owner, roots, reply } => {
-                if owner >= REBUILD_OWNER_BASE {
+                // A jobset id in the range of rebuild keys would be stored as that rebuild.
+                if owner.is_reserved() {
                     let _ = reply.try_send(Err(SchedulerError::ReservedOwner { owner }));
                 } else {
                     match self.request(owner, roots).await {
@@ -105,11 +106,15 @@ impl Engine {
                     }
                 }
             }
-            Command::Wait { owner, reply } => match self.owners.get_mut(&owner) {
-                Some(o) => o.waiters.push(reply),
-                None => self.deferred.push(Deferred::Outcome { owner, waiters: vec![reply] }),
-            },
-            Command::Cancel { owner, reply } => match self.cancel(owner).await {
+            // Waiting on or cancelling a jobset id in the rebuild range reaches that rebuild (its key).
+            Command::Wait { owner, reply } => {
+                let owner = owner.canonical();
+                match self.owners.get_mut(&owner) {
+                    Some(o) => o.waiters.push(reply),
+                    None => self.deferred.push(Deferred::Outcome { owner, waiters: vec![reply] }),
+                }
+            }
+            Command::Cancel { owner, reply } => match self.cancel(owner.canonical()).await {
                 Ok(()) => self.deferred.push(Deferred::Done(reply)),
                 Err(e) => {
                     let _ = reply.try_send(Err(e));
@@ -147,7 +152,7 @@ impl Engine {
     async fn recover(&mut self) -> Result<(), SchedulerError> {
         let store = self.store.clone();
         let owners = smol::unblock(move || Reader::new(&store)?.owners()).await?;
-        let live: Vec<(OwnerId, OwnerRecord)> =
+        let live: Vec<(Owner, OwnerRecord)> =
             owners.into_iter().filter(|(_, o)| o.status == OwnerStatus::Live).collect();
         if !live.is_empty() {
             tracing::info!(owners = live.len(), "resuming builds of live owners");
@@ -158,7 +163,7 @@ impl Engine {
             let ids = match smol::unblock(move || prepare::resolve(&graph, &roots)).await {
                 Ok(ids) => ids,
                 Err(e) => {
-                    tracing::error!(owner, error = %e, "cannot resume a build owner");
+                    tracing::error!(owner = %owner, error = %e, "cannot resume a build owner");
                     continue;
                 }
             };
