@@ -21,6 +21,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use eka_ci::graph::Graph;
+use eka_ci::jobset::JobsetId;
 use eka_ci::scheduler::{self, builders, DrvState, SchedulerConfig};
 use eka_ci::store::Store;
 use smol::LocalExecutor;
@@ -77,9 +78,9 @@ fn run(db: &str, roots_file: &str, jobs: u32) -> Result<(), String> {
         }
         let t1 = Instant::now();
         let h = scheduler::start(&ex, graph.clone(), cfg).await.map_err(|e| e.to_string())?;
-        h.request(1, roots.clone()).await.map_err(|e| e.to_string())?;
+        h.request(JobsetId(1), roots.clone()).await.map_err(|e| e.to_string())?;
         let t2 = Instant::now();
-        let outcome = h.wait(1).await.map_err(|e| e.to_string())?;
+        let outcome = h.wait(JobsetId(1)).await.map_err(|e| e.to_string())?;
         let t3 = Instant::now();
         let ok = outcome
             .roots

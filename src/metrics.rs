@@ -36,6 +36,8 @@ pub struct Metrics {
     pub build_duration: Histogram,
     /// Build scheduler: final (and retried) build states, by state name.
     pub build_outcome: IntCounterVec,
+    /// Broken invariants of the scheduler's engine (bugs, logged as errors), by operation.
+    pub scheduler_invariant_violations: IntCounterVec,
     /// GitHub webhook deliveries (`web::github`), by event and outcome.
     pub github_webhooks: IntCounterVec,
     /// GitHub run attempts (`forge::github::service`), by how they ended.
@@ -127,7 +129,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(build_queue_depth.clone()))?;
     registry.register(Box::new(active_builds.clone()))?;
     registry.register(Box::new(build_duration.clone()))?;
+    let scheduler_invariant_violations = IntCounterVec::new(
+        Opts::new(
+            "eka_ci_scheduler_invariant_violations_total",
+            "Broken invariants of the scheduler (a lookup that must succeed did not; each is logged as an \
+             error and the operation skipped), by operation",
+        ),
+        &["operation"],
+    )?;
     registry.register(Box::new(build_outcome.clone()))?;
+    registry.register(Box::new(scheduler_invariant_violations.clone()))?;
     let github_webhooks = IntCounterVec::new(
         Opts::new(
             "eka_ci_github_webhooks_total",
@@ -218,6 +229,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         active_builds,
         build_duration,
         build_outcome,
+        scheduler_invariant_violations,
         github_webhooks,
         github_runs,
         change_summary_duration,

@@ -18,10 +18,10 @@ use crate::checkout::{Checkouts, GitAuth, Worktree};
 use crate::config::repo::{self, JobConfig, JobSource, RepoConfig, RepoConfigOutcome};
 use crate::graph::Graph;
 use crate::jobset::diff::{diff, JobDiff};
-use crate::jobset::{AttrDrv, AttrOutcome, Begin, Jobset, JobsetKey, JobsetState, Jobsets};
+use crate::jobset::{AttrDrv, AttrOutcome, Begin, Jobset, JobsetId, JobsetKey, JobsetState, Jobsets};
 use crate::nix::eval::{self, EvalEvent, EvalOptions, EvalOutcome, EvalSource};
 use crate::scheduler::state::{Completion, DrvState};
-use crate::scheduler::{OwnerOutcome, SchedulerHandle};
+use crate::scheduler::{Owner, OwnerOutcome, SchedulerHandle};
 use crate::store::StoreError;
 
 /// The result of evaluating one commit.
@@ -383,7 +383,7 @@ impl Pipeline {
     /// back as its message (it is recorded in the jobset, not returned as an error).
     async fn run_evaluation(
         &self,
-        id: u64,
+        id: JobsetId,
         job: &JobConfig,
         checkout: &Path,
         stage: &str,
@@ -429,7 +429,7 @@ impl Pipeline {
         evaluated.map(|_| ()).map_err(|e| paths.relativize(&e.to_string()))
     }
 
-    async fn roots_of(&self, id: u64) -> Result<Vec<String>, StoreError> {
+    async fn roots_of(&self, id: JobsetId) -> Result<Vec<String>, StoreError> {
         let jobsets = self.jobsets.clone();
         smol::unblock(move || {
             let mut roots = Vec::new();
@@ -676,7 +676,7 @@ impl Pipeline {
         base: &str,
         head: &str,
         auth: Option<&GitAuth>,
-        requested: &std::sync::Mutex<Vec<u64>>,
+        requested: &std::sync::Mutex<Vec<JobsetId>>,
         progress: &ProgressSink,
     ) -> Result<ReviewReport, PipelineError> {
         let diff = self.diff_commits(url, base, head, None, auth, progress).await?;
@@ -701,7 +701,7 @@ impl Pipeline {
         diff: &DiffReport,
     ) -> Result<(crate::summary::ChangeSummary, crate::summary::Rendered), crate::summary::SummaryError> {
         let (jobsets, graph) = (self.jobsets.clone(), self.graph.clone());
-        let pairs: Vec<(u64, u64)> = diff.jobs.iter().map(|j| (j.base.id, j.head.id)).collect();
+        let pairs: Vec<(JobsetId, JobsetId)> = diff.jobs.iter().map(|j| (j.base.id, j.head.id)).collect();
         let (repo, base_sha, head_sha) =
             (diff.repo.clone(), diff.base_commit.clone(), diff.head_commit.clone());
         let settings = diff.summary_settings.clone();
@@ -724,18 +724,18 @@ impl Pipeline {
         &self,
         scheduler: &SchedulerHandle,
         diff: DiffReport,
-        requested: &std::sync::Mutex<Vec<u64>>,
+        requested: &std::sync::Mutex<Vec<JobsetId>>,
         progress: &ProgressSink,
     ) -> Result<ReviewReport, PipelineError> {
         let mut owners = Vec::new();
         for job in &diff.jobs {
             let head_roots: Vec<String> = job.to_build().filter_map(|c| c.head_drv.clone()).collect();
             let base_roots: Vec<String> = job.changed.iter().filter_map(|c| c.base_drv.clone()).collect();
-            for (owner, roots) in [(job.head.id, head_roots), (job.base.id, base_roots)] {
+            for (jobset, roots) in [(job.head.id, head_roots), (job.base.id, base_roots)] {
                 if !roots.is_empty() {
-                    requested.lock().unwrap_or_else(|e| e.into_inner()).push(owner);
-                    scheduler.request(owner, roots).await?;
-                    owners.push(owner);
+                    requested.lock().unwrap_or_else(|e| e.into_inner()).push(jobset);
+                    scheduler.request(jobset, roots).await?;
+                    owners.push(Owner::Jobset(jobset));
                 }
             }
         }
@@ -806,7 +806,7 @@ impl Pipeline {
     pub async fn wait_with_progress(
         &self,
         scheduler: &SchedulerHandle,
-        owner: u64,
+        owner: Owner,
         progress: &ProgressSink,
     ) -> Result<OwnerOutcome, PipelineError> {
         let mut waiting = std::pin::pin!(scheduler.wait(owner));

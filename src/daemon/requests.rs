@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use crate::control::server::Handler;
 use crate::control::{ApprovedUsersOp, BuildSummary, QueueDepths, Request, Response, StatusInfo};
 use crate::forge::github::approvals::{self, ApprovalNotice};
+use crate::jobset::JobsetId;
 use crate::pipeline::{Pipeline, Progress, ProgressSink};
-use crate::scheduler::SchedulerHandle;
+use crate::scheduler::{Owner, SchedulerHandle};
 use crate::store::Store;
 
 /// Answers control requests from the daemon's state.
@@ -51,10 +52,13 @@ impl Handler for DaemonHandler {
             Request::Builds { state, limit } => self.builds(state, limit).await,
             Request::Log { drv, attempt, follow } => self.log(&drv, attempt, follow, &frames).await,
             Request::Rebuild { drv } => self.rebuild(&drv, &progress).await,
-            Request::Cancel { jobset } => match self.scheduler.cancel(jobset).await {
-                Ok(()) => Response::Cancelled { jobset },
-                Err(e) => Response::Error { message: e.to_string() },
-            },
+            // The control protocol carries the bare jobset id (its wire format is unchanged).
+            Request::Cancel { jobset } => {
+                match self.scheduler.cancel(Owner::Jobset(JobsetId(jobset))).await {
+                    Ok(()) => Response::Cancelled { jobset },
+                    Err(e) => Response::Error { message: e.to_string() },
+                }
+            }
             Request::Approve { repo, number } => self.approve(&repo, number).await,
             Request::ApprovedUsers(op) => self.approved_users(op).await,
             Request::Summary { repo, base, head, job } => {

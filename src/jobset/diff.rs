@@ -96,8 +96,8 @@ pub fn diff(jobsets: &Jobsets, base: JobsetId, head: JobsetId) -> Result<JobDiff
 
     let tx = jobsets.store().db().begin_read()?;
     let table = tx.open_table(JOBSET_ATTRS)?;
-    let mut b_iter = table.range((base, "")..(base + 1, ""))?;
-    let mut h_iter = table.range((head, "")..(head + 1, ""))?;
+    let mut b_iter = table.range((base.0, "")..(base.0 + 1, ""))?;
+    let mut h_iter = table.range((head.0, "")..(head.0 + 1, ""))?;
     let mut b = next(&mut b_iter, base)?;
     let mut h = next(&mut h_iter, head)?;
     loop {

@@ -15,7 +15,17 @@ use crate::store::codec::{decode, encode};
 use crate::store::schema::{JOBSETS, JOBSET_ATTRS, JOBSET_KEYS};
 use crate::store::{now_secs, Store, StoreError};
 
-pub type JobsetId = u64;
+/// The id of a jobset: the key of its `jobsets` row. It serializes as the bare `u64` (postcard and JSON
+/// alike), so records and answers that carry it are unchanged by the type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobsetId(pub u64);
+
+impl std::fmt::Display for JobsetId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// What identifies a jobset.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -130,10 +140,10 @@ impl Jobsets {
         let id = {
             let mut keys = tx.open_table(JOBSET_KEYS)?;
             let mut jobsets = tx.open_table(JOBSETS)?;
-            let existing = keys.get(key.index_key().as_str())?.map(|v| v.value());
+            let existing = keys.get(key.index_key().as_str())?.map(|v| JobsetId(v.value()));
             let id = match existing {
                 Some(id) => {
-                    let current = match jobsets.get(id)? {
+                    let current = match jobsets.get(id.0)? {
                         Some(v) => Some(decode_jobset(id, v.value())?),
                         None => None,
                     };
@@ -148,7 +158,7 @@ impl Jobsets {
                 None => {
                     let id = jobsets.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
                     keys.insert(key.index_key().as_str(), id)?;
-                    id
+                    JobsetId(id)
                 }
             };
             let header = Jobset {
@@ -161,12 +171,12 @@ impl Jobsets {
                 derivations: 0,
                 errors: 0,
             };
-            jobsets.insert(id, encode(JOBSETS.name(), &JobsetRecord::V1(header))?.as_slice())?;
+            jobsets.insert(id.0, encode(JOBSETS.name(), &JobsetRecord::V1(header))?.as_slice())?;
             id
         };
         {
             let mut attrs = tx.open_table(JOBSET_ATTRS)?;
-            attrs.retain_in((id, "")..(id + 1, ""), |_, _| false)?;
+            attrs.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
         }
         tx.commit()?;
         Ok(Begin::New(id))
@@ -190,7 +200,7 @@ impl Jobsets {
     pub fn get(&self, id: JobsetId) -> Result<Option<Jobset>, StoreError> {
         let tx = self.store.db().begin_read()?;
         let table = tx.open_table(JOBSETS)?;
-        let found = table.get(id)?;
+        let found = table.get(id.0)?;
         found.map(|v| decode_jobset(id, v.value())).transpose()
     }
 
@@ -200,7 +210,7 @@ impl Jobsets {
             let tx = self.store.db().begin_read()?;
             let keys = tx.open_table(JOBSET_KEYS)?;
             let found = keys.get(key.index_key().as_str())?;
-            found.map(|v| v.value())
+            found.map(|v| JobsetId(v.value()))
         };
         match id {
             Some(id) => self.get(id),
@@ -213,11 +223,11 @@ impl Jobsets {
         let tx = self.store.db().begin_write()?;
         let header = {
             let mut jobsets = tx.open_table(JOBSETS)?;
-            let current = jobsets.get(id)?.map(|v| decode_jobset(id, v.value())).transpose()?;
+            let current = jobsets.get(id.0)?.map(|v| decode_jobset(id, v.value())).transpose()?;
             let mut header = current.ok_or(StoreError::Missing { table: "jobsets", key: id.to_string() })?;
             let attrs = tx.open_table(JOBSET_ATTRS)?;
             let (mut derivations, mut errors) = (0u64, 0u64);
-            for entry in attrs.range((id, "")..(id + 1, ""))? {
+            for entry in attrs.range((id.0, "")..(id.0 + 1, ""))? {
                 let (k, v) = entry?;
                 match decode_attr(id, k.value().1, v.value())? {
                     AttrOutcome::Drv(_) => derivations += 1,
@@ -228,7 +238,7 @@ impl Jobsets {
             header.finished_at = Some(now_secs());
             header.derivations = derivations;
             header.errors = errors;
-            jobsets.insert(id, encode(JOBSETS.name(), &JobsetRecord::V1(header.clone()))?.as_slice())?;
+            jobsets.insert(id.0, encode(JOBSETS.name(), &JobsetRecord::V1(header.clone()))?.as_slice())?;
             header
         };
         tx.commit()?;
@@ -243,7 +253,7 @@ impl Jobsets {
     ) -> Result<(), StoreError> {
         let tx = self.store.db().begin_read()?;
         let attrs = tx.open_table(JOBSET_ATTRS)?;
-        for entry in attrs.range((id, "")..(id + 1, ""))? {
+        for entry in attrs.range((id.0, "")..(id.0 + 1, ""))? {
             let (k, v) = entry?;
             let attr = k.value().1;
             f(attr, decode_attr(id, attr, v.value())?)?;
@@ -262,7 +272,7 @@ impl Jobsets {
         let tx = self.store.db().begin_read()?;
         let attrs = tx.open_table(JOBSET_ATTRS)?;
         let mut out = Vec::new();
-        for entry in attrs.range((id, after.unwrap_or(""))..(id + 1, ""))? {
+        for entry in attrs.range((id.0, after.unwrap_or(""))..(id.0 + 1, ""))? {
             let (k, v) = entry?;
             let attr = k.value().1;
             if after == Some(attr) {
@@ -280,7 +290,7 @@ impl Jobsets {
     pub fn attr(&self, id: JobsetId, attr: &str) -> Result<Option<AttrOutcome>, StoreError> {
         let tx = self.store.db().begin_read()?;
         let attrs = tx.open_table(JOBSET_ATTRS)?;
-        let found = attrs.get((id, attr))?;
+        let found = attrs.get((id.0, attr))?;
         found.map(|v| decode_attr(id, attr, v.value())).transpose()
     }
 
@@ -289,7 +299,7 @@ impl Jobsets {
         let tx = self.store.db().begin_read()?;
         let attrs = tx.open_table(JOBSET_ATTRS)?;
         let mut n = 0;
-        for entry in attrs.range((id, "")..(id + 1, ""))? {
+        for entry in attrs.range((id.0, "")..(id.0 + 1, ""))? {
             entry?;
             n += 1;
         }
@@ -334,7 +344,7 @@ impl AttrWriter {
             let mut attrs = tx.open_table(JOBSET_ATTRS)?;
             for (attr, outcome) in self.pending.drain(..) {
                 let bytes = encode(JOBSET_ATTRS.name(), &AttrRecord::V1(outcome))?;
-                attrs.insert((self.id, attr.as_str()), bytes.as_slice())?;
+                attrs.insert((self.id.0, attr.as_str()), bytes.as_slice())?;
             }
         }
         tx.commit()?;
@@ -351,5 +361,23 @@ fn decode_jobset(id: JobsetId, bytes: &[u8]) -> Result<Jobset, StoreError> {
 fn decode_attr(id: JobsetId, attr: &str, bytes: &[u8]) -> Result<AttrOutcome, StoreError> {
     match decode::<AttrRecord>(JOBSET_ATTRS.name(), &format!("({id}, {attr:?})"), bytes)? {
         AttrRecord::V1(o) => Ok(o),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jobset_id_serializes_as_its_number() {
+        let id = JobsetId(300);
+        assert_eq!(
+            postcard::to_allocvec(&id).expect("encode"),
+            postcard::to_allocvec(&300u64).expect("encode")
+        );
+        assert_eq!(serde_json::to_string(&id).expect("json"), "300");
+        let back: JobsetId =
+            postcard::from_bytes(&postcard::to_allocvec(&300u64).expect("encode")).expect("decode");
+        assert_eq!(back, id);
     }
 }

@@ -1,6 +1,6 @@
 //! The scheduler's view of the Nix build runner ([`crate::nix::build`]): turning a batch of the scheduler
 //! into the runner's [`BuildBatch`], driving one running batch (forwarding its events, killing it on
-//! request) and the bulk output-validity check. The loop in `mod.rs` names nothing else of the runner.
+//! request) and the bulk output-validity check. The loop (`engine/`) names nothing else of the runner.
 
 use std::collections::HashSet;
 use std::path::Path;

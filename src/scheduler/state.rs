@@ -22,7 +22,7 @@
 //!
 //! Tables (see `migrations-free-schema/`): `build_states` (drv id → [`DrvRecord`]), `build_history`
 //! ((drv id, seq) → [`HistoryEntry`]), `build_attempts` ((drv id, attempt) → [`Attempt`]), `build_owners`
-//! (owner → [`OwnerRecord`]). Every call here is blocking; the scheduler runs them on `smol::unblock`.
+//! ([`Owner::key`] → [`OwnerRecord`]). Every call here is blocking; the scheduler runs them on `smol::unblock`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,6 +32,7 @@ use redb::{ReadableTable, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::graph::DrvId;
+use crate::scheduler::Owner;
 use crate::store::codec::{decode, encode};
 use crate::store::schema::{BUILD_ATTEMPTS, BUILD_HISTORY, BUILD_OWNERS, BUILD_STATES};
 use crate::store::{Store, StoreError};
@@ -279,7 +280,7 @@ pub struct Writes {
     pub states: BTreeMap<DrvId, DrvRecord>,
     pub history: Vec<(DrvId, u32, HistoryEntry)>,
     pub attempts: BTreeMap<(DrvId, u32), Attempt>,
-    pub owners: BTreeMap<u64, OwnerRecord>,
+    pub owners: BTreeMap<Owner, OwnerRecord>,
 }
 
 impl Writes {
@@ -316,9 +317,11 @@ impl Writes {
                 )?;
             }
             let mut owners = tx.open_table(BUILD_OWNERS)?;
-            for (id, o) in &self.owners {
-                owners
-                    .insert(*id, encode(BUILD_OWNERS.name(), &BuildOwnerRecord::V1(o.clone()))?.as_slice())?;
+            for (owner, o) in &self.owners {
+                owners.insert(
+                    owner.key(),
+                    encode(BUILD_OWNERS.name(), &BuildOwnerRecord::V1(o.clone()))?.as_slice(),
+                )?;
             }
         }
         tx.commit()?;
@@ -420,22 +423,29 @@ impl Reader {
         }
     }
 
-    /// The owner `id`.
-    pub fn owner(&self, id: u64) -> Result<Option<OwnerRecord>, StoreError> {
+    /// The record of `owner`.
+    pub fn owner(&self, owner: Owner) -> Result<Option<OwnerRecord>, StoreError> {
         let t = self.tx.open_table(BUILD_OWNERS)?;
-        match t.get(id)? {
-            Some(v) => Ok(Some(decode_owner(id, v.value())?)),
+        let key = owner.key();
+        match t.get(key)? {
+            Some(v) => Ok(Some(decode_owner(key, v.value())?)),
             None => Ok(None),
         }
     }
 
-    /// Every owner, by id.
-    pub fn owners(&self) -> Result<Vec<(u64, OwnerRecord)>, StoreError> {
+    /// Every owner, in key order. A key no owner has (a rebuild key beyond every derivation id; never
+    /// written) is skipped with a warning.
+    pub fn owners(&self) -> Result<Vec<(Owner, OwnerRecord)>, StoreError> {
         let t = self.tx.open_table(BUILD_OWNERS)?;
         let mut out = Vec::new();
         for entry in t.iter()? {
             let (k, v) = entry?;
-            out.push((k.value(), decode_owner(k.value(), v.value())?));
+            let key = k.value();
+            let Some(owner) = Owner::from_key(key) else {
+                tracing::warn!(key, table = BUILD_OWNERS.name(), "skipping a row whose key names no owner");
+                continue;
+            };
+            out.push((owner, decode_owner(key, v.value())?));
         }
         Ok(out)
     }

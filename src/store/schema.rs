@@ -39,7 +39,7 @@ pub const BUILD_HISTORY: TableDefinition<(u32, u32), &[u8]> = TableDefinition::n
 /// Build attempts: `(derivation id, attempt)` → `BuildAttemptRecord` (start, end, builder).
 pub const BUILD_ATTEMPTS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("build_attempts");
 
-/// Build owners: owner id (a jobset id, or 2^63 + drv id for a rebuild) → `BuildOwnerRecord`.
+/// Build owners: `scheduler::Owner::key` (a jobset id, or 2^63 | drv id for a rebuild) → `BuildOwnerRecord`.
 pub const BUILD_OWNERS: TableDefinition<u64, &[u8]> = TableDefinition::new("build_owners");
 
 /// GitHub webhook deliveries seen (`forge::github::webhook`): `X-GitHub-Delivery` id → `DeliveryRecord`.

@@ -37,7 +37,7 @@ pub(super) enum ApiError {
     #[error("no build log for attempt {attempt} of {drv}")]
     NoLog { drv: String, attempt: u32 },
     #[error("unknown jobset {id}")]
-    UnknownJobset { id: u64 },
+    UnknownJobset { id: crate::jobset::JobsetId },
     #[error("the build scheduler is not running")]
     SchedulerStopped,
     /// Details go to the server log, not to the client.

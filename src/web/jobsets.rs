@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::drvs::{echo, ok_json, respond, state_json, ApiError};
 use super::AppState;
-use crate::jobset::{AttrOutcome, JobsetState};
+use crate::jobset::{AttrOutcome, JobsetId, JobsetState};
 
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
@@ -44,11 +44,11 @@ fn parse_page(req: &tide::Request<AppState>) -> Result<Page, ApiError> {
     Ok(page)
 }
 
-fn parse_id(raw: &str) -> Result<u64, ApiError> {
+fn parse_id(raw: &str) -> Result<JobsetId, ApiError> {
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::BadJobsetId { input: echo(raw) });
     }
-    raw.parse().map_err(|_| ApiError::BadJobsetId { input: echo(raw) })
+    raw.parse().map(JobsetId).map_err(|_| ApiError::BadJobsetId { input: echo(raw) })
 }
 
 fn jobset_state_json(state: &JobsetState) -> Value {
@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn ids() {
-        assert_eq!(parse_id("42").ok(), Some(42));
+        assert_eq!(parse_id("42").ok(), Some(JobsetId(42)));
         for bad in ["", "-1", "1.0", "abc", "99999999999999999999999", " 1"] {
             assert_eq!(parse_id(bad).map_err(|e| e.status()), Err(400), "{bad}");
         }

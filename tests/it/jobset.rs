@@ -1,7 +1,7 @@
 //! Jobset storage and the base-vs-head diff on a real redb file.
 
 use eka_ci::jobset::diff::{diff, ChangeKind};
-use eka_ci::jobset::{AttrDrv, AttrOutcome, Begin, JobsetKey, JobsetState, Jobsets};
+use eka_ci::jobset::{AttrDrv, AttrOutcome, Begin, JobsetId, JobsetKey, JobsetState, Jobsets};
 use eka_ci::store::Store;
 
 fn drv(path: &str, name: &str) -> AttrOutcome {
@@ -23,7 +23,7 @@ fn key(commit: &str) -> JobsetKey {
     JobsetKey { repo: "file:///r".into(), commit: commit.into(), job: "main".into() }
 }
 
-fn fill(js: &Jobsets, commit: &str, attrs: &[(&str, AttrOutcome)]) -> u64 {
+fn fill(js: &Jobsets, commit: &str, attrs: &[(&str, AttrOutcome)]) -> JobsetId {
     let Begin::New(id) = js.begin(&key(commit), false).expect("begin") else {
         panic!("expected a new jobset")
     };
@@ -162,7 +162,7 @@ fn diff_classifies_every_case() {
     let same = diff(&js, head, head).expect("diff");
     assert!(same.added.is_empty() && same.removed.is_empty() && same.changed.is_empty());
     assert_eq!(same.unchanged, 4, "same, bumped, new and fixed");
-    assert!(diff(&js, head, 999).is_err(), "an unknown jobset is an error");
+    assert!(diff(&js, head, JobsetId(999)).is_err(), "an unknown jobset is an error");
 }
 
 #[test]

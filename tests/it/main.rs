@@ -28,4 +28,3 @@ mod repo_config;
 mod scheduler;
 mod store;
 mod summary;
-

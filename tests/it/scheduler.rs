@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use eka_ci::graph::Graph;
+use eka_ci::jobset::JobsetId;
 use eka_ci::scheduler::builders::native_system;
 use eka_ci::scheduler::{
     self, Completion, DrvState, DrvStatus, InterruptKind, OwnerStatus, SchedulerConfig, SchedulerError,
@@ -220,8 +221,8 @@ fn a_chain_builds_bottom_up_and_records_its_history() {
     let graph = fx.graph();
     with_executor(|ex| async move {
         let h = start(&ex, &graph, fx.config(), &d[2..]).await;
-        h.request(1, vec![d[2].clone()]).await.expect("request");
-        let outcome = within(60, "chain", h.wait(1)).await.expect("wait");
+        h.request(JobsetId(1), vec![d[2].clone()]).await.expect("request");
+        let outcome = within(60, "chain", h.wait(JobsetId(1))).await.expect("wait");
         assert_eq!(outcome.status, OwnerStatus::Completed);
         assert_eq!(outcome.roots.len(), 1);
         assert_eq!(outcome.roots[0].state, Some(DrvState::Completed(Completion::Success)));
@@ -269,8 +270,8 @@ fn independent_builds_overlap() {
     let graph = fx.graph();
     with_executor(|ex| async move {
         let h = start(&ex, &graph, fx.config(), &d).await;
-        h.request(1, d.clone()).await.expect("request");
-        within(60, "parallel builds", h.wait(1)).await.expect("wait");
+        h.request(JobsetId(1), d.clone()).await.expect("request");
+        within(60, "parallel builds", h.wait(JobsetId(1))).await.expect("wait");
         let p = status(&h, &d[0]).await;
         let q = status(&h, &d[1]).await;
         let (p0, p1) = (entered(&p, is_building), entered(&p, is_success));
@@ -301,8 +302,10 @@ fn the_longest_chain_is_built_first() {
     cfg.seed_cap = 1;
     with_executor(|ex| async move {
         let h = start(&ex, &graph, cfg, &d).await;
-        h.request(1, vec![d[0].clone(), d[1].clone(), d[2].clone(), d[6].clone()]).await.expect("request");
-        within(60, "priority", h.wait(1)).await.expect("wait");
+        h.request(JobsetId(1), vec![d[0].clone(), d[1].clone(), d[2].clone(), d[6].clone()])
+            .await
+            .expect("request");
+        within(60, "priority", h.wait(JobsetId(1))).await.expect("wait");
         let chain_done = entered(&status(&h, &d[6]).await, is_success);
         for leaf in &d[..3] {
             let started = entered(&status(&h, leaf).await, is_building);
@@ -310,7 +313,7 @@ fn the_longest_chain_is_built_first() {
         }
         // Drained: requests are persisted but nothing new starts.
         h.drain().await.expect("drain");
-        h.request(2, vec![d[7].clone()]).await.expect("request while drained");
+        h.request(JobsetId(2), vec![d[7].clone()]).await.expect("request while drained");
         smol::Timer::after(Duration::from_millis(700)).await;
         assert_eq!(state(&h, &d[7]).await, DrvState::Buildable);
         assert!(h.active().await.expect("active").is_empty());
@@ -331,8 +334,8 @@ fn a_failure_is_retried_once_then_fails_its_dependents_transitively() {
     let graph = fx.graph();
     with_executor(|ex| async move {
         let h = start(&ex, &graph, fx.config(), &d).await;
-        h.request(1, vec![d[2].clone(), d[3].clone()]).await.expect("request");
-        let outcome = within(60, "failure", h.wait(1)).await.expect("wait");
+        h.request(JobsetId(1), vec![d[2].clone(), d[3].clone()]).await.expect("request");
+        let outcome = within(60, "failure", h.wait(JobsetId(1))).await.expect("wait");
         let f = status(&h, &d[0]).await;
         match &f.state {
             DrvState::Completed(Completion::Failure { message, exit_code }) => {
@@ -374,8 +377,8 @@ fn a_build_failing_only_once_succeeds_on_retry() {
     let graph = fx.graph();
     with_executor(|ex| async move {
         let h = start(&ex, &graph, fx.config(), &d).await;
-        h.request(1, vec![d[1].clone()]).await.expect("request");
-        within(60, "retry", h.wait(1)).await.expect("wait");
+        h.request(JobsetId(1), vec![d[1].clone()]).await.expect("request");
+        within(60, "retry", h.wait(JobsetId(1))).await.expect("wait");
         let r = status(&h, &d[0]).await;
         assert!(is_success(&r.state), "{r:#?}");
         assert_eq!(r.attempt, 2);
@@ -404,13 +407,13 @@ fn silent_and_overlong_builds_are_killed() {
     cfg.max_duration = Duration::from_secs(4);
     with_executor(|ex| async move {
         let h = start(&ex, &graph, cfg, &d).await;
-        h.request(1, vec![d[1].clone(), d[2].clone()]).await.expect("request");
+        h.request(JobsetId(1), vec![d[1].clone(), d[2].clone()]).await.expect("request");
         until(&h, &d[1], 30, is_building).await;
         let active = h.active().await.expect("active");
         assert!(active.iter().any(|a| a.drv == d[1] && a.builder == "local" && a.attempt == 1), "{active:?}");
         let depths = h.depths().await.expect("depths");
         assert!(depths.iter().any(|q| q.building >= 1), "{depths:?}");
-        within(60, "time limits", h.wait(1)).await.expect("wait");
+        within(60, "time limits", h.wait(JobsetId(1))).await.expect("wait");
         match state(&h, &d[0]).await {
             DrvState::Interrupted { kind: InterruptKind::Timeout, reason } => {
                 assert!(reason.contains("2 s"), "{reason}")
@@ -450,12 +453,12 @@ fn cancel_drops_pending_work_keeps_shared_builds_and_kills_unneeded_batches() {
     with_executor(|ex| async move {
         let h = start(&ex, &graph, cfg, &d).await;
         let (shared, btop, aleaf, atop, slow) = (&d[0], &d[1], &d[2], &d[3], &d[4]);
-        h.request(2, vec![btop.clone()]).await.expect("request B");
+        h.request(JobsetId(2), vec![btop.clone()]).await.expect("request B");
         until(&h, shared, 30, is_building).await;
-        h.request(1, vec![atop.clone()]).await.expect("request A");
+        h.request(JobsetId(1), vec![atop.clone()]).await.expect("request A");
         assert_eq!(state(&h, aleaf).await, DrvState::Buildable);
-        h.cancel(1).await.expect("cancel A");
-        let a = within(10, "cancelled owner", h.wait(1)).await.expect("wait A");
+        h.cancel(JobsetId(1)).await.expect("cancel A");
+        let a = within(10, "cancelled owner", h.wait(JobsetId(1))).await.expect("wait A");
         assert_eq!(a.status, OwnerStatus::Cancelled);
         for drv in [aleaf, atop] {
             let s = status(&h, drv).await;
@@ -466,16 +469,16 @@ fn cancel_drops_pending_work_keeps_shared_builds_and_kills_unneeded_batches() {
             );
             assert!(s.attempts.is_empty(), "{drv} was never built");
         }
-        let b = within(60, "owner B", h.wait(2)).await.expect("wait B");
+        let b = within(60, "owner B", h.wait(JobsetId(2))).await.expect("wait B");
         assert_eq!(b.status, OwnerStatus::Completed);
         assert!(is_success(&state(&h, shared).await), "the shared derivation kept building");
         assert!(is_success(&state(&h, btop).await));
 
         // A batch that only a cancelled owner needs is killed, its builder with it.
-        h.request(3, vec![slow.clone()]).await.expect("request C");
+        h.request(JobsetId(3), vec![slow.clone()]).await.expect("request C");
         until(&h, slow, 30, is_building).await;
         let t0 = Instant::now();
-        h.cancel(3).await.expect("cancel C");
+        h.cancel(JobsetId(3)).await.expect("cancel C");
         let s = until(&h, slow, 30, |s| s.is_terminal()).await;
         assert!(
             matches!(&s.state, DrvState::Interrupted { kind: InterruptKind::Cancelled, .. }),
@@ -485,8 +488,8 @@ fn cancel_drops_pending_work_keeps_shared_builds_and_kills_unneeded_batches() {
         assert!(t0.elapsed() < Duration::from_secs(15), "the kill took {:?}", t0.elapsed());
         wait_gone(&slow_pid).await;
         // A new request starts a cancelled derivation over.
-        h.request(4, vec![aleaf.clone()]).await.expect("request again");
-        within(60, "again", h.wait(4)).await.expect("wait");
+        h.request(JobsetId(4), vec![aleaf.clone()]).await.expect("request again");
+        within(60, "again", h.wait(JobsetId(4))).await.expect("wait");
         assert!(is_success(&state(&h, aleaf).await));
         h.shutdown().await.expect("shutdown");
     });
@@ -507,8 +510,8 @@ fn a_rebuild_after_a_fix_requeues_the_transitive_failures() {
     let graph = fx.graph();
     with_executor(|ex| async move {
         let h = start(&ex, &graph, fx.config(), &d).await;
-        h.request(1, vec![d[2].clone()]).await.expect("request");
-        within(60, "failure", h.wait(1)).await.expect("wait");
+        h.request(JobsetId(1), vec![d[2].clone()]).await.expect("request");
+        within(60, "failure", h.wait(JobsetId(1))).await.expect("wait");
         assert!(matches!(state(&h, &d[0]).await, DrvState::Completed(Completion::Failure { .. })));
         assert_eq!(state(&h, &d[2]).await, DrvState::TransitiveFailure { dependency: d[0].clone() });
         // Only final derivations can be rebuilt; unknown ones are refused with their path.
@@ -558,13 +561,13 @@ fn valid_outputs_are_cached_without_building_their_closure() {
     with_executor(|ex| async move {
         let h = start(&ex, &graph, fx.config(), &d).await;
         let spawned = eka_ci::nix::build::nix_processes_spawned();
-        h.request(1, vec![d[1].clone()]).await.expect("request");
+        h.request(JobsetId(1), vec![d[1].clone()]).await.expect("request");
         assert_eq!(
             eka_ci::nix::build::nix_processes_spawned() - spawned,
             1,
             "one validity check for the whole request, no build"
         );
-        let o = within(10, "cached", h.wait(1)).await.expect("wait");
+        let o = within(10, "cached", h.wait(JobsetId(1))).await.expect("wait");
         assert_eq!(o.roots[0].state, Some(DrvState::Cached));
         let y = status(&h, &d[1]).await;
         assert!(y.attempts.is_empty());
@@ -574,8 +577,8 @@ fn valid_outputs_are_cached_without_building_their_closure() {
             "the closure of a valid derivation is not looked at"
         );
         // A new owner asking for more: z builds, y stays cached.
-        h.request(2, vec![d[2].clone(), d[1].clone()]).await.expect("request 2");
-        within(60, "z", h.wait(2)).await.expect("wait 2");
+        h.request(JobsetId(2), vec![d[2].clone(), d[1].clone()]).await.expect("request 2");
+        within(60, "z", h.wait(JobsetId(2))).await.expect("wait 2");
         assert!(is_success(&state(&h, &d[2]).await));
         assert_eq!(state(&h, &d[1]).await, DrvState::Cached);
         h.shutdown().await.expect("shutdown");
@@ -595,8 +598,8 @@ fn a_derivation_no_builder_can_take_is_interrupted_and_blocks_its_dependents() {
     let graph = fx.graph();
     with_executor(|ex| async move {
         let h = start(&ex, &graph, fx.config(), &d).await;
-        h.request(1, vec![d[1].clone(), d[2].clone(), d[3].clone()]).await.expect("request");
-        within(60, "no builder", h.wait(1)).await.expect("wait");
+        h.request(JobsetId(1), vec![d[1].clone(), d[2].clone(), d[3].clone()]).await.expect("request");
+        within(60, "no builder", h.wait(JobsetId(1))).await.expect("wait");
         let system = native_system();
         assert_eq!(
             state(&h, &d[0]).await,
@@ -642,7 +645,7 @@ fn a_scheduler_dropped_mid_build_resumes_to_the_same_final_states() {
             let ex = ex.clone();
             async move {
                 let h = start(&ex, &graph, cfg, &roots2).await;
-                h.request(7, roots2).await.expect("request");
+                h.request(JobsetId(7), roots2).await.expect("request");
                 until(&h, &d2[1], 30, is_building).await;
                 // Dropped here, with `b` building: no shutdown, no more writes.
             }
@@ -653,7 +656,7 @@ fn a_scheduler_dropped_mid_build_resumes_to_the_same_final_states() {
         wait_gone(&pid).await;
         let graph = fx.graph();
         let h = start(&ex, &graph, fx.config(), &roots).await;
-        let outcome = within(60, "resumed owner", h.wait(7)).await.expect("wait");
+        let outcome = within(60, "resumed owner", h.wait(JobsetId(7))).await.expect("wait");
         assert_eq!(outcome.status, OwnerStatus::Completed);
         for drv in &d {
             assert!(is_success(&state(&h, drv).await), "{drv}");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{nonce, GitRepo};
 use eka_ci::checkout::Checkouts;
 use eka_ci::graph::Graph;
-use eka_ci::jobset::Jobsets;
+use eka_ci::jobset::{JobsetId, Jobsets};
 use eka_ci::nix::eval::EvalOptions;
 use eka_ci::pipeline::Pipeline;
 use eka_ci::store::Store;
@@ -102,7 +102,7 @@ fn env() -> Env {
 }
 
 /// Evaluates base and head of `repo` and returns the one job's (base, head) jobset ids.
-fn evaluate(env: &Env, repo: &Path, base: &str, head: &str) -> (u64, u64) {
+fn evaluate(env: &Env, repo: &Path, base: &str, head: &str) -> (JobsetId, JobsetId) {
     let report = smol::block_on(env.pipeline.diff_local(repo, base, head, None, &None)).expect("diff");
     let job = report.jobs.first().expect("one job");
     (job.base.id, job.head.id)

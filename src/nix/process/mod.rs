@@ -29,9 +29,6 @@
 
 pub(crate) mod builders;
 
-/// Old name of [`crate::text::bounded_str`], until the scheduler's callers move.
-pub use crate::text::bounded_str as bound_str;
-
 use std::cell::Cell;
 use std::ffi::OsStr;
 use std::io;

@@ -40,8 +40,9 @@ use super::client::{ClientConfig, ClientError, GitHubClient};
 use super::runs::{self, Run, RunState, Trigger};
 use super::webhook::{self, EventRecord, EventSummary, PullRequestSummary};
 use crate::config::{DraftPolicy, GitHubConfig};
+use crate::jobset::JobsetId;
 use crate::pipeline::Pipeline;
-use crate::scheduler::SchedulerHandle;
+use crate::scheduler::{Owner, SchedulerHandle};
 use crate::store::{now_secs, Store, StoreError};
 
 mod report;
@@ -71,7 +72,7 @@ pub struct Wakers {
 struct Active {
     _task: smol::Task<()>,
     /// The build owners it requested (jobset ids), to cancel them with it.
-    owners: Arc<Mutex<Vec<u64>>>,
+    owners: Arc<Mutex<Vec<JobsetId>>>,
     head_sha: String,
     base_sha: String,
 }
@@ -485,10 +486,10 @@ impl GitHubService {
         .await?;
         let Some(run) = cancelled else { return Ok(()) };
         if let Some(stopped) = active.remove(key) {
-            let owners: Vec<u64> = stopped.owners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let owners: Vec<JobsetId> = stopped.owners.lock().unwrap_or_else(|e| e.into_inner()).clone();
             // A build owner is a jobset (one commit of one job): keep those another live run requested
             // or will request (its head or base is the same commit).
-            let shared: Vec<u64> = active
+            let shared: Vec<JobsetId> = active
                 .values()
                 .flat_map(|a| a.owners.lock().unwrap_or_else(|e| e.into_inner()).clone())
                 .collect();
@@ -502,8 +503,8 @@ impl GitHubService {
                 if in_use {
                     continue;
                 }
-                if let Err(e) = self.scheduler.cancel(owner).await {
-                    tracing::warn!(owner, error = %e, "cancelling a superseded run's builds failed");
+                if let Err(e) = self.scheduler.cancel(Owner::Jobset(owner)).await {
+                    tracing::warn!(owner = %owner, error = %e, "cancelling a superseded run's builds failed");
                 }
             }
         }

@@ -19,6 +19,7 @@ use crate::forge::github::client::{
     CheckConclusion, CheckRunFields, CheckRunOutput, CheckStatus, ClientError, GitHubClient,
 };
 use crate::forge::github::runs::{self, Run, RunState, Trigger};
+use crate::jobset::JobsetId;
 use crate::pipeline::{PipelineError, ReviewReport};
 use crate::scheduler::state::DrvState;
 use crate::store::{now_secs, StoreError};
@@ -26,7 +27,7 @@ use crate::text::{code_span, escape_markdown, fence, short_sha as short};
 
 impl GitHubService {
     /// Executes run `key` once; GitHub failures requeue it with backoff.
-    pub(super) async fn execute(&self, key: &str, owners: &Arc<Mutex<Vec<u64>>>) {
+    pub(super) async fn execute(&self, key: &str, owners: &Arc<Mutex<Vec<JobsetId>>>) {
         let result = self.attempt(key, owners).await;
         let label = match &result {
             Ok(Finish::Done { result, .. }) => result,
@@ -68,7 +69,7 @@ impl GitHubService {
         }
     }
 
-    async fn attempt(&self, key: &str, owners: &Arc<Mutex<Vec<u64>>>) -> Result<Finish, RunError> {
+    async fn attempt(&self, key: &str, owners: &Arc<Mutex<Vec<JobsetId>>>) -> Result<Finish, RunError> {
         let store = self.store.clone();
         let k = key.to_string();
         let run = smol::unblock(move || runs::get(&store, &k))

@@ -1,0 +1,252 @@
+//! What running batches report: a derivation started (a new attempt), finished (its outcome becomes a
+//! state: success, the one retry, a final failure, an interruption), or was not built by Nix (back in line,
+//! unless it keeps not being built); the retry timer; and the end of a batch (members it did not finish are
+//! requeued, or interrupted when the Nix child died).
+
+use std::time::Instant;
+
+use super::invariant::{Subject, NOT_ACTIVE};
+use super::{BatchId, Engine};
+use crate::graph::DrvId;
+use crate::scheduler::handle::Command;
+use crate::scheduler::runner::{self, BuildEvent, DrvOutcome};
+use crate::scheduler::state::{now_ms, Attempt, Completion, DrvState, InterruptKind};
+
+/// Batches in a row that may end without building a derivation whose inputs are built.
+const UNBUILT_LIMIT: u32 = 3;
+
+/// The longest failure message kept in a state.
+const MESSAGE_LIMIT: usize = 4096;
+
+impl Engine {
+    pub(super) fn on_event(&mut self, bid: BatchId, event: BuildEvent) {
+        // A batch's events all arrive before its end (the runner sends them in order on the inbox).
+        let Some(batch) = self.batches.get_mut(&bid) else {
+            return self.violated(
+                "on_event",
+                "an event came from a batch that is not running",
+                Subject::Batch(bid),
+            );
+        };
+        batch.progressed = true;
+        let builder = batch.builder;
+        let killed = batch.killed;
+        let (drv, finished) = match &event {
+            BuildEvent::Started { drv, .. } => (drv, None),
+            BuildEvent::Finished { drv, outcome, duration } => (drv, Some((outcome.clone(), *duration))),
+            BuildEvent::Log { .. } => return,
+        };
+        let Some(&id) = batch.paths.get(drv.as_str()) else {
+            tracing::debug!(batch = %bid, drv = %drv, "event for a derivation outside the batch");
+            return;
+        };
+        // A member may have been finished meanwhile (a failed input propagated to it): its news is stale.
+        let Some(n) = self.nodes.get_mut(&id) else { return };
+        if n.batch != Some(bid) {
+            return;
+        }
+        let Some((outcome, duration)) = finished else {
+            if n.rec.state == DrvState::Building {
+                return;
+            }
+            n.rec.attempt += 1;
+            n.unbuilt = 0;
+            let attempt = n.rec.attempt;
+            let started = now_ms();
+            let builder_name = self.pool.get(builder).map(|s| s.name.clone()).unwrap_or_default();
+            let log = runner::log_path(&self.cfg.logs_dir, drv, attempt);
+            self.writes.attempts.insert(
+                (id, attempt),
+                Attempt {
+                    number: attempt,
+                    builder: builder_name,
+                    started_at_ms: started,
+                    ended_at_ms: None,
+                    outcome: None,
+                    log,
+                },
+            );
+            self.building.insert(id, (builder, started, Instant::now()));
+            self.set_state(id, DrvState::Building, "");
+            return;
+        };
+        let started = n.rec.state == DrvState::Building;
+        let attempt = n.rec.attempt;
+        let state = match outcome {
+            DrvOutcome::Success { built: true } => DrvState::Completed(Completion::Success),
+            // Nix had nothing to do: the outputs became valid since the request (built elsewhere).
+            DrvOutcome::Success { built: false } => DrvState::Cached,
+            DrvOutcome::Failure { message, exit_code } => {
+                let message = crate::text::bounded_str(&message, MESSAGE_LIMIT);
+                n.rec.failures += 1;
+                if n.rec.failures < 2 {
+                    DrvState::FailedRetry { message }
+                } else {
+                    DrvState::Completed(Completion::Failure { message, exit_code })
+                }
+            }
+            DrvOutcome::TimedOut => DrvState::Interrupted {
+                kind: InterruptKind::Timeout,
+                reason: format!("no output for {} s", self.cfg.max_silent.as_secs()),
+            },
+            DrvOutcome::MaxDuration => DrvState::Interrupted {
+                kind: InterruptKind::MaxDuration,
+                reason: format!("ran longer than {} s", self.cfg.max_duration.as_secs()),
+            },
+            DrvOutcome::OutOfMemory => DrvState::Interrupted {
+                kind: InterruptKind::OutOfMemory,
+                reason: "killed for lack of memory".into(),
+            },
+            // Killed by our own cancellation of the batch: not a verdict on the derivation.
+            DrvOutcome::Killed { .. } if killed => {
+                n.batch = None;
+                if started {
+                    self.close_attempt(id, attempt, "cancelled");
+                    self.stop_building(id);
+                }
+                self.requeue(id, "");
+                return;
+            }
+            DrvOutcome::Killed { signal } => DrvState::Interrupted {
+                kind: InterruptKind::ProcessDeath,
+                reason: match signal {
+                    Some(s) => format!("the build was killed by signal {s}"),
+                    None => "the build was killed".into(),
+                },
+            },
+            DrvOutcome::NoBuilder { message } => DrvState::Interrupted {
+                kind: InterruptKind::NoBuilder,
+                reason: crate::text::bounded_str(&message, MESSAGE_LIMIT),
+            },
+            DrvOutcome::DependencyFailed { .. } | DrvOutcome::NotBuilt => {
+                // Not built: our own graph knowledge decides (propagation, retry of the input, requeue).
+                n.batch = None;
+                // A derivation whose inputs are all built but that Nix keeps not building must not spin.
+                if !killed && n.waiting == 0 {
+                    n.unbuilt += 1;
+                }
+                let give_up = n.unbuilt >= UNBUILT_LIMIT;
+                if started {
+                    self.close_attempt(id, attempt, "not built");
+                    self.stop_building(id);
+                }
+                if give_up {
+                    let reason = format!("Nix did not build it in {UNBUILT_LIMIT} batches in a row");
+                    self.finish(id, DrvState::Interrupted { kind: InterruptKind::ProcessDeath, reason }, "");
+                } else {
+                    self.requeue(id, "");
+                }
+                return;
+            }
+        };
+        if started {
+            crate::metrics::global().build_duration.observe(duration.as_secs_f64());
+            self.close_attempt(id, attempt, state.name());
+        }
+        match self.nodes.get_mut(&id) {
+            Some(n) => n.batch = None,
+            None => return self.violated("on_event", NOT_ACTIVE, Subject::Drv(id)),
+        }
+        if state.is_terminal() {
+            self.finish(id, state, "");
+        } else {
+            // FailedRetry: back in line after the backoff (or cancelled if nobody needs it any more).
+            if self.nodes.get(&id).is_some_and(|n| n.owners.is_empty()) {
+                self.cancel_node(id, "no live owner needs it any more");
+                return;
+            }
+            self.stop_building(id);
+            self.set_state(id, state, "");
+            let inbox = self.inbox.clone();
+            let backoff = self.cfg.retry_backoff;
+            if let Some(t) = self.spawn(async move {
+                smol::Timer::after(backoff).await;
+                let _ = inbox.send(Command::RetryDue { drv: id }).await;
+            }) {
+                t.detach();
+            }
+        }
+    }
+
+    fn stop_building(&mut self, id: DrvId) {
+        self.building.remove(&id);
+    }
+
+    fn close_attempt(&mut self, id: DrvId, attempt: u32, outcome: &str) {
+        let started = self.building.get(&id).map(|(_, s, _)| *s);
+        let entry = self.writes.attempts.entry((id, attempt)).or_insert_with(|| Attempt {
+            number: attempt,
+            builder: String::new(),
+            started_at_ms: started.unwrap_or(0),
+            ended_at_ms: None,
+            outcome: None,
+            log: None,
+        });
+        entry.ended_at_ms = Some(now_ms());
+        entry.outcome = Some(outcome.to_string());
+        if entry.builder.is_empty() {
+            // The start row was committed already: rebuild the row from what the loop knows.
+            if let Some((b, s, _)) = self.building.get(&id) {
+                entry.builder = self.pool.get(*b).map(|x| x.name.clone()).unwrap_or_default();
+                entry.started_at_ms = *s;
+            }
+            match self.nodes.get(&id) {
+                Some(n) => entry.log = runner::log_path(&self.cfg.logs_dir, &n.path, attempt),
+                None => self.violated("close_attempt", NOT_ACTIVE, Subject::Drv(id)),
+            }
+        }
+    }
+
+    pub(super) fn on_retry(&mut self, id: DrvId) {
+        // Cancelled or finished during the backoff: nothing to retry.
+        if self.nodes.get(&id).is_some_and(|n| matches!(n.rec.state, DrvState::FailedRetry { .. })) {
+            self.requeue(id, "retrying after a failure");
+        }
+    }
+
+    pub(super) fn on_batch_done(&mut self, bid: BatchId, result: Result<(), String>) {
+        let Some(batch) = self.batches.remove(&bid) else {
+            return self.violated(
+                "on_batch_done",
+                "a batch ended twice or never started",
+                Subject::Batch(bid),
+            );
+        };
+        if let Some(s) = self.slots.get_mut(batch.builder) {
+            s.children = s.children.saturating_sub(1);
+        }
+        if let Err(e) = &result {
+            tracing::warn!(batch = %bid, error = %e, killed = batch.killed, "a build batch ended with an error");
+        }
+        for id in batch.members {
+            // Members finished during the batch (built, propagated to, cancelled) are gone.
+            let Some(n) = self.nodes.get_mut(&id) else { continue };
+            if n.batch != Some(bid) {
+                continue;
+            }
+            n.batch = None;
+            let building = n.rec.state == DrvState::Building;
+            let attempt = n.rec.attempt;
+            match (&result, batch.killed) {
+                (Err(e), false) if building || !batch.progressed => {
+                    // The Nix child died during the build, or could not build anything at all (do not spin).
+                    if building {
+                        self.close_attempt(id, attempt, "process-death");
+                    }
+                    let reason = crate::text::bounded_str(
+                        &format!("the Nix build process failed: {e}"),
+                        MESSAGE_LIMIT,
+                    );
+                    self.finish(id, DrvState::Interrupted { kind: InterruptKind::ProcessDeath, reason }, "");
+                }
+                _ => {
+                    if building {
+                        self.close_attempt(id, attempt, "interrupted");
+                        self.stop_building(id);
+                    }
+                    self.requeue(id, if building { "the batch ended before the build finished" } else { "" });
+                }
+            }
+        }
+    }
+}
