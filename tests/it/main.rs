@@ -28,3 +28,4 @@ mod repo_config;
 mod scheduler;
 mod store;
 mod summary;
+mod tidy;
