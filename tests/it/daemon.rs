@@ -336,20 +336,23 @@ fn embedded_defaults_with_no_config_file_and_xdg_paths() {
 #[test]
 fn check_config_warns_about_keys_accepted_but_not_acted_on() {
     let home = Home::new();
+    let check = |config: &str| {
+        let cfg = home.write_config(config);
+        let out = home
+            .command(common::SERVER)
+            .arg("--check-config")
+            .arg("--config-file")
+            .arg(&cfg)
+            .output()
+            .expect("run");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
     // `[[caches]]` and `[oauth]` are accepted but not acted on; their values (one a secret) are not shown.
-    let cfg = home.write_config(
+    let (code, err) = check(
         "[[caches]]\nid = \"c\"\ncache_type = \"cachix\"\ndestination = \"my-cache\"\ncredentials = \"none\"\n\n\
          [oauth]\nclient_secret = \"oauth-secret-5b2c\"\n",
     );
-    let out = home
-        .command(common::SERVER)
-        .arg("--check-config")
-        .arg("--config-file")
-        .arg(&cfg)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(code, Some(0), "{err}");
     let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
     assert_eq!(
         warnings,
@@ -362,16 +365,8 @@ fn check_config_warns_about_keys_accepted_but_not_acted_on() {
     assert!(!err.contains("oauth-secret-5b2c") && !err.contains("my-cache"), "{err}");
 
     // A configuration using none of those keys gets no such warning.
-    let cfg = home.write_config("graph_lru_capacity = 5000");
-    let out = home
-        .command(common::SERVER)
-        .arg("--check-config")
-        .arg("--config-file")
-        .arg(&cfg)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let (code, err) = check("graph_lru_capacity = 5000");
+    assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("warning: "), "{err}");
     assert!(!err.contains("not yet acted on"), "{err}");
 }

@@ -213,40 +213,18 @@ impl GitHubService {
         let diff = match self.pipeline.diff_commits(&url, &base, &head, None, auth.as_ref(), &None).await {
             Ok(diff) => diff,
             Err(e) => {
-                let summary = format!("Evaluation could not run:\n\n```\n{}\n```", fence(&e.to_string()));
-                for job in &jobs {
-                    reporter
-                        .report(
-                            &gate_check(job),
-                            completed(CheckConclusion::Failure, "Evaluation failed", summary.clone(), None),
-                        )
-                        .await?;
-                }
-                return Ok(Finish::Done {
-                    outcome: format!("evaluation failed: {e}"),
-                    failed_drvs: Vec::new(),
-                    result: "error",
-                });
+                let lead = "Evaluation could not run";
+                return fail_every_gate(&reporter, &jobs, "Evaluation failed", lead, "evaluation failed", &e)
+                    .await;
             }
         };
         self.report_summary(&reporter, &diff).await?;
         let review = match self.pipeline.build_review(&self.scheduler, diff, owners, &None).await {
             Ok(review) => review,
             Err(e) => {
-                let summary = format!("Building failed to run:\n\n```\n{}\n```", fence(&e.to_string()));
-                for job in &jobs {
-                    reporter
-                        .report(
-                            &gate_check(job),
-                            completed(CheckConclusion::Failure, "Build error", summary.clone(), None),
-                        )
-                        .await?;
-                }
-                return Ok(Finish::Done {
-                    outcome: format!("builds failed to run: {e}"),
-                    failed_drvs: Vec::new(),
-                    result: "error",
-                });
+                let lead = "Building failed to run";
+                return fail_every_gate(&reporter, &jobs, "Build error", lead, "builds failed to run", &e)
+                    .await;
             }
         };
         self.report_review(&reporter, &review).await
@@ -455,4 +433,23 @@ pub(super) enum RunError {
     Store(#[from] StoreError),
     #[error("run {0} vanished from the store")]
     Missing(String),
+}
+
+/// Completes every job's gate as failed with `error` in a code block (the pipeline could not evaluate or
+/// build at all), and ends the attempt.
+async fn fail_every_gate(
+    reporter: &Reporter,
+    jobs: &[String],
+    title: &str,
+    lead: &str,
+    outcome: &str,
+    error: &PipelineError,
+) -> Result<Finish, RunError> {
+    let summary = format!("{lead}:\n\n```\n{}\n```", fence(&error.to_string()));
+    for job in jobs {
+        reporter
+            .report(&gate_check(job), completed(CheckConclusion::Failure, title, summary.clone(), None))
+            .await?;
+    }
+    Ok(Finish::Done { outcome: format!("{outcome}: {error}"), failed_drvs: Vec::new(), result: "error" })
 }
