@@ -482,7 +482,7 @@ fn worktree_name(mirror_name: &str, sha: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let identity = mirror_name.trim_end_matches(".git");
-    format!("{identity}-{}-{}-{n}", &sha[..12], std::process::id())
+    format!("{identity}-{}-{}-{n}", crate::text::short_sha(sha), std::process::id())
 }
 
 /// Deletes a directory tree, making read-only directories writable if a first attempt fails.

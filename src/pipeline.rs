@@ -263,7 +263,7 @@ impl Pipeline {
         progress: &ProgressSink,
         with_attrs: bool,
     ) -> Result<(EvalReport, Vec<Jobset>), PipelineError> {
-        let short = &commit[..commit.len().min(12)];
+        let short = crate::text::short_sha(commit);
         report(progress, &format!("checking out {short}"), 0, 0);
         let _worktree_slot = self.worktree_slots.acquire().await;
         let worktree = self.checkouts.checkout(repo, commit, auth).await?;
@@ -351,7 +351,7 @@ impl Pipeline {
             Begin::Existing(jobset) => return Ok((jobset, true)),
             Begin::New(id) => id,
         };
-        let stage = format!("evaluating {} @ {}", key.job, &key.commit[..key.commit.len().min(12)]);
+        let stage = format!("evaluating {} @ {}", key.job, crate::text::short_sha(&key.commit));
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let slot = self.slots.acquire().await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);

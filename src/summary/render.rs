@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::{
     ChangeSummary, EvalStatus, JobSummary, PackageChange, PackageChangeKind, Rendered, Settings, Truncation,
 };
-use crate::text::{escape_markdown, floor_char_boundary, short_sha as short};
+use crate::text::{escape_markdown, floor_char_boundary, prefix_chars, short_sha as short};
 
 /// Detail is dropped until the text is shorter than this many bytes.
 pub const SOFT_LIMIT: usize = 60_000;
@@ -79,10 +79,9 @@ fn esc(text: &str) -> String {
 }
 
 fn esc_max(text: &str, max_chars: usize) -> String {
-    let mut chars = text.chars();
-    let head: String = chars.by_ref().take(max_chars).collect();
-    let mut out = escape_markdown(&head);
-    if chars.next().is_some() {
+    let head = prefix_chars(text, max_chars);
+    let mut out = escape_markdown(head);
+    if head.len() < text.len() {
         out.push('…');
     }
     out
