@@ -465,3 +465,25 @@ fn github_app_credentials_are_checked_at_start_up() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("GitHub App credentials loaded"), "{stderr}");
 }
+
+#[test]
+fn the_server_drops_its_secrets_from_its_environment_and_is_not_dumpable() {
+    let home = Home::new();
+    let secret = "eka-ci-test-webhook-secret-4b1d";
+    let server = home.start_with(&[
+        ("WEBHOOK_SECRET", std::ffi::OsStr::new(secret)),
+        ("EKA_CI_HARMLESS_MARKER", std::ffi::OsStr::new("still-here")),
+    ]);
+    // As root the non-dumpable server's environ is still readable: then its content must be clean.
+    match std::fs::read(format!("/proc/{}/environ", server.pid())) {
+        Ok(environ) => {
+            let environ = String::from_utf8_lossy(&environ);
+            assert!(!environ.contains(secret), "the secret is still in /proc/<pid>/environ");
+            assert!(!environ.contains("WEBHOOK_SECRET"), "the variable is still in /proc/<pid>/environ");
+            assert!(environ.contains("EKA_CI_HARMLESS_MARKER=still-here"), "only secrets are dropped");
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}"),
+    }
+    // The server keeps working on what it read at start-up.
+    assert_eq!(server.status()["pid"], server.pid());
+}
