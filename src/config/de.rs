@@ -157,6 +157,17 @@ pub fn non_empty_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>,
     Ok(v.into_iter().map(|s| s.0).collect())
 }
 
+/// URI prefixes for Nix's `allowed-uris` (a space-separated setting): each non-empty, without whitespace.
+pub fn uri_prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<NonEmpty>::deserialize(d)?;
+    for NonEmpty(s) in &v {
+        if s.chars().any(char::is_whitespace) {
+            return Err(D::Error::custom(format!("a URI prefix cannot contain whitespace, got `{s}`")));
+        }
+    }
+    Ok(v.into_iter().map(|s| s.0).collect())
+}
+
 pub fn ip_address<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     checked_str(d, |s| match s.parse::<IpAddr>() {
         Ok(_) => Ok(s.to_string()),

@@ -310,6 +310,14 @@ async fn start_pipeline(
     eval_options.timeout = Duration::from_secs(e.timeout_seconds);
     eval_options.batch_size = e.batch_size as usize;
     eval_options.force_recurse = e.force_recurse;
+    eval_options.restrict_eval = e.restrict_eval;
+    eval_options.allowed_uris = e.allowed_uris.clone();
+    if !e.restrict_eval {
+        tracing::warn!(
+            "evaluation is unrestricted ([evaluation] restrict_eval = false): a pull request's Nix code can \
+             read any file the server can read; see docs/security.md"
+        );
+    }
     eval_options.backend = match e.backend {
         EvalBackendSetting::Auto => EvalBackend::Auto,
         EvalBackendSetting::Builtin => EvalBackend::Builtin,
