@@ -934,7 +934,8 @@ mod tests {
         let joined = args.join(" ");
         assert!(
             joined.starts_with(
-                "--workers 3 --max-memory-size 2048 --gc-roots-dir /roots --meta --force-recurse --expr"
+                "--workers 3 --max-memory-size 2048 --gc-roots-dir /roots --meta --force-recurse \
+                 --option restrict-eval true --option allowed-uris  -I eka-ci-checkout-0=/co --expr"
             ),
             "{joined}"
         );
@@ -955,5 +956,32 @@ mod tests {
         assert_eq!(args.last().map(String::as_str), Some("git+file:///co#hydraJobs"));
         assert!(args.windows(2).any(|w| w == ["--extra-experimental-features", "nix-command flakes"]));
         assert!(!args.iter().any(|a| a == "--meta"));
+        assert!(args.windows(3).any(|w| w == ["--option", "restrict-eval", "true"]), "flakes too: {args:?}");
+
+        opts.allowed_uris = vec!["https://a/".into(), "github:NixOS/".into()];
+        let cmd = nix_eval_jobs_command(
+            Path::new("nix-eval-jobs"),
+            Path::new("/co"),
+            &Target::File("/co/release.nix".into()),
+            &[],
+            &opts,
+            Path::new("/r"),
+        );
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(
+            args.windows(3).any(|w| w == ["--option", "allowed-uris", "https://a/ github:NixOS/"]),
+            "{args:?}"
+        );
+        opts.restrict_eval = false;
+        let cmd = nix_eval_jobs_command(
+            Path::new("nix-eval-jobs"),
+            Path::new("/co"),
+            &Target::File("/co/release.nix".into()),
+            &[],
+            &opts,
+            Path::new("/r"),
+        );
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(!args.iter().any(|a| a == "restrict-eval" || a == "-I"), "{args:?}");
     }
 }
