@@ -351,7 +351,7 @@ impl Evaluator<'_> {
             cmd.args(["--extra-experimental-features", "nix-command flakes"]);
         }
         // The wrapper reads its request file, so the request directory is readable too.
-        add_restriction_args(&mut cmd, &self.opts, &[&self.checkout, &self.work.path]);
+        add_restriction_args(&mut cmd, self.opts, &[&self.checkout, &self.work.path]);
         cmd.arg("--expr").arg(WRAPPER).arg("--argstr").arg("ekaCiRequest").arg(&request_path);
         if let Some(root) = root {
             cmd.arg("--add-root").arg(root);
