@@ -14,8 +14,9 @@
 //! fetched instead and the commit must then exist. Calls for one mirror are serialized by an async mutex
 //! (git's own lock files would make concurrent fetches fail); different mirrors proceed in parallel.
 //!
-//! git runs with a deterministic environment: every inherited `GIT_*` variable is removed (except the
-//! `GIT_SSH*` and `GIT_SSL_CA*` ones an operator may need), system and global config are ignored, prompts are disabled,
+//! git runs with a deterministic, sealed environment: the allow-list every child gets
+//! (`nix::process::env`: `PATH`, locale, a scratch `HOME` and `TMPDIR`) plus only the `GIT_SSH*`,
+//! `GIT_SSL_CA*`, `SSL_CERT_*` and `SSH_AUTH_SOCK` variables an operator may need; system and global config are ignored, prompts are disabled,
 //! hooks, automatic gc and attribute files are off, and only the one transport protocol the URL needs is
 //! allowed (`file` only for `file://` URLs and absolute paths). A [`GitAuth`] token reaches git only
 //! through the environment (never argv, never a config file), only over `https` to the configured host,
@@ -37,11 +38,19 @@ use crate::text::ellipsis_chars;
 /// Longest git message kept in an error, in characters (the tail is kept: git's `fatal:` line is last).
 const MAX_MESSAGE_CHARS: usize = 2000;
 
-/// Environment variables inherited by git despite the `GIT_*` clean-up: how to run ssh, and which
-/// certificate authorities to trust for HTTPS (a GitHub Enterprise host behind a private CA).
+/// Environment variables git inherits beyond the sealed allow-list every child gets: how to run ssh, and
+/// which certificate authorities to trust for HTTPS (a GitHub Enterprise host behind a private CA).
 /// `GIT_SSL_NO_VERIFY` is deliberately not among them: a token must never go to an unverified host.
-const KEPT_GIT_VARS: &[&str] =
-    &["GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSH_VARIANT", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH"];
+const KEPT_GIT_VARS: &[&str] = &[
+    "GIT_SSH",
+    "GIT_SSH_COMMAND",
+    "GIT_SSH_VARIANT",
+    "GIT_SSL_CAINFO",
+    "GIT_SSL_CAPATH",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "SSH_AUTH_SOCK",
+];
 
 /// Credentials for fetching over HTTPS, e.g. a GitHub App installation token.
 ///
@@ -699,11 +708,12 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// Whether an inherited environment variable is withheld from git: every `GIT_*` one but [`KEPT_GIT_VARS`],
-/// and the askpass programs (git must never prompt).
-fn removed_from_git_env(key: &std::ffi::OsStr) -> bool {
-    let git = key.as_encoded_bytes().starts_with(b"GIT_") && !KEPT_GIT_VARS.iter().any(|k| key == *k);
-    git || key == "GIT_ASKPASS" || key == "SSH_ASKPASS"
+/// Whether one of the server's environment variables reaches git: the sealed allow-list every child gets
+/// (`nix::process::env`, which sets its own `HOME`) and [`KEPT_GIT_VARS`]; nothing else (no `GIT_DIR`, no
+/// askpass program, no secret).
+fn inherited_by_git(key: &std::ffi::OsStr) -> bool {
+    let sealed = crate::nix::process::env::INHERITED_VARS.iter().any(|k| key == *k);
+    sealed || KEPT_GIT_VARS.iter().any(|k| key == *k)
 }
 
 /// Standard base64 with padding.
@@ -809,9 +819,13 @@ impl GitCommand {
     fn command(&self) -> smol::process::Command {
         let mut cmd = smol::process::Command::new("git");
         cmd.args(&self.args);
-        for (key, _) in std::env::vars_os() {
-            if removed_from_git_env(&key) {
-                cmd.env_remove(key);
+        cmd.env_clear();
+        for (key, value) in crate::nix::process::env::sealed_vars() {
+            cmd.env(key, value);
+        }
+        for (key, value) in std::env::vars_os() {
+            if inherited_by_git(&key) {
+                cmd.env(key, value);
             }
         }
         cmd.env("GIT_TERMINAL_PROMPT", "0")
@@ -876,11 +890,20 @@ mod tests {
     #[test]
     fn only_ssh_and_ca_settings_are_inherited_by_git() {
         use std::ffi::OsStr;
-        for kept in ["GIT_SSH_COMMAND", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH", "PATH", "HOME", "SSL_CERT_FILE"] {
-            assert!(!super::removed_from_git_env(OsStr::new(kept)), "{kept} is kept");
+        for kept in ["GIT_SSH_COMMAND", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH", "PATH", "SSL_CERT_FILE", "LANG"] {
+            assert!(super::inherited_by_git(OsStr::new(kept)), "{kept} is kept");
         }
-        for removed in ["GIT_SSL_NO_VERIFY", "GIT_DIR", "GIT_CONFIG_COUNT", "GIT_ASKPASS", "SSH_ASKPASS"] {
-            assert!(super::removed_from_git_env(OsStr::new(removed)), "{removed} is removed");
+        for removed in [
+            "GIT_SSL_NO_VERIFY",
+            "GIT_DIR",
+            "GIT_CONFIG_COUNT",
+            "GIT_ASKPASS",
+            "SSH_ASKPASS",
+            "HOME",
+            "WEBHOOK_SECRET",
+            "GITHUB_TOKEN",
+        ] {
+            assert!(!super::inherited_by_git(OsStr::new(removed)), "{removed} is removed");
         }
     }
 

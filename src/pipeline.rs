@@ -147,6 +147,11 @@ impl Pipeline {
         })
     }
 
+    /// Whether evaluations run under Nix's `restrict-eval` (`[evaluation] restrict_eval`).
+    pub fn restrict_eval(&self) -> bool {
+        self.eval_options.restrict_eval
+    }
+
     /// Evaluations waiting for a slot, and running.
     pub fn depths(&self) -> (u64, u64) {
         (self.waiting.load(Ordering::Relaxed), self.running.load(Ordering::Relaxed))

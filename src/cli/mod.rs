@@ -522,7 +522,8 @@ pub fn render_status(info: &StatusInfo) -> String {
          http:            http://{http}\n\
          queued:          {evals} evaluations, {builds} builds, {events} GitHub events\n\
          GitHub runs:     {runs} queued or running, {held} held for approval\n\
-         active builds:   {active}\n",
+         active builds:   {active}\n\
+         evaluation:      {restriction}\n",
         version = info.version,
         pid = info.pid,
         uptime = human_duration(info.uptime_seconds),
@@ -536,6 +537,11 @@ pub fn render_status(info: &StatusInfo) -> String {
         runs = info.queues.github_runs,
         held = info.queues.github_held,
         active = info.active_builds,
+        restriction = if info.restrict_eval {
+            "restricted (restrict-eval)"
+        } else {
+            "UNRESTRICTED (restrict_eval = false)"
+        },
     )
 }
 

@@ -69,6 +69,23 @@ impl CredentialSource {
             CredentialSource::None => "none",
         }
     }
+
+    /// The environment variables this source names (the server drops them from its own environment once
+    /// start-up has read them).
+    pub fn env_vars(&self) -> Vec<&str> {
+        match self {
+            CredentialSource::Env { vars } => vars.iter().map(String::as_str).collect(),
+            CredentialSource::CachixToken { env_var } => vec![env_var],
+            CredentialSource::Vault { token_env, .. } => vec![token_env],
+            CredentialSource::GitHubAppKeyFile { app_id_env, .. } => vec![app_id_env],
+            CredentialSource::File { .. }
+            | CredentialSource::AwsProfile { .. }
+            | CredentialSource::AwsSecretsManager { .. }
+            | CredentialSource::SystemdCredential { .. }
+            | CredentialSource::InstanceMetadata { .. }
+            | CredentialSource::None => Vec::new(),
+        }
+    }
 }
 
 /// Every canonical source name, in the order of the documentation.

@@ -157,6 +157,22 @@ pub fn non_empty_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>,
     Ok(v.into_iter().map(|s| s.0).collect())
 }
 
+/// URI prefixes for Nix's `allowed-uris` (a space-separated setting): each non-empty, without whitespace.
+pub fn uri_prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Vec::<UriPrefix>::deserialize(d)?.into_iter().map(|s| s.0).collect())
+}
+
+struct UriPrefix(String);
+impl<'de> Deserialize<'de> for UriPrefix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = non_empty_string(d)?;
+        if s.chars().any(char::is_whitespace) {
+            return Err(D::Error::custom(format!("a URI prefix cannot contain whitespace, got `{s}`")));
+        }
+        Ok(UriPrefix(s))
+    }
+}
+
 pub fn ip_address<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     checked_str(d, |s| match s.parse::<IpAddr>() {
         Ok(_) => Ok(s.to_string()),

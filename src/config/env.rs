@@ -126,6 +126,35 @@ fn apply_forge_env(
     Ok(())
 }
 
+/// The environment variables that may hold a secret of this configuration: the fixed names read by
+/// [`apply_env`] and every variable a `[[github_apps]]` or `[[caches]]` credential source names. The
+/// server removes them from its own environment once start-up has read them.
+pub fn secret_env_vars(config: &ServerConfig) -> Vec<String> {
+    let mut vars: Vec<String> = [
+        "WEBHOOK_SECRET",
+        "GITHUB_WEBHOOK_SECRET",
+        "JWT_SECRET",
+        "GITHUB_OAUTH_CLIENT_SECRET",
+        "GITHUB_APP_ID",
+        "GITHUB_APP_PRIVATE_KEY",
+        "GITEA_TOKEN",
+        "GITLAB_TOKEN",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let sources =
+        config.github_apps.iter().map(|a| &a.credentials).chain(config.caches.iter().map(|c| &c.credentials));
+    for source in sources {
+        for var in source.env_vars() {
+            if !vars.iter().any(|v| v == var) {
+                vars.push(var.to_string());
+            }
+        }
+    }
+    vars
+}
+
 fn parse_bool(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),

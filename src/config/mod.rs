@@ -31,6 +31,7 @@ pub mod repo;
 mod server;
 
 pub use credentials::CredentialSource;
+pub use env::secret_env_vars;
 pub use glob::Permissions;
 pub use load::{default_config_file, from_toml, load, load_with_env, ConfigError, LoadedConfig};
 pub use server::{

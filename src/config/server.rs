@@ -333,6 +333,13 @@ pub struct EvaluationConfig {
     pub concurrent: u64,
     /// Recurse into every attribute set, not only those with `recurseForDerivations = true`.
     pub force_recurse: bool,
+    /// Evaluate under Nix's `restrict-eval` (default true): only the checkout, the search path and the
+    /// store are readable, `builtins.getEnv` yields "", and only `allowed_uris` may be fetched. Turning it
+    /// off lets a pull request's Nix code read the server's files (docs/security.md).
+    pub restrict_eval: bool,
+    /// URI prefixes evaluation may fetch under `restrict_eval` (Nix's `allowed-uris`); empty by default.
+    #[serde(deserialize_with = "de::uri_prefixes")]
+    pub allowed_uris: Vec<String>,
 }
 
 impl Default for EvaluationConfig {
@@ -345,6 +352,8 @@ impl Default for EvaluationConfig {
             batch_size: 100,
             concurrent: 1,
             force_recurse: false,
+            restrict_eval: true,
+            allowed_uris: Vec::new(),
         }
     }
 }

@@ -144,6 +144,8 @@ pub struct StatusInfo {
     pub schema_version: u32,
     pub queues: QueueDepths,
     pub active_builds: u64,
+    /// Whether evaluation runs under Nix's `restrict-eval` (`[evaluation] restrict_eval`).
+    pub restrict_eval: bool,
 }
 
 /// Work waiting in the server's queues.

@@ -6,6 +6,7 @@
 //! only started and stopped from here. What each control request does is in [`requests`].
 
 mod requests;
+mod seal;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -62,6 +63,8 @@ pub enum DaemonError {
     GitHub(String),
     #[error("cannot ask Nix about the local machine (is Nix installed?): {0}")]
     DetectNix(crate::scheduler::builders::DetectError),
+    #[error("cannot create the scratch directory for child processes {path}: {source}")]
+    Scratch { path: PathBuf, source: std::io::Error },
 }
 
 /// What the start-up checks read and validated, handed on to [`run`] so that nothing is loaded twice.
@@ -127,6 +130,7 @@ impl ShutdownSignal {
 /// Runs the daemon until SIGTERM or SIGINT, with what [`check_startup`] loaded. Blocks the calling
 /// thread.
 pub fn run(loaded: LoadedConfig, startup: Startup) -> Result<(), DaemonError> {
+    seal::seal_server(&loaded.config)?;
     let ex = Rc::new(LocalExecutor::new());
     smol::block_on(ex.run(run_on(ex.clone(), loaded, startup)))
 }
@@ -306,6 +310,14 @@ async fn start_pipeline(
     eval_options.timeout = Duration::from_secs(e.timeout_seconds);
     eval_options.batch_size = e.batch_size as usize;
     eval_options.force_recurse = e.force_recurse;
+    eval_options.restrict_eval = e.restrict_eval;
+    eval_options.allowed_uris = e.allowed_uris.clone();
+    if !e.restrict_eval {
+        tracing::warn!(
+            "evaluation is unrestricted ([evaluation] restrict_eval = false): a pull request's Nix code can \
+             read any file the server can read; see docs/security.md"
+        );
+    }
     eval_options.backend = match e.backend {
         EvalBackendSetting::Auto => EvalBackend::Auto,
         EvalBackendSetting::Builtin => EvalBackend::Builtin,

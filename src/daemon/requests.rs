@@ -331,6 +331,7 @@ impl DaemonHandler {
             schema_version,
             queues: QueueDepths { evaluations: waiting, builds, github_events, github_runs, github_held },
             active_builds,
+            restrict_eval: self.pipeline.restrict_eval(),
         })
     }
 }

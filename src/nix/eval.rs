@@ -76,6 +76,11 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Which evaluator to use. Default [`EvalBackend::Auto`].
     pub backend: EvalBackend,
+    /// Evaluate under Nix's `restrict-eval`: only the checkout, the search path and the store are
+    /// readable, `builtins.getEnv` yields "", only `allowed_uris` may be fetched. Default true.
+    pub restrict_eval: bool,
+    /// URI prefixes evaluation may fetch under `restrict_eval` (Nix's `allowed-uris`). Default none.
+    pub allowed_uris: Vec<String>,
 }
 
 impl EvalOptions {
@@ -90,7 +95,31 @@ impl EvalOptions {
             meta: true,
             batch_size: 100,
             backend: EvalBackend::Auto,
+            restrict_eval: true,
+            allowed_uris: Vec::new(),
         }
+    }
+}
+
+/// The search-path prefix under which the checkout (and the built-in evaluator's request directory) is
+/// made readable in restricted evaluation: `-I eka-ci-checkout=<path>`. A named entry, so a path
+/// containing `=` is not misread.
+const CHECKOUT_SEARCH_PREFIX: &str = "eka-ci-checkout";
+
+/// Adds the restricted-evaluation options of `opts` to an evaluator's command line: `restrict-eval`, the
+/// operator's `allowed-uris` (replacing any from Nix's own configuration), and every directory of
+/// `readable` (the checkout first) as a search-path entry, the only non-store paths restricted mode
+/// lets Nix read. With `restrict_eval` off, nothing is added.
+pub(crate) fn add_restriction_args(cmd: &mut std::process::Command, opts: &EvalOptions, readable: &[&Path]) {
+    if !opts.restrict_eval {
+        return;
+    }
+    cmd.args(["--option", "restrict-eval", "true"]);
+    cmd.args(["--option", "allowed-uris"]).arg(opts.allowed_uris.join(" "));
+    for (i, dir) in readable.iter().enumerate() {
+        let mut entry = std::ffi::OsString::from(format!("{CHECKOUT_SEARCH_PREFIX}-{i}="));
+        entry.push(dir.as_os_str());
+        cmd.arg("-I").arg(entry);
     }
 }
 
@@ -612,6 +641,7 @@ pub(crate) fn nix_eval_jobs_command(
     if opts.force_recurse {
         cmd.arg("--force-recurse");
     }
+    add_restriction_args(&mut cmd, opts, &[checkout]);
     match target {
         Target::File(file) => {
             let path_json = serde_json::to_string(attr_path).unwrap_or_else(|_| "[]".to_string());
@@ -904,7 +934,8 @@ mod tests {
         let joined = args.join(" ");
         assert!(
             joined.starts_with(
-                "--workers 3 --max-memory-size 2048 --gc-roots-dir /roots --meta --force-recurse --expr"
+                "--workers 3 --max-memory-size 2048 --gc-roots-dir /roots --meta --force-recurse \
+                 --option restrict-eval true --option allowed-uris  -I eka-ci-checkout-0=/co --expr"
             ),
             "{joined}"
         );
@@ -925,5 +956,32 @@ mod tests {
         assert_eq!(args.last().map(String::as_str), Some("git+file:///co#hydraJobs"));
         assert!(args.windows(2).any(|w| w == ["--extra-experimental-features", "nix-command flakes"]));
         assert!(!args.iter().any(|a| a == "--meta"));
+        assert!(args.windows(3).any(|w| w == ["--option", "restrict-eval", "true"]), "flakes too: {args:?}");
+
+        opts.allowed_uris = vec!["https://a/".into(), "github:NixOS/".into()];
+        let cmd = nix_eval_jobs_command(
+            Path::new("nix-eval-jobs"),
+            Path::new("/co"),
+            &Target::File("/co/release.nix".into()),
+            &[],
+            &opts,
+            Path::new("/r"),
+        );
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(
+            args.windows(3).any(|w| w == ["--option", "allowed-uris", "https://a/ github:NixOS/"]),
+            "{args:?}"
+        );
+        opts.restrict_eval = false;
+        let cmd = nix_eval_jobs_command(
+            Path::new("nix-eval-jobs"),
+            Path::new("/co"),
+            &Target::File("/co/release.nix".into()),
+            &[],
+            &opts,
+            Path::new("/r"),
+        );
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(!args.iter().any(|a| a == "restrict-eval" || a == "-I"), "{args:?}");
     }
 }

@@ -38,8 +38,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::nix::eval::{
-    attr_display, check_source, meta_with_names, nix_error_message, prepare_roots_dir, Emitter, EvalDrv,
-    EvalError, EvalOptions, EvalOutcome, EvalRecord, EvalSource, Target,
+    add_restriction_args, attr_display, check_source, meta_with_names, nix_error_message, prepare_roots_dir,
+    Emitter, EvalDrv, EvalError, EvalOptions, EvalOutcome, EvalRecord, EvalSource, Target,
 };
 use crate::nix::process::{run_captured, RunLimits, RunOutput, Termination};
 
@@ -220,7 +220,10 @@ impl WorkDir {
                 let token = format!("ekaci-{}-{n}-{nanos:x}", std::process::id());
                 let path = base.join(&token);
                 match std::fs::create_dir(&path) {
-                    Ok(()) => return Ok(WorkDir { path, token }),
+                    // Canonical: restricted evaluation compares canonical paths with its readable ones.
+                    Ok(()) => {
+                        return Ok(WorkDir { path: std::fs::canonicalize(&path).unwrap_or(path), token })
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                     Err(source) => {
                         return Err(EvalError::Io {
@@ -347,6 +350,8 @@ impl Evaluator<'_> {
         if matches!(self.target, Target::Flake(_)) {
             cmd.args(["--extra-experimental-features", "nix-command flakes"]);
         }
+        // The wrapper reads its request file, so the request directory is readable too.
+        add_restriction_args(&mut cmd, self.opts, &[&self.checkout, &self.work.path]);
         cmd.arg("--expr").arg(WRAPPER).arg("--argstr").arg("ekaCiRequest").arg(&request_path);
         if let Some(root) = root {
             cmd.arg("--add-root").arg(root);

@@ -1198,3 +1198,42 @@ fn keys_accepted_but_not_acted_on_are_listed_from_the_file_and_the_environment()
     assert_eq!(lines[1], "oauth: accepted, not yet acted on: there is no web UI login yet");
     assert!(lines.iter().all(|w| !w.contains("s3cret")), "{lines:?}");
 }
+
+#[test]
+fn evaluation_is_restricted_by_default_and_allowed_uris_are_checked() {
+    let defaults = ok("");
+    assert!(defaults.config.evaluation.restrict_eval);
+    assert!(defaults.config.evaluation.allowed_uris.is_empty());
+    let set = ok("[evaluation]\nrestrict_eval = false\nallowed_uris = [\"https://github.com/NixOS/\"]\n");
+    assert!(!set.config.evaluation.restrict_eval);
+    assert_eq!(set.config.evaluation.allowed_uris, ["https://github.com/NixOS/"]);
+    invalid(
+        "[evaluation]\nallowed_uris = [\"https://a/ https://b/\"]\n",
+        "evaluation.allowed_uris[0]",
+        2,
+        "whitespace",
+    );
+    invalid("[evaluation]\nallowed_uris = [\"\"]\n", "evaluation.allowed_uris[0]", 2, "empty");
+}
+
+#[test]
+fn secret_variables_are_every_env_sourced_credential() {
+    let loaded = ok(r#"
+[[github_apps]]
+id = "a"
+credentials = { env = { vars = ["MY_APP_ID", "MY_APP_KEY"] } }
+
+[[caches]]
+id = "c"
+cache_type = "cachix"
+destination = "c"
+credentials = { cachix-token = { env_var = "MY_CACHIX" } }
+"#);
+    let vars = eka_ci::config::secret_env_vars(&loaded.config);
+    for v in
+        ["WEBHOOK_SECRET", "GITHUB_WEBHOOK_SECRET", "MY_APP_ID", "MY_APP_KEY", "MY_CACHIX", "GITLAB_TOKEN"]
+    {
+        assert!(vars.iter().any(|x| x == v), "{v} missing from {vars:?}");
+    }
+    assert!(!vars.iter().any(|x| x == "PATH"), "{vars:?}");
+}

@@ -26,6 +26,7 @@ fn status_over_the_real_socket() {
     assert_eq!(status["queues"]["github_runs"], 0);
     assert_eq!(status["queues"]["github_held"], 0);
     assert_eq!(status["active_builds"], 0);
+    assert_eq!(status["restrict_eval"], true, "evaluation is restricted by default");
 
     let out = home.ekaci(&["status"]);
     assert!(out.status.success());
@@ -33,6 +34,7 @@ fn status_over_the_real_socket() {
     assert!(text.starts_with(&format!("eka-ci-server {}", env!("CARGO_PKG_VERSION"))), "{text}");
     assert!(text.contains(&format!("database:        {}", home.db().display())), "{text}");
     assert!(text.contains("active builds:   0"), "{text}");
+    assert!(text.contains("evaluation:      restricted (restrict-eval)"), "{text}");
     assert!(text.contains("GitHub runs:     0 queued or running, 0 held for approval"), "{text}");
 
     let mode = std::fs::metadata(home.socket()).expect("socket").permissions().mode();
@@ -464,4 +466,40 @@ fn github_app_credentials_are_checked_at_start_up() {
     let (status, stderr) = server.wait(Duration::from_secs(40));
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("GitHub App credentials loaded"), "{stderr}");
+}
+
+#[test]
+fn the_server_drops_its_secrets_from_its_environment_and_is_not_dumpable() {
+    let home = Home::new();
+    let secret = "eka-ci-test-webhook-secret-4b1d";
+    let server = home.start_with(&[
+        ("WEBHOOK_SECRET", std::ffi::OsStr::new(secret)),
+        ("EKA_CI_HARMLESS_MARKER", std::ffi::OsStr::new("still-here")),
+    ]);
+    // As root the non-dumpable server's environ is still readable: then its content must be clean.
+    match std::fs::read(format!("/proc/{}/environ", server.pid())) {
+        Ok(environ) => {
+            let environ = String::from_utf8_lossy(&environ);
+            assert!(!environ.contains(secret), "the secret is still in /proc/<pid>/environ");
+            assert!(!environ.contains("WEBHOOK_SECRET"), "the variable is still in /proc/<pid>/environ");
+            assert!(environ.contains("EKA_CI_HARMLESS_MARKER=still-here"), "only secrets are dropped");
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}"),
+    }
+    // The server keeps working on what it read at start-up.
+    assert_eq!(server.status()["pid"], server.pid());
+}
+
+#[test]
+fn unrestricted_evaluation_is_warned_about_and_shown_in_status() {
+    let home = Home::new();
+    home.write_config("[evaluation]\nrestrict_eval = false\nallowed_uris = [\"https://example.invalid/\"]");
+    let server = home.start();
+    assert_eq!(server.status()["restrict_eval"], false);
+    let text = String::from_utf8_lossy(&home.ekaci(&["status"]).stdout).to_string();
+    assert!(text.contains("evaluation:      UNRESTRICTED (restrict_eval = false)"), "{text}");
+    server.signal(Signal::TERM);
+    let (status, log) = server.wait(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("evaluation is unrestricted"), "{log}");
 }

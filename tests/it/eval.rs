@@ -22,13 +22,19 @@ fn init() {
         if std::env::var_os(GC_CHILD_ENV).is_none() {
             std::env::set_var("NIX_CONFIG", "substituters =");
         }
-        // Makes the import-from-derivation fixture new to the store on every run.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos());
-        std::env::set_var(
-            "EKA_CI_TEST_SALT",
-            format!("{}-{}", std::process::id(), nanos.unwrap_or_default()),
-        );
     });
+}
+
+/// A private copy of the `jobs.nix` fixture with a fresh `ifd-salt` next to it, which makes its
+/// import-from-derivation attribute new to the store on every run. (Evaluation is sealed: a salt in the
+/// environment would not reach Nix.)
+fn salted_jobs_fixture() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(fixtures().join("jobs.nix"), dir.path().join("jobs.nix")).expect("copy jobs.nix");
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos());
+    let salt = format!("{}-{}", std::process::id(), nanos.unwrap_or_default());
+    std::fs::write(dir.path().join("ifd-salt"), salt).expect("write the salt");
+    dir
 }
 
 fn fixtures() -> PathBuf {
@@ -151,10 +157,11 @@ fn check_progress(run: &Run) {
 fn evaluates_a_mixed_job_with_isolated_failures() {
     let roots = tempfile::tempdir().expect("tempdir");
     let opts = options(roots.path());
-    let run = run(&fixtures(), &file_source("jobs.nix", &[]), &opts);
+    let fixture = salted_jobs_fixture();
+    let run = run(fixture.path(), &file_source("jobs.nix", &[]), &opts);
     let summary = run.summary().clone();
     let records = run.records();
-    let jobs = fixtures().join("jobs.nix");
+    let jobs = fixture.path().join("jobs.nix");
     let jobs_s = jobs.to_string_lossy().to_string();
 
     // Good attributes: same .drv as a direct nix-instantiate, which also auto-calls the function.

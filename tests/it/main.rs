@@ -26,6 +26,7 @@ mod jobset;
 mod nix_build;
 mod repo_config;
 mod scheduler;
+mod sealed_eval;
 mod store;
 mod summary;
 mod tidy;

@@ -26,8 +26,13 @@
 //!
 //! Nix's local builders leave the group (`setsid`): `builders.rs` finds them in `/proc` and kills them by
 //! session, and reads the kernel's OOM-kill counter.
+//!
+//! Every child is sealed at spawn (`env.rs`): an empty environment plus an allow-list, with a private
+//! scratch `HOME` and `TMPDIR`, so no secret of the server's environment reaches code a pull request
+//! controls.
 
 pub(crate) mod builders;
+pub mod env;
 
 use std::cell::Cell;
 use std::ffi::OsStr;
@@ -96,6 +101,8 @@ impl SupervisedChild {
         stderr: Pipe,
     ) -> Result<SupervisedChild, ProcessError> {
         let program = program_name(cmd.get_program());
+        // Every child starts from the allow-listed environment only: see `env`.
+        env::seal(&mut cmd);
         cmd.process_group(0);
         // If the server dies (even by SIGKILL), the kernel sends SIGTERM to the child, so Nix stops its
         // builders cleanly instead of building on unsupervised; recovery requeues the work at the next
