@@ -958,30 +958,26 @@ mod tests {
         assert!(!args.iter().any(|a| a == "--meta"));
         assert!(args.windows(3).any(|w| w == ["--option", "restrict-eval", "true"]), "flakes too: {args:?}");
 
+        let file_job_args = |opts: &EvalOptions| -> Vec<String> {
+            let target = Target::File("/co/release.nix".into());
+            let cmd = nix_eval_jobs_command(
+                Path::new("nix-eval-jobs"),
+                Path::new("/co"),
+                &target,
+                &[],
+                opts,
+                Path::new("/r"),
+            );
+            cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+        };
         opts.allowed_uris = vec!["https://a/".into(), "github:NixOS/".into()];
-        let cmd = nix_eval_jobs_command(
-            Path::new("nix-eval-jobs"),
-            Path::new("/co"),
-            &Target::File("/co/release.nix".into()),
-            &[],
-            &opts,
-            Path::new("/r"),
-        );
-        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args = file_job_args(&opts);
         assert!(
             args.windows(3).any(|w| w == ["--option", "allowed-uris", "https://a/ github:NixOS/"]),
             "{args:?}"
         );
         opts.restrict_eval = false;
-        let cmd = nix_eval_jobs_command(
-            Path::new("nix-eval-jobs"),
-            Path::new("/co"),
-            &Target::File("/co/release.nix".into()),
-            &[],
-            &opts,
-            Path::new("/r"),
-        );
-        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args = file_job_args(&opts);
         assert!(!args.iter().any(|a| a == "restrict-eval" || a == "-I"), "{args:?}");
     }
 }
