@@ -6,7 +6,17 @@
 
 use super::de;
 use super::{ConfigError, CredentialSource, ForgeInstanceConfig, GitHubAppConfig, Permissions, ServerConfig};
+use crate::forge::github::app::{APP_ID_KEY, PRIVATE_KEY_KEY};
 use crate::secret::Secret;
+
+const WEBHOOK_SECRET: &str = "WEBHOOK_SECRET";
+const GITHUB_WEBHOOK_SECRET: &str = "GITHUB_WEBHOOK_SECRET";
+const JWT_SECRET: &str = "JWT_SECRET";
+const OAUTH_CLIENT_SECRET: &str = "GITHUB_OAUTH_CLIENT_SECRET";
+/// The forges with a `{PREFIX}_TOKEN` / `{PREFIX}_DOMAIN` shortcut.
+const FORGE_PREFIXES: [&str; 2] = [GITEA, GITLAB];
+const GITEA: &str = "GITEA";
+const GITLAB: &str = "GITLAB";
 
 pub(super) fn apply_env(
     config: &mut ServerConfig,
@@ -15,7 +25,7 @@ pub(super) fn apply_env(
 ) -> Result<(), ConfigError> {
     let get = |k: &str| env(k).filter(|v| !v.is_empty());
 
-    match (get("WEBHOOK_SECRET"), get("GITHUB_WEBHOOK_SECRET")) {
+    match (get(WEBHOOK_SECRET), get(GITHUB_WEBHOOK_SECRET)) {
         (Some(s), alias) => {
             if alias.is_some_and(|a| a != s) {
                 warnings.push(
@@ -47,13 +57,13 @@ pub(super) fn apply_env(
         })?;
     }
 
-    if let Some(v) = get("JWT_SECRET") {
+    if let Some(v) = get(JWT_SECRET) {
         config.oauth.jwt_secret = Some(Secret::new(v));
     }
     if let Some(v) = get("GITHUB_OAUTH_CLIENT_ID") {
         config.oauth.client_id = Some(v);
     }
-    if let Some(v) = get("GITHUB_OAUTH_CLIENT_SECRET") {
+    if let Some(v) = get(OAUTH_CLIENT_SECRET) {
         config.oauth.client_secret = Some(Secret::new(v));
     }
     if let Some(v) = get("GITHUB_OAUTH_REDIRECT_URL") {
@@ -61,12 +71,10 @@ pub(super) fn apply_env(
     }
 
     if config.github_apps.is_empty() {
-        match (get("GITHUB_APP_ID").is_some(), get("GITHUB_APP_PRIVATE_KEY").is_some()) {
+        match (get(APP_ID_KEY).is_some(), get(PRIVATE_KEY_KEY).is_some()) {
             (true, true) => config.github_apps.push(GitHubAppConfig {
                 id: "default".into(),
-                credentials: CredentialSource::Env {
-                    vars: vec!["GITHUB_APP_ID".into(), "GITHUB_APP_PRIVATE_KEY".into()],
-                },
+                credentials: CredentialSource::Env { vars: vec![APP_ID_KEY.into(), PRIVATE_KEY_KEY.into()] },
                 permissions: Permissions::default(),
             }),
             (true, false) => warnings.push(
@@ -79,8 +87,8 @@ pub(super) fn apply_env(
         }
     }
 
-    apply_forge_env(&mut config.gitea_instances, "GITEA", "gitea_instances", &get, warnings)?;
-    apply_forge_env(&mut config.gitlab_instances, "GITLAB", "gitlab_instances", &get, warnings)?;
+    apply_forge_env(&mut config.gitea_instances, GITEA, "gitea_instances", &get, warnings)?;
+    apply_forge_env(&mut config.gitlab_instances, GITLAB, "gitlab_instances", &get, warnings)?;
     Ok(())
 }
 
@@ -130,19 +138,12 @@ fn apply_forge_env(
 /// [`apply_env`] and every variable a `[[github_apps]]` or `[[caches]]` credential source names. The
 /// server removes them from its own environment once start-up has read them.
 pub fn secret_env_vars(config: &ServerConfig) -> Vec<String> {
-    let mut vars: Vec<String> = [
-        "WEBHOOK_SECRET",
-        "GITHUB_WEBHOOK_SECRET",
-        "JWT_SECRET",
-        "GITHUB_OAUTH_CLIENT_SECRET",
-        "GITHUB_APP_ID",
-        "GITHUB_APP_PRIVATE_KEY",
-        "GITEA_TOKEN",
-        "GITLAB_TOKEN",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
+    let mut vars: Vec<String> =
+        [WEBHOOK_SECRET, GITHUB_WEBHOOK_SECRET, JWT_SECRET, OAUTH_CLIENT_SECRET, APP_ID_KEY, PRIVATE_KEY_KEY]
+            .into_iter()
+            .map(String::from)
+            .chain(FORGE_PREFIXES.iter().map(|prefix| format!("{prefix}_TOKEN")))
+            .collect();
     let sources =
         config.github_apps.iter().map(|a| &a.credentials).chain(config.caches.iter().map(|c| &c.credentials));
     for source in sources {
