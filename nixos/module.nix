@@ -315,6 +315,15 @@ let
                 enable this in production.
               '';
             };
+            allow_unsandboxed_builds = mkOption {
+              type = types.bool;
+              default = false;
+              description = ''
+                Start with a GitHub App configured although Nix's `sandbox` setting is not `true`, so
+                that a pull request's builders run on the host. For tests and local demos only; on
+                NixOS keep `nix.settings.sandbox = true` (the default).
+              '';
+            };
             allow_private_cache_hosts = mkOption {
               type = types.bool;
               default = false;

@@ -71,6 +71,10 @@ fn main() -> ExitCode {
     }
     match eka_ci::daemon::run(loaded, startup) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_configuration() => {
+            eprintln!("eka-ci-server: configuration error: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("eka-ci-server: {e}");
             ExitCode::from(1)

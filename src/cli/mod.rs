@@ -523,7 +523,8 @@ pub fn render_status(info: &StatusInfo) -> String {
          queued:          {evals} evaluations, {builds} builds, {events} GitHub events\n\
          GitHub runs:     {runs} queued or running, {held} held for approval\n\
          active builds:   {active}\n\
-         evaluation:      {restriction}\n",
+         evaluation:      {restriction}\n\
+         builds:          {sandbox}\n",
         version = info.version,
         pid = info.pid,
         uptime = human_duration(info.uptime_seconds),
@@ -541,6 +542,10 @@ pub fn render_status(info: &StatusInfo) -> String {
             "restricted (restrict-eval)"
         } else {
             "UNRESTRICTED (restrict_eval = false)"
+        },
+        sandbox = match info.sandbox.as_str() {
+            "true" => "sandboxed (Nix sandbox = true)".to_string(),
+            other => format!("NOT SANDBOXED (Nix sandbox = {other})"),
         },
     )
 }

@@ -146,6 +146,9 @@ pub struct SecurityConfig {
     pub webhook_secret: Option<Secret>,
     /// Start without a webhook secret (development only).
     pub allow_insecure_webhooks: bool,
+    /// Start with a forge configured although Nix's own `sandbox` setting is not `true` (tests and local
+    /// demos only: a pull request's builders then run on the host).
+    pub allow_unsandboxed_builds: bool,
     /// Wall-clock cap of one post-build hook such as a cache push (1..=86400, default 300).
     #[serde(deserialize_with = "de::ranged_u64::<_, 1, 86400>")]
     pub max_hook_timeout_seconds: u64,
@@ -160,6 +163,7 @@ impl Default for SecurityConfig {
         SecurityConfig {
             webhook_secret: None,
             allow_insecure_webhooks: false,
+            allow_unsandboxed_builds: false,
             max_hook_timeout_seconds: 300,
             audit_hooks: true,
             allow_private_cache_hosts: false,

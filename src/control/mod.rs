@@ -146,6 +146,8 @@ pub struct StatusInfo {
     pub active_builds: u64,
     /// Whether evaluation runs under Nix's `restrict-eval` (`[evaluation] restrict_eval`).
     pub restrict_eval: bool,
+    /// The local Nix's `sandbox` setting as Nix spells it (`true`, `relaxed` or `false`).
+    pub sandbox: String,
 }
 
 /// Work waiting in the server's queues.

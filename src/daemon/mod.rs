@@ -65,6 +65,21 @@ pub enum DaemonError {
     DetectNix(crate::scheduler::builders::DetectError),
     #[error("cannot create the scratch directory for child processes {path}: {source}")]
     Scratch { path: PathBuf, source: std::io::Error },
+    #[error(
+        "refusing to start: a GitHub App is configured, so strangers' pull requests will be built, but Nix's \
+         `sandbox` setting is `{setting}`, so their builders would run on this host with the server's \
+         access. Set `sandbox = true` in nix.conf (on NixOS: nix.settings.sandbox = true), or, for tests \
+         and local demos only, security.allow_unsandboxed_builds = true in {origin}"
+    )]
+    UnsandboxedBuilds { setting: &'static str, origin: String },
+}
+
+impl DaemonError {
+    /// Whether the operator's configuration (rather than the host) is what stopped the start: the
+    /// server then exits with status 2, like for a configuration error.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, DaemonError::UnsandboxedBuilds { .. })
+    }
 }
 
 /// What the start-up checks read and validated, handed on to [`run`] so that nothing is loaded twice.
@@ -153,6 +168,10 @@ async fn run_on(
     for key in &loaded.not_acted_on {
         tracing::warn!("{}", key.warning());
     }
+    // Before anything is opened: the local Nix, and whether its builds are sandboxed.
+    let local = crate::scheduler::builders::detect_local().await.map_err(DaemonError::DetectNix)?;
+    check_sandbox(&loaded, !apps.is_empty(), local.sandbox)?;
+    let sandbox = local.sandbox;
 
     // Signals first, so a SIGTERM during start-up is not lost.
     let mut signals = async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
@@ -196,7 +215,7 @@ async fn run_on(
     let (shutdown_tx, shutdown_rx) = async_channel::bounded::<()>(1);
     let shutdown = ShutdownSignal(shutdown_rx);
 
-    let (pipeline, scheduler) = match start_pipeline(&ex, &config, &store, machines).await {
+    let (pipeline, scheduler) = match start_pipeline(&ex, &config, &store, local, machines).await {
         Ok(started) => started,
         Err(e) => {
             socket.remove();
@@ -243,6 +262,7 @@ async fn run_on(
         http_address: http_address.clone(),
         logs_dir: config.logs_dir(),
         approvals: github.as_ref().map(|w| w.approvals.clone()),
+        sandbox,
     });
     let http_app = crate::web::app(crate::web::AppState {
         started,
@@ -288,6 +308,7 @@ async fn start_pipeline(
     ex: &Rc<LocalExecutor<'static>>,
     config: &ServerConfig,
     store: &Store,
+    local: crate::scheduler::builders::LocalNix,
     machines: Vec<crate::scheduler::builders::BuilderSpec>,
 ) -> Result<(Arc<Pipeline>, SchedulerHandle), DaemonError> {
     let data_dir = config.data_dir();
@@ -324,8 +345,7 @@ async fn start_pipeline(
         EvalBackendSetting::NixEvalJobs => EvalBackend::NixEvalJobs,
     };
     let concurrent = e.concurrent as usize;
-    let local = crate::scheduler::builders::detect_local().await.map_err(DaemonError::DetectNix)?;
-    tracing::info!(systems = ?local.systems, features = ?local.features, "local Nix builder");
+    tracing::info!(systems = ?local.systems, features = ?local.features, sandbox = local.sandbox.as_str(), "local Nix builder");
     let mut scheduler_config = SchedulerConfig::from_server(config, local);
     if let Some(path) = &config.machines_file {
         tracing::info!(machines = machines.len(), file = %path.display(), "remote builders from the machines file");
@@ -343,6 +363,37 @@ async fn start_pipeline(
         concurrent,
     );
     Ok((pipeline, scheduler))
+}
+
+/// Refuses to start when a forge is configured (so strangers' pull requests will be built) and Nix's
+/// builds are not fully sandboxed, unless the operator set `security.allow_unsandboxed_builds`; then,
+/// and without a forge, an unsandboxed Nix is only logged.
+fn check_sandbox(
+    loaded: &LoadedConfig,
+    forge: bool,
+    sandbox: crate::nix::local::Sandbox,
+) -> Result<(), DaemonError> {
+    if sandbox.isolates_every_build() {
+        return Ok(());
+    }
+    let setting = sandbox.as_str();
+    if forge && !loaded.config.security.allow_unsandboxed_builds {
+        let origin = match &loaded.source {
+            Some(p) => p.display().to_string(),
+            None => crate::paths::default_config_file().display().to_string(),
+        };
+        return Err(DaemonError::UnsandboxedBuilds { setting, origin });
+    }
+    if forge {
+        tracing::warn!(
+            sandbox = setting,
+            "builds are NOT sandboxed and a GitHub App is configured (security.allow_unsandboxed_builds = \
+             true): a pull request's builders run on this host; see docs/security.md"
+        );
+    } else {
+        tracing::info!(sandbox = setting, "builds are not sandboxed by Nix (no forge is configured)");
+    }
+    Ok(())
 }
 
 fn socket_listener(socket: &ControlSocket) -> smol::net::unix::UnixListener {

@@ -26,6 +26,8 @@ pub(super) struct DaemonHandler {
     pub(super) logs_dir: std::path::PathBuf,
     /// Where approvals of held pull requests are announced (the GitHub service); `None` without one.
     pub(super) approvals: Option<async_channel::Sender<ApprovalNotice>>,
+    /// The local Nix's `sandbox` setting, as detected at start-up.
+    pub(super) sandbox: crate::nix::local::Sandbox,
 }
 
 impl Handler for DaemonHandler {
@@ -332,6 +334,7 @@ impl DaemonHandler {
             queues: QueueDepths { evaluations: waiting, builds, github_events, github_runs, github_held },
             active_builds,
             restrict_eval: self.pipeline.restrict_eval(),
+            sandbox: self.sandbox.as_str().to_string(),
         })
     }
 }

@@ -35,6 +35,9 @@ fn status_over_the_real_socket() {
     assert!(text.contains(&format!("database:        {}", home.db().display())), "{text}");
     assert!(text.contains("active builds:   0"), "{text}");
     assert!(text.contains("evaluation:      restricted (restrict-eval)"), "{text}");
+    let sandbox = status["sandbox"].as_str().expect("sandbox setting in status").to_string();
+    assert!(["true", "relaxed", "false"].contains(&sandbox.as_str()), "{sandbox}");
+    assert!(text.contains("builds:          "), "{text}");
     assert!(text.contains("GitHub runs:     0 queued or running, 0 held for approval"), "{text}");
 
     let mode = std::fs::metadata(home.socket()).expect("socket").permissions().mode();
@@ -502,4 +505,75 @@ fn unrestricted_evaluation_is_warned_about_and_shown_in_status() {
     let (status, log) = server.wait(Duration::from_secs(30));
     assert!(status.success(), "{log}");
     assert!(log.contains("evaluation is unrestricted"), "{log}");
+}
+
+/// A config with the test GitHub App (a real key, app id from `EKA_TEST_APP_ID`) and no
+/// `allow_unsandboxed_builds`, unless `allow` adds it.
+fn forge_config(home: &Home, allow: bool) -> std::path::PathBuf {
+    let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/github/keys/test-app-key.pkcs1.pem");
+    let text = format!(
+        "[web]\nport = 0\n[security]\nallow_insecure_webhooks = true\n{}\n[[github_apps]]\nid = \"main\"\n\
+         credentials = {{ github-app-key-file = {{ app_id_env = \"EKA_TEST_APP_ID\", key_file = \"{}\" }} }}\n",
+        if allow { "allow_unsandboxed_builds = true" } else { "" },
+        key.display()
+    );
+    std::fs::write(home.config_file(), text).expect("write config");
+    home.config_file()
+}
+
+#[test]
+fn a_forge_with_unsandboxed_nix_builds_is_refused_at_start_up() {
+    let home = Home::new();
+    let cfg = forge_config(&home, false);
+    for setting in ["false", "relaxed"] {
+        let nix_config = format!("substituters =\nsandbox = {setting}");
+        let out = run_until_exit(&home, &cfg, &[("EKA_TEST_APP_ID", "12345"), ("NIX_CONFIG", &nix_config)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "sandbox = {setting}: {err}");
+        assert!(
+            err.contains(&format!("`sandbox` setting is `{setting}`"))
+                && err.contains("security.allow_unsandboxed_builds = true")
+                && err.contains(&cfg.display().to_string()),
+            "{err}"
+        );
+        assert!(!home.socket().exists(), "nothing was opened");
+    }
+
+    // Nix's sandbox on: the same configuration starts, and status says so.
+    let mut c = home.command(common::SERVER);
+    c.arg("--config-file")
+        .arg(&cfg)
+        .env("EKA_TEST_APP_ID", "12345")
+        .env("NIX_CONFIG", "substituters =\nsandbox = true")
+        .stderr(std::process::Stdio::piped());
+    let mut server = common::Server { child: Some(c.spawn().expect("spawn")), socket: home.socket() };
+    server.wait_ready();
+    assert_eq!(server.status()["sandbox"], "true");
+    let text = String::from_utf8_lossy(&home.ekaci(&["status"]).stdout).to_string();
+    assert!(text.contains("builds:          sandboxed (Nix sandbox = true)"), "{text}");
+    server.signal(Signal::TERM);
+    let (status, _) = server.wait(Duration::from_secs(40));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn allow_unsandboxed_builds_starts_with_a_warning_and_status_shows_it() {
+    let home = Home::new();
+    let cfg = forge_config(&home, true);
+    let mut c = home.command(common::SERVER);
+    c.arg("--config-file")
+        .arg(&cfg)
+        .env("EKA_TEST_APP_ID", "12345")
+        .env("NIX_CONFIG", "substituters =\nsandbox = false")
+        .stderr(std::process::Stdio::piped());
+    let mut server = common::Server { child: Some(c.spawn().expect("spawn")), socket: home.socket() };
+    server.wait_ready();
+    assert_eq!(server.status()["sandbox"], "false");
+    let text = String::from_utf8_lossy(&home.ekaci(&["status"]).stdout).to_string();
+    assert!(text.contains("builds:          NOT SANDBOXED (Nix sandbox = false)"), "{text}");
+    server.signal(Signal::TERM);
+    let (status, stderr) = server.wait(Duration::from_secs(40));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("builds are NOT sandboxed and a GitHub App is configured"), "{stderr}");
 }

@@ -31,10 +31,13 @@ impl Home {
     pub fn config_file(&self) -> PathBuf {
         self.path().join("ekaci.toml")
     }
-    /// Writes `ekaci.toml` with an ephemeral HTTP port, no webhook secret requirement, and `extra`, which
-    /// comes first so that its top-level keys stay top-level (it may end with tables of its own).
+    /// Writes `ekaci.toml` with an ephemeral HTTP port, no webhook secret requirement, unsandboxed builds
+    /// allowed (Nix runs with `sandbox = false` here), and `extra`, which comes first so that its
+    /// top-level keys stay top-level (it may end with tables of its own).
     pub fn write_config(&self, extra: &str) -> PathBuf {
-        let text = format!("{extra}\n\n[web]\nport = 0\n\n[security]\nallow_insecure_webhooks = true\n");
+        let text = format!(
+            "{extra}\n\n[web]\nport = 0\n\n[security]\nallow_insecure_webhooks = true\nallow_unsandboxed_builds = true\n"
+        );
         std::fs::write(self.config_file(), text).expect("write config");
         self.config_file()
     }
@@ -97,7 +100,7 @@ impl Server {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
-    fn wait_ready(&mut self) {
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
