@@ -204,6 +204,19 @@ pub enum EvalError {
     FileNotFound { path: PathBuf },
     #[error("the checkout {} has no flake.nix", path.display())]
     NoFlake { path: PathBuf },
+    #[error("flake.lock cannot be used: {problem}")]
+    FlakeLock { problem: String },
+    #[error(
+        "flake.lock locks the input `{input}` to the local path `{path}`, outside the checkout: evaluation \
+         never reads the server's disk; fetch the input by URL instead (github:, git+https:, a tarball)"
+    )]
+    FlakeLocalInput { input: String, path: String },
+    #[error(
+        "flake.lock does not lock every input of flake.nix as flake.nix declares it, and evaluation never \
+         updates or fetches to complete the lock file: run `nix flake lock` and commit flake.lock. Nix \
+         said: {message}"
+    )]
+    FlakeUnlocked { message: String },
     #[error("evaluating {what} failed: {message}")]
     Nix { what: String, message: String },
     #[error("{what} is {actual}, not an attribute set or a derivation")]
@@ -569,7 +582,7 @@ pub(crate) async fn check_source(
 ) -> Result<(PathBuf, Target), EvalError> {
     let checkout = checkout.to_path_buf();
     let source = source.clone();
-    smol::unblock(move || {
+    let checked = smol::unblock(move || {
         let canonical = std::fs::canonicalize(&checkout).map_err(|source| EvalError::Io {
             action: "open the checkout",
             path: checkout.clone(),
@@ -592,14 +605,22 @@ pub(crate) async fn check_source(
                 if !canonical.join("flake.nix").is_file() {
                     return Err(EvalError::NoFlake { path: canonical });
                 }
+                super::flake::check_lock_file(&canonical)?;
                 let git = canonical.join(".git").exists();
                 let reference = flake_ref(&canonical, git);
                 Ok((canonical, Target::Flake(reference)))
             }
         }
     })
-    .await
+    .await?;
+    if let Target::Flake(reference) = &checked.1 {
+        super::flake::check_locked_offline(reference, FLAKE_LOCK_CHECK_TIMEOUT).await?;
+    }
+    Ok(checked)
 }
+
+/// How long the offline lock check of a flake job may take.
+const FLAKE_LOCK_CHECK_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Creates the GC roots directory and returns its absolute path.
 pub(crate) async fn prepare_roots_dir(dir: &Path) -> Result<PathBuf, EvalError> {

@@ -15,7 +15,7 @@ use common::{json, GitRepo, Home, NIX_PRELUDE};
 
 const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix", "allow_eval_failures": true } } }"#;
 
-fn hostile_nix(outside_file: &str, port: u16) -> String {
+fn hostile_nix(outside_file: &str, port: u16, server_pid: i32) -> String {
     format!(
         r#"{NIX_PRELUDE}
 {{
@@ -26,43 +26,71 @@ fn hostile_nix(outside_file: &str, port: u16) -> String {
   symlink = throw (builtins.readFile ./escape/passwd);
   importOutside = import {outside_file};
   fetch = throw (builtins.readFile (builtins.fetchurl "http://127.0.0.1:{port}/x"));
+  procEnviron = throw (builtins.readFile "/proc/{server_pid}/environ");
 }}
 "#
     )
 }
 
+/// A loopback listener that counts every connection: anything that connects is a leak.
+struct Tripwire {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tripwire {
+    fn new() -> Tripwire {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (connections, stop) = (connections.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((mut s, _)) = listener.accept() {
+                        connections.fetch_add(1, Ordering::Relaxed);
+                        let _ = s.read(&mut [0u8; 512]);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            })
+        };
+        Tripwire { port, connections, stop, watcher: Some(watcher) }
+    }
+
+    /// Stops listening and returns how many connections were made.
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
 #[test]
 fn a_hostile_repository_reads_nothing_outside_its_checkout() {
     let secret = "eka-ci-sealed-eval-secret-9f3c";
-    // Anything that connects here is a leak: restricted evaluation must refuse the URL before fetching.
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    listener.set_nonblocking(true).expect("nonblocking");
-    let connections = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let (connections, stop) = (connections.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((mut s, _)) = listener.accept() {
-                    connections.fetch_add(1, Ordering::Relaxed);
-                    let _ = s.read(&mut [0u8; 512]);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-        })
-    };
+    // Restricted evaluation must refuse the URL before fetching.
+    let tripwire = Tripwire::new();
+    let port = tripwire.port;
 
     let outside = tempfile::tempdir().expect("tempdir");
     let outside_file = outside.path().join("evil.nix");
     std::fs::write(&outside_file, r#"throw "outside-file-was-imported""#).expect("write");
 
+    let home = Home::new();
+    let server = home.start_with(&[("WEBHOOK_SECRET", std::ffi::OsStr::new(secret))]);
     let repo = GitRepo::new();
     repo.commit(
         "hostile",
         &[
             (".eka-ci/config.json", Some(CONFIG)),
-            ("default.nix", Some(&hostile_nix(&outside_file.display().to_string(), port))),
+            ("default.nix", Some(&hostile_nix(&outside_file.display().to_string(), port, server.pid()))),
             ("data.txt", Some("readable-inside")),
         ],
     );
@@ -71,8 +99,6 @@ fn a_hostile_repository_reads_nothing_outside_its_checkout() {
     repo.git(&["commit", "-q", "-m", "escape"]);
     let commit = repo.git(&["rev-parse", "HEAD"]).trim().to_string();
 
-    let home = Home::new();
-    let _server = home.start_with(&[("WEBHOOK_SECRET", std::ffi::OsStr::new(secret))]);
     let out = home.ekaci(&[
         "eval",
         "--repo",
@@ -84,8 +110,7 @@ fn a_hostile_repository_reads_nothing_outside_its_checkout() {
         "--json",
     ]);
     let report = json(&out);
-    stop.store(true, Ordering::Relaxed);
-    let _ = watcher.join();
+    let connections = tripwire.finish();
 
     let attrs: Vec<(String, serde_json::Value)> = report["jobs"][0]["attrs"]
         .as_array()
@@ -106,7 +131,7 @@ fn a_hostile_repository_reads_nothing_outside_its_checkout() {
 
     let getenv = err("getenv");
     assert!(getenv.contains("secret==end"), "getEnv must yield nothing: {getenv}");
-    for name in ["passwd", "symlink", "importOutside"] {
+    for name in ["passwd", "symlink", "importOutside", "procEnviron"] {
         let message = err(name);
         assert!(
             message.contains("is forbidden in restricted mode") && message.contains("access to"),
@@ -118,12 +143,158 @@ fn a_hostile_repository_reads_nothing_outside_its_checkout() {
     assert!(!err("importOutside").contains("outside-file-was-imported"), "{}", err("importOutside"));
     let fetch = err("fetch");
     assert!(fetch.contains("access to URI") && fetch.contains("is forbidden"), "{fetch}");
-    assert_eq!(connections.load(Ordering::Relaxed), 0, "the evaluator connected to the listener");
+    assert_eq!(connections, 0, "the evaluator connected to the listener");
 
-    let everything = report.to_string();
-    assert!(!everything.contains(secret), "the secret reached a record");
+    assert!(
+        err("procEnviron").contains(&format!("'/proc/{}/environ'", server.pid())),
+        "{}",
+        err("procEnviron")
+    );
+
+    // Nothing of the secret or of /etc/passwd is in the report, the server's log or its database.
+    let report_text = report.to_string();
+    let (_, log) = server.stop();
+    let db = std::fs::read(home.db()).expect("read the database");
     let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
-    for line in passwd.lines().filter(|l| !l.trim().is_empty()) {
-        assert!(!everything.contains(line), "a line of /etc/passwd reached a record: {line}");
+    for (place, text) in [("report", report_text.as_bytes()), ("log", log.as_bytes()), ("database", &db[..])]
+    {
+        let text = String::from_utf8_lossy(text);
+        assert!(!text.contains(secret), "the secret reached the {place}");
+        for line in passwd.lines().filter(|l| l.len() > 8) {
+            assert!(!text.contains(line), "a line of /etc/passwd reached the {place}: {line}");
+        }
+    }
+}
+
+/// A flake job: an input missing from flake.lock is an error, not a fetch (the lock file is never
+/// updated), and a lock file that pins an input to a path on the server's disk is refused before Nix
+/// runs, naming the input and the path, with nothing of the file's content anywhere.
+#[test]
+fn a_hostile_flake_reads_nothing_outside_its_checkout() {
+    let config = r#"{ "jobs": { "main": { "flake": "packages" } } }"#;
+    let outside = tempfile::tempdir().expect("tempdir");
+    let secret = "flake-outside-secret-7d1e";
+    std::fs::write(outside.path().join("s.txt"), secret).expect("write");
+
+    // An input flake.lock lacks: Nix would fetch it to re-lock; here it must not even connect.
+    let tripwire = Tripwire::new();
+    let unlocked = format!(
+        r#"{{
+  inputs.fetched = {{ url = "http://127.0.0.1:{}/source.tar.gz"; flake = false; }};
+  outputs = {{ self, fetched }}: {{ packages = {{ x = fetched; }}; }};
+}}
+"#,
+        tripwire.port
+    );
+    let repo = GitRepo::new();
+    repo.commit("unlocked", &[(".eka-ci/config.json", Some(config)), ("flake.nix", Some(&unlocked))]);
+    let unlocked_commit = repo.git(&["rev-parse", "HEAD"]).trim().to_string();
+
+    let local = format!(
+        r#"{{
+  inputs.evil = {{ url = "path:{0}"; flake = false; }};
+  outputs = {{ self, evil }}: {{ packages = {{ x = throw (builtins.readFile "${{evil}}/s.txt"); }}; }};
+}}
+"#,
+        outside.path().display()
+    );
+    // A lock file as `nix flake lock` would write it, with the real narHash of the outside directory.
+    let hashed = std::process::Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "hash",
+            "path",
+            "--type",
+            "sha256",
+            "--base64",
+        ])
+        .arg(outside.path())
+        .output()
+        .expect("run nix hash path");
+    assert!(hashed.status.success(), "{}", String::from_utf8_lossy(&hashed.stderr));
+    let nar_hash = String::from_utf8_lossy(&hashed.stdout).into_owned();
+    let lock = serde_json::json!({
+        "nodes": {
+            "evil": {
+                "flake": false,
+                "locked": { "lastModified": 1, "narHash": format!("sha256-{}", nar_hash.trim()), "path": outside.path(), "type": "path" },
+                "original": { "path": outside.path(), "type": "path" }
+            },
+            "root": { "inputs": { "evil": "evil" } }
+        },
+        "root": "root",
+        "version": 7
+    });
+    repo.commit("local", &[("flake.nix", Some(&local)), ("flake.lock", Some(&lock.to_string()))]);
+    let local_commit = repo.git(&["rev-parse", "HEAD"]).trim().to_string();
+
+    // A complete lock of a tarball input on a URL the operator did not allow: restricted mode refuses it.
+    let tarball_url = format!("http://127.0.0.1:{}/locked.tar.gz", tripwire.port);
+    let locked_remote = format!(
+        r#"{{
+  inputs.fetched = {{ url = "{tarball_url}"; flake = false; }};
+  outputs = {{ self, fetched }}: {{ packages = {{ x = fetched; }}; }};
+}}
+"#
+    );
+    let remote_lock = serde_json::json!({
+        "nodes": {
+            "fetched": {
+                "flake": false,
+                "locked": { "narHash": "sha256-N3q+dxpipBwRrU4smejjrbJYFVA+EzKHt0glufaqF18=", "type": "tarball", "url": tarball_url },
+                "original": { "type": "tarball", "url": tarball_url }
+            },
+            "root": { "inputs": { "fetched": "fetched" } }
+        },
+        "root": "root",
+        "version": 7
+    });
+    repo.commit(
+        "locked remote",
+        &[("flake.nix", Some(&locked_remote)), ("flake.lock", Some(&remote_lock.to_string()))],
+    );
+    let remote_commit = repo.git(&["rev-parse", "HEAD"]).trim().to_string();
+
+    let home = Home::new();
+    let server = home.start();
+    let eval = |commit: &str| {
+        let out =
+            home.ekaci(&["eval", "--repo", &repo.path().display().to_string(), "--rev", commit, "--json"]);
+        json(&out)
+    };
+    let unlocked_report = eval(&unlocked_commit);
+    let message = unlocked_report["jobs"][0]["jobset"]["state"]["Failed"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a job error: {unlocked_report}"));
+    assert!(
+        message.contains("flake.lock does not lock every input") && message.contains("nix flake lock"),
+        "{message}"
+    );
+    let remote_report = eval(&remote_commit);
+    // The input is fetched lazily: the attribute that uses it gets the error record.
+    let message = remote_report["jobs"][0]["attrs"][0][1]["Error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an error record: {remote_report}"));
+    assert!(message.contains(&format!("access to URI '{tarball_url}' is forbidden")), "{message}");
+    assert_eq!(tripwire.finish(), 0, "Nix connected to an input's URL");
+
+    let local_report = eval(&local_commit);
+    let message = local_report["jobs"][0]["jobset"]["state"]["Failed"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a job error: {local_report}"));
+    assert!(
+        message.contains("locks the input `evil` to the local path")
+            && message.contains(&outside.path().display().to_string()),
+        "{message}"
+    );
+    let (_, log) = server.stop();
+    let db = std::fs::read(home.db()).expect("read the database");
+    for (place, text) in [
+        ("report", local_report.to_string()),
+        ("log", log),
+        ("database", String::from_utf8_lossy(&db).into_owned()),
+    ] {
+        assert!(!text.contains(secret), "the outside file reached the {place}");
     }
 }

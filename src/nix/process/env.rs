@@ -172,3 +172,47 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o777, 0o700);
     }
 }
+
+/// An empty flake registry (`{"flakes":[],"version":2}`) in the scratch directory, for
+/// `--option flake-registry`: with it, an indirect flake reference (`nixpkgs`) never makes Nix download
+/// the global registry.
+pub fn empty_flake_registry() -> io::Result<PathBuf> {
+    let root = scratch_root().ok_or_else(|| io::Error::other("no private scratch directory"))?;
+    let path = root.join("flake-registry.json");
+    std::fs::write(&path, r#"{"flakes":[],"version":2}"#)?;
+    Ok(path)
+}
+
+/// Makes the child start in a network namespace of its own, with only a loopback interface that is
+/// down: nothing it does can reach another host or a service on this one. As root this is one
+/// `unshare(CLONE_NEWNET)`; otherwise a user namespace comes with it, mapping the server's own uid and
+/// gid to themselves (so files it creates keep their owner). If the namespace cannot be made, the child
+/// does not start (the spawn fails): callers fail closed.
+pub fn without_network(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    let (uid, gid) = (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
+    // Prepared before fork: the closure only makes system calls.
+    let uid_map = format!("{uid} {uid} 1");
+    let gid_map = format!("{gid} {gid} 1");
+    // SAFETY: between fork and exec the closure only makes system calls (unshare, open, write, close)
+    // on data prepared before the fork; it allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            use rustix::thread::UnshareFlags;
+            if uid == 0 {
+                rustix::thread::unshare_unsafe(UnshareFlags::NEWNET)?;
+                return Ok(());
+            }
+            rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNET)?;
+            for (file, content) in [
+                ("/proc/self/setgroups", "deny"),
+                ("/proc/self/uid_map", &uid_map),
+                ("/proc/self/gid_map", &gid_map),
+            ] {
+                let fd = rustix::fs::open(file, rustix::fs::OFlags::WRONLY, rustix::fs::Mode::empty())?;
+                rustix::io::write(&fd, content.as_bytes())?;
+            }
+            Ok(())
+        });
+    }
+}

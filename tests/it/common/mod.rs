@@ -141,6 +141,12 @@ impl Server {
         (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
+    /// Stops the server with SIGTERM and returns its exit status and log (stderr).
+    pub fn stop(self) -> (ExitStatus, String) {
+        self.signal(rustix::process::Signal::TERM);
+        self.wait(Duration::from_secs(40))
+    }
+
     /// `ekaci status --json` parsed.
     pub fn status(&self) -> serde_json::Value {
         let out = Command::new(CLI)
