@@ -132,47 +132,6 @@ pub fn seal(cmd: &mut std::process::Command) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_allow_list_and_scratch_dirs_reach_a_child() {
-        let vars = sealed_vars_from(|k| match k {
-            "PATH" => Some("/bin".into()),
-            "NIX_CONFIG" => Some("substituters =".into()),
-            _ => None,
-        });
-        let names: Vec<&OsStr> = vars.iter().map(|(k, _)| k.as_os_str()).collect();
-        assert_eq!(names, ["PATH", "NIX_CONFIG", "HOME", "TMPDIR"]);
-        let home = &vars[2].1;
-        assert_ne!(Some(home.clone()), std::env::var_os("HOME"), "never the server's home");
-    }
-
-    #[test]
-    fn a_sealed_shell_sees_none_of_the_servers_other_variables() {
-        // cargo runs tests with CARGO_* variables set: none may reach the child. (No `set_var` here: other
-        // tests of this binary read the environment on other threads.)
-        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some(), "cargo sets it for tests");
-        let mut cmd = std::process::Command::new("/bin/sh");
-        cmd.args(["-c", "env"]).env("EKA_CI_EXPLICIT", "kept");
-        seal(&mut cmd);
-        let out = cmd.output().expect("run /bin/sh");
-        let env = String::from_utf8_lossy(&out.stdout);
-        assert!(!env.contains("CARGO_MANIFEST_DIR="), "{env}");
-        assert!(env.contains("EKA_CI_EXPLICIT=kept"), "{env}");
-        for line in env.lines() {
-            let name = line.split('=').next().unwrap_or_default();
-            let allowed = INHERITED_VARS.contains(&name)
-                || ["HOME", "TMPDIR", "EKA_CI_EXPLICIT", "PWD", "SHLVL", "_", "OLDPWD"].contains(&name);
-            assert!(allowed, "unexpected variable in a sealed child: {line}");
-        }
-        let home = env.lines().find_map(|l| l.strip_prefix("HOME=")).expect("HOME is set");
-        let meta = std::fs::metadata(home).expect("the scratch home exists");
-        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
-    }
-}
-
 /// An empty flake registry (`{"flakes":[],"version":2}`) in the scratch directory, for
 /// `--option flake-registry`: with it, an indirect flake reference (`nixpkgs`) never makes Nix download
 /// the global registry.
@@ -214,5 +173,46 @@ pub fn without_network(cmd: &mut std::process::Command) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_allow_list_and_scratch_dirs_reach_a_child() {
+        let vars = sealed_vars_from(|k| match k {
+            "PATH" => Some("/bin".into()),
+            "NIX_CONFIG" => Some("substituters =".into()),
+            _ => None,
+        });
+        let names: Vec<&OsStr> = vars.iter().map(|(k, _)| k.as_os_str()).collect();
+        assert_eq!(names, ["PATH", "NIX_CONFIG", "HOME", "TMPDIR"]);
+        let home = &vars[2].1;
+        assert_ne!(Some(home.clone()), std::env::var_os("HOME"), "never the server's home");
+    }
+
+    #[test]
+    fn a_sealed_shell_sees_none_of_the_servers_other_variables() {
+        // cargo runs tests with CARGO_* variables set: none may reach the child. (No `set_var` here: other
+        // tests of this binary read the environment on other threads.)
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some(), "cargo sets it for tests");
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args(["-c", "env"]).env("EKA_CI_EXPLICIT", "kept");
+        seal(&mut cmd);
+        let out = cmd.output().expect("run /bin/sh");
+        let env = String::from_utf8_lossy(&out.stdout);
+        assert!(!env.contains("CARGO_MANIFEST_DIR="), "{env}");
+        assert!(env.contains("EKA_CI_EXPLICIT=kept"), "{env}");
+        for line in env.lines() {
+            let name = line.split('=').next().unwrap_or_default();
+            let allowed = INHERITED_VARS.contains(&name)
+                || ["HOME", "TMPDIR", "EKA_CI_EXPLICIT", "PWD", "SHLVL", "_", "OLDPWD"].contains(&name);
+            assert!(allowed, "unexpected variable in a sealed child: {line}");
+        }
+        let home = env.lines().find_map(|l| l.strip_prefix("HOME=")).expect("HOME is set");
+        let meta = std::fs::metadata(home).expect("the scratch home exists");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
     }
 }
