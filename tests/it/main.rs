@@ -13,6 +13,7 @@ mod checkout;
 mod cli_eval;
 mod cli_review;
 mod config;
+mod crash_recovery;
 mod daemon;
 mod drv_parser;
 mod eval;

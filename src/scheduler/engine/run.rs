@@ -47,6 +47,10 @@ impl Engine {
     /// The loop.
     async fn run(mut self, inbox: Receiver<Command>) {
         let mut last_commit = Instant::now();
+        // What recovery made buildable starts now, not at the first command: after a crash nobody may
+        // ever send one (the requesters died with the previous process).
+        self.dispatch();
+        self.publish();
         loop {
             // Wait for a command; while writes are pending, at most until they are due.
             let first = if self.writes.is_empty() && self.deferred.is_empty() {
