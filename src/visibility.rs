@@ -70,7 +70,9 @@ pub fn repo(store: &Store, repo: &str) -> Result<Option<RepoVisibility>, StoreEr
     let table = tx.open_table(REPO_VISIBILITY)?;
     let found = table.get(repo)?;
     found
-        .map(|v| decode::<RepoVisibilityRecord>(REPOS_NAME, repo, v.value()).map(|RepoVisibilityRecord::V1(r)| r))
+        .map(|v| {
+            decode::<RepoVisibilityRecord>(REPOS_NAME, repo, v.value()).map(|RepoVisibilityRecord::V1(r)| r)
+        })
         .transpose()
 }
 

@@ -593,10 +593,16 @@ async fn tokens(socket: &std::path::Path, cmd: &TokensCmd) -> Result<(), String>
             } else {
                 let width = list.iter().map(|t| t.name.len()).max().unwrap_or(0);
                 for t in &list {
-                    let used = t.last_used_at.map_or_else(|| "never used".to_string(), |at| {
-                        format!("last used {}", render::utc_time(at))
-                    });
-                    println!("{:width$}  {:5}  created {}  {used}", t.name, t.scope.name(), render::utc_time(t.created_at));
+                    let used = t.last_used_at.map_or_else(
+                        || "never used".to_string(),
+                        |at| format!("last used {}", render::utc_time(at)),
+                    );
+                    println!(
+                        "{:width$}  {:5}  created {}  {used}",
+                        t.name,
+                        t.scope.name(),
+                        render::utc_time(t.created_at)
+                    );
                 }
             }
             Ok(())

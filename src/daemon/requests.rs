@@ -223,7 +223,8 @@ impl DaemonHandler {
     /// Approves a pull request for `require_approval` and tells the GitHub service (if any) to resume it.
     async fn approve(&self, repo: &str, number: u64) -> Response {
         let (store, notify, repo) = (self.store.clone(), self.approvals.clone(), repo.to_string());
-        match smol::unblock(move || approvals::approve(&store, notify.as_ref(), &repo, number, APPROVED_BY)).await
+        match smol::unblock(move || approvals::approve(&store, notify.as_ref(), &repo, number, APPROVED_BY))
+            .await
         {
             Ok(a) => Response::Approved { repo: a.repo, number: a.number, newly: a.newly },
             Err(e) => error(e),

@@ -239,8 +239,11 @@ pub fn approve(
         return Err(ApproveError::Number { repo: echo(repo) });
     }
     let repo = repo.to_ascii_lowercase();
-    let newly = approve_pr(store, &repo, number, by)
-        .map_err(|source| ApproveError::Store { repo: repo.clone(), number, source })?;
+    let newly = approve_pr(store, &repo, number, by).map_err(|source| ApproveError::Store {
+        repo: repo.clone(),
+        number,
+        source,
+    })?;
     if let Some(tx) = notify {
         // A full or closed channel is fine: the GitHub service re-checks held pull requests at start.
         if let Err(e) = tx.try_send(ApprovalNotice { repo: repo.clone(), number }) {

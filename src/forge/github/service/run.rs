@@ -246,7 +246,9 @@ impl GitHubService {
         })
         .await;
         match marked {
-            Ok(Some(n)) => tracing::debug!(derivations = n, "derivations of a public repository marked public"),
+            Ok(Some(n)) => {
+                tracing::debug!(derivations = n, "derivations of a public repository marked public")
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "marking a public repository's derivations failed"),
         }
