@@ -30,6 +30,7 @@ const LAST_USED_GRANULARITY: u64 = 60;
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Read every `/v1` route (private repositories included) and `/metrics`.
     Read,

@@ -7,8 +7,8 @@
 //! ever added: a derivation that a public repository's evaluation reached stays public (its store path
 //! and build log are what anyone evaluating that public commit gets). The rules, conservative on purpose:
 //!
-//! - a repository is public only when a webhook said so; one never heard of, and every local repository
-//!   (`file://…`, from `ekaci eval`/`review`), is private;
+//! - a repository is public only when a webhook said so; one never heard of, and so every local
+//!   repository (`file://…`, from `ekaci eval`/`review`), is private;
 //! - a derivation is public only when it is marked; one reached only from private or local jobsets is
 //!   private.
 //!
@@ -76,12 +76,9 @@ pub fn repo(store: &Store, repo: &str) -> Result<Option<RepoVisibility>, StoreEr
         .transpose()
 }
 
-/// Whether repository `repo` (as jobsets record it) is known to be public. Local repositories and
-/// repositories no webhook described are not.
+/// Whether repository `repo` (as jobsets record it) is known to be public: only when a webhook said so.
+/// Local repositories (`file://…`, which no webhook describes) and repositories never heard of are not.
 pub fn repo_is_public(store: &Store, repo: &str) -> Result<bool, StoreError> {
-    if repo.starts_with("file://") {
-        return Ok(false);
-    }
     Ok(self::repo(store, repo)?.is_some_and(|r| !r.private))
 }
 
