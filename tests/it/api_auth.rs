@@ -282,15 +282,13 @@ fn private_repositories_need_a_token_public_ones_do_not_and_write_routes_need_ad
     wait_for("the slow build cancelled", || {
         (drv_state(&addr, &slow_drv, &read).0 == "interrupted-cancelled").then_some(())
     });
-    let (_, attempts_before) = drv_state(&addr, &open_drv, &read);
     let (code, _, body) = call(&addr, "POST", &rebuild, Some(&admin), b"");
     assert_eq!(code, 202, "rebuild: {}", String::from_utf8_lossy(&body));
     let requeued: Value = serde_json::from_slice(&body).expect("rebuild JSON");
-    assert_ne!(requeued["state"]["name"], "success", "requeued: {requeued}");
-    wait_for("the rebuild done", || {
-        let (state, attempt) = drv_state(&addr, &open_drv, &read);
-        (state == "success" && attempt == attempts_before + 1).then_some(())
-    });
+    assert_eq!(requeued["drv"], open_drv.as_str(), "{requeued}");
+    // The rebuild is in the derivation's history (its output is valid, so it is done at once).
+    let history = get_ok(&addr, &format!("/v1/drvs/{}", drv_base(&open_drv)), Some(&read))["history"].clone();
+    assert!(history.to_string().contains("rebuild requested"), "{history}");
     let (code, _, body) = call(&addr, "POST", approve, Some(&admin), approve_body);
     assert_eq!(code, 200, "approve: {}", String::from_utf8_lossy(&body));
     let approved: Value = serde_json::from_slice(&body).expect("approve JSON");
@@ -331,7 +329,7 @@ fn tokens_metrics_public_read_and_listeners_of_their_own() {
     home.write_config_web("", "public_read = false");
     let server = home.start();
     let addr = server.http_address();
-    for bad in ["", "-x", "a b", &"x".repeat(65)] {
+    for bad in ["", "_x", "a b", &"x".repeat(65)] {
         let out = home.ekaci(&["tokens", "create", bad, "--scope", "read"]);
         assert!(!out.status.success(), "{bad:?} accepted");
         assert!(String::from_utf8_lossy(&out.stderr).contains("invalid token name"), "{out:?}");
