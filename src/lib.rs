@@ -21,6 +21,8 @@ pub mod store;
 pub mod summary;
 pub mod text;
 pub mod time;
+pub mod tokens;
+pub mod visibility;
 pub mod web;
 
 /// The version reported by `ekaci status` and `/healthz`.

@@ -10,7 +10,7 @@ mod progress;
 pub mod render;
 
 use crate::control::client::Client;
-use crate::control::{ApprovedUsersOp, Request, Response, StatusInfo};
+use crate::control::{ApprovedUsersOp, Request, Response, StatusInfo, TokensOp};
 use crate::forge::github::approvals;
 
 /// Administer a running eka-ci-server over its control socket.
@@ -37,6 +37,54 @@ pub enum Command {
     Approve(ApproveCmd),
     ApprovedUsers(ApprovedUsersCmd),
     Summary(SummaryCmd),
+    Tokens(TokensCmd),
+}
+
+/// Manage the tokens of the HTTP API (`Authorization: Bearer <token>`).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "tokens")]
+pub struct TokensCmd {
+    #[argh(subcommand)]
+    pub op: TokensSub,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum TokensSub {
+    Create(TokensCreate),
+    List(TokensList),
+    Revoke(TokensRevoke),
+}
+
+/// Create a token and print it, once (it is stored only as a hash): read reads every route, private
+/// repositories and /metrics included; admin also rebuilds, cancels and approves.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "create")]
+pub struct TokensCreate {
+    /// a name for the token: letters, digits, `.`, `_`, `-` (at most 64)
+    #[argh(positional)]
+    pub name: String,
+    /// read or admin
+    #[argh(option)]
+    pub scope: String,
+}
+
+/// List the tokens: name, scope, when created and last used (never the tokens themselves).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+pub struct TokensList {
+    /// print machine-readable JSON
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Revoke a token: requests carrying it are refused from now on.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "revoke")]
+pub struct TokensRevoke {
+    /// the token's name
+    #[argh(positional)]
+    pub name: String,
 }
 
 /// Evaluate two revisions of a local repository and print the change summary: package changes, rebuild
@@ -249,6 +297,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Approve(cmd) => approve(&socket, cmd).await,
             Command::ApprovedUsers(cmd) => approved_users(&socket, cmd).await,
             Command::Summary(cmd) => summary(&socket, cmd).await,
+            Command::Tokens(cmd) => tokens(&socket, cmd).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -509,6 +558,56 @@ async fn approved_users(socket: &std::path::Path, cmd: &ApprovedUsersCmd) -> Res
             Ok(())
         }
         other => Err(format!("unexpected response to approved-users: {other:?}")),
+    }
+}
+
+async fn tokens(socket: &std::path::Path, cmd: &TokensCmd) -> Result<(), String> {
+    let (op, json) = match &cmd.op {
+        TokensSub::Create(c) => {
+            crate::tokens::validate_name(&c.name).map_err(|e| e.to_string())?;
+            let scope = c.scope.parse().map_err(|e: crate::tokens::TokenError| e.to_string())?;
+            (TokensOp::Create { name: c.name.clone(), scope }, false)
+        }
+        TokensSub::List(l) => (TokensOp::List, l.json),
+        TokensSub::Revoke(r) => {
+            crate::tokens::validate_name(&r.name).map_err(|e| e.to_string())?;
+            (TokensOp::Revoke(r.name.clone()), false)
+        }
+    };
+    match call(socket, Request::Tokens(op)).await? {
+        Response::TokenCreated { name, scope, token } => {
+            // The token alone on stdout, so that `TOKEN=$(ekaci tokens create …)` works.
+            eprintln!("created token `{name}` (scope {scope}); it is shown only this once:");
+            println!("{}", token.expose());
+            Ok(())
+        }
+        Response::TokenRevoked { name } => {
+            println!("revoked token `{name}`");
+            Ok(())
+        }
+        Response::Tokens(list) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).map_err(|e| e.to_string())?);
+            } else if list.is_empty() {
+                println!("no API tokens");
+            } else {
+                let width = list.iter().map(|t| t.name.len()).max().unwrap_or(0);
+                for t in &list {
+                    let used = t.last_used_at.map_or_else(
+                        || "never used".to_string(),
+                        |at| format!("last used {}", render::utc_time(at)),
+                    );
+                    println!(
+                        "{:width$}  {:5}  created {}  {used}",
+                        t.name,
+                        t.scope.name(),
+                        render::utc_time(t.created_at)
+                    );
+                }
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected response to tokens: {other:?}")),
     }
 }
 

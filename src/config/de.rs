@@ -180,6 +180,17 @@ pub fn ip_address<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     })
 }
 
+/// An `ip:port` socket address (IPv6 in brackets: `[::1]:9090`); `None` is the key's absence.
+pub fn socket_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    checked_str(d, |s| match s.parse::<std::net::SocketAddr>() {
+        Ok(a) => Ok(a.to_string()),
+        Err(_) => Err(format!(
+            "must be an IP address and a port such as 127.0.0.1:9090 or [::1]:9090 (no host names), got `{s}`"
+        )),
+    })
+    .map(Some)
+}
+
 /// Checks one CORS origin; returns it lower-cased.
 pub fn check_origin(s: &str) -> Result<String, String> {
     let bad = |why: &str| {

@@ -113,11 +113,33 @@ pub struct WebConfig {
     /// A pre-built web UI bundle to serve (`static_dir` is accepted as an older name).
     #[serde(alias = "static_dir")]
     pub bundle_path: Option<PathBuf>,
+    /// Whether public repositories' data is served without a token (default true). False: every `/v1`
+    /// route needs a token.
+    pub public_read: bool,
+    /// Whether `/metrics` on the main listener is served without a token (default false).
+    pub metrics_public: bool,
+    /// A listener of its own for `/metrics` and `/healthz`, served without a token (`ip:port`); the main
+    /// listener then does not serve `/metrics`.
+    #[serde(deserialize_with = "de::socket_address")]
+    pub metrics_address: Option<String>,
+    /// A listener of its own for `POST /github/webhook` (`ip:port`); the main listener then does not
+    /// serve it.
+    #[serde(deserialize_with = "de::socket_address")]
+    pub webhook_address: Option<String>,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig { address: "127.0.0.1".into(), port: 3030, allowed_origins: vec![], bundle_path: None }
+        WebConfig {
+            address: "127.0.0.1".into(),
+            port: 3030,
+            allowed_origins: vec![],
+            bundle_path: None,
+            public_read: true,
+            metrics_public: false,
+            metrics_address: None,
+            webhook_address: None,
+        }
     }
 }
 

@@ -50,6 +50,19 @@ pub enum Request {
     /// Evaluate two revisions of a local repository and compute their change summary (every job, or
     /// one).
     Summary { repo: String, base: String, head: String, job: Option<String> },
+    /// Create, list or revoke HTTP API tokens.
+    Tokens(TokensOp),
+}
+
+/// What [`Request::Tokens`] does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokensOp {
+    /// Create a token; the answer carries it, once.
+    Create { name: String, scope: crate::tokens::Scope },
+    /// List every token (never the token itself, nor its hash).
+    List,
+    /// Revoke the token of this name.
+    Revoke(String),
 }
 
 /// What [`Request::ApprovedUsers`] does.
@@ -113,6 +126,18 @@ pub enum Response {
     Summary {
         summary: crate::summary::ChangeSummary,
         markdown: String,
+    },
+    /// A token was created: the only time the token itself is sent anywhere.
+    TokenCreated {
+        name: String,
+        scope: crate::tokens::Scope,
+        token: crate::tokens::NewToken,
+    },
+    /// Every API token (never the token itself, nor its hash).
+    Tokens(Vec<crate::tokens::TokenInfo>),
+    /// A token was revoked.
+    TokenRevoked {
+        name: String,
     },
 }
 

@@ -209,6 +209,24 @@ async fn run_on(
         }
     };
     let http_address = listener.local_addr().map(|a| a.to_string()).unwrap_or(address);
+    // The listeners of their own, if configured: bound now, so a taken port stops the start.
+    let mut extra_listeners = Vec::new();
+    for (kind, address) in
+        [("metrics", &config.web.metrics_address), ("webhook", &config.web.webhook_address)]
+    {
+        let Some(address) = address else { continue };
+        match smol::net::TcpListener::bind(address.as_str()).await {
+            Ok(l) => {
+                let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| address.clone());
+                tracing::info!(listener = kind, address = %bound, "HTTP listener of its own");
+                extra_listeners.push((kind, l));
+            }
+            Err(e) => {
+                socket.remove();
+                return Err(DaemonError::Http { address: address.clone(), source: e });
+            }
+        }
+    }
     crate::metrics::global().start_time_seconds.set(crate::store::now_secs() as i64);
     tracing::info!(http = %http_address, socket = %socket.path().display(), db = %db_path.display(), "eka-ci-server {} ready", crate::VERSION);
 
@@ -264,7 +282,7 @@ async fn run_on(
         approvals: github.as_ref().map(|w| w.approvals.clone()),
         sandbox,
     });
-    let http_app = crate::web::app(crate::web::AppState {
+    let web_state = crate::web::AppState {
         started,
         scheduler: scheduler.clone(),
         graph: pipeline.graph().clone(),
@@ -273,12 +291,29 @@ async fn run_on(
         webhook_secret: config.security.webhook_secret.clone(),
         store: store.clone(),
         github_wake: github.as_ref().map(|w| w.events.clone()),
-    });
+        access: crate::web::auth::Access {
+            public_read: config.web.public_read,
+            metrics_public: config.web.metrics_public,
+        },
+        approvals: github.as_ref().map(|w| w.approvals.clone()),
+    };
+    let split = crate::web::Split {
+        metrics: config.web.metrics_address.is_some(),
+        webhook: config.web.webhook_address.is_some(),
+    };
+    let http_app = crate::web::app(web_state.clone(), split);
     // Accept loops: dropped (and so cancelled) when shutdown begins, which stops accepting new work.
-    let accept_tasks = vec![
+    let mut accept_tasks = vec![
         ex.spawn(crate::web::serve(ex.clone(), listener, http_app)),
         ex.spawn(accept_control(ex.clone(), socket_listener(&socket), status)),
     ];
+    for (kind, l) in extra_listeners {
+        let app = match kind {
+            "metrics" => crate::web::metrics_app(web_state.clone()),
+            _ => crate::web::webhook_app(web_state.clone()),
+        };
+        accept_tasks.push(ex.spawn(crate::web::serve(ex.clone(), l, app)));
+    }
     // Long-running services (the GitHub service and friends) are in `services` and finish within
     // SHUTDOWN_GRACE.
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::control::server::Handler;
-use crate::control::{ApprovedUsersOp, BuildSummary, QueueDepths, Request, Response, StatusInfo};
+use crate::control::{ApprovedUsersOp, BuildSummary, QueueDepths, Request, Response, StatusInfo, TokensOp};
 use crate::forge::github::approvals::{self, ApprovalNotice};
 use crate::jobset::JobsetId;
 use crate::pipeline::{Pipeline, Progress, ProgressSink};
@@ -63,6 +63,7 @@ impl Handler for DaemonHandler {
             }
             Request::Approve { repo, number } => self.approve(&repo, number).await,
             Request::ApprovedUsers(op) => self.approved_users(op).await,
+            Request::Tokens(op) => self.tokens(op).await,
             Request::Summary { repo, base, head, job } => {
                 self.summary(Path::new(&repo), &base, &head, job.as_deref(), &progress).await
             }
@@ -223,27 +224,44 @@ impl DaemonHandler {
 
     /// Approves a pull request for `require_approval` and tells the GitHub service (if any) to resume it.
     async fn approve(&self, repo: &str, number: u64) -> Response {
-        if let Err(e) = approvals::validate_repo(repo) {
-            return error(e);
+        let (store, notify, repo) = (self.store.clone(), self.approvals.clone(), repo.to_string());
+        match smol::unblock(move || approvals::approve(&store, notify.as_ref(), &repo, number, APPROVED_BY))
+            .await
+        {
+            Ok(a) => Response::Approved { repo: a.repo, number: a.number, newly: a.newly },
+            Err(e) => error(e),
         }
-        if number == 0 {
-            return error(format!("invalid pull request `{repo}#0`: pull request numbers start at 1"));
-        }
-        let repo = repo.to_ascii_lowercase();
+    }
+
+    /// Creates, lists or revokes HTTP API tokens. The created token is in the answer and nowhere else.
+    async fn tokens(&self, op: TokensOp) -> Response {
         let store = self.store.clone();
-        let key = repo.clone();
-        let newly =
-            match smol::unblock(move || approvals::approve_pr(&store, &key, number, APPROVED_BY)).await {
-                Ok(n) => n,
-                Err(e) => return error(format!("cannot record the approval of {repo}#{number}: {e}")),
-            };
-        if let Some(tx) = &self.approvals {
-            // A full or closed channel is fine: the GitHub service re-checks held pull requests at start.
-            if let Err(e) = tx.try_send(ApprovalNotice { repo: repo.clone(), number }) {
-                tracing::debug!(%repo, number, error = %e, "approval notice not delivered");
+        match op {
+            TokensOp::Create { name, scope } => {
+                let key = name.clone();
+                match smol::unblock(move || crate::tokens::create(&store, &key, scope)).await {
+                    Ok(token) => {
+                        tracing::info!(token = %name, %scope, "API token created");
+                        Response::TokenCreated { name, scope, token }
+                    }
+                    Err(e) => error(e),
+                }
+            }
+            TokensOp::List => match smol::unblock(move || crate::tokens::list(&store)).await {
+                Ok(list) => Response::Tokens(list),
+                Err(e) => error(format!("cannot list the API tokens: {e}")),
+            },
+            TokensOp::Revoke(name) => {
+                let key = name.clone();
+                match smol::unblock(move || crate::tokens::revoke(&store, &key)).await {
+                    Ok(()) => {
+                        tracing::info!(token = %name, "API token revoked");
+                        Response::TokenRevoked { name }
+                    }
+                    Err(e) => error(e),
+                }
             }
         }
-        Response::Approved { repo, number, newly }
     }
 
     /// Adds, removes or lists the users whose pull requests need no approval.

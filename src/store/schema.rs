@@ -65,6 +65,17 @@ pub const GITHUB_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("gith
 /// Which GitHub App installation serves a repository: `owner/name` (lower case) → `InstallationRecord`.
 pub const GITHUB_INSTALLATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_installations");
 
+/// HTTP API tokens (`tokens`): token name → `ApiTokenRecord` (scope, SHA-256 of the token, times).
+pub const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
+
+/// Repository visibility (`visibility`): repository identity as jobsets record it (the clone URL) →
+/// `RepoVisibilityRecord` (whether GitHub says it is private).
+pub const REPO_VISIBILITY: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_visibility");
+
+/// Derivations reachable from a public repository's jobset (`visibility`): derivation id → Unix seconds
+/// when it was marked.
+pub const PUBLIC_DRVS: TableDefinition<u32, u64> = TableDefinition::new("public_drvs");
+
 /// A table as described in `migrations-free-schema/`: its name and its key and value types as Rust
 /// spells them in the definitions above.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +106,9 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "change_summaries", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_approved_prs", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_approved_users", key: "&str", value: "&[u8]" },
+    TableInfo { name: "api_tokens", key: "&str", value: "&[u8]" },
+    TableInfo { name: "repo_visibility", key: "&str", value: "&[u8]" },
+    TableInfo { name: "public_drvs", key: "u32", value: "u64" },
 ];
 
 /// Creates every table that does not exist yet.
@@ -118,5 +132,8 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(CHANGE_SUMMARIES)?;
     tx.open_table(GITHUB_APPROVED_PRS)?;
     tx.open_table(GITHUB_APPROVED_USERS)?;
+    tx.open_table(API_TOKENS)?;
+    tx.open_table(REPO_VISIBILITY)?;
+    tx.open_table(PUBLIC_DRVS)?;
     Ok(())
 }

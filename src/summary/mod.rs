@@ -654,6 +654,28 @@ pub fn for_commit(
     job: Option<&str>,
     settings: &Settings,
 ) -> Result<Option<ChangeSummary>, SummaryError> {
+    lookup_commit(store, Some((jobsets, graph, settings)), head_sha, base_sha, job)
+}
+
+/// Blocking. [`for_commit`] without computing anything: only the cached job summaries (what the HTTP
+/// API serves to a caller without a token, so that such a request never starts expensive work).
+pub fn cached_for_commit(
+    store: &Store,
+    head_sha: &str,
+    base_sha: Option<&str>,
+    job: Option<&str>,
+) -> Result<Option<ChangeSummary>, SummaryError> {
+    lookup_commit(store, None, head_sha, base_sha, job)
+}
+
+/// The cached summaries of `head_sha`, plus, with `compute`, those computed from stored jobsets.
+fn lookup_commit(
+    store: &Store,
+    compute: Option<(&Jobsets, &Graph, &Settings)>,
+    head_sha: &str,
+    base_sha: Option<&str>,
+    job: Option<&str>,
+) -> Result<Option<ChangeSummary>, SummaryError> {
     let mut found: BTreeMap<(String, String, String), JobSummary> = BTreeMap::new();
     for s in cache::for_head(store, head_sha)? {
         if base_sha.is_some_and(|b| b != s.base_sha) || job.is_some_and(|j| j != s.job) {
@@ -661,7 +683,7 @@ pub fn for_commit(
         }
         found.insert((s.repo.clone(), s.job.clone(), s.base_sha.clone()), s);
     }
-    if let Some(base_sha) = base_sha {
+    if let (Some(base_sha), Some((jobsets, graph, settings))) = (base_sha, compute) {
         for key in jobset_keys_of_commit(store, head_sha)? {
             if job.is_some_and(|j| j != key.job) {
                 continue;

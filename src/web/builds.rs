@@ -1,4 +1,7 @@
 //! `GET /v1/builds/active`: the builds running now and the pending work per platform.
+//!
+//! An anonymous caller (with `[web] public_read`) sees only the builds of public derivations (see
+//! `visibility`) and the queue depths, which are counts.
 
 use serde_json::json;
 
@@ -7,8 +10,19 @@ use super::AppState;
 use crate::scheduler::state::now_ms;
 
 async fn active(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let caller = super::auth::caller(&req).await?;
+    caller.read_listing(req.state())?;
     let scheduler = &req.state().scheduler;
     let mut builds = scheduler.active().await.map_err(|e| ApiError::scheduler("listing active builds", e))?;
+    if caller.is_anonymous() {
+        let mut shown = Vec::with_capacity(builds.len());
+        for b in builds {
+            if super::auth::drv_is_public(req.state(), &b.drv).await {
+                shown.push(b);
+            }
+        }
+        builds = shown;
+    }
     let depths = scheduler.depths().await.map_err(|e| ApiError::scheduler("reading queue depths", e))?;
     builds.sort_by(|a, b| (a.started_at_ms, &a.drv).cmp(&(b.started_at_ms, &b.drv)));
     let now = now_ms();

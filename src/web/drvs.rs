@@ -40,6 +40,14 @@ pub(super) enum ApiError {
     UnknownJobset { id: crate::jobset::JobsetId },
     #[error("the build scheduler is not running")]
     SchedulerStopped,
+    #[error(transparent)]
+    Auth(#[from] super::auth::AuthError),
+    #[error("invalid request body: {reason}")]
+    BadBody { reason: String },
+    #[error("{message}")]
+    Conflict { message: String },
+    #[error("jobset {id} has no builds to cancel")]
+    NoBuilds { id: crate::jobset::JobsetId },
     /// Details go to the server log, not to the client.
     #[error("internal error while {during}; see the server log")]
     Internal { during: &'static str },
@@ -56,13 +64,16 @@ impl ApiError {
             | ApiError::UnknownJobset { .. } => 404,
             ApiError::SchedulerStopped => 503,
             ApiError::Internal { .. } => 500,
+            ApiError::Auth(e) => e.status(),
+            ApiError::BadBody { .. } => 400,
+            ApiError::Conflict { .. } => 409,
+            ApiError::NoBuilds { .. } => 404,
         }
     }
 
     /// The JSON error response.
     pub(super) fn response(&self) -> tide::Response {
-        let status = self.status();
-        tide::Response::builder(status).body(json!({ "error": self.to_string(), "status": status })).build()
+        super::auth::error_response(self.status(), &self.to_string())
     }
 
     /// A scheduler failure, logged with its detail.
@@ -228,8 +239,11 @@ fn graph_view(graph: &crate::graph::Graph, drv: &str) -> Result<Option<GraphView
 }
 
 async fn get_drv(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let caller = super::auth::caller(&req).await?;
     let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
     let state = req.state();
+    let public = caller.is_anonymous() && super::auth::drv_is_public(state, &drv).await;
+    caller.read(state, public)?;
     let graph = state.graph.clone();
     let path = drv.clone();
     let view = smol::unblock(move || graph_view(&graph, &path))

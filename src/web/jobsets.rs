@@ -1,15 +1,20 @@
 //! `GET /v1/jobsets/{id}?limit=N&after=<attr>`: a jobset's header and a page of its attributes, each
 //! with its derivation and that derivation's current build state.
 //!
-//! Build states come from the scheduler one derivation at a time, so a page holds at most `limit`
-//! attributes (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]); `next_after` names the attribute to pass
-//! as `after` for the next page.
+//! A page holds at most `limit` attributes (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]);
+//! `next_after` names the attribute to pass as `after` for the next page. Build states are the committed
+//! ones, read from the store with the page in one blocking call: paging never costs the scheduler loop
+//! anything. Without a token, only jobsets of public repositories are served (see `web::auth`).
 
 use serde_json::{json, Value};
+
+use std::collections::HashMap;
 
 use super::drvs::{echo, ok_json, respond, state_json, ApiError};
 use super::AppState;
 use crate::jobset::{AttrOutcome, JobsetId, JobsetState};
+use crate::scheduler::state::{DrvState, Reader};
+use crate::store::StoreError;
 
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
@@ -44,7 +49,7 @@ fn parse_page(req: &tide::Request<AppState>) -> Result<Page, ApiError> {
     Ok(page)
 }
 
-fn parse_id(raw: &str) -> Result<JobsetId, ApiError> {
+pub(super) fn parse_id(raw: &str) -> Result<JobsetId, ApiError> {
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::BadJobsetId { input: echo(raw) });
     }
@@ -67,38 +72,76 @@ struct Attrs {
     total: u64,
 }
 
+/// What reading a page can fail with.
+#[derive(Debug, thiserror::Error)]
+enum PageError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
+}
+
 async fn get_jobset(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let caller = super::auth::caller(&req).await?;
     let id = parse_id(req.param("id").unwrap_or_default())?;
     let page = parse_page(&req)?;
     let state = req.state();
 
+    // The header first: without a token, nothing is read further unless its repository is public.
     let jobsets = state.jobsets.clone();
-    let (limit, after) = (page.limit, page.after.clone());
-    let read = smol::unblock(move || {
-        let Some(header) = jobsets.get(id)? else { return Ok(None) };
-        let (items, more) = jobsets.page(id, after.as_deref(), limit)?;
-        // A finished jobset's header counts its records; an unfinished one is counted on demand.
-        let total = match header.state {
-            crate::jobset::JobsetState::Evaluating => jobsets.attr_count(id)?,
-            _ => header.derivations + header.errors,
-        };
-        let attrs = Attrs { items, more, total };
-        Ok(Some((header, attrs)))
-    });
-    let (header, attrs) = read
-        .await
-        .map_err(|e| ApiError::store("reading the jobset", e))?
-        .ok_or(ApiError::UnknownJobset { id })?;
+    let header =
+        smol::unblock(move || jobsets.get(id)).await.map_err(|e| ApiError::store("reading the jobset", e))?;
+    let public = match &header {
+        Some(h) if caller.is_anonymous() => super::auth::repo_is_public(state, &h.key.repo).await,
+        _ => false,
+    };
+    caller.read(state, public)?;
+    let header = header.ok_or(ApiError::UnknownJobset { id })?;
+
+    // The page and its build states in one blocking call that reads the committed states directly: a
+    // page never sends the scheduler loop a message per attribute.
+    let (jobsets, graph, store) = (state.jobsets.clone(), state.graph.clone(), state.store.clone());
+    let (limit, after, evaluating) =
+        (page.limit, page.after.clone(), header.state == crate::jobset::JobsetState::Evaluating);
+    let (header_total, read) = (
+        header.derivations + header.errors,
+        smol::unblock(move || {
+            let (items, more) = jobsets.page(id, after.as_deref(), limit)?;
+            // A finished jobset's header counts its records; an unfinished one is counted on demand.
+            let total = if evaluating { Some(jobsets.attr_count(id)?) } else { None };
+            let paths: Vec<String> = items
+                .iter()
+                .filter_map(|(_, o)| match o {
+                    AttrOutcome::Drv(d) => Some(d.drv_path.clone()),
+                    AttrOutcome::Error { .. } => None,
+                })
+                .collect();
+            let ids = graph.ids_of(&paths)?;
+            let reader = Reader::new(&store)?;
+            let mut states: HashMap<String, DrvState> = HashMap::new();
+            for (path, id) in paths.into_iter().zip(ids) {
+                if let Some(id) = id {
+                    if let Some(rec) = reader.state(id)? {
+                        states.insert(path, rec.state);
+                    }
+                }
+            }
+            Ok::<_, PageError>((Attrs { items, more, total: total.unwrap_or(0) }, total.is_some(), states))
+        }),
+    );
+    let (mut attrs, counted, states) = read.await.map_err(|e| match e {
+        PageError::Store(e) => ApiError::store("reading the jobset", e),
+        PageError::Graph(e) => ApiError::graph("reading the jobset's derivations", e),
+    })?;
+    if !counted {
+        attrs.total = header_total;
+    }
 
     let mut items = Vec::with_capacity(attrs.items.len());
     for (attr, outcome) in &attrs.items {
         items.push(match outcome {
             AttrOutcome::Drv(d) => {
-                let status = state
-                    .scheduler
-                    .state(&d.drv_path)
-                    .await
-                    .map_err(|e| ApiError::scheduler("reading the build state", e))?;
+                let status = states.get(&d.drv_path);
                 let outputs: serde_json::Map<String, Value> =
                     d.outputs.iter().map(|(n, p)| (n.clone(), Value::String(p.clone()))).collect();
                 json!({
@@ -107,8 +150,8 @@ async fn get_jobset(req: tide::Request<AppState>) -> Result<tide::Response, ApiE
                     "name": d.name,
                     "system": d.system,
                     "outputs": outputs,
-                    "build_state": status.as_ref().map(|s| s.state.name()),
-                    "build": status.as_ref().map(|s| state_json(&s.state)),
+                    "build_state": status.map(|s| s.name()),
+                    "build": status.map(state_json),
                 })
             }
             AttrOutcome::Error { message } => json!({ "attr": attr, "error": message }),

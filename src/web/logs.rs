@@ -35,9 +35,12 @@ fn parse_attempt(req: &tide::Request<AppState>) -> Result<Option<u32>, ApiError>
 }
 
 async fn get_log(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let caller = super::auth::caller(&req).await?;
     let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
     let asked = parse_attempt(&req)?;
     let state = req.state();
+    let public = caller.is_anonymous() && super::auth::drv_is_public(state, &drv).await;
+    caller.read(state, public)?;
 
     let graph = state.graph.clone();
     let path = drv.clone();

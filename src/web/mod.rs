@@ -12,10 +12,19 @@
 //! | `jobsets.rs` | `GET /v1/jobsets/{id}` |
 //! | `summary.rs` | `GET /v1/commits/{sha}/change-summary`, `…/change-summary.md`, `…/package-changes`, `…/rebuild-impact` |
 //! | `github.rs` | `POST /github/webhook` |
+//! | `actions.rs` | `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`, `POST /v1/github/approve` (admin) |
+//!
+//! `auth.rs` is not a route group: it identifies the caller (bearer tokens) and holds the read rules
+//! every route applies. There are up to three listeners, each with its own route table built here and
+//! served by the one [`serve`]: the main one ([`app`]), `[web] metrics_address` ([`metrics_app`]:
+//! `/metrics` and `/healthz` without a token) and `[web] webhook_address` ([`webhook_app`]: only
+//! `POST /github/webhook`). A route given its own listener is not on the main one.
 //!
 //! It must never start another runtime: tide is used only as a router through `tide::Server::respond`,
 //! and every connection is a task on the daemon's executor.
 
+mod actions;
+pub mod auth;
 mod builds;
 mod drvs;
 mod github;
@@ -49,20 +58,59 @@ pub struct AppState {
     /// Wakes the GitHub service after an event was queued; `None` when no GitHub App is configured
     /// (events then wait in the queue until one is).
     pub github_wake: Option<async_channel::Sender<()>>,
+    /// What may be read without a token (`[web] public_read`, `metrics_public`).
+    pub access: auth::Access,
+    /// Where approvals made through `POST /v1/github/approve` are announced (the GitHub service);
+    /// `None` without one.
+    pub approvals: Option<async_channel::Sender<crate::forge::github::approvals::ApprovalNotice>>,
 }
 
-/// The route table.
-pub fn app(state: AppState) -> tide::Server<AppState> {
+/// Which routes the main listener leaves to a listener of their own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Split {
+    /// `[web] metrics_address` is set: no `/metrics` here.
+    pub metrics: bool,
+    /// `[web] webhook_address` is set: no `POST /github/webhook` here.
+    pub webhook: bool,
+}
+
+fn with_errors(state: AppState) -> tide::Server<AppState> {
     let mut app = tide::with_state(state);
     app.with(tide::utils::After(json_errors));
+    app
+}
+
+/// The main listener's route table.
+pub fn app(state: AppState, split: Split) -> tide::Server<AppState> {
+    let mut app = with_errors(state);
     health::routes(&mut app);
-    metrics::routes(&mut app);
+    if !split.metrics {
+        metrics::routes(&mut app, metrics::Gate::Token);
+    }
     drvs::routes(&mut app);
     logs::routes(&mut app);
     builds::routes(&mut app);
     jobsets::routes(&mut app);
-    github::routes(&mut app);
+    if !split.webhook {
+        github::routes(&mut app);
+    }
     summary::routes(&mut app);
+    actions::routes(&mut app);
+    app
+}
+
+/// The route table of `[web] metrics_address`: `/metrics` and `/healthz`, without a token.
+pub fn metrics_app(state: AppState) -> tide::Server<AppState> {
+    let mut app = with_errors(state);
+    health::routes(&mut app);
+    metrics::routes(&mut app, metrics::Gate::Open);
+    app
+}
+
+/// The route table of `[web] webhook_address`: `POST /github/webhook` only.
+pub fn webhook_app(state: AppState) -> tide::Server<AppState> {
+    let mut app = with_errors(state);
+    github::routes(&mut app);
     app
 }
 

@@ -32,6 +32,8 @@ enum SummaryApiError {
     /// Details go to the server log, not to the client.
     #[error("internal error while computing the change summary; see the server log")]
     Internal,
+    #[error(transparent)]
+    Auth(#[from] super::auth::AuthError),
 }
 
 impl SummaryApiError {
@@ -40,12 +42,12 @@ impl SummaryApiError {
             SummaryApiError::BadSha { .. } | SummaryApiError::BadQuery { .. } => 400,
             SummaryApiError::NoSummary { .. } => 404,
             SummaryApiError::Internal => 500,
+            SummaryApiError::Auth(e) => e.status(),
         }
     }
 
     fn response(&self) -> tide::Response {
-        let status = self.status();
-        tide::Response::builder(status).body(json!({ "error": self.to_string(), "status": status })).build()
+        super::auth::error_response(self.status(), &self.to_string())
     }
 }
 
@@ -151,14 +153,26 @@ impl Query {
 }
 
 /// Looks the summary up (blocking work off the executor), or says why there is none.
+///
+/// A caller without a token gets only cached summaries (nothing is computed for it), and only of a
+/// public repository: anything else answers 401, whether it exists or not.
 async fn lookup(req: &tide::Request<AppState>) -> Result<(Query, ChangeSummary), SummaryApiError> {
+    let caller = super::auth::caller(req).await?;
+    let state = req.state();
+    if caller.is_anonymous() {
+        // `public_read = false` refuses before anything is read.
+        caller.read(state, true)?;
+    }
     let sha = req.param("sha").unwrap_or_default().to_string();
     let pairs = req.url().query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     let q = parse_query(&sha, pairs)?;
-    let state = req.state();
     let (store, jobsets, graph) = (state.store.clone(), state.jobsets.clone(), state.graph.clone());
     let (head, base, job) = (q.head.clone(), q.base.clone(), q.job.clone());
+    let anonymous = caller.is_anonymous();
     let found = smol::unblock(move || {
+        if anonymous {
+            return summary::cached_for_commit(&store, &head, base.as_deref(), job.as_deref());
+        }
         summary::for_commit(
             &store,
             &jobsets,
@@ -170,6 +184,13 @@ async fn lookup(req: &tide::Request<AppState>) -> Result<(Query, ChangeSummary),
         )
     })
     .await;
+    if anonymous {
+        let public = match &found {
+            Ok(Some(s)) if !s.jobs.is_empty() => super::auth::repo_is_public(state, &s.repo).await,
+            _ => false,
+        };
+        caller.read(state, public)?;
+    }
     match found {
         Ok(Some(s)) if !s.jobs.is_empty() => Ok((q, s)),
         Ok(_) => Err(SummaryApiError::NoSummary {

@@ -297,6 +297,8 @@ fn kill_9_in_the_middle_of_building_recovers_to_the_same_result() {
     // slow's history: building when the server died, requeued at the restart, then built to success.
     let slow_drv = attr(&recovered_json["jobs"][0], "slow")["head_drv"].as_str().expect("drv").to_string();
     let addr = _server.http_address();
+    // A local review's derivations are private: the request carries a read token.
+    common::send_token(Some(&home.token("review-test", "read")));
     let (code, _, body) =
         common::http_get(&addr, &format!("/v1/drvs/{}", slow_drv.trim_start_matches("/nix/store/")));
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));

@@ -85,7 +85,7 @@ impl Setup {
         let body = json!({ "GITHUB_APP_ID": fake_github::APP_ID, "GITHUB_APP_PRIVATE_KEY": fake_github::PRIVATE_KEY_PKCS1 });
         std::fs::write(&creds, body.to_string()).expect("write credentials");
         let config = format!(
-            "{extra}\n\n[web]\nport = 0\n\n[security]\nwebhook_secret = \"{secret}\"\nallow_unsandboxed_builds = true\n\n[github]\napi_url = \"{}\"\n{github}\n\
+            "{extra}\n\n[web]\nport = 0\nmetrics_public = true\n\n[security]\nwebhook_secret = \"{secret}\"\nallow_unsandboxed_builds = true\n\n[github]\napi_url = \"{}\"\n{github}\n\
              [[github_apps]]\nid = \"main\"\ncredentials = {{ file = {{ path = \"{}\" }} }}\n",
             fake.url(),
             creds.display()

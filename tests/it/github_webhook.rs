@@ -22,7 +22,7 @@ fn home_with_secret() -> (Home, String) {
     let secret = format!("wh-secret-{}-{nanos}", std::process::id());
     std::fs::write(
         home.config_file(),
-        format!("[web]\nport = 0\n\n[security]\nwebhook_secret = \"{secret}\"\n"),
+        format!("[web]\nport = 0\nmetrics_public = true\n\n[security]\nwebhook_secret = \"{secret}\"\n"),
     )
     .expect("write config");
     (home, secret)

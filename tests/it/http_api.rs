@@ -95,6 +95,8 @@ fn build_api_over_real_http() {
     let home = Home::new();
     let server = home.start();
     let addr = server.http_address();
+    // Local jobsets are private: every request of this test carries a read token.
+    common::send_token(Some(&home.token("http-api-test", "read")));
 
     let repo = GitRepo::new();
     let base =

@@ -82,6 +82,8 @@ fn summary_over_the_cli_and_http() {
     let home = Home::new();
     let server = home.start();
     let addr = server.http_address();
+    // Local repositories are private: every request of this test carries a read token.
+    common::send_token(Some(&home.token("summary-test", "read")));
     let repo_arg = repo.path().display().to_string();
 
     // The CLI: JSON, then markdown (the same summary, from the cache).

@@ -8,6 +8,7 @@
 mod common;
 mod fake_github;
 
+mod api_auth;
 mod approvals;
 mod checkout;
 mod cli_eval;

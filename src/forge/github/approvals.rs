@@ -198,6 +198,61 @@ pub fn approve_pr(store: &Store, repo: &str, number: u64, by: &str) -> Result<bo
     Ok(newly)
 }
 
+/// Why [`approve`] refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApproveError {
+    #[error(transparent)]
+    Repo(#[from] PrRefError),
+    #[error("invalid pull request `{repo}#0`: pull request numbers start at 1")]
+    Number { repo: String },
+    #[error("cannot record the approval of {repo}#{number}: {source}")]
+    Store { repo: String, number: u64, source: StoreError },
+}
+
+impl ApproveError {
+    /// Whether the request was wrong (rather than the store failing).
+    pub fn is_invalid(&self) -> bool {
+        !matches!(self, ApproveError::Store { .. })
+    }
+}
+
+/// The outcome of [`approve`]: the repository (lowercased) and whether the approval is new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approved {
+    pub repo: String,
+    pub number: u64,
+    pub newly: bool,
+}
+
+/// Approves pull request `number` of `repo` for `require_approval` as `by`, and tells the GitHub
+/// service through `notify` (when there is one) to resume it. What `ekaci approve` and
+/// `POST /v1/github/approve` both do. Blocking.
+pub fn approve(
+    store: &Store,
+    notify: Option<&async_channel::Sender<ApprovalNotice>>,
+    repo: &str,
+    number: u64,
+    by: &str,
+) -> Result<Approved, ApproveError> {
+    validate_repo(repo)?;
+    if number == 0 {
+        return Err(ApproveError::Number { repo: echo(repo) });
+    }
+    let repo = repo.to_ascii_lowercase();
+    let newly = approve_pr(store, &repo, number, by).map_err(|source| ApproveError::Store {
+        repo: repo.clone(),
+        number,
+        source,
+    })?;
+    if let Some(tx) = notify {
+        // A full or closed channel is fine: the GitHub service re-checks held pull requests at start.
+        if let Err(e) = tx.try_send(ApprovalNotice { repo: repo.clone(), number }) {
+            tracing::debug!(%repo, number, error = %e, "approval notice not delivered");
+        }
+    }
+    Ok(Approved { repo, number, newly })
+}
+
 /// The approval of pull request `number` of `repo`, if any.
 pub fn pr_approval(store: &Store, repo: &str, number: u64) -> Result<Option<PrApproval>, StoreError> {
     let key = pr_key(repo, number);

@@ -178,6 +178,10 @@ pub struct RepoRef {
     pub clone_url: String,
     /// `https://github.com/owner/name`.
     pub html_url: String,
+    /// `repository.private` of the payload, when it said. Not stored with the event: [`record`] writes it
+    /// to `repo_visibility` (see `visibility`) in the delivery's transaction.
+    #[serde(skip)]
+    pub private: Option<bool>,
 }
 
 /// `pull_request`: a pull request was opened, updated, closed, ...
@@ -331,6 +335,20 @@ pub enum EventSummary {
 }
 
 impl EventSummary {
+    /// The repository the event is about; `None` for installation events (they name several).
+    pub fn repo(&self) -> Option<&RepoRef> {
+        match self {
+            EventSummary::PullRequest(s) => Some(&s.repo),
+            EventSummary::MergeGroup(s) => Some(&s.repo),
+            EventSummary::CheckRun(s) => Some(&s.repo),
+            EventSummary::CheckSuite(s) => Some(&s.repo),
+            EventSummary::Push(s) => Some(&s.repo),
+            EventSummary::IssueComment(s) => Some(&s.repo),
+            EventSummary::PullRequestReview(s) => Some(&s.repo),
+            EventSummary::Installation(_) | EventSummary::InstallationRepositories(_) => None,
+        }
+    }
+
     /// The payload's `action` (`push` has none).
     pub fn action(&self) -> Option<&str> {
         Some(match self {
@@ -356,11 +374,12 @@ struct WRepo {
     full_name: String,
     clone_url: String,
     html_url: String,
+    private: Option<bool>,
 }
 
 impl From<WRepo> for RepoRef {
     fn from(r: WRepo) -> RepoRef {
-        RepoRef { full_name: r.full_name, clone_url: r.clone_url, html_url: r.html_url }
+        RepoRef { full_name: r.full_name, clone_url: r.clone_url, html_url: r.html_url, private: r.private }
     }
 }
 
@@ -836,6 +855,11 @@ pub fn record(store: &Store, id: &str, incoming: Incoming, received_at: u64) -> 
             Incoming::Ping => ("ping".to_string(), None, DeliveryOutcome::Ping, Intake::Ping),
             Incoming::Unused(name) => (name, None, DeliveryOutcome::Ignored, Intake::Ignored),
             Incoming::Event(summary) => {
+                if let Some(repo) = summary.repo() {
+                    if let Some(private) = repo.private {
+                        crate::visibility::record_repo(&tx, &repo.clone_url, &repo.full_name, private)?;
+                    }
+                }
                 let mut events = tx.open_table(GITHUB_EVENTS)?;
                 // Sequence numbers are never reused, even once the queue has emptied: a counter in
                 // `meta` (written in this same transaction) remembers the next one.

@@ -31,15 +31,28 @@ impl Home {
     pub fn config_file(&self) -> PathBuf {
         self.path().join("ekaci.toml")
     }
-    /// Writes `ekaci.toml` with an ephemeral HTTP port, no webhook secret requirement, unsandboxed builds
-    /// allowed (Nix runs with `sandbox = false` here), and `extra`, which comes first so that its
-    /// top-level keys stay top-level (it may end with tables of its own).
+    /// Writes `ekaci.toml` with an ephemeral HTTP port, `/metrics` readable without a token, no webhook
+    /// secret requirement, unsandboxed builds allowed (Nix runs with
+    /// `sandbox = false` here), and `extra`, which comes first so that its top-level keys stay top-level (it
+    /// may end with tables of its own).
     pub fn write_config(&self, extra: &str) -> PathBuf {
-        let text = format!(
-            "{extra}\n\n[web]\nport = 0\n\n[security]\nallow_insecure_webhooks = true\nallow_unsandboxed_builds = true\n"
-        );
+        self.write_config_web(extra, "metrics_public = true")
+    }
+    /// [`Home::write_config`] with `web` as the `[web]` keys besides the ephemeral port.
+    pub fn write_config_web(&self, extra: &str, web: &str) -> PathBuf {
+        let text =
+            format!("{extra}\n\n[web]\nport = 0\n{web}\n\n[security]\nallow_insecure_webhooks = true\nallow_unsandboxed_builds = true\n");
         std::fs::write(self.config_file(), text).expect("write config");
         self.config_file()
+    }
+    /// Creates API token `name` of `scope` (`read` or `admin`) with `ekaci tokens create` on the running
+    /// server and returns it.
+    pub fn token(&self, name: &str, scope: &str) -> String {
+        let out = self.ekaci(&["tokens", "create", name, "--scope", scope]);
+        assert!(out.status.success(), "ekaci tokens create: {}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8(out.stdout).expect("UTF-8 token").trim().to_string();
+        assert!(token.starts_with("ekaci_"), "{token}");
+        token
     }
     /// A command for one of our binaries with this home's environment.
     pub fn command(&self, bin: &str) -> Command {
@@ -174,6 +187,17 @@ impl Drop for Server {
     }
 }
 
+thread_local! {
+    /// The token every request of this test's thread carries (see [`send_token`]).
+    static TOKEN: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes every later request of the calling test (its thread) carry `Authorization: Bearer <token>`,
+/// unless the request names its own `Authorization` header; `None` stops it.
+pub fn send_token(token: Option<&str>) {
+    TOKEN.with(|t| *t.borrow_mut() = token.map(str::to_string));
+}
+
 /// A minimal HTTP/1.1 client over a real TCP connection: returns (status code, headers, body).
 pub fn http_get(address: &str, path: &str) -> (u16, String, Vec<u8>) {
     http_request(address, "GET", path, &[], b"")
@@ -191,6 +215,11 @@ pub fn http_request(
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+        if let Some(token) = TOKEN.with(|t| t.borrow().clone()) {
+            req.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     s.write_all(req.as_bytes()).expect("send request");

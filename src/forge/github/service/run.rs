@@ -218,6 +218,7 @@ impl GitHubService {
                     .await;
             }
         };
+        self.mark_public(&url, &diff).await;
         self.report_summary(&reporter, &diff).await?;
         let review = match self.pipeline.build_review(&self.scheduler, diff, owners, &None).await {
             Ok(review) => review,
@@ -228,6 +229,29 @@ impl GitHubService {
             }
         };
         self.report_review(&reporter, &review).await
+    }
+
+    /// When the repository is public, marks what its diffed jobsets reach as public for the HTTP API
+    /// (`visibility`). A failure only keeps those derivations private; it is logged.
+    async fn mark_public(&self, url: &str, diff: &crate::pipeline::DiffReport) {
+        let (store, jobsets, graph) =
+            (self.store.clone(), self.pipeline.jobsets().clone(), self.pipeline.graph().clone());
+        let url = url.to_string();
+        let ids: Vec<JobsetId> = diff.jobs.iter().flat_map(|j| [j.base.id, j.head.id]).collect();
+        let marked = smol::unblock(move || -> Result<Option<u64>, crate::visibility::VisibilityError> {
+            if !crate::visibility::repo_is_public(&store, &url)? {
+                return Ok(None);
+            }
+            crate::visibility::mark_jobsets_public(&store, &jobsets, &graph, &ids).map(Some)
+        })
+        .await;
+        match marked {
+            Ok(Some(n)) => {
+                tracing::debug!(derivations = n, "derivations of a public repository marked public")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "marking a public repository's derivations failed"),
+        }
     }
 
     /// Posts (or updates) the change summary of the diffed jobs.

@@ -1,0 +1,119 @@
+//! The write routes, admin tokens only: `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`
+//! and `POST /v1/github/approve`.
+//!
+//! Each checks the token before reading anything else (no token: 401; a read token: 403), then makes
+//! the same call the control socket's `Rebuild`, `Cancel` and `Approve` make: the scheduler's
+//! `rebuild` and `cancel`, and `forge::github::approvals::approve`. A rebuild answers 202 with the
+//! requeued state and does not wait for the build. Nothing here decides anything those calls do not.
+
+use futures_lite::AsyncReadExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{self, WHY_WRITE};
+use super::drvs::{parse_drv_param, respond, state_json, ApiError};
+use super::AppState;
+use crate::scheduler::{Owner, SchedulerError};
+use crate::tokens::Scope;
+
+/// The largest body `POST /v1/github/approve` reads.
+const MAX_APPROVE_BODY: u64 = 4096;
+
+/// A scheduler refusal as the API reports it.
+fn refused(during: &'static str, e: SchedulerError) -> ApiError {
+    match e {
+        SchedulerError::UnknownDerivation { path } => ApiError::UnknownDrv { drv: path },
+        e @ (SchedulerError::NeverRequested { .. } | SchedulerError::NotTerminal { .. }) => {
+            ApiError::Conflict { message: e.to_string() }
+        }
+        other => ApiError::scheduler(during, other),
+    }
+}
+
+async fn rebuild(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    auth::caller(&req).await?.require(Scope::Admin, WHY_WRITE)?;
+    let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
+    let scheduler = &req.state().scheduler;
+    scheduler.rebuild(&drv).await.map_err(|e| refused("requeueing the derivation", e))?;
+    let status =
+        scheduler.state(&drv).await.map_err(|e| ApiError::scheduler("reading the build state", e))?;
+    let body = json!({
+        "drv": drv,
+        "state": status.as_ref().map(|s| state_json(&s.state)),
+        "attempt": status.as_ref().map(|s| s.attempt),
+    });
+    Ok(tide::Response::builder(202).body(body).build())
+}
+
+async fn cancel(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    auth::caller(&req).await?.require(Scope::Admin, WHY_WRITE)?;
+    let raw = req.param("id").unwrap_or_default();
+    let id = super::jobsets::parse_id(raw)?;
+    let jobsets = req.state().jobsets.clone();
+    let known =
+        smol::unblock(move || jobsets.get(id)).await.map_err(|e| ApiError::store("reading the jobset", e))?;
+    if known.is_none() {
+        return Err(ApiError::UnknownJobset { id });
+    }
+    match req.state().scheduler.cancel(Owner::Jobset(id)).await {
+        Ok(()) => Ok(tide::Response::builder(200).body(json!({ "jobset": id, "cancelled": true })).build()),
+        Err(SchedulerError::UnknownOwner { .. }) => Err(ApiError::NoBuilds { id }),
+        Err(e) => Err(refused("cancelling the jobset's builds", e)),
+    }
+}
+
+/// The body of `POST /v1/github/approve`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    repo: String,
+    number: u64,
+}
+
+async fn approve(mut req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let caller = auth::caller(&req).await?;
+    caller.require(Scope::Admin, WHY_WRITE)?;
+    let mut raw = Vec::new();
+    req.take_body()
+        .into_reader()
+        .take(MAX_APPROVE_BODY + 1)
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| ApiError::BadBody { reason: format!("cannot read it: {}", e.kind()) })?;
+    if raw.len() as u64 > MAX_APPROVE_BODY {
+        return Err(ApiError::BadBody { reason: format!("larger than {MAX_APPROVE_BODY} bytes") });
+    }
+    let body: ApproveBody = serde_json::from_slice(&raw).map_err(|e| ApiError::BadBody {
+        reason: format!(
+            "expected {{\"repo\": \"OWNER/NAME\", \"number\": N}} (line {}, column {}: {:?})",
+            e.line(),
+            e.column(),
+            e.classify()
+        ),
+    })?;
+    let by = format!("api:{}", caller.name().unwrap_or("unknown"));
+    let (store, notify) = (req.state().store.clone(), req.state().approvals.clone());
+    let approved = smol::unblock(move || {
+        crate::forge::github::approvals::approve(&store, notify.as_ref(), &body.repo, body.number, &by)
+    })
+    .await;
+    match approved {
+        Ok(a) => Ok(tide::Response::builder(200)
+            .body(json!({ "repo": a.repo, "number": a.number, "newly": a.newly }))
+            .build()),
+        Err(e) if e.is_invalid() => Err(ApiError::BadBody { reason: e.to_string() }),
+        Err(e) => {
+            tracing::error!(error = %e, "HTTP API: recording an approval failed");
+            Err(ApiError::Internal { during: "recording the approval" })
+        }
+    }
+}
+
+pub fn routes(app: &mut tide::Server<AppState>) {
+    app.at("/v1/drvs/:drv/rebuild")
+        .post(|req: tide::Request<AppState>| async move { respond(rebuild(req).await) });
+    app.at("/v1/jobsets/:id/cancel")
+        .post(|req: tide::Request<AppState>| async move { respond(cancel(req).await) });
+    app.at("/v1/github/approve")
+        .post(|req: tide::Request<AppState>| async move { respond(approve(req).await) });
+}
