@@ -45,6 +45,7 @@ use crate::pipeline::Pipeline;
 use crate::scheduler::{Owner, SchedulerHandle};
 use crate::store::{now_secs, Store, StoreError};
 
+mod gate;
 mod report;
 mod run;
 
