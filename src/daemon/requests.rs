@@ -59,7 +59,7 @@ impl Handler for DaemonHandler {
                     Err(e) => Response::Error { message: e.to_string() },
                 }
             }
-            Request::Approve { repo, number } => self.approve(&repo, number).await,
+            Request::Approve { repo, number, sha } => self.approve(&repo, number, sha).await,
             Request::ApprovedUsers(op) => self.approved_users(op).await,
             Request::Summary { repo, base, head, job } => {
                 self.summary(Path::new(&repo), &base, &head, job.as_deref(), &progress).await
@@ -219,29 +219,27 @@ impl DaemonHandler {
         }
     }
 
-    /// Approves a pull request for `require_approval` and tells the GitHub service (if any) to resume it.
-    async fn approve(&self, repo: &str, number: u64) -> Response {
-        if let Err(e) = approvals::validate_repo(repo) {
-            return error(e);
-        }
-        if number == 0 {
-            return error(format!("invalid pull request `{repo}#0`: pull request numbers start at 1"));
-        }
-        let repo = repo.to_ascii_lowercase();
+    /// Approves the held head commit of a pull request for `require_approval` (`sha`, when given, must be
+    /// that commit) and tells the GitHub service (if any) to resume it.
+    async fn approve(&self, repo: &str, number: u64, sha: Option<String>) -> Response {
         let store = self.store.clone();
-        let key = repo.clone();
-        let newly =
-            match smol::unblock(move || approvals::approve_pr(&store, &key, number, APPROVED_BY)).await {
-                Ok(n) => n,
-                Err(e) => return error(format!("cannot record the approval of {repo}#{number}: {e}")),
+        let r = repo.to_string();
+        let approved =
+            match smol::unblock(move || approvals::approve(&store, &r, number, sha.as_deref(), APPROVED_BY))
+                .await
+            {
+                Ok(approved) => approved,
+                Err(e) => return error(e),
             };
+        let repo = repo.to_ascii_lowercase();
         if let Some(tx) = &self.approvals {
             // A full or closed channel is fine: the GitHub service re-checks held pull requests at start.
-            if let Err(e) = tx.try_send(ApprovalNotice { repo: repo.clone(), number }) {
+            let notice = ApprovalNotice { repo: repo.clone(), number, sha: approved.sha.clone() };
+            if let Err(e) = tx.try_send(notice) {
                 tracing::debug!(%repo, number, error = %e, "approval notice not delivered");
             }
         }
-        Response::Approved { repo, number, newly }
+        Response::Approved { repo, number, sha: approved.sha, newly: approved.newly }
     }
 
     /// Adds, removes or lists the users whose pull requests need no approval.

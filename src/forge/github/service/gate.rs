@@ -173,15 +173,18 @@ mod tests {
 
     #[test]
     fn job_changes_name_their_fields_and_sections() {
+        let valid = |f: &Found| assert!(matches!(f, Found::Valid { .. }), "{f:?}");
         let base = found(
             r#"{ "jobs": { "main": { "file": "default.nix" }, "gone": { "file": "a.nix" },
                  "flaky": { "flake": true } } }"#,
         );
         let head = found(
-            r#"{ "jobs": { "main": { "file": "other.nix", "attr_path": ["x"], "allow_eval_failures": true },
+            r#"{ "jobs": { "main": { "file": "other.nix", "attr_path": "x", "allow_eval_failures": true },
                  "flaky": { "flake": true }, "new": { "file": "b.nix" } },
                  "package_change_summary": { "enabled": false } }"#,
         );
+        valid(&base);
+        valid(&head);
         assert_eq!(
             changes(&base, &head),
             [

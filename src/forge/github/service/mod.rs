@@ -205,7 +205,7 @@ impl GitHubService {
                     active.remove(&key);
                 }
                 Wake::Approved(notice) => {
-                    tracing::info!(repo = %notice.repo, number = notice.number, "pull request approved");
+                    tracing::info!(repo = %notice.repo, number = notice.number, sha = %notice.sha, "pull request commit approved");
                 }
                 Wake::Tick => {}
             }
@@ -539,7 +539,7 @@ impl GitHubService {
                 let others = run.also_for.iter().map(|p| (p.number, p.author.as_deref()));
                 let mut approved = false;
                 for (number, author) in run.approval_subject().into_iter().chain(others) {
-                    if approved_locally(&store, &run.repo, number, author)? {
+                    if approved_locally(&store, &run.repo, number, &run.head_sha, author)? {
                         approved = true;
                         break;
                     }
@@ -602,14 +602,17 @@ impl GitHubService {
     }
 }
 
-/// Whether pull request `number` of `repo` or its author was approved with `ekaci`. Blocking.
+/// Whether commit `sha` of pull request `number` of `repo`, or the pull request's author, was approved
+/// with `ekaci`. An approval is for one commit: a later push is held again; an approved user stays
+/// approved. Blocking.
 fn approved_locally(
     store: &Store,
     repo: &str,
     number: u64,
+    sha: &str,
     author: Option<&str>,
 ) -> Result<bool, StoreError> {
-    if approvals::is_pr_approved(store, repo, number)? {
+    if approvals::is_commit_approved(store, repo, number, sha)? {
         return Ok(true);
     }
     match author {

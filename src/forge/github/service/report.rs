@@ -53,10 +53,13 @@ pub(super) fn held_summary(run: &Run, subject: Option<&(u64, Option<String>)>) -
         ),
     };
     let summary = format!(
-        "{why}\n\nTo approve this pull request, run on the eka-ci host:\n\n```\nekaci approve {}#{number}\n```\n\n\
-         To trust the author from now on: `ekaci approved-users add {}`.",
+        "{why}\n\nAn approval is for one commit: this one, `{sha}`. To approve it, run on the eka-ci host:\n\n\
+         ```\nekaci approve {}#{number}\n```\n\n(`--sha {sha}` makes sure it is this commit). A later push to the \
+         pull request is held again. To trust the author from now on, for every commit: \
+         `ekaci approved-users add {}`.",
         run.repo,
         author.unwrap_or("LOGIN"),
+        sha = run.head_sha,
     );
     completed(CheckConclusion::ActionRequired, "Waiting for a maintainer's approval", summary, None)
 }

@@ -113,12 +113,13 @@ impl GitHubService {
             }
             if run.check_id(APPROVAL_CHECK).is_some() {
                 let summary = if run.approved {
-                    "A maintainer approved this pull request."
+                    format!("A maintainer approved this commit, `{}`.", run.head_sha)
                 } else {
                     "No approval is needed any more: a pull request with this head commit is by an author \
                      with write access, or was approved."
+                        .to_string()
                 };
-                let fields = completed(CheckConclusion::Success, "Approved", summary.into(), None);
+                let fields = completed(CheckConclusion::Success, "Approved", summary, None);
                 reporter.report(APPROVAL_CHECK, fields).await?;
             }
         }
@@ -390,8 +391,9 @@ impl GitHubService {
     ) -> Result<bool, RunError> {
         let others = run.also_for.iter().map(|p| (p.number, p.author.clone()));
         for (number, author) in subject.cloned().into_iter().chain(others) {
-            let (store, repo, a) = (self.store.clone(), run.repo.clone(), author.clone());
-            if smol::unblock(move || approved_locally(&store, &repo, number, a.as_deref())).await? {
+            let (store, repo, a, sha) =
+                (self.store.clone(), run.repo.clone(), author.clone(), run.head_sha.clone());
+            if smol::unblock(move || approved_locally(&store, &repo, number, &sha, a.as_deref())).await? {
                 return Ok(true);
             }
             let Some(author) = author else { continue };
