@@ -4,7 +4,8 @@
 //! For one commit it resolves the revision, checks the commit out into a private worktree, reads the
 //! untrusted `.eka-ci/config.json`, evaluates each job (reusing a jobset already evaluated for the same
 //! repository, commit and job), streams the records into the store, discovers the jobset's derivation
-//! graph, and removes the worktree. Evaluations are limited to a few at a time; requests beyond that
+//! graph, and removes the worktree. A diff for a forge ([`Pipeline::diff_with_config`]) evaluates both
+//! commits with the jobs of a configuration the caller trusts instead of each commit's own. Evaluations are limited to a few at a time; requests beyond that
 //! wait in a queue whose depth `ekaci status` reports. This module decides the order of those steps; it
 //! must never parse Nix output or talk git itself (the `nix` and `checkout` modules do).
 
@@ -954,4 +955,41 @@ fn tail_lines(path: &Path, lines: usize, max_bytes: u64) -> Option<String> {
     let all: Vec<&str> = text.lines().collect();
     let tail = all[all.len().saturating_sub(lines)..].join("\n");
     (!tail.trim().is_empty()).then_some(tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(file: &str, allow: bool) -> JobConfig {
+        JobConfig {
+            source: JobSource::File { file: file.into(), attr_path: Vec::new() },
+            allow_eval_failures: allow,
+            caches: Vec::new(),
+            size_check: None,
+        }
+    }
+
+    #[test]
+    fn a_job_is_keyed_by_its_name_only_with_its_commits_own_definition() {
+        let mut own = RepoConfig::default();
+        own.jobs.insert("main".into(), job("default.nix", false));
+        assert_eq!(key_job("main", &job("default.nix", false), Some(&own)), "main");
+        let other_file = key_job("main", &job("hide.nix", false), Some(&own));
+        let allowed = key_job("main", &job("default.nix", true), Some(&own));
+        let no_config = key_job("main", &job("default.nix", false), None);
+        for marked in [&other_file, &allowed, &no_config] {
+            assert!(
+                marked.starts_with("main\u{1f}") && marked.len() == "main\u{1f}".len() + 16,
+                "{marked:?}"
+            );
+            assert_eq!(crate::jobset::job_name(marked), "main");
+        }
+        assert_ne!(other_file, allowed, "the fingerprint covers the definition");
+        assert_eq!(no_config, key_job("main", &job("default.nix", false), Some(&RepoConfig::default())));
+        assert_eq!(
+            key_job("extra", &job("hide.nix", false), Some(&own)),
+            other_file.replace("main", "extra")
+        );
+    }
 }

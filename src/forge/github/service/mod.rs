@@ -9,7 +9,8 @@
 //! is how a crash between the webhook's 202 and the first API call still ends in the right check runs.
 //!
 //! Check runs a run reports, all on the head commit:
-//! - `EkaCI: Configure`: the repository configuration's parse result (errors with their field paths);
+//! - `EkaCI: Configure`: the head's repository configuration's parse result (errors with their field
+//!   paths), what it changes against the base's, and which of the two gates (`gate`);
 //! - `EkaCI: Evaluate Job (<job>)`: in progress while evaluating and building, then success iff no Added
 //!   or Changed attribute fails and head brings no new evaluation error (unless the job allows them);
 //! - `<attr> (<job>)`: one per failing Added or Changed attribute, with its log tail (at most
@@ -23,7 +24,7 @@
 //! through `smol::unblock`). Tokens never reach a message: client and checkout errors are redacted.
 //!
 //! Layout: this file is the decision loop (events → run changes; starting, cancelling and resuming
-//! run tasks); `run` is one run's task (configuration, evaluation, diff, change summary, builds,
+//! run tasks); `gate` decides which configuration gates a run; `run` is one run's task (configuration, evaluation, diff, change summary, builds,
 //! completion); `report` is what a run tells GitHub (check-run texts and the `Reporter` that creates
 //! or updates check runs and records their ids).
 

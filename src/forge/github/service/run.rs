@@ -1,6 +1,7 @@
-//! One run's task: reads the run, checks approval, reads the head's repository configuration,
-//! evaluates and diffs head against base, posts the change summary, builds, and completes the check
-//! runs; then records how the attempt ended (done, held for approval, or retry with backoff).
+//! One run's task: reads the run, checks approval, reads the base's and the head's repository
+//! configurations and picks the one that gates (`gate`), evaluates and diffs head against base with its
+//! jobs, posts the change summary, builds, and completes the check runs; then records how the attempt
+//! ended (done, held for approval, or retry with backoff).
 //!
 //! A task only reads its run, works, and records what it told GitHub: everything it does can be redone.
 //! It never decides which runs exist or are cancelled (the loop in `mod.rs` does), never formats
