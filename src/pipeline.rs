@@ -4,7 +4,8 @@
 //! For one commit it resolves the revision, checks the commit out into a private worktree, reads the
 //! untrusted `.eka-ci/config.json`, evaluates each job (reusing a jobset already evaluated for the same
 //! repository, commit and job), streams the records into the store, discovers the jobset's derivation
-//! graph, and removes the worktree. Evaluations are limited to a few at a time; requests beyond that
+//! graph, and removes the worktree. A diff for a forge ([`Pipeline::diff_with_config`]) evaluates both
+//! commits with the jobs of a configuration the caller trusts instead of each commit's own. Evaluations are limited to a few at a time; requests beyond that
 //! wait in a queue whose depth `ekaci status` reports. This module decides the order of those steps; it
 //! must never parse Nix output or talk git itself (the `nix` and `checkout` modules do).
 
@@ -272,11 +273,58 @@ impl Pipeline {
         report(progress, &format!("checking out {short}"), 0, 0);
         let _worktree_slot = self.worktree_slots.acquire().await;
         let worktree = self.checkouts.checkout(repo, commit, auth).await?;
-        let result = self.evaluate_worktree(repo, commit, &worktree, only, progress, with_attrs).await;
+        let result = self
+            .evaluate_worktree(repo, commit, &worktree, Definitions::Own(only), progress, with_attrs)
+            .await;
         if let Err(e) = worktree.remove().await {
             tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
         }
         result
+    }
+
+    /// Diffs commit `base` against commit `head` of the repository at `url`, evaluating both with the
+    /// jobs of `gate` (a configuration the caller trusts: the base commit's for a pull request, see
+    /// docs/security.md), not with each commit's own. Neither commit's own configuration decides what
+    /// is evaluated; a side where a job's file or attribute is missing records that as the job's
+    /// evaluation failure or errors. The report's change-summary settings are `gate`'s.
+    pub async fn diff_with_config(
+        &self,
+        url: &str,
+        base_commit: &str,
+        head_commit: &str,
+        gate: &RepoConfig,
+        auth: Option<&GitAuth>,
+        progress: &ProgressSink,
+    ) -> Result<DiffReport, PipelineError> {
+        let mut sides = Vec::new();
+        for commit in [head_commit, base_commit] {
+            report(progress, &format!("checking out {}", crate::text::short_sha(commit)), 0, 0);
+            let _worktree_slot = self.worktree_slots.acquire().await;
+            let worktree = self.checkouts.checkout(url, commit, auth).await?;
+            let result = self
+                .evaluate_worktree(url, commit, &worktree, Definitions::Given(gate), progress, false)
+                .await;
+            if let Err(e) = worktree.remove().await {
+                tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
+            }
+            sides.push(result?.1);
+        }
+        let (head_sets, base_sets) = (&sides[0], &sides[1]);
+        let mut jobs = Vec::new();
+        for (h, b) in head_sets.iter().zip(base_sets) {
+            let (jobsets, base_id, head_id) = (self.jobsets.clone(), b.id, h.id);
+            jobs.push(smol::unblock(move || diff(&jobsets, base_id, head_id)).await?);
+        }
+        Ok(DiffReport {
+            repo: url.into(),
+            base_commit: base_commit.into(),
+            head_commit: head_commit.into(),
+            jobs,
+            only_in_base: Vec::new(),
+            only_in_head: Vec::new(),
+            config_warnings: Vec::new(),
+            summary_settings: crate::summary::Settings::from_repo(gate),
+        })
     }
 
     /// The repository configuration of `repo` at `commit` (checked out, read, validated, removed): the
@@ -301,16 +349,39 @@ impl Pipeline {
         repo: &str,
         commit: &str,
         worktree: &Worktree,
-        only: Option<&str>,
+        definitions: Definitions<'_>,
         progress: &ProgressSink,
         with_attrs: bool,
     ) -> Result<(EvalReport, Vec<Jobset>), PipelineError> {
-        let (config, file, warnings) = load_repo_config(worktree, repo, commit).await?;
-        let selected = select_jobs(&config, only, &file, commit)?;
+        let own = load_repo_config(worktree, repo, commit).await;
+        let (config, file, warnings, selected, own_config) = match definitions {
+            Definitions::Own(only) => {
+                let (config, file, warnings) = own?;
+                let selected: Vec<(String, JobConfig)> = select_jobs(&config, only, &file, commit)?
+                    .into_iter()
+                    .map(|(n, j)| (n, j.clone()))
+                    .collect();
+                (config, file, warnings, selected, None)
+            }
+            Definitions::Given(gate) => {
+                // The commit's own configuration only decides whether a job's results may be shared
+                // with evaluations of it (see `key_job`); a missing or invalid one changes nothing.
+                let (own_config, file, warnings) = match own {
+                    Ok((c, f, w)) => (Some(c), f, w),
+                    Err(_) => (None, String::new(), Vec::new()),
+                };
+                let selected = gate.jobs.iter().map(|(n, j)| (n.clone(), j.clone())).collect();
+                (gate.clone(), file, warnings, selected, own_config)
+            }
+        };
         let mut jobs = Vec::new();
         let mut headers = Vec::new();
-        for (name, job) in selected {
-            let key = JobsetKey { repo: repo.into(), commit: commit.into(), job: name.clone() };
+        for (name, job) in &selected {
+            let job_key = match definitions {
+                Definitions::Own(_) => name.clone(),
+                Definitions::Given(_) => key_job(name, job, own_config.as_ref()),
+            };
+            let key = JobsetKey { repo: repo.into(), commit: commit.into(), job: job_key };
             let (jobset, reused) = self.evaluate_job(&key, job, worktree.path(), progress).await?;
             let attrs = if with_attrs {
                 let (jobsets, id) = (self.jobsets.clone(), jobset.id);
@@ -545,6 +616,36 @@ fn select_jobs<'c>(
             }),
         },
     }
+}
+
+/// Which job definitions an evaluation uses.
+#[derive(Clone, Copy)]
+enum Definitions<'a> {
+    /// The commit's own configuration: every job, or only the one named.
+    Own(Option<&'a str>),
+    /// Another configuration's jobs (a trusted one: the base commit's for a pull request).
+    Given(&'a RepoConfig),
+}
+
+/// The stored job key (see [`JobsetKey::job`]) of job `name` evaluated with definition `job` at a
+/// commit whose own configuration is `own`: the bare name when the commit defines the job the same way
+/// (what it evaluates and whether evaluation errors are allowed), else the name marked with a
+/// fingerprint of the definition, so results of different definitions are never reused for each other.
+fn key_job(name: &str, job: &JobConfig, own: Option<&RepoConfig>) -> String {
+    let same = own
+        .and_then(|c| c.jobs.get(name))
+        .is_some_and(|o| o.source == job.source && o.allow_eval_failures == job.allow_eval_failures);
+    if same {
+        return name.to_string();
+    }
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    // postcard cannot fail on these plain types; an empty encoding would still differ by the flag.
+    hasher.update(postcard::to_allocvec(&job.source).unwrap_or_default());
+    hasher.update([u8::from(job.allow_eval_failures)]);
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{name}{}{hex}", crate::jobset::DEFINITION_MARK)
 }
 
 /// How one Added or Changed attribute fared in a review.
@@ -854,4 +955,41 @@ fn tail_lines(path: &Path, lines: usize, max_bytes: u64) -> Option<String> {
     let all: Vec<&str> = text.lines().collect();
     let tail = all[all.len().saturating_sub(lines)..].join("\n");
     (!tail.trim().is_empty()).then_some(tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(file: &str, allow: bool) -> JobConfig {
+        JobConfig {
+            source: JobSource::File { file: file.into(), attr_path: Vec::new() },
+            allow_eval_failures: allow,
+            caches: Vec::new(),
+            size_check: None,
+        }
+    }
+
+    #[test]
+    fn a_job_is_keyed_by_its_name_only_with_its_commits_own_definition() {
+        let mut own = RepoConfig::default();
+        own.jobs.insert("main".into(), job("default.nix", false));
+        assert_eq!(key_job("main", &job("default.nix", false), Some(&own)), "main");
+        let other_file = key_job("main", &job("hide.nix", false), Some(&own));
+        let allowed = key_job("main", &job("default.nix", true), Some(&own));
+        let no_config = key_job("main", &job("default.nix", false), None);
+        for marked in [&other_file, &allowed, &no_config] {
+            assert!(
+                marked.starts_with("main\u{1f}") && marked.len() == "main\u{1f}".len() + 16,
+                "{marked:?}"
+            );
+            assert_eq!(crate::jobset::job_name(marked), "main");
+        }
+        assert_ne!(other_file, allowed, "the fingerprint covers the definition");
+        assert_eq!(no_config, key_job("main", &job("default.nix", false), Some(&RepoConfig::default())));
+        assert_eq!(
+            key_job("extra", &job("hide.nix", false), Some(&own)),
+            other_file.replace("main", "extra")
+        );
+    }
 }

@@ -109,14 +109,18 @@ pub struct SummaryCmd {
     pub format: String,
 }
 
-/// Approve a pull request held by require_approval (its author lacks write permission), so that it is
-/// evaluated and built.
+/// Approve the current head commit of a pull request held by require_approval (its author lacks write
+/// permission), so that it is evaluated and built. The approval is for that commit only: a later push
+/// is held again. Prints the approved commit.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "approve")]
 pub struct ApproveCmd {
     /// the pull request, OWNER/REPO#NUMBER (e.g. octo-org/hello-world#42)
     #[argh(positional)]
     pub pr: String,
+    /// approve only if this commit (full SHA or a prefix of at least 7 digits) is the held head
+    #[argh(option)]
+    pub sha: Option<String>,
 }
 
 /// Manage the GitHub users whose pull requests need no approval under require_approval.
@@ -511,12 +515,12 @@ async fn summary(socket: &std::path::Path, cmd: &SummaryCmd) -> Result<(), Strin
 
 async fn approve(socket: &std::path::Path, cmd: &ApproveCmd) -> Result<(), String> {
     let (repo, number) = approvals::parse_pr_ref(&cmd.pr).map_err(|e| e.to_string())?;
-    match call(socket, Request::Approve { repo, number }).await? {
-        Response::Approved { repo, number, newly } => {
+    match call(socket, Request::Approve { repo, number, sha: cmd.sha.clone() }).await? {
+        Response::Approved { repo, number, sha, newly } => {
             if newly {
-                println!("approved {repo}#{number}");
+                println!("approved {repo}#{number} at {sha}");
             } else {
-                println!("{repo}#{number} was already approved");
+                println!("{repo}#{number} was already approved at {sha}");
             }
             Ok(())
         }

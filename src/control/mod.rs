@@ -43,8 +43,9 @@ pub enum Request {
     Rebuild { drv: String },
     /// Cancel the builds of a jobset.
     Cancel { jobset: u64 },
-    /// Approve pull request `number` of `repo` (`owner/repo`) for `require_approval`.
-    Approve { repo: String, number: u64 },
+    /// Approve the held head commit of pull request `number` of `repo` (`owner/repo`) for
+    /// `require_approval`; with `sha`, only if that commit (or prefix) is the held head.
+    Approve { repo: String, number: u64, sha: Option<String> },
     /// Change or list the users whose pull requests need no approval.
     ApprovedUsers(ApprovedUsersOp),
     /// Evaluate two revisions of a local repository and compute their change summary (every job, or
@@ -109,10 +110,12 @@ pub enum Response {
     Error {
         message: String,
     },
-    /// A pull request is approved; `newly` is false when it already was. `repo` is lowercased.
+    /// Commit `sha` (full, lowercase) of a pull request is approved; `newly` is false when it already
+    /// was. `repo` is lowercased.
     Approved {
         repo: String,
         number: u64,
+        sha: String,
         newly: bool,
     },
     /// The answer to an `ApprovedUsers` add or remove: the login (lowercased) and whether anything changed.

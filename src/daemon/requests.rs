@@ -61,7 +61,7 @@ impl Handler for DaemonHandler {
                     Err(e) => Response::Error { message: e.to_string() },
                 }
             }
-            Request::Approve { repo, number } => self.approve(&repo, number).await,
+            Request::Approve { repo, number, sha } => self.approve(&repo, number, sha).await,
             Request::ApprovedUsers(op) => self.approved_users(op).await,
             Request::Tokens(op) => self.tokens(op).await,
             Request::Summary { repo, base, head, job } => {
@@ -222,13 +222,18 @@ impl DaemonHandler {
         }
     }
 
-    /// Approves a pull request for `require_approval` and tells the GitHub service (if any) to resume it.
-    async fn approve(&self, repo: &str, number: u64) -> Response {
-        let (store, notify, repo) = (self.store.clone(), self.approvals.clone(), repo.to_string());
-        match smol::unblock(move || approvals::approve(&store, notify.as_ref(), &repo, number, APPROVED_BY))
-            .await
-        {
-            Ok(a) => Response::Approved { repo: a.repo, number: a.number, newly: a.newly },
+    /// Approves the held head commit of a pull request for `require_approval` (`sha`, when given, must be
+    /// that commit) and tells the GitHub service (if any) to resume it.
+    async fn approve(&self, repo: &str, number: u64, sha: Option<String>) -> Response {
+        let (store, notify, r) = (self.store.clone(), self.approvals.clone(), repo.to_string());
+        let approved = smol::unblock(move || {
+            approvals::approve_and_notify(&store, notify.as_ref(), &r, number, sha.as_deref(), APPROVED_BY)
+        })
+        .await;
+        match approved {
+            Ok(a) => {
+                Response::Approved { repo: repo.to_ascii_lowercase(), number, sha: a.sha, newly: a.newly }
+            }
             Err(e) => error(e),
         }
     }

@@ -84,7 +84,7 @@ pub fn diff(jobsets: &Jobsets, base: JobsetId, head: JobsetId) -> Result<JobDiff
     let base_js = jobsets.get(base)?.ok_or_else(|| missing(base))?;
     let head_js = jobsets.get(head)?.ok_or_else(|| missing(head))?;
     let mut out = JobDiff {
-        job: head_js.key.job.clone(),
+        job: head_js.key.job_name().to_string(),
         base: base_js,
         head: head_js,
         added: vec![],

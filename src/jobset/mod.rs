@@ -34,11 +34,29 @@ pub struct JobsetKey {
     pub repo: String,
     /// The full commit SHA.
     pub commit: String,
-    /// The job's name in `.eka-ci/config.json`.
+    /// The job's name in `.eka-ci/config.json`, when the job was evaluated with the definition the
+    /// commit's own configuration gives it. A job evaluated with another commit's definition (the base
+    /// branch's, for a pull request whose configuration is not trusted) is stored under the name, then
+    /// [`DEFINITION_MARK`], then a fingerprint of that definition, so the two results never stand in for
+    /// each other. [`JobsetKey::job_name`] is the name alone.
     pub job: String,
 }
 
+/// Separates a job's name from its definition's fingerprint in [`JobsetKey::job`]. A control character,
+/// which the repository configuration refuses in job names, so no name can end in a fingerprint.
+pub const DEFINITION_MARK: char = '\u{1f}';
+
+/// The job's name in a stored job key (see [`JobsetKey::job`]).
+pub fn job_name(key_job: &str) -> &str {
+    key_job.split_once(DEFINITION_MARK).map_or(key_job, |(name, _)| name)
+}
+
 impl JobsetKey {
+    /// The job's name, without a definition's fingerprint.
+    pub fn job_name(&self) -> &str {
+        job_name(&self.job)
+    }
+
     fn index_key(&self) -> String {
         format!("{}\u{0}{}\u{0}{}", self.repo, self.commit, self.job)
     }

@@ -44,7 +44,14 @@ pub fn get(
 
 /// Stores (or replaces) a summary under its (head, base, job).
 pub fn put(store: &Store, summary: &JobSummary) -> Result<(), StoreError> {
-    let k = key(&summary.head_sha, &summary.base_sha, &summary.job);
+    put_as(store, &summary.job, summary)
+}
+
+/// Stores (or replaces) a summary under (head, base, `job`): `job` is the stored job key (with the
+/// definition's fingerprint when the job was evaluated with another commit's definition, see
+/// `jobset::JobsetKey::job`), so summaries of different definitions never stand in for each other.
+pub fn put_as(store: &Store, job: &str, summary: &JobSummary) -> Result<(), StoreError> {
+    let k = key(&summary.head_sha, &summary.base_sha, job);
     let bytes = encode(CHANGE_SUMMARIES.name(), &SummaryRecord::V1(summary.clone()))?;
     let tx = store.db().begin_write()?;
     {

@@ -393,7 +393,7 @@ pub fn summarize_job(
             });
         }
     }
-    if base_js.key.job != head_js.key.job {
+    if base_js.key.job_name() != head_js.key.job_name() {
         return Err(SummaryError::DifferentJobs {
             base,
             head,
@@ -413,7 +413,7 @@ pub fn summarize_job(
     }
     m.change_summary_cache_misses.inc();
     let summary = compute(jobsets, graph, base, head, settings)?;
-    cache::put(store, &summary)?;
+    cache::put_as(store, &head_js.key.job, &summary)?;
     m.change_summary_duration.with_label_values(&["end_to_end"]).observe(started.elapsed().as_secs_f64());
     Ok(summary)
 }
@@ -612,7 +612,7 @@ fn compute(
     fixed_eval_errors.sort();
     Ok(JobSummary {
         repo: d.head.key.repo.clone(),
-        job: d.head.key.job.clone(),
+        job: d.head.key.job_name().to_string(),
         base_sha: d.base.key.commit.clone(),
         head_sha: d.head.key.commit.clone(),
         eval,
@@ -685,10 +685,10 @@ fn lookup_commit(
     }
     if let (Some(base_sha), Some((jobsets, graph, settings))) = (base_sha, compute) {
         for key in jobset_keys_of_commit(store, head_sha)? {
-            if job.is_some_and(|j| j != key.job) {
+            if job.is_some_and(|j| j != key.job_name()) {
                 continue;
             }
-            let slot = (key.repo.clone(), key.job.clone(), base_sha.to_string());
+            let slot = (key.repo.clone(), key.job_name().to_string(), base_sha.to_string());
             if found.contains_key(&slot) {
                 continue;
             }

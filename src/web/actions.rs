@@ -68,6 +68,9 @@ async fn cancel(req: tide::Request<AppState>) -> Result<tide::Response, ApiError
 struct ApproveBody {
     repo: String,
     number: u64,
+    /// The commit to approve; it must be the held head (a prefix of 7 or more hex digits is enough).
+    #[serde(default)]
+    sha: Option<String>,
 }
 
 async fn approve(mut req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
@@ -93,13 +96,21 @@ async fn approve(mut req: tide::Request<AppState>) -> Result<tide::Response, Api
     })?;
     let by = format!("api:{}", caller.name().unwrap_or("unknown"));
     let (store, notify) = (req.state().store.clone(), req.state().approvals.clone());
+    let (repo, number) = (body.repo.to_ascii_lowercase(), body.number);
     let approved = smol::unblock(move || {
-        crate::forge::github::approvals::approve(&store, notify.as_ref(), &body.repo, body.number, &by)
+        crate::forge::github::approvals::approve_and_notify(
+            &store,
+            notify.as_ref(),
+            &body.repo,
+            body.number,
+            body.sha.as_deref(),
+            &by,
+        )
     })
     .await;
     match approved {
         Ok(a) => Ok(tide::Response::builder(200)
-            .body(json!({ "repo": a.repo, "number": a.number, "newly": a.newly }))
+            .body(json!({ "repo": repo, "number": number, "sha": a.sha, "newly": a.newly }))
             .build()),
         Err(e) if e.is_invalid() => Err(ApiError::BadBody { reason: e.to_string() }),
         Err(e) => {

@@ -113,7 +113,7 @@ fn github_server(home: &Home, fake: &FakeGitHub, secret: &str, web: &str) -> Ser
     let body = json!({ "GITHUB_APP_ID": fake_github::APP_ID, "GITHUB_APP_PRIVATE_KEY": fake_github::PRIVATE_KEY_PKCS1 });
     std::fs::write(&creds, body.to_string()).expect("write credentials");
     let config = format!(
-        "[web]\nport = 0\n{web}\n\n[security]\nwebhook_secret = \"{secret}\"\n\n[github]\napi_url = \"{}\"\n\n\
+        "[web]\nport = 0\n{web}\n\n[security]\nwebhook_secret = \"{secret}\"\nallow_unsandboxed_builds = true\n\n[github]\napi_url = \"{}\"\n\n\
          [[github_apps]]\nid = \"main\"\ncredentials = {{ file = {{ path = \"{}\" }} }}\n",
         fake.url(),
         creds.display()

@@ -1,6 +1,7 @@
 //! `require_approval`'s approvals end to end: `ekaci approve` and `ekaci approved-users` against the real
-//! server over its control socket, what they store in the real redb file, persistence across a restart,
-//! and the exact errors for bad input (from the CLI and from the server's own checks).
+//! server over its control socket, what they store in the real redb file (an approval is for the held
+//! head commit of the runs recorded there), persistence across a restart, and the exact errors for bad
+//! input (from the CLI and from the server's own checks).
 
 use crate::common;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use common::{json, Home};
 use eka_ci::control::client::Client;
 use eka_ci::control::{ApprovedUsersOp, Request, Response};
-use eka_ci::forge::github::approvals;
+use eka_ci::forge::github::{approvals, runs};
 use eka_ci::store::Store;
 use rustix::process::Signal;
 
@@ -47,32 +48,74 @@ fn logins(list: &serde_json::Value) -> Vec<&str> {
     list.as_array().expect("array").iter().map(|u| u["login"].as_str().expect("login")).collect()
 }
 
+/// Records a run of pull request `number` of `repo` at commit `head` in `state` in the database of
+/// `home`, as the GitHub service would have (the server must not be running).
+fn seed_run(home: &Home, repo: &str, number: u64, head: &str, state: runs::RunState) {
+    let store = Store::open(&home.db()).expect("open the database");
+    let trigger = runs::Trigger::PullRequest { number, author: Some("outsider".into()) };
+    let url = format!("https://github.com/{repo}.git");
+    let run =
+        runs::Run { state, ..runs::Run::new(repo, &url, Some(1), head, &"b".repeat(40), "main", trigger) };
+    runs::update(&store, &runs::key(repo, head), |_| (Some(run), ())).expect("record the run");
+}
+
 #[test]
-fn approving_a_pull_request_is_stored_and_survives_a_restart() {
+fn approving_a_pull_request_approves_its_held_head_commit_and_survives_a_restart() {
     let home = Home::new();
+    let repo = "Octo-Org/Hello.World_2";
+    let (sha42, sha43, old42) = ("4".repeat(40), "abcdef1".repeat(5) + "23456", "0".repeat(40));
+    // #42 was pushed to: the superseded run does not count, the held one does.
+    seed_run(&home, repo, 42, &old42, runs::RunState::Cancelled { reason: "superseded".into() });
+    seed_run(&home, repo, 42, &sha42, runs::RunState::AwaitingApproval);
+    seed_run(&home, repo, 43, &sha43, runs::RunState::AwaitingApproval);
     let server = home.start();
-    assert_eq!(ok(&home, &["approve", "Octo-Org/Hello.World_2#42"]), "approved octo-org/hello.world_2#42\n");
+    assert_eq!(
+        ok(&home, &["approve", "Octo-Org/Hello.World_2#42"]),
+        format!("approved octo-org/hello.world_2#42 at {sha42}\n")
+    );
     assert_eq!(
         ok(&home, &["approve", "octo-org/hello.world_2#42"]),
-        "octo-org/hello.world_2#42 was already approved\n",
+        format!("octo-org/hello.world_2#42 was already approved at {sha42}\n"),
         "names compare case-insensitively"
     );
-    assert_eq!(ok(&home, &["approve", "octo-org/hello.world_2#43"]), "approved octo-org/hello.world_2#43\n");
+    fails(
+        &home,
+        &["approve", "octo-org/hello.world_2#43", "--sha", &old42],
+        &format!("commit `{old42}` is not the held head of octo-org/hello.world_2#43, which is {sha43}"),
+    );
+    assert_eq!(
+        ok(&home, &["approve", "octo-org/hello.world_2#43", "--sha", &sha43[..9].to_ascii_uppercase()]),
+        format!("approved octo-org/hello.world_2#43 at {sha43}\n"),
+        "a prefix of the held head, any case"
+    );
+    fails(
+        &home,
+        &["approve", "octo-org/hello.world_2#44"],
+        "no held run of octo-org/hello.world_2#44 is known",
+    );
+    fails(
+        &home,
+        &["approve", "octo-org/hello.world_2#42", "--sha", "abc"],
+        "invalid commit `abc`: expected 7 to 40 hexadecimal digits",
+    );
     stop(server);
 
     let server = home.start();
     assert_eq!(
         ok(&home, &["approve", "OCTO-ORG/hello.world_2#43"]),
-        "octo-org/hello.world_2#43 was already approved\n"
+        format!("octo-org/hello.world_2#43 was already approved at {sha43}\n")
     );
     stop(server);
 
     let store = Store::open(&home.db()).expect("open the database");
-    assert!(approvals::is_pr_approved(&store, "Octo-Org/Hello.World_2", 42).expect("read"));
-    assert!(approvals::is_pr_approved(&store, "octo-org/hello.world_2", 43).expect("read"));
-    assert!(!approvals::is_pr_approved(&store, "octo-org/hello.world_2", 44).expect("read"));
+    assert!(approvals::is_commit_approved(&store, "Octo-Org/Hello.World_2", 42, &sha42).expect("read"));
+    assert!(!approvals::is_commit_approved(&store, "octo-org/hello.world_2", 42, &old42).expect("read"));
+    assert!(approvals::is_commit_approved(&store, "octo-org/hello.world_2", 43, &sha43).expect("read"));
+    assert!(!approvals::is_commit_approved(&store, "octo-org/hello.world_2", 44, &sha43).expect("read"));
     let approval =
-        approvals::pr_approval(&store, "octo-org/hello.world_2", 42).expect("read").expect("present");
+        approvals::commit_approval(&store, "octo-org/hello.world_2", 42, &sha42.to_ascii_uppercase())
+            .expect("read")
+            .expect("present");
     assert_eq!(approval.approved_by, "cli");
     let now = eka_ci::store::now_secs();
     assert!(approval.approved_at <= now && approval.approved_at + 600 > now, "{approval:?}");
@@ -178,9 +221,9 @@ fn bad_input_is_refused_with_a_message_naming_it() {
         let mut client = Client::connect(&home.socket()).await.expect("connect");
         let mut answers = Vec::new();
         for request in [
-            Request::Approve { repo: "own_er/repo".into(), number: 1 },
-            Request::Approve { repo: "owner/repo".into(), number: 0 },
-            Request::Approve { repo: "no-slash".into(), number: 1 },
+            Request::Approve { repo: "own_er/repo".into(), number: 1, sha: None },
+            Request::Approve { repo: "owner/repo".into(), number: 0, sha: None },
+            Request::Approve { repo: "no-slash".into(), number: 1, sha: None },
             Request::ApprovedUsers(ApprovedUsersOp::Add("bad-".into())),
         ] {
             answers.push(client.call(&request).await.expect("call"));
@@ -206,7 +249,7 @@ fn bad_input_is_refused_with_a_message_naming_it() {
     );
     stop(server);
     let store = Store::open(&home.db()).expect("open the database");
-    assert!(!approvals::is_pr_approved(&store, "owner/repo", 0).expect("read"));
+    assert!(!approvals::is_commit_approved(&store, "owner/repo", 0, &"0".repeat(40)).expect("read"));
     assert!(approvals::list_users(&store).expect("list").is_empty());
 }
 

@@ -14,26 +14,26 @@ use fake_github::FakeGitHub;
 use rustix::process::Signal;
 use serde_json::{json, Value};
 
-const REPO: &str = "octo-org/widgets";
-const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
-const GATE: &str = "EkaCI: Evaluate Job (main)";
+pub(crate) const REPO: &str = "octo-org/widgets";
+pub(crate) const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
+pub(crate) const GATE: &str = "EkaCI: Evaluate Job (main)";
 
 /// `rec { body }` with `mk name script deps` and a per-test nonce, so nothing is already built.
-fn nix(nonce: &str, body: &str) -> String {
+pub(crate) fn nix(nonce: &str, body: &str) -> String {
     format!("{} rec {{ {body} }}", nonce_prelude(nonce))
 }
 
-const LIB: &str = r#"lib = mk "lib-1" "echo lib > $out" [];"#;
+pub(crate) const LIB: &str = r#"lib = mk "lib-1" "echo lib > $out" [];"#;
 
 /// A pull request's repository: the base commit has the configuration and `lib`.
-struct Fixture {
-    repo: GitRepo,
-    nonce: String,
-    base: String,
+pub(crate) struct Fixture {
+    pub(crate) repo: GitRepo,
+    pub(crate) nonce: String,
+    pub(crate) base: String,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         let (repo, nonce) = (GitRepo::new(), nonce());
         let base = repo.commit(
             "base",
@@ -43,11 +43,11 @@ impl Fixture {
     }
 
     /// A commit whose `default.nix` is `rec { body }`.
-    fn head(&self, message: &str, body: &str) -> String {
+    pub(crate) fn head(&self, message: &str, body: &str) -> String {
         self.repo.commit(message, &[("default.nix", Some(&nix(&self.nonce, body)))])
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.repo.path()
     }
 
@@ -64,15 +64,15 @@ impl Fixture {
 }
 
 /// A server configured with a webhook secret, the test App (credentials from a file) and the fake's URL.
-struct Setup {
-    fake: FakeGitHub,
-    home: Home,
+pub(crate) struct Setup {
+    pub(crate) fake: FakeGitHub,
+    pub(crate) home: Home,
     secret: String,
     server: Option<Server>,
 }
 
 impl Setup {
-    fn new(extra: &str) -> Setup {
+    pub(crate) fn new(extra: &str) -> Setup {
         Setup::with_github(extra, "")
     }
 
@@ -95,7 +95,7 @@ impl Setup {
         Setup { fake, home, secret, server }
     }
 
-    fn server(&self) -> &Server {
+    pub(crate) fn server(&self) -> &Server {
         self.server.as_ref().expect("server running")
     }
 
@@ -106,7 +106,7 @@ impl Setup {
 
     /// Delivers `pull_request` `action` (not a draft) and expects it accepted.
     #[allow(clippy::too_many_arguments)]
-    fn pr(
+    pub(crate) fn pr(
         &self,
         delivery: &str,
         action: &str,
@@ -132,16 +132,16 @@ impl Setup {
     }
 
     /// The check runs the fake holds for `sha`.
-    fn runs(&self, sha: &str) -> Vec<Value> {
+    pub(crate) fn runs(&self, sha: &str) -> Vec<Value> {
         self.fake.check_runs(REPO).into_iter().filter(|r| r["head_sha"] == sha).collect()
     }
 
-    fn run(&self, sha: &str, name: &str) -> Option<Value> {
+    pub(crate) fn run(&self, sha: &str, name: &str) -> Option<Value> {
         self.runs(sha).into_iter().find(|r| r["name"] == name)
     }
 
     /// Waits (bounded) until `name` on `sha` is completed, and returns it.
-    fn wait_completed(&self, sha: &str, name: &str) -> Value {
+    pub(crate) fn wait_completed(&self, sha: &str, name: &str) -> Value {
         wait_for(&format!("{name} on {sha} completed"), || {
             self.run(sha, name).filter(|r| r["status"] == "completed")
         })
@@ -153,7 +153,7 @@ impl Setup {
 }
 
 /// Polls `probe` every 100 ms for up to 180 s.
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         if let Some(v) = probe() {
@@ -197,13 +197,13 @@ fn pull_request(
     serde_json::to_vec(&p).expect("encode")
 }
 
-fn names(runs: &[Value]) -> Vec<String> {
+pub(crate) fn names(runs: &[Value]) -> Vec<String> {
     let mut n: Vec<String> = runs.iter().map(|r| r["name"].as_str().unwrap_or("").to_string()).collect();
     n.sort();
     n
 }
 
-fn summary(run: &Value) -> String {
+pub(crate) fn summary(run: &Value) -> String {
     run["output"]["summary"].as_str().unwrap_or("").to_string()
 }
 

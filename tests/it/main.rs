@@ -26,6 +26,7 @@ mod http_api;
 mod http_api_summary;
 mod jobset;
 mod nix_build;
+mod pr_trust;
 mod repo_config;
 mod scheduler;
 mod sealed_eval;

@@ -1,10 +1,16 @@
-//! Approvals for `require_approval`: pull requests approved by an administrator (`ekaci approve
-//! OWNER/REPO#N`) and the list of GitHub users whose pull requests need no approval (`ekaci
+//! Approvals for `require_approval`: commits of pull requests approved by an administrator (`ekaci
+//! approve OWNER/REPO#N`) and the list of GitHub users whose pull requests need no approval (`ekaci
 //! approved-users add|remove|list`).
 //!
+//! An approval is bound to one commit: [`approve`] looks up the head commit of the pull request's
+//! held run (the runs in `github_runs`) and approves (repository, number, that SHA), so a later push
+//! to the pull request is held again, as GitHub Actions' "approve and run" does. An approved user stays
+//! approved across pushes. [`approve`] is the one entry point every surface (control socket, HTTP)
+//! calls.
+//!
 //! Both live in redb (`github_approved_prs`, `github_approved_users`; see `migrations-free-schema/`).
-//! Repository names and logins are compared case-insensitively, as GitHub does: keys are lowercased.
-//! Every function here is blocking (run it through `smol::unblock` from async code). This module also
+//! Repository names, logins and SHAs are compared case-insensitively: keys are lowercased. Every
+//! function here is blocking (run it through `smol::unblock` from async code). This module also
 //! validates what an administrator types ([`parse_pr_ref`], [`validate_repo`], [`validate_login`]) with
 //! GitHub's naming rules, so a typo is refused instead of approving nothing. It never talks to GitHub:
 //! the GitHub service decides whether a pull request needs approval and resumes it when an
@@ -13,6 +19,7 @@
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
+use super::runs;
 use crate::store::codec::{decode, encode};
 use crate::store::schema::{GITHUB_APPROVED_PRS, GITHUB_APPROVED_USERS};
 use crate::store::{now_secs, Store, StoreError};
@@ -23,12 +30,37 @@ const USERS_NAME: &str = "github_approved_users";
 /// How much of an administrator's input an error message echoes.
 const ECHO_LIMIT: usize = 100;
 
-/// Sent by the control handler after [`approve_pr`] stored a new approval, so the GitHub service
-/// resumes the held pull request. `repo` is `owner/repo` lowercased.
+/// Sent by the control handler after [`approve`] stored a new approval, so the GitHub service
+/// resumes the held pull request. `repo` is `owner/repo` lowercased; `sha` the approved commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalNotice {
     pub repo: String,
     pub number: u64,
+    pub sha: String,
+}
+
+/// What [`approve`] did: the commit it approved (full SHA, lowercase) and whether the approval is new.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approved {
+    pub sha: String,
+    pub newly: bool,
+}
+
+/// Why [`approve`] approved nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ApproveError {
+    #[error(transparent)]
+    PullRequest(#[from] PrRefError),
+    #[error("invalid pull request `{repo}#0`: pull request numbers start at 1")]
+    ZeroNumber { repo: String },
+    #[error("invalid commit `{given}`: expected 7 to 40 hexadecimal digits")]
+    Sha { given: String },
+    #[error("no held run of {pr} is known")]
+    NoHeldRun { pr: String },
+    #[error("commit `{given}` is not the held head of {pr}, which is {head}")]
+    NotHeldHead { pr: String, given: String, head: String },
+    #[error("cannot record the approval of {pr}: {source}")]
+    Store { pr: String, source: StoreError },
 }
 
 /// One entry of the approved-users list.
@@ -42,7 +74,7 @@ pub struct ApprovedUser {
     pub added_by: String,
 }
 
-/// One approved pull request as stored.
+/// One approved commit of a pull request as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrApproval {
     /// Who ran the approval (`cli` for the control socket).
@@ -173,15 +205,87 @@ pub fn validate_login(login: &str) -> Result<(), LoginError> {
     Ok(())
 }
 
-/// The `github_approved_prs` key of pull request `number` of `repo` (`owner/repo`, any case).
-pub fn pr_key(repo: &str, number: u64) -> String {
-    format!("{}#{number}", repo.to_ascii_lowercase())
+/// The `github_approved_prs` key of commit `sha` of pull request `number` of `repo` (`owner/repo`),
+/// any case: `owner/repo#N@sha`, lowercased. Keys written before approvals were bound to commits
+/// (`owner/repo#N`) match no commit and so approve nothing.
+pub fn commit_key(repo: &str, number: u64, sha: &str) -> String {
+    format!("{}#{number}@{}", repo.to_ascii_lowercase(), sha.to_ascii_lowercase())
 }
 
-/// Records that pull request `number` of `repo` (`owner/repo`) is approved, by `by`. Returns whether it
-/// was newly approved (an existing approval is kept as it was).
-pub fn approve_pr(store: &Store, repo: &str, number: u64, by: &str) -> Result<bool, StoreError> {
-    let key = pr_key(repo, number);
+/// Approves the held head commit of pull request `number` of `repo` (`owner/repo`), by `by`: the head
+/// of the pull request's run held for approval (else its newest live or finished run; never a
+/// superseded one). With `sha` (7 to 40 hex digits, a prefix is enough), that commit must be that
+/// head. Returns the approved commit and whether the approval is new (an existing one is kept).
+pub fn approve(
+    store: &Store,
+    repo: &str,
+    number: u64,
+    sha: Option<&str>,
+    by: &str,
+) -> Result<Approved, ApproveError> {
+    validate_repo(repo)?;
+    if number == 0 {
+        return Err(ApproveError::ZeroNumber { repo: echo(repo) });
+    }
+    if let Some(given) = sha {
+        if !(7..=40).contains(&given.len()) || !given.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApproveError::Sha { given: echo(given) });
+        }
+    }
+    let pr = format!("{}#{number}", repo.to_ascii_lowercase());
+    let store_error = |source| ApproveError::Store { pr: pr.clone(), source };
+    let head = runs::pull_request_head(store, repo, number)
+        .map_err(store_error)?
+        .ok_or_else(|| ApproveError::NoHeldRun { pr: pr.clone() })?;
+    if let Some(given) = sha {
+        if !head.starts_with(&given.to_ascii_lowercase()) {
+            return Err(ApproveError::NotHeldHead { pr: pr.clone(), given: echo(given), head });
+        }
+    }
+    let newly = approve_commit(store, repo, number, &head, by).map_err(store_error)?;
+    Ok(Approved { sha: head, newly })
+}
+
+impl ApproveError {
+    /// Whether the request was wrong (rather than the store failing).
+    pub fn is_invalid(&self) -> bool {
+        !matches!(self, ApproveError::Store { .. })
+    }
+}
+
+/// [`approve`], then tells the GitHub service through `notify` (when there is one) to resume the pull
+/// request. What `ekaci approve` and `POST /v1/github/approve` both do. Blocking.
+pub fn approve_and_notify(
+    store: &Store,
+    notify: Option<&async_channel::Sender<ApprovalNotice>>,
+    repo: &str,
+    number: u64,
+    sha: Option<&str>,
+    by: &str,
+) -> Result<Approved, ApproveError> {
+    let approved = approve(store, repo, number, sha, by)?;
+    if let Some(tx) = notify {
+        let repo = repo.to_ascii_lowercase();
+        // A full or closed channel is fine: the GitHub service re-checks held pull requests at start.
+        let notice = ApprovalNotice { repo: repo.clone(), number, sha: approved.sha.clone() };
+        if let Err(e) = tx.try_send(notice) {
+            tracing::debug!(%repo, number, error = %e, "approval notice not delivered");
+        }
+    }
+    Ok(approved)
+}
+
+/// Records that commit `sha` of pull request `number` of `repo` is approved, by `by`. Returns whether
+/// it was newly approved (an existing approval is kept as it was). [`approve`] is the entry point for
+/// people; this one is for callers that know the commit.
+pub fn approve_commit(
+    store: &Store,
+    repo: &str,
+    number: u64,
+    sha: &str,
+    by: &str,
+) -> Result<bool, StoreError> {
+    let key = commit_key(repo, number, sha);
     let tx = store.db().begin_write()?;
     let newly = {
         let mut table = tx.open_table(GITHUB_APPROVED_PRS)?;
@@ -198,64 +302,14 @@ pub fn approve_pr(store: &Store, repo: &str, number: u64, by: &str) -> Result<bo
     Ok(newly)
 }
 
-/// Why [`approve`] refused or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ApproveError {
-    #[error(transparent)]
-    Repo(#[from] PrRefError),
-    #[error("invalid pull request `{repo}#0`: pull request numbers start at 1")]
-    Number { repo: String },
-    #[error("cannot record the approval of {repo}#{number}: {source}")]
-    Store { repo: String, number: u64, source: StoreError },
-}
-
-impl ApproveError {
-    /// Whether the request was wrong (rather than the store failing).
-    pub fn is_invalid(&self) -> bool {
-        !matches!(self, ApproveError::Store { .. })
-    }
-}
-
-/// The outcome of [`approve`]: the repository (lowercased) and whether the approval is new.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Approved {
-    pub repo: String,
-    pub number: u64,
-    pub newly: bool,
-}
-
-/// Approves pull request `number` of `repo` for `require_approval` as `by`, and tells the GitHub
-/// service through `notify` (when there is one) to resume it. What `ekaci approve` and
-/// `POST /v1/github/approve` both do. Blocking.
-pub fn approve(
+/// The approval of commit `sha` of pull request `number` of `repo`, if any.
+pub fn commit_approval(
     store: &Store,
-    notify: Option<&async_channel::Sender<ApprovalNotice>>,
     repo: &str,
     number: u64,
-    by: &str,
-) -> Result<Approved, ApproveError> {
-    validate_repo(repo)?;
-    if number == 0 {
-        return Err(ApproveError::Number { repo: echo(repo) });
-    }
-    let repo = repo.to_ascii_lowercase();
-    let newly = approve_pr(store, &repo, number, by).map_err(|source| ApproveError::Store {
-        repo: repo.clone(),
-        number,
-        source,
-    })?;
-    if let Some(tx) = notify {
-        // A full or closed channel is fine: the GitHub service re-checks held pull requests at start.
-        if let Err(e) = tx.try_send(ApprovalNotice { repo: repo.clone(), number }) {
-            tracing::debug!(%repo, number, error = %e, "approval notice not delivered");
-        }
-    }
-    Ok(Approved { repo, number, newly })
-}
-
-/// The approval of pull request `number` of `repo`, if any.
-pub fn pr_approval(store: &Store, repo: &str, number: u64) -> Result<Option<PrApproval>, StoreError> {
-    let key = pr_key(repo, number);
+    sha: &str,
+) -> Result<Option<PrApproval>, StoreError> {
+    let key = commit_key(repo, number, sha);
     let tx = store.db().begin_read()?;
     let table = tx.open_table(GITHUB_APPROVED_PRS)?;
     let Some(value) = table.get(key.as_str())? else { return Ok(None) };
@@ -263,9 +317,9 @@ pub fn pr_approval(store: &Store, repo: &str, number: u64) -> Result<Option<PrAp
     Ok(Some(approval))
 }
 
-/// Whether pull request `number` of `repo` has been approved.
-pub fn is_pr_approved(store: &Store, repo: &str, number: u64) -> Result<bool, StoreError> {
-    Ok(pr_approval(store, repo, number)?.is_some())
+/// Whether commit `sha` of pull request `number` of `repo` has been approved.
+pub fn is_commit_approved(store: &Store, repo: &str, number: u64, sha: &str) -> Result<bool, StoreError> {
+    Ok(commit_approval(store, repo, number, sha)?.is_some())
 }
 
 /// Adds `login` to the approved users, by `by`. Returns whether it was newly added.
@@ -346,6 +400,31 @@ mod tests {
         for bad in ["", "-bad", "bad-", "a--b", "a_b", "a.b", "ä", &"x".repeat(40)] {
             assert!(validate_login(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn approvals_are_for_one_commit_and_old_pull_request_approvals_approve_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("db.redb")).expect("store");
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        // A record of the form written before approvals were bound to commits.
+        let tx = store.db().begin_write().expect("tx");
+        {
+            let mut table = tx.open_table(GITHUB_APPROVED_PRS).expect("table");
+            let old = ApprovedPrRecord::V1(PrApproval { approved_by: "cli".into(), approved_at: 1 });
+            table.insert("octo/w#7", encode(PRS_NAME, &old).expect("encode").as_slice()).expect("insert");
+        }
+        tx.commit().expect("commit");
+        assert!(
+            !is_commit_approved(&store, "octo/w", 7, &a).expect("read"),
+            "an old approval approves no commit"
+        );
+        assert!(approve_commit(&store, "Octo/W", 7, &a.to_ascii_uppercase(), "cli").expect("approve"));
+        assert!(!approve_commit(&store, "octo/w", 7, &a, "cli").expect("approve"), "kept as it was");
+        assert!(is_commit_approved(&store, "octo/w", 7, &a).expect("read"));
+        assert!(!is_commit_approved(&store, "octo/w", 7, &b).expect("read"), "a later push is not approved");
+        assert!(!is_commit_approved(&store, "octo/w", 8, &a).expect("read"));
+        assert!(matches!(approve(&store, "octo/w", 7, None, "cli"), Err(ApproveError::NoHeldRun { .. })));
     }
 
     #[test]

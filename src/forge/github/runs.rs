@@ -244,6 +244,31 @@ pub fn all(store: &Store) -> Result<Vec<(String, Run)>, StoreError> {
     Ok(out)
 }
 
+/// The head commit an approval of pull request `number` of `repo` (`owner/repo`, any case) is for: the
+/// head of its newest run held for approval, else of its newest queued or finished run; superseded
+/// and closed (cancelled) runs never count. A merge queue entry's run counts for the pull request it
+/// queues. `None` when no such run is known. Blocking.
+pub fn pull_request_head(store: &Store, repo: &str, number: u64) -> Result<Option<String>, StoreError> {
+    let repo = repo.to_ascii_lowercase();
+    let mut best: Option<(u8, u64, String)> = None;
+    for (_, run) in all(store)? {
+        let subject = run.approval_subject().map(|(n, _)| n) == Some(number);
+        if run.repo.to_ascii_lowercase() != repo || !(subject || run.serves(number)) {
+            continue;
+        }
+        let rank = match run.state {
+            RunState::AwaitingApproval => 2,
+            RunState::Queued { .. } | RunState::Done { .. } => 1,
+            RunState::Cancelled { .. } => continue,
+        };
+        let candidate = (rank, run.created_at.max(run.updated_at), run.head_sha.clone());
+        if best.as_ref().is_none_or(|b| (candidate.0, candidate.1) > (b.0, b.1)) {
+            best = Some(candidate);
+        }
+    }
+    Ok(best.map(|(_, _, sha)| sha))
+}
+
 /// Reads run `key` (or `None`), lets `change` edit it (returning `None` deletes nothing and writes
 /// nothing), and writes the result, in one write transaction. Returns what was written. Blocking.
 pub fn update<T>(

@@ -9,7 +9,8 @@
 //! is how a crash between the webhook's 202 and the first API call still ends in the right check runs.
 //!
 //! Check runs a run reports, all on the head commit:
-//! - `EkaCI: Configure`: the repository configuration's parse result (errors with their field paths);
+//! - `EkaCI: Configure`: the head's repository configuration's parse result (errors with their field
+//!   paths), what it changes against the base's, and which of the two gates (`gate`);
 //! - `EkaCI: Evaluate Job (<job>)`: in progress while evaluating and building, then success iff no Added
 //!   or Changed attribute fails and head brings no new evaluation error (unless the job allows them);
 //! - `<attr> (<job>)`: one per failing Added or Changed attribute, with its log tail (at most
@@ -23,7 +24,7 @@
 //! through `smol::unblock`). Tokens never reach a message: client and checkout errors are redacted.
 //!
 //! Layout: this file is the decision loop (events → run changes; starting, cancelling and resuming
-//! run tasks); `run` is one run's task (configuration, evaluation, diff, change summary, builds,
+//! run tasks); `gate` decides which configuration gates a run; `run` is one run's task (configuration, evaluation, diff, change summary, builds,
 //! completion); `report` is what a run tells GitHub (check-run texts and the `Reporter` that creates
 //! or updates check runs and records their ids).
 
@@ -45,6 +46,7 @@ use crate::pipeline::Pipeline;
 use crate::scheduler::{Owner, SchedulerHandle};
 use crate::store::{now_secs, Store, StoreError};
 
+mod gate;
 mod report;
 mod run;
 
@@ -204,7 +206,7 @@ impl GitHubService {
                     active.remove(&key);
                 }
                 Wake::Approved(notice) => {
-                    tracing::info!(repo = %notice.repo, number = notice.number, "pull request approved");
+                    tracing::info!(repo = %notice.repo, number = notice.number, sha = %notice.sha, "pull request commit approved");
                 }
                 Wake::Tick => {}
             }
@@ -538,7 +540,7 @@ impl GitHubService {
                 let others = run.also_for.iter().map(|p| (p.number, p.author.as_deref()));
                 let mut approved = false;
                 for (number, author) in run.approval_subject().into_iter().chain(others) {
-                    if approved_locally(&store, &run.repo, number, author)? {
+                    if approved_locally(&store, &run.repo, number, &run.head_sha, author)? {
                         approved = true;
                         break;
                     }
@@ -601,14 +603,17 @@ impl GitHubService {
     }
 }
 
-/// Whether pull request `number` of `repo` or its author was approved with `ekaci`. Blocking.
+/// Whether commit `sha` of pull request `number` of `repo`, or the pull request's author, was approved
+/// with `ekaci`. An approval is for one commit: a later push is held again; an approved user stays
+/// approved. Blocking.
 fn approved_locally(
     store: &Store,
     repo: &str,
     number: u64,
+    sha: &str,
     author: Option<&str>,
 ) -> Result<bool, StoreError> {
-    if approvals::is_pr_approved(store, repo, number)? {
+    if approvals::is_commit_approved(store, repo, number, sha)? {
         return Ok(true);
     }
     match author {

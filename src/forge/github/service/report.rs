@@ -5,7 +5,9 @@
 //! `code_span` or `fence`; outputs are
 //! capped to GitHub's limit. It never decides what a run does next (the run task does).
 
+use super::gate::{Change, Found, Side};
 use super::run::RunError;
+use crate::config::repo::FieldError;
 use crate::forge::github::client::{
     CheckConclusion, CheckRunFields, CheckRunOutput, CheckStatus, CreateCheckRun, GitHubClient,
     UpdateCheckRun,
@@ -51,12 +53,150 @@ pub(super) fn held_summary(run: &Run, subject: Option<&(u64, Option<String>)>) -
         ),
     };
     let summary = format!(
-        "{why}\n\nTo approve this pull request, run on the eka-ci host:\n\n```\nekaci approve {}#{number}\n```\n\n\
-         To trust the author from now on: `ekaci approved-users add {}`.",
+        "{why}\n\nAn approval is for one commit: this one, `{sha}`. To approve it, run on the eka-ci host:\n\n\
+         ```\nekaci approve {}#{number}\n```\n\n(`--sha {sha}` makes sure it is this commit). A later push to the \
+         pull request is held again. To trust the author from now on, for every commit: \
+         `ekaci approved-users add {}`.",
         run.repo,
         author.unwrap_or("LOGIN"),
+        sha = run.head_sha,
     );
     completed(CheckConclusion::ActionRequired, "Waiting for a maintainer's approval", summary, None)
+}
+
+/// What the `EkaCI: Configure` check of a run says (see [`configure_fields`]).
+pub(super) struct ConfigureReport<'a> {
+    pub base: &'a Found,
+    pub head: &'a Found,
+    /// `gate::changes(base, head)`.
+    pub changes: &'a [Change],
+    /// Whose configuration gates the run (`gate::choose`).
+    pub side: Side,
+    /// The author with write access whose pull request lets the head's configuration gate.
+    pub trusted_author: Option<&'a str>,
+    /// A merge queue entry rather than a pull request.
+    pub merge_group: bool,
+}
+
+/// The `EkaCI: Configure` check: the head configuration's validation, what it would change against the
+/// base's, and which configuration gates (docs/security.md, "What gates a pull request").
+pub(super) fn configure_fields(r: &ConfigureReport) -> CheckRunFields {
+    let subject = if r.merge_group { "this merge queue entry" } else { "this pull request" };
+    let gating = match r.side {
+        Side::Base => r.base,
+        Side::Head => r.head,
+    };
+    let jobs_of = |file: &str, config: &crate::config::repo::RepoConfig| {
+        let names: Vec<String> = config.jobs.keys().take(50).map(|j| code_span(j)).collect();
+        let more = config.jobs.len().saturating_sub(names.len());
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        format!("{} job(s) from {}: {}{more}.", config.jobs.len(), code_span(file), names.join(", "))
+    };
+    if let Found::Invalid { file, errors } = r.head {
+        let mut summary =
+            format!("{} cannot be used:\n\n{}", code_span(file), FieldError::to_markdown_list(errors));
+        if let Found::Valid { config, file: base_file, .. } = r.base {
+            summary.push_str(&format!(
+                "\n\nThe base branch's configuration gates {subject} instead: {}",
+                jobs_of(base_file, config)
+            ));
+        }
+        let title = format!("{} error(s) in {}", errors.len(), file);
+        return completed(CheckConclusion::Failure, &title, summary, None);
+    }
+    let mut summary = String::new();
+    let (conclusion, title) = if r.changes.is_empty() {
+        match r.head {
+            Found::Valid { config, file, .. } => {
+                summary.push_str(&format!("{} is valid: {} job(s).", code_span(file), config.jobs.len()));
+                (CheckConclusion::Success, "Configuration valid")
+            }
+            _ => {
+                summary.push_str(
+                    "This commit has neither `.eka-ci/config.json` nor the legacy `.ekaci/config.json`, so \
+                     there is nothing to evaluate. See eka-ci's repository configuration documentation.",
+                );
+                (CheckConclusion::Neutral, "No configuration")
+            }
+        }
+    } else {
+        let who = if r.merge_group { "This merge queue entry" } else { "This pull request" };
+        summary.push_str(&format!("{who} changes the repository configuration:\n\n"));
+        for change in r.changes {
+            summary.push_str(&format!("- {}\n", change_words(change, r.base, r.head)));
+        }
+        summary.push('\n');
+        match (r.side, r.trusted_author) {
+            (Side::Head, author) => summary.push_str(&format!(
+                "The changed configuration gates {subject}: its author, {}, has write access to the \
+                 repository.",
+                escape_markdown(author.unwrap_or("a maintainer"))
+            )),
+            (Side::Base, _) if r.merge_group => summary.push_str(
+                "A merge queue entry is gated by its base's configuration: the change is not used until it \
+                 is merged.",
+            ),
+            (Side::Base, _) => summary.push_str(
+                "The changed configuration is not used until it is merged or the pull request's author has \
+                 write access to the repository (an approved user may run builds, not change what gates \
+                 them): the base branch's configuration gates this pull request.",
+            ),
+        }
+        summary.push_str("\n\n");
+        match gating {
+            Found::Valid { config, file, .. } => {
+                summary.push_str(&format!("Evaluated on both commits: {}", jobs_of(file, config)));
+                match r.side {
+                    Side::Head => (CheckConclusion::Success, "Configuration valid (changed)"),
+                    Side::Base => (CheckConclusion::Neutral, "Configuration change not used"),
+                }
+            }
+            Found::Missing => {
+                summary.push_str("There is no configuration to gate with, so nothing is evaluated.");
+                match r.side {
+                    Side::Head => (CheckConclusion::Neutral, "No configuration"),
+                    Side::Base => (CheckConclusion::Neutral, "Configuration not used until merged"),
+                }
+            }
+            Found::Invalid { file, errors } => {
+                summary.push_str(&format!(
+                    "The base branch's {} is invalid, so nothing is evaluated:\n\n{}",
+                    code_span(file),
+                    FieldError::to_markdown_list(errors)
+                ));
+                (CheckConclusion::Neutral, "Base configuration invalid")
+            }
+        }
+    };
+    if let Found::Valid { warnings, .. } = r.head {
+        if !warnings.is_empty() {
+            summary.push_str("\n\nWarnings:\n");
+            for w in warnings {
+                summary.push_str(&format!("- {}\n", escape_markdown(w)));
+            }
+        }
+    }
+    completed(conclusion, title, summary, None)
+}
+
+/// One configuration change as a list item.
+fn change_words(change: &Change, base: &Found, head: &Found) -> String {
+    let file = |f: &Found| match f {
+        Found::Valid { file, .. } | Found::Invalid { file, .. } => code_span(file),
+        Found::Missing => "the configuration".to_string(),
+    };
+    match change {
+        Change::ConfigAdded => format!("adds {}", file(head)),
+        Change::ConfigRemoved => format!("removes {}", file(base)),
+        Change::ConfigRepaired => format!("replaces the base branch's invalid {}", file(base)),
+        Change::JobAdded(job) => format!("adds job {}", code_span(job)),
+        Change::JobRemoved(job) => format!("removes job {}", code_span(job)),
+        Change::JobChanged { job, fields } => {
+            let fields: Vec<String> = fields.iter().map(|f| format!("`{f}`")).collect();
+            format!("changes job {}: {}", code_span(job), fields.join(", "))
+        }
+        Change::Section(section) => format!("changes `{section}`"),
+    }
 }
 
 /// Creates or updates the check runs of one run, recording every id it gets.

@@ -1,6 +1,7 @@
-//! One run's task: reads the run, checks approval, reads the head's repository configuration,
-//! evaluates and diffs head against base, posts the change summary, builds, and completes the check
-//! runs; then records how the attempt ended (done, held for approval, or retry with backoff).
+//! One run's task: reads the run, checks approval, reads the base's and the head's repository
+//! configurations and picks the one that gates (`gate`), evaluates and diffs head against base with its
+//! jobs, posts the change summary, builds, and completes the check runs; then records how the attempt
+//! ended (done, held for approval, or retry with backoff).
 //!
 //! A task only reads its run, works, and records what it told GitHub: everything it does can be redone.
 //! It never decides which runs exist or are cancelled (the loop in `mod.rs` does), never formats
@@ -9,9 +10,10 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::gate::{self, Found, Side};
 use super::report::{
-    completed, gate_check, gate_text, held_summary, verdict_words, Reporter, APPROVAL_CHECK, CONFIGURE_CHECK,
-    SUMMARY_CHECK,
+    completed, configure_fields, gate_check, gate_text, held_summary, verdict_words, ConfigureReport,
+    Reporter, APPROVAL_CHECK, CONFIGURE_CHECK, SUMMARY_CHECK,
 };
 use super::{approved_locally, GitHubService};
 use crate::checkout::GitAuth;
@@ -112,80 +114,83 @@ impl GitHubService {
             }
             if run.check_id(APPROVAL_CHECK).is_some() {
                 let summary = if run.approved {
-                    "A maintainer approved this pull request."
+                    format!("A maintainer approved this commit, `{}`.", run.head_sha)
                 } else {
                     "No approval is needed any more: a pull request with this head commit is by an author \
                      with write access, or was approved."
+                        .to_string()
                 };
-                let fields = completed(CheckConclusion::Success, "Approved", summary.into(), None);
+                let fields = completed(CheckConclusion::Success, "Approved", summary, None);
                 reporter.report(APPROVAL_CHECK, fields).await?;
             }
         }
 
         let auth = self.git_auth(&run, client, installation).await?;
         let (url, head, base) = (run.clone_url.clone(), run.head_sha.clone(), run.base_sha.clone());
-        let config = match self.pipeline.repo_config(&url, &head, auth.as_ref()).await {
-            Ok(found) => found,
-            Err(PipelineError::NoRepoConfig { .. }) => {
-                let summary = "This commit has neither `.eka-ci/config.json` nor the legacy `.ekaci/config.json`, \
-                               so there is nothing to evaluate. See eka-ci's repository configuration documentation.";
-                reporter
-                    .report(
-                        CONFIGURE_CHECK,
-                        completed(CheckConclusion::Neutral, "No configuration", summary.into(), None),
-                    )
-                    .await?;
-                return Ok(Finish::Done {
-                    outcome: "no repository configuration".into(),
-                    failed_drvs: Vec::new(),
-                    result: "skipped",
-                });
-            }
-            Err(PipelineError::InvalidRepoConfig { file, errors, .. }) => {
-                let summary = format!(
-                    "{} cannot be used:\n\n{}",
-                    code_span(&file),
-                    crate::config::repo::FieldError::to_markdown_list(&errors)
-                );
-                let title = format!("{} error(s) in {}", errors.len(), file);
-                reporter
-                    .report(CONFIGURE_CHECK, completed(CheckConclusion::Failure, &title, summary, None))
-                    .await?;
-                return Ok(Finish::Done {
-                    outcome: "invalid repository configuration".into(),
-                    failed_drvs: Vec::new(),
-                    result: "error",
-                });
-            }
-            Err(e) => {
-                let summary = format!("The commit could not be read:\n\n```\n{}\n```", fence(&e.to_string()));
-                reporter
-                    .report(
-                        CONFIGURE_CHECK,
-                        completed(CheckConclusion::Failure, "Cannot read the commit", summary, None),
-                    )
-                    .await?;
-                return Ok(Finish::Done {
-                    outcome: format!("checkout failed: {e}"),
-                    failed_drvs: Vec::new(),
-                    result: "error",
-                });
-            }
-        };
-        let (repo_config, file, warnings) = config;
-        let mut summary = format!("{} is valid: {} job(s).", code_span(&file), repo_config.jobs.len());
-        if !warnings.is_empty() {
-            summary.push_str("\n\nWarnings:\n");
-            for w in &warnings {
-                summary.push_str(&format!("- {}\n", escape_markdown(w)));
+        // The jobs that gate come from the trusted side: the base's configuration, or the head's when a
+        // pull request's author with write access changes it (docs/security.md, "What gates a pull
+        // request"). Both are read: the head's is validated and its changes listed either way.
+        let mut found = Vec::new();
+        for (side, commit) in [("base", &base), ("head", &head)] {
+            match self.pipeline.repo_config(&url, commit, auth.as_ref()).await {
+                Ok((config, file, warnings)) => found.push(Found::Valid { config, file, warnings }),
+                Err(PipelineError::NoRepoConfig { .. }) => found.push(Found::Missing),
+                Err(PipelineError::InvalidRepoConfig { file, errors, .. }) => {
+                    found.push(Found::Invalid { file, errors })
+                }
+                Err(e) => {
+                    let summary = format!(
+                        "The {side} commit {} could not be read:\n\n```\n{}\n```",
+                        short(commit),
+                        fence(&e.to_string())
+                    );
+                    reporter
+                        .report(
+                            CONFIGURE_CHECK,
+                            completed(CheckConclusion::Failure, "Cannot read the commit", summary, None),
+                        )
+                        .await?;
+                    return Ok(Finish::Done {
+                        outcome: format!("checkout failed: {e}"),
+                        failed_drvs: Vec::new(),
+                        result: "error",
+                    });
+                }
             }
         }
-        reporter
-            .report(
-                CONFIGURE_CHECK,
-                completed(CheckConclusion::Success, "Configuration valid", summary, None),
-            )
-            .await?;
+        let (head_found, base_found) =
+            (found.pop().unwrap_or(Found::Missing), found.pop().unwrap_or(Found::Missing));
+        let changes = gate::changes(&base_found, &head_found);
+        let merge_group = matches!(run.trigger, Trigger::MergeGroup { .. });
+        let trusted_author =
+            if changes.is_empty() || merge_group || matches!(head_found, Found::Invalid { .. }) {
+                None
+            } else {
+                self.author_with_write_access(&run, client, installation).await?
+            };
+        let side = gate::choose(&base_found, &head_found, trusted_author.is_some());
+        let configure = ConfigureReport {
+            base: &base_found,
+            head: &head_found,
+            changes: &changes,
+            side,
+            trusted_author: trusted_author.as_deref(),
+            merge_group,
+        };
+        reporter.report(CONFIGURE_CHECK, configure_fields(&configure)).await?;
+        let gating = match side {
+            Side::Base => &base_found,
+            Side::Head => &head_found,
+        };
+        let Some(repo_config) = gating.config() else {
+            let (outcome, result) = match (&head_found, gating) {
+                (Found::Invalid { .. }, _) => ("invalid repository configuration", "error"),
+                (_, Found::Invalid { .. }) => ("invalid base repository configuration", "error"),
+                _ if changes.is_empty() => ("no repository configuration", "skipped"),
+                _ => ("the changed repository configuration is not used", "skipped"),
+            };
+            return Ok(Finish::Done { outcome: outcome.into(), failed_drvs: Vec::new(), result });
+        };
         let jobs: Vec<String> = repo_config.jobs.keys().cloned().collect();
         for job in &jobs {
             let fields = CheckRunFields {
@@ -210,7 +215,11 @@ impl GitHubService {
             self.rebuild_failed(&run.failed_drvs).await;
         }
 
-        let diff = match self.pipeline.diff_commits(&url, &base, &head, None, auth.as_ref(), &None).await {
+        let diff = match self
+            .pipeline
+            .diff_with_config(&url, &base, &head, repo_config, auth.as_ref(), &None)
+            .await
+        {
             Ok(diff) => diff,
             Err(e) => {
                 let lead = "Evaluation could not run";
@@ -407,17 +416,37 @@ impl GitHubService {
     ) -> Result<bool, RunError> {
         let others = run.also_for.iter().map(|p| (p.number, p.author.clone()));
         for (number, author) in subject.cloned().into_iter().chain(others) {
-            let (store, repo, a) = (self.store.clone(), run.repo.clone(), author.clone());
-            if smol::unblock(move || approved_locally(&store, &repo, number, a.as_deref())).await? {
+            let (store, repo, a, sha) =
+                (self.store.clone(), run.repo.clone(), author.clone(), run.head_sha.clone());
+            if smol::unblock(move || approved_locally(&store, &repo, number, &sha, a.as_deref())).await? {
                 return Ok(true);
             }
             let Some(author) = author else { continue };
-            let permission = client.collaborator_permission(installation, &run.repo, &author).await?;
-            if matches!(permission.permission.as_str(), "admin" | "maintain" | "write") {
+            if has_write_access(client, installation, &run.repo, &author).await? {
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// The first author of a pull request this run serves (its trigger's, then the others with the same
+    /// head) who has write access to the repository: such an author may change the configuration that
+    /// gates the run. Approved users (`ekaci approved-users`) and approvals do not count: they let builds
+    /// run, they do not let a pull request change what gates it.
+    async fn author_with_write_access(
+        &self,
+        run: &Run,
+        client: &GitHubClient,
+        installation: u64,
+    ) -> Result<Option<String>, RunError> {
+        let Trigger::PullRequest { author, .. } = &run.trigger else { return Ok(None) };
+        let others = run.also_for.iter().map(|p| p.author.clone());
+        for author in std::iter::once(author.clone()).chain(others).flatten() {
+            if has_write_access(client, installation, &run.repo, &author).await? {
+                return Ok(Some(author));
+            }
+        }
+        Ok(None)
     }
 
     /// Git credentials for the run's clone URL: the installation token, only for `https://` URLs of
@@ -435,6 +464,17 @@ impl GitHubService {
         let token = client.installation_token(installation).await?;
         Ok(Some(GitAuth { token, host }))
     }
+}
+
+/// Whether `login` has write access (permission admin, maintain or write) to `repo`.
+async fn has_write_access(
+    client: &GitHubClient,
+    installation: u64,
+    repo: &str,
+    login: &str,
+) -> Result<bool, RunError> {
+    let permission = client.collaborator_permission(installation, repo, login).await?;
+    Ok(matches!(permission.permission.as_str(), "admin" | "maintain" | "write"))
 }
 
 /// How a run attempt ended (errors aside).
