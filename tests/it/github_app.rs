@@ -67,7 +67,7 @@ impl Fixture {
 pub(crate) struct Setup {
     pub(crate) fake: FakeGitHub,
     pub(crate) home: Home,
-    secret: String,
+    pub(crate) secret: String,
     server: Option<Server>,
 }
 
@@ -93,6 +93,11 @@ impl Setup {
         std::fs::write(home.config_file(), config).expect("write config");
         let server = Some(home.start());
         Setup { fake, home, secret, server }
+    }
+
+    /// Stops the server and returns its log.
+    pub(crate) fn stop(&mut self) -> String {
+        self.server.take().map(|s| s.stop().1).unwrap_or_default()
     }
 
     pub(crate) fn server(&self) -> &Server {

@@ -298,3 +298,59 @@ fn a_hostile_flake_reads_nothing_outside_its_checkout() {
         assert!(!text.contains(secret), "the outside file reached the {place}");
     }
 }
+
+/// The same attempts in a pull request, through signed webhooks, the fake GitHub and the real server:
+/// the server's own configuration file (it holds the webhook secret), `/etc/passwd`, the environment.
+/// Each is an evaluation error naming the refused access; neither the secret nor the file's content is
+/// in any check run, API response, log line or database value.
+#[test]
+fn a_hostile_pull_request_leaks_nothing_into_check_runs_the_api_or_the_log() {
+    use crate::github_app::{Fixture, Setup, GATE, LIB};
+    let mut s = Setup::new("");
+    let config_file = s.home.config_file();
+    let f = Fixture::new();
+    let head = f.head(
+        "hostile",
+        &format!(
+            r#"{LIB} config = throw (builtins.readFile "{}"); passwd = throw (builtins.readFile "/etc/passwd"); env = throw "secret=${{builtins.getEnv "WEBHOOK_SECRET"}}=end";"#,
+            config_file.display()
+        ),
+    );
+    s.pr("d-hostile", "opened", 7, f.path(), &head, &f.base, "outsider");
+    let gate = s.wait_completed(&head, GATE);
+    assert_eq!(gate["conclusion"], "failure", "new evaluation errors fail the gate: {gate}");
+    let runs = serde_json::to_string(&s.runs(&head)).expect("encode");
+    assert!(runs.contains("is forbidden in restricted mode"), "the refused access is named: {runs}");
+    let text = crate::github_app::summary(&gate);
+    assert!(text.contains(r"`env`: error\: secret\=\=end"), "getEnv yields nothing: {text}");
+    assert!(
+        text.contains(r"`passwd`: error\: access to absolute path \'\/etc\/passwd\' is forbidden"),
+        "{text}"
+    );
+
+    let token = s.home.token("reader", "read");
+    common::send_token(Some(&token));
+    let addr = s.server().http_address();
+    let mut api = String::new();
+    for id in 1..=4 {
+        let (code, _, body) = common::http_get(&addr, &format!("/v1/jobsets/{id}?limit=100"));
+        if code == 200 {
+            api.push_str(&String::from_utf8_lossy(&body));
+        }
+    }
+    common::send_token(None);
+    assert!(api.contains("is forbidden in restricted mode"), "the API has the error records: {api}");
+
+    let log = s.stop();
+    let db = std::fs::read(s.home.db()).expect("read the database");
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    let db = String::from_utf8_lossy(&db);
+    for (place, text) in
+        [("check runs", runs.as_str()), ("API", api.as_str()), ("log", log.as_str()), ("database", &db)]
+    {
+        assert!(!text.contains(&s.secret), "the webhook secret reached the {place}");
+        for line in passwd.lines().filter(|l| l.len() > 8) {
+            assert!(!text.contains(line), "a line of /etc/passwd reached the {place}: {line}");
+        }
+    }
+}

@@ -198,20 +198,22 @@ mod tests {
         // cargo runs tests with CARGO_* variables set: none may reach the child. (No `set_var` here: other
         // tests of this binary read the environment on other threads.)
         assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some(), "cargo sets it for tests");
-        let mut cmd = std::process::Command::new("/bin/sh");
-        cmd.args(["-c", "env"]).env("EKA_CI_EXPLICIT", "kept");
+        // NUL-separated: a value may span lines (a multi-line NIX_CONFIG, for one).
+        let mut cmd = std::process::Command::new("/usr/bin/env");
+        cmd.arg("-0").env("EKA_CI_EXPLICIT", "kept");
         seal(&mut cmd);
-        let out = cmd.output().expect("run /bin/sh");
+        let out = cmd.output().expect("run /usr/bin/env");
         let env = String::from_utf8_lossy(&out.stdout);
+        let vars: Vec<&str> = env.split('\0').filter(|v| !v.is_empty()).collect();
         assert!(!env.contains("CARGO_MANIFEST_DIR="), "{env}");
-        assert!(env.contains("EKA_CI_EXPLICIT=kept"), "{env}");
-        for line in env.lines() {
+        assert!(vars.contains(&"EKA_CI_EXPLICIT=kept"), "{env}");
+        for line in vars.iter().copied() {
             let name = line.split('=').next().unwrap_or_default();
             let allowed = INHERITED_VARS.contains(&name)
                 || ["HOME", "TMPDIR", "EKA_CI_EXPLICIT", "PWD", "SHLVL", "_", "OLDPWD"].contains(&name);
             assert!(allowed, "unexpected variable in a sealed child: {line}");
         }
-        let home = env.lines().find_map(|l| l.strip_prefix("HOME=")).expect("HOME is set");
+        let home = vars.iter().find_map(|l| l.strip_prefix("HOME=")).expect("HOME is set");
         let meta = std::fs::metadata(home).expect("the scratch home exists");
         assert_eq!(meta.permissions().mode() & 0o777, 0o700);
     }
