@@ -207,7 +207,7 @@ mod tests {
         let vars: Vec<&str> = env.split('\0').filter(|v| !v.is_empty()).collect();
         assert!(!env.contains("CARGO_MANIFEST_DIR="), "{env}");
         assert!(vars.contains(&"EKA_CI_EXPLICIT=kept"), "{env}");
-        for line in vars.iter().copied() {
+        for line in &vars {
             let name = line.split('=').next().unwrap_or_default();
             let allowed = INHERITED_VARS.contains(&name)
                 || ["HOME", "TMPDIR", "EKA_CI_EXPLICIT", "PWD", "SHLVL", "_", "OLDPWD"].contains(&name);
