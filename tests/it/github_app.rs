@@ -152,8 +152,16 @@ impl Setup {
         })
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.server = Some(self.home.start());
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and waits until it is gone.
+    pub(crate) fn kill(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.signal(rustix::process::Signal::KILL);
+            let _ = server.wait(Duration::from_secs(10));
+        }
     }
 }
 

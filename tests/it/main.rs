@@ -30,6 +30,7 @@ mod pr_trust;
 mod repo_config;
 mod scheduler;
 mod sealed_eval;
+mod soak;
 mod store;
 mod summary;
 mod tidy;
