@@ -75,6 +75,18 @@ pub fn ranged_u64<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(d: 
     u64::try_from(v).map_err(|_| D::Error::custom(format!("must be between {MIN} and {MAX}, got {v}")))
 }
 
+pub fn ranged_u32<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(d: D) -> Result<u32, D::Error> {
+    let v = int(d, MIN, MAX)?;
+    u32::try_from(v).map_err(|_| D::Error::custom(format!("must be between {MIN} and {MAX}, got {v}")))
+}
+
+/// [`ranged_u32`] for a key whose absence means "decide for me" (`None`).
+pub fn ranged_u32_opt<'de, D: Deserializer<'de>, const MIN: i64, const MAX: i64>(
+    d: D,
+) -> Result<Option<u32>, D::Error> {
+    ranged_u32::<D, MIN, MAX>(d).map(Some)
+}
+
 pub fn positive_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     let max = i64::try_from(usize::MAX).unwrap_or(i64::MAX);
     let v = positive(d, max)?;

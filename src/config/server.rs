@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub change_summary: ChangeSummaryConfig,
     /// `[github]`: how the server talks to GitHub (an eka-ci extension of the upstream schema).
     pub github: GitHubConfig,
+    /// `[builders]`: the local build slots (an eka-ci extension of the upstream schema).
+    pub builders: BuildersConfig,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +95,7 @@ impl Default for ServerConfig {
             evaluation: EvaluationConfig::default(),
             change_summary: ChangeSummaryConfig::default(),
             github: GitHubConfig::default(),
+            builders: BuildersConfig::default(),
         }
     }
 }
@@ -332,6 +335,25 @@ pub struct RebuildConfig {
 impl Default for RebuildConfig {
     fn default() -> Self {
         RebuildConfig { max_rebuild_count: 20_000, skip_paths: Vec::new() }
+    }
+}
+
+/// `[builders]`: how many builds run at once on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct BuildersConfig {
+    /// Concurrent local builds of ordinary derivations (1..=1024); `None` means one per CPU core.
+    #[serde(deserialize_with = "de::ranged_u32_opt::<_, 1, 1024>")]
+    pub local_max_jobs: Option<u32>,
+    /// Concurrent local builds of fixed-output derivations (downloads), a pool of their own so that
+    /// slow fetches never take the build slots (1..=256, default 10).
+    #[serde(deserialize_with = "de::ranged_u32::<_, 1, 256>")]
+    pub fod_max_jobs: u32,
+}
+
+impl Default for BuildersConfig {
+    fn default() -> Self {
+        BuildersConfig { local_max_jobs: None, fod_max_jobs: 10 }
     }
 }
 

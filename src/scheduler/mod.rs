@@ -123,6 +123,10 @@ impl SchedulerConfig {
         c.max_silent = Duration::from_secs(cfg.build_no_output_timeout_seconds);
         c.max_duration = Duration::from_secs(cfg.build_max_duration_seconds);
         c.remote_builders = cfg.remote_builders.iter().map(BuilderSpec::remote).collect();
+        if let Some(jobs) = cfg.builders.local_max_jobs {
+            c.local_max_jobs = jobs;
+        }
+        c.fod_max_jobs = cfg.builders.fod_max_jobs;
         c
     }
 

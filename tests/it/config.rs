@@ -1237,3 +1237,24 @@ credentials = { cachix-token = { env_var = "MY_CACHIX" } }
     }
     assert!(!vars.iter().any(|x| x == "PATH"), "{vars:?}");
 }
+
+#[test]
+fn builders_section_defaults_and_ranges() {
+    let b = ok("").config.builders;
+    assert_eq!((b.local_max_jobs, b.fod_max_jobs), (None, 10));
+    let b = ok("[builders]\nlocal_max_jobs = 3\nfod_max_jobs = 2\n").config.builders;
+    assert_eq!((b.local_max_jobs, b.fod_max_jobs), (Some(3), 2));
+    for (text, key, range) in [
+        ("[builders]\nlocal_max_jobs = 0\n", "builders.local_max_jobs", "between 1 and 1024"),
+        ("[builders]\nfod_max_jobs = 1000\n", "builders.fod_max_jobs", "between 1 and 256"),
+    ] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("ekaci.toml");
+        std::fs::write(&path, text).expect("write");
+        let err = eka_ci::config::load_with_env(Some(&path), &|_| None).expect_err(key).to_string();
+        assert!(
+            err.contains(&format!("{}:2:", path.display())) && err.contains(key) && err.contains(range),
+            "{err}"
+        );
+    }
+}

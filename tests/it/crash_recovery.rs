@@ -127,3 +127,36 @@ fn a_review_killed_mid_build_resumes_and_finishes_after_restarts() {
     };
     assert_eq!(last.len(), 1, "only successes: {last:?}");
 }
+
+/// `[builders] local_max_jobs` bounds the builds that run at once: six independent slow derivations
+/// with one slot are built one at a time (the server never reports more than one active build), and all
+/// of them are built.
+#[test]
+fn local_max_jobs_bounds_concurrent_builds() {
+    let repo = GitRepo::new();
+    let base = repo.commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some("{ }"))]);
+    let head = repo.commit("head", &[("default.nix", Some(&layered(&nonce(), 1, 6, "0.4")))]);
+    let home = Home::new();
+    home.write_config("[builders]\nlocal_max_jobs = 1\n");
+    let server = home.start();
+    let mut review = home.command(common::CLI);
+    review
+        .arg("--socket")
+        .arg(home.socket())
+        .args(["review", "--repo", &repo.path().display().to_string(), "--base", &base, "--head", &head])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut review = review.spawn().expect("spawn ekaci review");
+    let (mut most, mut seen_one) = (0, false);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while review.try_wait().ok().flatten().is_none() {
+        let active = server.status()["active_builds"].as_u64().unwrap_or(0);
+        most = most.max(active);
+        seen_one |= active == 1;
+        assert!(Instant::now() < deadline, "the review did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(seen_one, "a build was seen running");
+    assert_eq!(most, 1, "one slot: never more than one build at once");
+    assert_eq!(counts(&home).get("success").copied(), Some(6));
+}
