@@ -120,6 +120,26 @@ fn settled(home: &Home, server: &common::Server, want: usize) -> BTreeMap<String
     }
 }
 
+/// How many derivations reached a final state.
+fn finished(home: &Home) -> usize {
+    states(home)
+        .map(|s| s.values().filter(|v| !matches!(v.as_str(), "queued" | "buildable" | "building")).count())
+        .unwrap_or(0)
+}
+
+/// Waits for a random moment of the build phase: until at least one more derivation finished than
+/// `last` (at most 60 s), then a random 0 to 800 ms more. Returns the count it saw.
+fn kill_moment(home: &Home, rng: &mut Rng, last: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done = finished(home);
+    while done <= last && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        done = finished(home);
+    }
+    std::thread::sleep(Duration::from_millis(rng.below(800)));
+    done
+}
+
 /// Starts `ekaci review` of `head` against `base` in the background.
 fn start_review(home: &Home, repo: &GitRepo, base: &str, head: &str) -> std::process::Child {
     let mut c = home.command(common::CLI);
@@ -142,12 +162,9 @@ fn local_review(shape: Shape, kills: usize) -> (BTreeMap<String, String>, usize,
     let mut server = home.start();
     let mut review = start_review(&home, &repo, &base, &head);
     let mut rng = Rng(shape.seed);
-    let mut mid_work = 0;
-    // Spread the kills over the expected build time (about 0.1 s per derivation on two cores, plus
-    // evaluation), at random moments.
-    let span_ms = 2_000 + shape.drvs as u64 * 60;
+    let (mut mid_work, mut last) = (0, 0);
     for _ in 0..kills {
-        std::thread::sleep(Duration::from_millis(300 + rng.below(span_ms / kills.max(1) as u64)));
+        last = kill_moment(&home, &mut rng, last);
         let status = server.status();
         if status["queues"]["builds"] != 0 || status["active_builds"] != 0 {
             mid_work += 1;
@@ -202,10 +219,9 @@ fn github_run(shape: Shape, kills: usize) -> Vec<Value> {
     let f = Fixture::new();
     let head = f.repo.commit("soak head", &[("default.nix", Some(&dag(&f.nonce, shape.drvs)))]);
     s.pr("d-soak", "opened", 5, f.path(), &head, &f.base, "member");
-    let mut rng = Rng(shape.seed ^ 0x61);
-    let span_ms = 2_000 + shape.drvs as u64 * 60;
+    let (mut rng, mut last) = (Rng(shape.seed ^ 0x61), 0);
     for _ in 0..kills {
-        std::thread::sleep(Duration::from_millis(300 + rng.below(span_ms / kills.max(1) as u64)));
+        last = kill_moment(&s.home, &mut rng, last);
         s.kill();
         s.restart();
     }
