@@ -397,6 +397,7 @@ async fn start_pipeline(
         &logs_dir,
         concurrent,
     );
+    pipeline.set_repo_limits(crate::config::repo::RepoLimits::from_server(config));
     Ok((pipeline, scheduler))
 }
 
