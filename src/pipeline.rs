@@ -175,6 +175,12 @@ impl Pipeline {
         &self.jobsets
     }
 
+    /// The git mirrors and worktrees.
+    pub fn checkouts(&self) -> &Checkouts {
+        &self.checkouts
+    }
+
+    /// The derivation graph.
     pub fn graph(&self) -> &Graph {
         &self.graph
     }

@@ -270,6 +270,14 @@ async fn run_on(
         tracing::info!(api = %config.github.api_url, "GitHub service started");
         Some(wakers)
     };
+    let retention = crate::retention::Retention {
+        store: store.clone(),
+        checkouts: pipeline.checkouts().clone(),
+        logs_dir: config.logs_dir(),
+        gc_roots_dir: config.data_dir().join("gcroots"),
+        config: config.retention.clone(),
+    };
+    services.push(ex.spawn(crate::retention::daily_loop(retention.clone(), shutdown.0.clone())));
     let status = Arc::new(requests::DaemonHandler {
         started,
         store: store.clone(),
@@ -281,6 +289,7 @@ async fn run_on(
         logs_dir: config.logs_dir(),
         approvals: github.as_ref().map(|w| w.approvals.clone()),
         sandbox,
+        retention,
     });
     let web_state = crate::web::AppState {
         started,

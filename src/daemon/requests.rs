@@ -28,6 +28,8 @@ pub(super) struct DaemonHandler {
     pub(super) approvals: Option<async_channel::Sender<ApprovalNotice>>,
     /// The local Nix's `sandbox` setting, as detected at start-up.
     pub(super) sandbox: crate::nix::local::Sandbox,
+    /// Retention, for `ekaci gc`.
+    pub(super) retention: crate::retention::Retention,
 }
 
 impl Handler for DaemonHandler {
@@ -64,6 +66,10 @@ impl Handler for DaemonHandler {
             Request::Approve { repo, number, sha } => self.approve(&repo, number, sha).await,
             Request::ApprovedUsers(op) => self.approved_users(op).await,
             Request::Tokens(op) => self.tokens(op).await,
+            Request::Gc => match self.retention.run().await {
+                Ok(report) => Response::Gc(report),
+                Err(e) => error(e.to_string()),
+            },
             Request::Summary { repo, base, head, job } => {
                 self.summary(Path::new(&repo), &base, &head, job.as_deref(), &progress).await
             }
