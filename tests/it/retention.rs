@@ -1,6 +1,7 @@
 //! Nothing grows without bound, against real files: the per-attempt log cap (`[builds] max_log_bytes`),
 //! `ekaci logs` of a log larger than one read, and `ekaci gc` (`[retention]`) removing old jobsets with
-//! their GC roots, old logs and stale worktrees while keeping a live jobset.
+//! their GC roots, old logs and stale worktrees while keeping a live jobset; and `[limits]
+//! max_jobs_per_repo` enforced by the running server.
 
 use crate::common;
 
@@ -235,4 +236,22 @@ fn ekaci_gc_removes_old_jobsets_gc_roots_logs_and_worktrees_and_keeps_the_live_j
     );
     assert!(!data.join("gcroots").join(newest.to_string()).exists());
     assert!(data.join("gcroots").join(id.to_string()).is_dir());
+}
+
+#[test]
+fn the_server_refuses_a_repository_configuration_with_more_jobs_than_its_limit() {
+    let repo = GitRepo::new();
+    let config = r#"{ "jobs": { "a": { "file": "default.nix" }, "b": { "file": "default.nix" }, "c": { "file": "default.nix" } } }"#;
+    let rev =
+        repo.commit("three jobs", &[(".eka-ci/config.json", Some(config)), ("default.nix", Some("{ }"))]);
+    let home = Home::new();
+    home.write_config("[limits]\nmax_jobs_per_repo = 2\n");
+    let _server = home.start();
+    let out = home.ekaci(&["eval", "--repo", &repo.path().display().to_string(), "--rev", &rev]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("3 jobs are declared; this server allows at most 2 ([limits] max_jobs_per_repo)"),
+        "{err}"
+    );
 }
