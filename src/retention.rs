@@ -168,13 +168,16 @@ impl Retention {
         let removed: HashSet<u64> = removed.iter().map(|id| id.0).collect();
         smol::unblock(move || -> Result<Freed, RetentionError> {
             let mut freed = Freed::default();
-            let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(freed) };
             let existing: HashSet<u64> = Jobsets::new(store).all()?.iter().map(|j| j.id.0).collect();
+            // A jobset begun after this read has a larger id than every one seen (ids are never reused):
+            // its GC roots are never taken for an orphan's.
+            let known_max = existing.iter().chain(&removed).copied().max().unwrap_or(0);
+            let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(freed) };
             for entry in entries.flatten() {
                 let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
                     continue;
                 };
-                if existing.contains(&id) && !removed.contains(&id) {
+                if id > known_max || (existing.contains(&id) && !removed.contains(&id)) {
                     continue;
                 }
                 let path = entry.path();

@@ -197,6 +197,21 @@ fn ekaci_gc_removes_old_jobsets_gc_roots_logs_and_worktrees_and_keeps_the_live_j
     set_mtime(&stale, 2);
     let fresh = data.join("worktrees/just-now");
     std::fs::create_dir_all(&fresh).expect("mkdir");
+    // The repository's mirror, unused for long but referred to by the kept jobset; and one nothing
+    // refers to.
+    let mirrors: Vec<PathBuf> =
+        data.join("mirrors").read_dir().expect("mirrors").map(|e| e.expect("entry").path()).collect();
+    assert_eq!(mirrors.len(), 1, "{mirrors:?}");
+    let used_mirror = mirrors[0].clone();
+    if used_mirror.join("FETCH_HEAD").exists() {
+        set_mtime(&used_mirror.join("FETCH_HEAD"), 40);
+    }
+    set_mtime(&used_mirror, 40);
+    let unused_mirror = data.join("mirrors/example.com-gone-repo-0123456789abcdef.git");
+    std::fs::create_dir_all(unused_mirror.join("objects")).expect("mkdir");
+    std::fs::write(unused_mirror.join("HEAD"), "ref: refs/heads/main\n").expect("write");
+    set_mtime(&unused_mirror.join("HEAD"), 40);
+    set_mtime(&unused_mirror, 40);
     let out = home.ekaci(&["gc"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -204,7 +219,9 @@ fn ekaci_gc_removes_old_jobsets_gc_roots_logs_and_worktrees_and_keeps_the_live_j
     assert!(text.contains("gc roots: 2 removed"), "{text}");
     assert!(text.contains("logs: 2 removed"), "{text}");
     assert!(text.contains("worktrees: 1 removed, 5 bytes freed"), "{text}");
-    assert!(text.contains("mirrors: 0 removed"), "{text}");
+    assert!(text.contains("mirrors: 1 removed, 21 bytes freed"), "{text}");
+    assert!(!unused_mirror.exists());
+    assert!(used_mirror.join("HEAD").is_file(), "the mirror a kept jobset refers to stays");
     for id in ids.iter().filter(|id| **id != newest) {
         assert!(!data.join("gcroots").join(id.to_string()).exists(), "GC roots of jobset {id} removed");
     }
@@ -213,7 +230,6 @@ fn ekaci_gc_removes_old_jobsets_gc_roots_logs_and_worktrees_and_keeps_the_live_j
         assert!(!log.exists(), "{} removed", log.display());
     }
     assert!(!stale.exists() && fresh.exists());
-    assert!(data.join("mirrors").read_dir().expect("mirrors").next().is_some(), "the mirror is still used");
 
     // The kept jobset is reused; a removed one is evaluated again under a new id, never an old one.
     let eval = |rev: &str| {
