@@ -7,8 +7,10 @@
 //!   records, its `build_owners` row and its GC roots (`<data_dir>/gcroots/<id>`). A jobset is *live*,
 //!   and never removed whatever its age, when it is not finished (`Evaluating`); when its builds are still
 //!   wanted (its owner is `Live` in `build_owners`); when it is of a commit (head or base) of a GitHub run
-//!   that is queued or awaiting approval; or when it is the newest finished jobset of its (repository,
-//!   job name), the base the next pull request is most likely diffed against. GC-root directories whose
+//!   that is queued or awaiting approval; when this process began or reused it within the last
+//!   hour ([`RECENT_USE`]: a review that just reused it has not registered its builds yet); or when it is
+//!   the newest finished jobset of its (repository, job name), the base the next pull request is most
+//!   likely diffed against. GC-root directories whose
 //!   jobset row no longer exists are removed with the jobsets (there is no evaluation that could need
 //!   them: a jobset row is written before its evaluation starts).
 //! - **logs** (`logs_days`, counted from the file's modification time): `logs_dir/<hash>/<n>.log`. A
@@ -35,6 +37,10 @@ use crate::jobset::{JobsetId, JobsetState, Jobsets};
 use crate::store::{Store, StoreError};
 
 const DAY: u64 = 24 * 3600;
+
+/// A jobset this process used this recently is live: a review that reused it registers its builds
+/// (a `Live` owner) or finishes its diff well within this.
+pub const RECENT_USE: Duration = Duration::from_secs(3600);
 
 /// How often the daemon runs retention.
 pub const INTERVAL: Duration = Duration::from_secs(DAY);
@@ -70,6 +76,8 @@ pub enum RetentionError {
 #[derive(Clone)]
 pub struct Retention {
     pub store: Store,
+    /// The pipeline's jobsets (their clones share what was used recently).
+    pub jobsets: Jobsets,
     pub checkouts: Checkouts,
     pub logs_dir: PathBuf,
     /// `<data_dir>/gcroots`.
@@ -110,8 +118,9 @@ impl Retention {
         }
         let store = self.store.clone();
         let max_age = self.config.jobsets_days * DAY;
+        let jobsets = self.jobsets.clone();
+        let recently_used = jobsets.used_within(RECENT_USE);
         smol::unblock(move || -> Result<(Vec<JobsetId>, u64), RetentionError> {
-            let jobsets = Jobsets::new(store.clone());
             let all = jobsets.all()?;
             let live_owners: HashSet<JobsetId> = crate::scheduler::state::Reader::new(&store)?
                 .owners()?
@@ -147,6 +156,7 @@ impl Retention {
                     continue;
                 }
                 let live = live_owners.contains(&j.id)
+                    || recently_used.contains(&j.id)
                     || newest.contains(&j.id)
                     || live_commits.contains(&(j.key.repo.clone(), j.key.commit.to_ascii_lowercase()));
                 if live {

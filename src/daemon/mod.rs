@@ -272,6 +272,7 @@ async fn run_on(
     };
     let retention = crate::retention::Retention {
         store: store.clone(),
+        jobsets: pipeline.jobsets().clone(),
         checkouts: pipeline.checkouts().clone(),
         logs_dir: config.logs_dir(),
         gc_roots_dir: config.data_dir().join("gcroots"),

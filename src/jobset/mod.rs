@@ -141,6 +141,9 @@ pub enum Begin {
 #[derive(Clone, Debug)]
 pub struct Jobsets {
     store: Store,
+    /// When this process last began (evaluated or reused) each jobset (shared by clones). Retention keeps
+    /// jobsets used recently: a review that just reused an old jobset has not registered its builds yet.
+    used: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<JobsetId, std::time::Instant>>>,
 }
 
 /// How many attribute records are committed per write transaction while an evaluation streams in.
@@ -148,7 +151,20 @@ const WRITE_BATCH: usize = 2000;
 
 impl Jobsets {
     pub fn new(store: Store) -> Jobsets {
-        Jobsets { store }
+        Jobsets { store, used: Default::default() }
+    }
+
+    fn mark_used(&self, id: JobsetId) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.insert(id, std::time::Instant::now());
+    }
+
+    /// The jobsets this process (through this value or its clones) used within `window`; older marks
+    /// are forgotten.
+    pub fn used_within(&self, window: std::time::Duration) -> std::collections::HashSet<JobsetId> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.retain(|_, at| at.elapsed() < window);
+        used.keys().copied().collect()
     }
 
     /// Finds a finished jobset for `key`, or starts a new one (a previous unfinished or failed attempt
@@ -168,6 +184,7 @@ impl Jobsets {
                     if let Some(js) = current {
                         if js.state == JobsetState::Evaluated && js.allow_eval_failures == allow_eval_failures
                         {
+                            self.mark_used(js.id);
                             return Ok(Begin::Existing(js));
                         }
                     }
@@ -205,6 +222,7 @@ impl Jobsets {
             attrs.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
         }
         tx.commit()?;
+        self.mark_used(id);
         Ok(Begin::New(id))
     }
 
