@@ -190,7 +190,10 @@ fn ekaci_gc_removes_old_jobsets_gc_roots_logs_and_worktrees_and_keeps_the_live_j
     }
 
     let _server = home.start();
-    // Worktrees no checkout uses (start-up removes every such directory, so they are made after it).
+    // The control socket answers only once start-up, which removes every worktree no checkout uses, is
+    // over: the worktrees are made after that.
+    let status = home.ekaci(&["status"]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let stale = data.join("worktrees/left-by-a-crash");
     std::fs::create_dir_all(&stale).expect("mkdir");
     std::fs::write(stale.join("file"), "12345").expect("write");
