@@ -106,12 +106,15 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let build_queue_depth = IntGaugeVec::new(
         Opts::new(
             "eka_ci_build_queue_depth",
-            "Derivations waiting to be built (queued or buildable), by platform",
+            "Derivations waiting to be built (queued or buildable), by platform (`other`: no builder has it)",
         ),
         &["platform"],
     )?;
     let active_builds = IntGaugeVec::new(
-        Opts::new("eka_ci_active_builds", "Derivations building now, by platform"),
+        Opts::new(
+            "eka_ci_active_builds",
+            "Derivations building now, by platform (`other`: no builder has it)",
+        ),
         &["platform"],
     )?;
     let build_duration = Histogram::with_opts(
