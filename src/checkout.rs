@@ -412,6 +412,82 @@ impl Checkouts {
     }
 }
 
+impl Checkouts {
+    /// Retention: deletes every directory under `worktrees/` that no live [`Worktree`] of this instance
+    /// owns and that was last modified at least `min_age` ago. Returns the count and the bytes freed.
+    pub async fn remove_old_worktrees(&self, min_age: std::time::Duration) -> (u64, u64) {
+        let (mut count, mut bytes) = (0, 0);
+        for (path, is_dir) in list_dir(&self.inner.worktrees).await.unwrap_or_default() {
+            if self.inner.live().contains(&path) {
+                continue;
+            }
+            let p = path.clone();
+            let freed = smol::unblock(move || -> std::io::Result<Option<u64>> {
+                if !crate::retention::older_than(&p, min_age)? {
+                    return Ok(None);
+                }
+                let size = crate::retention::disk_bytes(&p);
+                if is_dir {
+                    force_remove_dir(&p)?;
+                } else {
+                    std::fs::remove_file(&p)?;
+                }
+                Ok(Some(size))
+            })
+            .await;
+            match freed {
+                Ok(Some(size)) => {
+                    count += 1;
+                    bytes += size;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove an old worktree"),
+            }
+        }
+        (count, bytes)
+    }
+
+    /// Retention: the mirror directories (`mirrors/*.git`).
+    pub async fn mirrors(&self) -> Vec<PathBuf> {
+        list_dir(&self.inner.mirrors)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(p, is_dir)| *is_dir && p.extension().is_some_and(|e| e == "git"))
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Retention: deletes the mirror at `mirror` (a path [`Checkouts::mirrors`] listed) under its lock,
+    /// unless a live worktree of this instance was checked out from it. Returns the bytes freed, `None`
+    /// when it was kept.
+    pub async fn remove_mirror(&self, mirror: &Path) -> std::io::Result<Option<u64>> {
+        let Some(name) = mirror.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            return Ok(None);
+        };
+        if mirror.parent() != Some(self.inner.mirrors.as_path()) {
+            return Ok(None);
+        }
+        let lock = self.lock_for(&name);
+        let _guard = lock.lock().await;
+        let prefix = format!("{}-", name.trim_end_matches(".git"));
+        let in_use = self
+            .inner
+            .live()
+            .iter()
+            .any(|w| w.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)));
+        if in_use {
+            return Ok(None);
+        }
+        let p = mirror.to_path_buf();
+        smol::unblock(move || {
+            let size = crate::retention::disk_bytes(&p);
+            force_remove_dir(&p).map(|()| Some(size))
+        })
+        .await
+    }
+}
+
 /// `(path, is_dir)` of each entry of `dir` (symlinks are not dirs); a missing `dir` has no entries.
 async fn list_dir(dir: &Path) -> Result<Vec<(PathBuf, bool)>, CheckoutError> {
     let d = dir.to_path_buf();

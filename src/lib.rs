@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod nix;
 pub mod paths;
 pub mod pipeline;
+pub mod retention;
 pub mod scheduler;
 pub mod secret;
 pub mod store;

@@ -106,12 +106,15 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let build_queue_depth = IntGaugeVec::new(
         Opts::new(
             "eka_ci_build_queue_depth",
-            "Derivations waiting to be built (queued or buildable), by platform",
+            "Derivations waiting to be built (queued or buildable), by platform (`other`: no builder has it)",
         ),
         &["platform"],
     )?;
     let active_builds = IntGaugeVec::new(
-        Opts::new("eka_ci_active_builds", "Derivations building now, by platform"),
+        Opts::new(
+            "eka_ci_active_builds",
+            "Derivations building now, by platform (`other`: no builder has it)",
+        ),
         &["platform"],
     )?;
     let build_duration = Histogram::with_opts(
@@ -241,6 +244,44 @@ fn build() -> Result<Metrics, prometheus::Error> {
     })
 }
 
+/// The label value every system outside the known ones is counted under.
+pub const OTHER_SYSTEM: &str = "other";
+
+/// The systems metric labels may name (set at start-up by the scheduler: the local machine's and the
+/// remote builders' systems, plus Nix's `builtin`).
+static KNOWN_SYSTEMS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Sets the systems [`system_label`] lets through; every other system is counted as [`OTHER_SYSTEM`].
+pub fn set_known_systems(systems: impl IntoIterator<Item = String>) {
+    let mut list: Vec<String> = systems.into_iter().collect();
+    list.push("builtin".to_string());
+    list.sort_unstable();
+    list.dedup();
+    match KNOWN_SYSTEMS.write() {
+        Ok(mut known) => *known = list,
+        Err(poisoned) => *poisoned.into_inner() = list,
+    }
+}
+
+/// The label value for a derivation's `system` (which a repository chooses, so it is unbounded): the
+/// system itself when a builder builds it, else [`OTHER_SYSTEM`].
+pub fn system_label(system: &str) -> &str {
+    let known = match KNOWN_SYSTEMS.read() {
+        Ok(k) => k,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    bounded_system(system, &known)
+}
+
+/// `system` when it is in `known`, else [`OTHER_SYSTEM`].
+pub fn bounded_system<'a>(system: &'a str, known: &[String]) -> &'a str {
+    if known.iter().any(|k| k == system) {
+        system
+    } else {
+        OTHER_SYSTEM
+    }
+}
+
 /// The process-wide metrics.
 pub fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -257,4 +298,23 @@ pub fn render() -> String {
         tracing::error!(error = %e, "encoding metrics failed");
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_systems_are_other() {
+        let known = vec!["x86_64-linux".to_string(), "aarch64-linux".to_string()];
+        assert_eq!(bounded_system("x86_64-linux", &known), "x86_64-linux");
+        assert_eq!(bounded_system("aarch64-linux", &known), "aarch64-linux");
+        assert_eq!(bounded_system("made-up-by-a-pull-request-1", &known), OTHER_SYSTEM);
+        assert_eq!(bounded_system("", &known), OTHER_SYSTEM);
+        assert_eq!(bounded_system("x86_64-linux", &[]), OTHER_SYSTEM);
+        set_known_systems(["riscv64-linux".to_string()]);
+        assert_eq!(system_label("riscv64-linux"), "riscv64-linux");
+        assert_eq!(system_label("builtin"), "builtin");
+        assert_eq!(system_label("x86_64-darwin-but-not-here"), OTHER_SYSTEM);
+    }
 }

@@ -122,6 +122,8 @@ pub struct Pipeline {
     worktree_slots: smol::lock::Semaphore,
     waiting: AtomicU64,
     running: AtomicU64,
+    /// What a repository configuration may ask for (`[limits]`); set once at start-up.
+    repo_limits: std::sync::OnceLock<repo::RepoLimits>,
 }
 
 impl Pipeline {
@@ -145,7 +147,18 @@ impl Pipeline {
             worktree_slots: smol::lock::Semaphore::new(concurrent_evaluations.max(1) * 2),
             waiting: AtomicU64::new(0),
             running: AtomicU64::new(0),
+            repo_limits: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the limits repository configurations are validated against (`[limits]`; the defaults until
+    /// then). Only the first call counts.
+    pub fn set_repo_limits(&self, limits: repo::RepoLimits) {
+        let _first = self.repo_limits.set(limits);
+    }
+
+    fn repo_limits(&self) -> repo::RepoLimits {
+        self.repo_limits.get().copied().unwrap_or_default()
     }
 
     /// Whether evaluations run under Nix's `restrict-eval` (`[evaluation] restrict_eval`).
@@ -162,6 +175,12 @@ impl Pipeline {
         &self.jobsets
     }
 
+    /// The git mirrors and worktrees.
+    pub fn checkouts(&self) -> &Checkouts {
+        &self.checkouts
+    }
+
+    /// The derivation graph.
     pub fn graph(&self) -> &Graph {
         &self.graph
     }
@@ -337,7 +356,7 @@ impl Pipeline {
     ) -> Result<(RepoConfig, String, Vec<String>), PipelineError> {
         let _worktree_slot = self.worktree_slots.acquire().await;
         let worktree = self.checkouts.checkout(repo, commit, auth).await?;
-        let result = load_repo_config(&worktree, repo, commit).await;
+        let result = load_repo_config(&worktree, repo, commit, self.repo_limits()).await;
         if let Err(e) = worktree.remove().await {
             tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
         }
@@ -353,7 +372,7 @@ impl Pipeline {
         progress: &ProgressSink,
         with_attrs: bool,
     ) -> Result<(EvalReport, Vec<Jobset>), PipelineError> {
-        let own = load_repo_config(worktree, repo, commit).await;
+        let own = load_repo_config(worktree, repo, commit, self.repo_limits()).await;
         let (config, file, warnings, selected, own_config) = match definitions {
             Definitions::Own(only) => {
                 let (config, file, warnings) = own?;
@@ -526,9 +545,10 @@ async fn load_repo_config(
     worktree: &Worktree,
     repo: &str,
     commit: &str,
+    limits: repo::RepoLimits,
 ) -> Result<(RepoConfig, String, Vec<String>), PipelineError> {
     let path = worktree.path().to_path_buf();
-    match smol::unblock(move || repo::load(&path)).await {
+    match smol::unblock(move || repo::load_limited(&path, limits)).await {
         RepoConfigOutcome::Loaded { config, file, warnings } => {
             Ok((config, file.display().to_string(), warnings.iter().map(|w| w.to_string()).collect()))
         }

@@ -38,7 +38,14 @@ pub enum Command {
     ApprovedUsers(ApprovedUsersCmd),
     Summary(SummaryCmd),
     Tokens(TokensCmd),
+    Gc(GcCmd),
 }
+
+/// Remove finished work older than the `[retention]` ages now (jobsets and their GC roots, build logs,
+/// stale worktrees, unused git mirrors) and print what was freed.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "gc")]
+pub struct GcCmd {}
 
 /// Manage the tokens of the HTTP API (`Authorization: Bearer <token>`).
 #[derive(FromArgs, Debug)]
@@ -302,6 +309,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::ApprovedUsers(cmd) => approved_users(&socket, cmd).await,
             Command::Summary(cmd) => summary(&socket, cmd).await,
             Command::Tokens(cmd) => tokens(&socket, cmd).await,
+            Command::Gc(_) => gc(&socket).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -478,6 +486,16 @@ async fn cancel(socket: &std::path::Path, cmd: &CancelCmd) -> Result<(), String>
             Ok(())
         }
         other => Err(format!("unexpected response to cancel: {other:?}")),
+    }
+}
+
+async fn gc(socket: &std::path::Path) -> Result<(), String> {
+    match call(socket, Request::Gc).await? {
+        Response::Gc(report) => {
+            print!("{}", crate::retention::render(&report));
+            Ok(())
+        }
+        other => Err(format!("unexpected response to gc: {other:?}")),
     }
 }
 

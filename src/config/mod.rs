@@ -35,7 +35,8 @@ pub use env::secret_env_vars;
 pub use glob::Permissions;
 pub use load::{default_config_file, from_toml, load, load_with_env, ConfigError, LoadedConfig};
 pub use server::{
-    CacheConfig, CacheType, ChangeSummaryConfig, DraftPolicy, EvalBackendSetting, EvaluationConfig,
-    ForgeInstanceConfig, GitHubAppConfig, GitHubConfig, MergeMethod, OAuthConfig, RebuildConfig,
-    RemoteBuilderConfig, SecurityConfig, ServerConfig, UnixConfig, WebConfig,
+    BuildsConfig, CacheConfig, CacheType, ChangeSummaryConfig, DraftPolicy, EvalBackendSetting,
+    EvaluationConfig, ForgeInstanceConfig, GitHubAppConfig, GitHubConfig, LimitsConfig, MergeMethod,
+    OAuthConfig, RebuildConfig, RemoteBuilderConfig, RetentionConfig, SecurityConfig, ServerConfig,
+    UnixConfig, WebConfig,
 };

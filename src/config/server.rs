@@ -68,6 +68,12 @@ pub struct ServerConfig {
     pub github: GitHubConfig,
     /// `[builders]`: the local build slots (an eka-ci extension of the upstream schema).
     pub builders: BuildersConfig,
+    /// `[builds]`: bounds of one build attempt (an eka-ci extension).
+    pub builds: BuildsConfig,
+    /// `[retention]`: how long finished work is kept (an eka-ci extension).
+    pub retention: RetentionConfig,
+    /// `[limits]`: bounds on what a repository may ask for (an eka-ci extension).
+    pub limits: LimitsConfig,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +102,9 @@ impl Default for ServerConfig {
             change_summary: ChangeSummaryConfig::default(),
             github: GitHubConfig::default(),
             builders: BuildersConfig::default(),
+            builds: BuildsConfig::default(),
+            retention: RetentionConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -477,6 +486,64 @@ pub struct ChangeSummaryConfig {
 impl Default for ChangeSummaryConfig {
     fn default() -> Self {
         ChangeSummaryConfig { cache_max_age_seconds: 7 * 24 * 3600, prune_interval_seconds: 3600 }
+    }
+}
+
+/// `[builds]`: bounds of one build attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct BuildsConfig {
+    /// Bytes of one attempt's log kept on disk; the rest is dropped, a marker line says where the log was
+    /// cut, and the build goes on (65536..=17179869184, default 67108864: 64 MiB).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 65536, 17179869184>")]
+    pub max_log_bytes: u64,
+}
+
+impl Default for BuildsConfig {
+    fn default() -> Self {
+        BuildsConfig { max_log_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+/// `[retention]`: ages after which finished work is removed (by `ekaci gc` and once a day). Zero keeps it
+/// forever.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// Finished jobsets (their records and GC roots) older than this many days, unless live
+    /// (0..=36500, default 30).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 0, 36500>")]
+    pub jobsets_days: u64,
+    /// Build log files not modified for this many days (0..=36500, default 30).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 0, 36500>")]
+    pub logs_days: u64,
+    /// Worktrees left in the data directory for this many hours (0..=87600, default 24).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 0, 87600>")]
+    pub worktrees_hours: u64,
+    /// Git mirrors no stored jobset and no GitHub installation refers to, unused for this many days
+    /// (0..=36500, default 14).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 0, 36500>")]
+    pub mirrors_days: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { jobsets_days: 30, logs_days: 30, worktrees_hours: 24, mirrors_days: 14 }
+    }
+}
+
+/// `[limits]`: bounds on what a repository's configuration may ask for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Jobs one repository configuration may declare; more is a Configure error (1..=1000, default 16).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 1000>")]
+    pub max_jobs_per_repo: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_jobs_per_repo: 16 }
     }
 }
 

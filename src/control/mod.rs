@@ -53,6 +53,8 @@ pub enum Request {
     Summary { repo: String, base: String, head: String, job: Option<String> },
     /// Create, list or revoke HTTP API tokens.
     Tokens(TokensOp),
+    /// Run retention now (`[retention]`) and report what it freed.
+    Gc,
 }
 
 /// What [`Request::Tokens`] does.
@@ -142,6 +144,8 @@ pub enum Response {
     TokenRevoked {
         name: String,
     },
+    /// What a retention pass freed.
+    Gc(crate::retention::GcReport),
 }
 
 impl Response {

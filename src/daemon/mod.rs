@@ -270,6 +270,15 @@ async fn run_on(
         tracing::info!(api = %config.github.api_url, "GitHub service started");
         Some(wakers)
     };
+    let retention = crate::retention::Retention {
+        store: store.clone(),
+        jobsets: pipeline.jobsets().clone(),
+        checkouts: pipeline.checkouts().clone(),
+        logs_dir: config.logs_dir(),
+        gc_roots_dir: config.data_dir().join("gcroots"),
+        config: config.retention.clone(),
+    };
+    services.push(ex.spawn(crate::retention::daily_loop(retention.clone(), shutdown.0.clone())));
     let status = Arc::new(requests::DaemonHandler {
         started,
         store: store.clone(),
@@ -281,6 +290,7 @@ async fn run_on(
         logs_dir: config.logs_dir(),
         approvals: github.as_ref().map(|w| w.approvals.clone()),
         sandbox,
+        retention,
     });
     let web_state = crate::web::AppState {
         started,
@@ -397,6 +407,7 @@ async fn start_pipeline(
         &logs_dir,
         concurrent,
     );
+    pipeline.set_repo_limits(crate::config::repo::RepoLimits::from_server(config));
     Ok((pipeline, scheduler))
 }
 

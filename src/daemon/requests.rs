@@ -28,6 +28,8 @@ pub(super) struct DaemonHandler {
     pub(super) approvals: Option<async_channel::Sender<ApprovalNotice>>,
     /// The local Nix's `sandbox` setting, as detected at start-up.
     pub(super) sandbox: crate::nix::local::Sandbox,
+    /// Retention, for `ekaci gc`.
+    pub(super) retention: crate::retention::Retention,
 }
 
 impl Handler for DaemonHandler {
@@ -64,6 +66,10 @@ impl Handler for DaemonHandler {
             Request::Approve { repo, number, sha } => self.approve(&repo, number, sha).await,
             Request::ApprovedUsers(op) => self.approved_users(op).await,
             Request::Tokens(op) => self.tokens(op).await,
+            Request::Gc => match self.retention.run().await {
+                Ok(report) => Response::Gc(report),
+                Err(e) => error(e.to_string()),
+            },
             Request::Summary { repo, base, head, job } => {
                 self.summary(Path::new(&repo), &base, &head, job.as_deref(), &progress).await
             }
@@ -167,15 +173,25 @@ impl DaemonHandler {
         // on to a retry, which has its own log) still gets every byte written before that.
         let mut last_pass = !follow || state.is_terminal();
         loop {
-            match read_from(&path, offset).await {
-                Ok(chunks) => {
-                    for chunk in chunks {
-                        offset += chunk.len() as u64;
-                        if frames.send(Response::LogData(chunk)).await.is_err() {
-                            return error("client went away");
+            // Everything there is now, 1 MiB per blocking read (the frames channel paces the reads).
+            let read = loop {
+                match read_from(&path, offset).await {
+                    Ok((chunks, more)) => {
+                        for chunk in chunks {
+                            offset += chunk.len() as u64;
+                            if frames.send(Response::LogData(chunk)).await.is_err() {
+                                return error("client went away");
+                            }
+                        }
+                        if !more {
+                            break Ok(());
                         }
                     }
+                    Err(e) => break Err(e),
                 }
+            };
+            match read {
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !last_pass => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return error(format!("no log for attempt {attempt} of {drv}"))
@@ -363,7 +379,9 @@ impl DaemonHandler {
 }
 
 /// Reads `path` from `offset` to its current end, in chunks of at most 64 KiB.
-async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<Vec<u8>>> {
+/// Reads at most 1 MiB of `path` from `offset`, in 64 KiB chunks; `true` when it stopped at that bound
+/// rather than at the end of the file (the caller reads on).
+async fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<Vec<u8>>, bool)> {
     let path = path.to_path_buf();
     smol::unblock(move || {
         use std::io::{Read, Seek, SeekFrom};
@@ -374,13 +392,13 @@ async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<Vec<u8>>> {
             let mut buf = vec![0u8; 64 * 1024];
             let n = file.read(&mut buf)?;
             if n == 0 {
-                return Ok(chunks);
+                return Ok((chunks, false));
             }
             buf.truncate(n);
             chunks.push(buf);
             if chunks.len() >= 16 {
                 // Hand over at most 1 MiB per call; the caller loops.
-                return Ok(chunks);
+                return Ok((chunks, true));
             }
         }
     })

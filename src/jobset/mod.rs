@@ -12,7 +12,7 @@ use redb::{ReadableTable, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::store::codec::{decode, encode};
-use crate::store::schema::{JOBSETS, JOBSET_ATTRS, JOBSET_KEYS};
+use crate::store::schema::{BUILD_OWNERS, JOBSETS, JOBSET_ATTRS, JOBSET_KEYS, META};
 use crate::store::{now_secs, Store, StoreError};
 
 /// The id of a jobset: the key of its `jobsets` row. It serializes as the bare `u64` (postcard and JSON
@@ -141,6 +141,9 @@ pub enum Begin {
 #[derive(Clone, Debug)]
 pub struct Jobsets {
     store: Store,
+    /// When this process last began (evaluated or reused) each jobset (shared by clones). Retention keeps
+    /// jobsets used recently: a review that just reused an old jobset has not registered its builds yet.
+    used: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<JobsetId, std::time::Instant>>>,
 }
 
 /// How many attribute records are committed per write transaction while an evaluation streams in.
@@ -148,7 +151,20 @@ const WRITE_BATCH: usize = 2000;
 
 impl Jobsets {
     pub fn new(store: Store) -> Jobsets {
-        Jobsets { store }
+        Jobsets { store, used: Default::default() }
+    }
+
+    fn mark_used(&self, id: JobsetId) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.insert(id, std::time::Instant::now());
+    }
+
+    /// The jobsets this process (through this value or its clones) used within `window`; older marks
+    /// are forgotten.
+    pub fn used_within(&self, window: std::time::Duration) -> std::collections::HashSet<JobsetId> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.retain(|_, at| at.elapsed() < window);
+        used.keys().copied().collect()
     }
 
     /// Finds a finished jobset for `key`, or starts a new one (a previous unfinished or failed attempt
@@ -168,13 +184,22 @@ impl Jobsets {
                     if let Some(js) = current {
                         if js.state == JobsetState::Evaluated && js.allow_eval_failures == allow_eval_failures
                         {
+                            self.mark_used(js.id);
                             return Ok(Begin::Existing(js));
                         }
                     }
                     id
                 }
                 None => {
-                    let id = jobsets.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                    // Ids are never reused, even after retention removed the newest jobsets: owners,
+                    // GC roots and answers name jobsets by id.
+                    let after_last = jobsets.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                    let meta = tx.open_table(META)?;
+                    let floor = match meta.get(NEXT_ID_KEY)? {
+                        Some(v) => decode::<u64>("meta", NEXT_ID_KEY, v.value())?,
+                        None => 1,
+                    };
+                    let id = after_last.max(floor);
                     keys.insert(key.index_key().as_str(), id)?;
                     JobsetId(id)
                 }
@@ -197,6 +222,7 @@ impl Jobsets {
             attrs.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
         }
         tx.commit()?;
+        self.mark_used(id);
         Ok(Begin::New(id))
     }
 
@@ -261,6 +287,54 @@ impl Jobsets {
         };
         tx.commit()?;
         Ok(header)
+    }
+
+    /// Every jobset header, in id order (retention's view; attributes are not read).
+    pub fn all(&self) -> Result<Vec<Jobset>, StoreError> {
+        let tx = self.store.db().begin_read()?;
+        let table = tx.open_table(JOBSETS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push(decode_jobset(JobsetId(k.value()), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Removes the jobsets `ids` (header, key, attributes) and their `build_owners` rows, in one
+    /// transaction, and records the next id so none is reused. The caller decides that none of them is
+    /// live (see `retention.rs`). Returns how many existed.
+    pub fn remove(&self, ids: &[JobsetId]) -> Result<u64, StoreError> {
+        let tx = self.store.db().begin_write()?;
+        let mut removed = 0;
+        {
+            let mut jobsets = tx.open_table(JOBSETS)?;
+            let mut keys = tx.open_table(JOBSET_KEYS)?;
+            let mut attrs = tx.open_table(JOBSET_ATTRS)?;
+            let mut owners = tx.open_table(BUILD_OWNERS)?;
+            let mut meta = tx.open_table(META)?;
+            let after_last = jobsets.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+            let floor = match meta.get(NEXT_ID_KEY)? {
+                Some(v) => decode::<u64>("meta", NEXT_ID_KEY, v.value())?,
+                None => 1,
+            };
+            meta.insert(NEXT_ID_KEY, encode("meta", &after_last.max(floor))?.as_slice())?;
+            for id in ids {
+                let header = match jobsets.remove(id.0)? {
+                    Some(v) => decode_jobset(*id, v.value())?,
+                    None => continue,
+                };
+                removed += 1;
+                let index = header.key.index_key();
+                if keys.get(index.as_str())?.map(|v| v.value()) == Some(id.0) {
+                    keys.remove(index.as_str())?;
+                }
+                attrs.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
+                owners.remove(crate::scheduler::Owner::Jobset(*id).key())?;
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
     }
 
     /// Calls `f` with every attribute of jobset `id`, in attribute order, streaming from the database.
@@ -369,6 +443,9 @@ impl AttrWriter {
         Ok(())
     }
 }
+
+/// The `meta` key holding the lowest id a new jobset may take (written when jobsets are removed).
+const NEXT_ID_KEY: &str = "jobsets_next_id";
 
 fn decode_jobset(id: JobsetId, bytes: &[u8]) -> Result<Jobset, StoreError> {
     match decode::<JobsetRecord>(JOBSETS.name(), &id.to_string(), bytes)? {

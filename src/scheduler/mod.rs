@@ -94,6 +94,8 @@ pub struct SchedulerConfig {
     pub seed_cap: usize,
     /// Most concurrent batch children per builder (default 2; see the module documentation).
     pub children_per_builder: usize,
+    /// Bytes of one attempt's log kept on disk (`[builds] max_log_bytes`, default 64 MiB).
+    pub max_log_bytes: u64,
 }
 
 impl SchedulerConfig {
@@ -113,6 +115,7 @@ impl SchedulerConfig {
             batch_cap: 5000,
             seed_cap: 64,
             children_per_builder: 2,
+            max_log_bytes: 64 * 1024 * 1024,
         }
     }
 
@@ -122,6 +125,7 @@ impl SchedulerConfig {
         let mut c = SchedulerConfig::local(local.systems, local.features, cfg.logs_dir());
         c.max_silent = Duration::from_secs(cfg.build_no_output_timeout_seconds);
         c.max_duration = Duration::from_secs(cfg.build_max_duration_seconds);
+        c.max_log_bytes = cfg.builds.max_log_bytes;
         c.remote_builders = cfg.remote_builders.iter().map(BuilderSpec::remote).collect();
         if let Some(jobs) = cfg.builders.local_max_jobs {
             c.local_max_jobs = jobs;

@@ -536,7 +536,7 @@ fn compute(
             let nodes: Vec<u32> = group.iter().map(|(_, n)| *n).collect();
             let radii = impact::blast_radii(&snapshot.csr, &nodes);
             m.rebuild_impact_traversal_duration
-                .with_label_values(&[system])
+                .with_label_values(&[crate::metrics::system_label(system)])
                 .observe(traversal_started.elapsed().as_secs_f64());
             for ((path, _), dependents) in group.iter().zip(radii) {
                 let attr = seeds.get(path).map(|s| s.0).unwrap_or("");

@@ -385,6 +385,17 @@ fn example_file_documents_only_real_keys_with_their_defaults() {
     assert!(!c.security.allow_private_cache_hosts);
     assert_eq!(c.security.max_hook_timeout_seconds, 300);
     assert_eq!(c.rebuild.max_rebuild_count, 20_000);
+    assert_eq!(c.builds.max_log_bytes, 64 * 1024 * 1024);
+    assert_eq!(
+        (
+            c.retention.jobsets_days,
+            c.retention.logs_days,
+            c.retention.worktrees_hours,
+            c.retention.mirrors_days
+        ),
+        (30, 30, 24, 14)
+    );
+    assert_eq!(c.limits.max_jobs_per_repo, 16);
     assert_eq!((c.remote_builders[0].max_jobs, c.remote_builders[0].speed_factor), (1, 1));
     // Every documented key was set.
     assert!(c.db_path.is_some() && c.logs_dir.is_some() && c.unix.socket_path.is_some());
@@ -550,6 +561,10 @@ const RANGED: &[(&str, &str, &str, i64, i64)] = &[
     ("#\n", "build_max_duration_seconds", "build_max_duration_seconds", 60, 604800),
     ("[security]\n", "max_hook_timeout_seconds", "security.max_hook_timeout_seconds", 1, 86400),
     ("[web]\n", "port", "web.port", 0, 65535),
+    ("[builds]\n", "max_log_bytes", "builds.max_log_bytes", 65536, 17179869184),
+    ("[retention]\n", "jobsets_days", "retention.jobsets_days", 0, 36500),
+    ("[retention]\n", "worktrees_hours", "retention.worktrees_hours", 0, 87600),
+    ("[limits]\n", "max_jobs_per_repo", "limits.max_jobs_per_repo", 1, 1000),
 ];
 
 #[test]
@@ -561,6 +576,10 @@ fn ranged_keys_accept_their_bounds_and_reject_just_outside() {
                 "build_no_output_timeout_seconds" => l.config.build_no_output_timeout_seconds as i64,
                 "build_max_duration_seconds" => l.config.build_max_duration_seconds as i64,
                 "security.max_hook_timeout_seconds" => l.config.security.max_hook_timeout_seconds as i64,
+                "builds.max_log_bytes" => l.config.builds.max_log_bytes as i64,
+                "retention.jobsets_days" => l.config.retention.jobsets_days as i64,
+                "retention.worktrees_hours" => l.config.retention.worktrees_hours as i64,
+                "limits.max_jobs_per_repo" => l.config.limits.max_jobs_per_repo as i64,
                 _ => i64::from(l.config.web.port),
             };
             assert_eq!(got, v, "{path}");

@@ -28,6 +28,7 @@ mod jobset;
 mod nix_build;
 mod pr_trust;
 mod repo_config;
+mod retention;
 mod scheduler;
 mod sealed_eval;
 mod soak;

@@ -897,3 +897,30 @@ fn hostile_input_does_not_panic() {
     let errors = parse_err(Path::new("/nonexistent/eka-ci-test"), r#"{"jobs":{"a":{"file":"x.nix"}}}"#);
     assert!(error_at(&errors, "jobs.a.file").contains("not accessible"));
 }
+
+#[test]
+fn more_jobs_than_max_jobs_per_repo_is_an_error_naming_the_count_and_the_limit() {
+    let dir = checkout();
+    let jobs = |n: usize| {
+        let map: serde_json::Map<String, serde_json::Value> =
+            (0..n).map(|i| (format!("j{i}"), serde_json::json!({ "file": "default.nix" }))).collect();
+        serde_json::json!({ "jobs": map }).to_string()
+    };
+    // The default limit is 16.
+    let (config, _) = parse_ok(dir.path(), &jobs(16));
+    assert_eq!(config.jobs.len(), 16);
+    let errors = parse_err(dir.path(), &jobs(17));
+    assert_eq!(
+        error_at(&errors, "jobs"),
+        "17 jobs are declared; this server allows at most 16 ([limits] max_jobs_per_repo)"
+    );
+    // A server's own limit.
+    let limits = repo::RepoLimits { max_jobs: 2 };
+    assert!(repo::parse_limited(jobs(2).as_bytes(), dir.path(), limits).is_ok());
+    let errors = repo::parse_limited(jobs(3).as_bytes(), dir.path(), limits).expect_err("over the limit");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(
+        error_at(&errors, "jobs"),
+        "3 jobs are declared; this server allows at most 2 ([limits] max_jobs_per_repo)"
+    );
+}

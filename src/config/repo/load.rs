@@ -14,12 +14,38 @@ use super::paths::{resolve_in_repo, ResolveError};
 use super::validate::Validator;
 use super::{FieldError, RepoConfig, RepoConfigOutcome, CONFIG_FILE, LEGACY_CONFIG_FILE, MAX_CONFIG_BYTES};
 
-/// Finds, reads and validates the configuration of the checkout at `checkout`.
+/// What the server allows a repository configuration to ask for (`[limits]` of `ekaci.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepoLimits {
+    /// Jobs one configuration may declare (`[limits] max_jobs_per_repo`); more is an error.
+    pub max_jobs: usize,
+}
+
+impl Default for RepoLimits {
+    /// The server configuration's defaults.
+    fn default() -> Self {
+        RepoLimits { max_jobs: 16 }
+    }
+}
+
+impl RepoLimits {
+    /// The limits `config` sets.
+    pub fn from_server(config: &crate::config::ServerConfig) -> RepoLimits {
+        RepoLimits { max_jobs: usize::try_from(config.limits.max_jobs_per_repo).unwrap_or(usize::MAX) }
+    }
+}
+
+/// [`load_limited`] with the default [`RepoLimits`].
+pub fn load(checkout: &Path) -> RepoConfigOutcome {
+    load_limited(checkout, RepoLimits::default())
+}
+
+/// Finds, reads and validates the configuration of the checkout at `checkout`, within `limits`.
 ///
 /// Looks at [`CONFIG_FILE`] first and, only when it does not exist, at [`LEGACY_CONFIG_FILE`] (adding a
 /// deprecation warning). The file must be a regular file inside the checkout (after resolving
 /// symlinks) and at most [`MAX_CONFIG_BYTES`] long.
-pub fn load(checkout: &Path) -> RepoConfigOutcome {
+pub fn load_limited(checkout: &Path, limits: RepoLimits) -> RepoConfigOutcome {
     let current = PathBuf::from(CONFIG_FILE);
     let root = match fs::canonicalize(checkout) {
         Ok(root) => root,
@@ -78,7 +104,7 @@ pub fn load(checkout: &Path) -> RepoConfigOutcome {
         }
     };
 
-    match parse_collect(&bytes, &root) {
+    match parse_collect(&bytes, &root, limits) {
         Ok((config, more)) => {
             warnings.extend(more);
             RepoConfigOutcome::Loaded { config, file, warnings }
@@ -93,7 +119,16 @@ pub fn load(checkout: &Path) -> RepoConfigOutcome {
 /// Validates the bytes of a configuration file against the checkout at `checkout` (used to check
 /// that job files exist inside it). Returns the configuration and its warnings, or every error.
 pub fn parse(bytes: &[u8], checkout: &Path) -> Result<(RepoConfig, Vec<FieldError>), Vec<FieldError>> {
-    parse_collect(bytes, checkout).map_err(|(errors, _warnings)| errors)
+    parse_limited(bytes, checkout, RepoLimits::default())
+}
+
+/// [`parse`] within `limits`.
+pub fn parse_limited(
+    bytes: &[u8],
+    checkout: &Path,
+    limits: RepoLimits,
+) -> Result<(RepoConfig, Vec<FieldError>), Vec<FieldError>> {
+    parse_collect(bytes, checkout, limits).map_err(|(errors, _warnings)| errors)
 }
 
 fn invalid_file(file: PathBuf, message: String, warnings: Vec<FieldError>) -> RepoConfigOutcome {
@@ -117,7 +152,7 @@ fn read_capped(path: &Path) -> io::Result<Option<Vec<u8>>> {
 
 type Collected = Result<(RepoConfig, Vec<FieldError>), (Vec<FieldError>, Vec<FieldError>)>;
 
-fn parse_collect(bytes: &[u8], checkout: &Path) -> Collected {
+fn parse_collect(bytes: &[u8], checkout: &Path, limits: RepoLimits) -> Collected {
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
         return Err((vec![FieldError::new("", too_large_message())], vec![]));
     }
@@ -127,6 +162,7 @@ fn parse_collect(bytes: &[u8], checkout: &Path) -> Collected {
         Err(e) => return Err((vec![json_error(&e)], vec![])),
     };
     let mut v = Validator::new(fs::canonicalize(checkout).ok());
+    v.max_jobs = limits.max_jobs;
     let config = v.config(&value);
     match config {
         Some(config) if v.errors.is_empty() => Ok((config, v.warnings)),

@@ -31,7 +31,7 @@ mod validate;
 
 pub use change_sets::glob_matches;
 pub use field_error::FieldError;
-pub use load::{load, parse};
+pub use load::{load, load_limited, parse, parse_limited, RepoLimits};
 pub use types::{
     ChangeClass, ChangeSetKind, ChangeSetRule, ChangeSets, CheckConfig, JobConfig, JobSource,
     PackageChangeSummaryConfig, RebuildImpactConfig, RepoConfig, RepoConfigOutcome, SizeCheck,

@@ -118,6 +118,15 @@ pub struct BuildBatch {
     /// [`DrvOutcome::MaxDuration`]). Nix only sees complete lines: a builder that writes without newlines
     /// looks silent to the watchdog but not to Nix.
     pub watchdog_margin: Duration,
+    /// Bytes of one derivation's log kept on disk in this attempt (`[builds] max_log_bytes`). When the
+    /// streamed log reaches it, writing stops, [`log_cut_marker`] is appended and the build goes on.
+    pub max_log_bytes: u64,
+}
+
+/// The line appended to a log cut at `max_log_bytes` (it starts with a newline, so it is a line of its
+/// own whatever the cut split).
+pub fn log_cut_marker(max_log_bytes: u64) -> String {
+    format!("\n[eka-ci: log cut at {max_log_bytes} bytes: [builds] max_log_bytes]\n")
 }
 
 impl BuildBatch {
@@ -134,6 +143,7 @@ impl BuildBatch {
             options: Vec::new(),
             live_log: false,
             watchdog_margin: Duration::from_secs(30),
+            max_log_bytes: 64 * 1024 * 1024,
         }
     }
 

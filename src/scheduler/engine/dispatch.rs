@@ -139,6 +139,7 @@ impl Engine {
         };
         batch.max_silent = self.cfg.max_silent;
         batch.max_duration = self.cfg.max_duration;
+        batch.max_log_bytes = self.cfg.max_log_bytes;
         batch.builders = spec.nix_builders();
         if spec.nix_builders().is_none() {
             // Nix accepts what our routing sent to this machine.

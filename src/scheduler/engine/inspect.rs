@@ -1,6 +1,8 @@
 //! Read-only answers of the loop: a derivation's persisted status, the builds running now, the queue depth
 //! per system, and the queue gauges published after each turn. Nothing here changes a state.
 
+use std::collections::BTreeMap;
+
 use super::invariant::{Subject, NOT_ACTIVE};
 use super::Engine;
 use crate::scheduler::handle::{ActiveBuild, DrvStatus, QueueDepth, SchedulerError};
@@ -60,9 +62,16 @@ impl Engine {
 
     pub(super) fn publish(&self) {
         let m = crate::metrics::global();
+        // A derivation's system is the repository's choice: systems no builder has are summed as `other`.
+        let mut by_label: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
         for (s, c) in self.systems.iter().zip(&self.counts) {
-            m.build_queue_depth.with_label_values(&[s.as_str()]).set(c.queued + c.buildable);
-            m.active_builds.with_label_values(&[s.as_str()]).set(c.building);
+            let e = by_label.entry(crate::metrics::system_label(s)).or_default();
+            e.0 += c.queued + c.buildable;
+            e.1 += c.building;
+        }
+        for (label, (waiting, building)) in by_label {
+            m.build_queue_depth.with_label_values(&[label]).set(waiting);
+            m.active_builds.with_label_values(&[label]).set(building);
         }
     }
 }

@@ -35,6 +35,14 @@ pub async fn start(
 ) -> Result<SchedulerHandle, SchedulerError> {
     let (tx, rx) = async_channel::unbounded();
     runner::clean_scratch(&config.logs_dir).await;
+    // Metric labels name only systems some builder has (see `metrics::system_label`).
+    crate::metrics::set_known_systems(
+        config
+            .local_systems
+            .iter()
+            .chain(config.remote_builders.iter().flat_map(|b| b.systems.iter()))
+            .cloned(),
+    );
     // The engine holds the executor weakly: tasks of an executor must not keep it alive (dropping the
     // executor then drops the loop and every batch, killing the Nix children, as a crash would).
     let mut engine = Engine::new(Rc::downgrade(ex), graph, config, tx.clone());

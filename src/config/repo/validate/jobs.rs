@@ -22,6 +22,17 @@ impl Validator {
     pub(super) fn jobs(&mut self, v: &Value) -> BTreeMap<String, JobConfig> {
         let mut out = BTreeMap::new();
         let Some(map) = self.object(v, "jobs") else { return out };
+        if map.len() > self.max_jobs {
+            self.error(
+                "jobs",
+                format!(
+                    "{} jobs are declared; this server allows at most {} ([limits] max_jobs_per_repo)",
+                    map.len(),
+                    self.max_jobs
+                ),
+            );
+            return out;
+        }
         for (name, body) in map {
             let path = key_path("jobs", name);
             let name_ok = self.name(name, &path);

@@ -63,12 +63,14 @@ pub(super) struct Validator {
     root: Option<PathBuf>,
     pub(super) errors: Vec<FieldError>,
     pub(super) warnings: Vec<FieldError>,
+    /// Jobs a configuration may declare (`[limits] max_jobs_per_repo`).
+    pub(in crate::config::repo) max_jobs: usize,
 }
 
 impl Validator {
     /// A validator for the checkout whose canonical path is `root` (`None`: not accessible).
     pub(super) fn new(root: Option<PathBuf>) -> Validator {
-        Validator { root, errors: Vec::new(), warnings: Vec::new() }
+        Validator { root, errors: Vec::new(), warnings: Vec::new(), max_jobs: 16 }
     }
 
     fn error(&mut self, path: &str, message: impl Into<String>) {

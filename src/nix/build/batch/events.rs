@@ -88,6 +88,8 @@ impl Driver {
         })
         .await;
         let s = &mut self.states[idx];
+        s.log_bytes = 0;
+        s.log_cut = false;
         match opened {
             Ok(f) => s.log_file = Some(Unblock::new(f)),
             Err(e) => {
@@ -105,11 +107,22 @@ impl Driver {
     }
 
     async fn log_line(&mut self, idx: usize, text: &str) {
+        let cap = self.batch.max_log_bytes;
         let s = &mut self.states[idx];
-        if let Some(f) = s.log_file.as_mut() {
+        if let Some(f) = s.log_file.as_mut().filter(|_| !s.log_cut) {
             let mut bytes = Vec::with_capacity(text.len() + 1);
             bytes.extend_from_slice(text.as_bytes());
             bytes.push(b'\n');
+            let room = usize::try_from(cap.saturating_sub(s.log_bytes)).unwrap_or(usize::MAX);
+            if bytes.len() > room {
+                // The cap: keep what fits, say where the log was cut, write nothing more. The build goes on.
+                bytes.truncate(room);
+                bytes.extend_from_slice(crate::nix::build::log_cut_marker(cap).as_bytes());
+                s.log_cut = true;
+                s.log_bytes = cap;
+            } else {
+                s.log_bytes += bytes.len() as u64;
+            }
             if let Err(e) = f.write_all(&bytes).await {
                 tracing::warn!(log = %s.log.display(), error = %e, "cannot write a build log");
                 s.log_file = None;

@@ -178,6 +178,10 @@ struct DrvState {
     /// The open activity id in the current run.
     activity: Option<u64>,
     log_file: Option<Unblock<File>>,
+    /// Bytes written to `log_file` in the current attempt.
+    log_bytes: u64,
+    /// The log reached `max_log_bytes`: the marker is written, nothing more is.
+    log_cut: bool,
     /// An outcome from Nix, applied when the activity stops (so the log is complete).
     verdict: Option<DrvOutcome>,
     /// The message to append to the log.
@@ -211,6 +215,8 @@ impl DrvState {
             ever_started: false,
             activity: None,
             log_file: None,
+            log_bytes: 0,
+            log_cut: false,
             verdict: None,
             message: None,
             kill_default: None,

@@ -51,8 +51,10 @@ impl Driver {
             });
             let log = s.log.clone();
             let started = s.ever_started;
+            let cap = LogCap { max_bytes: self.batch.max_log_bytes, cut: s.log_cut };
             let written =
-                smol::unblock(move || complete_log(&log, raw.as_deref(), message.as_deref(), started)).await;
+                smol::unblock(move || complete_log(&log, raw.as_deref(), message.as_deref(), started, cap))
+                    .await;
             if let Err(e) = written {
                 self.log_errors += 1;
                 tracing::warn!(log = %s.log.display(), error = %e, "cannot complete a build log");
@@ -246,15 +248,48 @@ fn runner_message(outcome: &DrvOutcome) -> Option<String> {
     }
 }
 
-/// Completes a log file: Nix's byte-exact copy replaces the streamed one when it exists, then `message`
-/// is appended on a line of its own. Blocking.
-fn complete_log(log: &Path, raw: Option<&Path>, message: Option<&str>, started: bool) -> io::Result<()> {
+/// The log cap of one attempt.
+#[derive(Debug, Clone, Copy)]
+struct LogCap {
+    /// `[builds] max_log_bytes`.
+    max_bytes: u64,
+    /// The streamed log was already cut (and ends with the marker).
+    cut: bool,
+}
+
+/// Completes a log file: Nix's byte-exact copy replaces the streamed one when it exists (cut at the cap,
+/// with the marker, when longer; never used when the streamed log was cut: that one is kept and Nix's copy
+/// removed), then `message` is appended on a line of its own. Blocking.
+fn complete_log(
+    log: &Path,
+    raw: Option<&Path>,
+    message: Option<&str>,
+    started: bool,
+    cap: LogCap,
+) -> io::Result<()> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let replaced = match raw {
+        Some(raw) if cap.cut => {
+            match std::fs::remove_file(raw) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            false
+        }
         Some(raw) if started => match std::fs::rename(raw, log) {
-            Ok(()) => true,
+            Ok(()) => {
+                let f = std::fs::OpenOptions::new().write(true).open(log)?;
+                if f.metadata()?.len() > cap.max_bytes {
+                    f.set_len(cap.max_bytes)?;
+                    drop(f);
+                    let mut f = std::fs::OpenOptions::new().append(true).open(log)?;
+                    f.write_all(crate::nix::build::log_cut_marker(cap.max_bytes).as_bytes())?;
+                }
+                true
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => return Err(e),
         },
@@ -295,16 +330,37 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("h")).expect("mkdir");
         std::fs::write(&log, "streamed\n").expect("write");
         std::fs::write(&raw, b"a\xff\r\nno-eol").expect("write");
-        complete_log(&log, Some(&raw), Some("error: boom"), true).expect("complete");
+        complete_log(&log, Some(&raw), Some("error: boom"), true, NO_CAP).expect("complete");
         assert_eq!(std::fs::read(&log).expect("read"), b"a\xff\r\nno-eol\nerror: boom\n");
         assert!(!raw.exists());
         // No raw copy: the streamed log stays, the message follows.
         std::fs::write(&log, "streamed\n").expect("write");
-        complete_log(&log, Some(&raw), Some("error: x"), true).expect("complete");
+        complete_log(&log, Some(&raw), Some("error: x"), true, NO_CAP).expect("complete");
         assert_eq!(std::fs::read_to_string(&log).expect("read"), "streamed\nerror: x\n");
         // Never started: only the message.
         let log2 = dir.path().join("g/1.log");
-        complete_log(&log2, None, Some("eka-ci: not built"), false).expect("complete");
+        complete_log(&log2, None, Some("eka-ci: not built"), false, NO_CAP).expect("complete");
         assert_eq!(std::fs::read_to_string(&log2).expect("read"), "eka-ci: not built\n");
+    }
+
+    const NO_CAP: LogCap = LogCap { max_bytes: u64::MAX, cut: false };
+
+    #[test]
+    fn caps_nix_copy_and_keeps_a_cut_streamed_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("h/1.log");
+        let raw = dir.path().join("raw");
+        std::fs::create_dir_all(dir.path().join("h")).expect("mkdir");
+        std::fs::write(&raw, "0123456789abcdef").expect("write");
+        complete_log(&log, Some(&raw), None, true, LogCap { max_bytes: 10, cut: false }).expect("complete");
+        let want = format!("0123456789{}", crate::nix::build::log_cut_marker(10));
+        assert_eq!(std::fs::read_to_string(&log).expect("read"), want);
+        // The streamed log was cut: it stays, Nix's copy goes.
+        std::fs::write(&raw, "much longer than the cap").expect("write");
+        std::fs::write(&log, "streamed, cut").expect("write");
+        complete_log(&log, Some(&raw), Some("error: x"), true, LogCap { max_bytes: 10, cut: true })
+            .expect("complete");
+        assert_eq!(std::fs::read_to_string(&log).expect("read"), "streamed, cut\nerror: x\n");
+        assert!(!raw.exists());
     }
 }
