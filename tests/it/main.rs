@@ -32,4 +32,5 @@ mod scheduler;
 mod sealed_eval;
 mod store;
 mod summary;
+mod supervise;
 mod tidy;
