@@ -18,6 +18,7 @@ mod crash_recovery;
 mod daemon;
 mod drv_parser;
 mod eval;
+mod eval_sharing;
 mod github_app;
 mod github_client;
 mod github_webhook;
