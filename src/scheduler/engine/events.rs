@@ -121,6 +121,7 @@ impl Engine {
                 },
             },
             DrvOutcome::HostTrouble { reason } => {
+                tracing::warn!(batch = %bid, drv = %drv, reason = %reason, "a transient host error stopped a build; it is retried");
                 n.batch = None;
                 if started {
                     self.close_attempt(id, attempt, "transient");
@@ -201,7 +202,7 @@ impl Engine {
         }
         self.stop_building(id);
         let message = crate::text::bounded_str(&format!("transient: {reason}"), MESSAGE_LIMIT);
-        tracing::warn!(drv = %id, reason, "a transient host error stopped a build; retrying after a backoff");
+        tracing::debug!(drv = %id, reason, "a transient host error stopped a build; retrying after a backoff");
         self.set_state(id, DrvState::FailedRetry { message }, "transient host error, not a build failure");
         let backoff = self.cfg.retry_backoff.saturating_mul(1 << exponent).min(TRANSIENT_BACKOFF_MAX);
         self.retry_after(id, backoff);
@@ -238,9 +239,14 @@ impl Engine {
 
     pub(super) fn on_retry(&mut self, id: DrvId) {
         // Cancelled or finished during the backoff: nothing to retry.
-        if self.nodes.get(&id).is_some_and(|n| matches!(n.rec.state, DrvState::FailedRetry { .. })) {
-            self.requeue(id, "retrying after a failure");
-        }
+        let note = match self.nodes.get(&id).map(|n| &n.rec.state) {
+            Some(DrvState::FailedRetry { message }) if message.starts_with("transient: ") => {
+                "retrying after a transient host error"
+            }
+            Some(DrvState::FailedRetry { .. }) => "retrying after a failure",
+            _ => return,
+        };
+        self.requeue(id, note);
     }
 
     pub(super) fn on_batch_done(&mut self, bid: BatchId, result: Result<(), BatchError>) {
