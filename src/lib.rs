@@ -20,6 +20,7 @@ pub mod scheduler;
 pub mod secret;
 pub mod store;
 pub mod summary;
+pub mod supervise;
 pub mod text;
 pub mod time;
 pub mod tokens;

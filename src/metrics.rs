@@ -54,6 +54,8 @@ pub struct Metrics {
     pub change_summary_metadata_unavailable: IntCounter,
     /// Rebuild impact: time of the blast-radius traversal, by system of the changed derivations.
     pub rebuild_impact_traversal_duration: HistogramVec,
+    /// Supervised service loops (`supervise`) restarted after a panic or a failed start, by service.
+    pub service_restarts: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -142,6 +144,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     registry.register(Box::new(build_outcome.clone()))?;
     registry.register(Box::new(scheduler_invariant_violations.clone()))?;
+    let service_restarts = IntCounterVec::new(
+        Opts::new(
+            "eka_ci_service_restarts_total",
+            "Restarts of a supervised service loop after it panicked or failed to start, by service",
+        ),
+        &["service"],
+    )?;
+    registry.register(Box::new(service_restarts.clone()))?;
     let github_webhooks = IntCounterVec::new(
         Opts::new(
             "eka_ci_github_webhooks_total",
@@ -241,6 +251,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         change_summary_truncated,
         change_summary_metadata_unavailable,
         rebuild_impact_traversal_duration,
+        service_restarts,
     })
 }
 

@@ -8,10 +8,16 @@
 //! commits with the jobs of a configuration the caller trusts instead of each commit's own. Evaluations are limited to a few at a time; requests beyond that
 //! wait in a queue whose depth `ekaci status` reports. This module decides the order of those steps; it
 //! must never parse Nix output or talk git itself (the `nix` and `checkout` modules do).
+//!
+//! Two requests for the same jobset (repository, commit, job) share one evaluation: the second waits
+//! for the first (the in-flight map) and then reuses its result, so it can never reset the jobset the
+//! first is filling. A reused jobset whose derivation graph is incomplete (a crash between "evaluated"
+//! and "graph discovered") has its graph discovered again, so no crash leaves a commit unusable.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +130,24 @@ pub struct Pipeline {
     running: AtomicU64,
     /// What a repository configuration may ask for (`[limits]`); set once at start-up.
     repo_limits: std::sync::OnceLock<repo::RepoLimits>,
+    /// The jobsets being evaluated now, by key and `allow_eval_failures`: a second request for one of
+    /// them waits until the receiver reports the sender dropped (the first evaluation ended, however).
+    in_flight: Mutex<HashMap<(JobsetKey, bool), async_channel::Receiver<()>>>,
+}
+
+/// The in-flight entry of the evaluation this task runs; dropping it (at the end, on an error or when
+/// the task is cancelled) removes the entry and wakes every request waiting for it.
+struct InFlight<'p> {
+    map: &'p Mutex<HashMap<(JobsetKey, bool), async_channel::Receiver<()>>>,
+    key: (JobsetKey, bool),
+    _done: async_channel::Sender<()>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.remove(&self.key);
+    }
 }
 
 impl Pipeline {
@@ -148,6 +172,7 @@ impl Pipeline {
             waiting: AtomicU64::new(0),
             running: AtomicU64::new(0),
             repo_limits: std::sync::OnceLock::new(),
+            in_flight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -438,14 +463,50 @@ impl Pipeline {
         checkout: &Path,
         progress: &ProgressSink,
     ) -> Result<(Jobset, bool), PipelineError> {
+        let allow = job.allow_eval_failures;
+        let flight = (key.clone(), allow);
+        // One evaluation per jobset at a time: a second request waits for the running one and takes its
+        // result; `begin` would otherwise reset the jobset the first is filling.
+        let _in_flight = loop {
+            let joined = {
+                let mut map = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match map.get(&flight) {
+                    Some(done) => Some(done.clone()),
+                    None => {
+                        let (tx, rx) = async_channel::bounded::<()>(1);
+                        map.insert(flight.clone(), rx);
+                        break InFlight { map: &self.in_flight, key: flight.clone(), _done: tx };
+                    }
+                }
+            };
+            if let Some(done) = joined {
+                tracing::info!(job = %key.job_name(), commit = %key.commit, "joining the running evaluation of the same jobset");
+                let _ = done.recv().await;
+                let found = {
+                    let (jobsets, key) = (self.jobsets.clone(), key.clone());
+                    smol::unblock(move || jobsets.find(&key)).await?
+                };
+                // Finished (evaluated or failed as a whole): that is this request's result too. Still
+                // evaluating means the first was cancelled: take over.
+                if let Some(jobset) = found {
+                    if jobset.state != JobsetState::Evaluating && jobset.allow_eval_failures == allow {
+                        return Ok((jobset, true));
+                    }
+                }
+            }
+        };
         let begin = {
-            let (jobsets, key, allow) = (self.jobsets.clone(), key.clone(), job.allow_eval_failures);
+            let (jobsets, key) = (self.jobsets.clone(), key.clone());
             smol::unblock(move || jobsets.begin(&key, allow)).await?
         };
         let id = match begin {
-            Begin::Existing(jobset) => return Ok((jobset, true)),
+            Begin::Existing(jobset) => {
+                self.repair_graph(key, jobset.id).await?;
+                return Ok((jobset, true));
+            }
             Begin::New(id) => id,
         };
+        tracing::info!(job = %key.job_name(), commit = %key.commit, jobset = %id, "evaluating a jobset");
         let stage = format!("evaluating {} @ {}", key.job, crate::text::short_sha(&key.commit));
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let slot = self.slots.acquire().await;
@@ -522,6 +583,34 @@ impl Pipeline {
             return Err(format!("storing evaluation results failed: {e}"));
         }
         evaluated.map(|_| ()).map_err(|e| paths.relativize(&e.to_string()))
+    }
+
+    /// Discovers the derivation graph of a reused jobset again when some of its roots are missing from
+    /// the graph (the server stopped between storing the evaluation and storing its graph). Roots the
+    /// graph knows end the walk at once, so a complete graph costs one lookup per root.
+    async fn repair_graph(&self, key: &JobsetKey, id: JobsetId) -> Result<(), PipelineError> {
+        let roots = self.roots_of(id).await?;
+        let known = {
+            let (graph, roots) = (self.graph.clone(), roots.clone());
+            smol::unblock(move || graph.ids_of(&roots)).await
+        }
+        .map_err(|e| PipelineError::Graph { job: key.job.clone(), source: e })?;
+        let missing = known.iter().filter(|id| id.is_none()).count();
+        if missing == 0 {
+            return Ok(());
+        }
+        tracing::warn!(
+            job = %key.job_name(),
+            commit = %key.commit,
+            jobset = %id,
+            missing,
+            "a reused jobset's derivation graph is incomplete (interrupted before it was stored); discovering it again"
+        );
+        self.graph
+            .discover(&roots)
+            .await
+            .map_err(|e| PipelineError::Graph { job: key.job.clone(), source: e })?;
+        Ok(())
     }
 
     async fn roots_of(&self, id: JobsetId) -> Result<Vec<String>, StoreError> {

@@ -156,6 +156,7 @@ async fn run_on(
     startup: Startup,
 ) -> Result<(), DaemonError> {
     let Startup { apps, machines } = startup;
+    crate::supervise::init();
     let started = Instant::now();
     let config = loaded.config.clone();
     match &loaded.source {
@@ -241,12 +242,19 @@ async fn run_on(
         }
     };
     let mut services: Vec<smol::Task<()>> = Vec::new();
-    services.push(ex.spawn(crate::summary::prune_loop(
-        store.clone(),
-        Duration::from_secs(config.change_summary.cache_max_age_seconds),
-        Duration::from_secs(config.change_summary.prune_interval_seconds),
-        shutdown.0.clone(),
-    )));
+    // Every long-running loop runs under `supervise`: a panic is logged, `/healthz` names the loop until
+    // it runs again, and it restarts after a backoff.
+    let (prune_store, prune_shutdown) = (store.clone(), shutdown.0.clone());
+    let max_age = Duration::from_secs(config.change_summary.cache_max_age_seconds);
+    let prune_every = Duration::from_secs(config.change_summary.prune_interval_seconds);
+    services.push(ex.spawn(crate::supervise::supervise("summary-prune", shutdown.0.clone(), move || {
+        let run =
+            crate::summary::prune_loop(prune_store.clone(), max_age, prune_every, prune_shutdown.clone());
+        async move {
+            run.await;
+            Ok::<(), std::convert::Infallible>(())
+        }
+    })));
     // The GitHub service, when an App is configured: it consumes the webhook queue.
     let github = if apps.is_empty() {
         tracing::info!("no GitHub App configured: webhook events are queued but not handled");

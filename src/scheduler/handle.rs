@@ -96,7 +96,7 @@ pub(super) enum Command {
     Active { reply: Sender<Vec<ActiveBuild>> },
     Depths { reply: Sender<Vec<QueueDepth>> },
     Batch { batch: BatchId, event: BuildEvent },
-    BatchDone { batch: BatchId, result: Result<(), String> },
+    BatchDone { batch: BatchId, result: Result<(), crate::scheduler::runner::BatchError> },
     RetryDue { drv: DrvId },
     Drain { reply: Sender<()> },
     Shutdown { reply: Sender<()> },

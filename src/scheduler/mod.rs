@@ -24,7 +24,11 @@
 //!   the idle slots, so a batch's tail overlaps the next batch and the builder runs about `max_jobs` builds.
 //! * **Outcomes.** A first failure is retried once after `retry_backoff`; a second one is final and every
 //!   dependent (found through the persisted graph) becomes `TransitiveFailure`, naming the failed dependency.
-//!   Time-outs, OOM kills and process deaths interrupt the derivation and block its dependents. A rebuild
+//!   Time-outs, OOM kills and process deaths interrupt the derivation and block its dependents. A transient
+//!   host error (a batch that could not start or read a `.drv` for lack of file descriptors, disk space or a
+//!   fork; the `nix-build` process itself killed by the OOM killer) is no verdict: the derivation waits in
+//!   `FailedRetry` with a message `transient: <reason>` and is retried after a backoff doubling from
+//!   `retry_backoff` up to 10 minutes, without counting as a failure. A rebuild
 //!   that succeeds requeues the dependents it had failed or blocked.
 //! * **Cancellation.** Pending work no other live owner needs becomes `Interrupted(Cancelled)`. A running batch
 //!   is killed only when none of its unfinished derivations is needed by a live owner any more; otherwise it

@@ -37,7 +37,34 @@ pub async fn clean_scratch(logs_dir: &Path) {
 pub enum BatchMsg {
     Event(BuildEvent),
     /// The batch ended; `Err` when the runner could not run it or Nix failed as a whole.
-    Done(Result<(), String>),
+    Done(Result<(), BatchError>),
+}
+
+/// Why a batch could not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    /// The host's trouble (out of file descriptors or disk space, unable to fork; see
+    /// [`crate::nix::process::host`]): its derivations are retried with backoff, never failed.
+    Transient { reason: String },
+    /// The runner could not run it or Nix failed as a whole.
+    Failed(String),
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::Transient { reason } => write!(f, "transient: {reason}"),
+            BatchError::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
+/// A batch that could not start, classified.
+pub fn start_error(error: &crate::nix::build::BuildError) -> BatchError {
+    match crate::nix::process::host::transient_reason(error) {
+        Some(why) => BatchError::Transient { reason: format!("{why} while starting the Nix build: {error}") },
+        None => BatchError::Failed(error.to_string()),
+    }
 }
 
 /// Runs one batch to its end: starts it, sends every event then the end to `out`, and kills it when `kill`
@@ -47,7 +74,7 @@ pub async fn drive(spec: BatchSpec, kill: Receiver<()>, out: impl Fn(BatchMsg) -
     let running = match crate::nix::build::start_batch(spec.batch, tx).await {
         Ok(r) => r,
         Err(e) => {
-            let _ = out(BatchMsg::Done(Err(e.to_string())));
+            let _ = out(BatchMsg::Done(Err(start_error(&e))));
             return;
         }
     };
@@ -71,7 +98,9 @@ pub async fn drive(spec: BatchSpec, kill: Receiver<()>, out: impl Fn(BatchMsg) -
     };
     let (summary, ()) = future::zip(run, forward).await;
     let result = match (&summary.error, summary.stopped.is_some()) {
-        (Some(e), _) if summary.reports.iter().all(|r| !r.outcome.is_success()) => Err(e.clone()),
+        (Some(e), _) if summary.reports.iter().all(|r| !r.outcome.is_success()) => {
+            Err(BatchError::Failed(e.clone()))
+        }
         _ => Ok(()),
     };
     let _ = out(BatchMsg::Done(result));

@@ -669,3 +669,73 @@ fn a_scheduler_dropped_mid_build_resumes_to_the_same_final_states() {
         h.shutdown().await.expect("shutdown");
     });
 }
+
+/// Run in a process of its own by [`a_transient_host_error_is_retried_and_never_recorded_as_a_failure`]:
+/// it fills its own file-descriptor table, so it must not share a process with other tests.
+#[test]
+#[ignore = "run in a process of its own by a_transient_host_error_is_retried_and_never_recorded_as_a_failure"]
+fn transient_host_error_child() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    // A small table, so filling it is quick.
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(Resource::Nofile, Rlimit { current: Some(512), maximum: limit.maximum }).expect("setrlimit");
+    let fx = Fixture::new();
+    let d = fx.drvs(r#"  t = mk "transient-t" "echo t > $out" { };"#, &["t"]);
+    let graph = fx.graph();
+    with_executor(|ex| async move {
+        let h = start(&ex, &graph, fx.config(), &d).await;
+        // async-process sets its child reaper up at the first spawn and panics if it cannot; the server
+        // has spawned Nix at start-up (asking it about the local machine) long before, and so does this.
+        let spawned = smol::process::Command::new("true").status().await.expect("spawn true");
+        assert!(spawned.success());
+        // Out of file descriptors for real: the batch cannot start (EMFILE).
+        let mut held = Vec::new();
+        let emfile = loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => held.push(f),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(emfile.raw_os_error(), Some(rustix::io::Errno::MFILE.raw_os_error()), "{emfile}");
+        h.request(JobsetId(1), vec![d[0].clone()]).await.expect("request");
+        let waiting = until(&h, &d[0], 60, |s| matches!(s, DrvState::FailedRetry { .. })).await;
+        let DrvState::FailedRetry { message } = &waiting.state else { unreachable!() };
+        assert!(message.starts_with("transient: too many open files (EMFILE)"), "{message}");
+        // The host recovers: the same derivation builds, and nothing recorded it as failed.
+        drop(held);
+        let outcome = within(120, "after the host recovered", h.wait(JobsetId(1))).await.expect("wait");
+        assert_eq!(outcome.status, OwnerStatus::Completed);
+        let s = status(&h, &d[0]).await;
+        assert!(is_success(&s.state), "{s:#?}");
+        assert!(
+            s.history.iter().all(|e| !matches!(e.state, DrvState::Completed(Completion::Failure { .. }))),
+            "{s:#?}"
+        );
+        assert!(
+            s.history.iter().any(|e| matches!(&e.state, DrvState::FailedRetry { message } if message.starts_with("transient: "))
+                && e.note == "transient host error, not a build failure"),
+            "the history says it was the host: {s:#?}"
+        );
+        assert_eq!(s.attempt, 1, "only the real build counts as an attempt: {s:#?}");
+        h.shutdown().await.expect("shutdown");
+    });
+    println!("transient host error child: done");
+}
+
+#[test]
+fn a_transient_host_error_is_retried_and_never_recorded_as_a_failure() {
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "scheduler::transient_host_error_child",
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .output()
+        .expect("run the child test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("transient host error child: done"), "the child test did not run:\n{stdout}");
+}

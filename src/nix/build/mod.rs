@@ -188,6 +188,9 @@ pub enum DrvOutcome {
     NoBuilder { message: String },
     /// Never started: the batch was stopped (cancelled, watchdog) or Nix gave up before reaching it.
     NotBuilt,
+    /// Interrupted by the host's trouble, not its own: the `nix-build` process itself was killed by the
+    /// kernel's out-of-memory killer (SIGKILL while the `oom_kill` counter rose). Transient: retried.
+    HostTrouble { reason: String },
 }
 
 impl DrvOutcome {
@@ -208,6 +211,7 @@ impl DrvOutcome {
             DrvOutcome::OutOfMemory => "out-of-memory",
             DrvOutcome::Killed { .. } => "killed",
             DrvOutcome::NoBuilder { .. } => "no-builder",
+            DrvOutcome::HostTrouble { .. } => "host-trouble",
             DrvOutcome::NotBuilt => "not-built",
         }
     }
@@ -279,6 +283,8 @@ pub enum BuildError {
     InvalidOption { name: String, reason: &'static str },
     #[error("cannot prepare {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    #[error("cannot read the derivation {path}: {source}")]
+    ReadDrv { path: String, source: io::Error },
     #[error(transparent)]
     Process(#[from] ProcessError),
     #[error("nix-store --check-validity failed ({termination}): {message}")]

@@ -33,6 +33,7 @@
 
 pub(crate) mod builders;
 pub mod env;
+pub mod host;
 
 use std::cell::Cell;
 use std::ffi::OsStr;

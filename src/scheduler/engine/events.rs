@@ -1,7 +1,10 @@
 //! What running batches report: a derivation started (a new attempt), finished (its outcome becomes a
 //! state: success, the one retry, a final failure, an interruption), or was not built by Nix (back in line,
 //! unless it keeps not being built); the retry timer; and the end of a batch (members it did not finish are
-//! requeued, or interrupted when the Nix child died).
+//! requeued, or interrupted when the Nix child died). A transient host error (the batch could not start for
+//! lack of file descriptors, disk space or a fork; Nix itself killed by the OOM killer) is no verdict on the
+//! derivation: it waits in `FailedRetry` with a message starting `transient:` and a growing backoff, and
+//! its failure count is not touched.
 
 use std::time::Instant;
 
@@ -9,7 +12,7 @@ use super::invariant::{Subject, NOT_ACTIVE};
 use super::{BatchId, Engine};
 use crate::graph::DrvId;
 use crate::scheduler::handle::Command;
-use crate::scheduler::runner::{self, BuildEvent, DrvOutcome};
+use crate::scheduler::runner::{self, BatchError, BuildEvent, DrvOutcome};
 use crate::scheduler::state::{now_ms, Attempt, Completion, DrvState, InterruptKind};
 
 /// Batches in a row that may end without building a derivation whose inputs are built.
@@ -17,6 +20,9 @@ const UNBUILT_LIMIT: u32 = 3;
 
 /// The longest failure message kept in a state.
 const MESSAGE_LIMIT: usize = 4096;
+
+/// The longest wait before retrying after transient host errors.
+const TRANSIENT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Engine {
     pub(super) fn on_event(&mut self, bid: BatchId, event: BuildEvent) {
@@ -114,6 +120,15 @@ impl Engine {
                     None => "the build was killed".into(),
                 },
             },
+            DrvOutcome::HostTrouble { reason } => {
+                tracing::warn!(batch = %bid, drv = %drv, reason = %reason, "a transient host error stopped a build; it is retried");
+                n.batch = None;
+                if started {
+                    self.close_attempt(id, attempt, "transient");
+                }
+                self.transient_retry(id, &reason);
+                return;
+            }
             DrvOutcome::NoBuilder { message } => DrvState::Interrupted {
                 kind: InterruptKind::NoBuilder,
                 reason: crate::text::bounded_str(&message, MESSAGE_LIMIT),
@@ -157,15 +172,40 @@ impl Engine {
             }
             self.stop_building(id);
             self.set_state(id, state, "");
-            let inbox = self.inbox.clone();
-            let backoff = self.cfg.retry_backoff;
-            if let Some(t) = self.spawn(async move {
-                smol::Timer::after(backoff).await;
-                let _ = inbox.send(Command::RetryDue { drv: id }).await;
-            }) {
-                t.detach();
-            }
+            self.retry_after(id, self.cfg.retry_backoff);
         }
+    }
+
+    /// Sends `RetryDue` for `id` after `backoff`.
+    fn retry_after(&mut self, id: DrvId, backoff: std::time::Duration) {
+        let inbox = self.inbox.clone();
+        if let Some(t) = self.spawn(async move {
+            smol::Timer::after(backoff).await;
+            let _ = inbox.send(Command::RetryDue { drv: id }).await;
+        }) {
+            t.detach();
+        }
+    }
+
+    /// A transient host error stopped `id`'s build: `FailedRetry` with `transient: <reason>` (so the
+    /// history says it was the host), then back in line after a backoff that doubles with each such error
+    /// in a row. Its failure count is unchanged: only a builder's own failure counts.
+    fn transient_retry(&mut self, id: DrvId, reason: &str) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return self.violated("transient_retry", NOT_ACTIVE, Subject::Drv(id));
+        };
+        n.transient = n.transient.saturating_add(1);
+        let exponent = n.transient.saturating_sub(1).min(16);
+        if n.owners.is_empty() {
+            self.cancel_node(id, "no live owner needs it any more");
+            return;
+        }
+        self.stop_building(id);
+        let message = crate::text::bounded_str(&format!("transient: {reason}"), MESSAGE_LIMIT);
+        tracing::debug!(drv = %id, reason, "a transient host error stopped a build; retrying after a backoff");
+        self.set_state(id, DrvState::FailedRetry { message }, "transient host error, not a build failure");
+        let backoff = self.cfg.retry_backoff.saturating_mul(1 << exponent).min(TRANSIENT_BACKOFF_MAX);
+        self.retry_after(id, backoff);
     }
 
     fn stop_building(&mut self, id: DrvId) {
@@ -199,12 +239,17 @@ impl Engine {
 
     pub(super) fn on_retry(&mut self, id: DrvId) {
         // Cancelled or finished during the backoff: nothing to retry.
-        if self.nodes.get(&id).is_some_and(|n| matches!(n.rec.state, DrvState::FailedRetry { .. })) {
-            self.requeue(id, "retrying after a failure");
-        }
+        let note = match self.nodes.get(&id).map(|n| &n.rec.state) {
+            Some(DrvState::FailedRetry { message }) if message.starts_with("transient: ") => {
+                "retrying after a transient host error"
+            }
+            Some(DrvState::FailedRetry { .. }) => "retrying after a failure",
+            _ => return,
+        };
+        self.requeue(id, note);
     }
 
-    pub(super) fn on_batch_done(&mut self, bid: BatchId, result: Result<(), String>) {
+    pub(super) fn on_batch_done(&mut self, bid: BatchId, result: Result<(), BatchError>) {
         let Some(batch) = self.batches.remove(&bid) else {
             return self.violated(
                 "on_batch_done",
@@ -228,6 +273,12 @@ impl Engine {
             let building = n.rec.state == DrvState::Building;
             let attempt = n.rec.attempt;
             match (&result, batch.killed) {
+                (Err(BatchError::Transient { reason }), false) => {
+                    if building {
+                        self.close_attempt(id, attempt, "transient");
+                    }
+                    self.transient_retry(id, reason);
+                }
                 (Err(e), false) if building || !batch.progressed => {
                     // The Nix child died during the build, or could not build anything at all (do not spin).
                     if building {

@@ -68,6 +68,8 @@ struct Node {
     ready: bool,
     /// Batches in a row that ended without building it although its inputs were built.
     unbuilt: u32,
+    /// Transient host errors in a row (each doubles the backoff before the next try).
+    transient: u32,
 }
 
 struct OwnerMem {

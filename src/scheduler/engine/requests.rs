@@ -238,6 +238,7 @@ impl Engine {
                 batch: None,
                 ready: false,
                 unbuilt: 0,
+                transient: 0,
             };
             self.count(sys, class(&node.rec.state), 1);
             self.nodes.insert(id, node);

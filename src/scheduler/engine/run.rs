@@ -1,7 +1,8 @@
 //! The one scheduler loop ([`Engine::run`]) and its start and stop: [`start`] recovers the live owners and
 //! spawns the loop; each turn handles every waiting [`Command`], runs the follow-ups, commits, answers the
 //! callers whose work is persisted and dispatches batches. There is exactly one such loop: nothing else
-//! changes build states, and nothing here decides a transition itself (the other engine files do).
+//! changes build states, and nothing here decides a transition itself (the other engine files do). The
+//! loop runs under `supervise`: after a panic a new engine recovers from the store (see [`start`]).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -45,10 +46,44 @@ pub async fn start(
     );
     // The engine holds the executor weakly: tasks of an executor must not keep it alive (dropping the
     // executor then drops the loop and every batch, killing the Nix children, as a crash would).
-    let mut engine = Engine::new(Rc::downgrade(ex), graph, config, tx.clone());
+    let mut engine = Engine::new(Rc::downgrade(ex), graph.clone(), config.clone(), tx.clone());
     engine.recover().await?;
-    ex.spawn(engine.run(rx)).detach();
-    Ok(SchedulerHandle { inbox: tx })
+    // Supervised (`supervise`): a panic in the loop drops its in-memory state (running batches are
+    // killed with it, as in a crash) and a new engine recovers from the store, exactly as at start-up,
+    // reading the same inbox so that every handle keeps working. Restarting beats exiting: recovery is
+    // the code path every start already takes, and the process's other services keep running. Batch ids
+    // of a new engine start far above the old one's, so an event the old engine's batches left in the
+    // inbox matches no new batch (it is logged as an invariant violation and skipped).
+    let first = std::cell::RefCell::new(Some(engine));
+    let generation = std::cell::Cell::new(0u64);
+    let weak = Rc::downgrade(ex);
+    let (never_tx, never) = async_channel::bounded::<()>(1);
+    let handle = SchedulerHandle { inbox: tx.clone() };
+    ex.spawn(async move {
+        let _keep_open = never_tx;
+        crate::supervise::supervise("scheduler", never, || {
+            let first = first.borrow_mut().take();
+            generation.set(generation.get() + 1);
+            let (gen, weak, graph, config, tx, rx) =
+                (generation.get(), weak.clone(), graph.clone(), config.clone(), tx.clone(), rx.clone());
+            async move {
+                let engine = match first {
+                    Some(engine) => engine,
+                    None => {
+                        let mut engine = Engine::new(weak, graph, config, tx);
+                        engine.next_batch = super::BatchId(gen << 40);
+                        engine.recover().await?;
+                        engine
+                    }
+                };
+                engine.run(rx).await;
+                Ok::<(), SchedulerError>(())
+            }
+        })
+        .await
+    })
+    .detach();
+    Ok(handle)
 }
 
 impl Engine {

@@ -136,7 +136,16 @@ impl GitHubService {
         let (events_tx, events_rx) = async_channel::bounded(1);
         let (approvals_tx, approvals_rx) = async_channel::unbounded();
         let ex = self.ex.clone();
-        let task = ex.spawn(self.run(ex.clone(), events_rx, approvals_rx, shutdown));
+        // Supervised (`supervise`): a panic restarts the loop, which picks the persisted runs up again.
+        let loop_ex = ex.clone();
+        let task = ex.spawn(crate::supervise::supervise("github", shutdown.clone(), move || {
+            let run =
+                self.clone().run(loop_ex.clone(), events_rx.clone(), approvals_rx.clone(), shutdown.clone());
+            async move {
+                run.await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        }));
         (Wakers { events: events_tx, approvals: approvals_tx }, task)
     }
 

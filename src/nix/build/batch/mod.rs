@@ -133,16 +133,23 @@ pub async fn start_batch(
     .await?;
 
     let paths = batch.drvs.clone();
+    // A .drv the host could not read (out of file descriptors, …) stops the whole batch with an error the
+    // scheduler retries; any other read or parse error is that derivation's own failure.
     let infos: Vec<Result<DrvGraphInfo, String>> = smol::unblock(move || {
         paths
             .iter()
             .map(|p| match std::fs::read(p) {
-                Ok(bytes) => parse_graph_info(&bytes).map_err(|e| format!("malformed derivation {p}: {e}")),
-                Err(e) => Err(format!("cannot read derivation {p}: {e}")),
+                Ok(bytes) => {
+                    Ok(parse_graph_info(&bytes).map_err(|e| format!("malformed derivation {p}: {e}")))
+                }
+                Err(e) if crate::nix::process::host::io_reason(&e).is_some() => {
+                    Err(BuildError::ReadDrv { path: p.clone(), source: e })
+                }
+                Err(e) => Ok(Err(format!("cannot read derivation {p}: {e}"))),
             })
-            .collect()
+            .collect::<Result<Vec<_>, BuildError>>()
     })
-    .await;
+    .await?;
 
     let mut driver = Driver::new(batch, logs, infos, events);
     let (unreadable, excluded) = driver.unreadable();

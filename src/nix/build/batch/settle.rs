@@ -169,8 +169,17 @@ impl Driver {
                             (Some(a), Some(b)) => b.saturating_sub(a),
                             _ => 0,
                         };
-                        sig.map(|sig| classify_signal(sig, rose))
-                            .unwrap_or(DrvOutcome::Killed { signal: None })
+                        // Nix itself (not a builder) died: killed by the OOM killer, that is the host's
+                        // trouble, not the derivation's.
+                        match sig.map(|sig| classify_signal(sig, rose)) {
+                            Some(DrvOutcome::OutOfMemory) => DrvOutcome::HostTrouble {
+                                reason:
+                                    "the Nix build process was killed by the kernel's out-of-memory killer"
+                                        .into(),
+                            },
+                            Some(outcome) => outcome,
+                            None => DrvOutcome::Killed { signal: None },
+                        }
                     }
                 }
             } else {
@@ -245,6 +254,7 @@ fn runner_message(outcome: &DrvOutcome) -> Option<String> {
         DrvOutcome::Killed { signal: Some(s) } => Some(format!("eka-ci: killed by signal {s}")),
         DrvOutcome::Killed { signal: None } => Some("eka-ci: killed".into()),
         DrvOutcome::NotBuilt => Some("eka-ci: not built: the batch stopped before it started".into()),
+        DrvOutcome::HostTrouble { reason } => Some(format!("eka-ci: transient host error: {reason}")),
     }
 }
 
