@@ -319,6 +319,32 @@ impl Checkouts {
         init.run().await.map(drop).map_err(mirror_error)
     }
 
+    /// The paths that differ between commits `base` and `head` of `repo_url`, from its mirror (both
+    /// commits must have been checked out before): `git diff --name-only -z --no-renames`, so a rename
+    /// counts as both its old and its new path. Paths are decoded lossily.
+    pub async fn changed_paths(
+        &self,
+        repo_url: &str,
+        base: &str,
+        head: &str,
+    ) -> Result<Vec<String>, CheckoutError> {
+        let (base, head) = (validate_sha(base)?, validate_sha(head)?);
+        let mirror = self.mirror_path(repo_url)?;
+        let mut git = self.git(None);
+        git.arg("--git-dir")
+            .arg(&mirror)
+            .args(["diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--no-textconv"])
+            .arg(&base)
+            .arg(&head)
+            .arg("--");
+        let out = git.run().await.map_err(|message| CheckoutError::Resolve {
+            path: mirror.clone(),
+            rev: format!("{base}..{head}"),
+            message,
+        })?;
+        Ok(out.split('\0').filter(|p| !p.is_empty()).map(str::to_string).collect())
+    }
+
     async fn has_commit(&self, mirror: &Path, sha: &str) -> bool {
         let mut git = self.git(None);
         git.arg("--git-dir").arg(mirror).args(["cat-file", "-t", sha]);

@@ -373,6 +373,17 @@ impl Pipeline {
 
     /// The repository configuration of `repo` at `commit` (checked out, read, validated, removed): the
     /// configuration, its file (relative to the repository) and its warnings.
+    /// The paths a change touches: what differs between commits `base` and `head` of `repo_url`, whose
+    /// configurations (or evaluations) were read before, so both are in the mirror.
+    pub async fn changed_paths(
+        &self,
+        repo_url: &str,
+        base: &str,
+        head: &str,
+    ) -> Result<Vec<String>, PipelineError> {
+        Ok(self.checkouts.changed_paths(repo_url, base, head).await?)
+    }
+
     pub async fn repo_config(
         &self,
         repo: &str,

@@ -101,9 +101,9 @@ pub const SERVER: &[ServerKey] = &[
         set: |c| !c.caches.is_empty(),
     },
     ServerKey {
-        key: "rebuild",
+        key: "rebuild.max_rebuild_count",
         note: "rebuild counts do not skip builds yet",
-        set: |c| c.rebuild != super::RebuildConfig::default(),
+        set: |c| c.rebuild.max_rebuild_count != super::RebuildConfig::default().max_rebuild_count,
     },
     ServerKey {
         key: "gitea_instances",

@@ -267,9 +267,12 @@ async fn run_on(
             scheduler.clone(),
             apps,
             config.github.clone(),
-            crate::forge::github::service::ApprovalPolicy {
-                pull_requests: config.require_approval,
-                merge_queue: config.merge_queue_require_approval,
+            crate::forge::github::service::RunPolicy {
+                approval: crate::forge::github::service::ApprovalPolicy {
+                    pull_requests: config.require_approval,
+                    merge_queue: config.merge_queue_require_approval,
+                },
+                skip_paths: config.rebuild.skip_paths.clone(),
             },
         )
         .map_err(|e| DaemonError::GitHub(e.to_string()))?;

@@ -28,6 +28,7 @@ mod http_api_summary;
 mod jobset;
 mod nix_build;
 mod pr_trust;
+mod rebuild_policy;
 mod repo_config;
 mod retention;
 mod scheduler;

@@ -88,6 +88,16 @@ pub struct GitHubService {
     clients: Vec<(GitHubApp, GitHubClient)>,
     config: GitHubConfig,
     approval: ApprovalPolicy,
+    /// `[rebuild] skip_paths`: a pull request touching only these paths is not evaluated.
+    skip_paths: Vec<String>,
+}
+
+/// What the operator decided about runs: approvals and `[rebuild] skip_paths`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunPolicy {
+    pub approval: ApprovalPolicy,
+    /// A pull request touching only these paths is not evaluated.
+    pub skip_paths: Vec<String>,
 }
 
 /// Which runs wait for a maintainer's approval (`require_approval`, `merge_queue_require_approval`).
@@ -121,14 +131,15 @@ impl GitHubService {
         scheduler: SchedulerHandle,
         apps: Vec<GitHubApp>,
         config: GitHubConfig,
-        approval: ApprovalPolicy,
+        policy: RunPolicy,
     ) -> Result<Rc<GitHubService>, ClientError> {
+        let RunPolicy { approval, skip_paths } = policy;
         let client_config = ClientConfig { api_url: config.api_url.clone(), ..ClientConfig::default() };
         let clients = apps
             .into_iter()
             .map(|app| GitHubClient::new(app.credentials.clone(), client_config.clone()).map(|c| (app, c)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Rc::new(GitHubService { ex, store, pipeline, scheduler, clients, config, approval }))
+        Ok(Rc::new(GitHubService { ex, store, pipeline, scheduler, clients, config, approval, skip_paths }))
     }
 
     /// Starts the loop on `ex`; it stops when `shutdown` closes. Returns the wakers and the loop's task.

@@ -192,6 +192,9 @@ impl GitHubService {
             return Ok(Finish::Done { outcome: outcome.into(), failed_drvs: Vec::new(), result });
         };
         let jobs: Vec<String> = repo_config.jobs.keys().cloned().collect();
+        if let Some(finish) = self.skip_if_only_skip_paths(&reporter, &jobs, &url, &base, &head).await? {
+            return Ok(finish);
+        }
         for job in &jobs {
             let fields = CheckRunFields {
                 status: Some(CheckStatus::InProgress),
@@ -238,6 +241,60 @@ impl GitHubService {
             }
         };
         self.report_review(&reporter, &review).await
+    }
+
+    /// `[rebuild] skip_paths`: when every path the pull request changes matches one of them, completes
+    /// every job's gate as successful without evaluating, saying why, and ends the attempt. A diff that
+    /// cannot be computed is logged and evaluation goes ahead.
+    async fn skip_if_only_skip_paths(
+        &self,
+        reporter: &Reporter,
+        jobs: &[String],
+        url: &str,
+        base: &str,
+        head: &str,
+    ) -> Result<Option<Finish>, RunError> {
+        if self.skip_paths.is_empty() {
+            return Ok(None);
+        }
+        let changed = match self.pipeline.changed_paths(url, base, head).await {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the changed paths; evaluating");
+                return Ok(None);
+            }
+        };
+        let skipped =
+            |path: &String| self.skip_paths.iter().any(|g| crate::config::repo::glob_matches(g, path));
+        if changed.is_empty() || !changed.iter().all(skipped) {
+            return Ok(None);
+        }
+        const SHOWN: usize = 20;
+        let mut summary = format!(
+            "Every path this change touches matches the server's `[rebuild] skip_paths`, so nothing was \
+             evaluated or built ({} path(s)):\n\n",
+            changed.len()
+        );
+        for path in changed.iter().take(SHOWN) {
+            summary.push_str(&format!("- {}\n", code_span(path)));
+        }
+        if changed.len() > SHOWN {
+            summary.push_str(&format!("- … and {} more\n", changed.len() - SHOWN));
+        }
+        for job in jobs {
+            let fields = completed(
+                CheckConclusion::Success,
+                "Skipped: only skip_paths changed",
+                summary.clone(),
+                None,
+            );
+            reporter.report(&gate_check(job), fields).await?;
+        }
+        Ok(Some(Finish::Done {
+            outcome: "only paths in [rebuild] skip_paths changed".into(),
+            failed_drvs: Vec::new(),
+            result: "skipped",
+        }))
     }
 
     /// When the repository is public, marks what its diffed jobsets reach as public for the HTTP API
