@@ -126,6 +126,21 @@ pub struct WebConfig {
     /// serve it.
     #[serde(deserialize_with = "de::socket_address")]
     pub webhook_address: Option<String>,
+    /// Open HTTP connections over every listener (default 1024); more are closed at once. Lowered at
+    /// start-up to fit the open-file limit.
+    #[serde(deserialize_with = "de::ranged_u64::<_, 16, 1048576>")]
+    pub max_connections: u64,
+    /// Of `max_connections`, how many only webhook deliveries may use (default 128): other connections
+    /// get 503 when fewer remain.
+    #[serde(deserialize_with = "de::ranged_u64::<_, 0, 1048576>")]
+    pub webhook_reserved_connections: u64,
+    /// Time to receive a whole request head (default 10 s); then the connection gets 408 and is closed.
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 300>")]
+    pub header_timeout_seconds: u64,
+    /// Longest pause while a request body (or the next request on a kept-alive connection) is received
+    /// (default 10 s); then the connection is closed.
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 300>")]
+    pub body_idle_timeout_seconds: u64,
 }
 
 impl Default for WebConfig {
@@ -139,6 +154,10 @@ impl Default for WebConfig {
             metrics_public: false,
             metrics_address: None,
             webhook_address: None,
+            max_connections: 1024,
+            webhook_reserved_connections: 128,
+            header_timeout_seconds: 10,
+            body_idle_timeout_seconds: 10,
         }
     }
 }

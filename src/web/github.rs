@@ -4,7 +4,7 @@
 //! headers, parsing, then one write transaction recording the delivery id and queuing the event before
 //! the answer. No network and no Nix in the request path; the queued events are handled later.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures_lite::AsyncReadExt;
 use serde_json::json;
@@ -62,11 +62,52 @@ async fn handle(req: tide::Request<AppState>) -> tide::Response {
 
 static WARNED_INSECURE: AtomicBool = AtomicBool::new(false);
 
-/// How many webhook bodies may be read at the same time (each holds up to `MAX_BODY_BYTES`).
-const BODIES_IN_FLIGHT: usize = 4;
-static BODIES: smol::lock::Semaphore = smol::lock::Semaphore::new(BODIES_IN_FLIGHT);
+/// How many body bytes all webhook deliveries being read may hold together: bytes are charged as they
+/// arrive, so a client that stalls after one byte holds one byte, never a slot others wait for.
+const BODY_BUDGET: u64 = 4 * MAX_BODY_BYTES;
+static BODY_BYTES: AtomicU64 = AtomicU64::new(0);
 /// How long a body may take to arrive; GitHub itself gives up on a delivery after 10 s.
 const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Body bytes charged to [`BODY_BUDGET`]; returned on drop.
+struct Charge(u64);
+
+impl Charge {
+    fn add(&mut self, n: u64) -> bool {
+        let before = BODY_BYTES.fetch_add(n, Ordering::Relaxed);
+        self.0 += n;
+        before + n <= BODY_BUDGET
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        BODY_BYTES.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
+/// Reads the whole body, at most `MAX_BODY_BYTES` + 1 bytes; `Ok(None)` when the budget is spent.
+async fn read_body(
+    req: &mut tide::Request<AppState>,
+    charge: &mut Charge,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    let mut reader = req.take_body();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(Some(body));
+        }
+        if !charge.add(n as u64) {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk[..n]);
+        if body.len() as u64 > MAX_BODY_BYTES {
+            return Ok(Some(body));
+        }
+    }
+}
 
 async fn intake(mut req: tide::Request<AppState>) -> Reply {
     let too_large =
@@ -75,18 +116,19 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
         return too_large();
     }
     // Bodies are read before the signature can be checked, so unauthenticated clients could make us hold
-    // up to the limit each: at most BODIES_IN_FLIGHT are read at once, each within BODY_DEADLINE.
-    let _permit = BODIES.acquire().await;
-    // Never hold more than the limit: a body without (or lying about) its length stops at limit + 1.
-    let mut body = Vec::new();
-    let mut limited = req.take_body().take(MAX_BODY_BYTES + 1);
-    let read = limited.read_to_end(&mut body);
+    // bytes: all bodies being read share BODY_BUDGET, each within BODY_DEADLINE (and the connection's
+    // idle timeout), and never more than the limit (+ 1, to tell it was exceeded).
+    let mut charge = Charge(0);
+    let read = read_body(&mut req, &mut charge);
     let deadline = async {
         smol::Timer::after(BODY_DEADLINE).await;
         Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
     };
-    match futures_lite::future::or(read, deadline).await {
-        Ok(_) => {}
+    let body = match futures_lite::future::or(read, deadline).await {
+        Ok(Some(body)) => body,
+        Ok(None) => {
+            return Reply::error(503, "busy", "too many webhook bodies being received; retry later");
+        }
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
             let message = format!("request body not received within {} s", BODY_DEADLINE.as_secs());
             return Reply::error(408, "malformed", message);
@@ -95,7 +137,7 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
             tracing::debug!(error = %e, "reading a webhook body failed");
             return Reply::error(400, "malformed", "could not read the request body");
         }
-    }
+    };
     if body.len() as u64 > MAX_BODY_BYTES {
         return too_large();
     }
@@ -151,8 +193,19 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
                     "form-encoded payloads are not supported: set the webhook's content type to application/json",
                 );
             }
-            match webhook::parse(used, &body).and_then(|s| webhook::check_model(used, &body).map(|()| s)) {
-                Ok(summary) => Incoming::Event(Box::new(summary)),
+            match webhook::parse(used, &body) {
+                Ok(summary) => {
+                    // GitHub's payloads change; when the fields we read are there, a payload octocrab's
+                    // model rejects is still processed, with a warning and a count.
+                    if let Err(e) = webhook::check_model(used, &body) {
+                        tracing::warn!(%delivery, %event, reason = %e, "processing a delivery octocrab's model rejects: the fields we need are present");
+                        crate::metrics::global()
+                            .github_events_lenient
+                            .with_label_values(&[used.name()])
+                            .inc();
+                    }
+                    Incoming::Event(Box::new(summary))
+                }
                 Err(e) => {
                     tracing::info!(%delivery, %event, reason = %e, "refused a malformed webhook delivery");
                     return Reply::error(400, "malformed", e.to_string());
