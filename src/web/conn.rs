@@ -197,11 +197,14 @@ pub async fn serve_connection(
             let app = app.clone();
             let shared = endpoint_shared.clone();
             async move {
-                let mut res: tide::http::Response = if req.len().is_some_and(|n| n as u64 > MAX_BODY_BYTES) {
-                    json_response(413, &format!("request body larger than {MAX_BODY_BYTES} bytes"))
-                } else {
-                    app.respond(req).await?
-                };
+                // The webhook route checks (and counts) its own limit.
+                let webhook = req.url().path() == "/github/webhook";
+                let mut res: tide::http::Response =
+                    if !webhook && req.len().is_some_and(|n| n as u64 > MAX_BODY_BYTES) {
+                        json_response(413, &format!("request body larger than {MAX_BODY_BYTES} bytes"))
+                    } else {
+                        app.respond(req).await?
+                    };
                 if res.status() == tide::http::StatusCode::PayloadTooLarge {
                     // Never read (or drain) the rest of a body we refused.
                     res.insert_header("Connection", "close");
@@ -324,6 +327,9 @@ struct Shared {
     /// Bytes read before async-h1 took over (the head and what followed it), replayed first.
     pending: Vec<u8>,
     pos: usize,
+    /// Where the head ends in `pending`: replayed up to there first, so a pipelined request after a
+    /// bodiless one stays here instead of in async-h1's buffer.
+    head_end: usize,
     /// Set after a 413: reads end at once, so async-h1 does not drain the refused body.
     closed: bool,
     /// Running while a read waits for data.
@@ -335,9 +341,11 @@ impl Shared {
         let rest = self.pending.split_off(self.pos.min(self.pending.len()));
         self.pending.clear();
         self.pos = 0;
+        self.head_end = 0;
         rest
     }
     fn set_pending(&mut self, bytes: Vec<u8>) {
+        self.head_end = head_end(&bytes).unwrap_or(bytes.len());
         self.pending = bytes;
         self.pos = 0;
     }
@@ -364,7 +372,8 @@ impl AsyncRead for Conn {
             return Poll::Ready(Ok(0));
         }
         if shared.pos < shared.pending.len() {
-            let n = buf.len().min(shared.pending.len() - shared.pos);
+            let end = if shared.pos < shared.head_end { shared.head_end } else { shared.pending.len() };
+            let n = buf.len().min(end - shared.pos);
             buf[..n].copy_from_slice(&shared.pending[shared.pos..shared.pos + n]);
             shared.pos += n;
             return Poll::Ready(Ok(n));
