@@ -36,6 +36,6 @@ pub use glob::Permissions;
 pub use load::{default_config_file, from_toml, load, load_with_env, ConfigError, LoadedConfig};
 pub use server::{
     CacheConfig, CacheType, ChangeSummaryConfig, DraftPolicy, EvalBackendSetting, EvaluationConfig,
-    ForgeInstanceConfig, GitHubAppConfig, GitHubConfig, MergeMethod, OAuthConfig, RebuildConfig,
+    ForgeInstanceConfig, GitConfig, GitHubAppConfig, GitHubConfig, MergeMethod, OAuthConfig, RebuildConfig,
     RemoteBuilderConfig, SecurityConfig, ServerConfig, UnixConfig, WebConfig,
 };

@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub change_summary: ChangeSummaryConfig,
     /// `[github]`: how the server talks to GitHub (an eka-ci extension of the upstream schema).
     pub github: GitHubConfig,
+    /// `[git]`: how the server runs git (an eka-ci extension of the upstream schema).
+    pub git: GitConfig,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +95,7 @@ impl Default for ServerConfig {
             evaluation: EvaluationConfig::default(),
             change_summary: ChangeSummaryConfig::default(),
             github: GitHubConfig::default(),
+            git: GitConfig::default(),
         }
     }
 }
@@ -400,6 +403,22 @@ impl Default for EvaluationConfig {
             restrict_eval: true,
             allowed_uris: Vec::new(),
         }
+    }
+}
+
+/// `[git]`: limits of the git processes (fetches into the mirrors).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct GitConfig {
+    /// A fetch running longer than this is killed with its whole process group, so a stuck remote
+    /// cannot hold an evaluation slot (10..=86400, default 600).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 10, 86400>")]
+    pub timeout_seconds: u64,
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        GitConfig { timeout_seconds: 600 }
     }
 }
 

@@ -359,7 +359,8 @@ async fn start_pipeline(
         let (store, capacity) = (store.clone(), config.graph_lru_capacity);
         smol::unblock(move || Graph::open(store, capacity)).await?
     };
-    let checkouts = Checkouts::new(&data_dir);
+    let checkouts =
+        Checkouts::with_fetch_timeout(&data_dir, std::time::Duration::from_secs(config.git.timeout_seconds));
     match checkouts.prune_stale().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(worktrees = n, "removed worktrees left by a previous run"),
