@@ -150,7 +150,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Opts::new(
             "eka_ci_github_webhooks_total",
             "GitHub webhook deliveries, by event (known names, else other) and outcome: accepted, duplicate, \
-             ignored, unauthorized, too_large, busy, malformed, error",
+             ignored, stale, unauthorized, too_large, busy, malformed, error",
         ),
         &["event", "outcome"],
     )?;

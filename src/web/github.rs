@@ -204,7 +204,10 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
                             .with_label_values(&[used.name()])
                             .inc();
                     }
-                    Incoming::Event(Box::new(summary))
+                    Incoming::Event {
+                        summary: Box::new(summary),
+                        updated_at: webhook::pull_request_updated_at(&body),
+                    }
                 }
                 Err(e) => {
                     tracing::info!(%delivery, %event, reason = %e, "refused a malformed webhook delivery");
@@ -232,6 +235,10 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
         Ok(Intake::Duplicate { .. }) => {
             tracing::info!(%delivery, %event, "GitHub redelivery: already recorded");
             Reply::ok(200, "duplicate", json!({ "status": "duplicate" }))
+        }
+        Ok(Intake::Stale) => {
+            tracing::info!(%delivery, %event, "stale pull_request event: older than one already seen; not queued");
+            Reply::ok(200, "stale", json!({ "status": "stale" }))
         }
         Ok(Intake::Ping) => Reply::ok(200, "ignored", json!({ "status": "pong" })),
         Ok(Intake::Ignored) => Reply { status: 204, outcome: "ignored", body: None },
