@@ -137,11 +137,11 @@ pub struct WebConfig {
     /// get 503 when fewer remain.
     #[serde(deserialize_with = "de::ranged_u64::<_, 0, 1048576>")]
     pub webhook_reserved_connections: u64,
-    /// Time to receive a whole request head (default 10 s); then the connection gets 408 and is closed.
+    /// Time to receive a whole request head (default 10 s); then the connection gets 408 and is closed. A
+    /// kept-alive connection without a next request within it is closed.
     #[serde(deserialize_with = "de::ranged_u64::<_, 1, 300>")]
     pub header_timeout_seconds: u64,
-    /// Longest pause while a request body (or the next request on a kept-alive connection) is received
-    /// (default 10 s); then the connection is closed.
+    /// Longest pause while a request body is received (default 10 s); then the connection is closed.
     #[serde(deserialize_with = "de::ranged_u64::<_, 1, 300>")]
     pub body_idle_timeout_seconds: u64,
 }

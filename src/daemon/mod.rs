@@ -296,6 +296,7 @@ async fn run_on(
             metrics_public: config.web.metrics_public,
         },
         approvals: github.as_ref().map(|w| w.approvals.clone()),
+        intake: crate::web::IntakeWriter::spawn(&ex, store.clone()),
     };
     let split = crate::web::Split {
         metrics: config.web.metrics_address.is_some(),

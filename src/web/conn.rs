@@ -43,7 +43,8 @@ pub struct Limits {
     pub webhook_reserve: usize,
     /// Time to receive a whole request head.
     pub header_timeout: Duration,
-    /// Longest pause while a body (or the next request) is being received.
+    /// Longest pause while a body is being received (the next request on a kept-alive connection has
+    /// `header_timeout`).
     pub body_idle_timeout: Duration,
 }
 
@@ -168,6 +169,8 @@ pub async fn serve_connection(
         let head = match read_head(&mut stream, leftover, limits.header_timeout).await {
             Head::Complete(buf) => buf,
             Head::Closed => return,
+            // A kept-alive connection with no next request: closed without an answer.
+            Head::TimedOut if !first => return,
             Head::TimedOut => {
                 refuse("header_timeout");
                 let _ = answer(&mut stream, 408, "request head not received in time").await;

@@ -2,9 +2,11 @@
 //!
 //! The order is fixed: size limit (Content-Length, then while reading), signature over the raw body,
 //! headers, parsing, then one write transaction recording the delivery id and queuing the event before
-//! the answer. No network and no Nix in the request path; the queued events are handled later.
+//! the answer; [`IntakeWriter`] writes the deliveries that arrive together in one transaction (group
+//! commit). No network and no Nix in the request path; the queued events are handled later.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures_lite::AsyncReadExt;
 use serde_json::json;
@@ -14,6 +16,7 @@ use crate::forge::github::webhook::{
     self, EventKind, Incoming, Intake, DELIVERY_HEADER, EVENT_HEADER, MAX_BODY_BYTES, MAX_DELIVERY_ID_LEN,
     SIGNATURE_HEADER,
 };
+use crate::store::{Store, StoreError};
 
 pub fn routes(app: &mut tide::Server<AppState>) {
     app.at("/github/webhook").post(|req: tide::Request<AppState>| async move { Ok(handle(req).await) });
@@ -218,11 +221,8 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
     };
     drop(body);
 
-    let store = req.state().graph.store().clone();
     let wake = req.state().github_wake.clone();
-    let id = delivery.clone();
-    let recorded =
-        smol::unblock(move || webhook::record(&store, &id, incoming, crate::store::now_secs())).await;
+    let recorded = req.state().intake.record(delivery.clone(), incoming).await;
     match recorded {
         Ok(Intake::Accepted { seq }) => {
             tracing::info!(%delivery, %event, seq, "queued a GitHub event");
@@ -252,4 +252,76 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
 /// GitHub's ids are GUIDs; anything printable and short is accepted as a key.
 fn valid_delivery_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_DELIVERY_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Most deliveries written in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// One delivery waiting for the intake writer, with where its answer goes.
+struct Job {
+    id: String,
+    incoming: Incoming,
+    reply: async_channel::Sender<Result<Intake, Arc<StoreError>>>,
+}
+
+/// The one writer of webhook deliveries: every delivery that arrives while a transaction commits is
+/// written by the next one (group commit), so each is still persisted before its answer but many share
+/// one commit and its fsync.
+#[derive(Clone)]
+pub struct IntakeWriter {
+    jobs: async_channel::Sender<Job>,
+}
+
+impl IntakeWriter {
+    /// Starts the writer on `ex`; it ends when every clone of the writer is dropped.
+    pub fn spawn(ex: &smol::LocalExecutor<'static>, store: Store) -> IntakeWriter {
+        let (jobs, queue) = async_channel::unbounded::<Job>();
+        ex.spawn(async move {
+            while let Ok(first) = queue.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let (items, replies): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|j| ((j.id, j.incoming), j.reply)).unzip();
+                let store = store.clone();
+                let written =
+                    smol::unblock(move || webhook::record_batch(&store, items, crate::store::now_secs()))
+                        .await;
+                match written {
+                    Ok(intakes) => {
+                        for (reply, intake) in replies.into_iter().zip(intakes) {
+                            let _ = reply.try_send(Ok(intake));
+                        }
+                    }
+                    Err(e) => {
+                        let e = Arc::new(e);
+                        for reply in replies {
+                            let _ = reply.try_send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        })
+        .detach();
+        IntakeWriter { jobs }
+    }
+
+    /// Records one delivery (see [`webhook::record`]); answers once its transaction is committed.
+    pub async fn record(&self, id: String, incoming: Incoming) -> Result<Intake, Arc<StoreError>> {
+        let (reply, answer) = async_channel::bounded(1);
+        let stopped = || {
+            Arc::new(StoreError::Missing {
+                table: "github_deliveries",
+                key: "(intake writer stopped)".into(),
+            })
+        };
+        if self.jobs.send(Job { id, incoming, reply }).await.is_err() {
+            return Err(stopped());
+        }
+        answer.recv().await.unwrap_or_else(|_| Err(stopped()))
+    }
 }

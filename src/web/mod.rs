@@ -39,6 +39,7 @@ mod summary;
 
 use std::rc::Rc;
 
+pub use github::IntakeWriter;
 use smol::net::TcpListener;
 use tide::http::StatusCode;
 
@@ -66,6 +67,8 @@ pub struct AppState {
     /// Where approvals made through `POST /v1/github/approve` are announced (the GitHub service);
     /// `None` without one.
     pub approvals: Option<async_channel::Sender<crate::forge::github::approvals::ApprovalNotice>>,
+    /// Writes webhook deliveries, several per transaction.
+    pub intake: IntakeWriter,
 }
 
 /// Which routes the main listener leaves to a listener of their own.

@@ -127,8 +127,9 @@ fn every_fixture_is_queued_and_redeliveries_are_duplicates() {
     assert_eq!((status, json["status"].as_str()), (200, Some("duplicate")));
     assert_eq!(queue_depth(&server), all.len() as u64);
 
-    // Header names are case-insensitive (real captures arrive as X-Github-Event).
-    let body = fixture("pull_request.synchronize.json");
+    // Header names are case-insensitive (real captures arrive as X-Github-Event). (The `closed` example,
+    // the newest of its pull request: an older one would now be stale.)
+    let body = fixture("pull_request.closed.json");
     let sig = webhook::sign(secret.as_bytes(), &body);
     let (status, json) = post(
         &addr,

@@ -850,7 +850,37 @@ const NEXT_SEQ_KEY: &str = "github_events_next_seq";
 /// Records delivery `id` of `incoming` and, for a used event, queues it, in one write transaction. A
 /// delivery id seen before changes nothing and answers [`Intake::Duplicate`]. Blocking.
 pub fn record(store: &Store, id: &str, incoming: Incoming, received_at: u64) -> Result<Intake, StoreError> {
+    let mut intakes = record_batch(store, vec![(id.to_string(), incoming)], received_at)?;
+    intakes.pop().ok_or_else(|| StoreError::Missing { table: DELIVERIES_NAME, key: id.to_string() })
+}
+
+/// [`record`] for several deliveries in one write transaction (one commit, one fsync), in order: a
+/// delivery id repeated in the batch is a duplicate of its first occurrence. All are recorded or none.
+/// Blocking.
+pub fn record_batch(
+    store: &Store,
+    items: Vec<(String, Incoming)>,
+    received_at: u64,
+) -> Result<Vec<Intake>, StoreError> {
     let tx = store.db().begin_write()?;
+    let mut intakes = Vec::with_capacity(items.len());
+    for (id, incoming) in items {
+        intakes.push(record_in(&tx, &id, incoming, received_at)?);
+    }
+    if intakes.iter().all(|i| matches!(i, Intake::Duplicate { .. })) {
+        // Nothing was written: dropping the transaction aborts it.
+        return Ok(intakes);
+    }
+    tx.commit()?;
+    Ok(intakes)
+}
+
+fn record_in(
+    tx: &redb::WriteTransaction,
+    id: &str,
+    incoming: Incoming,
+    received_at: u64,
+) -> Result<Intake, StoreError> {
     let intake = {
         let mut deliveries = tx.open_table(GITHUB_DELIVERIES)?;
         let previous = match deliveries.get(id)? {
@@ -858,13 +888,13 @@ pub fn record(store: &Store, id: &str, incoming: Incoming, received_at: u64) -> 
             None => None,
         };
         if let Some(DeliveryRecord::V1(previous)) = previous {
-            // Dropping the transaction aborts it: nothing is written.
+            // Nothing is written for it.
             return Ok(Intake::Duplicate { previous });
         }
         let (event, action, outcome, intake) = match incoming {
             Incoming::Ping => ("ping".to_string(), None, DeliveryOutcome::Ping, Intake::Ping),
             Incoming::Unused(name) => (name, None, DeliveryOutcome::Ignored, Intake::Ignored),
-            Incoming::Event { summary, updated_at } if is_stale(&tx, &summary, updated_at.as_deref())? => (
+            Incoming::Event { summary, updated_at } if is_stale(tx, &summary, updated_at.as_deref())? => (
                 event_name(&summary).to_string(),
                 summary.action().map(str::to_string),
                 DeliveryOutcome::Stale,
@@ -873,7 +903,7 @@ pub fn record(store: &Store, id: &str, incoming: Incoming, received_at: u64) -> 
             Incoming::Event { summary, .. } => {
                 if let Some(repo) = summary.repo() {
                     if let Some(private) = repo.private {
-                        crate::visibility::record_repo(&tx, &repo.clone_url, &repo.full_name, private)?;
+                        crate::visibility::record_repo(tx, &repo.clone_url, &repo.full_name, private)?;
                     }
                 }
                 let mut events = tx.open_table(GITHUB_EVENTS)?;
@@ -905,7 +935,6 @@ pub fn record(store: &Store, id: &str, incoming: Incoming, received_at: u64) -> 
         deliveries.insert(id, encode(DELIVERIES_NAME, &delivery)?.as_slice())?;
         intake
     };
-    tx.commit()?;
     Ok(intake)
 }
 
