@@ -160,6 +160,11 @@ pub async fn serve(
                 continue;
             }
         };
+        // async-h1 writes a response's head and body separately: without this, Nagle's algorithm holds
+        // the body until the client's delayed ACK (~40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+        }
         let app = app.clone();
         let gate = gate.clone();
         ex.spawn(async move { conn::serve_connection(&gate, kind, stream, app).await }).detach();
