@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use smol::lock::Mutex as AsyncMutex;
 
@@ -75,6 +76,10 @@ pub enum CheckoutError {
     Mirror { url: String, path: PathBuf, message: String },
     #[error("cannot fetch {sha} from {url}: {message}")]
     Fetch { url: String, sha: String, message: String },
+    #[error(
+        "cannot fetch {sha} from {url}: git did not finish within {seconds} s ([git] timeout_seconds) and was killed"
+    )]
+    FetchTimedOut { url: String, sha: String, seconds: u64 },
     #[error("cannot check out {sha} of {url} into {path}: {message}")]
     Worktree { url: String, sha: String, path: PathBuf, message: String },
     #[error("cannot remove worktree {path}: {message}")]
@@ -104,7 +109,12 @@ struct Inner {
     live: Mutex<HashSet<PathBuf>>,
     /// Extra `-c key=value` for every git call; only unit tests set it (to force protocol v0).
     extra_config: Vec<(String, String)>,
+    /// How long one `git fetch` may run before its process group is killed (`[git] timeout_seconds`).
+    fetch_timeout: Duration,
 }
+
+/// `[git] timeout_seconds` by default.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Inner {
     fn live(&self) -> MutexGuard<'_, HashSet<PathBuf>> {
@@ -206,10 +216,19 @@ impl Drop for Worktree {
 impl Checkouts {
     /// Manages `<data_dir>/mirrors` and `<data_dir>/worktrees`; nothing is created until needed.
     pub fn new(data_dir: &Path) -> Checkouts {
-        Checkouts::with_config(data_dir, Vec::new())
+        Checkouts::with_config(data_dir, Vec::new(), DEFAULT_FETCH_TIMEOUT)
     }
 
-    fn with_config(data_dir: &Path, extra_config: Vec<(String, String)>) -> Checkouts {
+    /// Like [`Checkouts::new`], with a `git fetch` killed (whole process group) after `fetch_timeout`.
+    pub fn with_fetch_timeout(data_dir: &Path, fetch_timeout: Duration) -> Checkouts {
+        Checkouts::with_config(data_dir, Vec::new(), fetch_timeout)
+    }
+
+    fn with_config(
+        data_dir: &Path,
+        extra_config: Vec<(String, String)>,
+        fetch_timeout: Duration,
+    ) -> Checkouts {
         let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         Checkouts {
             inner: Arc::new(Inner {
@@ -218,6 +237,7 @@ impl Checkouts {
                 locks: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashSet::new()),
                 extra_config,
+                fetch_timeout,
             }),
         }
     }
@@ -364,18 +384,30 @@ impl Checkouts {
             message,
         };
         let extra = &self.inner.extra_config;
-        let first = match fetch_command(extra, url, mirror, &[sha], false, auth).run().await {
+        let limit = self.inner.fetch_timeout;
+        let timed_out = || CheckoutError::FetchTimedOut {
+            url: url.display.clone(),
+            sha: sha.to_string(),
+            seconds: limit.as_secs(),
+        };
+        let first = match fetch_command(extra, url, mirror, &[sha], false, auth).run_within(limit).await {
             Ok(_) => {
                 if self.has_commit(mirror, sha).await {
                     return Ok(());
                 }
                 return Err(fetch_error("the fetched object is not a commit".to_string()));
             }
-            Err(message) => message,
+            Err(GitFailure::TimedOut) => return Err(timed_out()),
+            Err(GitFailure::Failed(message)) => message,
         };
         tracing::debug!(url = %url.display, sha, "fetching the commit alone failed, fetching all heads: {first}");
         let refspecs = ["+refs/heads/*:refs/heads/*", "+refs/pull/*/head:refs/pull/*/head"];
-        if let Err(second) = fetch_command(extra, url, mirror, &refspecs, true, auth).run().await {
+        if let Err(second) = fetch_command(extra, url, mirror, &refspecs, true, auth).run_within(limit).await
+        {
+            let second = match second {
+                GitFailure::TimedOut => return Err(timed_out()),
+                GitFailure::Failed(message) => message,
+            };
             return Err(fetch_error(if second == first {
                 first
             } else {
@@ -874,6 +906,14 @@ fn fetch_command(
     git
 }
 
+/// Why a git call with a time limit failed.
+enum GitFailure {
+    /// git's cleaned-up message.
+    Failed(String),
+    /// Over the limit: its process group was killed.
+    TimedOut,
+}
+
 /// One git invocation: argv, extra environment (values are secrets: never logged), strings to redact.
 struct GitCommand {
     args: Vec<OsString>,
@@ -919,8 +959,11 @@ impl GitCommand {
     }
 
     fn command(&self) -> smol::process::Command {
-        let mut cmd = smol::process::Command::new("git");
+        let mut cmd = std::process::Command::new("git");
         cmd.args(&self.args);
+        // Its own process group, so a timeout kills git's helpers (remote-https, ssh) too.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut cmd = smol::process::Command::from(cmd);
         cmd.env_clear();
         for (key, value) in crate::nix::process::env::sealed_vars() {
             cmd.env(key, value);
@@ -957,6 +1000,42 @@ impl GitCommand {
         } else {
             Err(message)
         }
+    }
+
+    /// Runs git like [`GitCommand::run`], killing its whole process group after `limit`.
+    async fn run_within(&self, limit: Duration) -> Result<String, GitFailure> {
+        let child = match self.command().spawn() {
+            Ok(child) => child,
+            Err(e) => return Err(GitFailure::Failed(format!("cannot run git: {e}"))),
+        };
+        // The child called setpgid(0, 0) before exec: its group id is its pid.
+        let group = i32::try_from(child.id()).ok().and_then(rustix::process::Pid::from_raw);
+        let finished = async { Some(child.output().await) };
+        let expired = async {
+            smol::Timer::after(limit).await;
+            None
+        };
+        let output = match futures_lite::future::or(finished, expired).await {
+            Some(Ok(output)) => output,
+            Some(Err(e)) => return Err(GitFailure::Failed(format!("cannot run git: {e}"))),
+            None => {
+                // The leader is killed on drop (kill_on_drop) and reaped by async-process; its group
+                // (helpers such as git-remote-https or ssh) goes now.
+                if let Some(group) = group {
+                    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+                }
+                return Err(GitFailure::TimedOut);
+            }
+        };
+        if output.status.success() {
+            return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+        }
+        let message = self.clean(&String::from_utf8_lossy(&output.stderr));
+        Err(GitFailure::Failed(if message.is_empty() {
+            format!("git exited with {}", output.status)
+        } else {
+            message
+        }))
     }
 
     /// Strips ANSI escapes and control characters, redacts secrets, joins lines, bounds the length.
@@ -1212,7 +1291,11 @@ mod tests {
         git_in(&src, &["branch", "-qD", "pr"]);
 
         let data = tmp.path().join("data");
-        let checkouts = Checkouts::with_config(&data, vec![("protocol.version".into(), "0".into())]);
+        let checkouts = Checkouts::with_config(
+            &data,
+            vec![("protocol.version".into(), "0".into())],
+            DEFAULT_FETCH_TIMEOUT,
+        );
         let url = local_url(&src);
         let wt = smol::block_on(checkouts.checkout(&url, &inner, None)).expect("checkout via fallback");
         assert_eq!(std::fs::read_to_string(wt.path().join("f")).expect("read"), "inner");

@@ -56,6 +56,13 @@ pub struct Metrics {
     pub rebuild_impact_traversal_duration: HistogramVec,
     /// Supervised service loops (`supervise`) restarted after a panic or a failed start, by service.
     pub service_restarts: IntCounterVec,
+    /// HTTP connections open now, over every listener (`web::conn`).
+    pub http_connections_open: IntGauge,
+    /// HTTP connections closed by the server's limits, by reason: cap, reserved, header_timeout,
+    /// head_too_large.
+    pub http_connections_refused: IntCounterVec,
+    /// GitHub deliveries octocrab's model rejected but that were read leniently, by event.
+    pub github_events_lenient: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -156,7 +163,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Opts::new(
             "eka_ci_github_webhooks_total",
             "GitHub webhook deliveries, by event (known names, else other) and outcome: accepted, duplicate, \
-             ignored, unauthorized, too_large, malformed, error",
+             ignored, stale, unauthorized, too_large, busy, malformed, error",
         ),
         &["event", "outcome"],
     )?;
@@ -221,6 +228,30 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(change_summary_truncated.clone()))?;
     registry.register(Box::new(change_summary_metadata_unavailable.clone()))?;
     registry.register(Box::new(rebuild_impact_traversal_duration.clone()))?;
+    let http_connections_open =
+        IntGauge::new("eka_ci_http_connections_open", "HTTP connections open now, over every listener")?;
+    let http_connections_refused = IntCounterVec::new(
+        Opts::new(
+            "eka_ci_http_connections_refused_total",
+            "HTTP connections closed by the server's limits, by reason: cap (max_connections reached), \
+             reserved (only webhook deliveries may use the rest), header_timeout, head_too_large",
+        ),
+        &["reason"],
+    )?;
+    for reason in ["cap", "reserved", "header_timeout", "head_too_large"] {
+        http_connections_refused.with_label_values(&[reason]);
+    }
+    let github_events_lenient = IntCounterVec::new(
+        Opts::new(
+            "eka_ci_github_events_lenient_total",
+            "GitHub deliveries that octocrab's model rejected but whose needed fields were present, so they \
+             were processed anyway, by event",
+        ),
+        &["event"],
+    )?;
+    registry.register(Box::new(http_connections_open.clone()))?;
+    registry.register(Box::new(http_connections_refused.clone()))?;
+    registry.register(Box::new(github_events_lenient.clone()))?;
     registry.register(Box::new(build_info.clone()))?;
     registry.register(Box::new(start_time_seconds.clone()))?;
     registry.register(Box::new(http_requests.clone()))?;
@@ -252,6 +283,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         change_summary_metadata_unavailable,
         rebuild_impact_traversal_duration,
         service_restarts,
+        http_connections_open,
+        http_connections_refused,
+        github_events_lenient,
     })
 }
 

@@ -36,7 +36,7 @@ pub use glob::Permissions;
 pub use load::{default_config_file, from_toml, load, load_with_env, ConfigError, LoadedConfig};
 pub use server::{
     BuildsConfig, CacheConfig, CacheType, ChangeSummaryConfig, DraftPolicy, EvalBackendSetting,
-    EvaluationConfig, ForgeInstanceConfig, GitHubAppConfig, GitHubConfig, LimitsConfig, MergeMethod,
-    OAuthConfig, RebuildConfig, RemoteBuilderConfig, RetentionConfig, SecurityConfig, ServerConfig,
-    UnixConfig, WebConfig,
+    EvaluationConfig, ForgeInstanceConfig, GitConfig, GitHubAppConfig, GitHubConfig, LimitsConfig,
+    MergeMethod, OAuthConfig, RebuildConfig, RemoteBuilderConfig, RetentionConfig, SecurityConfig,
+    ServerConfig, UnixConfig, WebConfig,
 };

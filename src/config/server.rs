@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub retention: RetentionConfig,
     /// `[limits]`: bounds on what a repository may ask for (an eka-ci extension).
     pub limits: LimitsConfig,
+    /// `[git]`: how the server runs git (an eka-ci extension of the upstream schema).
+    pub git: GitConfig,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +107,7 @@ impl Default for ServerConfig {
             builds: BuildsConfig::default(),
             retention: RetentionConfig::default(),
             limits: LimitsConfig::default(),
+            git: GitConfig::default(),
         }
     }
 }
@@ -138,6 +141,21 @@ pub struct WebConfig {
     /// serve it.
     #[serde(deserialize_with = "de::socket_address")]
     pub webhook_address: Option<String>,
+    /// Open HTTP connections over every listener (default 1024); more are closed at once. Lowered at
+    /// start-up to fit the open-file limit.
+    #[serde(deserialize_with = "de::ranged_u64::<_, 16, 1048576>")]
+    pub max_connections: u64,
+    /// Of `max_connections`, how many only webhook deliveries may use (default 128): other connections
+    /// get 503 when fewer remain.
+    #[serde(deserialize_with = "de::ranged_u64::<_, 0, 1048576>")]
+    pub webhook_reserved_connections: u64,
+    /// Time to receive a whole request head (default 10 s); then the connection gets 408 and is closed. A
+    /// kept-alive connection without a next request within it is closed.
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 300>")]
+    pub header_timeout_seconds: u64,
+    /// Longest pause while a request body is received (default 10 s); then the connection is closed.
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 300>")]
+    pub body_idle_timeout_seconds: u64,
 }
 
 impl Default for WebConfig {
@@ -151,6 +169,10 @@ impl Default for WebConfig {
             metrics_public: false,
             metrics_address: None,
             webhook_address: None,
+            max_connections: 1024,
+            webhook_reserved_connections: 128,
+            header_timeout_seconds: 10,
+            body_idle_timeout_seconds: 10,
         }
     }
 }
@@ -412,6 +434,22 @@ impl Default for EvaluationConfig {
             restrict_eval: true,
             allowed_uris: Vec::new(),
         }
+    }
+}
+
+/// `[git]`: limits of the git processes (fetches into the mirrors).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct GitConfig {
+    /// A fetch running longer than this is killed with its whole process group, so a stuck remote
+    /// cannot hold an evaluation slot (10..=86400, default 600).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 10, 86400>")]
+    pub timeout_seconds: u64,
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        GitConfig { timeout_seconds: 600 }
     }
 }
 

@@ -317,23 +317,32 @@ async fn run_on(
             metrics_public: config.web.metrics_public,
         },
         approvals: github.as_ref().map(|w| w.approvals.clone()),
+        intake: crate::web::IntakeWriter::spawn(&ex, store.clone()),
     };
     let split = crate::web::Split {
         metrics: config.web.metrics_address.is_some(),
         webhook: config.web.webhook_address.is_some(),
     };
     let http_app = crate::web::app(web_state.clone(), split);
+    // One connection count for every listener.
+    let gate = crate::web::conn::Gate::new(crate::web::conn::Limits::from_config(&config.web));
     // Accept loops: dropped (and so cancelled) when shutdown begins, which stops accepting new work.
     let mut accept_tasks = vec![
-        ex.spawn(crate::web::serve(ex.clone(), listener, http_app)),
+        ex.spawn(crate::web::serve(
+            ex.clone(),
+            listener,
+            http_app,
+            gate.clone(),
+            crate::web::conn::Listener::General,
+        )),
         ex.spawn(accept_control(ex.clone(), socket_listener(&socket), status)),
     ];
     for (kind, l) in extra_listeners {
-        let app = match kind {
-            "metrics" => crate::web::metrics_app(web_state.clone()),
-            _ => crate::web::webhook_app(web_state.clone()),
+        let (app, listener_kind) = match kind {
+            "metrics" => (crate::web::metrics_app(web_state.clone()), crate::web::conn::Listener::General),
+            _ => (crate::web::webhook_app(web_state.clone()), crate::web::conn::Listener::Webhook),
         };
-        accept_tasks.push(ex.spawn(crate::web::serve(ex.clone(), l, app)));
+        accept_tasks.push(ex.spawn(crate::web::serve(ex.clone(), l, app, gate.clone(), listener_kind)));
     }
     // Long-running services (the GitHub service and friends) are in `services` and finish within
     // SHUTDOWN_GRACE.
@@ -372,7 +381,8 @@ async fn start_pipeline(
         let (store, capacity) = (store.clone(), config.graph_lru_capacity);
         smol::unblock(move || Graph::open(store, capacity)).await?
     };
-    let checkouts = Checkouts::new(&data_dir);
+    let checkouts =
+        Checkouts::with_fetch_timeout(&data_dir, std::time::Duration::from_secs(config.git.timeout_seconds));
     match checkouts.prune_stale().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(worktrees = n, "removed worktrees left by a previous run"),

@@ -65,6 +65,10 @@ pub const GITHUB_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("gith
 /// Which GitHub App installation serves a repository: `owner/name` (lower case) → `InstallationRecord`.
 pub const GITHUB_INSTALLATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_installations");
 
+/// The newest `pull_request.updated_at` seen per pull request (`forge::github::webhook`):
+/// `owner/name#number` (lower case) → `PrHeadRecord`.
+pub const GITHUB_PR_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_pr_heads");
+
 /// HTTP API tokens (`tokens`): token name → `ApiTokenRecord` (scope, SHA-256 of the token, times).
 pub const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
 
@@ -103,6 +107,7 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "github_events", key: "u64", value: "&[u8]" },
     TableInfo { name: "github_runs", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_installations", key: "&str", value: "&[u8]" },
+    TableInfo { name: "github_pr_heads", key: "&str", value: "&[u8]" },
     TableInfo { name: "change_summaries", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_approved_prs", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_approved_users", key: "&str", value: "&[u8]" },
@@ -129,6 +134,7 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(GITHUB_EVENTS)?;
     tx.open_table(GITHUB_RUNS)?;
     tx.open_table(GITHUB_INSTALLATIONS)?;
+    tx.open_table(GITHUB_PR_HEADS)?;
     tx.open_table(CHANGE_SUMMARIES)?;
     tx.open_table(GITHUB_APPROVED_PRS)?;
     tx.open_table(GITHUB_APPROVED_USERS)?;

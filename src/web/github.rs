@@ -2,9 +2,11 @@
 //!
 //! The order is fixed: size limit (Content-Length, then while reading), signature over the raw body,
 //! headers, parsing, then one write transaction recording the delivery id and queuing the event before
-//! the answer. No network and no Nix in the request path; the queued events are handled later.
+//! the answer; [`IntakeWriter`] writes the deliveries that arrive together in one transaction (group
+//! commit). No network and no Nix in the request path; the queued events are handled later.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures_lite::AsyncReadExt;
 use serde_json::json;
@@ -14,6 +16,7 @@ use crate::forge::github::webhook::{
     self, EventKind, Incoming, Intake, DELIVERY_HEADER, EVENT_HEADER, MAX_BODY_BYTES, MAX_DELIVERY_ID_LEN,
     SIGNATURE_HEADER,
 };
+use crate::store::{Store, StoreError};
 
 pub fn routes(app: &mut tide::Server<AppState>) {
     app.at("/github/webhook").post(|req: tide::Request<AppState>| async move { Ok(handle(req).await) });
@@ -62,11 +65,52 @@ async fn handle(req: tide::Request<AppState>) -> tide::Response {
 
 static WARNED_INSECURE: AtomicBool = AtomicBool::new(false);
 
-/// How many webhook bodies may be read at the same time (each holds up to `MAX_BODY_BYTES`).
-const BODIES_IN_FLIGHT: usize = 4;
-static BODIES: smol::lock::Semaphore = smol::lock::Semaphore::new(BODIES_IN_FLIGHT);
+/// How many body bytes all webhook deliveries being read may hold together: bytes are charged as they
+/// arrive, so a client that stalls after one byte holds one byte, never a slot others wait for.
+const BODY_BUDGET: u64 = 4 * MAX_BODY_BYTES;
+static BODY_BYTES: AtomicU64 = AtomicU64::new(0);
 /// How long a body may take to arrive; GitHub itself gives up on a delivery after 10 s.
 const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Body bytes charged to [`BODY_BUDGET`]; returned on drop.
+struct Charge(u64);
+
+impl Charge {
+    fn add(&mut self, n: u64) -> bool {
+        let before = BODY_BYTES.fetch_add(n, Ordering::Relaxed);
+        self.0 += n;
+        before + n <= BODY_BUDGET
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        BODY_BYTES.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
+/// Reads the whole body, at most `MAX_BODY_BYTES` + 1 bytes; `Ok(None)` when the budget is spent.
+async fn read_body(
+    req: &mut tide::Request<AppState>,
+    charge: &mut Charge,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    let mut reader = req.take_body();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(Some(body));
+        }
+        if !charge.add(n as u64) {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk[..n]);
+        if body.len() as u64 > MAX_BODY_BYTES {
+            return Ok(Some(body));
+        }
+    }
+}
 
 async fn intake(mut req: tide::Request<AppState>) -> Reply {
     let too_large =
@@ -75,18 +119,19 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
         return too_large();
     }
     // Bodies are read before the signature can be checked, so unauthenticated clients could make us hold
-    // up to the limit each: at most BODIES_IN_FLIGHT are read at once, each within BODY_DEADLINE.
-    let _permit = BODIES.acquire().await;
-    // Never hold more than the limit: a body without (or lying about) its length stops at limit + 1.
-    let mut body = Vec::new();
-    let mut limited = req.take_body().take(MAX_BODY_BYTES + 1);
-    let read = limited.read_to_end(&mut body);
+    // bytes: all bodies being read share BODY_BUDGET, each within BODY_DEADLINE (and the connection's
+    // idle timeout), and never more than the limit (+ 1, to tell it was exceeded).
+    let mut charge = Charge(0);
+    let read = read_body(&mut req, &mut charge);
     let deadline = async {
         smol::Timer::after(BODY_DEADLINE).await;
         Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
     };
-    match futures_lite::future::or(read, deadline).await {
-        Ok(_) => {}
+    let body = match futures_lite::future::or(read, deadline).await {
+        Ok(Some(body)) => body,
+        Ok(None) => {
+            return Reply::error(503, "busy", "too many webhook bodies being received; retry later");
+        }
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
             let message = format!("request body not received within {} s", BODY_DEADLINE.as_secs());
             return Reply::error(408, "malformed", message);
@@ -95,7 +140,7 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
             tracing::debug!(error = %e, "reading a webhook body failed");
             return Reply::error(400, "malformed", "could not read the request body");
         }
-    }
+    };
     if body.len() as u64 > MAX_BODY_BYTES {
         return too_large();
     }
@@ -151,8 +196,22 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
                     "form-encoded payloads are not supported: set the webhook's content type to application/json",
                 );
             }
-            match webhook::parse(used, &body).and_then(|s| webhook::check_model(used, &body).map(|()| s)) {
-                Ok(summary) => Incoming::Event(Box::new(summary)),
+            match webhook::parse(used, &body) {
+                Ok(summary) => {
+                    // GitHub's payloads change; when the fields we read are there, a payload octocrab's
+                    // model rejects is still processed, with a warning and a count.
+                    if let Err(e) = webhook::check_model(used, &body) {
+                        tracing::warn!(%delivery, %event, reason = %e, "processing a delivery octocrab's model rejects: the fields we need are present");
+                        crate::metrics::global()
+                            .github_events_lenient
+                            .with_label_values(&[used.name()])
+                            .inc();
+                    }
+                    Incoming::Event {
+                        summary: Box::new(summary),
+                        updated_at: webhook::pull_request_updated_at(&body),
+                    }
+                }
                 Err(e) => {
                     tracing::info!(%delivery, %event, reason = %e, "refused a malformed webhook delivery");
                     return Reply::error(400, "malformed", e.to_string());
@@ -162,11 +221,8 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
     };
     drop(body);
 
-    let store = req.state().graph.store().clone();
     let wake = req.state().github_wake.clone();
-    let id = delivery.clone();
-    let recorded =
-        smol::unblock(move || webhook::record(&store, &id, incoming, crate::store::now_secs())).await;
+    let recorded = req.state().intake.record(delivery.clone(), incoming).await;
     match recorded {
         Ok(Intake::Accepted { seq }) => {
             tracing::info!(%delivery, %event, seq, "queued a GitHub event");
@@ -180,6 +236,10 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
             tracing::info!(%delivery, %event, "GitHub redelivery: already recorded");
             Reply::ok(200, "duplicate", json!({ "status": "duplicate" }))
         }
+        Ok(Intake::Stale) => {
+            tracing::info!(%delivery, %event, "stale pull_request event: older than one already seen; not queued");
+            Reply::ok(200, "stale", json!({ "status": "stale" }))
+        }
         Ok(Intake::Ping) => Reply::ok(200, "ignored", json!({ "status": "pong" })),
         Ok(Intake::Ignored) => Reply { status: 204, outcome: "ignored", body: None },
         Err(e) => {
@@ -192,4 +252,76 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
 /// GitHub's ids are GUIDs; anything printable and short is accepted as a key.
 fn valid_delivery_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_DELIVERY_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Most deliveries written in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// One delivery waiting for the intake writer, with where its answer goes.
+struct Job {
+    id: String,
+    incoming: Incoming,
+    reply: async_channel::Sender<Result<Intake, Arc<StoreError>>>,
+}
+
+/// The one writer of webhook deliveries: every delivery that arrives while a transaction commits is
+/// written by the next one (group commit), so each is still persisted before its answer but many share
+/// one commit and its fsync.
+#[derive(Clone)]
+pub struct IntakeWriter {
+    jobs: async_channel::Sender<Job>,
+}
+
+impl IntakeWriter {
+    /// Starts the writer on `ex`; it ends when every clone of the writer is dropped.
+    pub fn spawn(ex: &smol::LocalExecutor<'static>, store: Store) -> IntakeWriter {
+        let (jobs, queue) = async_channel::unbounded::<Job>();
+        ex.spawn(async move {
+            while let Ok(first) = queue.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let (items, replies): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|j| ((j.id, j.incoming), j.reply)).unzip();
+                let store = store.clone();
+                let written =
+                    smol::unblock(move || webhook::record_batch(&store, items, crate::store::now_secs()))
+                        .await;
+                match written {
+                    Ok(intakes) => {
+                        for (reply, intake) in replies.into_iter().zip(intakes) {
+                            let _ = reply.try_send(Ok(intake));
+                        }
+                    }
+                    Err(e) => {
+                        let e = Arc::new(e);
+                        for reply in replies {
+                            let _ = reply.try_send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        })
+        .detach();
+        IntakeWriter { jobs }
+    }
+
+    /// Records one delivery (see [`webhook::record`]); answers once its transaction is committed.
+    pub async fn record(&self, id: String, incoming: Incoming) -> Result<Intake, Arc<StoreError>> {
+        let (reply, answer) = async_channel::bounded(1);
+        let stopped = || {
+            Arc::new(StoreError::Missing {
+                table: "github_deliveries",
+                key: "(intake writer stopped)".into(),
+            })
+        };
+        if self.jobs.send(Job { id, incoming, reply }).await.is_err() {
+            return Err(stopped());
+        }
+        answer.recv().await.unwrap_or_else(|_| Err(stopped()))
+    }
 }

@@ -14,6 +14,8 @@
 //! | `github.rs` | `POST /github/webhook` |
 //! | `actions.rs` | `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`, `POST /v1/github/approve` (admin) |
 //!
+//! `conn.rs` is not a route group either: it serves one connection (the connection cap with its webhook
+//! reserve, bounded request heads, header and body idle timeouts, 413 closing the connection).
 //! `auth.rs` is not a route group: it identifies the caller (bearer tokens) and holds the read rules
 //! every route applies. There are up to three listeners, each with its own route table built here and
 //! served by the one [`serve`]: the main one ([`app`]), `[web] metrics_address` ([`metrics_app`]:
@@ -26,6 +28,7 @@
 mod actions;
 pub mod auth;
 mod builds;
+pub mod conn;
 mod drvs;
 mod github;
 mod health;
@@ -36,6 +39,7 @@ mod summary;
 
 use std::rc::Rc;
 
+pub use github::IntakeWriter;
 use smol::net::TcpListener;
 use tide::http::StatusCode;
 
@@ -63,6 +67,8 @@ pub struct AppState {
     /// Where approvals made through `POST /v1/github/approve` are announced (the GitHub service);
     /// `None` without one.
     pub approvals: Option<async_channel::Sender<crate::forge::github::approvals::ApprovalNotice>>,
+    /// Writes webhook deliveries, several per transaction.
+    pub intake: IntakeWriter,
 }
 
 /// Which routes the main listener leaves to a listener of their own.
@@ -135,10 +141,17 @@ async fn json_errors(mut res: tide::Response) -> tide::Result {
     Ok(res)
 }
 
-/// Accepts connections forever, serving each on its own task of `ex`.
-pub async fn serve(ex: Rc<smol::LocalExecutor<'static>>, listener: TcpListener, app: tide::Server<AppState>) {
+/// Accepts connections forever, serving each on its own task of `ex` under the limits of `gate` (shared
+/// by every listener; see `conn.rs`).
+pub async fn serve(
+    ex: Rc<smol::LocalExecutor<'static>>,
+    listener: TcpListener,
+    app: tide::Server<AppState>,
+    gate: Rc<conn::Gate>,
+    kind: conn::Listener,
+) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, _peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -147,17 +160,13 @@ pub async fn serve(ex: Rc<smol::LocalExecutor<'static>>, listener: TcpListener, 
                 continue;
             }
         };
+        // async-h1 writes a response's head and body separately: without this, Nagle's algorithm holds
+        // the body until the client's delayed ACK (~40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+        }
         let app = app.clone();
-        ex.spawn(async move {
-            let served = async_h1::accept(stream, |req| {
-                let app = app.clone();
-                async move { app.respond(req).await }
-            })
-            .await;
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-            }
-        })
-        .detach();
+        let gate = gate.clone();
+        ex.spawn(async move { conn::serve_connection(&gate, kind, stream, app).await }).detach();
     }
 }

@@ -356,3 +356,34 @@ fn sha256_repositories_check_out_by_64_hex_ids() {
     assert_eq!(read(wt.path()), "sha256");
     assert_eq!(wt.sha(), sha);
 }
+
+#[test]
+fn a_stuck_remote_is_killed_at_the_fetch_time_limit() {
+    // A git daemon that accepts the connection and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        // Reads what git sends, then waits: the read ends (EOF or reset) only when git is gone.
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(300))).ok();
+        let mut buf = [0u8; 4096];
+        loop {
+            match std::io::Read::read(&mut conn, &mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        }
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let checkouts =
+        Checkouts::with_fetch_timeout(&tmp.path().join("data"), std::time::Duration::from_secs(2));
+    let url = format!("git://127.0.0.1:{port}/stuck.git");
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let err = smol::block_on(checkouts.checkout(&url, sha, None)).expect_err("a stuck remote cannot succeed");
+    assert!(matches!(err, CheckoutError::FetchTimedOut { seconds: 2, .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("2 s") && message.contains("[git] timeout_seconds"), "{message}");
+    // git was killed: the remote sees its connection closed.
+    assert!(accepted.join().expect("listener thread"), "git's connection was closed");
+}

@@ -104,7 +104,7 @@ impl Setup {
         self.server.as_ref().expect("server running")
     }
 
-    fn deliver(&self, event: &str, delivery: &str, body: &[u8]) -> u16 {
+    pub(crate) fn deliver(&self, event: &str, delivery: &str, body: &[u8]) -> u16 {
         let sig = webhook::sign(self.secret.as_bytes(), body);
         self.post(event, delivery, &sig, body)
     }
@@ -183,7 +183,7 @@ fn fixture(name: &str) -> Value {
 }
 
 /// GitHub's own `pull_request` example, pointed at our repository and commits.
-fn pull_request(
+pub(crate) fn pull_request(
     action: &str,
     number: u64,
     repo: &Path,
@@ -743,4 +743,61 @@ fn github_failures_are_retried_later_without_duplicating_check_runs() {
     assert_eq!(failed, 4, "the injected failures were met");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(names(&s.runs(&head)), ["EkaCI: Change Summary", "EkaCI: Configure", GATE], "no duplicates");
+}
+
+#[test]
+fn a_stale_pull_request_event_never_supersedes_the_newest_head() {
+    let f = Fixture::new();
+    let (slow, gate_file) = f.slow("slow-stale", "-stale");
+    let base = f.base.clone();
+    let head1 = f.head("first", &format!(r#"{LIB} fast = mk "fast-stale" "echo > $out" [];"#));
+    let head2 = f.head("second", &format!("{LIB} {slow}"));
+    let mut s = Setup::new("");
+    let event = |action: &str, head: &str, updated_at: &str| {
+        let mut body: Value =
+            serde_json::from_slice(&pull_request(action, 12, f.path(), head, &base, false, "octocat"))
+                .expect("payload");
+        body["pull_request"]["updated_at"] = json!(updated_at);
+        serde_json::to_vec(&body).expect("encode")
+    };
+
+    assert_eq!(s.deliver("pull_request", "st-1", &event("opened", &head1, "2030-01-01T00:00:10Z")), 202);
+    assert_eq!(s.wait_completed(&head1, GATE)["conclusion"], "success");
+    assert_eq!(s.deliver("pull_request", "st-2", &event("synchronize", &head2, "2030-01-01T00:00:30Z")), 202);
+    wait_for("head2's gate in progress", || s.run(&head2, GATE).filter(|r| r["status"] == "in_progress"));
+
+    // The first head's event again (a replay under a new delivery id), and a late one older than head2.
+    assert_eq!(s.deliver("pull_request", "st-3", &event("opened", &head1, "2030-01-01T00:00:10Z")), 200);
+    assert_eq!(s.deliver("pull_request", "st-4", &event("synchronize", &head1, "2030-01-01T00:00:20Z")), 200);
+    let _ = std::fs::write(&gate_file, "");
+    let gate2 = s.wait_completed(&head2, GATE);
+    assert_eq!(gate2["conclusion"], "success", "the newest head was not superseded: {gate2}");
+    assert_eq!(s.runs(&head1).iter().filter(|r| r["name"] == GATE).count(), 1, "head1 was not run again");
+    let _ = std::fs::remove_file(&gate_file);
+    let store_path = s.home.db();
+    s.stop();
+    let store = eka_ci::store::Store::open(&store_path).expect("reopen");
+    for id in ["st-3", "st-4"] {
+        let d = webhook::delivery(&store, id).expect("read").expect("recorded");
+        assert_eq!(d.outcome, webhook::DeliveryOutcome::Stale, "{id}");
+    }
+}
+
+#[test]
+fn a_payload_octocrab_rejects_still_runs_when_the_needed_fields_are_there() {
+    let f = Fixture::new();
+    let head = f.head("odd payload", &format!(r#"{LIB} fast = mk "fast-odd" "echo > $out" [];"#));
+    let s = Setup::new("");
+    let mut body: Value =
+        serde_json::from_slice(&pull_request("opened", 13, f.path(), &head, &f.base, false, "octocat"))
+            .expect("payload");
+    // A field we do not read, with a type octocrab's model does not accept.
+    body["sender"] = json!(["not", "a", "user"]);
+    let body = serde_json::to_vec(&body).expect("encode");
+    assert!(webhook::check_model(webhook::UsedEvent::PullRequest, &body).is_err(), "octocrab must reject it");
+    assert_eq!(s.deliver("pull_request", "odd-1", &body), 202);
+    assert_eq!(s.wait_completed(&head, GATE)["conclusion"], "success");
+    let (_, _, metrics) = common::http_get(&s.server().http_address(), "/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("eka_ci_github_events_lenient_total{event=\"pull_request\"} 1"), "{metrics}");
 }

@@ -25,6 +25,7 @@ mod github_webhook;
 mod graph;
 mod http_api;
 mod http_api_summary;
+mod http_limits;
 mod jobset;
 mod nix_build;
 mod pr_trust;

@@ -15,7 +15,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::store::codec::{decode, encode};
-use crate::store::schema::{GITHUB_DELIVERIES, GITHUB_EVENTS, META};
+use crate::store::schema::{GITHUB_DELIVERIES, GITHUB_EVENTS, GITHUB_PR_HEADS, META};
 use crate::store::{Store, StoreError};
 
 /// The largest body accepted (GitHub caps payloads at 25 MB; larger ones are never sent).
@@ -768,6 +768,9 @@ pub enum DeliveryOutcome {
     Ignored,
     /// A `ping` (answered 200).
     Ping,
+    /// A `pull_request` event older (by `pull_request.updated_at`) than one already seen for the same
+    /// pull request: a replay or a late delivery, never queued (answered 200).
+    Stale,
 }
 
 /// One delivery seen, keyed by its `X-GitHub-Delivery` id.
@@ -818,7 +821,12 @@ pub enum Incoming {
     Ping,
     /// An event we do not use; the name is the `X-GitHub-Event` value.
     Unused(String),
-    Event(Box<EventSummary>),
+    /// A used event; `updated_at` is `pull_request.updated_at` of a `pull_request` event (see
+    /// [`pull_request_updated_at`]), which decides whether it is stale.
+    Event {
+        summary: Box<EventSummary>,
+        updated_at: Option<String>,
+    },
 }
 
 /// What [`record`] did.
@@ -832,6 +840,8 @@ pub enum Intake {
     Ignored,
     /// Recorded as seen; nothing queued.
     Ping,
+    /// Recorded as seen, not queued: older than the newest event seen for its pull request.
+    Stale,
 }
 
 /// The `meta` key holding the next `github_events` sequence number.
@@ -840,7 +850,37 @@ const NEXT_SEQ_KEY: &str = "github_events_next_seq";
 /// Records delivery `id` of `incoming` and, for a used event, queues it, in one write transaction. A
 /// delivery id seen before changes nothing and answers [`Intake::Duplicate`]. Blocking.
 pub fn record(store: &Store, id: &str, incoming: Incoming, received_at: u64) -> Result<Intake, StoreError> {
+    let mut intakes = record_batch(store, vec![(id.to_string(), incoming)], received_at)?;
+    intakes.pop().ok_or_else(|| StoreError::Missing { table: DELIVERIES_NAME, key: id.to_string() })
+}
+
+/// [`record`] for several deliveries in one write transaction (one commit, one fsync), in order: a
+/// delivery id repeated in the batch is a duplicate of its first occurrence. All are recorded or none.
+/// Blocking.
+pub fn record_batch(
+    store: &Store,
+    items: Vec<(String, Incoming)>,
+    received_at: u64,
+) -> Result<Vec<Intake>, StoreError> {
     let tx = store.db().begin_write()?;
+    let mut intakes = Vec::with_capacity(items.len());
+    for (id, incoming) in items {
+        intakes.push(record_in(&tx, &id, incoming, received_at)?);
+    }
+    if intakes.iter().all(|i| matches!(i, Intake::Duplicate { .. })) {
+        // Nothing was written: dropping the transaction aborts it.
+        return Ok(intakes);
+    }
+    tx.commit()?;
+    Ok(intakes)
+}
+
+fn record_in(
+    tx: &redb::WriteTransaction,
+    id: &str,
+    incoming: Incoming,
+    received_at: u64,
+) -> Result<Intake, StoreError> {
     let intake = {
         let mut deliveries = tx.open_table(GITHUB_DELIVERIES)?;
         let previous = match deliveries.get(id)? {
@@ -848,16 +888,22 @@ pub fn record(store: &Store, id: &str, incoming: Incoming, received_at: u64) -> 
             None => None,
         };
         if let Some(DeliveryRecord::V1(previous)) = previous {
-            // Dropping the transaction aborts it: nothing is written.
+            // Nothing is written for it.
             return Ok(Intake::Duplicate { previous });
         }
         let (event, action, outcome, intake) = match incoming {
             Incoming::Ping => ("ping".to_string(), None, DeliveryOutcome::Ping, Intake::Ping),
             Incoming::Unused(name) => (name, None, DeliveryOutcome::Ignored, Intake::Ignored),
-            Incoming::Event(summary) => {
+            Incoming::Event { summary, updated_at } if is_stale(tx, &summary, updated_at.as_deref())? => (
+                event_name(&summary).to_string(),
+                summary.action().map(str::to_string),
+                DeliveryOutcome::Stale,
+                Intake::Stale,
+            ),
+            Incoming::Event { summary, .. } => {
                 if let Some(repo) = summary.repo() {
                     if let Some(private) = repo.private {
-                        crate::visibility::record_repo(&tx, &repo.clone_url, &repo.full_name, private)?;
+                        crate::visibility::record_repo(tx, &repo.clone_url, &repo.full_name, private)?;
                     }
                 }
                 let mut events = tx.open_table(GITHUB_EVENTS)?;
@@ -889,8 +935,73 @@ pub fn record(store: &Store, id: &str, incoming: Incoming, received_at: u64) -> 
         deliveries.insert(id, encode(DELIVERIES_NAME, &delivery)?.as_slice())?;
         intake
     };
-    tx.commit()?;
     Ok(intake)
+}
+
+/// One row of `github_pr_heads`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrHeadRecord {
+    V1(PrHead),
+}
+
+/// The newest `pull_request` event seen for one pull request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrHead {
+    /// `pull_request.updated_at`, as GitHub writes it (`YYYY-MM-DDTHH:MM:SSZ`, so ordered as text).
+    pub updated_at: String,
+    pub head_sha: String,
+}
+
+const PR_HEADS_NAME: &str = "github_pr_heads";
+
+/// `pull_request.updated_at` of a `pull_request` payload, when it has GitHub's UTC form
+/// `YYYY-MM-DDTHH:MM:SSZ` (anything else: `None`, and the event is not ordered).
+pub fn pull_request_updated_at(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Outer {
+        pull_request: Inner,
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        updated_at: Option<String>,
+    }
+    let at = serde_json::from_slice::<Outer>(body).ok()?.pull_request.updated_at?;
+    let shape = at.len() == 20
+        && at.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'T',
+            13 | 16 => b == b':',
+            19 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        });
+    shape.then_some(at)
+}
+
+/// Whether a `pull_request` event is older than the newest one seen for its pull request; if not,
+/// records it as the newest (in the caller's transaction). Events of the same second are not stale.
+fn is_stale(
+    tx: &redb::WriteTransaction,
+    summary: &EventSummary,
+    updated_at: Option<&str>,
+) -> Result<bool, StoreError> {
+    let (EventSummary::PullRequest(pr), Some(updated_at)) = (summary, updated_at) else {
+        return Ok(false);
+    };
+    let key = format!("{}#{}", pr.repo.full_name.to_ascii_lowercase(), pr.number);
+    let mut heads = tx.open_table(GITHUB_PR_HEADS)?;
+    let newest = match heads.get(key.as_str())? {
+        Some(v) => Some(decode::<PrHeadRecord>(PR_HEADS_NAME, &key, v.value())?),
+        None => None,
+    };
+    if let Some(PrHeadRecord::V1(newest)) = &newest {
+        if updated_at < newest.updated_at.as_str() {
+            return Ok(true);
+        }
+    }
+    let record =
+        PrHeadRecord::V1(PrHead { updated_at: updated_at.to_string(), head_sha: pr.head_sha.clone() });
+    heads.insert(key.as_str(), encode(PR_HEADS_NAME, &record)?.as_slice())?;
+    Ok(false)
 }
 
 fn event_name(summary: &EventSummary) -> &'static str {
