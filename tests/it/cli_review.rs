@@ -11,28 +11,10 @@ use serde_json::Value;
 
 use common::{nonce, nonce_prelude as prelude};
 
-const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
-
-fn attr<'a>(job: &'a Value, name: &str) -> &'a Value {
-    job["attrs"]
-        .as_array()
-        .expect("attrs")
-        .iter()
-        .find(|a| a["attr"] == name)
-        .unwrap_or_else(|| panic!("no {name} in {job}"))
-}
+use common::{attr, FILE_JOB as CONFIG};
 
 fn review(home: &Home, repo: &GitRepo, base: &str, head: &str) -> std::process::Output {
-    home.ekaci(&[
-        "review",
-        "--repo",
-        &repo.path().display().to_string(),
-        "--base",
-        base,
-        "--head",
-        head,
-        "--json",
-    ])
+    home.review(repo, base, head)
 }
 
 #[test]

@@ -4,13 +4,12 @@
 
 use crate::common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{json, nonce, GitRepo, Home};
 use rustix::process::Signal;
 
-const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
+use common::FILE_JOB as CONFIG;
 
 /// `layers` layers of `width` derivations, each sleeping `sleep` seconds and depending on every
 /// derivation of the layer before; every third one has a second output, `dev`, which is what its
@@ -92,14 +91,7 @@ fn a_review_killed_mid_build_resumes_and_finishes_after_restarts() {
 
     let home = Home::new();
     let mut server = home.start();
-    let mut review = home.command(common::CLI);
-    review
-        .arg("--socket")
-        .arg(home.socket())
-        .args(["review", "--repo", &repo.path().display().to_string(), "--base", &base, "--head", &head])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut review = review.spawn().expect("spawn ekaci review");
+    let mut review = home.spawn_review(&repo, &base, &head);
 
     // SIGKILL while the first layers build (the requester is gone with it), then again later, after the
     // restarted server has resumed on its own.
@@ -139,14 +131,7 @@ fn local_max_jobs_bounds_concurrent_builds() {
     let home = Home::new();
     home.write_config("[builders]\nlocal_max_jobs = 1\n");
     let server = home.start();
-    let mut review = home.command(common::CLI);
-    review
-        .arg("--socket")
-        .arg(home.socket())
-        .args(["review", "--repo", &repo.path().display().to_string(), "--base", &base, "--head", &head])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut review = review.spawn().expect("spawn ekaci review");
+    let mut review = home.spawn_review(&repo, &base, &head);
     let (mut most, mut seen_one) = (0, false);
     let deadline = Instant::now() + Duration::from_secs(120);
     while review.try_wait().ok().flatten().is_none() {

@@ -94,16 +94,7 @@ fn a_jobset_whose_graph_was_never_stored_is_repaired_at_its_next_use() {
     }
 
     let server = home.start();
-    let out = home.ekaci(&[
-        "review",
-        "--repo",
-        &repo.path().display().to_string(),
-        "--base",
-        &base,
-        "--head",
-        &head,
-        "--json",
-    ]);
+    let out = home.review(&repo, &base, &head);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let report = json(&out);
     assert_eq!(report["failed"], false, "{report}");

@@ -11,28 +11,10 @@ use std::time::{Duration, SystemTime};
 use common::{json, nonce, nonce_prelude as prelude, GitRepo, Home};
 use serde_json::Value;
 
-const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
-
-fn attr<'a>(job: &'a Value, name: &str) -> &'a Value {
-    job["attrs"]
-        .as_array()
-        .expect("attrs")
-        .iter()
-        .find(|a| a["attr"] == name)
-        .unwrap_or_else(|| panic!("no {name} in {job}"))
-}
+use common::{attr, FILE_JOB as CONFIG};
 
 fn review(home: &Home, repo: &GitRepo, base: &str, head: &str) -> Value {
-    let out = home.ekaci(&[
-        "review",
-        "--repo",
-        &repo.path().display().to_string(),
-        "--base",
-        base,
-        "--head",
-        head,
-        "--json",
-    ]);
+    let out = home.review(repo, base, head);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     json(&out)
 }

@@ -10,14 +10,13 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{json, nonce, GitRepo, Home};
 use rustix::process::Signal;
 use serde_json::Value;
 
-const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
+use common::FILE_JOB as CONFIG;
 
 /// The shape of one soak.
 #[derive(Clone, Copy, Debug)]
@@ -140,17 +139,6 @@ fn kill_moment(home: &Home, rng: &mut Rng, last: usize) -> usize {
     done
 }
 
-/// Starts `ekaci review` of `head` against `base` in the background.
-fn start_review(home: &Home, repo: &GitRepo, base: &str, head: &str) -> std::process::Child {
-    let mut c = home.command(common::CLI);
-    c.arg("--socket")
-        .arg(home.socket())
-        .args(["review", "--repo", &repo.path().display().to_string(), "--base", base, "--head", head])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    c.spawn().expect("spawn ekaci review")
-}
-
 /// One local review of a fresh DAG; with `kills`, SIGKILLs the server at random moments and restarts it.
 /// Returns the final states, the number of kills that happened while work was left, and the wall time.
 fn local_review(shape: Shape, kills: usize) -> (BTreeMap<String, String>, usize, Duration) {
@@ -160,7 +148,7 @@ fn local_review(shape: Shape, kills: usize) -> (BTreeMap<String, String>, usize,
     let home = Home::new();
     let started = Instant::now();
     let mut server = home.start();
-    let mut review = start_review(&home, &repo, &base, &head);
+    let mut review = home.spawn_review(&repo, &base, &head);
     let mut rng = Rng(shape.seed);
     let (mut mid_work, mut last) = (0, 0);
     for _ in 0..kills {
@@ -177,7 +165,7 @@ fn local_review(shape: Shape, kills: usize) -> (BTreeMap<String, String>, usize,
         // is evaluated again (from the stored jobsets when they were complete).
         let _ = review.kill();
         let _ = review.wait();
-        review = start_review(&home, &repo, &base, &head);
+        review = home.spawn_review(&repo, &base, &head);
     }
     let deadline = Instant::now() + Duration::from_secs(600);
     while review.try_wait().ok().flatten().is_none() {

@@ -94,6 +94,43 @@ impl Home {
     }
 }
 
+/// The repository configuration most tests use: one job `main` evaluating `default.nix`.
+pub const FILE_JOB: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
+
+/// The attribute `name` of a report's job (`ekaci review --json`).
+pub fn attr<'a>(job: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    job["attrs"]
+        .as_array()
+        .expect("attrs")
+        .iter()
+        .find(|a| a["attr"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {job}"))
+}
+
+impl Home {
+    /// The `ekaci review` command line of `head` against `base` of `repo`, plus `extra`.
+    pub fn review_command(&self, repo: &GitRepo, base: &str, head: &str, extra: &[&str]) -> Command {
+        let mut c = self.command(CLI);
+        c.arg("--socket")
+            .arg(self.socket())
+            .args(["review", "--repo", &repo.path().display().to_string(), "--base", base, "--head", head])
+            .args(extra);
+        c
+    }
+
+    /// `ekaci review --json` of `head` against `base`, run to its end.
+    pub fn review(&self, repo: &GitRepo, base: &str, head: &str) -> Output {
+        self.review_command(repo, base, head, &["--json"]).output().expect("run ekaci review")
+    }
+
+    /// `ekaci review` started in the background, its output discarded.
+    pub fn spawn_review(&self, repo: &GitRepo, base: &str, head: &str) -> std::process::Child {
+        let mut c = self.review_command(repo, base, head, &[]);
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        c.spawn().expect("spawn ekaci review")
+    }
+}
+
 /// Runs `cmd` (a server expected to exit by itself, e.g. refusing to start) and returns its exit status
 /// and stderr; fails the test instead of hanging when it is still running after 60 s.
 pub fn run_to_exit(mut cmd: Command) -> (ExitStatus, String) {
