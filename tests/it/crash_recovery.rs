@@ -6,7 +6,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{json, nonce, GitRepo, Home};
+use common::{json, multi_output_nix, nonce, GitRepo, Home};
 use rustix::process::Signal;
 
 use common::FILE_JOB as CONFIG;
@@ -39,19 +39,7 @@ fn layered(n: &str, layers: usize, width: usize, sleep: &str) -> String {
             ));
         }
     }
-    format!(
-        r#"let
-  mk = name: outputs: script: deps: derivation {{
-    name = "${{name}}-{n}";
-    inherit outputs deps;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  }};
-in rec {{
-{body}}}
-"#
-    )
+    multi_output_nix(n, &body)
 }
 
 /// `ekaci builds --json` as (state, count) pairs summed.

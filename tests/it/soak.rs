@@ -12,7 +12,7 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{json, nonce, GitRepo, Home};
+use common::{json, multi_output_nix, nonce, GitRepo, Home};
 use rustix::process::Signal;
 use serde_json::Value;
 
@@ -72,19 +72,7 @@ fn dag(n: &str, drvs: usize) -> String {
             deps.join(" ")
         ));
     }
-    format!(
-        r#"let
-  mk = name: outputs: script: deps: derivation {{
-    name = "${{name}}-{n}";
-    inherit outputs deps;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  }};
-in rec {{
-{body}}}
-"#
-    )
+    multi_output_nix(n, &body)
 }
 
 /// Every derivation's state by attribute name (`d12`), from `ekaci builds --json`; `None` when the

@@ -94,6 +94,24 @@ impl Home {
     }
 }
 
+/// `rec { body }` with `mk name outputs script deps` (outputs a list such as `[ "out" "dev" ]`), every
+/// name suffixed with `nonce` so that nothing is already built.
+pub fn multi_output_nix(nonce: &str, body: &str) -> String {
+    format!(
+        r#"let
+  mk = name: outputs: script: deps: derivation {{
+    name = "${{name}}-{nonce}";
+    inherit outputs deps;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+  }};
+in rec {{
+{body}}}
+"#
+    )
+}
+
 /// The repository configuration most tests use: one job `main` evaluating `default.nix`.
 pub const FILE_JOB: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
 
