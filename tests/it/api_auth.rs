@@ -4,9 +4,10 @@
 
 use crate::common;
 use crate::fake_github;
+use crate::github_app::{fixture, wait_for};
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use common::{http_request, nonce, nonce_prelude, GitRepo, Home, Server};
 use eka_ci::forge::github::webhook;
@@ -58,23 +59,6 @@ fn refused(code: u16, head: &str, body: &[u8], status: u16, words: &str, token: 
 fn expect_401(addr: &str, path: &str, token: Option<&str>, words: &str) {
     let (code, head, body) = get(addr, path, token);
     refused(code, &head, &body, 401, words, token, path);
-}
-
-/// Polls `probe` every 100 ms for up to 180 s.
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn fixture(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/github").join(name);
-    serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("fixture JSON")
 }
 
 /// GitHub's `pull_request` example for `repo` (`owner/name`, cloned from `path`), `private` or not.

@@ -177,7 +177,7 @@ pub(crate) fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T
     }
 }
 
-fn fixture(name: &str) -> Value {
+pub(crate) fn fixture(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/github").join(name);
     serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("fixture JSON")
 }

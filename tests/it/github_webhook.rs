@@ -16,13 +16,20 @@ const FIXTURES: &str = "tests/fixtures/github";
 
 /// A home whose configuration has a webhook secret (made up per test run, never hard-coded).
 fn home_with_secret() -> (Home, String) {
+    home_with_secret_and_web("")
+}
+
+/// [`home_with_secret`] with `web` added to the `[web]` table.
+pub(crate) fn home_with_secret_and_web(web: &str) -> (Home, String) {
     let home = Home::new();
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let secret = format!("wh-secret-{}-{nanos}", std::process::id());
     std::fs::write(
         home.config_file(),
-        format!("[web]\nport = 0\nmetrics_public = true\n\n[security]\nwebhook_secret = \"{secret}\"\n"),
+        format!(
+            "[web]\nport = 0\nmetrics_public = true\n{web}\n\n[security]\nwebhook_secret = \"{secret}\"\n"
+        ),
     )
     .expect("write config");
     (home, secret)

@@ -12,17 +12,7 @@ use common::{http_get, Home, Server};
 use eka_ci::forge::github::webhook;
 
 fn start(web: &str) -> (Home, Server, String) {
-    let home = Home::new();
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let secret = format!("wh-secret-{}-{nanos}", std::process::id());
-    std::fs::write(
-        home.config_file(),
-        format!(
-            "[web]\nport = 0\nmetrics_public = true\n{web}\n\n[security]\nwebhook_secret = \"{secret}\"\n"
-        ),
-    )
-    .expect("write config");
+    let (home, secret) = crate::github_webhook::home_with_secret_and_web(web);
     let server = home.start();
     (home, server, secret)
 }
