@@ -296,16 +296,18 @@ pub const OTHER_SYSTEM: &str = "other";
 /// remote builders' systems, plus Nix's `builtin`).
 static KNOWN_SYSTEMS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
 
-/// Sets the systems [`system_label`] lets through; every other system is counted as [`OTHER_SYSTEM`].
+/// Adds to the systems [`system_label`] lets through; every other system is counted as [`OTHER_SYSTEM`].
 pub fn set_known_systems(systems: impl IntoIterator<Item = String>) {
-    let mut list: Vec<String> = systems.into_iter().collect();
-    list.push("builtin".to_string());
-    list.sort_unstable();
-    list.dedup();
-    match KNOWN_SYSTEMS.write() {
-        Ok(mut known) => *known = list,
-        Err(poisoned) => *poisoned.into_inner() = list,
-    }
+    let mut known = match KNOWN_SYSTEMS.write() {
+        Ok(known) => known,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    // Added to, never replaced: a label once exported stays valid, and every scheduler of the process
+    // (a restarted one, or several in the library's tests) has its builders counted.
+    known.extend(systems);
+    known.push("builtin".to_string());
+    known.sort_unstable();
+    known.dedup();
 }
 
 /// The label value for a derivation's `system` (which a repository chooses, so it is unbounded): the

@@ -252,17 +252,8 @@ impl Retention {
 
 /// Runs retention every [`INTERVAL`] (the first pass one interval after start-up) until `shutdown`.
 pub async fn daily_loop(retention: Retention, shutdown: async_channel::Receiver<()>) {
-    use futures_lite::FutureExt;
     loop {
-        let stop = async {
-            let _ = shutdown.recv().await;
-            true
-        };
-        let tick = async {
-            smol::Timer::after(INTERVAL).await;
-            false
-        };
-        if stop.or(tick).await {
+        if crate::supervise::sleep_or_shutdown(INTERVAL, &shutdown).await {
             return;
         }
         if let Err(e) = retention.run().await {

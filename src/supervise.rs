@@ -131,19 +131,28 @@ where
         if began.elapsed() >= HEALTHY_RUN {
             backoff = FIRST_BACKOFF;
         }
-        let stop = async {
-            let _ = shutdown.recv().await;
-            true
-        };
-        let wait = async {
-            smol::Timer::after(backoff).await;
-            false
-        };
-        if stop.or(wait).await {
+        if sleep_or_shutdown(backoff, &shutdown).await {
             return;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Waits `duration`, or less if shutdown begins first: true when it did (the caller should return).
+/// What every periodic service loop waits with.
+pub async fn sleep_or_shutdown(
+    duration: std::time::Duration,
+    shutdown: &async_channel::Receiver<()>,
+) -> bool {
+    let stop = async {
+        let _ = shutdown.recv().await;
+        true
+    };
+    let wait = async {
+        smol::Timer::after(duration).await;
+        false
+    };
+    stop.or(wait).await
 }
 
 #[cfg(test)]

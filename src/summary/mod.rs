@@ -737,7 +737,6 @@ pub async fn prune_loop(
     interval: Duration,
     shutdown: async_channel::Receiver<()>,
 ) {
-    use futures_lite::FutureExt;
     loop {
         let s = store.clone();
         let max_age_secs = max_age.as_secs();
@@ -746,15 +745,7 @@ pub async fn prune_loop(
             Ok(n) => tracing::info!(removed = n, "pruned old change summaries"),
             Err(e) => tracing::warn!(error = %e, "pruning change summaries failed"),
         }
-        let stop = async {
-            let _ = shutdown.recv().await;
-            true
-        };
-        let tick = async {
-            smol::Timer::after(interval).await;
-            false
-        };
-        if stop.or(tick).await {
+        if crate::supervise::sleep_or_shutdown(interval, &shutdown).await {
             return;
         }
     }

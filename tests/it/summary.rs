@@ -127,6 +127,8 @@ fn every_classification_exact_blast_radius_and_renames_on_real_nix() {
     let settings = Settings { full_blast_radius: true, ..Settings::default() };
     let jobsets = env.pipeline.jobsets();
     let graph = env.pipeline.graph();
+    // The daemon's scheduler registers its builders' systems as metric labels; this test has none.
+    eka_ci::metrics::set_known_systems([eka_ci::scheduler::builders::native_system()]);
     let s = summary::summarize_job(&env.store, jobsets, graph, b, h, &settings).expect("summary");
 
     assert_eq!(
