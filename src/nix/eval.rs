@@ -579,6 +579,7 @@ pub(crate) enum Target {
 pub(crate) async fn check_source(
     checkout: &Path,
     source: &EvalSource,
+    opts: &EvalOptions,
 ) -> Result<(PathBuf, Target), EvalError> {
     let checkout = checkout.to_path_buf();
     let source = source.clone();
@@ -614,7 +615,7 @@ pub(crate) async fn check_source(
     })
     .await?;
     if let Target::Flake(reference) = &checked.1 {
-        super::flake::check_locked_offline(reference, FLAKE_LOCK_CHECK_TIMEOUT).await?;
+        super::flake::check_locked_offline(reference, &checked.0, opts, FLAKE_LOCK_CHECK_TIMEOUT).await?;
     }
     Ok(checked)
 }
@@ -705,7 +706,7 @@ async fn run_nix_eval_jobs(
     let program = smol::unblock(|| find_on_path("nix-eval-jobs"))
         .await
         .ok_or_else(|| EvalError::NixNotFound { program: "nix-eval-jobs".to_string() })?;
-    let (checkout, target) = check_source(checkout, source).await?;
+    let (checkout, target) = check_source(checkout, source, opts).await?;
     let roots_dir = prepare_roots_dir(&opts.gc_roots_dir).await?;
     let attr_path = match source {
         EvalSource::File { attr_path, .. } | EvalSource::Flake { attr_path } => attr_path,

@@ -266,7 +266,7 @@ pub(crate) async fn run(
     opts: &EvalOptions,
     out: &Emitter,
 ) -> Result<(), EvalError> {
-    let (checkout, target) = check_source(checkout, source).await?;
+    let (checkout, target) = check_source(checkout, source, opts).await?;
     let roots_dir = prepare_roots_dir(&opts.gc_roots_dir).await?;
     let work = WorkDir::create().await?;
     let (attr_path, what) = match source {

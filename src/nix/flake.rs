@@ -69,11 +69,14 @@ pub(crate) fn check_lock_file(checkout: &Path) -> Result<(), EvalError> {
     Ok(())
 }
 
-/// Checks that the flake at `reference` is completely locked, without any network: `nix flake metadata
-/// --no-update-lock-file` in a network namespace of its own, with an empty flake registry. Fails closed:
+/// Checks that the flake at `reference` (the checkout `checkout`) is completely locked, without any
+/// network: `nix flake metadata --no-update-lock-file` in a network namespace of its own, with an empty
+/// flake registry and the evaluation's restrictions (`opts`). Fails closed:
 /// when the namespace cannot be made, the flake is not evaluated.
 pub(crate) async fn check_locked_offline(
     reference: &str,
+    checkout: &Path,
+    opts: &super::eval::EvalOptions,
     timeout: std::time::Duration,
 ) -> Result<(), EvalError> {
     let registry = super::process::env::empty_flake_registry().map_err(|source| EvalError::Io {
@@ -88,6 +91,8 @@ pub(crate) async fn check_locked_offline(
         .arg("flake-registry")
         .arg(&registry)
         .arg(reference);
+    // `flake.nix` is evaluated here too (its `inputs`): under the same restrictions as the real evaluation.
+    super::eval::add_restriction_args(&mut cmd, opts, &[checkout]);
     super::process::env::without_network(&mut cmd);
     let limits = RunLimits { timeout: Some(timeout), ..RunLimits::default() };
     let out = run_captured(cmd, &limits).await?;
