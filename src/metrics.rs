@@ -63,6 +63,9 @@ pub struct Metrics {
     pub http_connections_refused: IntCounterVec,
     /// GitHub deliveries octocrab's model rejected but that were read leniently, by event.
     pub github_events_lenient: IntCounterVec,
+    /// Pipeline steps retried after host trouble (EMFILE, ENOSPC, a failed fork), by stage: checkout,
+    /// evaluation, graph.
+    pub host_trouble_retries: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -249,6 +252,18 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["event"],
     )?;
+    let host_trouble_retries = IntCounterVec::new(
+        Opts::new(
+            "eka_ci_host_trouble_retries_total",
+            "Pipeline steps retried after host trouble (out of file descriptors, processes or disk space), \
+             by stage: checkout, evaluation, graph",
+        ),
+        &["stage"],
+    )?;
+    for stage in ["checkout", "evaluation", "graph"] {
+        host_trouble_retries.with_label_values(&[stage]);
+    }
+    registry.register(Box::new(host_trouble_retries.clone()))?;
     registry.register(Box::new(http_connections_open.clone()))?;
     registry.register(Box::new(http_connections_refused.clone()))?;
     registry.register(Box::new(github_events_lenient.clone()))?;
@@ -286,6 +301,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         http_connections_open,
         http_connections_refused,
         github_events_lenient,
+        host_trouble_retries,
     })
 }
 

@@ -382,7 +382,7 @@ async fn start_pipeline(
         smol::unblock(move || Graph::open(store, capacity)).await?
     };
     let checkouts =
-        Checkouts::with_fetch_timeout(&data_dir, std::time::Duration::from_secs(config.git.timeout_seconds));
+        Checkouts::with_timeout(&data_dir, std::time::Duration::from_secs(config.git.timeout_seconds));
     match checkouts.prune_stale().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(worktrees = n, "removed worktrees left by a previous run"),

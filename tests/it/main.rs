@@ -23,6 +23,7 @@ mod github_app;
 mod github_client;
 mod github_webhook;
 mod graph;
+mod host_trouble;
 mod http_api;
 mod http_api_summary;
 mod http_limits;

@@ -28,7 +28,7 @@ use crate::store::{now_secs, StoreError};
 use crate::text::{code_span, escape_markdown, fence, short_sha as short};
 
 impl GitHubService {
-    /// Executes run `key` once; GitHub failures requeue it with backoff.
+    /// Executes run `key` once; GitHub failures and host trouble requeue it with backoff.
     pub(super) async fn execute(&self, key: &str, owners: &Arc<Mutex<Vec<JobsetId>>>) {
         let result = self.attempt(key, owners).await;
         let label = match &result {
@@ -138,6 +138,7 @@ impl GitHubService {
                 Err(PipelineError::InvalidRepoConfig { file, errors, .. }) => {
                     found.push(Found::Invalid { file, errors })
                 }
+                Err(e) if e.is_host_trouble() => return Err(RunError::HostTrouble(e)),
                 Err(e) => {
                     let summary = format!(
                         "The {side} commit {} could not be read:\n\n```\n{}\n```",
@@ -224,6 +225,7 @@ impl GitHubService {
             .await
         {
             Ok(diff) => diff,
+            Err(e) if e.is_host_trouble() => return Err(RunError::HostTrouble(e)),
             Err(e) => {
                 let lead = "Evaluation could not run";
                 return fail_every_gate(&reporter, &jobs, "Evaluation failed", lead, "evaluation failed", &e)
@@ -234,6 +236,7 @@ impl GitHubService {
         self.report_summary(&reporter, &diff).await?;
         let review = match self.pipeline.build_review(&self.scheduler, diff, owners, &None).await {
             Ok(review) => review,
+            Err(e) if e.is_host_trouble() => return Err(RunError::HostTrouble(e)),
             Err(e) => {
                 let lead = "Building failed to run";
                 return fail_every_gate(&reporter, &jobs, "Build error", lead, "builds failed to run", &e)
@@ -545,11 +548,15 @@ enum Finish {
     Held,
 }
 
-/// Why a run task stopped early. GitHub failures make the run retry later; the rest is reported.
+/// Why a run task stopped early: the run is retried later with backoff (nothing is reported as the
+/// pull request's failure).
 #[derive(Debug, thiserror::Error)]
 pub(super) enum RunError {
     #[error(transparent)]
     GitHub(#[from] ClientError),
+    /// The pipeline hit host trouble that outlasted its own retries (out of file descriptors, say).
+    #[error(transparent)]
+    HostTrouble(PipelineError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("run {0} vanished from the store")]
