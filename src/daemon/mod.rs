@@ -273,6 +273,7 @@ async fn run_on(
                     merge_queue: config.merge_queue_require_approval,
                 },
                 skip_paths: config.rebuild.skip_paths.clone(),
+                max_rebuild_count: Some(config.rebuild.max_rebuild_count),
             },
         )
         .map_err(|e| DaemonError::GitHub(e.to_string()))?;
