@@ -432,6 +432,49 @@ fn each_assertion_fires_on_the_configuration_it_guards_against() {
     assert_eq!(service(&v)["serviceConfig"]["ReadWritePaths"], serde_json::json!(["-/srv/ekaci"]));
 }
 
+#[test]
+fn each_warning_names_what_will_not_work() {
+    let e = Eval::new();
+    let cases: &[(&str, &str)] = &[
+        ("services.eka-ci.enable = true;", "no webhook secret is configured"),
+        (
+            r#"services.eka-ci = { enable = true; settings.security.webhook_secret = "in-the-store"; };"#,
+            "a secret is set in services.eka-ci.settings",
+        ),
+        (
+            r#"nix.enable = false; services.eka-ci = { enable = true; environmentFile = "/run/s"; };"#,
+            "nix.enable is false",
+        ),
+        (
+            r#"nix.settings.allowed-users = [ "root" "@wheel" ];
+               services.eka-ci = { enable = true; environmentFile = "/run/s"; };"#,
+            "the service user \"eka-ci\" is not in nix.settings.allowed-users",
+        ),
+        (
+            r#"services.eka-ci = { enable = true; environmentFile = "/run/s"; openFirewall = true; };"#,
+            "openFirewall is set but settings.web.address is 127.0.0.1",
+        ),
+    ];
+    for (config, message) in cases {
+        let v = e.eval(&format!("{{ {config} }}"));
+        let warnings: Vec<&str> =
+            v["warnings"].as_array().expect("list").iter().filter_map(Value::as_str).collect();
+        assert!(
+            warnings.len() == 1 && warnings[0].contains(message),
+            "{config}: expected one warning containing {message:?}, got {warnings:#?}"
+        );
+        assert_eq!(v["failedAssertions"], serde_json::json!([]), "{config}");
+    }
+    // Allowed through a group, and a firewall opened for a public address: nothing to say.
+    let v = e.eval(
+        r#"{ nix.settings.allowed-users = [ "@eka-ci" ];
+             services.eka-ci = { enable = true; environmentFile = "/run/s"; openFirewall = true;
+                                 settings.web = { address = "0.0.0.0"; port = 8080; }; }; }"#,
+    );
+    assert_eq!(v["warnings"], serde_json::json!([]), "{v:#}");
+    assert_eq!(v["firewall"], serde_json::json!([8080]), "{v:#}");
+}
+
 /// The block of docs/nixos.md that opens with this line is the complete configuration the test runs.
 const DOCS_MARK: &str = "# configuration.nix: a GitHub App deployment behind nginx";
 
