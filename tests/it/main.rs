@@ -29,6 +29,7 @@ mod http_api_summary;
 mod http_limits;
 mod jobset;
 mod nix_build;
+mod nixos_module;
 mod pr_trust;
 mod rebuild_policy;
 mod repo_config;

@@ -90,14 +90,19 @@ pub struct GitHubService {
     approval: ApprovalPolicy,
     /// `[rebuild] skip_paths`: a pull request touching only these paths is not evaluated.
     skip_paths: Vec<String>,
+    /// `[rebuild] max_rebuild_count`: above it a change is wide and its builds are skipped.
+    max_rebuild_count: Option<usize>,
 }
 
-/// What the operator decided about runs: approvals and `[rebuild] skip_paths`.
+/// What the operator decided about runs: approvals and the `[rebuild]` limits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunPolicy {
     pub approval: ApprovalPolicy,
     /// A pull request touching only these paths is not evaluated.
     pub skip_paths: Vec<String>,
+    /// A change rebuilding more attributes than this is *wide*: evaluated and summarised, not built.
+    /// `None`: no limit.
+    pub max_rebuild_count: Option<usize>,
 }
 
 /// Which runs wait for a maintainer's approval (`require_approval`, `merge_queue_require_approval`).
@@ -133,13 +138,23 @@ impl GitHubService {
         config: GitHubConfig,
         policy: RunPolicy,
     ) -> Result<Rc<GitHubService>, ClientError> {
-        let RunPolicy { approval, skip_paths } = policy;
+        let RunPolicy { approval, skip_paths, max_rebuild_count } = policy;
         let client_config = ClientConfig { api_url: config.api_url.clone(), ..ClientConfig::default() };
         let clients = apps
             .into_iter()
             .map(|app| GitHubClient::new(app.credentials.clone(), client_config.clone()).map(|c| (app, c)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Rc::new(GitHubService { ex, store, pipeline, scheduler, clients, config, approval, skip_paths }))
+        Ok(Rc::new(GitHubService {
+            ex,
+            store,
+            pipeline,
+            scheduler,
+            clients,
+            config,
+            approval,
+            skip_paths,
+            max_rebuild_count,
+        }))
     }
 
     /// Starts the loop on `ex`; it stops when `shutdown` closes. Returns the wakers and the loop's task.
