@@ -1,5 +1,5 @@
 //! The NixOS module (`nixos/module.nix`), evaluated with today's module system: nixpkgs' real `lib`
-//! (`../shared/nixpkgs/nixpkgs-lib-2026-06.tar.xz`, or the tarball `EKACI_NIXPKGS_LIB` names) runs
+//! (`tests/nixos/vendor/nixpkgs-lib-2026-06.tar.xz`, or the tarball `EKACI_NIXPKGS_LIB` names) runs
 //! `lib.evalModules` over the module, the NixOS option declarations of `tests/nixos/nixos-options.nix`
 //! and the placeholder packages of `tests/nixos/pkgs.nix` (`tests/nixos/eval.nix`), with real
 //! `nix-instantiate`. The tests assert on the systemd unit, hand the generated `ekaci.toml` to the built
@@ -19,17 +19,17 @@ use crate::fake_github::PRIVATE_KEY_PKCS1;
 
 const LIB_TARBALL: &str = "nixpkgs-lib-2026-06.tar.xz";
 
-/// The nixpkgs `lib` tarball: `$EKACI_NIXPKGS_LIB`, else `../shared/nixpkgs/` next to the repository.
+/// The nixpkgs `lib` tarball: `$EKACI_NIXPKGS_LIB`, else the copy vendored in `tests/nixos/vendor/`.
 /// Missing, the test fails: the module is only verified against the real `lib`.
 fn lib_tarball() -> PathBuf {
     let path = match std::env::var_os("EKACI_NIXPKGS_LIB") {
         Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/nixpkgs").join(LIB_TARBALL),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nixos/vendor").join(LIB_TARBALL),
     };
     assert!(
         path.is_file(),
         "nixpkgs' lib tarball {} is missing: the NixOS module is evaluated with the real nixpkgs lib. \
-         Put {LIB_TARBALL} at ../shared/nixpkgs/ next to the repository, or set EKACI_NIXPKGS_LIB to its path",
+         Restore tests/nixos/vendor/{LIB_TARBALL}, or set EKACI_NIXPKGS_LIB to its path",
         path.display()
     );
     path
