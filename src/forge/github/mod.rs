@@ -2,12 +2,15 @@
 //!
 //! `webhook` verifies, parses and persists incoming deliveries; it never talks to GitHub. `service`
 //! turns the persisted events into runs (`runs`) and runs into evaluations, builds and check runs.
-//! `approvals` stores the administrators' approvals for `require_approval`.
+//! `approvals` stores the administrators' approvals for `require_approval`. `commands` parses the
+//! `@eka-ci` comment commands; `merges` stores the pending merge requests they make.
 
 pub mod app;
 pub mod approvals;
 pub mod client;
+pub mod commands;
 pub mod jwt;
+pub mod merges;
 pub mod runs;
 pub mod service;
 pub mod webhook;

@@ -46,8 +46,12 @@ impl GitHubService {
                     return (None, None); // cancelled meanwhile
                 }
                 match &result {
-                    Ok(Finish::Done { outcome, failed_drvs, .. }) => {
-                        run.state = RunState::Done { outcome: outcome.clone() };
+                    Ok(Finish::Done { outcome, failed_drvs, green, .. }) => {
+                        run.state = if *green {
+                            RunState::Passed { outcome: outcome.clone() }
+                        } else {
+                            RunState::Done { outcome: outcome.clone() }
+                        };
                         run.failed_drvs = failed_drvs.clone();
                         run.rebuild_failed = false;
                         run.api_failures = 0;
@@ -83,6 +87,7 @@ impl GitHubService {
                 outcome: "no GitHub App may serve this repository and branch".into(),
                 failed_drvs: Vec::new(),
                 result: "skipped",
+                green: false,
             });
         };
         let installation = self.installation(&run, client).await?;
@@ -154,6 +159,7 @@ impl GitHubService {
                         outcome: format!("checkout failed: {e}"),
                         failed_drvs: Vec::new(),
                         result: "error",
+                        green: false,
                     });
                 }
             }
@@ -189,7 +195,12 @@ impl GitHubService {
                 _ if changes.is_empty() => ("no repository configuration", "skipped"),
                 _ => ("the changed repository configuration is not used", "skipped"),
             };
-            return Ok(Finish::Done { outcome: outcome.into(), failed_drvs: Vec::new(), result });
+            return Ok(Finish::Done {
+                outcome: outcome.into(),
+                failed_drvs: Vec::new(),
+                result,
+                green: false,
+            });
         };
         let jobs: Vec<String> = repo_config.jobs.keys().cloned().collect();
         if let Some(finish) = self.skip_if_only_skip_paths(&reporter, &jobs, &url, &base, &head).await? {
@@ -294,6 +305,7 @@ impl GitHubService {
             outcome: "only paths in [rebuild] skip_paths changed".into(),
             failed_drvs: Vec::new(),
             result: "skipped",
+            green: true,
         }))
     }
 
@@ -385,7 +397,7 @@ impl GitHubService {
         let outcome =
             if failed == 0 { "all jobs passed".to_string() } else { format!("{failed} job(s) failed") };
         let result = if failed == 0 { "passed" } else { "failed" };
-        Ok(Finish::Done { outcome, failed_drvs, result })
+        Ok(Finish::Done { outcome, failed_drvs, result, green: failed == 0 && !review.jobs.is_empty() })
     }
 
     /// Requeues the failed derivations (or the failed dependency of a transitive failure).
@@ -541,6 +553,8 @@ enum Finish {
         outcome: String,
         failed_drvs: Vec<String>,
         result: &'static str,
+        /// Every job's gate succeeded: the commit may be merged.
+        green: bool,
     },
     Held,
 }
@@ -572,5 +586,10 @@ async fn fail_every_gate(
             .report(&gate_check(job), completed(CheckConclusion::Failure, title, summary.clone(), None))
             .await?;
     }
-    Ok(Finish::Done { outcome: format!("{outcome}: {error}"), failed_drvs: Vec::new(), result: "error" })
+    Ok(Finish::Done {
+        outcome: format!("{outcome}: {error}"),
+        failed_drvs: Vec::new(),
+        result: "error",
+        green: false,
+    })
 }
