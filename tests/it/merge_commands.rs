@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::common::http_request;
 use crate::fake_github;
 use crate::github_app::{fixture, wait_for, Fixture, Setup, GATE, LIB, REPO};
 
@@ -49,10 +50,15 @@ fn comment(s: &Setup, number: u64, comment_id: u64, user: User, body: &str) {
     deliver_comment(s, &format!("c-{comment_id}"), &comment_payload(number, comment_id, user, body));
 }
 
-/// Opens pull request `number` at `head` (as a webhook, and as the fake's pull request).
+/// Opens pull request `number` at `head` against the fixture's base (as a webhook, and as the fake's
+/// pull request, from a branch of the repository itself).
 fn open(s: &Setup, f: &Fixture, number: u64, head: &str) {
-    s.fake.set_pull_request(REPO, number, json!({ "head": { "sha": head } }));
-    s.pr(&format!("open-{number}"), "opened", number, f.path(), head, &f.base, "author");
+    open_on(s, f, number, head, &f.base);
+}
+
+fn open_on(s: &Setup, f: &Fixture, number: u64, head: &str, base: &str) {
+    s.fake.set_pull_request(REPO, number, json!({ "head": { "sha": head, "repo": { "full_name": REPO } } }));
+    s.pr(&format!("open-{number}"), "opened", number, f.path(), head, base, "author");
 }
 
 fn wait_reactions(s: &Setup, comment_id: u64, want: &[&str]) {
@@ -287,4 +293,144 @@ fn cancels_rate_limits_and_comments_that_are_not_commands() {
     assert!(merges(&s, 45).is_empty());
     assert_eq!(s.fake.comments(REPO, 45).len(), 1, "only the stranger's denial");
     let _ = std::fs::remove_file(&gate_file);
+}
+
+/// `mk name script []` with `meta.maintainers` = `maintainers` (Nix list elements).
+fn with_maintainers(name: &str, maintainers: &str) -> String {
+    format!(
+        r#"(mk "{name}" "echo {name} > $out" []) // {{ meta = {{ maintainers = [ {maintainers} ]; }}; }}"#
+    )
+}
+
+#[test]
+fn maintainers_of_every_changed_package_may_merge_and_administrators_manage_the_table() {
+    const MAINT: User = ("pkg-maint", 777);
+    const INSIDER: User = ("insider", 779);
+    const FORKER: User = ("forker", 778);
+    let f = Fixture::new();
+    let maint = r#"{ github = "someone-renamed"; githubId = 777; }"#;
+    let base = f.head(
+        "packages",
+        &format!(
+            "{LIB} app = {}; other = mk \"other-1\" \"echo o > $out\" [];",
+            with_maintainers("app-1", maint)
+        ),
+    );
+    let app2 = format!("app = {};", with_maintainers("app-2", maint));
+    let only_app = f.head("app 2", &format!("{LIB} {app2} other = mk \"other-1\" \"echo o > $out\" [];"));
+    let both =
+        f.head("app and other", &format!("{LIB} {app2} other = mk \"other-2\" \"echo o2 > $out\" [];"));
+    let fresh = |who: &str, id: u64| {
+        f.head(
+            &format!("fresh by {who}"),
+            &format!(
+                "{LIB} app = {}; other = mk \"other-1\" \"echo o > $out\" []; fresh = {};",
+                with_maintainers("app-1", maint),
+                with_maintainers(
+                    &format!("fresh-{who}"),
+                    &format!(r#"{{ github = "{who}"; githubId = {id}; }}"#)
+                )
+            ),
+        )
+    };
+    let (by_fork, by_insider) = (fresh("forker", 778), fresh("insider", 779));
+    let mut s = Setup::new("");
+
+    // The table, from the CLI: add, list, remove, refusals.
+    let ok = |args: &[&str]| {
+        let out = s.home.ekaci(args);
+        assert!(out.status.success(), "ekaci {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        ok(&["maintainers", "add", REPO, "other", "Pkg-Maint"]),
+        format!("pkg-maint now maintains other in {REPO}\n")
+    );
+    assert_eq!(
+        ok(&["maintainers", "add", REPO, "other", "pkg-maint"]),
+        format!("pkg-maint already maintains other in {REPO}\n")
+    );
+    assert_eq!(
+        ok(&["maintainers", "add", "elsewhere/x", "other", "pkg-maint"]),
+        "pkg-maint now maintains other in elsewhere/x\n"
+    );
+    let listed: Value = serde_json::from_str(&ok(&["maintainers", "list", REPO, "--json"])).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(
+        (&listed[0]["attr"], &listed[0]["login"], &listed[0]["added_by"]),
+        (&json!("other"), &json!("pkg-maint"), &json!("cli"))
+    );
+    let bad = s.home.ekaci(&["maintainers", "add", REPO, "a b", "pkg-maint"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid attribute `a b`"), "{bad:?}");
+    assert_eq!(
+        ok(&["maintainers", "remove", REPO, "other", "pkg-maint"]),
+        format!("pkg-maint no longer maintains other in {REPO}\n")
+    );
+    assert!(ok(&["maintainers", "list", REPO]).contains("no maintainers"));
+
+    // The same over the admin API (a read token is refused).
+    let addr = s.server().http_address();
+    let admin = s.home.token("merge-admin", "admin");
+    let read = s.home.token("merge-read", "read");
+    let post = |token: &str, body: Value| {
+        let auth = format!("Bearer {token}");
+        let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+        let (status, _, out) =
+            http_request(&addr, "POST", "/v1/github/maintainers", &headers, body.to_string().as_bytes());
+        (status, serde_json::from_slice::<Value>(&out).unwrap_or(Value::Null))
+    };
+    let add = json!({"op": "add", "repo": REPO, "attr": "other", "login": "pkg-maint"});
+    assert_eq!(post(&read, add.clone()).0, 403);
+    let (status, out) = post(&admin, add);
+    assert_eq!((status, &out["changed"]), (200, &json!(true)), "{out}");
+    let (status, out) = post(&admin, json!({"op": "add", "repo": "nope", "attr": "other", "login": "x"}));
+    assert_eq!(status, 400, "{out}");
+    let auth = format!("Bearer {admin}");
+    let (status, _, out) = http_request(
+        &addr,
+        "GET",
+        &format!("/v1/github/maintainers?repo={REPO}"),
+        &[("Authorization", auth.as_str())],
+        b"",
+    );
+    let out: Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(status, 200);
+    assert_eq!(out["maintainers"][0]["added_by"], "api:merge-admin", "{out}");
+    let (status, _) =
+        post(&admin, json!({"op": "remove", "repo": REPO, "attr": "other", "login": "pkg-maint"}));
+    assert_eq!(status, 200);
+
+    // A maintainer (by `githubId`, whatever the handle says) of the one changed package merges.
+    open_on(&s, &f, 50, &only_app, &base);
+    assert_eq!(s.wait_completed(&only_app, GATE)["conclusion"], "success");
+    comment(&s, 50, 9601, MAINT, "@eka-ci merge");
+    wait_reactions(&s, 9601, &["+1", "rocket"]);
+    assert_eq!(merges(&s, 50), [(only_app.clone(), "squash".to_string())]);
+
+    // Two packages change and they maintain one: denied, until an administrator adds the other.
+    open_on(&s, &f, 51, &both, &base);
+    assert_eq!(s.wait_completed(&both, GATE)["conclusion"], "success");
+    std::thread::sleep(Duration::from_secs(5));
+    comment(&s, 51, 9611, MAINT, "@eka-ci merge");
+    wait_reactions(&s, 9611, &["-1"]);
+    let reply = wait_for("the denial", || s.fake.comments(REPO, 51).pop());
+    assert!(reply.contains("maintainer of every package"), "{reply}");
+    ok(&["maintainers", "add", REPO, "other", "pkg-maint"]);
+    std::thread::sleep(Duration::from_secs(5));
+    comment(&s, 51, 9612, MAINT, "@eka-ci merge");
+    wait_reactions(&s, 9612, &["+1", "rocket"]);
+
+    // A new package's head `meta` counts for a branch of the repository, never for a fork.
+    open_on(&s, &f, 52, &by_fork, &base);
+    s.fake.set_pull_request(REPO, 52, json!({ "head": { "repo": { "full_name": "forker/widgets" } } }));
+    assert_eq!(s.wait_completed(&by_fork, GATE)["conclusion"], "success");
+    comment(&s, 52, 9621, FORKER, "@eka-ci merge");
+    wait_reactions(&s, 9621, &["-1"]);
+    open_on(&s, &f, 53, &by_insider, &base);
+    assert_eq!(s.wait_completed(&by_insider, GATE)["conclusion"], "success");
+    comment(&s, 53, 9631, INSIDER, "@eka-ci merge");
+    wait_reactions(&s, 9631, &["+1", "rocket"]);
+    assert!(merges(&s, 52).is_empty());
+    s.stop();
 }

@@ -1,10 +1,11 @@
 //! The `@eka-ci merge` comment commands and the merges they ask for (docs/merge.md).
 //!
 //! A new comment on a pull request whose first command line (`commands`) is `@eka-ci merge [method]`
-//! from someone with write access (and not rate limited) becomes a pending request (`merges`) pinned
+//! from someone with write access or who maintains every package the pull request changes
+//! (`maintainers`), and not rate limited, becomes a pending request (`merges`) pinned
 //! to the head commit the commenter saw, acknowledged with +1; one that is denied gets -1 and a reply.
-//! `@eka-ci merge cancel` withdraws it (the requester or a writer; silently nothing when nothing is
-//! pending). Every pass of the service loop ([`GitHubService::merge_ready`]) merges the requests whose
+//! `@eka-ci merge cancel` withdraws it (the requester, a writer or such a maintainer; silently
+//! nothing when nothing is pending). Every pass of the service loop ([`GitHubService::merge_ready`]) merges the requests whose
 //! pinned commit's run has passed, sending that commit as `sha` so that GitHub itself refuses when the
 //! head moved (409); a rocket marks the merge. A push that moves the head away from the pinned commit
 //! cancels the request (confused, and a reply naming both commits). Reactions and replies that fail
@@ -15,8 +16,9 @@
 
 use super::GitHubService;
 use crate::forge::github::app::GitHubApp;
-use crate::forge::github::client::{ClientError, GitHubClient};
+use crate::forge::github::client::{ClientError, GitHubClient, PullRequest};
 use crate::forge::github::commands::{self, Command};
+use crate::forge::github::maintainers::{self, GitHubUser};
 use crate::forge::github::merges::{self, MergeRequest};
 use crate::forge::github::runs::{self, RunState};
 use crate::forge::github::webhook::{CommentSummary, PullRequestSummary};
@@ -100,15 +102,6 @@ impl GitHubService {
         if pr.state != "open" || pr.merged == Some(true) {
             return Ok(format!("merge command on a {} pull request: ignored", pr.state));
         }
-        if !self.has_write_access(client, installation, repo, login).await? {
-            let reply = format!(
-                "{} `@eka-ci merge` was denied: queueing a merge needs write access to this repository.",
-                mention(login)
-            );
-            self.react_and_reply(client, installation, repo, c.number, c.comment_id, DENIED, Some(&reply))
-                .await;
-            return Ok(format!("merge command by {login} denied: no write access"));
-        }
         // The head the commenter saw: the one recorded from `pull_request` events when the comment
         // arrived, unless it only became the head after the comment was written.
         let current = pr.head.sha.to_ascii_lowercase();
@@ -117,7 +110,24 @@ impl GitHubService {
             (Some(known), _) => Some(known.sha.clone()),
             (None, _) => Some(current.clone()),
         };
-        let Some(pinned) = seen.filter(|s| *s == current) else {
+        let pinned = seen.filter(|s| *s == current);
+        let user = GitHubUser { login, id: user_id };
+        let authorized = self.has_write_access(client, installation, repo, login).await?
+            || match &pinned {
+                Some(sha) => self.maintains_changes(repo, sha, is_fork(&pr), user).await?,
+                None => false,
+            };
+        if !authorized {
+            let reply = format!(
+                "{} `@eka-ci merge` was denied: queueing a merge needs write access to this repository, or \
+                 being a maintainer of every package this pull request changes.",
+                mention(login)
+            );
+            self.react_and_reply(client, installation, repo, c.number, c.comment_id, DENIED, Some(&reply))
+                .await;
+            return Ok(format!("merge command by {login} denied: neither write access nor maintainer"));
+        }
+        let Some(pinned) = pinned else {
             let reply = format!(
                 "{} the head of this pull request is now `{current}`, which is not the commit your \
                  `@eka-ci merge` was written against. Review the new commits and comment again.",
@@ -161,11 +171,17 @@ impl GitHubService {
             return Ok("cancel with nothing pending: nothing to do".into());
         };
         let allowed = pending.requester_id == user_id
-            || self.has_write_access(client, installation, repo, login).await?;
+            || self.has_write_access(client, installation, repo, login).await?
+            || {
+                let pr = client.pull_request(installation, repo, c.number).await?;
+                let user = GitHubUser { login, id: user_id };
+                self.maintains_changes(repo, &pending.sha, is_fork(&pr), user).await?
+            };
         if !allowed {
             let reply = format!(
-                "{} `@eka-ci merge cancel` was denied: only the person who asked for the merge or someone \
-                 with write access to this repository may cancel it.",
+                "{} `@eka-ci merge cancel` was denied: only the person who asked for the merge, someone \
+                 with write access to this repository, or a maintainer of every package this pull request \
+                 changes may cancel it.",
                 mention(login)
             );
             self.react_and_reply(client, installation, repo, c.number, c.comment_id, DENIED, Some(&reply))
@@ -330,6 +346,32 @@ impl GitHubService {
         }
     }
 
+    /// Whether `user` maintains every package the run of `sha` changes (`maintainers`).
+    async fn maintains_changes(
+        &self,
+        repo: &str,
+        sha: &str,
+        fork: bool,
+        user: GitHubUser<'_>,
+    ) -> Result<bool, StoreError> {
+        let (store, key) = (self.store.clone(), runs::key(repo, sha));
+        let Some(run) = smol::unblock(move || runs::get(&store, &key)).await? else { return Ok(false) };
+        let (store, jobsets, login, id) =
+            (self.store.clone(), self.pipeline.jobsets().clone(), user.login.to_string(), user.id);
+        let changed = smol::unblock(move || {
+            let change = maintainers::Change {
+                repo: &run.repo,
+                clone_url: &run.clone_url,
+                base_sha: &run.base_sha,
+                head_sha: &run.head_sha,
+                fork,
+            };
+            maintainers::maintains_every_change(&store, &jobsets, &change, GitHubUser { login: &login, id })
+        })
+        .await?;
+        Ok(changed.is_some())
+    }
+
     async fn has_write_access(
         &self,
         client: &GitHubClient,
@@ -388,6 +430,14 @@ fn mention(login: &str) -> String {
         Ok(()) => format!("@{login}"),
         Err(_) => String::new(),
     }
+}
+
+/// Whether a pull request's head lives outside its base repository (a fork, or a deleted fork).
+fn is_fork(pr: &PullRequest) -> bool {
+    let name = |r: &Option<crate::forge::github::client::PullRequestRepo>| {
+        r.as_ref().map(|r| r.full_name.to_ascii_lowercase())
+    };
+    name(&pr.head.repo).is_none() || name(&pr.head.repo) != name(&pr.base.repo)
 }
 
 /// Whether a failed call may succeed if simply tried again (server errors, rate limits, transport).
