@@ -90,6 +90,13 @@ pub enum CheckoutError {
     Resolve { path: PathBuf, rev: String, message: String },
     #[error("cannot {action} {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    /// git could not be started (out of file descriptors or processes, say): host trouble, kept as an
+    /// `io::Error` so callers can tell it from git's own verdict and retry.
+    #[error("cannot run git to {action} {target}: {source}")]
+    Spawn { action: &'static str, target: String, source: std::io::Error },
+    /// git died for the host's lack of memory: host trouble too.
+    #[error("git could not {action} {target}: {source}")]
+    OomKilled { action: &'static str, target: String, source: crate::nix::process::host::OomKilled },
 }
 
 /// The mirrors and worktrees under one data directory. Cheap to clone; clones share the per-mirror locks.
@@ -109,12 +116,13 @@ struct Inner {
     live: Mutex<HashSet<PathBuf>>,
     /// Extra `-c key=value` for every git call; only unit tests set it (to force protocol v0).
     extra_config: Vec<(String, String)>,
-    /// How long one `git fetch` may run before its process group is killed (`[git] timeout_seconds`).
-    fetch_timeout: Duration,
+    /// How long one git call (a fetch, a worktree checkout, a diff) may run before its process group is
+    /// killed (`[git] timeout_seconds`).
+    timeout: Duration,
 }
 
 /// `[git] timeout_seconds` by default.
-pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_GIT_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Inner {
     fn live(&self) -> MutexGuard<'_, HashSet<PathBuf>> {
@@ -176,14 +184,14 @@ impl Worktree {
     pub async fn remove(mut self) -> Result<(), CheckoutError> {
         let lock = self.lock.clone();
         let _guard = lock.lock().await;
-        let mut git = GitCommand::new(None, &self.owner.extra_config);
+        let mut git = GitCommand::new(None, &self.owner.extra_config, self.owner.timeout);
         git.arg("--git-dir").arg(&self.mirror);
         git.args(["worktree", "remove", "--force", "--"]).arg(&self.path);
         let removed = git.run().await;
         let path = self.path.clone();
         let leftover = smol::unblock(move || force_remove_dir(&path)).await;
         if removed.is_err() {
-            let mut prune = GitCommand::new(None, &self.owner.extra_config);
+            let mut prune = GitCommand::new(None, &self.owner.extra_config, self.owner.timeout);
             prune.arg("--git-dir").arg(&self.mirror).args(["worktree", "prune"]);
             if let Err(message) = prune.run().await {
                 tracing::warn!(mirror = %self.mirror.display(), "git worktree prune failed: {message}");
@@ -193,8 +201,8 @@ impl Worktree {
         self.owner.live().remove(&self.path);
         match (leftover, removed) {
             (Ok(()), _) => Ok(()),
-            (Err(e), Err(message)) => {
-                Err(CheckoutError::Remove { path: self.path.clone(), message: format!("{message}; {e}") })
+            (Err(e), Err(failure)) => {
+                Err(CheckoutError::Remove { path: self.path.clone(), message: format!("{failure}; {e}") })
             }
             (Err(e), Ok(_)) => Err(CheckoutError::Remove { path: self.path.clone(), message: e.to_string() }),
         }
@@ -216,19 +224,16 @@ impl Drop for Worktree {
 impl Checkouts {
     /// Manages `<data_dir>/mirrors` and `<data_dir>/worktrees`; nothing is created until needed.
     pub fn new(data_dir: &Path) -> Checkouts {
-        Checkouts::with_config(data_dir, Vec::new(), DEFAULT_FETCH_TIMEOUT)
+        Checkouts::with_config(data_dir, Vec::new(), DEFAULT_GIT_TIMEOUT)
     }
 
-    /// Like [`Checkouts::new`], with a `git fetch` killed (whole process group) after `fetch_timeout`.
-    pub fn with_fetch_timeout(data_dir: &Path, fetch_timeout: Duration) -> Checkouts {
-        Checkouts::with_config(data_dir, Vec::new(), fetch_timeout)
+    /// Like [`Checkouts::new`], with every git call (fetches above all) killed, whole process group,
+    /// after `timeout`.
+    pub fn with_timeout(data_dir: &Path, timeout: Duration) -> Checkouts {
+        Checkouts::with_config(data_dir, Vec::new(), timeout)
     }
 
-    fn with_config(
-        data_dir: &Path,
-        extra_config: Vec<(String, String)>,
-        fetch_timeout: Duration,
-    ) -> Checkouts {
+    fn with_config(data_dir: &Path, extra_config: Vec<(String, String)>, timeout: Duration) -> Checkouts {
         let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         Checkouts {
             inner: Arc::new(Inner {
@@ -237,7 +242,7 @@ impl Checkouts {
                 locks: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashSet::new()),
                 extra_config,
-                fetch_timeout,
+                timeout,
             }),
         }
     }
@@ -263,7 +268,7 @@ impl Checkouts {
     }
 
     fn git(&self, protocol: Option<&str>) -> GitCommand {
-        GitCommand::new(protocol, &self.inner.extra_config)
+        GitCommand::new(protocol, &self.inner.extra_config, self.inner.timeout)
     }
 
     /// Checks out commit `sha` of `repo_url` into a fresh detached worktree, fetching it into the
@@ -306,12 +311,12 @@ impl Checkouts {
         let mut add = self.git(None);
         add.arg("--git-dir").arg(&mirror);
         add.args(["worktree", "add", "--detach", "--quiet", "--"]).arg(&dir).arg(&sha);
-        if let Err(message) = add.run().await {
+        if let Err(failure) = add.run().await {
             let d = dir.clone();
             if let Err(e) = smol::unblock(move || force_remove_dir(&d)).await {
                 tracing::warn!(path = %dir.display(), "cannot remove failed worktree: {e}");
             }
-            return Err(worktree_error(message));
+            return Err(failure.into_error("check out", &url.display, worktree_error));
         }
         self.inner.live().insert(dir.clone());
         Ok(Worktree { path: dir, sha, mirror, lock: lock.clone(), owner: self.inner.clone(), armed: true })
@@ -336,7 +341,10 @@ impl Checkouts {
             init.arg("--object-format=sha256");
         }
         init.arg("--").arg(mirror);
-        init.run().await.map(drop).map_err(mirror_error)
+        init.run()
+            .await
+            .map(drop)
+            .map_err(|failure| failure.into_error("create the mirror of", &url.display, mirror_error))
     }
 
     /// The paths that differ between commits `base` and `head` of `repo_url`, from its mirror (both
@@ -357,10 +365,12 @@ impl Checkouts {
             .arg(&base)
             .arg(&head)
             .arg("--");
-        let out = git.run().await.map_err(|message| CheckoutError::Resolve {
-            path: mirror.clone(),
-            rev: format!("{base}..{head}"),
-            message,
+        let out = git.run().await.map_err(|failure| {
+            failure.into_error("diff commits in", mirror.display(), |message| CheckoutError::Resolve {
+                path: mirror.clone(),
+                rev: format!("{base}..{head}"),
+                message,
+            })
         })?;
         Ok(out.split('\0').filter(|p| !p.is_empty()).map(str::to_string).collect())
     }
@@ -384,29 +394,32 @@ impl Checkouts {
             message,
         };
         let extra = &self.inner.extra_config;
-        let limit = self.inner.fetch_timeout;
-        let timed_out = || CheckoutError::FetchTimedOut {
+        let limit = self.inner.timeout;
+        let timed_out = |seconds| CheckoutError::FetchTimedOut {
             url: url.display.clone(),
             sha: sha.to_string(),
-            seconds: limit.as_secs(),
+            seconds,
         };
-        let first = match fetch_command(extra, url, mirror, &[sha], false, auth).run_within(limit).await {
+        // Host trouble keeps its own variants (retried by the pipeline); only git's verdict is a message.
+        let host = |failure: GitFailure| failure.into_error("fetch", &url.display, fetch_error);
+        let first = match fetch_command(extra, url, mirror, &[sha], false, auth, limit).run().await {
             Ok(_) => {
                 if self.has_commit(mirror, sha).await {
                     return Ok(());
                 }
                 return Err(fetch_error("the fetched object is not a commit".to_string()));
             }
-            Err(GitFailure::TimedOut) => return Err(timed_out()),
+            Err(GitFailure::TimedOut(seconds)) => return Err(timed_out(seconds)),
             Err(GitFailure::Failed(message)) => message,
+            Err(other) => return Err(host(other)),
         };
         tracing::debug!(url = %url.display, sha, "fetching the commit alone failed, fetching all heads: {first}");
         let refspecs = ["+refs/heads/*:refs/heads/*", "+refs/pull/*/head:refs/pull/*/head"];
-        if let Err(second) = fetch_command(extra, url, mirror, &refspecs, true, auth).run_within(limit).await
-        {
+        if let Err(second) = fetch_command(extra, url, mirror, &refspecs, true, auth, limit).run().await {
             let second = match second {
-                GitFailure::TimedOut => return Err(timed_out()),
+                GitFailure::TimedOut(seconds) => return Err(timed_out(seconds)),
                 GitFailure::Failed(message) => message,
+                other => return Err(host(other)),
             };
             return Err(fetch_error(if second == first {
                 first
@@ -460,7 +473,8 @@ impl Checkouts {
             git.arg("--git-dir").arg(&mirror).args(["worktree", "prune"]);
             if let Err(message) = git.run().await {
                 tracing::warn!(mirror = %mirror.display(), "git worktree prune failed: {message}");
-                first_error.get_or_insert(CheckoutError::Remove { path: mirror, message });
+                first_error
+                    .get_or_insert(CheckoutError::Remove { path: mirror, message: message.to_string() });
             }
         }
         match first_error {
@@ -594,7 +608,7 @@ pub async fn resolve_rev(repo_path: &Path, rev: &str) -> Result<String, Checkout
     if rev.chars().any(char::is_control) {
         return Err(invalid("it contains control characters"));
     }
-    let mut git = GitCommand::new(None, &[]);
+    let mut git = GitCommand::new(None, &[], DEFAULT_GIT_TIMEOUT);
     git.arg("-C").arg(repo_path);
     git.args(["rev-parse", "--verify", "--quiet", "--end-of-options"]).arg(format!("{rev}^{{commit}}"));
     let resolve_error = |message: String| CheckoutError::Resolve {
@@ -602,8 +616,10 @@ pub async fn resolve_rev(repo_path: &Path, rev: &str) -> Result<String, Checkout
         rev: ellipsis_chars(rev, 200),
         message,
     };
-    let out = git.run().await.map_err(|m| {
-        resolve_error(if m.starts_with("git exited") { "no such commit".to_string() } else { m })
+    let out = git.run().await.map_err(|failure| {
+        failure.into_error("resolve a revision in", repo_path.display(), |m| {
+            resolve_error(if m.starts_with("git exited") { "no such commit".to_string() } else { m })
+        })
     })?;
     let sha = out.trim();
     validate_sha(sha)
@@ -876,8 +892,9 @@ fn fetch_command(
     refspecs: &[&str],
     prune: bool,
     auth: Option<&GitAuth>,
+    limit: Duration,
 ) -> GitCommand {
-    let mut git = GitCommand::new(Some(url.transport.protocol()), extra_config);
+    let mut git = GitCommand::new(Some(url.transport.protocol()), extra_config, limit);
     let header = url.auth_header(auth);
     if let Some(header) = header {
         git.env.push(("GIT_CONFIG_COUNT", Secret::new("1")));
@@ -906,16 +923,56 @@ fn fetch_command(
     git
 }
 
-/// Why a git call with a time limit failed.
+/// Why a git call failed.
+#[derive(Debug)]
 enum GitFailure {
     /// git's cleaned-up message.
     Failed(String),
-    /// Over the limit: its process group was killed.
-    TimedOut,
+    /// Over its time limit (in seconds): its process group was killed.
+    TimedOut(u64),
+    /// git could not be started or its output not read.
+    Spawn(std::io::Error),
+    /// The kernel's out-of-memory killer took it.
+    OomKilled(crate::nix::process::host::OomKilled),
+}
+
+impl fmt::Display for GitFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GitFailure::Failed(message) => f.write_str(message),
+            GitFailure::TimedOut(seconds) => {
+                write!(f, "git did not finish within {seconds} s ([git] timeout_seconds) and was killed")
+            }
+            GitFailure::Spawn(e) => write!(f, "cannot run git: {e}"),
+            GitFailure::OomKilled(e) => e.fmt(f),
+        }
+    }
+}
+
+impl GitFailure {
+    /// The checkout error for this failure: `failed` builds it from the message, except that a git that
+    /// could not start keeps its `io::Error` ([`CheckoutError::Spawn`]), so host trouble stays
+    /// recognisable.
+    fn into_error(
+        self,
+        action: &'static str,
+        target: impl fmt::Display,
+        failed: impl FnOnce(String) -> CheckoutError,
+    ) -> CheckoutError {
+        match self {
+            GitFailure::Spawn(source) => CheckoutError::Spawn { action, target: target.to_string(), source },
+            GitFailure::OomKilled(source) => {
+                CheckoutError::OomKilled { action, target: target.to_string(), source }
+            }
+            other => failed(other.to_string()),
+        }
+    }
 }
 
 /// One git invocation: argv, extra environment (values are secrets: never logged), strings to redact.
 struct GitCommand {
+    /// How long it may run before its process group is killed.
+    limit: Duration,
     args: Vec<OsString>,
     env: Vec<(&'static str, Secret)>,
     redact: Vec<Secret>,
@@ -925,9 +982,9 @@ struct GitCommand {
 impl GitCommand {
     /// git with the fixed safety configuration; `protocol` is the one transport allowed (none: no
     /// transport at all).
-    fn new(protocol: Option<&str>, extra_config: &[(String, String)]) -> GitCommand {
+    fn new(protocol: Option<&str>, extra_config: &[(String, String)], limit: Duration) -> GitCommand {
         let mut git =
-            GitCommand { args: Vec::new(), env: Vec::new(), redact: Vec::new(), replace: Vec::new() };
+            GitCommand { limit, args: Vec::new(), env: Vec::new(), redact: Vec::new(), replace: Vec::new() };
         let mut config = vec![
             "protocol.allow=never".to_string(),
             "core.hooksPath=/dev/null".to_string(),
@@ -985,28 +1042,14 @@ impl GitCommand {
         cmd
     }
 
-    /// Runs git; `Ok(stdout)` on success, otherwise git's cleaned-up stderr.
-    async fn run(&self) -> Result<String, String> {
-        let output = match self.command().output().await {
-            Ok(output) => output,
-            Err(e) => return Err(format!("cannot run git: {e}")),
-        };
-        if output.status.success() {
-            return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
-        }
-        let message = self.clean(&String::from_utf8_lossy(&output.stderr));
-        if message.is_empty() {
-            Err(format!("git exited with {}", output.status))
-        } else {
-            Err(message)
-        }
-    }
-
-    /// Runs git like [`GitCommand::run`], killing its whole process group after `limit`.
-    async fn run_within(&self, limit: Duration) -> Result<String, GitFailure> {
+    /// Runs git; `Ok(stdout)` on success, otherwise why not (git's cleaned-up stderr, the time limit,
+    /// or git not starting). Its whole process group is killed when it runs longer than its limit.
+    async fn run(&self) -> Result<String, GitFailure> {
+        let limit = self.limit;
+        let oom_before = smol::unblock(crate::nix::process::builders::read_oom_kills).await;
         let child = match self.command().spawn() {
             Ok(child) => child,
-            Err(e) => return Err(GitFailure::Failed(format!("cannot run git: {e}"))),
+            Err(e) => return Err(GitFailure::Spawn(e)),
         };
         // The child called setpgid(0, 0) before exec: its group id is its pid.
         let group = i32::try_from(child.id()).ok().and_then(rustix::process::Pid::from_raw);
@@ -1017,18 +1060,24 @@ impl GitCommand {
         };
         let output = match futures_lite::future::or(finished, expired).await {
             Some(Ok(output)) => output,
-            Some(Err(e)) => return Err(GitFailure::Failed(format!("cannot run git: {e}"))),
+            Some(Err(e)) => return Err(GitFailure::Spawn(e)),
             None => {
                 // The leader is killed on drop (kill_on_drop) and reaped by async-process; its group
                 // (helpers such as git-remote-https or ssh) goes now.
                 if let Some(group) = group {
                     let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
                 }
-                return Err(GitFailure::TimedOut);
+                return Err(GitFailure::TimedOut(limit.as_secs()));
             }
         };
         if output.status.success() {
             return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+        }
+        let status = output.status;
+        let oom =
+            smol::unblock(move || crate::nix::process::host::OomKilled::check("git", &status, oom_before));
+        if let Some(killed) = oom.await {
+            return Err(GitFailure::OomKilled(killed));
         }
         let message = self.clean(&String::from_utf8_lossy(&output.stderr));
         Err(GitFailure::Failed(if message.is_empty() {
@@ -1108,7 +1157,15 @@ mod tests {
 
     fn fetch_for(url: &str, auth: Option<&GitAuth>) -> GitCommand {
         let url = RepoUrl::parse(url).expect("valid url");
-        fetch_command(&[], &url, Path::new("/data/mirrors/m.git"), &["0".repeat(40).as_str()], false, auth)
+        fetch_command(
+            &[],
+            &url,
+            Path::new("/data/mirrors/m.git"),
+            &["0".repeat(40).as_str()],
+            false,
+            auth,
+            DEFAULT_GIT_TIMEOUT,
+        )
     }
 
     fn env_of(git: &GitCommand) -> Vec<(String, String)> {
@@ -1182,7 +1239,7 @@ mod tests {
     fn userinfo_never_reaches_messages() {
         let url = RepoUrl::parse("https://user:hunter2@example.com/o/r.git?x=1").expect("valid");
         assert_eq!(url.display, "https://example.com/o/r.git");
-        let git = fetch_command(&[], &url, Path::new("/m.git"), &["HEAD"], false, None);
+        let git = fetch_command(&[], &url, Path::new("/m.git"), &["HEAD"], false, None, DEFAULT_GIT_TIMEOUT);
         let msg = git.clean("fatal: unable to access 'https://user:hunter2@example.com/o/r.git?x=1/'");
         assert!(!msg.contains("hunter2"), "{msg}");
     }
@@ -1291,11 +1348,8 @@ mod tests {
         git_in(&src, &["branch", "-qD", "pr"]);
 
         let data = tmp.path().join("data");
-        let checkouts = Checkouts::with_config(
-            &data,
-            vec![("protocol.version".into(), "0".into())],
-            DEFAULT_FETCH_TIMEOUT,
-        );
+        let checkouts =
+            Checkouts::with_config(&data, vec![("protocol.version".into(), "0".into())], DEFAULT_GIT_TIMEOUT);
         let url = local_url(&src);
         let wt = smol::block_on(checkouts.checkout(&url, &inner, None)).expect("checkout via fallback");
         assert_eq!(std::fs::read_to_string(wt.path().join("f")).expect("read"), "inner");

@@ -13,6 +13,12 @@
 //! for the first (the in-flight map) and then reuses its result, so it can never reset the jobset the
 //! first is filling. A reused jobset whose derivation graph is incomplete (a crash between "evaluated"
 //! and "graph discovered") has its graph discovered again, so no crash leaves a commit unusable.
+//!
+//! Host trouble (out of file descriptors, processes or disk space; see `nix::process::host`) while
+//! checking out, evaluating or reading `.drv` files is not a verdict on the commit: the step is retried
+//! with backoff ([`HOST_RETRY_DELAYS`]), and when the trouble outlasts every retry the request fails
+//! with [`PipelineError::HostTrouble`], recording nothing as the commit's failure (the jobset stays
+//! unfinished and is evaluated again by the next request).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +33,7 @@ use crate::graph::Graph;
 use crate::jobset::diff::{diff, JobDiff};
 use crate::jobset::{AttrDrv, AttrOutcome, Begin, Jobset, JobsetId, JobsetKey, JobsetState, Jobsets};
 use crate::nix::eval::{self, EvalEvent, EvalOptions, EvalOutcome, EvalSource};
+use crate::nix::process::host;
 use crate::scheduler::state::{Completion, DrvState};
 use crate::scheduler::{Owner, OwnerOutcome, SchedulerHandle};
 use crate::store::StoreError;
@@ -88,6 +95,71 @@ pub enum PipelineError {
     Graph { job: String, source: crate::graph::GraphError },
     #[error(transparent)]
     Scheduler(#[from] crate::scheduler::SchedulerError),
+    /// Host trouble outlasted every retry of a step; nothing was recorded as the commit's failure.
+    #[error("{stage} hit host trouble ({reason}) through {retries} retries: {message}")]
+    HostTrouble { stage: &'static str, reason: &'static str, retries: usize, message: String },
+}
+
+impl PipelineError {
+    /// Whether this error is the host's trouble rather than a verdict on the repository: retrying the
+    /// whole request later may succeed.
+    pub fn is_host_trouble(&self) -> bool {
+        matches!(self, PipelineError::HostTrouble { .. }) || host::transient_reason(self).is_some()
+    }
+}
+
+/// The waits between tries of a step that hit host trouble (about two minutes in all); after the last
+/// one the step fails with [`PipelineError::HostTrouble`].
+pub const HOST_RETRY_DELAYS: [std::time::Duration; 6] = {
+    use std::time::Duration;
+    [
+        Duration::from_secs(1),
+        Duration::from_secs(2),
+        Duration::from_secs(4),
+        Duration::from_secs(8),
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    ]
+};
+
+/// Counts and logs one retry of `stage` after host trouble, then waits for try `retry` (0-based).
+async fn host_backoff(stage: &'static str, what: &str, reason: &str, message: &str, retry: usize) {
+    let delay = HOST_RETRY_DELAYS.get(retry).copied().unwrap_or_default();
+    crate::metrics::global().host_trouble_retries.with_label_values(&[stage]).inc();
+    tracing::warn!(
+        stage,
+        what,
+        reason,
+        error = message,
+        retry = retry + 1,
+        delay_s = delay.as_secs(),
+        "host trouble, not a verdict on the commit: retrying"
+    );
+    smol::Timer::after(delay).await;
+}
+
+/// Runs `step` again after host trouble (an error whose source chain holds a transient `io::Error`),
+/// with [`HOST_RETRY_DELAYS`]; any other outcome, or trouble through every retry, is returned as is.
+async fn retry_host_trouble<T, E, Fut>(
+    stage: &'static str,
+    what: &str,
+    mut step: impl FnMut() -> Fut,
+) -> Result<T, E>
+where
+    E: std::error::Error + 'static,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut retry = 0;
+    loop {
+        match step().await {
+            Err(e) if retry < HOST_RETRY_DELAYS.len() => match host::transient_reason(&e) {
+                Some(reason) => host_backoff(stage, what, reason, &e.to_string(), retry).await,
+                None => return Err(e),
+            },
+            outcome => return outcome,
+        }
+        retry += 1;
+    }
 }
 
 /// Progress of a long request, for a terminal progress line. The control protocol carries it as is
@@ -133,6 +205,13 @@ pub struct Pipeline {
     /// The jobsets being evaluated now, by key and `allow_eval_failures`: a second request for one of
     /// them waits until the receiver reports the sender dropped (the first evaluation ended, however).
     in_flight: Mutex<HashMap<(JobsetKey, bool), async_channel::Receiver<()>>>,
+}
+
+/// Why an evaluation of a whole job failed: the message recorded in the jobset, and whether it was
+/// host trouble (then it is retried, not recorded).
+struct EvalFailure {
+    message: String,
+    host: Option<&'static str>,
 }
 
 /// The in-flight entry of the evaluation this task runs; dropping it (at the end, on an error or when
@@ -316,7 +395,7 @@ impl Pipeline {
         let short = crate::text::short_sha(commit);
         report(progress, &format!("checking out {short}"), 0, 0);
         let _worktree_slot = self.worktree_slots.acquire().await;
-        let worktree = self.checkouts.checkout(repo, commit, auth).await?;
+        let worktree = self.checkout(repo, commit, auth).await?;
         let result = self
             .evaluate_worktree(repo, commit, &worktree, Definitions::Own(only), progress, with_attrs)
             .await;
@@ -344,7 +423,7 @@ impl Pipeline {
         for commit in [head_commit, base_commit] {
             report(progress, &format!("checking out {}", crate::text::short_sha(commit)), 0, 0);
             let _worktree_slot = self.worktree_slots.acquire().await;
-            let worktree = self.checkouts.checkout(url, commit, auth).await?;
+            let worktree = self.checkout(url, commit, auth).await?;
             let result = self
                 .evaluate_worktree(url, commit, &worktree, Definitions::Given(gate), progress, false)
                 .await;
@@ -371,8 +450,6 @@ impl Pipeline {
         })
     }
 
-    /// The repository configuration of `repo` at `commit` (checked out, read, validated, removed): the
-    /// configuration, its file (relative to the repository) and its warnings.
     /// The paths a change touches: what differs between commits `base` and `head` of `repo_url`, whose
     /// configurations (or evaluations) were read before, so both are in the mirror.
     pub async fn changed_paths(
@@ -384,6 +461,8 @@ impl Pipeline {
         Ok(self.checkouts.changed_paths(repo_url, base, head).await?)
     }
 
+    /// The repository configuration of `repo` at `commit` (checked out, read, validated, removed): the
+    /// configuration, its file (relative to the repository) and its warnings.
     pub async fn repo_config(
         &self,
         repo: &str,
@@ -391,7 +470,7 @@ impl Pipeline {
         auth: Option<&GitAuth>,
     ) -> Result<(RepoConfig, String, Vec<String>), PipelineError> {
         let _worktree_slot = self.worktree_slots.acquire().await;
-        let worktree = self.checkouts.checkout(repo, commit, auth).await?;
+        let worktree = self.checkout(repo, commit, auth).await?;
         let result = load_repo_config(&worktree, repo, commit, self.repo_limits()).await;
         if let Err(e) = worktree.remove().await {
             tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
@@ -466,6 +545,41 @@ impl Pipeline {
         Ok((report, headers))
     }
 
+    /// Checks `commit` of `repo` out, retrying after host trouble.
+    async fn checkout(
+        &self,
+        repo: &str,
+        commit: &str,
+        auth: Option<&GitAuth>,
+    ) -> Result<Worktree, crate::checkout::CheckoutError> {
+        let what = format!("{repo} @ {}", crate::text::short_sha(commit));
+        retry_host_trouble("checkout", &what, || self.checkouts.checkout(repo, commit, auth)).await
+    }
+
+    /// Discovers the derivation graph of `roots`, discovering again (with backoff) while some roots
+    /// failed because of host trouble (a `.drv` that could not be opened for lack of file descriptors):
+    /// what was stored stays, so a retry reads only what is missing.
+    async fn discover(&self, job: &str, roots: &[String]) -> Result<(), PipelineError> {
+        let graph_error = |source| PipelineError::Graph { job: job.to_string(), source };
+        for retry in 0..=HOST_RETRY_DELAYS.len() {
+            let stats = self.graph.discover(roots).await.map_err(graph_error)?;
+            let trouble = stats.failed.iter().find_map(|f| {
+                host::transient_reason(f.error.as_ref()).map(|reason| (reason, f.error.to_string()))
+            });
+            let Some((reason, message)) = trouble else { return Ok(()) };
+            if retry == HOST_RETRY_DELAYS.len() {
+                return Err(PipelineError::HostTrouble {
+                    stage: "reading the derivation graph",
+                    reason,
+                    retries: retry,
+                    message,
+                });
+            }
+            host_backoff("graph", job, reason, &message, retry).await;
+        }
+        Ok(())
+    }
+
     /// Evaluates one job into its jobset (or reuses it), then discovers its derivation graph.
     async fn evaluate_job(
         &self,
@@ -519,17 +633,38 @@ impl Pipeline {
         };
         tracing::info!(job = %key.job_name(), commit = %key.commit, jobset = %id, "evaluating a jobset");
         let stage = format!("evaluating {} @ {}", key.job, crate::text::short_sha(&key.commit));
+        report(progress, &stage, 0, 0);
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let slot = self.slots.acquire().await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         self.running.fetch_add(1, Ordering::Relaxed);
-        let outcome = self.run_evaluation(id, job, checkout, &stage, progress).await;
+        let mut retry = 0;
+        let outcome = loop {
+            match self.run_evaluation(id, job, checkout, &stage, progress).await {
+                Err(EvalFailure { message, host: Some(reason) }) => {
+                    if retry == HOST_RETRY_DELAYS.len() {
+                        // Nothing is recorded: the jobset stays unfinished, and the next request
+                        // evaluates it again.
+                        self.running.fetch_sub(1, Ordering::Relaxed);
+                        return Err(PipelineError::HostTrouble {
+                            stage: "evaluation",
+                            reason,
+                            retries: retry,
+                            message,
+                        });
+                    }
+                    host_backoff("evaluation", key.job_name(), reason, &message, retry).await;
+                    retry += 1;
+                }
+                other => break other,
+            }
+        };
         self.running.fetch_sub(1, Ordering::Relaxed);
         drop(slot);
 
         let state = match outcome {
             Ok(()) => JobsetState::Evaluated,
-            Err(message) => JobsetState::Failed { message },
+            Err(EvalFailure { message, .. }) => JobsetState::Failed { message },
         };
         let jobset = {
             let jobsets = self.jobsets.clone();
@@ -538,16 +673,13 @@ impl Pipeline {
         if jobset.state == JobsetState::Evaluated {
             report(progress, &format!("reading the derivation graph of {}", key.job), 0, 0);
             let roots = self.roots_of(id).await?;
-            self.graph
-                .discover(&roots)
-                .await
-                .map_err(|e| PipelineError::Graph { job: key.job.clone(), source: e })?;
+            self.discover(&key.job, &roots).await?;
         }
         Ok((jobset, false))
     }
 
     /// Runs the evaluator and streams its records into jobset `id`. A failure of the whole job comes
-    /// back as its message (it is recorded in the jobset, not returned as an error).
+    /// back as its message (recorded in the jobset unless it was host trouble, which is retried).
     async fn run_evaluation(
         &self,
         id: JobsetId,
@@ -555,7 +687,7 @@ impl Pipeline {
         checkout: &Path,
         stage: &str,
         progress: &ProgressSink,
-    ) -> Result<(), String> {
+    ) -> Result<(), EvalFailure> {
         let source = match &job.source {
             JobSource::File { file, attr_path } => {
                 EvalSource::File { file: file.clone(), attr_path: attr_path.clone() }
@@ -591,9 +723,13 @@ impl Pipeline {
         };
         let (evaluated, stored) = futures_lite::future::zip(evaluation, consume).await;
         if let Err(e) = stored {
-            return Err(format!("storing evaluation results failed: {e}"));
+            let host = host::transient_reason(&e);
+            return Err(EvalFailure { message: format!("storing evaluation results failed: {e}"), host });
         }
-        evaluated.map(|_| ()).map_err(|e| paths.relativize(&e.to_string()))
+        evaluated.map(|_| ()).map_err(|e| EvalFailure {
+            message: paths.relativize(&e.to_string()),
+            host: host::transient_reason(&e),
+        })
     }
 
     /// Discovers the derivation graph of a reused jobset again when some of its roots are missing from
@@ -617,11 +753,7 @@ impl Pipeline {
             missing,
             "a reused jobset's derivation graph is incomplete (interrupted before it was stored); discovering it again"
         );
-        self.graph
-            .discover(&roots)
-            .await
-            .map_err(|e| PipelineError::Graph { job: key.job.clone(), source: e })?;
-        Ok(())
+        self.discover(&key.job, &roots).await
     }
 
     async fn roots_of(&self, id: JobsetId) -> Result<Vec<String>, StoreError> {

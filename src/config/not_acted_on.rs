@@ -96,11 +96,6 @@ pub const SERVER: &[ServerKey] = &[
         set: |c| !c.caches.is_empty(),
     },
     ServerKey {
-        key: "rebuild.max_rebuild_count",
-        note: "rebuild counts do not skip builds yet",
-        set: |c| c.rebuild.max_rebuild_count != super::RebuildConfig::default().max_rebuild_count,
-    },
-    ServerKey {
         key: "gitea_instances",
         note: "Gitea is not supported yet",
         set: |c| !c.gitea_instances.is_empty(),
@@ -114,9 +109,6 @@ pub const SERVER: &[ServerKey] = &[
 
 /// `checks.<name>`: one warning per check.
 pub const REPO_CHECK: RepoKey = RepoKey { key: "checks.<name>", note: "checks are not run yet" };
-/// `change_sets`: one warning when the field is present.
-pub const REPO_CHANGE_SETS: RepoKey =
-    RepoKey { key: "change_sets", note: "change sets do not decide what is evaluated or built yet" };
 /// `jobs.<name>.caches`.
 pub const REPO_JOB_CACHES: RepoKey =
     RepoKey { key: "jobs.<name>.caches", note: "successful builds are not pushed to caches yet" };
@@ -125,7 +117,7 @@ pub const REPO_JOB_SIZE_CHECK: RepoKey =
     RepoKey { key: "jobs.<name>.size_check", note: "output and closure sizes are not checked yet" };
 
 /// Repository configuration fields accepted but not acted on.
-pub const REPO: &[RepoKey] = &[REPO_CHECK, REPO_CHANGE_SETS, REPO_JOB_CACHES, REPO_JOB_SIZE_CHECK];
+pub const REPO: &[RepoKey] = &[REPO_CHECK, REPO_JOB_CACHES, REPO_JOB_SIZE_CHECK];
 
 /// The listed server keys `config` uses: those in `written` (found in the file) and those whose value
 /// is set, in the order of [`SERVER`].

@@ -156,6 +156,10 @@ pub struct WebConfig {
     /// Longest pause while a request body is received (default 10 s); then the connection is closed.
     #[serde(deserialize_with = "de::ranged_u64::<_, 1, 300>")]
     pub body_idle_timeout_seconds: u64,
+    /// Longest time a response may make no progress because the client does not read it (default 30
+    /// s); then the connection is closed.
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 3600>")]
+    pub write_idle_timeout_seconds: u64,
 }
 
 impl Default for WebConfig {
@@ -173,6 +177,7 @@ impl Default for WebConfig {
             webhook_reserved_connections: 128,
             header_timeout_seconds: 10,
             body_idle_timeout_seconds: 10,
+            write_idle_timeout_seconds: 30,
         }
     }
 }
@@ -441,8 +446,8 @@ impl Default for EvaluationConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct GitConfig {
-    /// A fetch running longer than this is killed with its whole process group, so a stuck remote
-    /// cannot hold an evaluation slot (10..=86400, default 600).
+    /// A git call (a fetch above all) running longer than this is killed with its whole process group,
+    /// so a stuck remote cannot hold an evaluation slot (10..=86400, default 600).
     #[serde(deserialize_with = "de::ranged_u64::<_, 10, 86400>")]
     pub timeout_seconds: u64,
 }

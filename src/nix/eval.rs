@@ -231,6 +231,9 @@ pub enum EvalError {
     Protocol { program: String, detail: String },
     #[error("the receiver of the evaluation events was dropped")]
     Cancelled,
+    /// Host trouble, retried by the pipeline: the evaluator died of the host's lack of memory.
+    #[error("{0}")]
+    OomKilled(#[source] crate::nix::process::host::OomKilled),
 }
 
 impl From<ProcessError> for EvalError {

@@ -41,6 +41,8 @@ use crate::nix::eval::{
     add_restriction_args, attr_display, check_source, meta_with_names, nix_error_message, prepare_roots_dir,
     Emitter, EvalDrv, EvalError, EvalOptions, EvalOutcome, EvalRecord, EvalSource, Target,
 };
+use crate::nix::process::builders::read_oom_kills;
+use crate::nix::process::host::OomKilled;
 use crate::nix::process::{run_captured, RunLimits, RunOutput, Termination};
 
 /// The Nix program every step runs.
@@ -356,10 +358,20 @@ impl Evaluator<'_> {
         if let Some(root) = root {
             cmd.arg("--add-root").arg(root);
         }
+        let oom_before = smol::unblock(read_oom_kills).await;
         let result = run_captured(cmd, &self.limits).await;
         let path = request_path.clone();
         let _ = smol::unblock(move || std::fs::remove_file(path)).await;
-        Ok(result?)
+        let out = result?;
+        // Killed by the kernel for the host's lack of memory (not our own cap, which is
+        // `Termination::MemoryLimit`): no verdict on these attributes; the pipeline retries.
+        if let Termination::Exited(status) = out.termination {
+            let killed = smol::unblock(move || OomKilled::check(NIX_INSTANTIATE, &status, oom_before)).await;
+            if let Some(killed) = killed {
+                return Err(EvalError::OomKilled(killed));
+            }
+        }
+        Ok(out)
     }
 
     /// Runs an evaluation step and parses its JSON output, or says why it failed.

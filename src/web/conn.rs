@@ -1,7 +1,7 @@
 //! One HTTP connection from accept to close: admission against the connection cap (with a reserve kept
 //! for webhook deliveries), reading each request head ourselves (bounded size, header timeout), then
 //! handing the request to async-h1 through [`Conn`], a stream that replays the bytes we read and times
-//! out when the body stops arriving.
+//! out when the body stops arriving or when the client stops reading the response.
 //!
 //! async-h1 on its own closes silently on a head of 8 KiB or more and reads a header line of any length
 //! into memory before checking it; this module answers 431 before that and never buffers more than
@@ -46,6 +46,8 @@ pub struct Limits {
     /// Longest pause while a body is being received (the next request on a kept-alive connection has
     /// `header_timeout`).
     pub body_idle_timeout: Duration,
+    /// Longest time a response may make no progress (the client does not read it).
+    pub write_idle_timeout: Duration,
 }
 
 /// File descriptors kept out of the HTTP budget: the database, logs, the control socket and its
@@ -75,6 +77,7 @@ impl Limits {
             webhook_reserve: usize::try_from(web.webhook_reserved_connections).unwrap_or(usize::MAX).min(max),
             header_timeout: Duration::from_secs(web.header_timeout_seconds),
             body_idle_timeout: Duration::from_secs(web.body_idle_timeout_seconds),
+            write_idle_timeout: Duration::from_secs(web.write_idle_timeout_seconds),
         }
     }
 }
@@ -193,7 +196,12 @@ pub async fn serve_connection(
             }
         }
         lock(&shared).set_pending(head);
-        let conn = Conn { stream: stream.clone(), shared: shared.clone(), idle: limits.body_idle_timeout };
+        let conn = Conn {
+            stream: stream.clone(),
+            shared: shared.clone(),
+            idle: limits.body_idle_timeout,
+            write_idle: limits.write_idle_timeout,
+        };
         let app = app.clone();
         let endpoint_shared = shared.clone();
         let endpoint = move |req: tide::http::Request| {
@@ -337,6 +345,8 @@ struct Shared {
     closed: bool,
     /// Running while a read waits for data.
     idle: Option<Timer>,
+    /// Running while a write (or flush) waits for the client to read.
+    write_idle: Option<Timer>,
 }
 
 impl Shared {
@@ -359,12 +369,46 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 }
 
 /// The stream async-h1 reads from: first the bytes we already read, then the socket, failing with
-/// `TimedOut` when no byte arrives for `idle`.
+/// `TimedOut` when no byte arrives for `idle`; and writes to, failing with `TimedOut` when the client
+/// reads nothing for `write_idle`.
 #[derive(Clone)]
 struct Conn {
     stream: TcpStream,
     shared: Arc<Mutex<Shared>>,
     idle: Duration,
+    write_idle: Duration,
+}
+
+impl Conn {
+    /// Polls a write or flush of the socket, failing with `TimedOut` when it makes no progress for
+    /// `write_idle`.
+    fn poll_writing<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let mut shared = lock(&self.shared);
+        match op(Pin::new(&mut self.stream), cx) {
+            Poll::Ready(r) => {
+                shared.write_idle = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = self.write_idle;
+                let timer = shared.write_idle.get_or_insert_with(|| Timer::after(limit));
+                match Pin::new(timer).poll(cx) {
+                    Poll::Ready(_) => {
+                        shared.write_idle = None;
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client read nothing within the write idle timeout",
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
 }
 
 impl AsyncRead for Conn {
@@ -406,10 +450,10 @@ impl AsyncRead for Conn {
 
 impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        self.get_mut().poll_writing(cx, |stream, cx| stream.poll_write(cx, buf))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        self.get_mut().poll_writing(cx, |stream, cx| stream.poll_flush(cx))
     }
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_close(cx)
@@ -437,5 +481,67 @@ mod tests {
         s.pos = 2;
         assert_eq!(s.take_pending(), b"cdef".to_vec());
         assert!(s.pending.is_empty());
+    }
+
+    /// A connected pair on loopback: our side as a [`Conn`] with `write_idle`, and the client's socket.
+    async fn pair(write_idle: Duration) -> (Conn, TcpStream) {
+        let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (client, accepted) =
+            futures_lite::future::zip(TcpStream::connect(address), listener.accept()).await;
+        let (stream, _) = accepted.expect("accept");
+        let conn = Conn {
+            stream,
+            shared: Arc::new(Mutex::new(Shared::default())),
+            idle: Duration::from_secs(10),
+            write_idle,
+        };
+        (conn, client.expect("connect"))
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_times_the_response_out() {
+        smol::block_on(async {
+            let (mut conn, client) = pair(Duration::from_millis(300)).await;
+            let chunk = vec![b'x'; 64 * 1024];
+            let started = std::time::Instant::now();
+            // The client never reads: the socket buffers fill, then writes stall until the limit.
+            let error = loop {
+                if let Err(e) = conn.write_all(&chunk).await {
+                    break e;
+                }
+                assert!(started.elapsed() < Duration::from_secs(30), "writes never stalled");
+            };
+            assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+            drop(client);
+        });
+    }
+
+    #[test]
+    fn a_slow_reader_gets_the_whole_response() {
+        smol::block_on(async {
+            let (mut conn, mut client) = pair(Duration::from_millis(500)).await;
+            const TOTAL: usize = 16 * 1024 * 1024;
+            let reader = smol::spawn(async move {
+                let mut got = 0usize;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    // Slower than the writer, but never silent for the whole limit.
+                    Timer::after(Duration::from_millis(20)).await;
+                    match client.read(&mut buf).await {
+                        Ok(0) => return got,
+                        Ok(n) => got += n,
+                        Err(e) => panic!("read: {e}"),
+                    }
+                }
+            });
+            let chunk = vec![b'y'; 1024 * 1024];
+            for _ in 0..TOTAL / chunk.len() {
+                conn.write_all(&chunk).await.expect("a reading client never times out");
+            }
+            conn.flush().await.expect("flush");
+            conn.stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            assert_eq!(reader.await, TOTAL);
+        });
     }
 }

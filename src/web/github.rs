@@ -145,81 +145,19 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
         return too_large();
     }
 
-    let secret = req.state().webhook_secret.as_ref().filter(|s| !s.is_empty());
-    match secret {
-        Some(secret) => {
-            let Ok(signature) = single_header(&req, SIGNATURE_HEADER) else {
-                return Reply::error(401, "unauthorized", "more than one X-Hub-Signature-256 header");
-            };
-            if let Err(e) = webhook::verify_signature(secret.expose().as_bytes(), &body, signature) {
-                tracing::warn!(reason = %e, "refused a webhook delivery");
-                return Reply::error(401, "unauthorized", e.to_string());
-            }
-        }
-        None => {
-            // The daemon starts without a secret only with `allow_insecure_webhooks = true`.
-            if !WARNED_INSECURE.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    "accepting unsigned GitHub webhooks: no webhook secret is configured \
-                     (allow_insecure_webhooks = true); never do this in production"
-                );
-            }
-        }
-    }
-
-    let delivery = match single_header(&req, DELIVERY_HEADER) {
-        Ok(Some(d)) if valid_delivery_id(d) => d.to_string(),
-        Ok(Some(_)) | Err(()) => {
-            return Reply::error(400, "malformed", "X-GitHub-Delivery must be one id of printable ASCII")
-        }
-        Ok(None) => return Reply::error(400, "malformed", "missing X-GitHub-Delivery header"),
+    // Headers are read here; the signature check and parsing (CPU work over a body of up to 25 MiB)
+    // run on the blocking pool, off the executor that serves every connection.
+    let secret = req.state().webhook_secret.clone().filter(|s| !s.is_empty());
+    let signature = single_header(&req, SIGNATURE_HEADER).map(|s| s.map(str::to_string));
+    let delivery = single_header(&req, DELIVERY_HEADER).map(|s| s.map(str::to_string));
+    let event = single_header(&req, EVENT_HEADER).map(|s| s.map(str::to_string));
+    let form = req.content_type().is_some_and(|m| m.essence() == "application/x-www-form-urlencoded");
+    let checked =
+        smol::unblock(move || check_and_parse(secret.as_ref(), signature, delivery, event, form, body)).await;
+    let (delivery, event, incoming) = match checked {
+        Ok(checked) => checked,
+        Err(reply) => return reply,
     };
-    let event = match single_header(&req, EVENT_HEADER) {
-        Ok(Some(e)) if !e.is_empty() && e.len() <= 64 && e.bytes().all(|b| b.is_ascii_graphic()) => {
-            e.to_string()
-        }
-        Ok(Some(_)) | Err(()) => {
-            return Reply::error(400, "malformed", "X-GitHub-Event must be one event name")
-        }
-        Ok(None) => return Reply::error(400, "malformed", "missing X-GitHub-Event header"),
-    };
-    let kind = webhook::classify(&event);
-    let incoming = match kind {
-        EventKind::Ping => Incoming::Ping,
-        EventKind::Unused => Incoming::Unused(event.clone()),
-        EventKind::Used(used) => {
-            let form = req.content_type().is_some_and(|m| m.essence() == "application/x-www-form-urlencoded");
-            if form {
-                return Reply::error(
-                    400,
-                    "malformed",
-                    "form-encoded payloads are not supported: set the webhook's content type to application/json",
-                );
-            }
-            match webhook::parse(used, &body) {
-                Ok(summary) => {
-                    // GitHub's payloads change; when the fields we read are there, a payload octocrab's
-                    // model rejects is still processed, with a warning and a count.
-                    if let Err(e) = webhook::check_model(used, &body) {
-                        tracing::warn!(%delivery, %event, reason = %e, "processing a delivery octocrab's model rejects: the fields we need are present");
-                        crate::metrics::global()
-                            .github_events_lenient
-                            .with_label_values(&[used.name()])
-                            .inc();
-                    }
-                    Incoming::Event {
-                        summary: Box::new(summary),
-                        updated_at: webhook::pull_request_updated_at(&body),
-                    }
-                }
-                Err(e) => {
-                    tracing::info!(%delivery, %event, reason = %e, "refused a malformed webhook delivery");
-                    return Reply::error(400, "malformed", e.to_string());
-                }
-            }
-        }
-    };
-    drop(body);
 
     let wake = req.state().github_wake.clone();
     let recorded = req.state().intake.record(delivery.clone(), incoming).await;
@@ -247,6 +185,95 @@ async fn intake(mut req: tide::Request<AppState>) -> Reply {
             Reply::error(500, "error", "could not record the delivery")
         }
     }
+}
+
+/// What a delivery's headers said: a single value, none, or `Err` when repeated.
+type HeaderValue = Result<Option<String>, ()>;
+
+/// The blocking half of [`intake`], in its fixed order: the signature over the raw body, the headers,
+/// then parsing. Returns the delivery id, the event name and what to record, or the answer.
+fn check_and_parse(
+    secret: Option<&crate::secret::Secret>,
+    signature: HeaderValue,
+    delivery: HeaderValue,
+    event: HeaderValue,
+    form: bool,
+    body: Vec<u8>,
+) -> Result<(String, String, Incoming), Reply> {
+    match secret {
+        Some(secret) => {
+            let Ok(signature) = signature else {
+                return Err(Reply::error(401, "unauthorized", "more than one X-Hub-Signature-256 header"));
+            };
+            if let Err(e) = webhook::verify_signature(secret.expose().as_bytes(), &body, signature.as_deref())
+            {
+                tracing::warn!(reason = %e, "refused a webhook delivery");
+                return Err(Reply::error(401, "unauthorized", e.to_string()));
+            }
+        }
+        None => {
+            // The daemon starts without a secret only with `allow_insecure_webhooks = true`.
+            if !WARNED_INSECURE.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "accepting unsigned GitHub webhooks: no webhook secret is configured \
+                     (allow_insecure_webhooks = true); never do this in production"
+                );
+            }
+        }
+    }
+
+    let delivery = match delivery {
+        Ok(Some(d)) if valid_delivery_id(&d) => d,
+        Ok(Some(_)) | Err(()) => {
+            return Err(Reply::error(400, "malformed", "X-GitHub-Delivery must be one id of printable ASCII"))
+        }
+        Ok(None) => return Err(Reply::error(400, "malformed", "missing X-GitHub-Delivery header")),
+    };
+    let event = match event {
+        Ok(Some(e)) if !e.is_empty() && e.len() <= 64 && e.bytes().all(|b| b.is_ascii_graphic()) => e,
+        Ok(Some(_)) | Err(()) => {
+            return Err(Reply::error(400, "malformed", "X-GitHub-Event must be one event name"))
+        }
+        Ok(None) => return Err(Reply::error(400, "malformed", "missing X-GitHub-Event header")),
+    };
+    let incoming = match webhook::classify(&event) {
+        EventKind::Ping => Incoming::Ping,
+        EventKind::Unused => Incoming::Unused(event.clone()),
+        EventKind::Used(used) => {
+            if form {
+                return Err(Reply::error(
+                    400,
+                    "malformed",
+                    "form-encoded payloads are not supported: set the webhook's content type to application/json",
+                ));
+            }
+            match webhook::parse(used, &body) {
+                Ok(summary) => {
+                    let updated_at = webhook::pull_request_updated_at(&body);
+                    // GitHub's payloads change; when the fields we read are there, a payload octocrab's
+                    // model rejects is still processed, with a warning and a count. The check is not
+                    // needed for the answer, so it runs after it.
+                    let (d, e) = (delivery.clone(), event.clone());
+                    smol::unblock(move || {
+                        if let Err(reason) = webhook::check_model(used, &body) {
+                            tracing::warn!(delivery = %d, event = %e, %reason, "processing a delivery octocrab's model rejects: the fields we need are present");
+                            crate::metrics::global()
+                                .github_events_lenient
+                                .with_label_values(&[used.name()])
+                                .inc();
+                        }
+                    })
+                    .detach();
+                    Incoming::Event { summary: Box::new(summary), updated_at }
+                }
+                Err(e) => {
+                    tracing::info!(%delivery, %event, reason = %e, "refused a malformed webhook delivery");
+                    return Err(Reply::error(400, "malformed", e.to_string()));
+                }
+            }
+        }
+    };
+    Ok((delivery, event, incoming))
 }
 
 /// GitHub's ids are GUIDs; anything printable and short is accepted as a key.

@@ -376,8 +376,7 @@ fn a_stuck_remote_is_killed_at_the_fetch_time_limit() {
         }
     });
     let tmp = tempfile::tempdir().expect("tempdir");
-    let checkouts =
-        Checkouts::with_fetch_timeout(&tmp.path().join("data"), std::time::Duration::from_secs(2));
+    let checkouts = Checkouts::with_timeout(&tmp.path().join("data"), std::time::Duration::from_secs(2));
     let url = format!("git://127.0.0.1:{port}/stuck.git");
     let sha = "0123456789abcdef0123456789abcdef01234567";
     let err = smol::block_on(checkouts.checkout(&url, sha, None)).expect_err("a stuck remote cannot succeed");

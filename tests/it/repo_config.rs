@@ -99,7 +99,6 @@ fn every_field() {
             not_yet("jobs.hello.caches", "successful builds are not pushed to caches yet"),
             not_yet("jobs.hello.size_check", "output and closure sizes are not checked yet"),
             not_yet("checks.lint", "checks are not run yet"),
-            not_yet("change_sets", "change sets do not decide what is evaluated or built yet"),
         ]
     );
 

@@ -1,11 +1,34 @@
 //! Host trouble: whether an error is the host's (out of file descriptors or disk space, unable to fork),
 //! which is transient and retried with backoff, rather than a verdict on what was being built or
 //! evaluated. The decision is made from the `errno` of an `io::Error` found in the error's source chain,
-//! never from text a child printed (a builder can print anything). It decides nothing else.
+//! or from an [`OomKilled`] there (a child that died of SIGKILL while the kernel's `oom_kill` counter
+//! rose), never from text a child printed (a builder can print anything). It decides nothing else.
 
 use std::io;
 
 use rustix::io::Errno;
+
+/// A child process (an evaluator, git) that died of SIGKILL while the kernel's out-of-memory killer was
+/// at work: the host ran out of memory, which is no verdict on what the child was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{program} was killed by the kernel's out-of-memory killer")]
+pub struct OomKilled {
+    pub program: String,
+}
+
+impl OomKilled {
+    /// `Some` when a child of `program` that ended with `status` was killed by the out-of-memory
+    /// killer: SIGKILL, and the `oom_kill` counter read `before` it ran is lower now. Blocking (reads
+    /// `/proc/vmstat`).
+    pub fn check(program: &str, status: &std::process::ExitStatus, before: Option<u64>) -> Option<OomKilled> {
+        use std::os::unix::process::ExitStatusExt;
+        if status.signal() != Some(rustix::process::Signal::KILL.as_raw()) {
+            return None;
+        }
+        let now = super::builders::read_oom_kills()?;
+        (now > before?).then(|| OomKilled { program: program.to_string() })
+    }
+}
 
 /// Why `error` (or an error in its source chain) is a transient host error, in words for the history
 /// (`too many open files (EMFILE)`); `None` when it is not one.
@@ -14,6 +37,9 @@ pub fn transient_reason(error: &(dyn std::error::Error + 'static)) -> Option<&'s
     while let Some(e) = next {
         if let Some(reason) = e.downcast_ref::<io::Error>().and_then(io_reason) {
             return Some(reason);
+        }
+        if e.downcast_ref::<OomKilled>().is_some() {
+            return Some("killed by the out-of-memory killer (OOM)");
         }
         next = e.source();
     }
@@ -61,6 +87,9 @@ mod tests {
         assert_eq!(transient_reason(&spawn(Errno::NOENT)), None);
         assert_eq!(transient_reason(&spawn(Errno::ACCESS)), None);
         assert_eq!(transient_reason(&BuildError::Duplicate("/nix/store/x.drv".into())), None);
+        // A child the out-of-memory killer took, wrapped as a source the way callers wrap it.
+        let oom = crate::nix::eval::EvalError::OomKilled(OomKilled { program: "nix-instantiate".into() });
+        assert_eq!(transient_reason(&oom), Some("killed by the out-of-memory killer (OOM)"));
         // Text is never trusted: an error merely saying so is not a host error.
         let said = io::Error::other("Too many open files");
         assert_eq!(io_reason(&said), None);

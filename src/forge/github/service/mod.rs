@@ -94,6 +94,8 @@ pub struct GitHubService {
     approval: ApprovalPolicy,
     /// `[rebuild] skip_paths`: a pull request touching only these paths is not evaluated.
     skip_paths: Vec<String>,
+    /// `[rebuild] max_rebuild_count`: above it a change is wide and its builds are skipped.
+    max_rebuild_count: Option<usize>,
     /// The merge method of an `@eka-ci merge` that names none.
     default_merge_method: MergeMethod,
     /// When each (commenter id, repository) last had a command accepted by the rate limit (the event's
@@ -101,12 +103,15 @@ pub struct GitHubService {
     command_times: Mutex<HashMap<(u64, String), u64>>,
 }
 
-/// What the operator decided about runs: approvals and `[rebuild] skip_paths`.
+/// What the operator decided about runs: approvals and the `[rebuild]` limits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunPolicy {
     pub approval: ApprovalPolicy,
     /// A pull request touching only these paths is not evaluated.
     pub skip_paths: Vec<String>,
+    /// A change rebuilding more attributes than this is *wide*: evaluated and summarised, not built.
+    /// `None`: no limit.
+    pub max_rebuild_count: Option<usize>,
     /// `default_merge_method`: the method of an `@eka-ci merge` that names none.
     pub default_merge_method: MergeMethod,
 }
@@ -144,7 +149,7 @@ impl GitHubService {
         config: GitHubConfig,
         policy: RunPolicy,
     ) -> Result<Rc<GitHubService>, ClientError> {
-        let RunPolicy { approval, skip_paths, default_merge_method } = policy;
+        let RunPolicy { approval, skip_paths, max_rebuild_count, default_merge_method } = policy;
         let client_config = ClientConfig { api_url: config.api_url.clone(), ..ClientConfig::default() };
         let clients = apps
             .into_iter()
@@ -159,6 +164,7 @@ impl GitHubService {
             config,
             approval,
             skip_paths,
+            max_rebuild_count,
             default_merge_method,
             command_times: Mutex::new(HashMap::new()),
         }))
