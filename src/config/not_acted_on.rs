@@ -53,11 +53,6 @@ impl RepoKey {
 /// Server configuration keys accepted but not acted on, in the order warnings list them.
 pub const SERVER: &[ServerKey] = &[
     ServerKey {
-        key: "default_merge_method",
-        note: "there is no `@eka-ci merge` command yet",
-        set: |c| c.default_merge_method != super::MergeMethod::default(),
-    },
-    ServerKey {
         key: "web.allowed_origins",
         note: "no CORS headers are sent yet",
         set: |c| !c.web.allowed_origins.is_empty(),
@@ -217,6 +212,6 @@ mod tests {
         assert_eq!(used, ["security.audit_hooks", "oauth"]);
         let written = [&SERVER[0]];
         let used: Vec<&str> = server_keys_in_use(&config, &written).iter().map(|k| k.key).collect();
-        assert_eq!(used, ["default_merge_method", "security.audit_hooks", "oauth"]);
+        assert_eq!(used, ["web.allowed_origins", "security.audit_hooks", "oauth"]);
     }
 }

@@ -55,6 +55,19 @@ pub enum Request {
     Tokens(TokensOp),
     /// Run retention now (`[retention]`) and report what it freed.
     Gc,
+    /// Change or list the package maintainers an administrator added (`@eka-ci merge`).
+    Maintainers(MaintainersOp),
+}
+
+/// What [`Request::Maintainers`] does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MaintainersOp {
+    /// Make `login` a maintainer of `attr` in `repo` (`owner/name`).
+    Add { repo: String, attr: String, login: String },
+    /// Remove that row.
+    Remove { repo: String, attr: String, login: String },
+    /// Every row, or those of one repository.
+    List { repo: Option<String> },
 }
 
 /// What [`Request::Tokens`] does.
@@ -146,6 +159,16 @@ pub enum Response {
     },
     /// What a retention pass freed.
     Gc(crate::retention::GcReport),
+    /// The answer to a `Maintainers` add or remove: the row (repository and login lowercased) and whether
+    /// anything changed.
+    MaintainerChanged {
+        repo: String,
+        attr: String,
+        login: String,
+        changed: bool,
+    },
+    /// The maintainers table, ordered by repository, attribute and login.
+    Maintainers(Vec<crate::forge::github::maintainers::Maintainer>),
 }
 
 impl Response {

@@ -273,6 +273,7 @@ async fn run_on(
                     merge_queue: config.merge_queue_require_approval,
                 },
                 skip_paths: config.rebuild.skip_paths.clone(),
+                default_merge_method: config.default_merge_method,
                 max_rebuild_count: Some(config.rebuild.max_rebuild_count),
             },
         )

@@ -69,6 +69,14 @@ pub const GITHUB_INSTALLATIONS: TableDefinition<&str, &[u8]> = TableDefinition::
 /// `owner/name#number` (lower case) → `PrHeadRecord`.
 pub const GITHUB_PR_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_pr_heads");
 
+/// Pending `@eka-ci merge` requests (`forge::github::merges`): `owner/name#number` (lower case) →
+/// `MergeRequestRecord`.
+pub const GITHUB_MERGE_REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_merge_requests");
+
+/// Package maintainers added by administrators (`forge::github::maintainers`):
+/// `owner/name \0 attribute \0 login` (repository and login lower case) → `MaintainerRecord`.
+pub const GITHUB_MAINTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_maintainers");
+
 /// HTTP API tokens (`tokens`): token name → `ApiTokenRecord` (scope, SHA-256 of the token, times).
 pub const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
 
@@ -108,6 +116,8 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "github_runs", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_installations", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_pr_heads", key: "&str", value: "&[u8]" },
+    TableInfo { name: "github_merge_requests", key: "&str", value: "&[u8]" },
+    TableInfo { name: "github_maintainers", key: "&str", value: "&[u8]" },
     TableInfo { name: "change_summaries", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_approved_prs", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_approved_users", key: "&str", value: "&[u8]" },
@@ -135,6 +145,8 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(GITHUB_RUNS)?;
     tx.open_table(GITHUB_INSTALLATIONS)?;
     tx.open_table(GITHUB_PR_HEADS)?;
+    tx.open_table(GITHUB_MERGE_REQUESTS)?;
+    tx.open_table(GITHUB_MAINTAINERS)?;
     tx.open_table(CHANGE_SUMMARIES)?;
     tx.open_table(GITHUB_APPROVED_PRS)?;
     tx.open_table(GITHUB_APPROVED_USERS)?;

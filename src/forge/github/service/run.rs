@@ -47,8 +47,12 @@ impl GitHubService {
                     return (None, None); // cancelled meanwhile
                 }
                 match &result {
-                    Ok(Finish::Done { outcome, failed_drvs, .. }) => {
-                        run.state = RunState::Done { outcome: outcome.clone() };
+                    Ok(Finish::Done { outcome, failed_drvs, green, .. }) => {
+                        run.state = if *green {
+                            RunState::Passed { outcome: outcome.clone() }
+                        } else {
+                            RunState::Done { outcome: outcome.clone() }
+                        };
                         run.failed_drvs = failed_drvs.clone();
                         run.rebuild_failed = false;
                         run.api_failures = 0;
@@ -84,6 +88,7 @@ impl GitHubService {
                 outcome: "no GitHub App may serve this repository and branch".into(),
                 failed_drvs: Vec::new(),
                 result: "skipped",
+                green: false,
             });
         };
         let installation = self.installation(&run, client).await?;
@@ -156,6 +161,7 @@ impl GitHubService {
                         outcome: format!("checkout failed: {e}"),
                         failed_drvs: Vec::new(),
                         result: "error",
+                        green: false,
                     });
                 }
             }
@@ -191,7 +197,12 @@ impl GitHubService {
                 _ if changes.is_empty() => ("no repository configuration", "skipped"),
                 _ => ("the changed repository configuration is not used", "skipped"),
             };
-            return Ok(Finish::Done { outcome: outcome.into(), failed_drvs: Vec::new(), result });
+            return Ok(Finish::Done {
+                outcome: outcome.into(),
+                failed_drvs: Vec::new(),
+                result,
+                green: false,
+            });
         };
         let jobs: Vec<String> = repo_config.jobs.keys().cloned().collect();
         // Before any evaluation, from the git diff: the repository's change sets, then the server's
@@ -322,6 +333,7 @@ impl GitHubService {
             outcome: "change_sets: only docs-only or no-op paths changed".into(),
             failed_drvs: Vec::new(),
             result: "skipped",
+            green: true,
         })
     }
 
@@ -349,6 +361,8 @@ impl GitHubService {
             ),
             failed_drvs: Vec::new(),
             result: if any_failed { "failed" } else { "skipped" },
+            // Nothing was built: the gate is neutral at best, never green enough to merge.
+            green: false,
         })
     }
 
@@ -394,6 +408,7 @@ impl GitHubService {
             outcome: "only paths in [rebuild] skip_paths changed".into(),
             failed_drvs: Vec::new(),
             result: "skipped",
+            green: true,
         }))
     }
 
@@ -489,7 +504,7 @@ impl GitHubService {
         let outcome =
             if failed == 0 { "all jobs passed".to_string() } else { format!("{failed} job(s) failed") };
         let result = if failed == 0 { "passed" } else { "failed" };
-        Ok(Finish::Done { outcome, failed_drvs, result })
+        Ok(Finish::Done { outcome, failed_drvs, result, green: failed == 0 && !review.jobs.is_empty() })
     }
 
     /// Requeues the failed derivations (or the failed dependency of a transitive failure).
@@ -651,6 +666,8 @@ enum Finish {
         outcome: String,
         failed_drvs: Vec<String>,
         result: &'static str,
+        /// Every job's gate succeeded: the commit may be merged.
+        green: bool,
     },
     Held,
 }
@@ -686,5 +703,10 @@ async fn fail_every_gate(
             .report(&gate_check(job), completed(CheckConclusion::Failure, title, summary.clone(), None))
             .await?;
     }
-    Ok(Finish::Done { outcome: format!("{outcome}: {error}"), failed_drvs: Vec::new(), result: "error" })
+    Ok(Finish::Done {
+        outcome: format!("{outcome}: {error}"),
+        failed_drvs: Vec::new(),
+        result: "error",
+        green: false,
+    })
 }
