@@ -17,6 +17,9 @@ use crate::pipeline::{JobReview, ReviewReport};
 use crate::sizes::{self, AttrSizes};
 use crate::text::code_span;
 
+/// A built attribute: its name, its .drv and its outputs (name, path).
+type Built = (String, String, Vec<(String, String)>);
+
 /// The check run's name for `job`.
 pub(super) fn size_check_name(job: &str) -> String {
     format!("EkaCI: Size Check ({job})")
@@ -116,14 +119,13 @@ impl GitHubService {
             .flat_map(|(_, _, outs)| outs.iter().map(|(_, p)| p.clone()))
             .collect();
         let infos = sizes::path_info(&paths).await?;
-        let measure =
-            |side: &[(String, String, Vec<(String, String)>)], commit: &str| -> Vec<(String, AttrSizes)> {
-                side.iter()
-                    .filter_map(|(attr, drv, outs)| {
-                        sizes::measure(drv, commit, outs, &infos).map(|s| (attr.clone(), s))
-                    })
-                    .collect()
-            };
+        let measure = |side: &[Built], commit: &str| -> Vec<(String, AttrSizes)> {
+            side.iter()
+                .filter_map(|(attr, drv, outs)| {
+                    sizes::measure(drv, commit, outs, &infos).map(|s| (attr.clone(), s))
+                })
+                .collect()
+        };
         let head = measure(&head_outputs, &review.head_commit);
         let base = measure(&base_outputs, &review.base_commit);
 
