@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod retention;
 pub mod scheduler;
 pub mod secret;
+pub mod sizes;
 pub mod store;
 pub mod summary;
 pub mod supervise;

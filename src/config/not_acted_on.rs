@@ -112,12 +112,9 @@ pub const REPO_CHECK: RepoKey = RepoKey { key: "checks.<name>", note: "checks ar
 /// `jobs.<name>.caches`.
 pub const REPO_JOB_CACHES: RepoKey =
     RepoKey { key: "jobs.<name>.caches", note: "successful builds are not pushed to caches yet" };
-/// `jobs.<name>.size_check`.
-pub const REPO_JOB_SIZE_CHECK: RepoKey =
-    RepoKey { key: "jobs.<name>.size_check", note: "output and closure sizes are not checked yet" };
 
 /// Repository configuration fields accepted but not acted on.
-pub const REPO: &[RepoKey] = &[REPO_CHECK, REPO_JOB_CACHES, REPO_JOB_SIZE_CHECK];
+pub const REPO: &[RepoKey] = &[REPO_CHECK, REPO_JOB_CACHES];
 
 /// The listed server keys `config` uses: those in `written` (found in the file) and those whose value
 /// is set, in the order of [`SERVER`].

@@ -88,6 +88,13 @@ pub const REPO_VISIBILITY: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// when it was marked.
 pub const PUBLIC_DRVS: TableDefinition<u32, u64> = TableDefinition::new("public_drvs");
 
+/// Output and closure sizes of built attributes (`sizes`): `repo \0 commit \0 job \0 attr` →
+/// `SizeRecord`.
+pub const OUTPUT_SIZES: TableDefinition<&str, &[u8]> = TableDefinition::new("output_sizes");
+
+/// The newest sizes measured on a branch (`sizes`): `repo \0 branch \0 job \0 attr` → `SizeRecord`.
+pub const BRANCH_SIZES: TableDefinition<&str, &[u8]> = TableDefinition::new("branch_sizes");
+
 /// A table as described in `migrations-free-schema/`: its name and its key and value types as Rust
 /// spells them in the definitions above.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +131,8 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "api_tokens", key: "&str", value: "&[u8]" },
     TableInfo { name: "repo_visibility", key: "&str", value: "&[u8]" },
     TableInfo { name: "public_drvs", key: "u32", value: "u64" },
+    TableInfo { name: "output_sizes", key: "&str", value: "&[u8]" },
+    TableInfo { name: "branch_sizes", key: "&str", value: "&[u8]" },
 ];
 
 /// Creates every table that does not exist yet.
@@ -153,5 +162,7 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(API_TOKENS)?;
     tx.open_table(REPO_VISIBILITY)?;
     tx.open_table(PUBLIC_DRVS)?;
+    tx.open_table(OUTPUT_SIZES)?;
+    tx.open_table(BRANCH_SIZES)?;
     Ok(())
 }

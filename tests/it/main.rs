@@ -38,6 +38,7 @@ mod repo_config;
 mod retention;
 mod scheduler;
 mod sealed_eval;
+mod size_check;
 mod soak;
 mod store;
 mod summary;

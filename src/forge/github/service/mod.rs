@@ -29,7 +29,8 @@
 //! Layout: this file is the decision loop (events → run changes; starting, cancelling and resuming
 //! run tasks); `gate` decides which configuration gates a run; `run` is one run's task (configuration, evaluation, diff, change summary, builds,
 //! completion); `report` is what a run tells GitHub (check-run texts and the `Reporter` that creates
-//! or updates check runs and records their ids); `merge` handles the comment commands and merges.
+//! or updates check runs and records their ids); `merge` handles the comment commands and merges;
+//! `sizes` measures and reports a job's `size_check`.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -53,6 +54,7 @@ mod gate;
 mod merge;
 mod report;
 mod run;
+mod sizes;
 
 use crate::text::short_sha as short;
 use report::Reporter;

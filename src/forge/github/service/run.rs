@@ -278,6 +278,7 @@ impl GitHubService {
                     .await;
             }
         };
+        self.report_sizes(&reporter, &run, repo_config, &review).await?;
         self.report_review(&reporter, &review).await
     }
 
