@@ -30,6 +30,7 @@ mod jobset;
 mod nix_build;
 mod pr_trust;
 mod rebuild_policy;
+mod remote_builders;
 mod repo_config;
 mod retention;
 mod scheduler;

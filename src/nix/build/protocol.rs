@@ -170,6 +170,24 @@ pub(super) fn classify_message(text: &str) -> Option<(String, MsgKind)> {
     Some((drv, MsgKind::Other))
 }
 
+/// What an unattributed error of a batch on a remote machine says about the connection to it: `Some(true)`
+/// when it was lost with a build running (the hook's connection broke: that build's failure follows),
+/// `Some(false)` when the machine could not be reached at all (`cannot build on '…': …`), `None` for
+/// anything else. Only Nix's own `msg` lines reach this, never a builder's output.
+pub(super) fn connection_error(text: &str) -> Option<bool> {
+    if text.starts_with("cannot build on '") {
+        return Some(false);
+    }
+    const LOST: &[&str] = &[
+        "unexpected end-of-file",
+        "Broken pipe",
+        "Connection reset by peer",
+        "Connection closed",
+        "cannot open connection to remote store",
+    ];
+    LOST.iter().any(|m| text.contains(m)).then_some(true)
+}
+
 /// Reads one line into `buf` (without its newline), keeping at most `max` bytes of it. Returns `false` at
 /// the end of input. Cancel-safe: a partial line stays in `buf` (and `overflow`) for the next call.
 pub(super) async fn read_line<R: futures_lite::io::AsyncBufRead + Unpin>(
