@@ -51,7 +51,8 @@
 //! state machine; `engine/` the loop's in-memory state and transitions (`engine/mod.rs`), split by concern
 //! into requests, follow-ups, dispatch, batch events and inspection, with the one loop in `engine/run.rs`;
 //! `prepare.rs` the blocking graph walk; `runner.rs` the scheduler's view of the Nix build runner;
-//! `builders.rs` builder routing.
+//! `builders.rs` builder routing; `health.rs` builder health and the probes (the loop's side is
+//! `engine/health.rs`).
 
 pub mod builders;
 mod engine;

@@ -311,6 +311,29 @@ mod tests {
     }
 
     #[test]
+    fn tells_a_lost_connection_from_a_build_failure() {
+        // Observed with Debian's Nix 2.8 and an ssh-ng:// machine killed during a build, and unreachable.
+        let lost = clean_message("\u{1b}[31;1merror:\u{1b}[0m unexpected end-of-file");
+        assert_eq!(connection_error(&lost), Some(true));
+        assert_eq!(classify_message(&lost), None, "names no derivation");
+        let unreachable = clean_message(
+            "cannot build on 'ssh-ng://b1': \u{1b}[31;1merror:\u{1b}[0m cannot open connection to remote \
+             store 'ssh-ng://b1': error: unexpected end-of-file",
+        );
+        assert_eq!(connection_error(&unreachable), Some(false));
+        assert_eq!(classify_message(&unreachable), None);
+        // The failure that follows a lost build looks like any remote failure: only the order tells.
+        let failed = clean_message(&format!("error: builder for '{DRV}' failed with exit code 1"));
+        assert_eq!(connection_error(&failed), None);
+        assert_eq!(
+            connection_error(
+                "unable to start any build; remote machines may not have all required system features."
+            ),
+            None
+        );
+    }
+
+    #[test]
     fn reads_bounded_cancel_safe_lines() {
         smol::block_on(async {
             let data: &[u8] = b"one\ntoo long line\nlast";
