@@ -28,7 +28,7 @@
 //!   shown on the derivation. A builder lost during a batch (Nix's connection to it broke) is marked down
 //!   and probed again at once; the derivations it was building are requeued, not failed: the attempt is
 //!   closed as `builder-lost`, the history says so, and the failure count is not touched (after
-//!   [`LOST_LIMIT`] losses in a row of one derivation it is interrupted, so a build that kills its
+//!   [`LOST_LIMIT`] losses during builds of one derivation it is interrupted, so a build that kills its
 //!   builder cannot loop).
 //! * **Outcomes.** A first failure is retried once after `retry_backoff`; a second one is final and every
 //!   dependent (found through the persisted graph) becomes `TransitiveFailure`, naming the failed dependency.
@@ -80,7 +80,7 @@ pub use state::{
     Attempt, Completion, DrvRecord, DrvState, HistoryEntry, InterruptKind, OwnerRecord, OwnerStatus,
 };
 
-/// Losses of a builder in a row while building one derivation before it is interrupted instead of requeued.
+/// Builders lost while building one derivation before it is interrupted instead of requeued again.
 pub const LOST_LIMIT: u32 = 3;
 
 /// How the scheduler works.

@@ -3,7 +3,10 @@
 //! the test is bind-mounted on `/nix` (so the machine has a second, empty Nix store and database, the same
 //! store paths, and a `nix.conf` of its own declaring its system features). Stopping a machine kills the
 //! namespace's first process and with it every process of the machine (sshd, its sessions, the remote
-//! `nix-daemon` and its builds), as a machine that dies would.
+//! `nix-daemon` and its builds), as a machine that dies would. The machines build without build users
+//! (`build-users-group =`): they share this host's kernel and uids, and Nix kills every process of a
+//! build user before and after a build, so machines with user pools of their own would kill each other's
+//! builds.
 //!
 //! The server reaches the machines through a Nix machines file (`machines_file`), the syntax users already
 //! have, with each machine's key and base64 host key in it; `NIX_SSHOPTS=-F <ssh_config>` gives ssh the
@@ -77,7 +80,13 @@ impl Farm {
         .expect("sshd_config");
         std::fs::write(
             dir.join("etc-nix/nix.conf"),
-            format!("sandbox = false\nsubstituters =\nsystem-features = {}\n", features.join(" ")),
+            // No build users: the machines share this host's kernel and uids, and Nix kills every process
+            // of a build user before and after using it, so a machine with its own user pool would kill
+            // the builds of the others (and the host's) running under the same nixbld uid.
+            format!(
+                "sandbox = false\nbuild-users-group =\nsubstituters =\nsystem-features = {}\n",
+                features.join(" ")
+            ),
         )
         .expect("machine nix.conf");
         let mut cfg = std::fs::read_to_string(self.ssh_config()).expect("read ssh_config");
@@ -280,11 +289,17 @@ fn try_drv_json(addr: &str, drv: &str) -> Option<Value> {
     }
 }
 
-/// Waits until `drv`'s state is `state`.
+/// Waits until `drv`'s state is `state` (the last answer in the panic message otherwise).
 fn wait_state(addr: &str, drv: &str, state: &str) -> Value {
-    wait_for(&format!("{drv} to be {state}"), || {
-        try_drv_json(addr, drv).filter(|v| v["state"]["name"] == state)
-    })
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = try_drv_json(addr, drv);
+        if let Some(v) = v.as_ref().filter(|v| v["state"]["name"] == state) {
+            return v.clone();
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {drv} to be {state}; last: {v:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn builder<'a>(builders: &'a Value, name: &str) -> &'a Value {

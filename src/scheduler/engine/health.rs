@@ -124,21 +124,23 @@ impl Engine {
 
     /// The derivation `id` was building on builder `b` when it was lost: its attempt is closed as
     /// `builder-lost`, it is requeued (not failed) with a history entry saying so, or interrupted after
-    /// [`LOST_LIMIT`] losses in a row.
+    /// [`LOST_LIMIT`] losses during its builds. A member the batch never started is only requeued.
     pub(super) fn lost_retry(&mut self, id: DrvId, b: usize, started: bool, reason: &str) {
         let name = self.pool.get(b).map(|s| s.name.clone()).unwrap_or_default();
         let Some(n) = self.nodes.get_mut(&id) else {
             return self.violated("lost_retry", NOT_ACTIVE, Subject::Drv(id));
         };
         n.batch = None;
-        n.lost = n.lost.saturating_add(1);
+        if started {
+            n.lost = n.lost.saturating_add(1);
+        }
         let (attempt, lost) = (n.rec.attempt, n.lost);
         if started {
             self.close_attempt(id, attempt, "builder-lost");
             self.building.remove(&id);
         }
         if lost >= LOST_LIMIT {
-            let reason = format!("builder {name} was lost {lost} times in a row while building it: {reason}");
+            let reason = format!("builder {name} was lost {lost} times while building it: {reason}");
             let reason = crate::text::bounded_str(&reason, REASON_LIMIT);
             self.finish(id, DrvState::Interrupted { kind: InterruptKind::ProcessDeath, reason }, "");
             return;

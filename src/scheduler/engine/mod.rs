@@ -71,7 +71,7 @@ struct Node {
     unbuilt: u32,
     /// Transient host errors in a row (each doubles the backoff before the next try).
     transient: u32,
-    /// Builders lost in a row while building it (see [`crate::scheduler::LOST_LIMIT`]).
+    /// Builders lost while building it (see [`crate::scheduler::LOST_LIMIT`]).
     lost: u32,
 }
 
