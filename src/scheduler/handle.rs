@@ -63,6 +63,9 @@ pub struct DrvStatus {
     pub attempts: Vec<Attempt>,
     /// Every transition, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// Why a `Buildable` derivation is not building: every builder that may take it is down
+    /// (`no builder available: <builder> down`). `None` otherwise.
+    pub waiting: Option<String>,
 }
 
 /// A build running now.
@@ -88,18 +91,61 @@ pub struct QueueDepth {
 pub(super) type Reply<T> = Sender<Result<T, SchedulerError>>;
 
 pub(super) enum Command {
-    Request { owner: Owner, roots: Vec<String>, reply: Reply<()> },
-    Wait { owner: Owner, reply: Reply<OwnerOutcome> },
-    Cancel { owner: Owner, reply: Reply<()> },
-    Rebuild { drv: String, reply: Reply<Owner> },
-    State { drv: String, reply: Reply<Option<DrvStatus>> },
-    Active { reply: Sender<Vec<ActiveBuild>> },
-    Depths { reply: Sender<Vec<QueueDepth>> },
-    Batch { batch: BatchId, event: BuildEvent },
-    BatchDone { batch: BatchId, result: Result<(), crate::scheduler::runner::BatchError> },
-    RetryDue { drv: DrvId },
-    Drain { reply: Sender<()> },
-    Shutdown { reply: Sender<()> },
+    Request {
+        owner: Owner,
+        roots: Vec<String>,
+        reply: Reply<()>,
+    },
+    Wait {
+        owner: Owner,
+        reply: Reply<OwnerOutcome>,
+    },
+    Cancel {
+        owner: Owner,
+        reply: Reply<()>,
+    },
+    Rebuild {
+        drv: String,
+        reply: Reply<Owner>,
+    },
+    State {
+        drv: String,
+        reply: Reply<Option<DrvStatus>>,
+    },
+    Active {
+        reply: Sender<Vec<ActiveBuild>>,
+    },
+    Depths {
+        reply: Sender<Vec<QueueDepth>>,
+    },
+    Builders {
+        reply: Sender<Vec<super::health::BuilderStatus>>,
+    },
+    Waiting {
+        reply: Sender<Vec<(String, String)>>,
+    },
+    /// A health probe of builder `builder` answered (`Err`: Nix's reason it is unreachable).
+    Health {
+        builder: usize,
+        result: Result<(), String>,
+    },
+    Batch {
+        batch: BatchId,
+        event: BuildEvent,
+    },
+    BatchDone {
+        batch: BatchId,
+        result: Result<(), crate::scheduler::runner::BatchError>,
+    },
+    RetryDue {
+        drv: DrvId,
+    },
+    Drain {
+        reply: Sender<()>,
+    },
+    Shutdown {
+        reply: Sender<()>,
+    },
 }
 
 /// A cheap, cloneable handle to the scheduler loop.
@@ -160,6 +206,17 @@ impl SchedulerHandle {
     /// Pending work per platform.
     pub async fn depths(&self) -> Result<Vec<QueueDepth>, SchedulerError> {
         self.ask(|reply| Command::Depths { reply }).await
+    }
+
+    /// Every builder with its health and the builds running on it, in pool order.
+    pub async fn builders(&self) -> Result<Vec<super::health::BuilderStatus>, SchedulerError> {
+        self.ask(|reply| Command::Builders { reply }).await
+    }
+
+    /// The derivations waiting because every builder that may take them is down, with the reason
+    /// (see [`DrvStatus::waiting`]).
+    pub async fn waiting(&self) -> Result<Vec<(String, String)>, SchedulerError> {
+        self.ask(|reply| Command::Waiting { reply }).await
     }
 
     /// Stops starting batches (for an orderly stop): running batches go on, and [`SchedulerHandle::active`]

@@ -34,6 +34,7 @@ mod nix_build;
 mod nixos_module;
 mod pr_trust;
 mod rebuild_policy;
+mod remote_builders;
 mod repo_config;
 mod retention;
 mod scheduler;
