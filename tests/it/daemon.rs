@@ -279,7 +279,7 @@ fn no_webhook_secret_is_refused_with_exit_2_before_binding() {
     let mut cmd = home.command(common::SERVER);
     cmd.arg("--config-file").arg(&cfg).env("WEBHOOK_SECRET", "not-logged-7d1e");
     let child = cmd.stderr(std::process::Stdio::piped()).spawn().expect("spawn");
-    let server = common::Server { child: Some(child), socket: home.socket() };
+    let server = common::Server::new(child, home.socket());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !home.socket().exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -459,7 +459,7 @@ fn github_app_credentials_are_checked_at_start_up() {
     let mut c = home.command(common::SERVER);
     c.arg("--config-file").arg(&cfg).env("EKA_TEST_APP_ID", "12345").stderr(std::process::Stdio::piped());
     let child = c.spawn().expect("spawn");
-    let server = common::Server { child: Some(child), socket: home.socket() };
+    let server = common::Server::new(child, home.socket());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while UnixStream::connect(home.socket()).is_err() {
         assert!(std::time::Instant::now() < deadline, "server did not start");
@@ -547,7 +547,7 @@ fn a_forge_with_unsandboxed_nix_builds_is_refused_at_start_up() {
         .env("EKA_TEST_APP_ID", "12345")
         .env("NIX_CONFIG", "substituters =\nsandbox = true")
         .stderr(std::process::Stdio::piped());
-    let mut server = common::Server { child: Some(c.spawn().expect("spawn")), socket: home.socket() };
+    let mut server = common::Server::new(c.spawn().expect("spawn"), home.socket());
     server.wait_ready();
     assert_eq!(server.status()["sandbox"], "true");
     let text = String::from_utf8_lossy(&home.ekaci(&["status"]).stdout).to_string();
@@ -567,7 +567,7 @@ fn allow_unsandboxed_builds_starts_with_a_warning_and_status_shows_it() {
         .env("EKA_TEST_APP_ID", "12345")
         .env("NIX_CONFIG", "substituters =\nsandbox = false")
         .stderr(std::process::Stdio::piped());
-    let mut server = common::Server { child: Some(c.spawn().expect("spawn")), socket: home.socket() };
+    let mut server = common::Server::new(c.spawn().expect("spawn"), home.socket());
     server.wait_ready();
     assert_eq!(server.status()["sandbox"], "false");
     let text = String::from_utf8_lossy(&home.ekaci(&["status"]).stdout).to_string();

@@ -68,10 +68,14 @@ fn wait_reactions(s: &Setup, comment_id: u64, want: &[&str]) {
         if seen == want {
             return;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for reactions {want:?} on comment {comment_id}; seen {seen:?}"
-        );
+        if std::time::Instant::now() >= deadline {
+            let log = s.server().log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
+            panic!(
+                "timed out waiting for reactions {want:?} on comment {comment_id}; seen {seen:?}; the server's log ends:\n{}",
+                tail.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }

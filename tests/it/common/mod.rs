@@ -84,7 +84,7 @@ impl Home {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn eka-ci-server");
-        let mut server = Server { child: Some(child), socket: self.socket() };
+        let mut server = Server::new(child, self.socket());
         server.wait_ready();
         server
     }
@@ -153,17 +153,53 @@ impl Home {
 /// and stderr; fails the test instead of hanging when it is still running after 60 s.
 pub fn run_to_exit(mut cmd: Command) -> (ExitStatus, String) {
     let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let server = Server { child: Some(child), socket: PathBuf::new() };
+    let server = Server::new(child, PathBuf::new());
     server.wait(Duration::from_secs(60))
 }
 
-/// A running server process; killed (SIGKILL) on drop if the test did not stop it.
+/// A running server process; killed (SIGKILL) on drop if the test did not stop it. Its stdout and stderr
+/// are drained as it runs (a full pipe would block the server's logging, and with it the server).
 pub struct Server {
     pub child: Option<Child>,
     pub socket: PathBuf,
+    /// Everything the server wrote to stderr so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    drains: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
+    /// Wraps a spawned server, draining its piped stdout (discarded) and stderr (kept, see [`Server::log`]).
+    pub fn new(mut child: Child, socket: PathBuf) -> Server {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut drains = Vec::new();
+        if let Some(mut out) = child.stdout.take() {
+            drains.push(std::thread::spawn(move || {
+                let _ = std::io::copy(&mut out, &mut std::io::sink());
+            }));
+        }
+        if let Some(mut err) = child.stderr.take() {
+            let log = log.clone();
+            drains.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .extend_from_slice(&buf[..n]);
+                }
+            }));
+        }
+        Server { child: Some(child), socket, log, drains }
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+            .into_owned()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
@@ -176,8 +212,11 @@ impl Server {
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    let out = self.child.take().map(|c| c.wait_with_output());
-                    panic!("server exited early with {status}: {out:?}");
+                    self.child = None;
+                    for d in self.drains.drain(..) {
+                        let _ = d.join();
+                    }
+                    panic!("server exited early with {status}: {}", self.log());
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -205,8 +244,11 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let out = child.wait_with_output().expect("collect output");
-        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+        let status = child.wait().expect("collect the exit status");
+        for d in self.drains.drain(..) {
+            let _ = d.join();
+        }
+        (status, self.log())
     }
 
     /// Stops the server with SIGTERM and returns its exit status and log (stderr).
