@@ -117,8 +117,6 @@ pub const SERVER: &[ServerKey] = &[
     },
 ];
 
-/// `checks.<name>`: one warning per check.
-pub const REPO_CHECK: RepoKey = RepoKey { key: "checks.<name>", note: "checks are not run yet" };
 /// `change_sets`: one warning when the field is present.
 pub const REPO_CHANGE_SETS: RepoKey =
     RepoKey { key: "change_sets", note: "change sets do not decide what is evaluated or built yet" };
@@ -130,7 +128,7 @@ pub const REPO_JOB_SIZE_CHECK: RepoKey =
     RepoKey { key: "jobs.<name>.size_check", note: "output and closure sizes are not checked yet" };
 
 /// Repository configuration fields accepted but not acted on.
-pub const REPO: &[RepoKey] = &[REPO_CHECK, REPO_CHANGE_SETS, REPO_JOB_CACHES, REPO_JOB_SIZE_CHECK];
+pub const REPO: &[RepoKey] = &[REPO_CHANGE_SETS, REPO_JOB_CACHES, REPO_JOB_SIZE_CHECK];
 
 /// The listed server keys `config` uses: those in `written` (found in the file) and those whose value
 /// is set, in the order of [`SERVER`].
@@ -208,7 +206,10 @@ mod tests {
             SERVER.iter().find(|k| k.key == "caches").map(ServerKey::warning).as_deref(),
             Some("caches: accepted, not yet acted on: successful builds are not pushed to caches yet")
         );
-        assert_eq!(REPO_CHECK.message(), "accepted, not yet acted on: checks are not run yet");
+        assert_eq!(
+            REPO_CHANGE_SETS.message(),
+            "accepted, not yet acted on: change sets do not decide what is evaluated or built yet"
+        );
         let mut keys: Vec<&str> = SERVER.iter().map(|k| k.key).collect();
         keys.sort_unstable();
         keys.dedup();

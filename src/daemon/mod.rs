@@ -429,6 +429,7 @@ async fn start_pipeline(
         concurrent,
     );
     pipeline.set_repo_limits(crate::config::repo::RepoLimits::from_server(config));
+    pipeline.set_check_limits(crate::checks::Limits::from_server(&config.checks));
     Ok((pipeline, scheduler))
 }
 

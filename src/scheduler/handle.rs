@@ -36,6 +36,8 @@ pub enum SchedulerError {
     Task(String),
     #[error("the scheduler is not running")]
     Stopped,
+    #[error("build owner {owner} was cancelled")]
+    Cancelled { owner: Owner },
 }
 
 /// The final state of one root of an owner.
@@ -88,18 +90,59 @@ pub struct QueueDepth {
 pub(super) type Reply<T> = Sender<Result<T, SchedulerError>>;
 
 pub(super) enum Command {
-    Request { owner: Owner, roots: Vec<String>, reply: Reply<()> },
-    Wait { owner: Owner, reply: Reply<OwnerOutcome> },
-    Cancel { owner: Owner, reply: Reply<()> },
-    Rebuild { drv: String, reply: Reply<Owner> },
-    State { drv: String, reply: Reply<Option<DrvStatus>> },
-    Active { reply: Sender<Vec<ActiveBuild>> },
-    Depths { reply: Sender<Vec<QueueDepth>> },
-    Batch { batch: BatchId, event: BuildEvent },
-    BatchDone { batch: BatchId, result: Result<(), crate::scheduler::runner::BatchError> },
-    RetryDue { drv: DrvId },
-    Drain { reply: Sender<()> },
-    Shutdown { reply: Sender<()> },
+    Request {
+        owner: Owner,
+        roots: Vec<String>,
+        reply: Reply<()>,
+    },
+    Wait {
+        owner: Owner,
+        reply: Reply<OwnerOutcome>,
+    },
+    Cancel {
+        owner: Owner,
+        reply: Reply<()>,
+    },
+    Rebuild {
+        drv: String,
+        reply: Reply<Owner>,
+    },
+    State {
+        drv: String,
+        reply: Reply<Option<DrvStatus>>,
+    },
+    Active {
+        reply: Sender<Vec<ActiveBuild>>,
+    },
+    Depths {
+        reply: Sender<Vec<QueueDepth>>,
+    },
+    Batch {
+        batch: BatchId,
+        event: BuildEvent,
+    },
+    BatchDone {
+        batch: BatchId,
+        result: Result<(), crate::scheduler::runner::BatchError>,
+    },
+    RetryDue {
+        drv: DrvId,
+    },
+    Drain {
+        reply: Sender<()>,
+    },
+    /// A check of `owner` waits for a local worker slot (`engine/checks.rs`).
+    CheckSlot {
+        owner: Owner,
+        reply: Sender<super::engine::CheckSlot>,
+    },
+    /// A check slot was given back.
+    CheckDone {
+        slot: u64,
+    },
+    Shutdown {
+        reply: Sender<()>,
+    },
 }
 
 /// A cheap, cloneable handle to the scheduler loop.

@@ -43,7 +43,8 @@
 //! state machine; `engine/` the loop's in-memory state and transitions (`engine/mod.rs`), split by concern
 //! into requests, follow-ups, dispatch, batch events and inspection, with the one loop in `engine/run.rs`;
 //! `prepare.rs` the blocking graph walk; `runner.rs` the scheduler's view of the Nix build runner;
-//! `builders.rs` builder routing.
+//! `builders.rs` builder routing; `engine/checks.rs` the check slots (repository checks run on the local
+//! builder's worker slots).
 
 pub mod builders;
 mod engine;
@@ -60,7 +61,7 @@ use crate::config::ServerConfig;
 
 use builders::{BuilderPool, BuilderSpec};
 
-pub use engine::start;
+pub use engine::{start, CheckSlot};
 pub use handle::{
     ActiveBuild, DrvStatus, OwnerOutcome, QueueDepth, RootOutcome, SchedulerError, SchedulerHandle,
 };

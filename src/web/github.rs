@@ -205,7 +205,8 @@ fn check_and_parse(
             let Ok(signature) = signature else {
                 return Err(Reply::error(401, "unauthorized", "more than one X-Hub-Signature-256 header"));
             };
-            if let Err(e) = webhook::verify_signature(secret.expose().as_bytes(), &body, signature.as_deref()) {
+            if let Err(e) = webhook::verify_signature(secret.expose().as_bytes(), &body, signature.as_deref())
+            {
                 tracing::warn!(reason = %e, "refused a webhook delivery");
                 return Err(Reply::error(401, "unauthorized", e.to_string()));
             }

@@ -133,6 +133,7 @@ impl Engine {
                 last_commit = Instant::now();
             }
             self.dispatch();
+            self.dispatch_checks();
             self.publish();
         }
     }
@@ -161,7 +162,12 @@ impl Engine {
                     None => self.deferred.push(Deferred::Outcome { owner, waiters: vec![reply] }),
                 }
             }
-            Command::Cancel { owner, reply } => match self.cancel(owner.canonical()).await {
+            Command::CheckSlot { owner, reply } => self.on_check_slot(owner, reply),
+            Command::CheckDone { slot } => self.on_check_done(slot),
+            Command::Cancel { owner, reply } => match {
+                self.cancel_checks(owner.canonical());
+                self.cancel(owner.canonical()).await
+            } {
                 Ok(()) => self.deferred.push(Deferred::Done(reply)),
                 Err(e) => {
                     let _ = reply.try_send(Err(e));

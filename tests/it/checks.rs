@@ -1,0 +1,248 @@
+//! Repository checks end to end (docs/checks.md): `ekaci review` on a real git repository, the real
+//! server, real Nix building the shell, and real bubblewrap. The checks try what a hostile pull request
+//! would: reading the server's state, secrets and other repositories, writing outside the working copy,
+//! reaching a loopback listener, running forever, leaving a process behind.
+
+use crate::common;
+
+use std::io::ErrorKind;
+use std::net::TcpListener;
+
+use common::{nonce, GitRepo, Home};
+use serde_json::Value;
+
+const DEFAULT_NIX: &str = r#"{ ok = derivation { name = "ok"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo ok > $out" ]; }; }"#;
+
+/// `shell.nix` with `dev`: a shell whose input `tools` provides `greet`, and whose hook sets FROM_HOOK.
+fn shell_nix(n: &str) -> String {
+    format!(
+        r#"let
+  tools = derivation {{
+    name = "tools-{n}";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "/bin/mkdir -p $out/bin && echo '#!/bin/sh' > $out/bin/greet && echo 'echo hello from the shell' >> $out/bin/greet && /bin/chmod +x $out/bin/greet" ];
+  }};
+in {{
+  dev = derivation {{
+    name = "dev-{n}";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "echo dev > $out" ];
+    inherit tools;
+    shellHook = "export FROM_HOOK=yes";
+  }};
+}}
+"#
+    )
+}
+
+fn check(command: &str, network: bool, ro_bind: &[String]) -> Value {
+    serde_json::json!({ "shell": "dev", "command": command, "allow_network": network, "ro_bind": ro_bind })
+}
+
+/// A repository whose head commit adds `checks` (base has the job only), reviewed on a server with
+/// `[checks] extra`; returns the review's JSON.
+fn review_checks(home: &Home, repo: &GitRepo, checks: Value) -> (std::process::Output, Value) {
+    let n = nonce();
+    let base = repo.commit(
+        "base",
+        &[(".eka-ci/config.json", Some(common::FILE_JOB)), ("default.nix", Some(DEFAULT_NIX))],
+    );
+    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
+    let head = repo.commit(
+        "head",
+        &[(".eka-ci/config.json", Some(&config.to_string())), ("shell.nix", Some(&shell_nix(&n)))],
+    );
+    let out = home.review(repo, &base, &head);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out, report)
+}
+
+fn check_report<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no check {name} in {report}"))
+}
+
+fn ending(c: &Value) -> &Value {
+    &c["outcome"]["Ran"]["ending"]
+}
+
+fn output(c: &Value) -> String {
+    let file = c["output_file"].as_str().expect("output file");
+    std::fs::read_to_string(file).expect("read the check's output")
+}
+
+/// Processes on the host whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(marker) {
+                found.push(text);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn checks_pass_fail_and_cannot_escape_their_sandbox() {
+    let home = Home::new();
+    home.write_config("[checks]\ntimeout_seconds = 2");
+    let other = GitRepo::new();
+    other.commit("other", &[("secret.txt", Some("other repository"))]);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let marker = format!("987.{}", std::process::id());
+    let state_dir = home.db().parent().expect("data dir").to_path_buf();
+    let probes = [
+        state_dir.display().to_string(),
+        "/etc/shadow".to_string(),
+        home.path().display().to_string(),
+        "/root".to_string(),
+        other.path().display().to_string(),
+    ];
+    let probe = probes
+        .iter()
+        .map(|p| format!("if [ -e '{p}' ]; then echo 'visible: {p}'; else echo 'absent: {p}'; fi"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let n = nonce();
+    let writes = format!(
+        "for p in /nix/store/evil-{n} /evil-{n} ../evil-{n} /usr/evil-{n}; do if echo x > $p 2>/dev/null; then echo \"wrote $p\"; else echo \"refused $p\"; fi; done; echo mine > mine.txt && echo 'wrote my copy'"
+    );
+    let checks = serde_json::json!({
+        "pass": check("greet && test \"$FROM_HOOK\" = yes && echo changed > inside.txt && echo done", false, &[]),
+        "fail": check("echo line-one; echo 'the error is here' >&2; exit 3", false, &[]),
+        "isolation": check(&format!("{probe}; if [ -e inside.txt ]; then echo 'not a fresh copy'; fi"), false, &[]),
+        "writes": check(&writes, false, &[]),
+        "network": check(&format!("/bin/bash -c 'echo ping > /dev/tcp/127.0.0.1/{port}'"), false, &[]),
+        "forever": check("echo looping; /bin/sleep 1000", false, &[]),
+        "leftover": check(&format!("/bin/sleep {marker} & echo started"), false, &[]),
+    });
+    let _server = home.start();
+    let repo = GitRepo::new();
+    let (out, report) = review_checks(&home, &repo, checks);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "failing checks fail the review: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["failed"], true);
+
+    let pass = check_report(&report, "pass");
+    assert_eq!(ending(pass), &serde_json::json!({ "Exited": 0 }), "{pass}");
+    assert!(
+        pass["tail"].as_str().is_some_and(|t| t.contains("hello from the shell") && t.contains("done")),
+        "{pass}"
+    );
+
+    let fail = check_report(&report, "fail");
+    assert_eq!(ending(fail), &serde_json::json!({ "Exited": 3 }), "{fail}");
+    assert!(
+        fail["tail"].as_str().is_some_and(|t| t.contains("line-one") && t.contains("the error is here")),
+        "{fail}"
+    );
+    assert!(output(fail).contains("the error is here"), "the whole output is kept");
+
+    let isolation = check_report(&report, "isolation");
+    assert_eq!(ending(isolation), &serde_json::json!({ "Exited": 0 }), "{isolation}");
+    let seen = output(isolation);
+    for p in &probes {
+        assert!(seen.contains(&format!("absent: {p}")), "{p} must be absent: {seen}");
+    }
+    assert!(!seen.contains("visible") && !seen.contains("not a fresh copy"), "{seen}");
+
+    let writes_out = output(check_report(&report, "writes"));
+    for p in ["/nix/store/evil", "/evil", "../evil", "/usr/evil"] {
+        assert!(writes_out.contains(&format!("refused {p}-{n}")), "{p}: {writes_out}");
+    }
+    assert!(writes_out.contains("wrote my copy"), "{writes_out}");
+    for p in [format!("/nix/store/evil-{n}"), format!("/evil-{n}"), format!("/usr/evil-{n}")] {
+        assert!(!std::path::Path::new(&p).exists(), "{p} was written on the host");
+    }
+    assert!(!repo.path().join("inside.txt").exists() && !repo.path().join("mine.txt").exists());
+
+    let network = check_report(&report, "network");
+    assert_ne!(
+        ending(network),
+        &serde_json::json!({ "Exited": 0 }),
+        "no network without allow_network: {network}"
+    );
+    match listener.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("the listener was contacted: {other:?}"),
+    }
+
+    let forever = check_report(&report, "forever");
+    assert_eq!(ending(forever), &serde_json::json!({ "TimedOut": { "seconds": 2 } }), "{forever}");
+    assert!(forever["tail"].as_str().is_some_and(|t| t.contains("looping")), "{forever}");
+    assert!(
+        processes_with("sleep 1000").iter().all(|p| !p.starts_with("/bin/sleep 1000")),
+        "the timed-out sandbox is gone"
+    );
+
+    let leftover = check_report(&report, "leftover");
+    assert_eq!(ending(leftover), &serde_json::json!({ "Exited": 0 }), "{leftover}");
+    let ms = leftover["outcome"]["Ran"]["duration_ms"].as_u64().expect("duration");
+    assert!(ms < 2000, "the check ended with its command, not at the timeout: {ms} ms");
+    assert!(
+        processes_with(&marker).is_empty(),
+        "a process outlived its sandbox: {:?}",
+        processes_with(&marker)
+    );
+
+    let text = home.review_command(&repo, "HEAD~1", "HEAD", &[]).output().expect("review");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("FAIL fail: exited with status 3") && text.contains("| the error is here"),
+        "{text}"
+    );
+}
+
+#[test]
+fn allow_network_reaches_the_listener_and_allowed_ro_binds_are_visible() {
+    let allowed = tempfile::tempdir().expect("tmp");
+    std::fs::write(allowed.path().join("ca.pem"), "certificate\n").expect("write");
+    let allowed_path = allowed.path().display().to_string();
+    let home = Home::new();
+    home.write_config(&format!("[checks]\ntimeout_seconds = 3\nallowed_ro_binds = [\"{allowed_path}\"]"));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let checks = serde_json::json!({
+        "net": check(&format!("/bin/bash -c 'echo ping > /dev/tcp/127.0.0.1/{port}'"), true, &[]),
+        "bind": check(&format!("read line < {allowed_path}/ca.pem && echo \"$line\"; echo x > {allowed_path}/w || echo read-only"), false, &[allowed_path.clone()]),
+    });
+    let _server = home.start();
+    let repo = GitRepo::new();
+    let (out, report) = review_checks(&home, &repo, checks);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let (mut conn, _) = listener.accept().expect("the check connected");
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut got).expect("read");
+    assert_eq!(got, "ping\n");
+    let bind = check_report(&report, "bind");
+    assert!(
+        bind["tail"].as_str().is_some_and(|t| t.contains("certificate") && t.contains("read-only")),
+        "{bind}"
+    );
+    assert!(!allowed.path().join("w").exists());
+}
+
+#[test]
+fn a_ro_bind_the_server_does_not_allow_is_a_configuration_error() {
+    let home = Home::new();
+    let _server = home.start();
+    let repo = GitRepo::new();
+    let checks = serde_json::json!({ "certs": check("true", false, &["/etc".to_string()]) });
+    let (out, _) = review_checks(&home, &repo, checks);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("checks.certs.ro_bind[0]") && stderr.contains("allowed_ro_binds"), "{stderr}");
+}
