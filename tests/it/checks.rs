@@ -246,3 +246,67 @@ fn a_ro_bind_the_server_does_not_allow_is_a_configuration_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("checks.certs.ro_bind[0]") && stderr.contains("allowed_ro_binds"), "{stderr}");
 }
+
+#[test]
+fn a_pull_requests_checks_are_check_runs_queued_then_in_progress_then_completed_once() {
+    use crate::github_app::{pull_request, summary, Setup, GATE};
+    let repo = GitRepo::new();
+    let n = nonce();
+    let checks = serde_json::json!({
+        "ok": check("greet", false, &[]),
+        "bad": check("echo 'bad-marker' >&2; exit 4", false, &[]),
+    });
+    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
+    let base = repo.commit(
+        "base",
+        &[
+            (".eka-ci/config.json", Some(&config.to_string())),
+            ("default.nix", Some(DEFAULT_NIX)),
+            ("shell.nix", Some(&shell_nix(&n))),
+        ],
+    );
+    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    let s = Setup::new("[checks]\ntimeout_seconds = 3");
+    let body = pull_request("opened", 3, repo.path(), &head, &base, false, "octocat");
+    assert_eq!(s.deliver("pull_request", "d-checks-1", &body), 202);
+
+    let ok = s.wait_completed(&head, "EkaCI: Check (ok)");
+    assert_eq!(ok["conclusion"], "success", "{ok}");
+    assert!(ok["output"]["text"].as_str().is_some_and(|t| t.contains("hello from the shell")), "{ok}");
+    let bad = s.wait_completed(&head, "EkaCI: Check (bad)");
+    assert_eq!(bad["conclusion"], "failure", "{bad}");
+    assert!(bad["output"]["title"].as_str().is_some_and(|t| t.contains("status 4")), "{bad}");
+    assert!(bad["output"]["text"].as_str().is_some_and(|t| t.contains("bad-marker")), "{bad}");
+    assert!(summary(&bad).contains("exited with status 4 after"), "{}", summary(&bad));
+
+    // Each check run was created once, queued, then patched in progress and completed.
+    for run in [&ok, &bad] {
+        let name = run["name"].as_str().expect("name");
+        let posts: Vec<_> = s
+            .fake
+            .calls_to("POST", "/repos/*/check-runs")
+            .into_iter()
+            .filter(|c| c.json()["name"] == name)
+            .collect();
+        assert_eq!(posts.len(), 1, "{name} created once");
+        assert_eq!(posts[0].json()["status"], "queued", "{name}");
+        let id = run["id"].clone();
+        let patches: Vec<Value> = s
+            .fake
+            .calls_to("PATCH", "/repos/*/check-runs/*")
+            .into_iter()
+            .filter(|c| c.path.ends_with(&format!("/{id}")))
+            .map(|c| c.json())
+            .collect();
+        let statuses: Vec<&str> = patches.iter().filter_map(|p| p["status"].as_str()).collect();
+        assert_eq!(statuses, ["in_progress", "completed"], "{name}");
+    }
+    assert_eq!(
+        s.runs(&head)
+            .iter()
+            .filter(|r| r["name"].as_str().is_some_and(|n| n.starts_with("EkaCI: Check")))
+            .count(),
+        2
+    );
+    assert_eq!(s.wait_completed(&head, GATE)["conclusion"], "success");
+}
