@@ -1206,7 +1206,14 @@ impl Pipeline {
         if let Err(e) = worktree.remove().await {
             tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
         }
-        result
+        let reports = result?;
+        let (store, url, commit, rows) =
+            (self.jobsets.store().clone(), url.to_string(), commit.to_string(), reports.clone());
+        smol::unblock(move || {
+            rows.iter().try_for_each(|r| crate::checks::results::put(&store, &url, &commit, r))
+        })
+        .await?;
+        Ok(reports)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -6,6 +6,7 @@
 //! the shell is the pipeline's part (`pipeline.rs`, `Pipeline::run_checks`). It never evaluates Nix,
 //! talks to a forge or opens the database.
 
+pub mod results;
 pub mod sandbox;
 pub mod shell_env;
 
@@ -188,6 +189,18 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         other => other,
     }
+}
+
+/// The end of the output file at `path`: at most its last `max` bytes, and whether more came before.
+pub fn read_output(path: &Path, max: u64) -> std::io::Result<(Vec<u8>, bool)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(max);
+    file.seek(SeekFrom::Start(start))?;
+    let mut out = Vec::new();
+    file.take(max).read_to_end(&mut out)?;
+    Ok((out, start > 0))
 }
 
 /// Where the whole output of check `name` of `repo` at `commit` is kept:

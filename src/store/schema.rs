@@ -80,6 +80,9 @@ pub const REPO_VISIBILITY: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// when it was marked.
 pub const PUBLIC_DRVS: TableDefinition<u32, u64> = TableDefinition::new("public_drvs");
 
+/// Repository check results (`checks::results`): `commit \0 repository \0 check name` → `CheckResultRecord`.
+pub const CHECK_RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("check_results");
+
 /// A table as described in `migrations-free-schema/`: its name and its key and value types as Rust
 /// spells them in the definitions above.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +117,7 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "api_tokens", key: "&str", value: "&[u8]" },
     TableInfo { name: "repo_visibility", key: "&str", value: "&[u8]" },
     TableInfo { name: "public_drvs", key: "u32", value: "u64" },
+    TableInfo { name: "check_results", key: "&str", value: "&[u8]" },
 ];
 
 /// Creates every table that does not exist yet.
@@ -141,5 +145,6 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(API_TOKENS)?;
     tx.open_table(REPO_VISIBILITY)?;
     tx.open_table(PUBLIC_DRVS)?;
+    tx.open_table(CHECK_RESULTS)?;
     Ok(())
 }

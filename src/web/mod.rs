@@ -10,6 +10,7 @@
 //! | `logs.rs` | `GET /v1/logs/{drv}` |
 //! | `builds.rs` | `GET /v1/builds/active` |
 //! | `jobsets.rs` | `GET /v1/jobsets/{id}` |
+//! | `checks.rs` | `GET /v1/commits/{sha}/checks`, `…/checks/{name}/output` |
 //! | `summary.rs` | `GET /v1/commits/{sha}/change-summary`, `…/change-summary.md`, `…/package-changes`, `…/rebuild-impact` |
 //! | `github.rs` | `POST /github/webhook` |
 //! | `actions.rs` | `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`, `POST /v1/github/approve` (admin) |
@@ -28,6 +29,7 @@
 mod actions;
 pub mod auth;
 mod builds;
+mod checks;
 pub mod conn;
 mod drvs;
 mod github;
@@ -101,6 +103,7 @@ pub fn app(state: AppState, split: Split) -> tide::Server<AppState> {
         github::routes(&mut app);
     }
     summary::routes(&mut app);
+    checks::routes(&mut app);
     actions::routes(&mut app);
     app
 }

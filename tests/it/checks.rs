@@ -198,6 +198,35 @@ fn checks_pass_fail_and_cannot_escape_their_sandbox() {
         processes_with(&marker)
     );
 
+    // The results are stored: `ekaci checks` and `/v1` serve them, after a restart too.
+    let head = report["head_commit"].as_str().expect("head commit").to_string();
+    drop(_server);
+    let server = home.start();
+    let listed = home.ekaci(&["checks", "--commit", &head, "--json"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("checks JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(7), "{listed}");
+    let whole = home.ekaci(&["checks", "--commit", &head, "--output", "fail"]);
+    assert_eq!(String::from_utf8_lossy(&whole.stdout), "line-one\nthe error is here\n");
+    let addr = server.http_address();
+    let path = format!("/v1/commits/{head}/checks");
+    assert_eq!(common::http_get(&addr, &path).0, 401, "a local repository's results need a token");
+    let token = home.token("reader", "read");
+    let auth = format!("Bearer {token}");
+    let headers = [("Authorization", auth.as_str())];
+    let (status, body) = {
+        let (s, _, b) = common::http_request(&addr, "GET", &path, &headers, b"");
+        (s, serde_json::from_slice::<Value>(&b).expect("JSON"))
+    };
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"].as_array().map(Vec::len), Some(7), "{body}");
+    let (status, _, bytes) =
+        common::http_request(&addr, "GET", &format!("{path}/fail/output"), &headers, b"");
+    assert_eq!(
+        (status, String::from_utf8_lossy(&bytes).into_owned()),
+        (200, "line-one\nthe error is here\n".to_string())
+    );
+
     let text = home.review_command(&repo, "HEAD~1", "HEAD", &[]).output().expect("review");
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
