@@ -272,6 +272,11 @@ impl Pipeline {
         let _first = self.check_limits.set(limits);
     }
 
+    /// Removes the scratch directories of checks an earlier process left (call once at start-up).
+    pub async fn clean_check_scratch(&self) {
+        crate::checks::clean_scratch(&self.checks_dir).await;
+    }
+
     fn check_limits(&self) -> crate::checks::Limits {
         self.check_limits
             .get()
@@ -1312,7 +1317,6 @@ impl Pipeline {
             match futures_lite::future::or(async { Some(run.await) }, cancelled).await {
                 Some(r) => reports.push(r),
                 None => {
-                    let _ = smol::unblock(move || std::fs::remove_dir_all(scratch)).await;
                     return Err(PipelineError::Scheduler(crate::scheduler::SchedulerError::Cancelled {
                         owner: Owner::Jobset(jobset.id),
                     }));

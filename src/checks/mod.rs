@@ -90,11 +90,9 @@ pub async fn run_check(
     limits: &Limits,
 ) -> CheckReport {
     let mut tail = crate::nix::process::TailBuffer::new(TAIL_BYTES);
+    // Removes the scratch directory however this ends, cancellation (the future dropped) included.
+    let _cleanup = ScratchGuard(scratch.to_path_buf());
     let result = run_inner(check, shell_drv, checkout, scratch, output, limits, &mut tail).await;
-    let cleanup = scratch.to_path_buf();
-    if let Err(e) = smol::unblock(move || remove_tree(&cleanup)).await {
-        tracing::warn!(dir = %scratch.display(), error = %e, "removing a check's directory failed");
-    }
     let (bytes, _) = tail.into_parts();
     let text = crate::text::ansi::strip_ansi(&String::from_utf8_lossy(&bytes));
     let lines: Vec<&str> = text.lines().collect();
@@ -181,6 +179,40 @@ fn copy_tree(src: &Path, dst: &Path, skip_git: bool) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Removes its directory on the blocking pool when dropped (without waiting for it).
+struct ScratchGuard(PathBuf);
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        let dir = std::mem::take(&mut self.0);
+        smol::unblock(move || {
+            if let Err(e) = remove_tree(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing a check's directory failed");
+            }
+        })
+        .detach();
+    }
+}
+
+/// Removes what earlier processes left in the checks' scratch directory `dir` (a crash or `kill -9`
+/// during a check); called once at start-up, before any check runs.
+pub async fn clean_scratch(dir: &Path) {
+    let dir = dir.to_path_buf();
+    let removed = smol::unblock(move || {
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if remove_tree(&entry.path()).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    })
+    .await;
+    if removed > 0 {
+        tracing::info!(removed, "removed stale check directories");
+    }
 }
 
 /// Removes `dir` and everything in it; a missing directory is fine.

@@ -236,22 +236,30 @@ fn checks_pass_fail_and_cannot_escape_their_sandbox() {
 }
 
 #[test]
-fn allow_network_reaches_the_listener_and_allowed_ro_binds_are_visible() {
+fn allow_network_reaches_the_listener_allowed_ro_binds_are_visible_and_output_is_bounded() {
     let allowed = tempfile::tempdir().expect("tmp");
     std::fs::write(allowed.path().join("ca.pem"), "certificate\n").expect("write");
     let allowed_path = allowed.path().display().to_string();
     let home = Home::new();
-    home.write_config(&format!("[checks]\ntimeout_seconds = 3\nallowed_ro_binds = [\"{allowed_path}\"]"));
+    home.write_config(&format!(
+        "[checks]\ntimeout_seconds = 3\nmax_output_bytes = 4096\nallowed_ro_binds = [\"{allowed_path}\"]"
+    ));
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     let port = listener.local_addr().expect("addr").port();
     let checks = serde_json::json!({
         "net": check(&format!("/bin/bash -c 'echo ping > /dev/tcp/127.0.0.1/{port}'"), true, &[]),
+        "loud": check("i=0; while [ $i -lt 2000 ]; do echo 0123456789; i=$((i+1)); done; echo not-reached", false, &[]),
         "bind": check(&format!("read line < {allowed_path}/ca.pem && echo \"$line\"; echo x > {allowed_path}/w || echo read-only"), false, &[allowed_path.clone()]),
     });
     let _server = home.start();
     let repo = GitRepo::new();
     let (out, report) = review_checks(&home, &repo, checks);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let loud = check_report(&report, "loud");
+    assert_eq!(ending(loud), &serde_json::json!({ "OutputLimit": { "bytes": 4096 } }), "{loud}");
+    assert_eq!(std::fs::metadata(loud["output_file"].as_str().expect("file")).expect("output").len(), 4096);
+    assert_eq!(ending(check_report(&report, "net")), &serde_json::json!({ "Exited": 0 }));
+    assert_eq!(ending(check_report(&report, "bind")), &serde_json::json!({ "Exited": 0 }));
     let (mut conn, _) = listener.accept().expect("the check connected");
     let mut got = String::new();
     std::io::Read::read_to_string(&mut conn, &mut got).expect("read");
@@ -338,4 +346,34 @@ fn a_pull_requests_checks_are_check_runs_queued_then_in_progress_then_completed_
         2
     );
     assert_eq!(s.wait_completed(&head, GATE)["conclusion"], "success");
+}
+
+#[test]
+fn closing_the_pull_request_cancels_its_running_check_and_kills_the_sandbox() {
+    use crate::github_app::{wait_for, Setup};
+    let repo = GitRepo::new();
+    let n = nonce();
+    let marker = format!("1234.{}", std::process::id());
+    let checks =
+        serde_json::json!({ "slow": check(&format!("echo started; /bin/sleep {marker}"), false, &[]) });
+    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
+    let base = repo.commit(
+        "base",
+        &[
+            (".eka-ci/config.json", Some(&config.to_string())),
+            ("default.nix", Some(DEFAULT_NIX)),
+            ("shell.nix", Some(&shell_nix(&n))),
+        ],
+    );
+    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    let s = Setup::new("[checks]\ntimeout_seconds = 120");
+    s.pr("d-slow-1", "opened", 4, repo.path(), &head, &base, "octocat");
+    wait_for("the check's sandbox running", || (!processes_with(&marker).is_empty()).then_some(()));
+    let running = s.run(&head, "EkaCI: Check (slow)").expect("check run");
+    assert_eq!(running["status"], "in_progress", "{running}");
+
+    s.pr("d-slow-2", "closed", 4, repo.path(), &head, &base, "octocat");
+    let closed = s.wait_completed(&head, "EkaCI: Check (slow)");
+    assert_eq!(closed["conclusion"], "cancelled", "{closed}");
+    wait_for("the sandbox killed", || processes_with(&marker).is_empty().then_some(()));
 }
