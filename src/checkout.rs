@@ -401,7 +401,7 @@ impl Checkouts {
             seconds,
         };
         // Host trouble keeps its own variants (retried by the pipeline); only git's verdict is a message.
-        let host = |failure: GitFailure| failure.into_error("fetch", &url.display, |m| fetch_error(m));
+        let host = |failure: GitFailure| failure.into_error("fetch", &url.display, fetch_error);
         let first = match fetch_command(extra, url, mirror, &[sha], false, auth, limit).run().await {
             Ok(_) => {
                 if self.has_commit(mirror, sha).await {

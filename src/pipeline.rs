@@ -676,7 +676,7 @@ impl Pipeline {
                             message,
                         });
                     }
-                    host_backoff("evaluation", &key.job_name(), reason, &message, retry).await;
+                    host_backoff("evaluation", key.job_name(), reason, &message, retry).await;
                     retry += 1;
                 }
                 other => break other,

@@ -249,7 +249,7 @@ fn allow_network_reaches_the_listener_allowed_ro_binds_are_visible_and_output_is
     let checks = serde_json::json!({
         "net": check(&format!("/bin/bash -c 'echo ping > /dev/tcp/127.0.0.1/{port}'"), true, &[]),
         "loud": check("i=0; while [ $i -lt 2000 ]; do echo 0123456789; i=$((i+1)); done; echo not-reached", false, &[]),
-        "bind": check(&format!("read line < {allowed_path}/ca.pem && echo \"$line\"; echo x > {allowed_path}/w || echo read-only"), false, &[allowed_path.clone()]),
+        "bind": check(&format!("read line < {allowed_path}/ca.pem && echo \"$line\"; echo x > {allowed_path}/w || echo read-only"), false, std::slice::from_ref(&allowed_path)),
     });
     let _server = home.start();
     let repo = GitRepo::new();

@@ -164,15 +164,15 @@ impl Engine {
             }
             Command::CheckSlot { owner, reply } => self.on_check_slot(owner, reply),
             Command::CheckDone { slot } => self.on_check_done(slot),
-            Command::Cancel { owner, reply } => match {
+            Command::Cancel { owner, reply } => {
                 self.cancel_checks(owner.canonical());
-                self.cancel(owner.canonical()).await
-            } {
-                Ok(()) => self.deferred.push(Deferred::Done(reply)),
-                Err(e) => {
-                    let _ = reply.try_send(Err(e));
+                match self.cancel(owner.canonical()).await {
+                    Ok(()) => self.deferred.push(Deferred::Done(reply)),
+                    Err(e) => {
+                        let _ = reply.try_send(Err(e));
+                    }
                 }
-            },
+            }
             Command::Rebuild { drv, reply } => match self.rebuild(&drv).await {
                 Ok(owner) => self.deferred.push(Deferred::Rebuilt(reply, owner)),
                 Err(e) => {
