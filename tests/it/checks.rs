@@ -236,18 +236,19 @@ fn checks_pass_fail_and_cannot_escape_their_sandbox() {
 }
 
 #[test]
-fn allow_network_reaches_the_listener_allowed_ro_binds_are_visible_and_output_is_bounded() {
+fn allow_network_reaches_the_listener_allowed_ro_binds_are_visible_and_memory_and_output_are_bounded() {
     let allowed = tempfile::tempdir().expect("tmp");
     std::fs::write(allowed.path().join("ca.pem"), "certificate\n").expect("write");
     let allowed_path = allowed.path().display().to_string();
     let home = Home::new();
     home.write_config(&format!(
-        "[checks]\ntimeout_seconds = 3\nmax_output_bytes = 4096\nallowed_ro_binds = [\"{allowed_path}\"]"
+        "[checks]\ntimeout_seconds = 3\nmax_output_bytes = 4096\nmemory_max_bytes = 67108864\nallowed_ro_binds = [\"{allowed_path}\"]"
     ));
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     let port = listener.local_addr().expect("addr").port();
     let checks = serde_json::json!({
         "net": check(&format!("/bin/bash -c 'echo ping > /dev/tcp/127.0.0.1/{port}'"), true, &[]),
+        "hungry": check("/bin/bash -c 'x=$(/usr/bin/head -c 100000000 /dev/zero | /usr/bin/tr \"\\0\" a); echo ${#x}'", false, &[]),
         "loud": check("i=0; while [ $i -lt 2000 ]; do echo 0123456789; i=$((i+1)); done; echo not-reached", false, &[]),
         "bind": check(&format!("read line < {allowed_path}/ca.pem && echo \"$line\"; echo x > {allowed_path}/w || echo read-only"), false, std::slice::from_ref(&allowed_path)),
     });
@@ -255,6 +256,9 @@ fn allow_network_reaches_the_listener_allowed_ro_binds_are_visible_and_output_is
     let repo = GitRepo::new();
     let (out, report) = review_checks(&home, &repo, checks);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let hungry = check_report(&report, "hungry");
+    assert_ne!(ending(hungry), &serde_json::json!({ "Exited": 0 }), "{hungry}");
+    assert!(hungry["tail"].as_str().is_some_and(|t| t.contains("cannot allocate")), "{hungry}");
     let loud = check_report(&report, "loud");
     assert_eq!(ending(loud), &serde_json::json!({ "OutputLimit": { "bytes": 4096 } }), "{loud}");
     assert_eq!(std::fs::metadata(loud["output_file"].as_str().expect("file")).expect("output").len(), 4096);
@@ -376,4 +380,39 @@ fn closing_the_pull_request_cancels_its_running_check_and_kills_the_sandbox() {
     let closed = s.wait_completed(&head, "EkaCI: Check (slow)");
     assert_eq!(closed["conclusion"], "cancelled", "{closed}");
     wait_for("the sandbox killed", || processes_with(&marker).is_empty().then_some(()));
+}
+
+#[test]
+fn a_server_killed_during_a_check_kills_its_sandbox_and_finishes_the_same_check_run_after_a_restart() {
+    use crate::github_app::{wait_for, Setup};
+    let repo = GitRepo::new();
+    let n = nonce();
+    let marker = format!("3.{}", std::process::id());
+    let checks = serde_json::json!({ "nap": check(&format!("echo napping; /bin/sleep {marker}; echo awake"), false, &[]) });
+    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
+    let base = repo.commit(
+        "base",
+        &[
+            (".eka-ci/config.json", Some(&config.to_string())),
+            ("default.nix", Some(DEFAULT_NIX)),
+            ("shell.nix", Some(&shell_nix(&n))),
+        ],
+    );
+    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    let mut s = Setup::new("[checks]\ntimeout_seconds = 30");
+    s.pr("d-nap-1", "opened", 5, repo.path(), &head, &base, "octocat");
+    wait_for("the check's sandbox running", || (!processes_with(&marker).is_empty()).then_some(()));
+    s.kill();
+    wait_for("the sandbox died with the server", || processes_with(&marker).is_empty().then_some(()));
+    s.restart();
+    let done = s.wait_completed(&head, "EkaCI: Check (nap)");
+    assert_eq!(done["conclusion"], "success", "{done}");
+    assert!(done["output"]["text"].as_str().is_some_and(|t| t.contains("awake")), "{done}");
+    let posts = s
+        .fake
+        .calls_to("POST", "/repos/*/check-runs")
+        .into_iter()
+        .filter(|c| c.json()["name"] == "EkaCI: Check (nap)")
+        .count();
+    assert_eq!(posts, 1, "the check run is created once and updated in place across the restart");
 }
