@@ -127,10 +127,19 @@
               }
             ];
           };
+          failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) nixos.config.assertions);
         in
         {
           package = self.packages.${system}.default;
-          module = pkgs.writeText "eka-ci.service" nixos.config.systemd.units."eka-ci.service".text;
+          # The overlay gives the same package.
+          overlay = (pkgs.extend self.overlays.default).eka-ci;
+          # NixOS checks assertions when it builds the system; this check stops at the unit, so it checks
+          # them itself.
+          module =
+            if failedAssertions != [ ] then
+              throw "services.eka-ci assertions failed:\n${lib.concatStringsSep "\n" failedAssertions}"
+            else
+              pkgs.writeText "eka-ci.service" nixos.config.systemd.units."eka-ci.service".text;
         }
       );
     };

@@ -32,19 +32,22 @@ let
   runtimeDir = "/run/eka-ci"; # RuntimeDirectory=eka-ci, also $XDG_RUNTIME_DIR
   cacheDir = "/var/cache/eka-ci"; # CacheDirectory=eka-ci, also $XDG_CACHE_HOME (nix/git caches)
 
-  # TOML has no null, and an unset optional key must simply be absent from ekaci.toml.
-  stripNulls =
+  # TOML has no null, and an unset optional key must simply be absent from ekaci.toml. Empty lists and
+  # tables are left out too: every list and table of the server's schema defaults to empty, and the
+  # server warns about some keys ("accepted, not yet acted on") as soon as the file names them.
+  isEmpty = v: v == null || v == [ ] || v == { };
+  prune =
     v:
     if lib.isDerivation v then
       "${v}"
     else if builtins.isAttrs v then
-      lib.mapAttrs (_: stripNulls) (lib.filterAttrs (_: x: x != null) v)
+      lib.filterAttrs (_: x: !(isEmpty x)) (lib.mapAttrs (_: prune) v)
     else if builtins.isList v then
-      map stripNulls (builtins.filter (x: x != null) v)
+      map prune (builtins.filter (x: x != null) v)
     else
       v;
 
-  configFile = settingsFormat.generate "ekaci.toml" (stripNulls cfg.settings);
+  configFile = settingsFormat.generate "ekaci.toml" (prune cfg.settings);
 
   # Shared by the `permissions` of caches and GitHub Apps.
   permissionsOption = what: {
@@ -175,13 +178,18 @@ let
       };
 
       default_merge_method = mkOption {
-        type = types.enum [
-          "merge"
-          "squash"
-          "rebase"
-        ];
-        default = "squash";
-        description = "Default merge method used by the `@eka-ci merge` PR comment command.";
+        type = types.nullOr (
+          types.enum [
+            "merge"
+            "squash"
+            "rebase"
+          ]
+        );
+        default = null;
+        description = ''
+          Default merge method of the `@eka-ci merge` comment command (the server's default:
+          `"squash"`). Accepted, not yet acted on.
+        '';
       };
 
       web = mkOption {
@@ -287,14 +295,20 @@ let
           freeformType = settingsFormat.type;
           options = {
             max_hook_timeout_seconds = mkOption {
-              type = types.ints.between 1 86400;
-              default = 300;
-              description = "Maximum wall-clock time, in seconds, that any post-build hook may run.";
+              type = types.nullOr (types.ints.between 1 86400);
+              default = null;
+              description = ''
+                Maximum wall-clock time, in seconds, that any post-build hook may run (the server's
+                default: 300). Accepted, not yet acted on.
+              '';
             };
             audit_hooks = mkOption {
-              type = types.bool;
-              default = true;
-              description = "Emit structured audit log records every time a hook runs.";
+              type = types.nullOr types.bool;
+              default = null;
+              description = ''
+                Emit structured audit log records every time a hook runs (the server's default: true).
+                Accepted, not yet acted on.
+              '';
             };
             webhook_secret = mkOption {
               type = types.nullOr types.str;
@@ -325,8 +339,8 @@ let
               '';
             };
             allow_private_cache_hosts = mkOption {
-              type = types.bool;
-              default = false;
+              type = types.nullOr types.bool;
+              default = null;
               description = ''
                 Allow cache destinations whose DNS resolves to private/loopback addresses. This disables
                 the built-in SSRF protection; only enable it in trusted, isolated networks.
@@ -418,6 +432,56 @@ let
         );
       };
 
+      remote_builders = mkOption {
+        default = [ ];
+        description = ''
+          Remote build machines (`[[remote_builders]]`). Every {option}`nix.buildMachines` entry is added
+          here too, unless {option}`services.eka-ci.useNixBuildMachines` is false.
+        '';
+        type = types.listOf (
+          types.submodule {
+            freeformType = settingsFormat.type;
+            options = {
+              uri = mkOption {
+                type = types.str;
+                example = "ssh-ng://builder@10.0.0.5";
+                description = "Store URI of the machine.";
+              };
+              systems = mkOption {
+                type = types.nonEmptyListOf types.str;
+                example = [ "x86_64-linux" ];
+                description = "Systems it builds for.";
+              };
+              max_jobs = mkOption {
+                type = types.ints.positive;
+                default = 1;
+                description = "Builds it runs at once.";
+              };
+              speed_factor = mkOption {
+                type = types.ints.positive;
+                default = 1;
+                description = "Preference among builders; higher is preferred.";
+              };
+              supported_features = mkOption {
+                type = types.listOf types.str;
+                default = [ ];
+                description = "System features it supports.";
+              };
+              mandatory_features = mkOption {
+                type = types.listOf types.str;
+                default = [ ];
+                description = "Features a derivation must require to be built there.";
+              };
+              ssh_key = mkOption {
+                type = types.nullOr types.str;
+                default = null;
+                description = "SSH private key used to reach it (readable by the service user).";
+              };
+            };
+          }
+        );
+      };
+
       gitea_instances = mkOption {
         default = [ ];
         description = ''
@@ -464,6 +528,70 @@ let
   nixSettings = config.nix.settings or { };
   userMayUseNix = nixAllows (
     (nixSettings.allowed-users or [ "*" ]) ++ (nixSettings.trusted-users or [ ])
+  );
+
+  # systemd's directory of this unit's credentials ($CREDENTIALS_DIRECTORY).
+  credentialsDir = "/run/credentials/eka-ci.service";
+
+  # nix.buildMachines, as NixOS writes them to /etc/nix/machines, turned into [[remote_builders]]. An SSH
+  # key is handed over with LoadCredential=, so a key only root can read (the usual /root/.ssh/...) is
+  # still usable by the service user, and ProtectHome= does not hide it.
+  nixMachines = lib.imap0 (i: m: m // { keyCredential = "nix-build-machine-${toString i}"; }) (
+    if cfg.useNixBuildMachines then config.nix.buildMachines else [ ]
+  );
+  machineUri =
+    m:
+    "${if m.protocol == null then "ssh" else m.protocol}://"
+    + lib.optionalString (m.sshUser != null) "${m.sshUser}@"
+    + m.hostName;
+  machineSystems =
+    m:
+    let
+      listed = optional (m.system != null) m.system ++ m.systems;
+    in
+    if listed == [ ] then [ pkgs.stdenv.hostPlatform.system ] else listed;
+  machineBuilder = m: {
+    uri = machineUri m;
+    systems = machineSystems m;
+    max_jobs = m.maxJobs;
+    speed_factor = m.speedFactor;
+    supported_features = m.supportedFeatures;
+    mandatory_features = m.mandatoryFeatures;
+    ssh_key = if m.sshKey == null then null else "${credentialsDir}/${m.keyCredential}";
+  };
+  machineCredentials = lib.listToAttrs (
+    map (m: lib.nameValuePair m.keyCredential m.sshKey) (builtins.filter (m: m.sshKey != null) nixMachines)
+  );
+  allCredentials = cfg.credentials // machineCredentials;
+
+  # The systemd credentials ekaci.toml names (`systemd-credential.name`, or `systemd.credential_id`).
+  credentialName =
+    c:
+    if !builtins.isAttrs c then
+      null
+    else if c ? systemd-credential then
+      c.systemd-credential.name or null
+    else if c ? systemd then
+      c.systemd.credential_id or null
+    else
+      null;
+  namedCredentials = builtins.filter (x: x.name != null) (
+    map (a: {
+      where = "settings.github_apps (id \"${a.id}\")";
+      name = credentialName a.credentials;
+    }) cfg.settings.github_apps
+    ++ map (c: {
+      where = "settings.caches (id \"${c.id}\")";
+      name = credentialName c.credentials;
+    }) cfg.settings.caches
+  );
+  validCredentialName = n: builtins.match "[A-Za-z0-9_.@-]+" n != null && n != "." && n != "..";
+  inStore = p: lib.hasPrefix "${builtins.storeDir}/" (toString p);
+  sandboxed = (config.nix.settings.sandbox or true) == true;
+  outsideStateDirs = builtins.filter (p: !(underManagedDir p)) (
+    optional (cfg.settings.db_path != null) cfg.settings.db_path
+    ++ optional (cfg.settings.logs_dir != null) cfg.settings.logs_dir
+    ++ optional (cfg.settings.unix.socket_path != null) cfg.settings.unix.socket_path
   );
 
   webhookSecretMayBeSet =
@@ -546,6 +674,17 @@ in
       '';
     };
 
+    useNixBuildMachines = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Add every {option}`nix.buildMachines` entry to eka-ci's remote builders
+        (`settings.remote_builders`). eka-ci schedules remote builds itself and never lets Nix offload
+        behind its back, so the machines Nix knows are only used when they are listed here. SSH keys
+        (`sshKey`) are handed to the service with `LoadCredential=`.
+      '';
+    };
+
     extraEnvironment = mkOption {
       type = types.attrsOf types.str;
       default = { };
@@ -567,6 +706,81 @@ in
   };
 
   config = mkIf cfg.enable {
+    # Entries eka-ci cannot use are left out here and reported by the assertion below (rather than as
+    # a type error of an option the user never wrote).
+    services.eka-ci.settings.remote_builders = map machineBuilder (
+      builtins.filter (m: m.maxJobs >= 1 && m.speedFactor >= 1) nixMachines
+    );
+
+    assertions = [
+      {
+        assertion = cfg.settings.github_apps == [ ] || sandboxed || cfg.settings.security.allow_unsandboxed_builds;
+        message = ''
+          services.eka-ci: settings.github_apps is set but nix.settings.sandbox is not true, so a pull
+          request's builders would run on the host; eka-ci-server refuses to start. Keep
+          nix.settings.sandbox = true.
+        '';
+      }
+      {
+        assertion = !(cfg.environmentFile != null && inStore cfg.environmentFile);
+        message = ''
+          services.eka-ci: environmentFile is in the Nix store, where every user can read it. Give the
+          path of a file outside the store as a string.
+        '';
+      }
+      {
+        assertion = !cfg.dynamicUser || outsideStateDirs == [ ];
+        message = ''
+          services.eka-ci: ${lib.concatMapStringsSep ", " toString outsideStateDirs} lie outside
+          ${stateDir}, ${runtimeDir} and ${cacheDir}; a dynamic user cannot own them. Set
+          services.eka-ci.dynamicUser = false and give the user those directories.
+        '';
+      }
+      {
+        assertion = cfg.dynamicUser || config.users.users ? ${cfg.user};
+        message = ''
+          services.eka-ci: the user "${cfg.user}" is not declared in users.users (only the default
+          "eka-ci" is created by the module).
+        '';
+      }
+      {
+        assertion = cfg.dynamicUser || config.users.groups ? ${cfg.group};
+        message = ''
+          services.eka-ci: the group "${cfg.group}" is not declared in users.groups (only the default
+          "eka-ci" is created by the module).
+        '';
+      }
+    ]
+    ++ lib.mapAttrsToList (name: path: {
+      assertion = validCredentialName name;
+      message = ''
+        services.eka-ci: credential name "${name}" is not a valid systemd credential name (letters,
+        digits, "_", ".", "@" and "-" only).
+      '';
+    }) cfg.credentials
+    ++ lib.mapAttrsToList (name: path: {
+      assertion = !(inStore path);
+      message = ''
+        services.eka-ci: credentials.${name} is in the Nix store, where every user can read it. Give the
+        path of a file outside the store as a string.
+      '';
+    }) cfg.credentials
+    ++ map (x: {
+      assertion = allCredentials ? ${x.name};
+      message = ''
+        services.eka-ci: ${x.where} reads the systemd credential "${x.name}", which is not in
+        services.eka-ci.credentials; the server would not find it in $CREDENTIALS_DIRECTORY.
+      '';
+    }) namedCredentials
+    ++ map (m: {
+      assertion = m.maxJobs >= 1 && m.speedFactor >= 1;
+      message = ''
+        services.eka-ci: nix.buildMachines entry ${m.hostName} has maxJobs = ${toString m.maxJobs} and
+        speedFactor = ${toString m.speedFactor}; eka-ci needs both at least 1 (or set
+        services.eka-ci.useNixBuildMachines = false).
+      '';
+    }) nixMachines;
+
     warnings =
       optional (!webhookSecretMayBeSet) ''
         services.eka-ci: no webhook secret is configured (neither environmentFile nor
@@ -593,6 +807,14 @@ in
         services.eka-ci: the service user "${serviceUser}" is not in nix.settings.allowed-users (or
         trusted-users); the nix-daemon will refuse its connections. Add "${serviceUser}" (or
         "@${serviceGroup}") to nix.settings.allowed-users.
+      ''
+      ++ map (m: ''
+        services.eka-ci: the publicHostKey of nix.buildMachines entry ${m.hostName} is not passed to
+        eka-ci; add the host key to programs.ssh.knownHosts so that the service's ssh accepts it.
+      '') (builtins.filter (m: m.publicHostKey != null) nixMachines)
+      ++ optional (cfg.openFirewall && lib.elem cfg.settings.web.address [ "127.0.0.1" "::1" ]) ''
+        services.eka-ci: openFirewall is set but settings.web.address is ${cfg.settings.web.address}, a
+        loopback address: the opened port reaches nothing.
       '';
 
     environment.systemPackages = [ cfg.package ];
@@ -654,7 +876,9 @@ in
           CacheDirectory = "eka-ci";
           CacheDirectoryMode = "0750";
           WorkingDirectory = stateDir;
-          LoadCredential = lib.mapAttrsToList (name: path: "${name}:${toString path}") cfg.credentials;
+          User = serviceUser;
+          Group = serviceGroup;
+          LoadCredential = lib.mapAttrsToList (name: path: "${name}:${toString path}") allCredentials;
 
           # Hardening. The Nix store stays read-only for us: every store write (builds, GC roots,
           # substitution) is done by the nix-daemon, reached over its unix socket.
@@ -669,7 +893,9 @@ in
           ProtectControlGroups = true;
           ProtectClock = true;
           ProtectHostname = true;
-          RestrictNamespaces = true;
+          # A flake job's lock file is checked by `nix flake metadata` in a network namespace of its
+          # own, which an unprivileged process creates together with a user namespace.
+          RestrictNamespaces = "user net";
           RestrictRealtime = true;
           RestrictSUIDSGID = true;
           RestrictAddressFamilies = [
@@ -691,10 +917,6 @@ in
           CapabilityBoundingSet = "";
           AmbientCapabilities = "";
           UMask = "0077";
-        }
-        // optionalAttrs (!cfg.dynamicUser) {
-          User = cfg.user;
-          Group = cfg.group;
         }
         // optionalAttrs (cfg.environmentFile != null) {
           EnvironmentFile = toString cfg.environmentFile;

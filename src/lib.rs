@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod retention;
 pub mod scheduler;
 pub mod secret;
+pub mod sizes;
 pub mod store;
 pub mod summary;
 pub mod supervise;

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub github_webhooks: IntCounterVec,
     /// GitHub run attempts (`forge::github::service`), by how they ended.
     pub github_runs: IntCounterVec,
+    /// GitHub runs whose builds (or evaluation) the `[rebuild]` policy or the repository's change sets
+    /// skipped, by reason: skip_paths, change_sets, wide.
+    pub github_rebuild_skips: IntCounterVec,
     /// Change summaries (`summary`): time of each phase (classify, impact, render, end_to_end).
     pub change_summary_duration: HistogramVec,
     /// Change summaries served from the `change_summaries` cache.
@@ -181,6 +184,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["result"],
     )?;
     registry.register(Box::new(github_runs.clone()))?;
+    let github_rebuild_skips = IntCounterVec::new(
+        Opts::new(
+            "eka_ci_github_rebuild_skips_total",
+            "GitHub run attempts that skipped work, by reason: skip_paths (only [rebuild] skip_paths \
+             changed: not evaluated), change_sets (only docs-only or no-op paths changed: not evaluated), \
+             wide (more rebuilds than [rebuild] max_rebuild_count: evaluated, not built)",
+        ),
+        &["reason"],
+    )?;
+    registry.register(Box::new(github_rebuild_skips.clone()))?;
     let summary_buckets = vec![1e-4, 1e-3, 5e-3, 0.025, 0.1, 0.25, 1.0, 5.0, 30.0];
     let change_summary_duration = HistogramVec::new(
         HistogramOpts::new(
@@ -291,6 +304,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         scheduler_invariant_violations,
         github_webhooks,
         github_runs,
+        github_rebuild_skips,
         change_summary_duration,
         change_summary_cache_hits,
         change_summary_cache_misses,

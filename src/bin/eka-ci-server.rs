@@ -66,7 +66,7 @@ fn main() -> ExitCode {
         for key in &loaded.not_acted_on {
             eprintln!("warning: {}", key.warning());
         }
-        print!("{}", eka_ci::daemon::describe(&loaded.config));
+        print!("{}", eka_ci::daemon::describe(&loaded.config, &startup.machines));
         return ExitCode::SUCCESS;
     }
     match eka_ci::daemon::run(loaded, startup) {

@@ -40,6 +40,65 @@ pub enum Command {
     Summary(SummaryCmd),
     Tokens(TokensCmd),
     Gc(GcCmd),
+    Maintainers(MaintainersCmd),
+}
+
+/// Manage the package maintainers who may `@eka-ci merge` without write access (docs/merge.md).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "maintainers")]
+pub struct MaintainersCmd {
+    #[argh(subcommand)]
+    pub op: MaintainersSub,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum MaintainersSub {
+    Add(MaintainersAdd),
+    Remove(MaintainersRemove),
+    List(MaintainersList),
+}
+
+/// Make a GitHub login a maintainer of an attribute (package) of a repository.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "add")]
+pub struct MaintainersAdd {
+    /// the repository, OWNER/REPO
+    #[argh(positional)]
+    pub repo: String,
+    /// the attribute path, e.g. hello or python3Packages.requests
+    #[argh(positional)]
+    pub attr: String,
+    /// the GitHub login
+    #[argh(positional)]
+    pub login: String,
+}
+
+/// Remove a maintainer added with `ekaci maintainers add`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "remove")]
+pub struct MaintainersRemove {
+    /// the repository, OWNER/REPO
+    #[argh(positional)]
+    pub repo: String,
+    /// the attribute path
+    #[argh(positional)]
+    pub attr: String,
+    /// the GitHub login
+    #[argh(positional)]
+    pub login: String,
+}
+
+/// List the maintainers added by administrators (of every repository, or of one).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+pub struct MaintainersList {
+    /// only this repository, OWNER/REPO
+    #[argh(positional)]
+    pub repo: Option<String>,
+    /// print machine-readable JSON
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// Remove finished work older than the `[retention]` ages now (jobsets and their GC roots, build logs,
@@ -330,6 +389,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Summary(cmd) => summary(&socket, cmd).await,
             Command::Tokens(cmd) => tokens(&socket, cmd).await,
             Command::Gc(_) => gc(&socket).await,
+            Command::Maintainers(cmd) => maintainers(&socket, cmd).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -638,6 +698,62 @@ async fn approved_users(socket: &std::path::Path, cmd: &ApprovedUsersCmd) -> Res
             Ok(())
         }
         other => Err(format!("unexpected response to approved-users: {other:?}")),
+    }
+}
+
+async fn maintainers(socket: &std::path::Path, cmd: &MaintainersCmd) -> Result<(), String> {
+    use crate::control::MaintainersOp;
+    use crate::forge::github::maintainers::validate;
+    let (op, json) = match &cmd.op {
+        MaintainersSub::Add(a) => {
+            validate(&a.repo, &a.attr, &a.login).map_err(|e| e.to_string())?;
+            (MaintainersOp::Add { repo: a.repo.clone(), attr: a.attr.clone(), login: a.login.clone() }, false)
+        }
+        MaintainersSub::Remove(r) => {
+            validate(&r.repo, &r.attr, &r.login).map_err(|e| e.to_string())?;
+            (
+                MaintainersOp::Remove { repo: r.repo.clone(), attr: r.attr.clone(), login: r.login.clone() },
+                false,
+            )
+        }
+        MaintainersSub::List(l) => {
+            if let Some(repo) = &l.repo {
+                approvals::validate_repo(repo).map_err(|e| e.to_string())?;
+            }
+            (MaintainersOp::List { repo: l.repo.clone() }, l.json)
+        }
+    };
+    let adding = matches!(op, MaintainersOp::Add { .. });
+    match call(socket, Request::Maintainers(op)).await? {
+        Response::MaintainerChanged { repo, attr, login, changed } => {
+            match (adding, changed) {
+                (true, true) => println!("{login} now maintains {attr} in {repo}"),
+                (true, false) => println!("{login} already maintains {attr} in {repo}"),
+                (false, true) => println!("{login} no longer maintains {attr} in {repo}"),
+                (false, false) => println!("{login} was not a maintainer of {attr} in {repo}"),
+            }
+            Ok(())
+        }
+        Response::Maintainers(rows) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+            } else if rows.is_empty() {
+                println!("no maintainers");
+            } else {
+                for m in &rows {
+                    println!(
+                        "{} {} {}  added {} by {}",
+                        m.repo,
+                        m.attr,
+                        m.login,
+                        render::utc_time(m.added_at),
+                        m.added_by
+                    );
+                }
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected response to maintainers: {other:?}")),
     }
 }
 

@@ -53,11 +53,6 @@ impl RepoKey {
 /// Server configuration keys accepted but not acted on, in the order warnings list them.
 pub const SERVER: &[ServerKey] = &[
     ServerKey {
-        key: "default_merge_method",
-        note: "there is no `@eka-ci merge` command yet",
-        set: |c| c.default_merge_method != super::MergeMethod::default(),
-    },
-    ServerKey {
         key: "web.allowed_origins",
         note: "no CORS headers are sent yet",
         set: |c| !c.web.allowed_origins.is_empty(),
@@ -101,11 +96,6 @@ pub const SERVER: &[ServerKey] = &[
         set: |c| !c.caches.is_empty(),
     },
     ServerKey {
-        key: "rebuild.max_rebuild_count",
-        note: "rebuild counts do not skip builds yet",
-        set: |c| c.rebuild.max_rebuild_count != super::RebuildConfig::default().max_rebuild_count,
-    },
-    ServerKey {
         key: "gitea_instances",
         note: "Gitea is not supported yet",
         set: |c| !c.gitea_instances.is_empty(),
@@ -117,18 +107,12 @@ pub const SERVER: &[ServerKey] = &[
     },
 ];
 
-/// `change_sets`: one warning when the field is present.
-pub const REPO_CHANGE_SETS: RepoKey =
-    RepoKey { key: "change_sets", note: "change sets do not decide what is evaluated or built yet" };
 /// `jobs.<name>.caches`.
 pub const REPO_JOB_CACHES: RepoKey =
     RepoKey { key: "jobs.<name>.caches", note: "successful builds are not pushed to caches yet" };
-/// `jobs.<name>.size_check`.
-pub const REPO_JOB_SIZE_CHECK: RepoKey =
-    RepoKey { key: "jobs.<name>.size_check", note: "output and closure sizes are not checked yet" };
 
 /// Repository configuration fields accepted but not acted on.
-pub const REPO: &[RepoKey] = &[REPO_CHANGE_SETS, REPO_JOB_CACHES, REPO_JOB_SIZE_CHECK];
+pub const REPO: &[RepoKey] = &[REPO_JOB_CACHES];
 
 /// The listed server keys `config` uses: those in `written` (found in the file) and those whose value
 /// is set, in the order of [`SERVER`].
@@ -207,8 +191,8 @@ mod tests {
             Some("caches: accepted, not yet acted on: successful builds are not pushed to caches yet")
         );
         assert_eq!(
-            REPO_CHANGE_SETS.message(),
-            "accepted, not yet acted on: change sets do not decide what is evaluated or built yet"
+            REPO_JOB_CACHES.message(),
+            "accepted, not yet acted on: successful builds are not pushed to caches yet"
         );
         let mut keys: Vec<&str> = SERVER.iter().map(|k| k.key).collect();
         keys.sort_unstable();
@@ -226,6 +210,6 @@ mod tests {
         assert_eq!(used, ["security.audit_hooks", "oauth"]);
         let written = [&SERVER[0]];
         let used: Vec<&str> = server_keys_in_use(&config, &written).iter().map(|k| k.key).collect();
-        assert_eq!(used, ["default_merge_method", "security.audit_hooks", "oauth"]);
+        assert_eq!(used, ["web.allowed_origins", "security.audit_hooks", "oauth"]);
     }
 }

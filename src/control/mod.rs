@@ -55,6 +55,8 @@ pub enum Request {
     Tokens(TokensOp),
     /// Run retention now (`[retention]`) and report what it freed.
     Gc,
+    /// Change or list the package maintainers an administrator added (`@eka-ci merge`).
+    Maintainers(MaintainersOp),
     /// Stored results of repository checks: those of `commit` (a full SHA), else the `limit` newest.
     Checks { commit: Option<String>, limit: u32 },
     /// The whole output of check `name` at `commit` (the last [`MAX_CHECK_OUTPUT`] bytes of it).
@@ -63,6 +65,17 @@ pub enum Request {
 
 /// The most output of one check a [`Response::CheckOutput`] carries (its end).
 pub const MAX_CHECK_OUTPUT: u64 = 32 << 20;
+
+/// What [`Request::Maintainers`] does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MaintainersOp {
+    /// Make `login` a maintainer of `attr` in `repo` (`owner/name`).
+    Add { repo: String, attr: String, login: String },
+    /// Remove that row.
+    Remove { repo: String, attr: String, login: String },
+    /// Every row, or those of one repository.
+    List { repo: Option<String> },
+}
 
 /// What [`Request::Tokens`] does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +166,16 @@ pub enum Response {
     },
     /// What a retention pass freed.
     Gc(crate::retention::GcReport),
+    /// The answer to a `Maintainers` add or remove: the row (repository and login lowercased) and whether
+    /// anything changed.
+    MaintainerChanged {
+        repo: String,
+        attr: String,
+        login: String,
+        changed: bool,
+    },
+    /// The maintainers table, ordered by repository, attribute and login.
+    Maintainers(Vec<crate::forge::github::maintainers::Maintainer>),
     /// Stored check results.
     Checks(Vec<crate::checks::results::StoredCheck>),
     /// A check's output (as-is, possibly not UTF-8); `truncated` when only its end is sent.

@@ -273,6 +273,8 @@ async fn run_on(
                     merge_queue: config.merge_queue_require_approval,
                 },
                 skip_paths: config.rebuild.skip_paths.clone(),
+                default_merge_method: config.default_merge_method,
+                max_rebuild_count: Some(config.rebuild.max_rebuild_count),
             },
         )
         .map_err(|e| DaemonError::GitHub(e.to_string()))?;
@@ -531,14 +533,37 @@ async fn accept_control<H: Handler>(
     }
 }
 
-/// The configuration values the daemon derived, for `--print-config`-style diagnostics.
-pub fn describe(config: &ServerConfig) -> String {
-    format!(
+/// The configuration values the daemon derived, for `--check-config`: the resolved paths, the HTTP
+/// address, and one `remote_builder = …` line per remote builder (`[[remote_builders]]`, then
+/// `machines`, the machines file's), as the scheduler will see it.
+pub fn describe(config: &ServerConfig, machines: &[crate::scheduler::builders::BuilderSpec]) -> String {
+    let mut out = format!(
         "db_path = {}\nlogs_dir = {}\nsocket_path = {}\nhttp = {}:{}\n",
         config.db_path().display(),
         config.logs_dir().display(),
         config.socket_path().display(),
         config.web.address,
         config.web.port
-    )
+    );
+    let remotes = config.remote_builders.iter().map(crate::scheduler::builders::BuilderSpec::remote);
+    for b in remotes.chain(machines.iter().cloned()) {
+        let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(",") };
+        let key = match &b.kind {
+            crate::scheduler::builders::BuilderKind::Remote { ssh_key: Some(k), .. } => {
+                k.display().to_string()
+            }
+            _ => "-".to_string(),
+        };
+        out.push_str(&format!(
+            "remote_builder = {} systems={} ssh_key={} max_jobs={} speed_factor={} supported_features={} mandatory_features={}\n",
+            b.name,
+            list(&b.systems),
+            key,
+            b.max_jobs,
+            b.speed_factor,
+            list(&b.supported_features),
+            list(&b.mandatory_features)
+        ));
+    }
+    out
 }

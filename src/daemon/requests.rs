@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::control::server::Handler;
-use crate::control::{ApprovedUsersOp, BuildSummary, QueueDepths, Request, Response, StatusInfo, TokensOp};
+use crate::control::{
+    ApprovedUsersOp, BuildSummary, MaintainersOp, QueueDepths, Request, Response, StatusInfo, TokensOp,
+};
 use crate::forge::github::approvals::{self, ApprovalNotice};
 use crate::jobset::JobsetId;
 use crate::pipeline::{Pipeline, Progress, ProgressSink};
@@ -66,6 +68,7 @@ impl Handler for DaemonHandler {
             Request::Approve { repo, number, sha } => self.approve(&repo, number, sha).await,
             Request::ApprovedUsers(op) => self.approved_users(op).await,
             Request::Tokens(op) => self.tokens(op).await,
+            Request::Maintainers(op) => self.maintainers(op).await,
             Request::Checks { commit, limit } => self.checks(commit, limit).await,
             Request::CheckOutput { commit, name } => self.check_output(commit, name).await,
             Request::Gc => match self.retention.run().await {
@@ -320,6 +323,39 @@ impl DaemonHandler {
                     Err(e) => error(e),
                 }
             }
+        }
+    }
+
+    /// Adds, removes or lists the package maintainers of `@eka-ci merge`.
+    async fn maintainers(&self, op: MaintainersOp) -> Response {
+        use crate::forge::github::maintainers;
+        let store = self.store.clone();
+        let (repo, attr, login, adding) = match op {
+            MaintainersOp::List { repo } => {
+                return match smol::unblock(move || maintainers::list(&store, repo.as_deref())).await {
+                    Ok(rows) => Response::Maintainers(rows),
+                    Err(e) => error(format!("cannot list the maintainers: {e}")),
+                };
+            }
+            MaintainersOp::Add { repo, attr, login } => (repo, attr, login, true),
+            MaintainersOp::Remove { repo, attr, login } => (repo, attr, login, false),
+        };
+        if let Err(e) = maintainers::validate(&repo, &attr, &login) {
+            return error(e);
+        }
+        let (repo, login) = (repo.to_ascii_lowercase(), login.to_ascii_lowercase());
+        let (r, a, l) = (repo.clone(), attr.clone(), login.clone());
+        let changed = smol::unblock(move || {
+            if adding {
+                maintainers::add(&store, &r, &a, &l, APPROVED_BY)
+            } else {
+                maintainers::remove(&store, &r, &a, &l)
+            }
+        })
+        .await;
+        match changed {
+            Ok(changed) => Response::MaintainerChanged { repo, attr, login, changed },
+            Err(e) => error(format!("cannot change the maintainers of {repo}: {e}")),
         }
     }
 

@@ -69,6 +69,14 @@ pub const GITHUB_INSTALLATIONS: TableDefinition<&str, &[u8]> = TableDefinition::
 /// `owner/name#number` (lower case) → `PrHeadRecord`.
 pub const GITHUB_PR_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_pr_heads");
 
+/// Pending `@eka-ci merge` requests (`forge::github::merges`): `owner/name#number` (lower case) →
+/// `MergeRequestRecord`.
+pub const GITHUB_MERGE_REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_merge_requests");
+
+/// Package maintainers added by administrators (`forge::github::maintainers`):
+/// `owner/name \0 attribute \0 login` (repository and login lower case) → `MaintainerRecord`.
+pub const GITHUB_MAINTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_maintainers");
+
 /// HTTP API tokens (`tokens`): token name → `ApiTokenRecord` (scope, SHA-256 of the token, times).
 pub const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
 
@@ -82,6 +90,12 @@ pub const PUBLIC_DRVS: TableDefinition<u32, u64> = TableDefinition::new("public_
 
 /// Repository check results (`checks::results`): `commit \0 repository \0 check name` → `CheckResultRecord`.
 pub const CHECK_RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("check_results");
+/// Output and closure sizes of built attributes (`sizes`): `repo \0 commit \0 job \0 attr` →
+/// `SizeRecord`.
+pub const OUTPUT_SIZES: TableDefinition<&str, &[u8]> = TableDefinition::new("output_sizes");
+
+/// The newest sizes measured on a branch (`sizes`): `repo \0 branch \0 job \0 attr` → `SizeRecord`.
+pub const BRANCH_SIZES: TableDefinition<&str, &[u8]> = TableDefinition::new("branch_sizes");
 
 /// A table as described in `migrations-free-schema/`: its name and its key and value types as Rust
 /// spells them in the definitions above.
@@ -111,6 +125,8 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "github_runs", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_installations", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_pr_heads", key: "&str", value: "&[u8]" },
+    TableInfo { name: "github_merge_requests", key: "&str", value: "&[u8]" },
+    TableInfo { name: "github_maintainers", key: "&str", value: "&[u8]" },
     TableInfo { name: "change_summaries", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_approved_prs", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_approved_users", key: "&str", value: "&[u8]" },
@@ -118,6 +134,8 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "repo_visibility", key: "&str", value: "&[u8]" },
     TableInfo { name: "public_drvs", key: "u32", value: "u64" },
     TableInfo { name: "check_results", key: "&str", value: "&[u8]" },
+    TableInfo { name: "output_sizes", key: "&str", value: "&[u8]" },
+    TableInfo { name: "branch_sizes", key: "&str", value: "&[u8]" },
 ];
 
 /// Creates every table that does not exist yet.
@@ -139,6 +157,8 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(GITHUB_RUNS)?;
     tx.open_table(GITHUB_INSTALLATIONS)?;
     tx.open_table(GITHUB_PR_HEADS)?;
+    tx.open_table(GITHUB_MERGE_REQUESTS)?;
+    tx.open_table(GITHUB_MAINTAINERS)?;
     tx.open_table(CHANGE_SUMMARIES)?;
     tx.open_table(GITHUB_APPROVED_PRS)?;
     tx.open_table(GITHUB_APPROVED_USERS)?;
@@ -146,5 +166,7 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(REPO_VISIBILITY)?;
     tx.open_table(PUBLIC_DRVS)?;
     tx.open_table(CHECK_RESULTS)?;
+    tx.open_table(OUTPUT_SIZES)?;
+    tx.open_table(BRANCH_SIZES)?;
     Ok(())
 }

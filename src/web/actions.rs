@@ -1,9 +1,11 @@
-//! The write routes, admin tokens only: `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`
-//! and `POST /v1/github/approve`.
+//! The write routes, admin tokens only: `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`,
+//! `POST /v1/github/approve`, and the maintainers of `@eka-ci merge`: `GET /v1/github/maintainers`
+//! (`?repo=OWNER/NAME` for one repository) and `POST /v1/github/maintainers`
+//! (`{"op": "add"|"remove", "repo", "attr", "login"}`).
 //!
 //! Each checks the token before reading anything else (no token: 401; a read token: 403), then makes
 //! the same call the control socket's `Rebuild`, `Cancel` and `Approve` make: the scheduler's
-//! `rebuild` and `cancel`, and `forge::github::approvals::approve`. A rebuild answers 202 with the
+//! `rebuild` and `cancel`, `forge::github::approvals::approve`, and `forge::github::maintainers`. A rebuild answers 202 with the
 //! requeued state and does not wait for the build. Nothing here decides anything those calls do not.
 
 use futures_lite::AsyncReadExt;
@@ -120,6 +122,89 @@ async fn approve(mut req: tide::Request<AppState>) -> Result<tide::Response, Api
     }
 }
 
+/// The body of `POST /v1/github/maintainers`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintainerBody {
+    op: MaintainerOp,
+    repo: String,
+    attr: String,
+    login: String,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum MaintainerOp {
+    Add,
+    Remove,
+}
+
+async fn change_maintainer(mut req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    use crate::forge::github::maintainers;
+    let caller = auth::caller(&req).await?;
+    caller.require(Scope::Admin, WHY_WRITE)?;
+    let mut raw = Vec::new();
+    req.take_body()
+        .into_reader()
+        .take(MAX_APPROVE_BODY + 1)
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| ApiError::BadBody { reason: format!("cannot read it: {}", e.kind()) })?;
+    if raw.len() as u64 > MAX_APPROVE_BODY {
+        return Err(ApiError::BadBody { reason: format!("larger than {MAX_APPROVE_BODY} bytes") });
+    }
+    let body: MaintainerBody = serde_json::from_slice(&raw).map_err(|e| ApiError::BadBody {
+        reason: format!(
+            "expected {{\"op\": \"add\"|\"remove\", \"repo\": \"OWNER/NAME\", \"attr\": \"ATTR\", \"login\": \"LOGIN\"}} \
+             (line {}, column {}: {:?})",
+            e.line(),
+            e.column(),
+            e.classify()
+        ),
+    })?;
+    maintainers::validate(&body.repo, &body.attr, &body.login)
+        .map_err(|e| ApiError::BadBody { reason: e.to_string() })?;
+    let by = format!("api:{}", caller.name().unwrap_or("unknown"));
+    let (repo, login) = (body.repo.to_ascii_lowercase(), body.login.to_ascii_lowercase());
+    let (store, r, a, l, op) =
+        (req.state().store.clone(), repo.clone(), body.attr.clone(), login.clone(), body.op);
+    let changed = smol::unblock(move || match op {
+        MaintainerOp::Add => maintainers::add(&store, &r, &a, &l, &by),
+        MaintainerOp::Remove => maintainers::remove(&store, &r, &a, &l),
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "HTTP API: changing the maintainers failed");
+        ApiError::Internal { during: "changing the maintainers" }
+    })?;
+    Ok(tide::Response::builder(200)
+        .body(json!({ "repo": repo, "attr": body.attr, "login": login, "changed": changed }))
+        .build())
+}
+
+async fn list_maintainers(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    auth::caller(&req).await?.require(Scope::Admin, WHY_WRITE)?;
+    let mut repo = None;
+    for (k, v) in req.url().query_pairs() {
+        if k == "repo" {
+            crate::forge::github::approvals::validate_repo(&v).map_err(|_| ApiError::BadQuery {
+                param: "repo",
+                value: v.chars().take(100).collect(),
+                reason: "expected OWNER/NAME",
+            })?;
+            repo = Some(v.into_owned());
+        }
+    }
+    let store = req.state().store.clone();
+    let rows = smol::unblock(move || crate::forge::github::maintainers::list(&store, repo.as_deref()))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "HTTP API: listing the maintainers failed");
+            ApiError::Internal { during: "listing the maintainers" }
+        })?;
+    Ok(tide::Response::builder(200).body(json!({ "maintainers": rows })).build())
+}
+
 pub fn routes(app: &mut tide::Server<AppState>) {
     app.at("/v1/drvs/:drv/rebuild")
         .post(|req: tide::Request<AppState>| async move { respond(rebuild(req).await) });
@@ -127,4 +212,7 @@ pub fn routes(app: &mut tide::Server<AppState>) {
         .post(|req: tide::Request<AppState>| async move { respond(cancel(req).await) });
     app.at("/v1/github/approve")
         .post(|req: tide::Request<AppState>| async move { respond(approve(req).await) });
+    app.at("/v1/github/maintainers")
+        .get(|req: tide::Request<AppState>| async move { respond(list_maintainers(req).await) })
+        .post(|req: tide::Request<AppState>| async move { respond(change_maintainer(req).await) });
 }

@@ -13,7 +13,7 @@
 //! | `checks.rs` | `GET /v1/commits/{sha}/checks`, `…/checks/{name}/output` |
 //! | `summary.rs` | `GET /v1/commits/{sha}/change-summary`, `…/change-summary.md`, `…/package-changes`, `…/rebuild-impact` |
 //! | `github.rs` | `POST /github/webhook` |
-//! | `actions.rs` | `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`, `POST /v1/github/approve` (admin) |
+//! | `actions.rs` | `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`, `POST /v1/github/approve`, `GET`/`POST /v1/github/maintainers` (admin) |
 //!
 //! `conn.rs` is not a route group either: it serves one connection (the connection cap with its webhook
 //! reserve, bounded request heads, header and body idle timeouts, 413 closing the connection).

@@ -53,7 +53,7 @@ impl Fixture {
 
     /// An attribute `slow` (derivation `name`) whose build waits until the returned file exists; `gate`
     /// tells gate files of one fixture apart.
-    fn slow(&self, name: &str, gate: &str) -> (String, PathBuf) {
+    pub(crate) fn slow(&self, name: &str, gate: &str) -> (String, PathBuf) {
         let file = std::env::temp_dir().join(format!("ekaci-gate-{}{gate}", self.nonce));
         let attr = format!(
             r#"slow = mk "{name}" "while [ ! -e {} ]; do /bin/sleep 0.2; done; echo > $out" [];"#,

@@ -3,7 +3,8 @@
 //! CI's build time and disk (docs/benchmarks.md, "The test build on disk").
 //!
 //! `common` starts a real `eka-ci-server` in a private home and talks to it over its real socket and HTTP
-//! port; `fake_github` is a loopback GitHub (REST: App, installation and check-run endpoints; git over HTTPS).
+//! port; `fake_github` is a loopback GitHub (REST: App, installation, check-run, pull request, merge, reaction
+//! and issue-comment endpoints; git over HTTPS).
 
 mod common;
 mod fake_github;
@@ -29,13 +30,16 @@ mod http_api;
 mod http_api_summary;
 mod http_limits;
 mod jobset;
+mod merge_commands;
 mod nix_build;
+mod nixos_module;
 mod pr_trust;
 mod rebuild_policy;
 mod repo_config;
 mod retention;
 mod scheduler;
 mod sealed_eval;
+mod size_check;
 mod soak;
 mod store;
 mod summary;

@@ -99,11 +99,7 @@ fn every_field() {
         |path: &str, what: &str| FieldError::new(path, format!("accepted, not yet acted on: {what}"));
     assert_eq!(
         warnings,
-        vec![
-            not_yet("jobs.hello.caches", "successful builds are not pushed to caches yet"),
-            not_yet("jobs.hello.size_check", "output and closure sizes are not checked yet"),
-            not_yet("change_sets", "change sets do not decide what is evaluated or built yet"),
-        ]
+        vec![not_yet("jobs.hello.caches", "successful builds are not pushed to caches yet"),]
     );
 
     let mut jobs = BTreeMap::new();
@@ -116,7 +112,11 @@ fn every_field() {
             },
             allow_eval_failures: true,
             caches: strs(&["prod-s3", "public-cachix"]),
-            size_check: Some(SizeCheck { max_increase_percent: 12.5, base_branch: "main".into() }),
+            size_check: Some(SizeCheck {
+                max_increase_percent: 12.5,
+                base_branch: "main".into(),
+                fail_on_increase: false,
+            }),
         },
     );
     jobs.insert(
@@ -508,17 +508,22 @@ fn keys_accepted_but_not_acted_on_are_warnings_with_their_paths() {
     let dir = checkout();
     let json = r#"{
       "jobs": {
-        "hello": { "file": "default.nix", "size_check": { "max_increase_percent": 5, "base_branch": "main" } },
-        "plain": { "file": "default.nix" }
+        "hello": { "file": "default.nix", "caches": ["prod"] },
+        "plain": { "file": "default.nix", "caches": ["prod"] },
+        "none": { "file": "default.nix" }
       },
-      "checks": { "lint": { "shell": "s", "command": "true" }, "fmt": { "shell": "s", "command": "true" } }
+      "checks": { "lint": { "shell": "s", "command": "true" } }
     }"#;
     let (config, warnings) = parse_ok(dir.path(), json);
-    assert_eq!(config.checks.len(), 2, "the keys are still accepted");
+    assert_eq!(config.jobs["hello"].caches, ["prod"], "the keys are still accepted");
     let shown: Vec<String> = warnings.iter().map(ToString::to_string).collect();
     assert_eq!(
         shown,
-        ["jobs.hello.size_check: accepted, not yet acted on: output and closure sizes are not checked yet",]
+        [
+            "jobs.hello.caches: accepted, not yet acted on: successful builds are not pushed to caches yet",
+            "jobs.plain.caches: accepted, not yet acted on: successful builds are not pushed to caches yet",
+        ],
+        "checks are acted on: no warning"
     );
     // Through the loader too (what "EkaCI: Configure" and `ekaci eval` show).
     write(dir.path(), ".eka-ci/config.json", json);

@@ -61,6 +61,9 @@ pub struct SizeCheck {
     pub max_increase_percent: f64,
     /// The branch whose latest successful build is the baseline.
     pub base_branch: String,
+    /// An eka-ci extension: the size check run fails (instead of being neutral) when a size grew by more
+    /// than the limit. Default false.
+    pub fail_on_increase: bool,
 }
 
 /// A sandboxed command run in a shell derivation from the repository.

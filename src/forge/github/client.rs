@@ -1,6 +1,7 @@
 //! The GitHub REST client of a GitHub App: installation access tokens (fetched with the App JWT,
 //! cached per installation until shortly before they expire) and the few typed calls the integration
-//! needs (pull requests, check runs, collaborator permissions, repository installations).
+//! needs (pull requests and merging them, check runs, collaborator permissions, repository
+//! installations, issue comments and reactions).
 //!
 //! Calls are blocking `ureq` requests run through `smol::unblock`; waits between attempts are
 //! `smol::Timer`s on our executor. Discipline: `Retry-After` and `X-RateLimit-Remaining: 0` +
@@ -148,6 +149,26 @@ pub struct PullRequestRepo {
     pub full_name: String,
     #[serde(default)]
     pub clone_url: Option<String>,
+    /// The repository's merge settings (GitHub sends them with a pull request's repositories).
+    #[serde(default)]
+    pub allow_merge_commit: Option<bool>,
+    #[serde(default)]
+    pub allow_squash_merge: Option<bool>,
+    #[serde(default)]
+    pub allow_rebase_merge: Option<bool>,
+}
+
+impl PullRequestRepo {
+    /// Whether the repository allows merging with `method` (`merge`, `squash`, `rebase`); unknown when
+    /// GitHub did not say (then GitHub decides when asked to merge).
+    pub fn allows(&self, method: &str) -> Option<bool> {
+        match method {
+            "merge" => self.allow_merge_commit,
+            "squash" => self.allow_squash_merge,
+            "rebase" => self.allow_rebase_merge,
+            _ => Some(false),
+        }
+    }
 }
 
 /// The head or base of a pull request.
@@ -330,6 +351,39 @@ pub struct CollaboratorPermission {
     pub user: Option<Account>,
 }
 
+/// `POST /repos/{owner}/{repo}/issues/comments/{comment_id}/reactions`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Reaction {
+    pub id: u64,
+    pub content: String,
+}
+
+/// `POST /repos/{owner}/{repo}/issues/{issue_number}/comments`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IssueComment {
+    pub id: u64,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub html_url: Option<String>,
+}
+
+/// `PUT /repos/{owner}/{repo}/pulls/{pull_number}/merge` (200).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MergeResult {
+    /// The merge (or squash, or rebased head) commit.
+    pub sha: String,
+    pub merged: bool,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize)]
+struct MergeBody<'a> {
+    sha: &'a str,
+    merge_method: &'a str,
+}
+
 #[derive(Deserialize)]
 struct TokenResponse {
     token: Secret,
@@ -378,6 +432,7 @@ enum Method {
     Get,
     Post,
     Patch,
+    Put,
 }
 
 impl Method {
@@ -386,6 +441,7 @@ impl Method {
             Method::Get => "GET",
             Method::Post => "POST",
             Method::Patch => "PATCH",
+            Method::Put => "PUT",
         }
     }
 }
@@ -530,6 +586,48 @@ impl GitHubClient {
         let path =
             format!("{}/collaborators/{}/permission", repo_path(repo)?, segment(username, "user name")?);
         self.call_json(Method::Get, &path, Auth::Installation(installation_id), None).await
+    }
+
+    /// `POST /repos/{owner}/{repo}/issues/comments/{comment_id}/reactions` with `content` (`+1`, `-1`,
+    /// `rocket`, `confused`, …). GitHub answers 200 when the reaction already exists.
+    pub async fn add_reaction(
+        &self,
+        installation_id: u64,
+        repo: &str,
+        comment_id: u64,
+        content: &str,
+    ) -> Result<Reaction, ClientError> {
+        let path = format!("{}/issues/comments/{comment_id}/reactions", repo_path(repo)?);
+        let body = serde_json::json!({ "content": content }).to_string();
+        self.call_json(Method::Post, &path, Auth::Installation(installation_id), Some(body)).await
+    }
+
+    /// `POST /repos/{owner}/{repo}/issues/{number}/comments`: a comment on an issue or pull request.
+    pub async fn create_issue_comment(
+        &self,
+        installation_id: u64,
+        repo: &str,
+        number: u64,
+        text: &str,
+    ) -> Result<IssueComment, ClientError> {
+        let path = format!("{}/issues/{number}/comments", repo_path(repo)?);
+        let body = serde_json::json!({ "body": text }).to_string();
+        self.call_json(Method::Post, &path, Auth::Installation(installation_id), Some(body)).await
+    }
+
+    /// `PUT /repos/{owner}/{repo}/pulls/{number}/merge` with `sha` (GitHub refuses with 409 when the
+    /// head is no longer that commit) and `merge_method`.
+    pub async fn merge_pull_request(
+        &self,
+        installation_id: u64,
+        repo: &str,
+        number: u64,
+        sha: &str,
+        merge_method: &str,
+    ) -> Result<MergeResult, ClientError> {
+        let path = format!("{}/pulls/{number}/merge", repo_path(repo)?);
+        let body = to_json(&MergeBody { sha, merge_method }, &path)?;
+        self.call_json(Method::Put, &path, Auth::Installation(installation_id), Some(body)).await
     }
 
     async fn call_json<T: DeserializeOwned>(
@@ -678,8 +776,12 @@ fn exchange(
             .header("X-GitHub-Api-Version", API_VERSION)
             .header("User-Agent", user_agent)
             .call(),
-        Method::Post | Method::Patch => {
-            let builder = if method == Method::Post { agent.post(url) } else { agent.patch(url) };
+        Method::Post | Method::Patch | Method::Put => {
+            let builder = match method {
+                Method::Post => agent.post(url),
+                Method::Patch => agent.patch(url),
+                _ => agent.put(url),
+            };
             builder
                 .header("Authorization", &bearer)
                 .header("Accept", ACCEPT)

@@ -2,12 +2,17 @@
 //!
 //! `webhook` verifies, parses and persists incoming deliveries; it never talks to GitHub. `service`
 //! turns the persisted events into runs (`runs`) and runs into evaluations, builds and check runs.
-//! `approvals` stores the administrators' approvals for `require_approval`.
+//! `approvals` stores the administrators' approvals for `require_approval`. `commands` parses the
+//! `@eka-ci` comment commands; `merges` stores the pending merge requests they make;
+//! `maintainers` says who maintains the packages a pull request changes.
 
 pub mod app;
 pub mod approvals;
 pub mod client;
+pub mod commands;
 pub mod jwt;
+pub mod maintainers;
+pub mod merges;
 pub mod runs;
 pub mod service;
 pub mod webhook;

@@ -59,6 +59,9 @@ pub enum RunState {
     Done { outcome: String },
     /// Stopped before it finished (superseded head, closed pull request).
     Cancelled { reason: String },
+    /// Finished and reported, and every job's gate succeeded (no Added or Changed attribute fails, no
+    /// new evaluation error): the commit may be merged by an `@eka-ci merge` request.
+    Passed { outcome: String },
 }
 
 impl RunState {
@@ -258,7 +261,7 @@ pub fn pull_request_head(store: &Store, repo: &str, number: u64) -> Result<Optio
         }
         let rank = match run.state {
             RunState::AwaitingApproval => 2,
-            RunState::Queued { .. } | RunState::Done { .. } => 1,
+            RunState::Queued { .. } | RunState::Done { .. } | RunState::Passed { .. } => 1,
             RunState::Cancelled { .. } => continue,
         };
         let candidate = (rank, run.created_at.max(run.updated_at), run.head_sha.clone());

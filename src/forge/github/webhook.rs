@@ -304,6 +304,38 @@ pub struct IssueCommentSummary {
     pub installation: Option<u64>,
 }
 
+/// `issue_comment`, as parsed since the `@eka-ci` commands are acted on (older queued events keep the
+/// [`IssueCommentSummary`] form and are not acted on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommentSummary {
+    /// `created`, `edited` or `deleted`.
+    pub action: String,
+    /// The issue or pull request number.
+    pub number: u64,
+    pub is_pull_request: bool,
+    pub comment_id: u64,
+    pub body: String,
+    pub author: Option<String>,
+    pub author_id: Option<u64>,
+    /// `comment.user.type` is `Bot`.
+    pub author_is_bot: bool,
+    /// `comment.created_at`, as GitHub writes it.
+    pub created_at: Option<String>,
+    pub repo: RepoRef,
+    pub installation: Option<u64>,
+    /// The pull request's head as the newest `pull_request` event seen before this comment was recorded
+    /// knew it (filled in by [`record`], from `github_pr_heads`): what the comment's author saw.
+    pub known_head: Option<KnownHead>,
+}
+
+/// A pull request's head as recorded from `pull_request` events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownHead {
+    pub sha: String,
+    /// `updated_at` of the first event that reported this head (`YYYY-MM-DDTHH:MM:SSZ`).
+    pub since: String,
+}
+
 /// `pull_request_review`: a review was submitted, edited or dismissed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullRequestReviewSummary {
@@ -332,6 +364,7 @@ pub enum EventSummary {
     Push(PushSummary),
     IssueComment(IssueCommentSummary),
     PullRequestReview(PullRequestReviewSummary),
+    Comment(CommentSummary),
 }
 
 impl EventSummary {
@@ -345,6 +378,7 @@ impl EventSummary {
             EventSummary::Push(s) => Some(&s.repo),
             EventSummary::IssueComment(s) => Some(&s.repo),
             EventSummary::PullRequestReview(s) => Some(&s.repo),
+            EventSummary::Comment(s) => Some(&s.repo),
             EventSummary::Installation(_) | EventSummary::InstallationRepositories(_) => None,
         }
     }
@@ -361,6 +395,7 @@ impl EventSummary {
             EventSummary::Push(_) => return None,
             EventSummary::IssueComment(s) => &s.action,
             EventSummary::PullRequestReview(s) => &s.action,
+            EventSummary::Comment(s) => &s.action,
         })
     }
 }
@@ -527,11 +562,19 @@ struct WIssue {
 }
 
 #[derive(Deserialize)]
+struct WCommentUser {
+    login: String,
+    id: Option<u64>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct WComment {
     id: u64,
     body: Option<String>,
-    user: Option<WUser>,
-    author_association: Option<String>,
+    user: Option<WCommentUser>,
+    created_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -722,16 +765,20 @@ pub fn parse(event: UsedEvent, body: &[u8]) -> Result<EventSummary, ParseError> 
         }
         UsedEvent::IssueComment => {
             let e: WIssueCommentEvent = from_json(event, body)?;
-            EventSummary::IssueComment(IssueCommentSummary {
+            let user = e.comment.user;
+            EventSummary::Comment(CommentSummary {
                 action: e.action,
                 number: e.issue.number,
                 is_pull_request: e.issue.pull_request.is_some(),
                 comment_id: e.comment.id,
                 body: e.comment.body.unwrap_or_default(),
-                author: e.comment.user.map(|u| u.login),
-                author_association: e.comment.author_association,
+                author_is_bot: user.as_ref().is_some_and(|u| u.kind.as_deref() == Some("Bot")),
+                author_id: user.as_ref().and_then(|u| u.id),
+                author: user.map(|u| u.login),
+                created_at: e.comment.created_at,
                 repo: e.repository.into(),
                 installation: e.installation.map(|i| i.id),
+                known_head: None,
             })
         }
         UsedEvent::PullRequestReview => {
@@ -900,7 +947,12 @@ fn record_in(
                 DeliveryOutcome::Stale,
                 Intake::Stale,
             ),
-            Incoming::Event { summary, .. } => {
+            Incoming::Event { mut summary, .. } => {
+                if let EventSummary::Comment(c) = summary.as_mut() {
+                    if c.is_pull_request {
+                        c.known_head = known_head(tx, &c.repo.full_name, c.number)?;
+                    }
+                }
                 if let Some(repo) = summary.repo() {
                     if let Some(private) = repo.private {
                         crate::visibility::record_repo(tx, &repo.clone_url, &repo.full_name, private)?;
@@ -942,14 +994,52 @@ fn record_in(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PrHeadRecord {
     V1(PrHead),
+    V2(PrHeadV2),
 }
 
-/// The newest `pull_request` event seen for one pull request.
+/// The newest `pull_request` event seen for one pull request (rows written before `head_since` was
+/// recorded).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrHead {
     /// `pull_request.updated_at`, as GitHub writes it (`YYYY-MM-DDTHH:MM:SSZ`, so ordered as text).
     pub updated_at: String,
     pub head_sha: String,
+}
+
+/// The newest `pull_request` event seen for one pull request, and since when its head is the head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrHeadV2 {
+    /// `pull_request.updated_at`, as GitHub writes it (`YYYY-MM-DDTHH:MM:SSZ`, so ordered as text).
+    pub updated_at: String,
+    pub head_sha: String,
+    /// `updated_at` of the first event that reported `head_sha`.
+    pub head_since: String,
+}
+
+impl PrHeadRecord {
+    /// The newest form (a `V1` row's head is taken to be as old as its event).
+    fn upgrade(self) -> PrHeadV2 {
+        match self {
+            PrHeadRecord::V1(h) => {
+                PrHeadV2 { head_since: h.updated_at.clone(), updated_at: h.updated_at, head_sha: h.head_sha }
+            }
+            PrHeadRecord::V2(h) => h,
+        }
+    }
+}
+
+fn pr_head_key(repo: &str, number: u64) -> String {
+    format!("{}#{}", repo.to_ascii_lowercase(), number)
+}
+
+fn read_pr_head(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<PrHeadV2>, StoreError> {
+    match table.get(key)? {
+        Some(v) => Ok(Some(decode::<PrHeadRecord>(PR_HEADS_NAME, key, v.value())?.upgrade())),
+        None => Ok(None),
+    }
 }
 
 const PR_HEADS_NAME: &str = "github_pr_heads";
@@ -987,21 +1077,32 @@ fn is_stale(
     let (EventSummary::PullRequest(pr), Some(updated_at)) = (summary, updated_at) else {
         return Ok(false);
     };
-    let key = format!("{}#{}", pr.repo.full_name.to_ascii_lowercase(), pr.number);
+    let key = pr_head_key(&pr.repo.full_name, pr.number);
     let mut heads = tx.open_table(GITHUB_PR_HEADS)?;
-    let newest = match heads.get(key.as_str())? {
-        Some(v) => Some(decode::<PrHeadRecord>(PR_HEADS_NAME, &key, v.value())?),
-        None => None,
-    };
-    if let Some(PrHeadRecord::V1(newest)) = &newest {
+    let newest = read_pr_head(&heads, &key)?;
+    if let Some(newest) = &newest {
         if updated_at < newest.updated_at.as_str() {
             return Ok(true);
         }
     }
-    let record =
-        PrHeadRecord::V1(PrHead { updated_at: updated_at.to_string(), head_sha: pr.head_sha.clone() });
+    let head_since = match newest {
+        Some(n) if n.head_sha.eq_ignore_ascii_case(&pr.head_sha) => n.head_since,
+        _ => updated_at.to_string(),
+    };
+    let record = PrHeadRecord::V2(PrHeadV2 {
+        updated_at: updated_at.to_string(),
+        head_sha: pr.head_sha.clone(),
+        head_since,
+    });
     heads.insert(key.as_str(), encode(PR_HEADS_NAME, &record)?.as_slice())?;
     Ok(false)
+}
+
+/// The head of pull request `number` of `repo` as the `pull_request` events recorded so far know it.
+fn known_head(tx: &redb::WriteTransaction, repo: &str, number: u64) -> Result<Option<KnownHead>, StoreError> {
+    let heads = tx.open_table(GITHUB_PR_HEADS)?;
+    Ok(read_pr_head(&heads, &pr_head_key(repo, number))?
+        .map(|h| KnownHead { sha: h.head_sha.to_ascii_lowercase(), since: h.head_since }))
 }
 
 fn event_name(summary: &EventSummary) -> &'static str {
@@ -1015,6 +1116,7 @@ fn event_name(summary: &EventSummary) -> &'static str {
         EventSummary::Push(_) => UsedEvent::Push.name(),
         EventSummary::IssueComment(_) => UsedEvent::IssueComment.name(),
         EventSummary::PullRequestReview(_) => UsedEvent::PullRequestReview.name(),
+        EventSummary::Comment(_) => UsedEvent::IssueComment.name(),
     }
 }
 
@@ -1146,12 +1248,12 @@ mod tests {
                "comment": {{"id": 9, "body": "@eka-ci merge", "user": {{"login": "alice"}}, "author_association": "MEMBER"}},
                {repo}, "installation": {{"id": 3}}}}"#
         );
-        let EventSummary::IssueComment(c) =
-            parse(UsedEvent::IssueComment, comment.as_bytes()).expect("comment")
+        let EventSummary::Comment(c) = parse(UsedEvent::IssueComment, comment.as_bytes()).expect("comment")
         else {
             panic!("wrong variant")
         };
         assert!(c.is_pull_request && c.number == 7 && c.body == "@eka-ci merge" && c.installation == Some(3));
+        assert!(!c.author_is_bot && c.author.as_deref() == Some("alice") && c.author_id.is_none());
         let review = format!(
             r#"{{"action": "submitted", "review": {{"id": 1, "state": "approved", "user": null, "commit_id": "abc"}},
                "pull_request": {{"number": 4, "head": {{"sha": "abc"}}}}, {repo}}}"#

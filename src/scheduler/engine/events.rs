@@ -80,6 +80,9 @@ impl Engine {
         let attempt = n.rec.attempt;
         let state = match outcome {
             DrvOutcome::Success { built: true } => DrvState::Completed(Completion::Success),
+            // Nix had nothing to do, but an earlier attempt of ours ran (a restart abandoned it while its
+            // builder was finishing, under the old server's `nix-build`): that attempt built it.
+            DrvOutcome::Success { built: false } if attempt > 0 => DrvState::Completed(Completion::Success),
             // Nix had nothing to do: the outputs became valid since the request (built elsewhere).
             DrvOutcome::Success { built: false } => DrvState::Cached,
             DrvOutcome::Failure { message, exit_code } => {

@@ -8,6 +8,11 @@
 //!   that has not expired. Otherwise: 401 with GitHub's "Bad credentials" body.
 //! * Check runs are stored: create gives increasing ids and echoes the request, PATCH updates, the
 //!   list for a ref returns the stored runs of that SHA.
+//! * Pull requests (`GET pulls/{n}`, from GitHub's example with per-test fields merged in) can be merged
+//!   (`PUT pulls/{n}/merge`) as GitHub does: 409 when `sha` is not the head, 405 when the method is not
+//!   allowed by the repository (`allow_*_merge`) or the pull request is not mergeable or open; a merged
+//!   pull request is then closed and merged. Reactions on issue comments (201, or 200 when the same
+//!   one exists) and issue comments are stored.
 //! * Every request is recorded ([`Call`]: method, path, query, headers, body, status answered).
 //! * [`FakeGitHub::inject`] makes the next N calls matching a method and path pattern (`*` matches
 //!   anything) answer with a given [`Reply`]: GitHub error bodies, rate limits, 5xx.
@@ -145,6 +150,9 @@ struct Fixtures {
     check_run: Value,
     pull: Value,
     permission: Value,
+    reaction: Value,
+    comment: Value,
+    merge: Value,
 }
 
 struct State {
@@ -157,6 +165,11 @@ struct State {
     check_runs: Vec<(String, Value)>,
     permissions: HashMap<(String, String), String>,
     pulls: HashMap<(String, u64), Value>,
+    /// (repository, comment id, content) of every reaction, in creation order.
+    reactions: Vec<(String, u64, String)>,
+    /// (repository, issue number, comment) of every issue comment created.
+    comments: Vec<(String, u64, Value)>,
+    next_id: u64,
     fixtures: Fixtures,
 }
 
@@ -210,12 +223,18 @@ impl FakeGitHub {
             check_runs: Vec::new(),
             permissions: HashMap::new(),
             pulls: HashMap::new(),
+            reactions: Vec::new(),
+            comments: Vec::new(),
+            next_id: 5001,
             fixtures: Fixtures {
                 token: fixture("apps.create-installation-access-token.response.201.json"),
                 installation: fixture("apps.get-repo-installation.response.200.json"),
                 check_run: fixture("checks.create.response.201.json"),
                 pull: fixture("pulls.get.response.200.json"),
                 permission: fixture("repos.get-collaborator-permission-level.response.200.json"),
+                reaction: fixture("reactions.create-for-issue-comment.response.201.json"),
+                comment: fixture("issues.create-comment.response.201.json"),
+                merge: fixture("pulls.merge.response.200.json"),
             },
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -288,6 +307,31 @@ impl FakeGitHub {
     /// Fields merged (recursively) into the example pull request served for `repo` #`number`.
     pub fn set_pull_request(&self, repo: &str, number: u64, patch: Value) {
         self.lock().pulls.insert((repo.to_string(), number), patch);
+    }
+
+    /// The pull request `repo` #`number` as `GET pulls/{n}` serves it.
+    pub fn pull_request(&self, repo: &str, number: u64) -> Value {
+        pull(&self.lock(), repo, number)
+    }
+
+    /// The reactions (`+1`, `rocket`, …) on issue comment `comment_id` of `repo`, in creation order.
+    pub fn reactions(&self, repo: &str, comment_id: u64) -> Vec<String> {
+        let st = self.lock();
+        st.reactions
+            .iter()
+            .filter(|(r, c, _)| r == repo && *c == comment_id)
+            .map(|(_, _, v)| v.clone())
+            .collect()
+    }
+
+    /// The bodies of the comments created on issue or pull request `number` of `repo`, in order.
+    pub fn comments(&self, repo: &str, number: u64) -> Vec<String> {
+        let st = self.lock();
+        st.comments
+            .iter()
+            .filter(|(r, n, _)| r == repo && *n == number)
+            .map(|(_, _, c)| c["body"].as_str().unwrap_or("").to_string())
+            .collect()
     }
 
     /// The stored check runs of `repo`, in creation order.
@@ -466,6 +510,8 @@ fn reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
         422 => "Unprocessable Entity",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
@@ -550,15 +596,55 @@ fn route(st: &mut State, req: &Request, raw_path: &str, query: &str) -> Reply {
         (_, ["repos", ..]) if !token_ok(st, req) => bad_credentials(),
         ("GET", ["repos", owner, repo, "pulls", n]) => {
             let Ok(number) = n.parse::<u64>() else { return Reply::error(404, "Not Found") };
-            let full = format!("{owner}/{repo}");
-            let mut body = st.fixtures.pull.clone();
-            body["number"] = json!(number);
-            body["base"]["repo"]["full_name"] = json!(full);
-            body["base"]["repo"]["name"] = json!(repo);
-            if let Some(patch) = st.pulls.get(&(full, number)) {
-                merge(&mut body, patch);
+            ok(200, pull(st, &format!("{owner}/{repo}"), number))
+        }
+        ("PUT", ["repos", owner, repo, "pulls", n, "merge"]) => {
+            let Ok(number) = n.parse::<u64>() else { return Reply::error(404, "Not Found") };
+            merge_pull(st, &format!("{owner}/{repo}"), number, req)
+        }
+        ("POST", ["repos", owner, repo, "issues", "comments", id, "reactions"]) => {
+            let Ok(id) = id.parse::<u64>() else { return Reply::error(404, "Not Found") };
+            let Ok(body) = serde_json::from_str::<Value>(&req.body) else {
+                return Reply::error(400, "Problems parsing JSON");
+            };
+            let content = body["content"].as_str().unwrap_or("").to_string();
+            let allowed = ["+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"];
+            if !allowed.contains(&content.as_str()) {
+                return Reply::validation_failed("Reaction", "content", "invalid");
             }
-            ok(200, body)
+            let full = format!("{owner}/{repo}");
+            let mut reaction = st.fixtures.reaction.clone();
+            reaction["content"] = json!(content);
+            reaction["user"]["login"] = json!("eka-ci[bot]");
+            reaction["user"]["type"] = json!("Bot");
+            if st.reactions.iter().any(|(r, c, v)| *r == full && *c == id && *v == content) {
+                return ok(200, reaction);
+            }
+            reaction["id"] = json!(st.next_id);
+            reaction["created_at"] = json!(rfc3339(now_secs()));
+            st.next_id += 1;
+            st.reactions.push((full, id, content));
+            ok(201, reaction)
+        }
+        ("POST", ["repos", owner, repo, "issues", n, "comments"]) => {
+            let Ok(number) = n.parse::<u64>() else { return Reply::error(404, "Not Found") };
+            let Ok(body) = serde_json::from_str::<Value>(&req.body) else {
+                return Reply::error(400, "Problems parsing JSON");
+            };
+            let Some(text) = body["body"].as_str() else {
+                return Reply::validation_failed("IssueComment", "body", "missing_field");
+            };
+            let full = format!("{owner}/{repo}");
+            let id = st.next_id;
+            st.next_id += 1;
+            let mut comment = st.fixtures.comment.clone();
+            comment["id"] = json!(id);
+            comment["body"] = json!(text);
+            comment["html_url"] = json!(format!("https://github.com/{full}/pull/{number}#issuecomment-{id}"));
+            comment["user"]["login"] = json!("eka-ci[bot]");
+            comment["user"]["type"] = json!("Bot");
+            st.comments.push((full, number, comment.clone()));
+            ok(201, comment)
         }
         ("POST", ["repos", owner, repo, "check-runs"]) => {
             create_check_run(st, &format!("{owner}/{repo}"), req)
@@ -615,6 +701,55 @@ fn route(st: &mut State, req: &Request, raw_path: &str, query: &str) -> Reply {
         }
         _ => Reply::error(404, "Not Found"),
     }
+}
+
+/// GitHub's example pull request with the test's fields merged in.
+fn pull(st: &State, full: &str, number: u64) -> Value {
+    let mut body = st.fixtures.pull.clone();
+    body["number"] = json!(number);
+    body["base"]["repo"]["full_name"] = json!(full);
+    body["base"]["repo"]["name"] = json!(full.split_once('/').map_or(full, |(_, n)| n));
+    if let Some(patch) = st.pulls.get(&(full.to_string(), number)) {
+        merge(&mut body, patch);
+    }
+    body
+}
+
+/// `PUT /repos/{o}/{r}/pulls/{n}/merge`, with GitHub's refusals.
+fn merge_pull(st: &mut State, full: &str, number: u64, req: &Request) -> Reply {
+    let body = if req.body.trim().is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_str::<Value>(&req.body) {
+            Ok(v) => v,
+            Err(_) => return Reply::error(400, "Problems parsing JSON"),
+        }
+    };
+    let method = body.get("merge_method").and_then(Value::as_str).unwrap_or("merge").to_string();
+    let (allow, refusal) = match method.as_str() {
+        "merge" => ("allow_merge_commit", "Merge commits are not allowed on this repository."),
+        "squash" => ("allow_squash_merge", "Squash merges are not allowed on this repository."),
+        "rebase" => ("allow_rebase_merge", "Rebase merges are not allowed on this repository."),
+        _ => return Reply::validation_failed("PullRequest", "merge_method", "invalid"),
+    };
+    let pr = pull(st, full, number);
+    if pr["state"] != "open" || pr["merged"] == json!(true) || pr["mergeable"] == json!(false) {
+        return Reply::error(405, "Pull Request is not mergeable");
+    }
+    if let Some(sha) = body.get("sha").and_then(Value::as_str) {
+        if pr["head"]["sha"].as_str() != Some(sha) {
+            return Reply::error(409, "Head branch was modified. Review and try the merge again.");
+        }
+    }
+    if pr["base"]["repo"][allow] == json!(false) {
+        return Reply::error(405, refusal);
+    }
+    let merged_sha = format!("{:040x}", now_nanos());
+    let patch = st.pulls.entry((full.to_string(), number)).or_insert_with(|| json!({}));
+    merge(patch, &json!({"state": "closed", "merged": true, "merge_commit_sha": merged_sha}));
+    let mut answer = st.fixtures.merge.clone();
+    answer["sha"] = json!(merged_sha);
+    ok(200, answer)
 }
 
 fn create_check_run(st: &mut State, repo: &str, req: &Request) -> Reply {

@@ -4,14 +4,12 @@
 use serde_json::Value;
 
 use super::{key_path, Validator};
-use crate::config::not_acted_on;
 use crate::config::repo::change_sets::validate_glob;
 use crate::config::repo::{ChangeSetKind, ChangeSetRule, ChangeSets, MAX_CHANGE_SET_RULES};
 
 impl Validator {
     pub(super) fn change_sets(&mut self, v: &Value) -> ChangeSets {
         let mut rules = Vec::new();
-        self.not_acted_on("change_sets", &not_acted_on::REPO_CHANGE_SETS);
         let Some(map) = self.object(v, "change_sets") else { return ChangeSets { rules } };
         if map.len() > MAX_CHANGE_SET_RULES {
             self.error("change_sets", format!("at most {MAX_CHANGE_SET_RULES} rules are allowed"));

@@ -16,7 +16,7 @@ const MAX_CACHE_ID_CHARS: usize = 256;
 const MAX_BRANCH_BYTES: usize = 255;
 
 const JOB_FIELDS: &[&str] = &["file", "attr_path", "flake", "allow_eval_failures", "caches", "size_check"];
-const SIZE_CHECK_FIELDS: &[&str] = &["max_increase_percent", "base_branch"];
+const SIZE_CHECK_FIELDS: &[&str] = &["max_increase_percent", "base_branch", "fail_on_increase"];
 
 impl Validator {
     pub(super) fn jobs(&mut self, v: &Value) -> BTreeMap<String, JobConfig> {
@@ -50,9 +50,6 @@ impl Validator {
         self.unknown_fields(obj, path, JOB_FIELDS);
         if obj.contains_key("caches") {
             self.not_acted_on(&key_path(path, "caches"), &not_acted_on::REPO_JOB_CACHES);
-        }
-        if obj.contains_key("size_check") {
-            self.not_acted_on(&key_path(path, "size_check"), &not_acted_on::REPO_JOB_SIZE_CHECK);
         }
         let source = self.job_source(obj, path);
         let allow_eval_failures = self.opt_bool(obj, path, "allow_eval_failures", false);
@@ -262,6 +259,19 @@ impl Validator {
             Some(b) => Some(b.to_string()),
             None => None,
         };
-        Some(SizeCheck { max_increase_percent: percent?, base_branch: branch? })
+        let fail_path = key_path(path, "fail_on_increase");
+        let fail_on_increase = match obj.get("fail_on_increase") {
+            None => Some(false),
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                self.type_error(&fail_path, "a boolean", other);
+                None
+            }
+        };
+        Some(SizeCheck {
+            max_increase_percent: percent?,
+            base_branch: branch?,
+            fail_on_increase: fail_on_increase?,
+        })
     }
 }

@@ -19,6 +19,9 @@
 //! - `EkaCI: Approval Required`: with `require_approval` (or `merge_queue_require_approval` for merge queue
 //!   entries), while an outside author's pull request waits.
 //!
+//! `@eka-ci merge` comments (`merge`) become pending merge requests pinned to a head commit; every pass
+//! of the loop merges those whose commit's run has passed.
+//!
 //! This module must never parse webhooks (`webhook` does), run git or Nix (the pipeline does), or
 //! hold a store transaction across an `.await` (`runs` and `webhook` functions are blocking, called
 //! through `smol::unblock`). Tokens never reach a message: client and checkout errors are redacted.
@@ -26,7 +29,8 @@
 //! Layout: this file is the decision loop (events → run changes; starting, cancelling and resuming
 //! run tasks); `gate` decides which configuration gates a run; `run` is one run's task (configuration, evaluation, diff, change summary, builds,
 //! completion); `report` is what a run tells GitHub (check-run texts and the `Reporter` that creates
-//! or updates check runs and records their ids).
+//! or updates check runs and records their ids); `merge` handles the comment commands and merges;
+//! `sizes` measures and reports a job's `size_check`.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -40,15 +44,17 @@ use super::approvals::{self, ApprovalNotice};
 use super::client::{ClientConfig, ClientError, GitHubClient};
 use super::runs::{self, Run, RunState, Trigger};
 use super::webhook::{self, EventRecord, EventSummary, PullRequestSummary};
-use crate::config::{DraftPolicy, GitHubConfig};
+use crate::config::{DraftPolicy, GitHubConfig, MergeMethod};
 use crate::jobset::JobsetId;
 use crate::pipeline::Pipeline;
 use crate::scheduler::{Owner, SchedulerHandle};
 use crate::store::{now_secs, Store, StoreError};
 
 mod gate;
+mod merge;
 mod report;
 mod run;
+mod sizes;
 
 use crate::text::short_sha as short;
 use report::Reporter;
@@ -90,14 +96,26 @@ pub struct GitHubService {
     approval: ApprovalPolicy,
     /// `[rebuild] skip_paths`: a pull request touching only these paths is not evaluated.
     skip_paths: Vec<String>,
+    /// `[rebuild] max_rebuild_count`: above it a change is wide and its builds are skipped.
+    max_rebuild_count: Option<usize>,
+    /// The merge method of an `@eka-ci merge` that names none.
+    default_merge_method: MergeMethod,
+    /// When each (commenter id, repository) last had a command accepted by the rate limit (the event's
+    /// receipt, Unix seconds). Process-local on purpose: it resets at restart.
+    command_times: Mutex<HashMap<(u64, String), u64>>,
 }
 
-/// What the operator decided about runs: approvals and `[rebuild] skip_paths`.
+/// What the operator decided about runs: approvals and the `[rebuild]` limits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunPolicy {
     pub approval: ApprovalPolicy,
     /// A pull request touching only these paths is not evaluated.
     pub skip_paths: Vec<String>,
+    /// A change rebuilding more attributes than this is *wide*: evaluated and summarised, not built.
+    /// `None`: no limit.
+    pub max_rebuild_count: Option<usize>,
+    /// `default_merge_method`: the method of an `@eka-ci merge` that names none.
+    pub default_merge_method: MergeMethod,
 }
 
 /// Which runs wait for a maintainer's approval (`require_approval`, `merge_queue_require_approval`).
@@ -133,13 +151,25 @@ impl GitHubService {
         config: GitHubConfig,
         policy: RunPolicy,
     ) -> Result<Rc<GitHubService>, ClientError> {
-        let RunPolicy { approval, skip_paths } = policy;
+        let RunPolicy { approval, skip_paths, max_rebuild_count, default_merge_method } = policy;
         let client_config = ClientConfig { api_url: config.api_url.clone(), ..ClientConfig::default() };
         let clients = apps
             .into_iter()
             .map(|app| GitHubClient::new(app.credentials.clone(), client_config.clone()).map(|c| (app, c)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Rc::new(GitHubService { ex, store, pipeline, scheduler, clients, config, approval, skip_paths }))
+        Ok(Rc::new(GitHubService {
+            ex,
+            store,
+            pipeline,
+            scheduler,
+            clients,
+            config,
+            approval,
+            skip_paths,
+            max_rebuild_count,
+            default_merge_method,
+            command_times: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Starts the loop on `ex`; it stops when `shutdown` closes. Returns the wakers and the loop's task.
@@ -188,6 +218,9 @@ impl GitHubService {
             }
             if let Err(e) = self.start_runs(&ex, &mut active, &done_tx).await {
                 tracing::error!(error = %e, "starting GitHub runs failed");
+            }
+            if let Err(e) = self.merge_ready().await {
+                tracing::error!(error = %e, "merging pending @eka-ci merge requests failed");
             }
             enum Wake {
                 Tick,
@@ -263,7 +296,11 @@ impl GitHubService {
         active: &mut HashMap<String, Active>,
     ) -> Result<String, StoreError> {
         match &record.summary {
-            EventSummary::PullRequest(pr) => self.on_pull_request(pr, active).await,
+            EventSummary::PullRequest(pr) => {
+                let note = self.on_pull_request(pr, active).await?;
+                Ok(format!("{note}{}", self.check_pinned_head(pr).await?))
+            }
+            EventSummary::Comment(c) => self.on_comment(c, record.received_at).await,
             EventSummary::MergeGroup(mg) => match mg.action.as_str() {
                 "checks_requested" => {
                     let run = Run::new(

@@ -455,6 +455,66 @@ pub(super) fn gate_text(job: &JobReview, not_listed: usize) -> (String, String) 
     (title, s)
 }
 
+/// The gate of one job of a *wide* change (`[rebuild] max_rebuild_count`): evaluated and diffed, builds
+/// skipped. Returns the title, the summary and whether the job fails (its evaluation failed or it has new
+/// evaluation errors that are not allowed; nothing else can be known without building).
+pub(super) fn wide_gate_text(
+    job: &crate::jobset::diff::JobDiff,
+    rebuilds: u64,
+    max: usize,
+) -> (String, String, bool) {
+    let new_errors: Vec<_> = job.errors.iter().filter(|e| e.is_new()).collect();
+    let eval_failed = matches!(job.head.state, crate::jobset::JobsetState::Failed { .. });
+    let failed = eval_failed || (!new_errors.is_empty() && !job.head.allow_eval_failures);
+    let mut s = format!(
+        "This change rebuilds {rebuilds} attribute(s), more than the server's `[rebuild] max_rebuild_count` \
+         ({max}): it is a **wide** change. It was evaluated and its change summary is reported \
+         (`{SUMMARY_CHECK}`), but no package was built, so nothing here says whether it builds.\n\n"
+    );
+    if let crate::jobset::JobsetState::Failed { message } = &job.head.state {
+        s.push_str(&format!("**The evaluation of this job failed:**\n\n```\n{}\n```\n\n", fence(message)));
+    }
+    s.push_str(&format!(
+        "| added | changed | removed | unchanged | new evaluation errors |\n| ---: | ---: | ---: | ---: | ---: |\n| {} | {} | {} | {} | {} |\n",
+        job.added.len(),
+        job.changed.len(),
+        job.removed.len(),
+        job.unchanged,
+        new_errors.len()
+    ));
+    if !new_errors.is_empty() {
+        let allowed = if job.head.allow_eval_failures { " (allowed by `allow_eval_failures`)" } else { "" };
+        s.push_str(&format!("\n**New evaluation errors{allowed}:**\n"));
+        let lines = new_errors.iter().map(|e| {
+            let last = e.head_error.as_deref().and_then(|m| m.lines().last()).unwrap_or("");
+            format!("{}: {}", code_span(&e.attr), escape_markdown(prefix_chars(last, 300)))
+        });
+        push_bullets(&mut s, lines, new_errors.len(), 50);
+    }
+    let title = if eval_failed {
+        "Evaluation failed (wide change, builds skipped)".to_string()
+    } else if failed {
+        format!("{} new evaluation error(s) (wide change, builds skipped)", new_errors.len())
+    } else {
+        format!("Wide change: {rebuilds} rebuilds, builds skipped")
+    };
+    (title, s, failed)
+}
+
+/// The summary of a change whose every path a `docs-only` or `no-op` change-set rule covers: the paths
+/// and the kind of rule that covers each (at most 20 listed).
+pub(super) fn no_rebuild_text(paths: &[(String, &'static str)]) -> String {
+    const SHOWN: usize = 20;
+    let mut s = format!(
+        "Every path this change touches matches a `docs-only` or `no-op` rule of the repository's \
+         `change_sets`, so no rebuild is expected: nothing was evaluated or built ({} path(s)):\n\n",
+        paths.len()
+    );
+    let lines = paths.iter().map(|(p, kind)| format!("{} ({kind})", code_span(p)));
+    push_bullets(&mut s, lines, paths.len(), SHOWN);
+    s
+}
+
 /// Appends at most `max` of the `total` lines as a markdown list, then "… and N more".
 fn push_bullets(out: &mut String, lines: impl Iterator<Item = String>, total: usize, max: usize) {
     for line in lines.take(max) {

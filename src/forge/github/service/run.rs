@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use super::gate::{self, Found, Side};
 use super::report::{
     check_check, check_completed, check_pending, completed, configure_fields, gate_check, gate_text,
-    held_summary, verdict_words, ConfigureReport, Reporter, APPROVAL_CHECK, CONFIGURE_CHECK, SUMMARY_CHECK,
+    held_summary, no_rebuild_text, verdict_words, wide_gate_text, ConfigureReport, Reporter, APPROVAL_CHECK,
+    CONFIGURE_CHECK, SUMMARY_CHECK,
 };
 use super::{approved_locally, GitHubService};
 use crate::checkout::GitAuth;
+use crate::config::repo::{ChangeClass, RepoConfig};
 use crate::forge::github::client::{
     CheckConclusion, CheckRunFields, CheckRunOutput, CheckStatus, ClientError, GitHubClient,
 };
@@ -46,8 +48,12 @@ impl GitHubService {
                     return (None, None); // cancelled meanwhile
                 }
                 match &result {
-                    Ok(Finish::Done { outcome, failed_drvs, .. }) => {
-                        run.state = RunState::Done { outcome: outcome.clone() };
+                    Ok(Finish::Done { outcome, failed_drvs, green, .. }) => {
+                        run.state = if *green {
+                            RunState::Passed { outcome: outcome.clone() }
+                        } else {
+                            RunState::Done { outcome: outcome.clone() }
+                        };
                         run.failed_drvs = failed_drvs.clone();
                         run.rebuild_failed = false;
                         run.api_failures = 0;
@@ -83,6 +89,7 @@ impl GitHubService {
                 outcome: "no GitHub App may serve this repository and branch".into(),
                 failed_drvs: Vec::new(),
                 result: "skipped",
+                green: false,
             });
         };
         let installation = self.installation(&run, client).await?;
@@ -155,6 +162,7 @@ impl GitHubService {
                         outcome: format!("checkout failed: {e}"),
                         failed_drvs: Vec::new(),
                         result: "error",
+                        green: false,
                     });
                 }
             }
@@ -190,11 +198,33 @@ impl GitHubService {
                 _ if changes.is_empty() => ("no repository configuration", "skipped"),
                 _ => ("the changed repository configuration is not used", "skipped"),
             };
-            return Ok(Finish::Done { outcome: outcome.into(), failed_drvs: Vec::new(), result });
+            return Ok(Finish::Done {
+                outcome: outcome.into(),
+                failed_drvs: Vec::new(),
+                result,
+                green: false,
+            });
         };
         let jobs: Vec<String> = repo_config.jobs.keys().cloned().collect();
-        if let Some(finish) = self.skip_if_only_skip_paths(&reporter, &jobs, &url, &base, &head).await? {
-            return Ok(finish);
+        // Before any evaluation, from the git diff: the repository's change sets, then the server's
+        // skip_paths (which a `full-rebuild` path overrides).
+        let changed = self.changed_paths_for_policy(repo_config, &url, &base, &head).await;
+        let class = match &changed {
+            Some(paths) => {
+                let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+                repo_config.change_sets.classify(&refs)
+            }
+            None => ChangeClass::Normal,
+        };
+        if let Some(paths) = &changed {
+            if class == ChangeClass::NoRebuild {
+                return self.finish_no_rebuild(&reporter, &jobs, repo_config, paths).await;
+            }
+            if class != ChangeClass::FullRebuild {
+                if let Some(finish) = self.skip_if_only_skip_paths(&reporter, &jobs, paths).await? {
+                    return Ok(finish);
+                }
+            }
         }
         for job in &jobs {
             let fields = CheckRunFields {
@@ -237,7 +267,19 @@ impl GitHubService {
             }
         };
         self.mark_public(&url, &diff).await;
-        self.report_summary(&reporter, &diff).await?;
+        let summary = self.report_summary(&reporter, &diff).await?;
+        if let (Some(max), Some(summary)) = (self.max_rebuild_count, &summary) {
+            let rebuilds = rebuild_count(summary);
+            if rebuilds > max as u64 {
+                skip_checks(
+                    &reporter,
+                    repo_config,
+                    "the change is too wide to build ([rebuild] max_rebuild_count)",
+                )
+                .await?;
+                return self.finish_wide(&reporter, &diff, rebuilds, max).await;
+            }
+        }
         let review = match self.pipeline.build_review(&self.scheduler, diff, owners, &None).await {
             Ok(review) => review,
             Err(e) if e.is_host_trouble() => return Err(RunError::HostTrouble(e)),
@@ -250,11 +292,14 @@ impl GitHubService {
         };
         let checks_failed =
             self.run_repo_checks(&reporter, repo_config, &url, &head, auth.as_ref(), owners).await?;
+        self.report_sizes(&reporter, &run, repo_config, &review).await?;
         let mut finish = self.report_review(&reporter, &review).await?;
         if checks_failed > 0 {
-            if let Finish::Done { outcome, result, .. } = &mut finish {
+            if let Finish::Done { outcome, result, green, .. } = &mut finish {
                 *outcome = format!("{outcome}; {checks_failed} check(s) failed");
                 *result = "failed";
+                // A failed check keeps the commit from being merged (`@eka-ci merge`).
+                *green = false;
             }
         }
         Ok(finish)
@@ -299,27 +344,102 @@ impl GitHubService {
         Ok(failed)
     }
 
+    /// The paths the change touches (`git diff` of base and head, renames as both paths), when the
+    /// server's `skip_paths` or the repository's `change_sets` need them. A diff that cannot be computed
+    /// is logged and yields `None`: evaluation goes ahead as usual.
+    async fn changed_paths_for_policy(
+        &self,
+        repo_config: &RepoConfig,
+        url: &str,
+        base: &str,
+        head: &str,
+    ) -> Option<Vec<String>> {
+        if self.skip_paths.is_empty() && repo_config.change_sets.is_empty() {
+            return None;
+        }
+        match self.pipeline.changed_paths(url, base, head).await {
+            Ok(changed) => Some(changed),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the changed paths; evaluating");
+                None
+            }
+        }
+    }
+
+    /// `change_sets`: every changed path is covered by a `docs-only` or `no-op` rule. Completes every
+    /// job's gate as successful and the change summary as "No rebuilds expected", without evaluating.
+    async fn finish_no_rebuild(
+        &self,
+        reporter: &Reporter,
+        jobs: &[String],
+        repo_config: &RepoConfig,
+        changed: &[String],
+    ) -> Result<Finish, RunError> {
+        let paths: Vec<(String, &'static str)> = changed
+            .iter()
+            .map(|p| (p.clone(), repo_config.change_sets.kind_of(p).map_or("", |k| k.as_str())))
+            .collect();
+        let summary = no_rebuild_text(&paths);
+        for job in jobs {
+            let fields = completed(
+                CheckConclusion::Success,
+                "No rebuild: only docs-only or no-op paths changed",
+                summary.clone(),
+                None,
+            );
+            reporter.report(&gate_check(job), fields).await?;
+        }
+        let fields = completed(CheckConclusion::Neutral, "No rebuilds expected", summary, None);
+        reporter.report(SUMMARY_CHECK, fields).await?;
+        crate::metrics::global().github_rebuild_skips.with_label_values(&["change_sets"]).inc();
+        Ok(Finish::Done {
+            outcome: "change_sets: only docs-only or no-op paths changed".into(),
+            failed_drvs: Vec::new(),
+            result: "skipped",
+            green: true,
+        })
+    }
+
+    /// `[rebuild] max_rebuild_count`: the change rebuilds more than the server builds for one pull
+    /// request. Completes every job's gate from its evaluation alone (neutral, or failure for a failed
+    /// evaluation or new evaluation errors), saying that builds were skipped, and builds nothing.
+    async fn finish_wide(
+        &self,
+        reporter: &Reporter,
+        diff: &crate::pipeline::DiffReport,
+        rebuilds: u64,
+        max: usize,
+    ) -> Result<Finish, RunError> {
+        let mut any_failed = false;
+        for job in &diff.jobs {
+            let (title, summary, failed) = wide_gate_text(job, rebuilds, max);
+            any_failed |= failed;
+            let conclusion = if failed { CheckConclusion::Failure } else { CheckConclusion::Neutral };
+            reporter.report(&gate_check(&job.job), completed(conclusion, &title, summary, None)).await?;
+        }
+        crate::metrics::global().github_rebuild_skips.with_label_values(&["wide"]).inc();
+        Ok(Finish::Done {
+            outcome: format!(
+                "wide change: {rebuilds} rebuilds, over max_rebuild_count {max}; builds skipped"
+            ),
+            failed_drvs: Vec::new(),
+            result: if any_failed { "failed" } else { "skipped" },
+            // Nothing was built: the gate is neutral at best, never green enough to merge.
+            green: false,
+        })
+    }
+
     /// `[rebuild] skip_paths`: when every path the pull request changes matches one of them, completes
-    /// every job's gate as successful without evaluating, saying why, and ends the attempt. A diff that
-    /// cannot be computed is logged and evaluation goes ahead.
+    /// every job's gate as successful without evaluating, saying why, and ends the attempt.
     async fn skip_if_only_skip_paths(
         &self,
         reporter: &Reporter,
         jobs: &[String],
-        url: &str,
-        base: &str,
-        head: &str,
+        changed: &[String],
     ) -> Result<Option<Finish>, RunError> {
         if self.skip_paths.is_empty() {
             return Ok(None);
         }
-        let changed = match self.pipeline.changed_paths(url, base, head).await {
-            Ok(changed) => changed,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the changed paths; evaluating");
-                return Ok(None);
-            }
-        };
         let skipped =
             |path: &String| self.skip_paths.iter().any(|g| crate::config::repo::glob_matches(g, path));
         if changed.is_empty() || !changed.iter().all(skipped) {
@@ -346,10 +466,12 @@ impl GitHubService {
             );
             reporter.report(&gate_check(job), fields).await?;
         }
+        crate::metrics::global().github_rebuild_skips.with_label_values(&["skip_paths"]).inc();
         Ok(Some(Finish::Done {
             outcome: "only paths in [rebuild] skip_paths changed".into(),
             failed_drvs: Vec::new(),
             result: "skipped",
+            green: true,
         }))
     }
 
@@ -376,20 +498,24 @@ impl GitHubService {
         }
     }
 
-    /// Posts (or updates) the change summary of the diffed jobs.
+    /// Posts (or updates) the change summary of the diffed jobs, and returns it (`None` when it could not
+    /// be computed; that is logged).
     async fn report_summary(
         &self,
         reporter: &Reporter,
         diff: &crate::pipeline::DiffReport,
-    ) -> Result<(), RunError> {
+    ) -> Result<Option<crate::summary::ChangeSummary>, RunError> {
         match self.pipeline.change_summary(diff).await {
-            Ok((_, rendered)) => {
+            Ok((summary, rendered)) => {
                 let fields = completed(CheckConclusion::Neutral, "Change summary", rendered.markdown, None);
                 reporter.report(SUMMARY_CHECK, fields).await?;
+                Ok(Some(summary))
             }
-            Err(e) => tracing::warn!(error = %e, "computing the change summary failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "computing the change summary failed");
+                Ok(None)
+            }
         }
-        Ok(())
     }
 
     /// Completes every job's gate and the failure check runs.
@@ -441,7 +567,7 @@ impl GitHubService {
         let outcome =
             if failed == 0 { "all jobs passed".to_string() } else { format!("{failed} job(s) failed") };
         let result = if failed == 0 { "passed" } else { "failed" };
-        Ok(Finish::Done { outcome, failed_drvs, result })
+        Ok(Finish::Done { outcome, failed_drvs, result, green: failed == 0 && !review.jobs.is_empty() })
     }
 
     /// Requeues the failed derivations (or the failed dependency of a transitive failure).
@@ -591,12 +717,20 @@ async fn has_write_access(
 }
 
 /// How a run attempt ended (errors aside).
+/// The rebuild count `[rebuild] max_rebuild_count` is compared with: the change summary's rebuild
+/// counts (attributes whose head output is new), summed over every system and job.
+fn rebuild_count(summary: &crate::summary::ChangeSummary) -> u64 {
+    summary.jobs.iter().flat_map(|j| j.impact.per_system.iter()).map(|s| s.rebuilds).sum()
+}
+
 enum Finish {
     /// `result` is the `eka_ci_github_runs_total` label.
     Done {
         outcome: String,
         failed_drvs: Vec<String>,
         result: &'static str,
+        /// Every job's gate succeeded: the commit may be merged.
+        green: bool,
     },
     Held,
 }
@@ -647,5 +781,10 @@ async fn fail_every_gate(
             .report(&gate_check(job), completed(CheckConclusion::Failure, title, summary.clone(), None))
             .await?;
     }
-    Ok(Finish::Done { outcome: format!("{outcome}: {error}"), failed_drvs: Vec::new(), result: "error" })
+    Ok(Finish::Done {
+        outcome: format!("{outcome}: {error}"),
+        failed_drvs: Vec::new(),
+        result: "error",
+        green: false,
+    })
 }
