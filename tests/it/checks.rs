@@ -416,3 +416,59 @@ fn a_server_killed_during_a_check_kills_its_sandbox_and_finishes_the_same_check_
         .count();
     assert_eq!(posts, 1, "the check run is created once and updated in place across the restart");
 }
+
+#[test]
+fn with_a_flake_a_single_name_is_a_dev_shell_of_the_servers_system() {
+    let n = nonce();
+    let system = format!("{}-linux", std::env::consts::ARCH);
+    let flake = format!(
+        r#"{{
+  outputs = {{ self }}:
+    let
+      tools = derivation {{
+        name = "flake-tools-{n}";
+        system = "{system}";
+        builder = "/bin/sh";
+        args = [ "-c" "/bin/mkdir -p $out/bin && echo '#!/bin/sh' > $out/bin/greet && echo 'echo hello from the flake' >> $out/bin/greet && /bin/chmod +x $out/bin/greet" ];
+      }};
+    in {{
+      devShells.{system}.dev = derivation {{
+        name = "flake-dev-{n}";
+        system = "{system}";
+        builder = "/bin/sh";
+        args = [ "-c" "echo dev > $out" ];
+        inherit tools;
+      }};
+    }};
+}}
+"#
+    );
+    let repo = GitRepo::new();
+    let base = repo.commit(
+        "base",
+        &[(".eka-ci/config.json", Some(common::FILE_JOB)), ("default.nix", Some(DEFAULT_NIX))],
+    );
+    let config = serde_json::json!({
+        "jobs": { "main": { "file": "default.nix" } },
+        "checks": {
+            "short": check("greet", false, &[]),
+            "long": { "shell": format!("devShells.{system}.dev"), "command": "greet" },
+            "missing": { "shell": "nope", "command": "true" },
+        },
+    });
+    let config = config.to_string();
+    let head = repo.commit("head", &[(".eka-ci/config.json", Some(&config)), ("flake.nix", Some(&flake))]);
+    let home = Home::new();
+    let _server = home.start();
+    let out = home.review(&repo, &base, &head);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    for name in ["short", "long"] {
+        let c = check_report(&report, name);
+        assert_eq!(ending(c), &serde_json::json!({ "Exited": 0 }), "{name}: {c}");
+        assert!(c["tail"].as_str().is_some_and(|t| t.contains("hello from the flake")), "{c}");
+    }
+    let missing = check_report(&report, "missing");
+    let message = missing["outcome"]["NoShell"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("nope"), "a missing shell is reported, the command not run: {missing}");
+    assert_eq!(out.status.code(), Some(1));
+}
