@@ -1,7 +1,9 @@
 //! Repository checks end to end (docs/checks.md): `ekaci review` on a real git repository, the real
 //! server, real Nix building the shell, and real bubblewrap. The checks try what a hostile pull request
 //! would: reading the server's state, secrets and other repositories, writing outside the working copy,
-//! reaching a loopback listener, running forever, leaving a process behind.
+//! reaching a loopback listener, running forever, leaving a process behind; the limits; the check runs of
+//! a pull request (created once, cancelled with it, finished after a crash); stored results; flake shells;
+//! and the scheduler's check slots.
 
 use crate::common;
 
@@ -471,4 +473,49 @@ fn with_a_flake_a_single_name_is_a_dev_shell_of_the_servers_system() {
     let message = missing["outcome"]["NoShell"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("nope"), "a missing shell is reported, the command not run: {missing}");
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// Whether `f` completes within `ms` milliseconds.
+async fn completes_within<T>(ms: u64, f: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(f.await) }, async {
+        smol::Timer::after(std::time::Duration::from_millis(ms)).await;
+        None
+    })
+    .await
+}
+
+#[test]
+fn checks_take_the_local_builders_worker_slots_and_are_cancelled_with_their_owner() {
+    use eka_ci::jobset::JobsetId;
+    use eka_ci::scheduler::{self, builders::native_system, SchedulerConfig, SchedulerError};
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = eka_ci::store::Store::open(&dir.path().join("db.redb")).expect("store");
+    let graph = eka_ci::graph::Graph::open(store, 1000).expect("graph");
+    let mut cfg = SchedulerConfig::local(vec![native_system()], Vec::new(), dir.path().join("logs"));
+    cfg.local_max_jobs = 2;
+    let ex = std::rc::Rc::new(smol::LocalExecutor::new());
+    smol::block_on(ex.run(async {
+        let h = scheduler::start(&ex, graph, cfg).await.expect("start");
+        let first = h.check_slot(JobsetId(1)).await.expect("a free slot");
+        let second = h.check_slot(JobsetId(2)).await.expect("the other free slot");
+        assert!(completes_within(300, h.check_slot(JobsetId(3))).await.is_none(), "both job slots are taken");
+        drop(first);
+        let third = completes_within(5000, h.check_slot(JobsetId(3)))
+            .await
+            .expect("granted once a slot is given back")
+            .expect("slot");
+
+        // A waiting request of a cancelled owner fails; a running check of a cancelled owner is told to stop.
+        let waiting = h.check_slot(JobsetId(4));
+        let cancel = async {
+            smol::Timer::after(std::time::Duration::from_millis(100)).await;
+            let _unknown_owner = h.cancel(JobsetId(4)).await;
+            let _unknown_owner = h.cancel(JobsetId(2)).await;
+        };
+        let (result, ()) = futures_lite::future::zip(waiting, cancel).await;
+        assert!(matches!(result, Err(SchedulerError::Cancelled { .. })), "{result:?}");
+        assert!(completes_within(5000, second.cancelled()).await.is_some(), "the running check is cancelled");
+        assert!(completes_within(200, third.cancelled()).await.is_none(), "another owner's check runs on");
+        h.shutdown().await.expect("shutdown");
+    }));
 }
