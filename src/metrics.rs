@@ -59,6 +59,9 @@ pub struct Metrics {
     pub rebuild_impact_traversal_duration: HistogramVec,
     /// Supervised service loops (`supervise`) restarted after a panic or a failed start, by service.
     pub service_restarts: IntCounterVec,
+    /// Whether each builder answers (1) or not (0), by builder name (`local`, `fixed-output`, the remote
+    /// URI); a remote builder is probed with `nix store ping` (`scheduler::health`).
+    pub builder_up: IntGaugeVec,
     /// HTTP connections open now, over every listener (`web::conn`).
     pub http_connections_open: IntGauge,
     /// HTTP connections closed by the server's limits, by reason: cap, reserved, header_timeout,
@@ -165,6 +168,15 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["service"],
     )?;
     registry.register(Box::new(service_restarts.clone()))?;
+    let builder_up = IntGaugeVec::new(
+        Opts::new(
+            "eka_ci_builder_up",
+            "Whether a builder answers its health probe (1) or is down or not checked yet (0), by builder \
+             (local, fixed-output, or the remote machine's store URI)",
+        ),
+        &["builder"],
+    )?;
+    registry.register(Box::new(builder_up.clone()))?;
     let github_webhooks = IntCounterVec::new(
         Opts::new(
             "eka_ci_github_webhooks_total",
@@ -312,6 +324,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         change_summary_metadata_unavailable,
         rebuild_impact_traversal_duration,
         service_restarts,
+        builder_up,
         http_connections_open,
         http_connections_refused,
         github_events_lenient,

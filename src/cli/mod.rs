@@ -809,6 +809,27 @@ async fn tokens(socket: &std::path::Path, cmd: &TokensCmd) -> Result<(), String>
 
 /// The human-readable form of `ekaci status`.
 pub fn render_status(info: &StatusInfo) -> String {
+    let mut out = render_status_head(info);
+    if info.builders.iter().any(|b| b.kind == "remote") {
+        out.push_str("builders:\n");
+        for b in &info.builders {
+            let health = match &b.health {
+                crate::scheduler::Health::Down { reason } => format!("DOWN ({reason})"),
+                other => other.name().to_string(),
+            };
+            out.push_str(&format!(
+                "  {:<40} {health}, {} of {} slots busy, {}\n",
+                b.name,
+                b.building,
+                b.max_jobs,
+                b.systems.join(",")
+            ));
+        }
+    }
+    out
+}
+
+fn render_status_head(info: &StatusInfo) -> String {
     format!(
         "eka-ci-server {version} (pid {pid})\n\
          uptime:          {uptime}\n\

@@ -153,6 +153,19 @@ pub fn non_empty_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Err
     non_empty_string(d).map(PathBuf::from)
 }
 
+/// An optional SSH public host key as Nix's machines file carries it: base64 (what `base64 -w0` prints
+/// for a `.pub` line), without whitespace.
+pub fn ssh_host_key_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = non_empty_string(d)?;
+    if s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')) {
+        Ok(Some(s))
+    } else {
+        Err(D::Error::custom(
+            "is not a base64-encoded host key: write what `base64 -w0 < ssh_host_ed25519_key.pub` prints",
+        ))
+    }
+}
+
 struct NonEmpty(String);
 impl<'de> Deserialize<'de> for NonEmpty {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

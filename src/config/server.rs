@@ -340,9 +340,13 @@ pub struct RemoteBuilderConfig {
     pub supported_features: Vec<String>,
     #[serde(default)]
     pub mandatory_features: Vec<String>,
-    /// SSH private key used to reach it.
+    /// SSH private key used to reach it (a path: the key itself is never read, logged or passed on).
     #[serde(default)]
     pub ssh_key: Option<PathBuf>,
+    /// The machine's SSH host key, base64-encoded as in the machines file's eighth field (`base64 -w0`
+    /// of the `.pub` line); `None` leaves host-key checking to ssh's own configuration.
+    #[serde(default, deserialize_with = "de::ssh_host_key_opt")]
+    pub public_host_key: Option<String>,
 }
 
 fn one() -> u32 {
@@ -388,11 +392,23 @@ pub struct BuildersConfig {
     /// slow fetches never take the build slots (1..=256, default 10).
     #[serde(deserialize_with = "de::ranged_u32::<_, 1, 256>")]
     pub fod_max_jobs: u32,
+    /// Seconds between health probes of an up remote builder (`nix store ping`; 1..=86400, default 60).
+    /// A builder that is down is probed again sooner, after a backoff doubling from 1 s up to this.
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 86400>")]
+    pub health_check_interval_seconds: u64,
+    /// Seconds one probe may take before the builder counts as down (1..=600, default 20).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 600>")]
+    pub health_check_timeout_seconds: u64,
 }
 
 impl Default for BuildersConfig {
     fn default() -> Self {
-        BuildersConfig { local_max_jobs: None, fod_max_jobs: 10 }
+        BuildersConfig {
+            local_max_jobs: None,
+            fod_max_jobs: 10,
+            health_check_interval_seconds: 60,
+            health_check_timeout_seconds: 20,
+        }
     }
 }
 

@@ -217,6 +217,8 @@ pub struct StatusInfo {
     pub restrict_eval: bool,
     /// The local Nix's `sandbox` setting as Nix spells it (`true`, `relaxed` or `false`).
     pub sandbox: String,
+    /// Every builder with its health (remote builders are probed; see `scheduler::health`).
+    pub builders: Vec<crate::scheduler::BuilderStatus>,
 }
 
 /// Work waiting in the server's queues.

@@ -150,6 +150,9 @@ impl DaemonHandler {
 
     /// Every derivation with a build state (optionally only in `state`), in graph order, at most `limit`.
     async fn builds(&self, state: Option<String>, limit: u32) -> Response {
+        // Derivations waiting because every builder that may take them is down say so.
+        let waiting: std::collections::HashMap<String, String> =
+            self.scheduler.waiting().await.unwrap_or_default().into_iter().collect();
         let graph = self.pipeline.graph().clone();
         let store = self.store.clone();
         let listed = smol::unblock(move || -> Result<Vec<BuildSummary>, String> {
@@ -162,7 +165,10 @@ impl DaemonHandler {
                 }
                 let drv = graph.path_of(id).map_err(|e| e.to_string())?;
                 let full = record.state.to_string();
-                let detail = (full != record.state.name()).then_some(full);
+                let detail = match waiting.get(&drv) {
+                    Some(reason) => Some(reason.clone()),
+                    None => (full != record.state.name()).then_some(full),
+                };
                 out.push(BuildSummary {
                     drv,
                     state: record.state.name().to_string(),
@@ -436,6 +442,7 @@ impl DaemonHandler {
         let depths = self.scheduler.depths().await.unwrap_or_default();
         let builds = depths.iter().map(|d| (d.queued + d.buildable) as u64).sum();
         let active_builds = depths.iter().map(|d| d.building as u64).sum();
+        let builders = self.scheduler.builders().await.unwrap_or_default();
         Response::Status(StatusInfo {
             version: crate::VERSION.to_string(),
             pid: std::process::id(),
@@ -448,6 +455,7 @@ impl DaemonHandler {
             active_builds,
             restrict_eval: self.pipeline.restrict_eval(),
             sandbox: self.sandbox.as_str().to_string(),
+            builders,
         })
     }
 }

@@ -10,4 +10,5 @@ pub mod eval_builtin;
 pub mod flake;
 pub mod local;
 pub mod process;
+pub mod remote;
 pub mod store_path;

@@ -24,8 +24,9 @@ pub enum BuilderKind {
     Local,
     /// The local machine, for fixed-output derivations (their own slots: they mostly wait on the network).
     FixedOutput,
-    /// A remote machine Nix reaches over SSH.
-    Remote { uri: String, ssh_key: Option<PathBuf> },
+    /// A remote machine Nix reaches over SSH. `ssh_key` is the path of its private key (never read here);
+    /// `host_key` its base64-encoded public host key (the machines file's eighth field).
+    Remote { uri: String, ssh_key: Option<PathBuf>, host_key: Option<String> },
 }
 
 /// One builder of the pool.
@@ -69,7 +70,11 @@ impl BuilderSpec {
     pub fn remote(c: &RemoteBuilderConfig) -> BuilderSpec {
         BuilderSpec {
             name: c.uri.clone(),
-            kind: BuilderKind::Remote { uri: c.uri.clone(), ssh_key: c.ssh_key.clone() },
+            kind: BuilderKind::Remote {
+                uri: c.uri.clone(),
+                ssh_key: c.ssh_key.clone(),
+                host_key: c.public_host_key.clone(),
+            },
             systems: c.systems.clone(),
             max_jobs: c.max_jobs.max(1),
             speed_factor: c.speed_factor.max(1),
@@ -93,19 +98,25 @@ impl BuilderSpec {
     pub fn nix_builders(&self) -> Option<String> {
         match &self.kind {
             BuilderKind::Local | BuilderKind::FixedOutput => None,
-            BuilderKind::Remote { uri, ssh_key } => Some({
+            BuilderKind::Remote { uri, ssh_key, host_key } => Some({
                 let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(",") };
                 format!(
-                    "{uri} {} {} {} {} {} {} -",
+                    "{uri} {} {} {} {} {} {} {}",
                     list(&self.systems),
                     ssh_key.as_ref().map_or("-".into(), |p| p.display().to_string()),
                     self.max_jobs,
                     self.speed_factor,
                     list(&self.supported_features),
                     list(&self.mandatory_features),
+                    host_key.as_deref().unwrap_or("-"),
                 )
             }),
         }
+    }
+
+    /// Whether this is a remote machine (probed for health; see `scheduler::health`).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.kind, BuilderKind::Remote { .. })
     }
 
     /// The `-j` of a batch on this builder: a remote batch builds nothing locally.
@@ -254,7 +265,11 @@ pub fn parse_machines(text: &str, default_system: &str) -> Result<Vec<BuilderSpe
             }
             out.push(BuilderSpec {
                 name: uri.to_string(),
-                kind: BuilderKind::Remote { uri: uri.to_string(), ssh_key: field(2).map(PathBuf::from) },
+                kind: BuilderKind::Remote {
+                    uri: uri.to_string(),
+                    ssh_key: field(2).map(PathBuf::from),
+                    host_key: field(7).map(String::from),
+                },
                 systems,
                 max_jobs: number(3, "max jobs")?,
                 speed_factor: number(4, "speed factor")?,
@@ -310,7 +325,7 @@ mod tests {
         assert_eq!(m[0].mandatory_features, s(&["big-parallel"]));
         assert_eq!(
             m[0].nix_builders().as_deref(),
-            Some("ssh://a x86_64-linux /key 4 2 kvm,nixos-test big-parallel -")
+            Some("ssh://a x86_64-linux /key 4 2 kvm,nixos-test big-parallel AAAA")
         );
         let err = parse_machines("\n\nssh://b x86_64-linux - zero", "x").expect_err("bad number");
         assert_eq!(err.line, 3);

@@ -65,6 +65,9 @@ pub struct DrvStatus {
     pub attempts: Vec<Attempt>,
     /// Every transition, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// Why a `Buildable` derivation is not building: every builder that may take it is down
+    /// (`no builder available: <builder> down`). `None` otherwise.
+    pub waiting: Option<String>,
 }
 
 /// A build running now.
@@ -116,6 +119,17 @@ pub(super) enum Command {
     },
     Depths {
         reply: Sender<Vec<QueueDepth>>,
+    },
+    Builders {
+        reply: Sender<Vec<super::health::BuilderStatus>>,
+    },
+    Waiting {
+        reply: Sender<Vec<(String, String)>>,
+    },
+    /// A health probe of builder `builder` answered (`Err`: Nix's reason it is unreachable).
+    Health {
+        builder: usize,
+        result: Result<(), String>,
     },
     Batch {
         batch: BatchId,
@@ -203,6 +217,17 @@ impl SchedulerHandle {
     /// Pending work per platform.
     pub async fn depths(&self) -> Result<Vec<QueueDepth>, SchedulerError> {
         self.ask(|reply| Command::Depths { reply }).await
+    }
+
+    /// Every builder with its health and the builds running on it, in pool order.
+    pub async fn builders(&self) -> Result<Vec<super::health::BuilderStatus>, SchedulerError> {
+        self.ask(|reply| Command::Builders { reply }).await
+    }
+
+    /// The derivations waiting because every builder that may take them is down, with the reason
+    /// (see [`DrvStatus::waiting`]).
+    pub async fn waiting(&self) -> Result<Vec<(String, String)>, SchedulerError> {
+        self.ask(|reply| Command::Waiting { reply }).await
     }
 
     /// Stops starting batches (for an orderly stop): running batches go on, and [`SchedulerHandle::active`]

@@ -22,6 +22,14 @@
 //!   A builder runs at most `children_per_builder` (default 2) children; another one starts only while the
 //!   running ones leave slots idle (fewer members `Buildable` or `Building` than `max_jobs`), with `-j` =
 //!   the idle slots, so a batch's tail overlaps the next batch and the builder runs about `max_jobs` builds.
+//! * **Builder health** ([`health`]). A remote builder is probed (`nix store ping`) at start-up and
+//!   periodically; only an up builder gets batches. Work it would have taken goes to the next builder of
+//!   its route that is up, or waits (`Buildable`) with the reason `no builder available: <builder> down`
+//!   shown on the derivation. A builder lost during a batch (Nix's connection to it broke) is marked down
+//!   and probed again at once; the derivations it was building are requeued, not failed: the attempt is
+//!   closed as `builder-lost`, the history says so, and the failure count is not touched (after
+//!   [`LOST_LIMIT`] losses during builds of one derivation it is interrupted, so a build that kills its
+//!   builder cannot loop).
 //! * **Outcomes.** A first failure is retried once after `retry_backoff`; a second one is final and every
 //!   dependent (found through the persisted graph) becomes `TransitiveFailure`, naming the failed dependency.
 //!   Time-outs, OOM kills and process deaths interrupt the derivation and block its dependents. A transient
@@ -43,12 +51,14 @@
 //! state machine; `engine/` the loop's in-memory state and transitions (`engine/mod.rs`), split by concern
 //! into requests, follow-ups, dispatch, batch events and inspection, with the one loop in `engine/run.rs`;
 //! `prepare.rs` the blocking graph walk; `runner.rs` the scheduler's view of the Nix build runner;
-//! `builders.rs` builder routing; `engine/checks.rs` the check slots (repository checks run on the local
-//! builder's worker slots).
+//! `builders.rs` builder routing; `health.rs` builder health and the probes (the loop's side is
+//! `engine/health.rs`); `engine/checks.rs` the check slots (repository checks run on the local builder's
+//! worker slots).
 
 pub mod builders;
 mod engine;
 mod handle;
+pub mod health;
 mod owner;
 mod prepare;
 mod runner;
@@ -65,10 +75,14 @@ pub use engine::{start, CheckSlot};
 pub use handle::{
     ActiveBuild, DrvStatus, OwnerOutcome, QueueDepth, RootOutcome, SchedulerError, SchedulerHandle,
 };
+pub use health::{BuilderStatus, Health};
 pub use owner::Owner;
 pub use state::{
     Attempt, Completion, DrvRecord, DrvState, HistoryEntry, InterruptKind, OwnerRecord, OwnerStatus,
 };
+
+/// Builders lost while building one derivation before it is interrupted instead of requeued again.
+pub const LOST_LIMIT: u32 = 3;
 
 /// How the scheduler works.
 #[derive(Debug, Clone)]
@@ -101,6 +115,10 @@ pub struct SchedulerConfig {
     pub children_per_builder: usize,
     /// Bytes of one attempt's log kept on disk (`[builds] max_log_bytes`, default 64 MiB).
     pub max_log_bytes: u64,
+    /// Between health probes of an up remote builder (`[builders] health_check_interval_seconds`).
+    pub health_interval: Duration,
+    /// One health probe's time limit (`[builders] health_check_timeout_seconds`).
+    pub health_timeout: Duration,
 }
 
 impl SchedulerConfig {
@@ -121,6 +139,8 @@ impl SchedulerConfig {
             seed_cap: 64,
             children_per_builder: 2,
             max_log_bytes: 64 * 1024 * 1024,
+            health_interval: Duration::from_secs(60),
+            health_timeout: Duration::from_secs(20),
         }
     }
 
@@ -136,6 +156,8 @@ impl SchedulerConfig {
             c.local_max_jobs = jobs;
         }
         c.fod_max_jobs = cfg.builders.fod_max_jobs;
+        c.health_interval = Duration::from_secs(cfg.builders.health_check_interval_seconds);
+        c.health_timeout = Duration::from_secs(cfg.builders.health_check_timeout_seconds);
         c
     }
 

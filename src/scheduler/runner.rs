@@ -48,6 +48,9 @@ pub enum BatchError {
     Transient { reason: String },
     /// The runner could not run it or Nix failed as a whole.
     Failed(String),
+    /// The batch's remote builder could not be reached or was lost during it (Nix's words): its
+    /// unfinished derivations are requeued, never failed, and the builder is marked down.
+    BuilderLost { reason: String },
 }
 
 impl std::fmt::Display for BatchError {
@@ -55,6 +58,7 @@ impl std::fmt::Display for BatchError {
         match self {
             BatchError::Transient { reason } => write!(f, "transient: {reason}"),
             BatchError::Failed(message) => f.write_str(message),
+            BatchError::BuilderLost { reason } => write!(f, "builder lost: {reason}"),
         }
     }
 }
@@ -98,6 +102,9 @@ pub async fn drive(spec: BatchSpec, kill: Receiver<()>, out: impl Fn(BatchMsg) -
     };
     let (summary, ()) = future::zip(run, forward).await;
     let result = match (&summary.error, summary.stopped.is_some()) {
+        _ if summary.builder_lost.is_some() => {
+            Err(BatchError::BuilderLost { reason: summary.builder_lost.clone().unwrap_or_default() })
+        }
         (Some(e), _) if summary.reports.iter().all(|r| !r.outcome.is_success()) => {
             Err(BatchError::Failed(e.clone()))
         }

@@ -78,24 +78,7 @@ struct ApproveBody {
 async fn approve(mut req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
     let caller = auth::caller(&req).await?;
     caller.require(Scope::Admin, WHY_WRITE)?;
-    let mut raw = Vec::new();
-    req.take_body()
-        .into_reader()
-        .take(MAX_APPROVE_BODY + 1)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(|e| ApiError::BadBody { reason: format!("cannot read it: {}", e.kind()) })?;
-    if raw.len() as u64 > MAX_APPROVE_BODY {
-        return Err(ApiError::BadBody { reason: format!("larger than {MAX_APPROVE_BODY} bytes") });
-    }
-    let body: ApproveBody = serde_json::from_slice(&raw).map_err(|e| ApiError::BadBody {
-        reason: format!(
-            "expected {{\"repo\": \"OWNER/NAME\", \"number\": N}} (line {}, column {}: {:?})",
-            e.line(),
-            e.column(),
-            e.classify()
-        ),
-    })?;
+    let body: ApproveBody = read_json_body(&mut req, r#"{"repo": "OWNER/NAME", "number": N}"#).await?;
     let by = format!("api:{}", caller.name().unwrap_or("unknown"));
     let (store, notify) = (req.state().store.clone(), req.state().approvals.clone());
     let (repo, number) = (body.repo.to_ascii_lowercase(), body.number);
@@ -122,6 +105,27 @@ async fn approve(mut req: tide::Request<AppState>) -> Result<tide::Response, Api
     }
 }
 
+/// Reads a small JSON body (at most [`MAX_APPROVE_BODY`] bytes) into `T`; the error names the
+/// expected shape and where parsing stopped, never the body's content.
+async fn read_json_body<T: serde::de::DeserializeOwned>(
+    req: &mut tide::Request<AppState>,
+    expected: &str,
+) -> Result<T, ApiError> {
+    let mut raw = Vec::new();
+    req.take_body()
+        .into_reader()
+        .take(MAX_APPROVE_BODY + 1)
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| ApiError::BadBody { reason: format!("cannot read it: {}", e.kind()) })?;
+    if raw.len() as u64 > MAX_APPROVE_BODY {
+        return Err(ApiError::BadBody { reason: format!("larger than {MAX_APPROVE_BODY} bytes") });
+    }
+    serde_json::from_slice(&raw).map_err(|e| ApiError::BadBody {
+        reason: format!("expected {expected} (line {}, column {}: {:?})", e.line(), e.column(), e.classify()),
+    })
+}
+
 /// The body of `POST /v1/github/maintainers`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,25 +147,11 @@ async fn change_maintainer(mut req: tide::Request<AppState>) -> Result<tide::Res
     use crate::forge::github::maintainers;
     let caller = auth::caller(&req).await?;
     caller.require(Scope::Admin, WHY_WRITE)?;
-    let mut raw = Vec::new();
-    req.take_body()
-        .into_reader()
-        .take(MAX_APPROVE_BODY + 1)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(|e| ApiError::BadBody { reason: format!("cannot read it: {}", e.kind()) })?;
-    if raw.len() as u64 > MAX_APPROVE_BODY {
-        return Err(ApiError::BadBody { reason: format!("larger than {MAX_APPROVE_BODY} bytes") });
-    }
-    let body: MaintainerBody = serde_json::from_slice(&raw).map_err(|e| ApiError::BadBody {
-        reason: format!(
-            "expected {{\"op\": \"add\"|\"remove\", \"repo\": \"OWNER/NAME\", \"attr\": \"ATTR\", \"login\": \"LOGIN\"}} \
-             (line {}, column {}: {:?})",
-            e.line(),
-            e.column(),
-            e.classify()
-        ),
-    })?;
+    let body: MaintainerBody = read_json_body(
+        &mut req,
+        r#"{"op": "add"|"remove", "repo": "OWNER/NAME", "attr": "ATTR", "login": "LOGIN"}"#,
+    )
+    .await?;
     maintainers::validate(&body.repo, &body.attr, &body.login)
         .map_err(|e| ApiError::BadBody { reason: e.to_string() })?;
     let by = format!("api:{}", caller.name().unwrap_or("unknown"));

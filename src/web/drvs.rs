@@ -254,6 +254,7 @@ async fn get_drv(req: tide::Request<AppState>) -> Result<tide::Response, ApiErro
         state.scheduler.state(&drv).await.map_err(|e| ApiError::scheduler("reading the build state", e))?;
 
     // Log sizes: a metadata call per attempt (there are few).
+    let waiting = status.as_ref().and_then(|s| s.waiting.clone());
     let (attempts, history, current, attempt) = match status {
         Some(s) => {
             let logs_dir = state.logs_dir.clone();
@@ -286,6 +287,7 @@ async fn get_drv(req: tide::Request<AppState>) -> Result<tide::Response, ApiErro
         "system": view.system,
         "outputs": outputs,
         "state": current,
+        "waiting": waiting,
         "attempt": attempt,
         "attempts": attempts,
         "history": history,

@@ -9,6 +9,7 @@
 //! | `drvs.rs` | `GET /v1/drvs/{drv}` |
 //! | `logs.rs` | `GET /v1/logs/{drv}` |
 //! | `builds.rs` | `GET /v1/builds/active` |
+//! | `builders.rs` | `GET /v1/builders` (any token) |
 //! | `jobsets.rs` | `GET /v1/jobsets/{id}` |
 //! | `checks.rs` | `GET /v1/commits/{sha}/checks`, `…/checks/{name}/output` |
 //! | `summary.rs` | `GET /v1/commits/{sha}/change-summary`, `…/change-summary.md`, `…/package-changes`, `…/rebuild-impact` |
@@ -28,6 +29,7 @@
 
 mod actions;
 pub mod auth;
+mod builders;
 mod builds;
 mod checks;
 pub mod conn;
@@ -98,6 +100,7 @@ pub fn app(state: AppState, split: Split) -> tide::Server<AppState> {
     drvs::routes(&mut app);
     logs::routes(&mut app);
     builds::routes(&mut app);
+    builders::routes(&mut app);
     jobsets::routes(&mut app);
     if !split.webhook {
         github::routes(&mut app);

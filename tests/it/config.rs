@@ -231,6 +231,7 @@ speed_factor = 2
 supported_features = ["kvm", "big-parallel"]
 mandatory_features = ["kvm"]
 ssh_key = "/var/lib/ekaci/id_ed25519"
+public_host_key = "c3NoLWVkMjU1MTkgQUFBQQo="
 
 [[remote_builders]]
 uri = "ssh://other"
@@ -323,9 +324,11 @@ fn every_key_is_parsed() {
     assert_eq!(rb.supported_features, ["kvm", "big-parallel"]);
     assert_eq!(rb.mandatory_features, ["kvm"]);
     assert_eq!(rb.ssh_key.as_deref(), Some(Path::new("/var/lib/ekaci/id_ed25519")));
+    assert_eq!(rb.public_host_key.as_deref(), Some("c3NoLWVkMjU1MTkgQUFBQQo="));
     let rb2 = &c.remote_builders[1];
     assert_eq!((rb2.max_jobs, rb2.speed_factor), (1, 1), "documented defaults");
     assert!(rb2.supported_features.is_empty() && rb2.mandatory_features.is_empty() && rb2.ssh_key.is_none());
+    assert!(rb2.public_host_key.is_none());
 
     assert_eq!(c.gitea_instances.len(), 2);
     assert_eq!(c.gitea_instances[0].domain, "gitea.example.com");
@@ -1261,13 +1264,34 @@ credentials = { cachix-token = { env_var = "MY_CACHIX" } }
 
 #[test]
 fn builders_section_defaults_and_ranges() {
+    invalid(
+        "[[remote_builders]]\nuri = \"ssh://b\"\nsystems = [\"x\"]\npublic_host_key = \"not base64!\"\n",
+        "remote_builders[0].public_host_key",
+        4,
+        "is not a base64-encoded host key",
+    );
     let b = ok("").config.builders;
     assert_eq!((b.local_max_jobs, b.fod_max_jobs), (None, 10));
-    let b = ok("[builders]\nlocal_max_jobs = 3\nfod_max_jobs = 2\n").config.builders;
+    assert_eq!((b.health_check_interval_seconds, b.health_check_timeout_seconds), (60, 20));
+    let b = ok("[builders]\nlocal_max_jobs = 3\nfod_max_jobs = 2\nhealth_check_interval_seconds = 5\n\
+                health_check_timeout_seconds = 3\n")
+    .config
+    .builders;
     assert_eq!((b.local_max_jobs, b.fod_max_jobs), (Some(3), 2));
+    assert_eq!((b.health_check_interval_seconds, b.health_check_timeout_seconds), (5, 3));
     for (text, key, range) in [
         ("[builders]\nlocal_max_jobs = 0\n", "builders.local_max_jobs", "between 1 and 1024"),
         ("[builders]\nfod_max_jobs = 1000\n", "builders.fod_max_jobs", "between 1 and 256"),
+        (
+            "[builders]\nhealth_check_interval_seconds = 0\n",
+            "builders.health_check_interval_seconds",
+            "between 1 and 86400",
+        ),
+        (
+            "[builders]\nhealth_check_timeout_seconds = 601\n",
+            "builders.health_check_timeout_seconds",
+            "between 1 and 600",
+        ),
     ] {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("ekaci.toml");

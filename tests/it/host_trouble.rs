@@ -9,12 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{nonce, nonce_prelude, GitRepo, FILE_JOB};
-use eka_ci::checkout::{local_url, Checkouts};
-use eka_ci::graph::Graph;
-use eka_ci::jobset::{AttrOutcome, JobsetState, Jobsets};
-use eka_ci::nix::eval::EvalOptions;
-use eka_ci::pipeline::{Pipeline, Progress, ProgressFn};
-use eka_ci::store::Store;
+use eka_ci::checkout::local_url;
+use eka_ci::jobset::{AttrOutcome, JobsetState};
+use eka_ci::pipeline::{Progress, ProgressFn};
 
 /// The pipeline stages in the order they run: the progress stage that starts each, and the
 /// `eka_ci_host_trouble_retries_total` label its retries count under.
@@ -42,18 +39,7 @@ fn host_trouble_child() {
     );
     let sha = repo.commit("c", &[(".eka-ci/config.json", Some(FILE_JOB)), ("default.nix", Some(&nix))]);
     let dir = tempfile::tempdir().expect("tmp");
-    let store = Store::open(&dir.path().join("db.redb")).expect("store");
-    let graph = Graph::open(store.clone(), 10_000).expect("graph");
-    let data = dir.path().join("data");
-    let pipeline = Pipeline::new(
-        Jobsets::new(store.clone()),
-        Checkouts::new(&data),
-        graph,
-        EvalOptions::new(data.join("gcroots-eval")),
-        &data,
-        &dir.path().join("logs"),
-        1,
-    );
+    let (_store, pipeline) = common::pipeline_in(dir.path());
     // async-process sets its child reaper up at the first spawn and panics if it cannot; the server has
     // spawned Nix at start-up long before any review, and so does this.
     assert!(smol::block_on(smol::process::Command::new("true").status()).expect("spawn true").success());

@@ -35,6 +35,7 @@ mod nix_build;
 mod nixos_module;
 mod pr_trust;
 mod rebuild_policy;
+mod remote_builders;
 mod repo_config;
 mod retention;
 mod scheduler;

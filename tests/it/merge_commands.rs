@@ -62,9 +62,18 @@ fn open_on(s: &Setup, f: &Fixture, number: u64, head: &str, base: &str) {
 }
 
 fn wait_reactions(s: &Setup, comment_id: u64, want: &[&str]) {
-    wait_for(&format!("reactions {want:?} on comment {comment_id}"), || {
-        (s.fake.reactions(REPO, comment_id) == want).then_some(())
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let seen = s.fake.reactions(REPO, comment_id);
+        if seen == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for reactions {want:?} on comment {comment_id}; seen {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The merge calls made for pull request `number`: (`sha`, `merge_method`) of each.

@@ -9,10 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{nonce, GitRepo};
-use eka_ci::checkout::Checkouts;
-use eka_ci::graph::Graph;
-use eka_ci::jobset::{JobsetId, Jobsets};
-use eka_ci::nix::eval::EvalOptions;
+use eka_ci::jobset::JobsetId;
 use eka_ci::pipeline::Pipeline;
 use eka_ci::store::Store;
 use eka_ci::summary::{
@@ -86,18 +83,7 @@ struct Env {
 
 fn env() -> Env {
     let dir = tempfile::tempdir().expect("tmp");
-    let store = Store::open(&dir.path().join("db.redb")).expect("store");
-    let graph = Graph::open(store.clone(), 10_000).expect("graph");
-    let data = dir.path().join("data");
-    let pipeline = Pipeline::new(
-        Jobsets::new(store.clone()),
-        Checkouts::new(&data),
-        graph,
-        EvalOptions::new(data.join("gcroots-eval")),
-        &data,
-        &dir.path().join("logs"),
-        1,
-    );
+    let (store, pipeline) = common::pipeline_in(dir.path());
     Env { _dir: dir, store, pipeline }
 }
 

@@ -191,6 +191,10 @@ pub enum DrvOutcome {
     /// Interrupted by the host's trouble, not its own: the `nix-build` process itself was killed by the
     /// kernel's out-of-memory killer (SIGKILL while the `oom_kill` counter rose). Transient: retried.
     HostTrouble { reason: String },
+    /// The remote machine building it was lost (its connection broke: Nix printed `unexpected
+    /// end-of-file` or a like error of the connection right before the build's failure). No verdict on
+    /// the derivation; `reason` is Nix's words.
+    BuilderLost { reason: String },
 }
 
 impl DrvOutcome {
@@ -212,6 +216,7 @@ impl DrvOutcome {
             DrvOutcome::Killed { .. } => "killed",
             DrvOutcome::NoBuilder { .. } => "no-builder",
             DrvOutcome::HostTrouble { .. } => "host-trouble",
+            DrvOutcome::BuilderLost { .. } => "builder-lost",
             DrvOutcome::NotBuilt => "not-built",
         }
     }
@@ -254,6 +259,9 @@ pub struct BatchSummary {
     pub stopped: Option<StopReason>,
     /// The last error message Nix printed that names no batch derivation (e.g. an evaluation error).
     pub error: Option<String>,
+    /// In a batch on a remote machine: the first error of the connection to it (`cannot build on '…'`,
+    /// `unexpected end-of-file`, …), i.e. the machine was unreachable or lost during the batch.
+    pub builder_lost: Option<String>,
     /// Stderr lines that were not Nix JSON, plus unattributed errors and warnings; the last 64 KiB.
     pub batch_log: String,
     /// Derivations outside the batch that Nix built (dependencies that were not valid yet).

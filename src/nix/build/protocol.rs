@@ -170,6 +170,24 @@ pub(super) fn classify_message(text: &str) -> Option<(String, MsgKind)> {
     Some((drv, MsgKind::Other))
 }
 
+/// What an unattributed error of a batch on a remote machine says about the connection to it: `Some(true)`
+/// when it was lost with a build running (the hook's connection broke: that build's failure follows),
+/// `Some(false)` when the machine could not be reached at all (`cannot build on '…': …`), `None` for
+/// anything else. Only Nix's own `msg` lines reach this, never a builder's output.
+pub(super) fn connection_error(text: &str) -> Option<bool> {
+    if text.starts_with("cannot build on '") {
+        return Some(false);
+    }
+    const LOST: &[&str] = &[
+        "unexpected end-of-file",
+        "Broken pipe",
+        "Connection reset by peer",
+        "Connection closed",
+        "cannot open connection to remote store",
+    ];
+    LOST.iter().any(|m| text.contains(m)).then_some(true)
+}
+
 /// Reads one line into `buf` (without its newline), keeping at most `max` bytes of it. Returns `false` at
 /// the end of input. Cancel-safe: a partial line stays in `buf` (and `overflow`) for the next call.
 pub(super) async fn read_line<R: futures_lite::io::AsyncBufRead + Unpin>(
@@ -289,6 +307,29 @@ mod tests {
         assert_eq!(
             classify_message(&format!("builder for '{DRV}' failed with exit code x")),
             Some((DRV.to_string(), MsgKind::Other))
+        );
+    }
+
+    #[test]
+    fn tells_a_lost_connection_from_a_build_failure() {
+        // Observed with Debian's Nix 2.8 and an ssh-ng:// machine killed during a build, and unreachable.
+        let lost = clean_message("\u{1b}[31;1merror:\u{1b}[0m unexpected end-of-file");
+        assert_eq!(connection_error(&lost), Some(true));
+        assert_eq!(classify_message(&lost), None, "names no derivation");
+        let unreachable = clean_message(
+            "cannot build on 'ssh-ng://b1': \u{1b}[31;1merror:\u{1b}[0m cannot open connection to remote \
+             store 'ssh-ng://b1': error: unexpected end-of-file",
+        );
+        assert_eq!(connection_error(&unreachable), Some(false));
+        assert_eq!(classify_message(&unreachable), None);
+        // The failure that follows a lost build looks like any remote failure: only the order tells.
+        let failed = clean_message(&format!("error: builder for '{DRV}' failed with exit code 1"));
+        assert_eq!(connection_error(&failed), None);
+        assert_eq!(
+            connection_error(
+                "unable to start any build; remote machines may not have all required system features."
+            ),
+            None
         );
     }
 

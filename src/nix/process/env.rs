@@ -6,7 +6,8 @@
 //! directory (never the server's home); the operator's `NIX_REMOTE`, `NIX_CONFIG`, `NIX_PATH` and Nix
 //! location variables (`NIX_STORE_DIR`, `NIX_STATE_DIR`, `NIX_LOG_DIR`, `NIX_CONF_DIR`,
 //! `NIX_SSL_CERT_FILE`); and the locale (`LANG`, `LC_ALL`, `LC_CTYPE`, `TZ`). Variables a caller sets
-//! explicitly on the command (e.g. the build runner's `NIX_LOG_DIR`, git's token) are kept and win.
+//! explicitly on the command (e.g. the build runner's `NIX_LOG_DIR`, git's token) are kept and win; the
+//! children that reach remote builders also get `NIX_SSHOPTS` that way ([`pass_ssh_vars`]).
 //!
 //! The scratch directory is per server (`<data_dir>/scratch`, set by the daemon with
 //! [`set_scratch_root`] before any child starts); a process that never sets one (the library in tests)
@@ -35,6 +36,20 @@ pub const INHERITED_VARS: &[&str] = &[
     "LC_CTYPE",
     "TZ",
 ];
+
+/// The server's variables only the children that reach remote builders get (the build runner's
+/// `nix-build` and the builders' health probe, through [`pass_ssh_vars`]): the options Nix hands to ssh.
+/// Evaluation never sees them.
+pub const SSH_VARS: &[&str] = &["NIX_SSHOPTS"];
+
+/// Sets [`SSH_VARS`] the server has on `cmd` explicitly (so [`seal`] keeps them).
+pub fn pass_ssh_vars(cmd: &mut std::process::Command) {
+    for k in SSH_VARS {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+}
 
 /// Used for `HOME` and `TMPDIR` when no private directory could be made: a path that does not exist.
 const NO_SCRATCH: &str = "/homeless-shelter";

@@ -14,7 +14,8 @@ use crate::scheduler::state::DrvState;
 impl Engine {
     fn can_start(&self, b: usize) -> bool {
         let (Some(slot), Some(spec)) = (self.slots.get(b), self.pool.get(b)) else { return false };
-        slot.children < self.cfg.children_per_builder.max(1)
+        self.is_up(b)
+            && slot.children < self.cfg.children_per_builder.max(1)
             && (slot.children == 0 || slot.runnable < spec.max_jobs.max(1) as usize)
     }
 

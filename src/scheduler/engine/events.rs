@@ -132,6 +132,12 @@ impl Engine {
                 self.transient_retry(id, &reason);
                 return;
             }
+            DrvOutcome::BuilderLost { reason } => {
+                tracing::warn!(batch = %bid, drv = %drv, reason = %reason, "the builder was lost during a build; it is requeued");
+                self.builder_lost(builder, &reason);
+                self.lost_retry(id, builder, started, &reason);
+                return;
+            }
             DrvOutcome::NoBuilder { message } => DrvState::Interrupted {
                 kind: InterruptKind::NoBuilder,
                 reason: crate::text::bounded_str(&message, MESSAGE_LIMIT),
@@ -215,7 +221,7 @@ impl Engine {
         self.building.remove(&id);
     }
 
-    fn close_attempt(&mut self, id: DrvId, attempt: u32, outcome: &str) {
+    pub(super) fn close_attempt(&mut self, id: DrvId, attempt: u32, outcome: &str) {
         let started = self.building.get(&id).map(|(_, s, _)| *s);
         let entry = self.writes.attempts.entry((id, attempt)).or_insert_with(|| Attempt {
             number: attempt,
@@ -266,6 +272,9 @@ impl Engine {
         if let Err(e) = &result {
             tracing::warn!(batch = %bid, error = %e, killed = batch.killed, "a build batch ended with an error");
         }
+        if let (Err(BatchError::BuilderLost { reason }), false) = (&result, batch.killed) {
+            self.builder_lost(batch.builder, reason);
+        }
         for id in batch.members {
             // Members finished during the batch (built, propagated to, cancelled) are gone.
             let Some(n) = self.nodes.get_mut(&id) else { continue };
@@ -276,6 +285,9 @@ impl Engine {
             let building = n.rec.state == DrvState::Building;
             let attempt = n.rec.attempt;
             match (&result, batch.killed) {
+                (Err(BatchError::BuilderLost { reason }), false) => {
+                    self.lost_retry(id, batch.builder, building, reason);
+                }
                 (Err(BatchError::Transient { reason }), false) => {
                     if building {
                         self.close_attempt(id, attempt, "transient");

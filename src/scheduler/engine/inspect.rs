@@ -14,18 +14,26 @@ impl Engine {
         let graph = self.graph.clone();
         let store = self.store.clone();
         let path = path.to_string();
-        smol::unblock(move || {
+        let found = smol::unblock(move || {
             let Some(id) = graph.id_of(&path)? else { return Ok(None) };
             let reader = Reader::new(&store)?;
             let Some(rec) = reader.state(id)? else { return Ok(None) };
-            Ok(Some(DrvStatus {
-                state: rec.state,
-                attempt: rec.attempt,
-                attempts: reader.attempts(id)?,
-                history: reader.history(id)?,
-            }))
+            Ok::<_, SchedulerError>(Some((
+                id,
+                DrvStatus {
+                    state: rec.state,
+                    attempt: rec.attempt,
+                    attempts: reader.attempts(id)?,
+                    history: reader.history(id)?,
+                    waiting: None,
+                },
+            )))
         })
-        .await
+        .await?;
+        Ok(found.map(|(id, mut status)| {
+            status.waiting = self.waiting_reason(id);
+            status
+        }))
     }
 
     pub(super) fn active(&self) -> Vec<ActiveBuild> {

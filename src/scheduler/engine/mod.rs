@@ -12,6 +12,7 @@ mod checks;
 mod dispatch;
 mod events;
 mod followups;
+mod health;
 mod inspect;
 mod invariant;
 mod requests;
@@ -72,6 +73,8 @@ struct Node {
     unbuilt: u32,
     /// Transient host errors in a row (each doubles the backoff before the next try).
     transient: u32,
+    /// Builders lost while building it (see [`crate::scheduler::LOST_LIMIT`]).
+    lost: u32,
 }
 
 struct OwnerMem {
@@ -140,6 +143,8 @@ struct Engine {
     batches: HashMap<BatchId, BatchMem>,
     next_batch: BatchId,
     slots: Vec<Slot>,
+    /// Each builder's health, in pool order (see `engine/health.rs`).
+    health: Vec<health::HealthMem>,
     writes: Writes,
     deferred: Vec<Deferred>,
     followups: Vec<Followup>,
@@ -198,6 +203,7 @@ impl Engine {
     ) -> Engine {
         let pool = cfg.pool();
         let slots = vec![Slot::default(); pool.builders().len()];
+        let health = pool.builders().iter().map(health::HealthMem::new).collect();
         Engine {
             ex,
             store: graph.store().clone(),
@@ -215,6 +221,7 @@ impl Engine {
             batches: HashMap::new(),
             next_batch: BatchId(1),
             slots,
+            health,
             writes: Writes::default(),
             deferred: Vec::new(),
             followups: Vec::new(),

@@ -239,6 +239,7 @@ impl Engine {
                 ready: false,
                 unbuilt: 0,
                 transient: 0,
+                lost: 0,
             };
             self.count(sys, class(&node.rec.state), 1);
             self.nodes.insert(id, node);

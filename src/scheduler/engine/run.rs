@@ -90,6 +90,7 @@ impl Engine {
     /// The loop.
     async fn run(mut self, inbox: Receiver<Command>) {
         let mut last_commit = Instant::now();
+        self.start_probes();
         // What recovery made buildable starts now, not at the first command: after a crash nobody may
         // ever send one (the requesters died with the previous process).
         self.dispatch();
@@ -189,6 +190,13 @@ impl Engine {
             Command::Depths { reply } => {
                 let _ = reply.try_send(self.depths());
             }
+            Command::Builders { reply } => {
+                let _ = reply.try_send(self.builder_statuses());
+            }
+            Command::Waiting { reply } => {
+                let _ = reply.try_send(self.waiting_list());
+            }
+            Command::Health { builder, result } => self.on_health(builder, result),
             Command::Batch { batch, event } => self.on_event(batch, event),
             Command::BatchDone { batch, result } => self.on_batch_done(batch, result),
             Command::RetryDue { drv } => self.on_retry(drv),

@@ -424,3 +424,20 @@ pub fn json(out: &Output) -> serde_json::Value {
         )
     })
 }
+
+/// An in-process pipeline over a fresh store in `dir` (one evaluation slot): the store and the pipeline.
+pub fn pipeline_in(dir: &Path) -> (eka_ci::store::Store, std::sync::Arc<eka_ci::pipeline::Pipeline>) {
+    let store = eka_ci::store::Store::open(&dir.join("db.redb")).expect("store");
+    let graph = eka_ci::graph::Graph::open(store.clone(), 10_000).expect("graph");
+    let data = dir.join("data");
+    let pipeline = eka_ci::pipeline::Pipeline::new(
+        eka_ci::jobset::Jobsets::new(store.clone()),
+        eka_ci::checkout::Checkouts::new(&data),
+        graph,
+        eka_ci::nix::eval::EvalOptions::new(data.join("gcroots-eval")),
+        &data,
+        &dir.join("logs"),
+        1,
+    );
+    (store, pipeline)
+}

@@ -103,6 +103,9 @@ impl Driver {
             cmd.arg("--option").arg(k).arg(v);
         }
         cmd.env("NIX_LOG_DIR", &raw_logs);
+        if b.builders.is_some() {
+            crate::nix::process::env::pass_ssh_vars(&mut cmd);
+        }
         count_spawn();
         let mut child = match SupervisedChild::spawn(cmd, Pipe::Null, Pipe::Null, Pipe::Piped) {
             Ok(c) => c,

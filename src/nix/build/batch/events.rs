@@ -13,8 +13,8 @@ use smol::Unblock;
 use super::child::is_aggregate;
 use super::{ChildRun, Driver};
 use crate::nix::build::protocol::{
-    classify_message, clean_message, field_str, MsgKind, NixLine, ACT_BUILD, ACT_BUILDS, RES_BUILD_LOG_LINE,
-    RES_POST_BUILD_LOG_LINE, RES_PROGRESS,
+    classify_message, clean_message, connection_error, field_str, MsgKind, NixLine, ACT_BUILD, ACT_BUILDS,
+    RES_BUILD_LOG_LINE, RES_POST_BUILD_LOG_LINE, RES_PROGRESS,
 };
 use crate::nix::build::{classify_signal, BuildEvent, DrvOutcome, MESSAGE_LIMIT};
 use crate::nix::process::builders::read_oom_kills;
@@ -159,6 +159,14 @@ impl Driver {
     async fn on_error(&mut self, run: &mut ChildRun, msg: &str) {
         let text = clean_message(msg);
         let Some((drv, kind)) = classify_message(&text) else {
+            if self.batch.builders.is_some() {
+                if let Some(running) = connection_error(&text) {
+                    if running {
+                        self.lost_pending += 1;
+                    }
+                    self.builder_lost.get_or_insert_with(|| bound_str(&text, MESSAGE_LIMIT));
+                }
+            }
             self.push_batch_log(&format!("error: {text}"));
             self.error = Some(bound_str(&text, MESSAGE_LIMIT));
             return;
@@ -185,7 +193,14 @@ impl Driver {
             return;
         }
         let message = bound_str(&text, MESSAGE_LIMIT);
+        let lost = matches!(kind, MsgKind::ExitCode(_) | MsgKind::Other) && self.lost_pending > 0;
         let outcome = match kind {
+            _ if lost => {
+                // The connection broke under this build (see `connection_error`): not its own failure.
+                self.lost_pending -= 1;
+                let reason = self.builder_lost.clone().unwrap_or_else(|| message.clone());
+                DrvOutcome::BuilderLost { reason }
+            }
             MsgKind::ExitCode(code) => {
                 DrvOutcome::Failure { message: message.clone(), exit_code: Some(code) }
             }

@@ -288,6 +288,11 @@ struct Driver {
     line: Vec<u8>,
     /// `DependencyFailed` derivations waiting for an input's activity to stop.
     deferred: Vec<usize>,
+    /// Connection errors of a remote batch not yet matched to a build's failure (each lost build prints
+    /// one right before its `builder for '…' failed`).
+    lost_pending: u32,
+    /// The first connection error of a remote batch.
+    builder_lost: Option<String>,
 }
 
 impl Driver {
@@ -344,6 +349,8 @@ impl Driver {
             log_errors: 0,
             line: Vec::new(),
             deferred: Vec::new(),
+            lost_pending: 0,
+            builder_lost: None,
         }
     }
 

@@ -229,6 +229,7 @@ impl Driver {
             nix_runs: self.nix_runs,
             stopped: self.stopped.clone(),
             error: self.error.clone(),
+            builder_lost: self.builder_lost.clone(),
             batch_log: strip_ansi(&String::from_utf8_lossy(&log)),
             extra_builds: std::mem::take(&mut self.extra_builds),
             log_errors: self.log_errors,
@@ -255,6 +256,9 @@ fn runner_message(outcome: &DrvOutcome) -> Option<String> {
         DrvOutcome::Killed { signal: None } => Some("eka-ci: killed".into()),
         DrvOutcome::NotBuilt => Some("eka-ci: not built: the batch stopped before it started".into()),
         DrvOutcome::HostTrouble { reason } => Some(format!("eka-ci: transient host error: {reason}")),
+        DrvOutcome::BuilderLost { reason } => {
+            Some(format!("eka-ci: the remote builder was lost: {reason}; the build is tried again"))
+        }
     }
 }
 
