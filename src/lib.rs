@@ -4,6 +4,7 @@
 //! Each module owns one boundary; see `docs/ARCHITECTURE.md` for the code map and the invariants.
 
 pub mod checkout;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -194,6 +194,10 @@ pub struct Pipeline {
     eval_options: EvalOptions,
     gc_roots: PathBuf,
     logs_dir: PathBuf,
+    /// Scratch directories of running checks (`<data_dir>/checks`).
+    checks_dir: PathBuf,
+    /// The sandbox limits of checks (`[checks]`); set once at start-up.
+    check_limits: std::sync::OnceLock<crate::checks::Limits>,
     slots: smol::lock::Semaphore,
     /// Bounds the worktrees that exist at once (twice the evaluation slots): many pull requests arriving
     /// together must not check out a large repository dozens of times while they wait for a slot.
@@ -246,6 +250,8 @@ impl Pipeline {
             eval_options,
             gc_roots: data_dir.join("gcroots"),
             logs_dir: logs_dir.to_path_buf(),
+            checks_dir: data_dir.join("checks"),
+            check_limits: std::sync::OnceLock::new(),
             slots: smol::lock::Semaphore::new(concurrent_evaluations.max(1)),
             worktree_slots: smol::lock::Semaphore::new(concurrent_evaluations.max(1) * 2),
             waiting: AtomicU64::new(0),
@@ -261,8 +267,25 @@ impl Pipeline {
         let _first = self.repo_limits.set(limits);
     }
 
+    /// Sets the sandbox limits of checks (`[checks]`; the defaults until then). Only the first call counts.
+    pub fn set_check_limits(&self, limits: crate::checks::Limits) {
+        let _first = self.check_limits.set(limits);
+    }
+
+    /// Removes the scratch directories of checks an earlier process left (call once at start-up).
+    pub async fn clean_check_scratch(&self) {
+        crate::checks::clean_scratch(&self.checks_dir).await;
+    }
+
+    fn check_limits(&self) -> crate::checks::Limits {
+        self.check_limits
+            .get()
+            .cloned()
+            .unwrap_or_else(|| crate::checks::Limits::from_server(&crate::config::ChecksConfig::default()))
+    }
+
     fn repo_limits(&self) -> repo::RepoLimits {
-        self.repo_limits.get().copied().unwrap_or_default()
+        self.repo_limits.get().cloned().unwrap_or_default()
     }
 
     /// Whether evaluations run under Nix's `restrict-eval` (`[evaluation] restrict_eval`).
@@ -997,6 +1020,8 @@ pub struct ReviewReport {
     pub summary: Option<crate::summary::ChangeSummary>,
     /// `summary` rendered as markdown.
     pub summary_markdown: Option<String>,
+    /// The head commit's checks (docs/checks.md), in name order; a failed check fails the review.
+    pub checks: Vec<crate::checks::CheckReport>,
 }
 
 impl Pipeline {
@@ -1020,7 +1045,14 @@ impl Pipeline {
         let head_commit = crate::checkout::resolve_rev(repo_path, head).await?;
         let url = crate::checkout::local_url(repo_path);
         let owners = std::sync::Mutex::new(Vec::new());
-        self.review_commits(scheduler, &url, &base_commit, &head_commit, None, &owners, progress).await
+        let mut review =
+            self.review_commits(scheduler, &url, &base_commit, &head_commit, None, &owners, progress).await?;
+        // A local review trusts the head commit (docs/repository-config.md): its own checks run.
+        let (config, _, _) = self.repo_config(&url, &head_commit, None).await?;
+        review.checks =
+            self.run_checks(scheduler, &url, &head_commit, &config, None, &owners, progress).await?;
+        review.failed |= review.checks.iter().any(|c| !c.passed());
+        Ok(review)
     }
 
     /// Reviews commit `head` against commit `base` of the repository at `url` (see
@@ -1150,7 +1182,149 @@ impl Pipeline {
             failed,
             summary: None,
             summary_markdown: None,
+            checks: Vec::new(),
         })
+    }
+
+    /// Runs the checks of `config` on `commit` of `url` (docs/checks.md): finds each check's shell
+    /// derivation with the sealed evaluator ([`shell_job`]), builds it through the scheduler under the
+    /// shell's jobset (pushed to `requested`, so cancelling the caller's builds cancels it too), waits for
+    /// a worker slot of the scheduler, and runs the command in the sandbox on a copy of the checkout.
+    /// A check whose shell cannot be found or built is reported, not an error.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_checks(
+        &self,
+        scheduler: &SchedulerHandle,
+        url: &str,
+        commit: &str,
+        config: &RepoConfig,
+        auth: Option<&GitAuth>,
+        requested: &std::sync::Mutex<Vec<JobsetId>>,
+        progress: &ProgressSink,
+    ) -> Result<Vec<crate::checks::CheckReport>, PipelineError> {
+        if config.checks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _worktree_slot = self.worktree_slots.acquire().await;
+        let worktree = self.checkout(url, commit, auth).await?;
+        let result = self.run_checks_in(scheduler, url, commit, config, &worktree, requested, progress).await;
+        if let Err(e) = worktree.remove().await {
+            tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
+        }
+        let reports = result?;
+        let (store, url, commit, rows) =
+            (self.jobsets.store().clone(), url.to_string(), commit.to_string(), reports.clone());
+        smol::unblock(move || {
+            rows.iter().try_for_each(|r| crate::checks::results::put(&store, &url, &commit, r))
+        })
+        .await?;
+        Ok(reports)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_checks_in(
+        &self,
+        scheduler: &SchedulerHandle,
+        url: &str,
+        commit: &str,
+        config: &RepoConfig,
+        worktree: &Worktree,
+        requested: &std::sync::Mutex<Vec<JobsetId>>,
+        progress: &ProgressSink,
+    ) -> Result<Vec<crate::checks::CheckReport>, PipelineError> {
+        use crate::checks::{CheckOutcome, CheckReport};
+        let flake = worktree.path().join("flake.nix").is_file();
+        let system = crate::scheduler::builders::native_system();
+        let limits = self.check_limits();
+        let total = config.checks.len() as u64;
+        let mut reports = Vec::new();
+        for (done, (name, check)) in config.checks.iter().enumerate() {
+            report(progress, &format!("check {name}: finding its shell"), done as u64, total);
+            let no_shell = |message: String| CheckReport {
+                name: name.clone(),
+                shell: check.shell.clone(),
+                shell_drv: None,
+                outcome: CheckOutcome::NoShell { message },
+                tail: String::new(),
+                output_file: None,
+            };
+            let (job, leaf) = shell_job(&check.shell, flake, &system);
+            let key = JobsetKey {
+                repo: url.into(),
+                commit: commit.into(),
+                job: key_job("check-shell", &job, None),
+            };
+            let (jobset, _) = self.evaluate_job(&key, &job, worktree.path(), progress).await?;
+            if let JobsetState::Failed { message } = &jobset.state {
+                reports.push(no_shell(format!("evaluating the shell failed: {message}")));
+                continue;
+            }
+            let found = {
+                let (jobsets, id, leaf) = (self.jobsets.clone(), jobset.id, leaf.clone());
+                smol::unblock(move || {
+                    let mut found = None;
+                    jobsets.for_each_attr(id, |a, o| {
+                        if a == leaf {
+                            found = Some(o);
+                        }
+                        Ok(())
+                    })?;
+                    Ok::<_, StoreError>(found)
+                })
+                .await?
+            };
+            let drv = match found {
+                Some(AttrOutcome::Drv(d)) => d.drv_path,
+                Some(AttrOutcome::Error { message }) => {
+                    reports.push(no_shell(format!("evaluating `{}` failed: {message}", check.shell)));
+                    continue;
+                }
+                None => {
+                    let place = if flake { "the flake's outputs" } else { "shell.nix" };
+                    reports.push(no_shell(format!("`{}` is not a derivation in {place}", check.shell)));
+                    continue;
+                }
+            };
+            report(progress, &format!("check {name}: building its shell"), done as u64, total);
+            requested.lock().unwrap_or_else(|e| e.into_inner()).push(jobset.id);
+            scheduler.request(jobset.id, vec![drv.clone()]).await?;
+            let outcome = self.wait_with_progress(scheduler, Owner::Jobset(jobset.id), progress).await?;
+            let state = outcome.roots.iter().find(|r| r.drv == drv).and_then(|r| r.state.clone());
+            if !state.as_ref().is_some_and(DrvState::is_done) {
+                let result = BuildResult::from_state(state.as_ref());
+                let detail = result.detail.map(|d| format!(": {d}")).unwrap_or_default();
+                reports.push(CheckReport {
+                    shell_drv: Some(drv.clone()),
+                    ..no_shell(format!("the shell derivation did not build ({}){detail}", result.state))
+                });
+                continue;
+            }
+            report(progress, &format!("check {name}: waiting for a worker slot"), done as u64, total);
+            let slot = scheduler.check_slot(Owner::Jobset(jobset.id)).await?;
+            report(progress, &format!("check {name}: running"), done as u64, total);
+            let scratch = self.checks_dir.join(format!(
+                "{}-{}",
+                std::process::id(),
+                CHECK_SCRATCH.fetch_add(1, Ordering::Relaxed)
+            ));
+            let output = crate::checks::output_path(&self.logs_dir, url, commit, name);
+            let run =
+                crate::checks::run_check(name, check, &drv, worktree.path(), &scratch, &output, &limits);
+            let cancelled = async {
+                slot.cancelled().await;
+                None
+            };
+            match futures_lite::future::or(async { Some(run.await) }, cancelled).await {
+                Some(r) => reports.push(r),
+                None => {
+                    return Err(PipelineError::Scheduler(crate::scheduler::SchedulerError::Cancelled {
+                        owner: Owner::Jobset(jobset.id),
+                    }));
+                }
+            }
+            drop(slot);
+        }
+        Ok(reports)
     }
 
     /// The last [`LOG_TAIL_LINES`] lines of the latest attempt's log of `drv`, if it has one.
@@ -1189,6 +1363,28 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Numbers the scratch directories of the checks this process runs.
+static CHECK_SCRATCH: AtomicU64 = AtomicU64::new(0);
+
+/// Where a check's `shell` is looked up (docs/checks.md): the job that evaluates the attribute set
+/// holding it, and the attribute's name in that set. With a `flake.nix`, `shell` is a flake output
+/// path (`devShells.x86_64-linux.lint`), and a single name (`lint`) means `devShells.<system>.<name>`
+/// for the server's system; without one, `shell` is an attribute path into what `shell.nix` evaluates
+/// to (an attribute set, or a function called with its defaults).
+fn shell_job(shell: &str, flake: bool, system: &str) -> (JobConfig, String) {
+    let mut path: Vec<String> = shell.split('.').map(str::to_string).collect();
+    if flake && path.len() == 1 {
+        path.splice(0..0, ["devShells".to_string(), system.to_string()]);
+    }
+    let leaf = path.pop().unwrap_or_default();
+    let source = if flake {
+        JobSource::Flake { attr_path: path }
+    } else {
+        JobSource::File { file: PathBuf::from("shell.nix"), attr_path: path }
+    };
+    (JobConfig { source, allow_eval_failures: true, caches: Vec::new(), size_check: None }, leaf)
 }
 
 /// How much of a failed build's log a review shows.

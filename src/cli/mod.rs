@@ -31,6 +31,7 @@ pub enum Command {
     Diff(DiffCmd),
     Review(ReviewCmd),
     Builds(BuildsCmd),
+    Checks(ChecksCmd),
     Logs(LogsCmd),
     Rebuild(RebuildCmd),
     Cancel(CancelCmd),
@@ -248,6 +249,24 @@ pub struct BuildsCmd {
     pub json: bool,
 }
 
+/// List stored results of repository checks (docs/checks.md), or print one check's whole output.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "checks")]
+pub struct ChecksCmd {
+    /// only the checks of this commit (full SHA)
+    #[argh(option)]
+    pub commit: Option<String>,
+    /// print the whole output of this check (needs --commit)
+    #[argh(option)]
+    pub output: Option<String>,
+    /// without --commit, at most this many, newest first (default 100)
+    #[argh(option, default = "100")]
+    pub limit: u32,
+    /// print machine-readable JSON
+    #[argh(switch)]
+    pub json: bool,
+}
+
 /// Print a derivation's build log (the latest attempt unless --attempt).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "logs")]
@@ -361,6 +380,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Diff(cmd) => diff(&socket, cmd).await,
             Command::Review(cmd) => review(&socket, cmd).await,
             Command::Builds(cmd) => builds(&socket, cmd).await,
+            Command::Checks(cmd) => checks(&socket, cmd).await,
             Command::Logs(cmd) => logs(&socket, cmd).await,
             Command::Rebuild(cmd) => rebuild(&socket, cmd).await,
             Command::Cancel(cmd) => cancel(&socket, cmd).await,
@@ -494,6 +514,44 @@ async fn builds(socket: &std::path::Path, cmd: &BuildsCmd) -> Result<(), String>
             Ok(())
         }
         other => Err(format!("unexpected response to builds: {other:?}")),
+    }
+}
+
+async fn checks(socket: &std::path::Path, cmd: &ChecksCmd) -> Result<(), String> {
+    use std::io::Write;
+    if let Some(name) = &cmd.output {
+        let Some(commit) = cmd.commit.clone() else { return Err("--output needs --commit".into()) };
+        return match call(socket, Request::CheckOutput { commit, name: name.clone() }).await? {
+            Response::CheckOutput { output, truncated } => {
+                if truncated {
+                    eprintln!("ekaci: the output is long; only its end is shown");
+                }
+                std::io::stdout().lock().write_all(&output).map_err(|e| e.to_string())
+            }
+            Response::Error { message } => Err(message),
+            other => Err(format!("unexpected response to checks: {other:?}")),
+        };
+    }
+    match call(socket, Request::Checks { commit: cmd.commit.clone(), limit: cmd.limit }).await? {
+        Response::Checks(rows) => {
+            if cmd.json {
+                println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+            } else {
+                for r in &rows {
+                    let verdict = if r.report.passed() { "ok" } else { "FAIL" };
+                    println!(
+                        "{verdict:<4} {} {} {}: {}",
+                        crate::text::short_sha(&r.commit),
+                        r.repo,
+                        r.report.name,
+                        r.report.summary()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Response::Error { message } => Err(message),
+        other => Err(format!("unexpected response to checks: {other:?}")),
     }
 }
 

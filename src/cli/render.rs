@@ -175,6 +175,21 @@ pub fn review_report(r: &ReviewReport) -> String {
     for job in &r.only_in_head {
         let _ = writeln!(out, "\njob {job}: new in head (not reviewed)");
     }
+    if !r.checks.is_empty() {
+        let _ = writeln!(out, "\nchecks:");
+        for c in &r.checks {
+            let verdict = if c.passed() { "ok" } else { "FAIL" };
+            let _ = writeln!(out, "  {verdict:<4} {}: {}", c.name, c.summary());
+            if !c.passed() {
+                for line in c.tail.lines() {
+                    let _ = writeln!(out, "         | {line}");
+                }
+            }
+            if let Some(file) = &c.output_file {
+                let _ = writeln!(out, "         output: {file}");
+            }
+        }
+    }
     if let Some(markdown) = &r.summary_markdown {
         let _ = writeln!(out, "\n{}", markdown.trim_end());
     }

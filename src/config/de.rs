@@ -182,6 +182,26 @@ pub fn non_empty_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>,
     Ok(v.into_iter().map(|s| s.0).collect())
 }
 
+struct AbsolutePath(PathBuf);
+impl<'de> Deserialize<'de> for AbsolutePath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, |s: &str| {
+            if !s.starts_with('/') {
+                return Err("must be an absolute path".to_string());
+            }
+            if std::path::Path::new(s).components().any(|c| c == std::path::Component::ParentDir) {
+                return Err("must not contain \"..\" components".to_string());
+            }
+            Ok(AbsolutePath(PathBuf::from(s)))
+        })
+    }
+}
+
+/// A list of absolute paths without `..` components (each element error carries its own position).
+pub fn absolute_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    Ok(Vec::<AbsolutePath>::deserialize(d)?.into_iter().map(|p| p.0).collect())
+}
+
 /// URI prefixes for Nix's `allowed-uris` (a space-separated setting): each non-empty, without whitespace.
 pub fn uri_prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     Ok(Vec::<UriPrefix>::deserialize(d)?.into_iter().map(|s| s.0).collect())

@@ -35,7 +35,7 @@ pub use env::secret_env_vars;
 pub use glob::Permissions;
 pub use load::{default_config_file, from_toml, load, load_with_env, ConfigError, LoadedConfig};
 pub use server::{
-    BuildsConfig, CacheConfig, CacheType, ChangeSummaryConfig, DraftPolicy, EvalBackendSetting,
+    BuildsConfig, CacheConfig, CacheType, ChangeSummaryConfig, ChecksConfig, DraftPolicy, EvalBackendSetting,
     EvaluationConfig, ForgeInstanceConfig, GitConfig, GitHubAppConfig, GitHubConfig, LimitsConfig,
     MergeMethod, OAuthConfig, RebuildConfig, RemoteBuilderConfig, RetentionConfig, SecurityConfig,
     ServerConfig, UnixConfig, WebConfig,

@@ -107,14 +107,12 @@ pub const SERVER: &[ServerKey] = &[
     },
 ];
 
-/// `checks.<name>`: one warning per check.
-pub const REPO_CHECK: RepoKey = RepoKey { key: "checks.<name>", note: "checks are not run yet" };
 /// `jobs.<name>.caches`.
 pub const REPO_JOB_CACHES: RepoKey =
     RepoKey { key: "jobs.<name>.caches", note: "successful builds are not pushed to caches yet" };
 
 /// Repository configuration fields accepted but not acted on.
-pub const REPO: &[RepoKey] = &[REPO_CHECK, REPO_JOB_CACHES];
+pub const REPO: &[RepoKey] = &[REPO_JOB_CACHES];
 
 /// The listed server keys `config` uses: those in `written` (found in the file) and those whose value
 /// is set, in the order of [`SERVER`].
@@ -192,7 +190,10 @@ mod tests {
             SERVER.iter().find(|k| k.key == "caches").map(ServerKey::warning).as_deref(),
             Some("caches: accepted, not yet acted on: successful builds are not pushed to caches yet")
         );
-        assert_eq!(REPO_CHECK.message(), "accepted, not yet acted on: checks are not run yet");
+        assert_eq!(
+            REPO_JOB_CACHES.message(),
+            "accepted, not yet acted on: successful builds are not pushed to caches yet"
+        );
         let mut keys: Vec<&str> = SERVER.iter().map(|k| k.key).collect();
         keys.sort_unstable();
         keys.dedup();

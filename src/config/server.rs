@@ -76,6 +76,8 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     /// `[git]`: how the server runs git (an eka-ci extension of the upstream schema).
     pub git: GitConfig,
+    /// `[checks]`: the sandbox and limits of repository checks (an eka-ci extension).
+    pub checks: ChecksConfig,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +110,7 @@ impl Default for ServerConfig {
             retention: RetentionConfig::default(),
             limits: LimitsConfig::default(),
             git: GitConfig::default(),
+            checks: ChecksConfig::default(),
         }
     }
 }
@@ -603,6 +606,46 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig { max_jobs_per_repo: 16 }
+    }
+}
+
+/// `[checks]`: how a repository's checks are sandboxed and bounded (docs/checks.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ChecksConfig {
+    /// Wall-clock limit of one check; at the limit the whole sandbox is killed (1..=86400, default 600).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 86400>")]
+    pub timeout_seconds: u64,
+    /// Address space of every process of a check (`RLIMIT_AS`; 16 MiB..=1 TiB, default 4 GiB).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 16777216, 1099511627776>")]
+    pub memory_max_bytes: u64,
+    /// Processes of the sandbox's user (`RLIMIT_NPROC`; 1..=1000000, default 1024). The kernel does not
+    /// apply it to root.
+    #[serde(deserialize_with = "de::ranged_u64::<_, 1, 1000000>")]
+    pub max_processes: u64,
+    /// Bytes of output (stdout and stderr together) one check may print; more kills it
+    /// (4096..=1073741824, default 4 MiB).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 4096, 1073741824>")]
+    pub max_output_bytes: u64,
+    /// Host paths a repository's check may ask to see read-only (`ro_bind`); any other is a Configure
+    /// error. Absolute, without `..`; default none.
+    #[serde(deserialize_with = "de::absolute_paths")]
+    pub allowed_ro_binds: Vec<PathBuf>,
+    /// The bubblewrap executable (default `/usr/bin/bwrap`).
+    #[serde(deserialize_with = "de::non_empty_path")]
+    pub bwrap_path: PathBuf,
+}
+
+impl Default for ChecksConfig {
+    fn default() -> Self {
+        ChecksConfig {
+            timeout_seconds: 600,
+            memory_max_bytes: 4 << 30,
+            max_processes: 1024,
+            max_output_bytes: 4 << 20,
+            allowed_ro_binds: Vec::new(),
+            bwrap_path: PathBuf::from("/usr/bin/bwrap"),
+        }
     }
 }
 

@@ -57,7 +57,14 @@ pub enum Request {
     Gc,
     /// Change or list the package maintainers an administrator added (`@eka-ci merge`).
     Maintainers(MaintainersOp),
+    /// Stored results of repository checks: those of `commit` (a full SHA), else the `limit` newest.
+    Checks { commit: Option<String>, limit: u32 },
+    /// The whole output of check `name` at `commit` (the last [`MAX_CHECK_OUTPUT`] bytes of it).
+    CheckOutput { commit: String, name: String },
 }
+
+/// The most output of one check a [`Response::CheckOutput`] carries (its end).
+pub const MAX_CHECK_OUTPUT: u64 = 32 << 20;
 
 /// What [`Request::Maintainers`] does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +176,13 @@ pub enum Response {
     },
     /// The maintainers table, ordered by repository, attribute and login.
     Maintainers(Vec<crate::forge::github::maintainers::Maintainer>),
+    /// Stored check results.
+    Checks(Vec<crate::checks::results::StoredCheck>),
+    /// A check's output (as-is, possibly not UTF-8); `truncated` when only its end is sent.
+    CheckOutput {
+        output: Vec<u8>,
+        truncated: bool,
+    },
 }
 
 impl Response {

@@ -69,6 +69,8 @@ impl Handler for DaemonHandler {
             Request::ApprovedUsers(op) => self.approved_users(op).await,
             Request::Tokens(op) => self.tokens(op).await,
             Request::Maintainers(op) => self.maintainers(op).await,
+            Request::Checks { commit, limit } => self.checks(commit, limit).await,
+            Request::CheckOutput { commit, name } => self.check_output(commit, name).await,
             Request::Gc => match self.retention.run().await {
                 Ok(report) => Response::Gc(report),
                 Err(e) => error(e.to_string()),
@@ -110,6 +112,42 @@ const APPROVED_BY: &str = "cli";
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
 impl DaemonHandler {
+    /// Stored check results: of one commit, or the newest.
+    async fn checks(&self, commit: Option<String>, limit: u32) -> Response {
+        let store = self.store.clone();
+        let found = smol::unblock(move || match commit {
+            Some(c) => crate::checks::results::for_commit(&store, &c.to_ascii_lowercase()),
+            None => crate::checks::results::recent(&store, limit as usize),
+        })
+        .await;
+        match found {
+            Ok(rows) => Response::Checks(rows),
+            Err(e) => error(e.to_string()),
+        }
+    }
+
+    /// The output file of check `name` at `commit` (its last [`crate::control::MAX_CHECK_OUTPUT`] bytes).
+    async fn check_output(&self, commit: String, name: String) -> Response {
+        let store = self.store.clone();
+        let c = commit.to_ascii_lowercase();
+        let rows = match smol::unblock(move || crate::checks::results::for_commit(&store, &c)).await {
+            Ok(rows) => rows,
+            Err(e) => return error(e.to_string()),
+        };
+        let Some(file) = rows.into_iter().find(|r| r.report.name == name).and_then(|r| r.report.output_file)
+        else {
+            return error(format!("no stored output of check `{name}` at commit {commit}"));
+        };
+        let read = smol::unblock(move || {
+            crate::checks::read_output(std::path::Path::new(&file), crate::control::MAX_CHECK_OUTPUT)
+        })
+        .await;
+        match read {
+            Ok((output, truncated)) => Response::CheckOutput { output, truncated },
+            Err(e) => error(format!("reading the output of check `{name}`: {e}")),
+        }
+    }
+
     /// Every derivation with a build state (optionally only in `state`), in graph order, at most `limit`.
     async fn builds(&self, state: Option<String>, limit: u32) -> Response {
         // Derivations waiting because every builder that may take them is down say so.

@@ -36,6 +36,8 @@ pub enum SchedulerError {
     Task(String),
     #[error("the scheduler is not running")]
     Stopped,
+    #[error("build owner {owner} was cancelled")]
+    Cancelled { owner: Owner },
 }
 
 /// The final state of one root of an owner.
@@ -142,6 +144,15 @@ pub(super) enum Command {
     },
     Drain {
         reply: Sender<()>,
+    },
+    /// A check of `owner` waits for a local worker slot (`engine/checks.rs`).
+    CheckSlot {
+        owner: Owner,
+        reply: Sender<super::engine::CheckSlot>,
+    },
+    /// A check slot was given back.
+    CheckDone {
+        slot: u64,
     },
     Shutdown {
         reply: Sender<()>,

@@ -52,7 +52,8 @@
 //! into requests, follow-ups, dispatch, batch events and inspection, with the one loop in `engine/run.rs`;
 //! `prepare.rs` the blocking graph walk; `runner.rs` the scheduler's view of the Nix build runner;
 //! `builders.rs` builder routing; `health.rs` builder health and the probes (the loop's side is
-//! `engine/health.rs`).
+//! `engine/health.rs`); `engine/checks.rs` the check slots (repository checks run on the local builder's
+//! worker slots).
 
 pub mod builders;
 mod engine;
@@ -70,7 +71,7 @@ use crate::config::ServerConfig;
 
 use builders::{BuilderPool, BuilderSpec};
 
-pub use engine::start;
+pub use engine::{start, CheckSlot};
 pub use handle::{
     ActiveBuild, DrvStatus, OwnerOutcome, QueueDepth, RootOutcome, SchedulerError, SchedulerHandle,
 };

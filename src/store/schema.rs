@@ -88,6 +88,8 @@ pub const REPO_VISIBILITY: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// when it was marked.
 pub const PUBLIC_DRVS: TableDefinition<u32, u64> = TableDefinition::new("public_drvs");
 
+/// Repository check results (`checks::results`): `commit \0 repository \0 check name` → `CheckResultRecord`.
+pub const CHECK_RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("check_results");
 /// Output and closure sizes of built attributes (`sizes`): `repo \0 commit \0 job \0 attr` →
 /// `SizeRecord`.
 pub const OUTPUT_SIZES: TableDefinition<&str, &[u8]> = TableDefinition::new("output_sizes");
@@ -131,6 +133,7 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "api_tokens", key: "&str", value: "&[u8]" },
     TableInfo { name: "repo_visibility", key: "&str", value: "&[u8]" },
     TableInfo { name: "public_drvs", key: "u32", value: "u64" },
+    TableInfo { name: "check_results", key: "&str", value: "&[u8]" },
     TableInfo { name: "output_sizes", key: "&str", value: "&[u8]" },
     TableInfo { name: "branch_sizes", key: "&str", value: "&[u8]" },
 ];
@@ -162,6 +165,7 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(API_TOKENS)?;
     tx.open_table(REPO_VISIBILITY)?;
     tx.open_table(PUBLIC_DRVS)?;
+    tx.open_table(CHECK_RESULTS)?;
     tx.open_table(OUTPUT_SIZES)?;
     tx.open_table(BRANCH_SIZES)?;
     Ok(())

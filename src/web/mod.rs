@@ -11,6 +11,7 @@
 //! | `builds.rs` | `GET /v1/builds/active` |
 //! | `builders.rs` | `GET /v1/builders` (any token) |
 //! | `jobsets.rs` | `GET /v1/jobsets/{id}` |
+//! | `checks.rs` | `GET /v1/commits/{sha}/checks`, `…/checks/{name}/output` |
 //! | `summary.rs` | `GET /v1/commits/{sha}/change-summary`, `…/change-summary.md`, `…/package-changes`, `…/rebuild-impact` |
 //! | `github.rs` | `POST /github/webhook` |
 //! | `actions.rs` | `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`, `POST /v1/github/approve`, `GET`/`POST /v1/github/maintainers` (admin) |
@@ -30,6 +31,7 @@ mod actions;
 pub mod auth;
 mod builders;
 mod builds;
+mod checks;
 pub mod conn;
 mod drvs;
 mod github;
@@ -104,6 +106,7 @@ pub fn app(state: AppState, split: Split) -> tide::Server<AppState> {
         github::routes(&mut app);
     }
     summary::routes(&mut app);
+    checks::routes(&mut app);
     actions::routes(&mut app);
     app
 }

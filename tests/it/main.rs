@@ -12,6 +12,7 @@ mod fake_github;
 mod api_auth;
 mod approvals;
 mod checkout;
+mod checks;
 mod cli_eval;
 mod cli_review;
 mod config;

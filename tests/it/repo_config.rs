@@ -29,8 +29,12 @@ fn checkout() -> TempDir {
     dir
 }
 
+/// Parses with the default limits, except that checks may bind `/etc/ssl/certs` (as a server listing it
+/// in `[checks] allowed_ro_binds` allows).
 fn parse_ok(root: &Path, json: &str) -> (RepoConfig, Vec<FieldError>) {
-    match repo::parse(json.as_bytes(), root) {
+    let limits =
+        repo::RepoLimits { allowed_ro_binds: vec![PathBuf::from("/etc/ssl/certs")], ..Default::default() };
+    match repo::parse_limited(json.as_bytes(), root, limits) {
         Ok(ok) => ok,
         Err(errors) => panic!("expected a valid configuration, got errors: {errors:#?}"),
     }
@@ -95,10 +99,7 @@ fn every_field() {
         |path: &str, what: &str| FieldError::new(path, format!("accepted, not yet acted on: {what}"));
     assert_eq!(
         warnings,
-        vec![
-            not_yet("jobs.hello.caches", "successful builds are not pushed to caches yet"),
-            not_yet("checks.lint", "checks are not run yet"),
-        ]
+        vec![not_yet("jobs.hello.caches", "successful builds are not pushed to caches yet"),]
     );
 
     let mut jobs = BTreeMap::new();
@@ -487,7 +488,6 @@ fn unknown_fields_are_warnings_with_paths() {
             "jobs_extra",
             "jobs.foo.atr_path",
             "jobs.foo.colour",
-            "checks.c",
             "checks.c.sehll",
             "package_change_summary.extra",
             "rebuild_impact.enabeld",
@@ -508,20 +508,22 @@ fn keys_accepted_but_not_acted_on_are_warnings_with_their_paths() {
     let dir = checkout();
     let json = r#"{
       "jobs": {
-        "hello": { "file": "default.nix", "size_check": { "max_increase_percent": 5, "base_branch": "main" } },
-        "plain": { "file": "default.nix" }
+        "hello": { "file": "default.nix", "caches": ["prod"] },
+        "plain": { "file": "default.nix", "caches": ["prod"] },
+        "none": { "file": "default.nix" }
       },
-      "checks": { "lint": { "shell": "s", "command": "true" }, "fmt": { "shell": "s", "command": "true" } }
+      "checks": { "lint": { "shell": "s", "command": "true" } }
     }"#;
     let (config, warnings) = parse_ok(dir.path(), json);
-    assert_eq!(config.checks.len(), 2, "the keys are still accepted");
+    assert_eq!(config.jobs["hello"].caches, ["prod"], "the keys are still accepted");
     let shown: Vec<String> = warnings.iter().map(ToString::to_string).collect();
     assert_eq!(
         shown,
         [
-            "checks.fmt: accepted, not yet acted on: checks are not run yet",
-            "checks.lint: accepted, not yet acted on: checks are not run yet",
-        ]
+            "jobs.hello.caches: accepted, not yet acted on: successful builds are not pushed to caches yet",
+            "jobs.plain.caches: accepted, not yet acted on: successful builds are not pushed to caches yet",
+        ],
+        "checks are acted on: no warning"
     );
     // Through the loader too (what "EkaCI: Configure" and `ekaci eval` show).
     write(dir.path(), ".eka-ci/config.json", json);
@@ -732,9 +734,13 @@ fn checks_and_caches_details() {
     assert_eq!(error_at(&errors, "jobs.a.size_check.base_branch"), "must not be empty");
     assert_eq!(error_at(&errors, "checks.c.command"), "must not be empty");
     assert_eq!(error_at(&errors, "checks.c.ro_bind[0]"), "must not contain \"..\" components");
+    assert_eq!(
+        error_at(&errors, "checks.c.ro_bind[1]"),
+        "this server does not allow binding this path into checks ([checks] allowed_ro_binds)"
+    );
     assert!(error_at(&errors, "checks.c.ro_bind[2]").starts_with("expected a string"));
     assert_eq!(error_at(&errors, "checks.c.ro_bind[3]"), "must not be empty");
-    assert_eq!(errors.len(), 6, "{errors:#?}");
+    assert_eq!(errors.len(), 7, "{errors:#?}");
 
     let (config, warnings) =
         parse_ok(dir.path(), r#"{ "jobs": { "a": { "file": "default.nix", "caches": ["x", "y", "x"] } } }"#);
@@ -916,8 +922,8 @@ fn more_jobs_than_max_jobs_per_repo_is_an_error_naming_the_count_and_the_limit()
         "17 jobs are declared; this server allows at most 16 ([limits] max_jobs_per_repo)"
     );
     // A server's own limit.
-    let limits = repo::RepoLimits { max_jobs: 2 };
-    assert!(repo::parse_limited(jobs(2).as_bytes(), dir.path(), limits).is_ok());
+    let limits = repo::RepoLimits { max_jobs: 2, ..Default::default() };
+    assert!(repo::parse_limited(jobs(2).as_bytes(), dir.path(), limits.clone()).is_ok());
     let errors = repo::parse_limited(jobs(3).as_bytes(), dir.path(), limits).expect_err("over the limit");
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_eq!(

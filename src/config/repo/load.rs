@@ -15,23 +15,28 @@ use super::validate::Validator;
 use super::{FieldError, RepoConfig, RepoConfigOutcome, CONFIG_FILE, LEGACY_CONFIG_FILE, MAX_CONFIG_BYTES};
 
 /// What the server allows a repository configuration to ask for (`[limits]` of `ekaci.toml`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoLimits {
     /// Jobs one configuration may declare (`[limits] max_jobs_per_repo`); more is an error.
     pub max_jobs: usize,
+    /// The paths a check's `ro_bind` may name (`[checks] allowed_ro_binds`); any other is an error.
+    pub allowed_ro_binds: Vec<PathBuf>,
 }
 
 impl Default for RepoLimits {
     /// The server configuration's defaults.
     fn default() -> Self {
-        RepoLimits { max_jobs: 16 }
+        RepoLimits { max_jobs: 16, allowed_ro_binds: Vec::new() }
     }
 }
 
 impl RepoLimits {
     /// The limits `config` sets.
     pub fn from_server(config: &crate::config::ServerConfig) -> RepoLimits {
-        RepoLimits { max_jobs: usize::try_from(config.limits.max_jobs_per_repo).unwrap_or(usize::MAX) }
+        RepoLimits {
+            max_jobs: usize::try_from(config.limits.max_jobs_per_repo).unwrap_or(usize::MAX),
+            allowed_ro_binds: config.checks.allowed_ro_binds.clone(),
+        }
     }
 }
 
@@ -163,6 +168,7 @@ fn parse_collect(bytes: &[u8], checkout: &Path, limits: RepoLimits) -> Collected
     };
     let mut v = Validator::new(fs::canonicalize(checkout).ok());
     v.max_jobs = limits.max_jobs;
+    v.allowed_ro_binds = limits.allowed_ro_binds;
     let config = v.config(&value);
     match config {
         Some(config) if v.errors.is_empty() => Ok((config, v.warnings)),

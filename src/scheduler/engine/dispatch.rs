@@ -52,6 +52,15 @@ impl Engine {
                 s.runnable += runnable;
             }
         }
+        // A running check holds one of the local builder's job slots (`checks.rs`).
+        let local = self
+            .pool
+            .builders()
+            .iter()
+            .position(|b| b.kind == crate::scheduler::builders::BuilderKind::Local);
+        if let Some(s) = local.and_then(|l| self.slots.get_mut(l)) {
+            s.runnable += self.checks.running();
+        }
         for b in 0..self.pool.builders().len() {
             while self.can_start(b) {
                 let members = self.form_batch(b);

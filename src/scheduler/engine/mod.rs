@@ -8,6 +8,7 @@
 //! and [`run`], the one scheduler loop that drives them all. Nothing outside the loop's task touches an
 //! `Engine`; no method here blocks on I/O other than through `smol::unblock`.
 
+mod checks;
 mod dispatch;
 mod events;
 mod followups;
@@ -36,6 +37,7 @@ use super::state::{
 use super::{Owner, SchedulerConfig};
 use invariant::{Subject, NOT_ACTIVE};
 
+pub use checks::CheckSlot;
 pub use run::start;
 
 /// A running batch, numbered from 1 in the order batches start (not persisted).
@@ -149,6 +151,8 @@ struct Engine {
     prio_dirty: bool,
     /// No new batches (see [`SchedulerHandle::drain`]).
     draining: bool,
+    /// Repository checks holding or waiting for a local worker slot (`checks.rs`).
+    checks: checks::CheckSlots,
 }
 
 fn class(state: &DrvState) -> Option<usize> {
@@ -223,6 +227,7 @@ impl Engine {
             followups: Vec::new(),
             prio_dirty: false,
             draining: false,
+            checks: checks::CheckSlots::default(),
         }
     }
 

@@ -134,6 +134,7 @@ impl Engine {
                 last_commit = Instant::now();
             }
             self.dispatch();
+            self.dispatch_checks();
             self.publish();
         }
     }
@@ -162,12 +163,17 @@ impl Engine {
                     None => self.deferred.push(Deferred::Outcome { owner, waiters: vec![reply] }),
                 }
             }
-            Command::Cancel { owner, reply } => match self.cancel(owner.canonical()).await {
-                Ok(()) => self.deferred.push(Deferred::Done(reply)),
-                Err(e) => {
-                    let _ = reply.try_send(Err(e));
+            Command::CheckSlot { owner, reply } => self.on_check_slot(owner, reply),
+            Command::CheckDone { slot } => self.on_check_done(slot),
+            Command::Cancel { owner, reply } => {
+                self.cancel_checks(owner.canonical());
+                match self.cancel(owner.canonical()).await {
+                    Ok(()) => self.deferred.push(Deferred::Done(reply)),
+                    Err(e) => {
+                        let _ = reply.try_send(Err(e));
+                    }
                 }
-            },
+            }
             Command::Rebuild { drv, reply } => match self.rebuild(&drv).await {
                 Ok(owner) => self.deferred.push(Deferred::Rebuilt(reply, owner)),
                 Err(e) => {

@@ -1,5 +1,5 @@
 //! Validation of `checks`: each check's shell attribute, command, network switch and read-only bind
-//! mounts (absolute paths without `..`).
+//! mounts (absolute paths without `..`, each one the server lists in `[checks] allowed_ro_binds`).
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -7,7 +7,6 @@ use std::path::{Component, Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::{index_path, key_path, Validator};
-use crate::config::not_acted_on;
 use crate::config::repo::paths::MAX_REL_PATH_BYTES;
 use crate::config::repo::CheckConfig;
 
@@ -19,7 +18,6 @@ impl Validator {
         let Some(map) = self.object(v, "checks") else { return out };
         for (name, body) in map {
             let path = key_path("checks", name);
-            self.not_acted_on(&path, &not_acted_on::REPO_CHECK);
             let name_ok = self.name(name, &path);
             if let Some(check) = self.check(body, &path) {
                 if name_ok {
@@ -87,6 +85,8 @@ impl Validator {
                 Some("must be an absolute path")
             } else if Path::new(s).components().any(|c| c == Component::ParentDir) {
                 Some("must not contain \"..\" components")
+            } else if !self.allowed_ro_binds.iter().any(|a| a == Path::new(s)) {
+                Some("this server does not allow binding this path into checks ([checks] allowed_ro_binds)")
             } else {
                 None
             };

@@ -65,12 +65,20 @@ pub(super) struct Validator {
     pub(super) warnings: Vec<FieldError>,
     /// Jobs a configuration may declare (`[limits] max_jobs_per_repo`).
     pub(in crate::config::repo) max_jobs: usize,
+    /// The paths a check's `ro_bind` may name (`[checks] allowed_ro_binds`).
+    pub(in crate::config::repo) allowed_ro_binds: Vec<std::path::PathBuf>,
 }
 
 impl Validator {
     /// A validator for the checkout whose canonical path is `root` (`None`: not accessible).
     pub(super) fn new(root: Option<PathBuf>) -> Validator {
-        Validator { root, errors: Vec::new(), warnings: Vec::new(), max_jobs: 16 }
+        Validator {
+            root,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            max_jobs: 16,
+            allowed_ro_binds: Vec::new(),
+        }
     }
 
     fn error(&mut self, path: &str, message: impl Into<String>) {

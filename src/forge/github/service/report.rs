@@ -26,6 +26,68 @@ pub const SUMMARY_CHECK: &str = "EkaCI: Change Summary";
 /// GitHub's limit on a check run's `output.summary` and `output.text`, in characters.
 const MAX_OUTPUT_CHARS: usize = 65_535;
 
+/// The name of a repository check's check run (docs/checks.md).
+pub fn check_check(name: &str) -> String {
+    format!("EkaCI: Check ({name})")
+}
+
+/// A repository check's check run while it waits (`queued`) or runs (`in_progress`).
+pub(super) fn check_pending(check: &crate::config::repo::CheckConfig, running: bool) -> CheckRunFields {
+    let (status, title) =
+        if running { (CheckStatus::InProgress, "Running") } else { (CheckStatus::Queued, "Queued") };
+    let summary = format!(
+        "{} {} in the tools of the shell {}.",
+        if running { "Running" } else { "Will run" },
+        code_span(&check.command),
+        code_span(&check.shell)
+    );
+    CheckRunFields {
+        status: Some(status),
+        started_at: running.then(crate::time::now_rfc3339),
+        output: Some(CheckRunOutput { title: title.into(), summary, text: None }),
+        ..CheckRunFields::default()
+    }
+}
+
+/// A repository check's completed check run: success or failure with how it ended, its duration and the
+/// tail of its output (the whole output through `ekaci checks` and `/v1/checks`).
+pub(super) fn check_completed(
+    check: &crate::config::repo::CheckConfig,
+    report: &crate::checks::CheckReport,
+) -> CheckRunFields {
+    use crate::checks::CheckOutcome;
+    let conclusion = if report.passed() { CheckConclusion::Success } else { CheckConclusion::Failure };
+    let title = match &report.outcome {
+        CheckOutcome::Ran { ending, .. } if ending.success() => "Passed".to_string(),
+        CheckOutcome::Ran { ending, .. } => {
+            let mut t = ending.to_string();
+            if let Some(c) = t.get_mut(0..1) {
+                c.make_ascii_uppercase();
+            }
+            t
+        }
+        CheckOutcome::NoShell { .. } => "The shell is not available".to_string(),
+        CheckOutcome::Error { .. } => "The sandbox could not run".to_string(),
+    };
+    let mut summary =
+        format!("- command: {}\n- shell: {}", code_span(&check.command), code_span(&check.shell));
+    if let Some(drv) = &report.shell_drv {
+        summary.push_str(&format!(" ({})", code_span(drv)));
+    }
+    summary.push_str(&format!(
+        "\n- network: {}\n- result: {}",
+        if check.allow_network { "allowed" } else { "none" },
+        escape_markdown(&report.summary())
+    ));
+    if let CheckOutcome::Ran { output_bytes, .. } = &report.outcome {
+        summary.push_str(&format!(
+            "\n- output: {output_bytes} byte(s); the whole output: `ekaci checks --output` or `/v1/checks`"
+        ));
+    }
+    let text = (!report.tail.is_empty()).then(|| format!("```\n{}\n```", fence(&report.tail)));
+    completed(conclusion, &title, summary, text)
+}
+
 /// The name of a job's gate check.
 pub fn gate_check(job: &str) -> String {
     format!("EkaCI: Evaluate Job ({job})")

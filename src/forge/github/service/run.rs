@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use super::gate::{self, Found, Side};
 use super::report::{
-    completed, configure_fields, gate_check, gate_text, held_summary, no_rebuild_text, verdict_words,
-    wide_gate_text, ConfigureReport, Reporter, APPROVAL_CHECK, CONFIGURE_CHECK, SUMMARY_CHECK,
+    check_check, check_completed, check_pending, completed, configure_fields, gate_check, gate_text,
+    held_summary, no_rebuild_text, verdict_words, wide_gate_text, ConfigureReport, Reporter, APPROVAL_CHECK,
+    CONFIGURE_CHECK, SUMMARY_CHECK,
 };
 use super::{approved_locally, GitHubService};
 use crate::checkout::GitAuth;
@@ -243,6 +244,9 @@ impl GitHubService {
             };
             reporter.report(&gate_check(job), fields).await?;
         }
+        for (name, check) in &repo_config.checks {
+            reporter.report(&check_check(name), check_pending(check, false)).await?;
+        }
 
         if run.rebuild_failed {
             self.rebuild_failed(&run.failed_drvs).await;
@@ -257,6 +261,7 @@ impl GitHubService {
             Err(e) if e.is_host_trouble() => return Err(RunError::HostTrouble(e)),
             Err(e) => {
                 let lead = "Evaluation could not run";
+                skip_checks(&reporter, repo_config, "evaluation could not run").await?;
                 return fail_every_gate(&reporter, &jobs, "Evaluation failed", lead, "evaluation failed", &e)
                     .await;
             }
@@ -266,6 +271,12 @@ impl GitHubService {
         if let (Some(max), Some(summary)) = (self.max_rebuild_count, &summary) {
             let rebuilds = rebuild_count(summary);
             if rebuilds > max as u64 {
+                skip_checks(
+                    &reporter,
+                    repo_config,
+                    "the change is too wide to build ([rebuild] max_rebuild_count)",
+                )
+                .await?;
                 return self.finish_wide(&reporter, &diff, rebuilds, max).await;
             }
         }
@@ -274,12 +285,63 @@ impl GitHubService {
             Err(e) if e.is_host_trouble() => return Err(RunError::HostTrouble(e)),
             Err(e) => {
                 let lead = "Building failed to run";
+                skip_checks(&reporter, repo_config, "builds failed to run").await?;
                 return fail_every_gate(&reporter, &jobs, "Build error", lead, "builds failed to run", &e)
                     .await;
             }
         };
+        let checks_failed =
+            self.run_repo_checks(&reporter, repo_config, &url, &head, auth.as_ref(), owners).await?;
         self.report_sizes(&reporter, &run, repo_config, &review).await?;
-        self.report_review(&reporter, &review).await
+        let mut finish = self.report_review(&reporter, &review).await?;
+        if checks_failed > 0 {
+            if let Finish::Done { outcome, result, green, .. } = &mut finish {
+                *outcome = format!("{outcome}; {checks_failed} check(s) failed");
+                *result = "failed";
+                // A failed check keeps the commit from being merged (`@eka-ci merge`).
+                *green = false;
+            }
+        }
+        Ok(finish)
+    }
+
+    /// Runs the gating configuration's checks on the head commit (docs/checks.md), one at a time: each
+    /// check run goes in progress, then completes with the check's outcome. Returns how many failed.
+    async fn run_repo_checks(
+        &self,
+        reporter: &Reporter,
+        config: &crate::config::repo::RepoConfig,
+        url: &str,
+        head: &str,
+        auth: Option<&GitAuth>,
+        owners: &Arc<Mutex<Vec<JobsetId>>>,
+    ) -> Result<usize, RunError> {
+        let mut failed = 0;
+        for (name, check) in &config.checks {
+            reporter.report(&check_check(name), check_pending(check, true)).await?;
+            let mut one = crate::config::repo::RepoConfig::default();
+            one.checks.insert(name.clone(), check.clone());
+            let reports =
+                match self.pipeline.run_checks(&self.scheduler, url, head, &one, auth, owners, &None).await {
+                    Ok(reports) => reports,
+                    Err(e) if e.is_host_trouble() => return Err(RunError::HostTrouble(e)),
+                    Err(e) => vec![crate::checks::CheckReport {
+                        name: name.clone(),
+                        shell: check.shell.clone(),
+                        shell_drv: None,
+                        outcome: crate::checks::CheckOutcome::Error { message: e.to_string() },
+                        tail: String::new(),
+                        output_file: None,
+                    }],
+                };
+            for report in &reports {
+                if !report.passed() {
+                    failed += 1;
+                }
+                reporter.report(&check_check(name), check_completed(check, report)).await?;
+            }
+        }
+        Ok(failed)
     }
 
     /// The paths the change touches (`git diff` of base and head, renames as both paths), when the
@@ -686,6 +748,21 @@ pub(super) enum RunError {
     Store(#[from] StoreError),
     #[error("run {0} vanished from the store")]
     Missing(String),
+}
+
+/// Completes every check's check run as cancelled, saying why it did not run.
+async fn skip_checks(
+    reporter: &Reporter,
+    config: &crate::config::repo::RepoConfig,
+    why: &str,
+) -> Result<(), RunError> {
+    for name in config.checks.keys() {
+        let summary = format!("Not run: {why}.");
+        reporter
+            .report(&check_check(name), completed(CheckConclusion::Cancelled, "Not run", summary, None))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Completes every job's gate as failed with `error` in a code block (the pipeline could not evaluate or
