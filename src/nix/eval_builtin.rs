@@ -1,29 +1,37 @@
 //! The built-in evaluator: lists a job's attributes and instantiates its derivations with Nix's own
 //! `nix-instantiate`, in a pool of parallel worker processes, isolating failures per attribute.
 //!
-//! Used when `nix-eval-jobs` is not installed. Every step is one short-lived `nix-instantiate` process
-//! evaluating [`WRAPPER`] on a JSON request file (the job, the mode, a batch of attribute paths):
+//! Used when `nix-eval-jobs` is not installed. Every step is a `nix-instantiate` process evaluating
+//! [`WRAPPER`] on a JSON request file (the job, the mode, a list of attribute paths):
 //!
 //! 1. **root**: import the file (auto-called with `{}` if it is a function) or `getFlake` the checkout,
-//!    select the attribute path; a derivation is the single job, an attribute set is listed, anything else
+//!    select the attribute path; a derivation is the single job, an attribute set is walked, anything else
 //!    (or a failure) is an [`EvalError`] for the whole job.
-//! 2. **classify** (listing): each attribute is forced to weak head normal form under `builtins.tryEval`
-//!    and classified as derivation, set to recurse into (`recurseForDerivations = true`, or any set with
-//!    `force_recurse`), something to skip, or failing. Only what classification needs is evaluated.
-//! 3. **info** (per batch of `batch_size` derivations): name, system, drvPath, outputs, meta and
-//!    requiredSystemFeatures under `tryEval` (in read-write mode, so that import-from-derivation can build).
-//! 4. **explain**: an attribute whose `tryEval` failed is evaluated alone without the guard, to get Nix's
-//!    real message (tryEval only says "false").
-//! 5. **instantiate**: `nix-instantiate --add-root` writes the batch's `.drv` files and a GC root for each;
-//!    the `.drv` path from the root must equal the one from step 3.
+//! 2. **walk** (breadth-first, a large share of a level per process, see [`walk_chunk`]): each attribute
+//!    is forced under `builtins.tryEval` and classified as derivation, set to recurse into
+//!    (`recurseForDerivations = true`, or any set with `force_recurse`), something to skip, or failing; a
+//!    derivation's name, system, drvPath, outputs, meta and requiredSystemFeatures are computed in the
+//!    same pass, also under `tryEval` (read-write mode, so that import-from-derivation can build and the
+//!    `.drv` files are written). Each attribute is evaluated once, in one process.
+//! 3. **roots**, right after each walk step: `nix-instantiate --add-root` over stand-ins that carry only
+//!    the `.drv` paths (no evaluation) writes a GC root per derivation; a `.drv` missing afterwards goes
+//!    through the full per-batch instantiation instead.
+//! 4. **explain**: the attributes whose `tryEval` failed get Nix's real message from `nix repl` sessions
+//!    ([`crate::nix::eval_explain`]) that evaluate many of them without the guard, one import each.
+//!    What the repl cannot explain (it evaluates fine there, or no session starts) goes through the
+//!    per-batch steps: **info** (the walk's computation under `tryEval`), **explain** alone in a process,
+//!    **instantiate** (`nix-instantiate --add-root` of the real attributes).
 //!
 //! A step whose process fails as a whole (an error `tryEval` cannot catch, such as a type error, the memory
 //! limit, a crash) must find the attribute responsible. When Nix printed part of its JSON output before
 //! failing (Nix 2.8 does), the complete elements are results and the next attribute is the culprit: it gets
-//! the process's message and the rest of the batch is retried ([`streamed_prefix`]). Otherwise the batch
-//! is bisected: split in halves and retried until the failing attribute is alone. Either way one bad
-//! attribute never costs the rest of the job. Work is spread over `workers` concurrent processes (listing
-//! batches, then instantiation batches); records are sent as each batch finishes and never accumulated.
+//! the process's message and the rest of the list is retried ([`streamed_prefix`]). Over the memory cap the
+//! complete elements are kept too, but the rest is retried in a fresh process without blame (memory grows
+//! with everything a process has evaluated); only an attribute that is first in a fresh process and still
+//! goes over is an error. Otherwise the list is bisected: split in halves and retried until the failing
+//! attribute is alone. Either way one bad attribute never costs the rest of the job. Work is spread over
+//! `workers` concurrent processes. The walk's records are kept until it ends (`Listed` comes first), then
+//! sent; explanations are sent as each share finishes.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
