@@ -1098,6 +1098,15 @@ mod tests {
     }
 
     #[test]
+    fn walk_shares_are_large_but_spread_over_the_workers() {
+        // nixpkgs' top level with 2 workers: 8 shares of about 1,500 attributes.
+        assert_eq!(walk_chunk(12_143, 2, 100), 1_518);
+        // Small levels: at least `batch_size` per process.
+        assert_eq!(walk_chunk(30, 2, 100), 100);
+        assert_eq!(walk_chunk(0, 0, 0), 1);
+    }
+
+    #[test]
     fn describes_types() {
         assert_eq!(describe_type("lambda"), "a function");
         assert_eq!(describe_type("int"), "an integer");
