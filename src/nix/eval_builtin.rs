@@ -13,9 +13,10 @@
 //!    derivation's name, system, drvPath, outputs, meta and requiredSystemFeatures are computed in the
 //!    same pass, also under `tryEval` (read-write mode, so that import-from-derivation can build and the
 //!    `.drv` files are written). Each attribute is evaluated once, in one process.
-//! 3. **roots**, right after each walk step: `nix-instantiate --add-root` over stand-ins that carry only
-//!    the `.drv` paths (no evaluation) writes a GC root per derivation; a `.drv` missing afterwards goes
-//!    through the full per-batch instantiation instead.
+//! 3. **roots**, right after each walk step: `nix-instantiate --add-root` of one stand-in whose "drvPath"
+//!    is a store file listing (so referencing) the step's `.drv` paths, written by `builtins.toFile`: one
+//!    GC root per step, no evaluation of the job. If a `.drv` is no longer valid, the step fails and its
+//!    derivations go through the full per-batch instantiation instead.
 //! 4. **explain**: the attributes whose `tryEval` failed get Nix's real message from `nix repl` sessions
 //!    ([`crate::nix::eval_explain`]) that evaluate many of them without the guard, one import each.
 //!    What the repl cannot explain (it evaluates fine there, or no session starts) goes through the
@@ -60,7 +61,7 @@ const NIX_INSTANTIATE: &str = "nix-instantiate";
 /// The Nix program of the explaining repl sessions.
 const NIX: &str = "nix";
 
-/// Derivations given GC roots per `nix-instantiate` (no evaluation: only the `.drv` paths are read).
+/// Derivations per GC root of the walk (one `nix-instantiate` writes a store file referencing them).
 const ROOT_BATCH: usize = 5000;
 
 /// At most this many failed attributes per repl session (a fresh session per share keeps memory bounded
@@ -139,7 +140,10 @@ let
       else if k.value == "drv" then
         (let i = builtins.tryEval (infoOf v); in if i.success then { k = "drv"; i = i.value; } else { k = "err"; })
       else { k = "skip"; };
-  rootOnly = p: { type = "derivation"; name = "ekaci-root"; drvPath = builtins.head p; outputName = "out"; };
+  # One store file that lists (and so references) every .drv of a walk step: one GC root keeps them all.
+  # appendContext fails unless the path is a valid store path.
+  rootsFile = builtins.toFile "ekaci-roots" (builtins.concatStringsSep "\n"
+    (map (p: let d = builtins.head p; in builtins.appendContext d { ${d} = { path = true; }; }) r.items));
   rootKind =
     if isDrv root then { k = "drv"; }
     else if builtins.isAttrs root then { k = "set"; names = builtins.attrNames root; }
@@ -147,7 +151,7 @@ let
 in
   if r.mode == "root" then rootKind
   else if r.mode == "walk" then map walk r.items
-  else if r.mode == "roots" then map rootOnly r.items
+  else if r.mode == "roots" then [ { type = "derivation"; name = "ekaci-roots"; drvPath = rootsFile; outputName = "out"; } ]
   else if r.mode == "repl" then { ex = i: builtins.deepSeq (explain (builtins.elemAt r.items i)) null; }
   else if r.mode == "info" then map info r.items
   else if r.mode == "explain" then map explain r.items
@@ -603,10 +607,10 @@ impl Evaluator<'_> {
         Ok(children)
     }
 
-    /// Gives evaluated derivations their GC roots without evaluating them again: `nix-instantiate
-    /// --add-root` over stand-ins that carry only the `.drv` path. A derivation whose `.drv` is missing
-    /// afterwards (collected between the walk and the root), or a batch whose step fails, is left for
-    /// the full instantiation (`redo`).
+    /// Gives evaluated derivations a GC root without evaluating them again: `nix-instantiate --add-root`
+    /// of a stand-in whose "drvPath" is a store file (`builtins.toFile`) that lists, and so references,
+    /// every `.drv` of the batch; one root keeps them all. If a `.drv` is no longer valid (collected
+    /// between the walk and the root) the step fails and the batch is instantiated the per-batch way.
     async fn root_all(&self, drvs: Vec<(Vec<String>, Info)>, found: &RefCell<Walk>) -> Result<(), EvalError> {
         let mut drvs = drvs;
         while !drvs.is_empty() {
@@ -617,23 +621,15 @@ impl Evaluator<'_> {
             let refs: Vec<&[String]> = paths.iter().map(|p| p.as_slice()).collect();
             let run = self.run_nix(Mode::Roots, &refs, Some(&base)).await?;
             let lines = String::from_utf8_lossy(&run.stdout).lines().filter(|l| !l.is_empty()).count();
-            if failure(&run).is_some() || lines != batch.len() {
-                let mut found = found.borrow_mut();
+            let rooted = read_roots(&base, 1).await.into_iter().all(|r| r.is_ok());
+            let mut found = found.borrow_mut();
+            if failure(&run).is_some() || lines != 1 || !rooted {
                 found.redo.extend(batch.into_iter().map(|(path, _)| Item { path, error: None }));
                 continue;
             }
-            let roots = read_roots(&base, batch.len()).await;
-            let drv_paths: Vec<String> = batch.iter().map(|(_, info)| info.drv_path.clone()).collect();
-            let exists: Vec<bool> =
-                smol::unblock(move || drv_paths.iter().map(|p| Path::new(p).exists()).collect()).await;
-            let mut found = found.borrow_mut();
-            for (((path, info), root), exists) in batch.into_iter().zip(roots).zip(exists) {
-                let item = Item { path, error: None };
-                if exists {
-                    found.records.push(self.drv_record(&item, info, root));
-                } else {
-                    found.redo.push(item);
-                }
+            for (path, info) in batch {
+                let root = Ok(info.drv_path.clone());
+                found.records.push(self.drv_record(&Item { path, error: None }, info, root));
             }
         }
         Ok(())
