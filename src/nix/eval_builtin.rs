@@ -50,7 +50,7 @@ use crate::nix::eval::{
     add_restriction_args, attr_display, check_source, meta_with_names, nix_error_message, prepare_roots_dir,
     Emitter, EvalDrv, EvalError, EvalOptions, EvalOutcome, EvalRecord, EvalSource, Target,
 };
-use crate::nix::eval_explain::{self, nix_string, Explained, Session};
+use crate::nix::eval_explain::{self, nix_string, ExplainError, Explained, Session};
 use crate::nix::process::builders::read_oom_kills;
 use crate::nix::process::host::OomKilled;
 use crate::nix::process::{run_captured, RunLimits, RunOutput, Termination};
@@ -678,7 +678,8 @@ impl Evaluator<'_> {
                 };
                 match eval_explain::explain(&session, share.len()).await {
                     Ok(explained) => explained,
-                    Err(e) => {
+                    Err(ExplainError::OomKilled(killed)) => return Err(EvalError::OomKilled(killed)),
+                    Err(ExplainError::Unavailable(e)) => {
                         tracing::warn!(error = %e, "cannot explain failed attributes in nix repl; one process each");
                         Vec::new()
                     }

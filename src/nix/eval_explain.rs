@@ -21,7 +21,18 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use crate::nix::eval::nix_error_message;
+use crate::nix::process::builders::read_oom_kills;
+use crate::nix::process::host::OomKilled;
 use crate::nix::process::{watch_memory, Pipe, ProcessError, SupervisedChild};
+
+/// Why no explanation came out of the repl.
+#[derive(Debug)]
+pub(crate) enum ExplainError {
+    /// No session could be started or load the job: the caller explains the slow way.
+    Unavailable(ProcessError),
+    /// The kernel's out-of-memory killer ended a session: the host's trouble, not the attribute's.
+    OomKilled(OomKilled),
+}
 
 /// How one attribute fared in the repl.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,13 +61,15 @@ pub(crate) struct Session<'a> {
 
 /// Explains items `0..count` of the share loaded by `session.load`; `Err` only when no session could be
 /// started (the caller then explains the slow way).
-pub(crate) async fn explain(session: &Session<'_>, count: usize) -> Result<Vec<Explained>, ProcessError> {
+pub(crate) async fn explain(session: &Session<'_>, count: usize) -> Result<Vec<Explained>, ExplainError> {
     let mut results = Vec::with_capacity(count);
     while results.len() < count {
         let start = results.len();
-        let ended = run_session(session, start, count, &mut results).await?;
+        let ended =
+            run_session(session, start, count, &mut results).await.map_err(ExplainError::Unavailable)?;
         match ended {
             SessionEnd::Done => {}
+            SessionEnd::OomKilled(killed) => return Err(ExplainError::OomKilled(killed)),
             SessionEnd::Died { at, message } => {
                 if at == start {
                     results.push(Explained::Message(message));
@@ -65,10 +78,10 @@ pub(crate) async fn explain(session: &Session<'_>, count: usize) -> Result<Vec<E
             }
             SessionEnd::LoadFailed(message) => {
                 tracing::debug!(%message, "the explaining repl could not load the job");
-                return Err(ProcessError::Spawn {
+                return Err(ExplainError::Unavailable(ProcessError::Spawn {
                     program: "nix".to_string(),
                     source: std::io::Error::other(message),
-                });
+                }));
             }
         }
     }
@@ -83,6 +96,7 @@ enum SessionEnd {
         message: String,
     },
     LoadFailed(String),
+    OomKilled(OomKilled),
 }
 
 /// A random marker token, unguessable by the evaluated code.
@@ -107,6 +121,7 @@ async fn run_session(
     count: usize,
     results: &mut Vec<Explained>,
 ) -> Result<SessionEnd, ProcessError> {
+    let oom_before = smol::unblock(read_oom_kills).await;
     let mut child = SupervisedChild::spawn((session.command)(), Pipe::Piped, Pipe::Null, Pipe::Piped)?;
     let pgid = i32::try_from(child.pid()).unwrap_or(0);
     let (Some(mut stdin), Some(mut stderr)) = (child.take_stdin(), child.take_stderr()) else {
@@ -165,10 +180,21 @@ async fn run_session(
         None => work.await?,
     };
     child.kill_group();
-    let _ = child.wait().await;
+    let status = child.wait().await;
     // The memory watcher does not know which item was running: it is the next one without a result.
     Ok(match ended {
         SessionEnd::Died { at: usize::MAX, message } => SessionEnd::Died { at: results.len(), message },
+        SessionEnd::Died { at, message } => {
+            // Ended by itself (end of file on standard error): the kernel's OOM killer is host trouble.
+            let killed = match status {
+                Ok(status) => smol::unblock(move || OomKilled::check("nix", &status, oom_before)).await,
+                Err(_) => None,
+            };
+            match killed {
+                Some(killed) => SessionEnd::OomKilled(killed),
+                None => SessionEnd::Died { at, message },
+            }
+        }
         other => other,
     })
 }
