@@ -72,7 +72,8 @@ pub struct EvalOptions {
     pub force_recurse: bool,
     /// Collect each derivation's `meta`. Default true.
     pub meta: bool,
-    /// Attributes per evaluator process (the built-in backend's unit of work and of bisection). Default 100.
+    /// The built-in backend's least number of attributes per walk process (a process gets about
+    /// 1/(4 × workers) of a level, at least this) and the batch size of its fallback steps. Default 100.
     pub batch_size: usize,
     /// Which evaluator to use. Default [`EvalBackend::Auto`].
     pub backend: EvalBackend,

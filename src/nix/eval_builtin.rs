@@ -1,29 +1,38 @@
 //! The built-in evaluator: lists a job's attributes and instantiates its derivations with Nix's own
 //! `nix-instantiate`, in a pool of parallel worker processes, isolating failures per attribute.
 //!
-//! Used when `nix-eval-jobs` is not installed. Every step is one short-lived `nix-instantiate` process
-//! evaluating [`WRAPPER`] on a JSON request file (the job, the mode, a batch of attribute paths):
+//! Used when `nix-eval-jobs` is not installed. Every step is a `nix-instantiate` process evaluating
+//! [`WRAPPER`] on a JSON request file (the job, the mode, a list of attribute paths):
 //!
 //! 1. **root**: import the file (auto-called with `{}` if it is a function) or `getFlake` the checkout,
-//!    select the attribute path; a derivation is the single job, an attribute set is listed, anything else
+//!    select the attribute path; a derivation is the single job, an attribute set is walked, anything else
 //!    (or a failure) is an [`EvalError`] for the whole job.
-//! 2. **classify** (listing): each attribute is forced to weak head normal form under `builtins.tryEval`
-//!    and classified as derivation, set to recurse into (`recurseForDerivations = true`, or any set with
-//!    `force_recurse`), something to skip, or failing. Only what classification needs is evaluated.
-//! 3. **info** (per batch of `batch_size` derivations): name, system, drvPath, outputs, meta and
-//!    requiredSystemFeatures under `tryEval` (in read-write mode, so that import-from-derivation can build).
-//! 4. **explain**: an attribute whose `tryEval` failed is evaluated alone without the guard, to get Nix's
-//!    real message (tryEval only says "false").
-//! 5. **instantiate**: `nix-instantiate --add-root` writes the batch's `.drv` files and a GC root for each;
-//!    the `.drv` path from the root must equal the one from step 3.
+//! 2. **walk** (breadth-first, a large share of a level per process, see [`walk_chunk`]): each attribute
+//!    is forced under `builtins.tryEval` and classified as derivation, set to recurse into
+//!    (`recurseForDerivations = true`, or any set with `force_recurse`), something to skip, or failing; a
+//!    derivation's name, system, drvPath, outputs, meta and requiredSystemFeatures are computed in the
+//!    same pass, also under `tryEval` (read-write mode, so that import-from-derivation can build and the
+//!    `.drv` files are written). Each attribute is evaluated once, in one process.
+//! 3. **roots**, right after each walk step: `nix-instantiate --add-root` of one stand-in whose "drvPath"
+//!    is a store file listing (so referencing) the step's `.drv` paths, written by `builtins.toFile`: one
+//!    GC root per step, no evaluation of the job. If a `.drv` is no longer valid, the step fails and its
+//!    derivations go through the full per-batch instantiation instead.
+//! 4. **explain**: the attributes whose `tryEval` failed get Nix's real message from `nix repl` sessions
+//!    ([`crate::nix::eval_explain`]) that evaluate many of them without the guard, one import each.
+//!    What the repl cannot explain (it evaluates fine there, or no session starts) goes through the
+//!    per-batch steps: **info** (the walk's computation under `tryEval`), **explain** alone in a process,
+//!    **instantiate** (`nix-instantiate --add-root` of the real attributes).
 //!
 //! A step whose process fails as a whole (an error `tryEval` cannot catch, such as a type error, the memory
 //! limit, a crash) must find the attribute responsible. When Nix printed part of its JSON output before
 //! failing (Nix 2.8 does), the complete elements are results and the next attribute is the culprit: it gets
-//! the process's message and the rest of the batch is retried ([`streamed_prefix`]). Otherwise the batch
-//! is bisected: split in halves and retried until the failing attribute is alone. Either way one bad
-//! attribute never costs the rest of the job. Work is spread over `workers` concurrent processes (listing
-//! batches, then instantiation batches); records are sent as each batch finishes and never accumulated.
+//! the process's message and the rest of the list is retried ([`streamed_prefix`]). Over the memory cap the
+//! complete elements are kept too, but the rest is retried in a fresh process without blame (memory grows
+//! with everything a process has evaluated); only an attribute that is first in a fresh process and still
+//! goes over is an error. Otherwise the list is bisected: split in halves and retried until the failing
+//! attribute is alone. Either way one bad attribute never costs the rest of the job. Work is spread over
+//! `workers` concurrent processes. The walk's records are kept until it ends (`Listed` comes first), then
+//! sent; explanations are sent as each share finishes.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -41,6 +50,7 @@ use crate::nix::eval::{
     add_restriction_args, attr_display, check_source, meta_with_names, nix_error_message, prepare_roots_dir,
     Emitter, EvalDrv, EvalError, EvalOptions, EvalOutcome, EvalRecord, EvalSource, Target,
 };
+use crate::nix::eval_explain::{self, nix_string, ExplainError, Explained, Session};
 use crate::nix::process::builders::read_oom_kills;
 use crate::nix::process::host::OomKilled;
 use crate::nix::process::{run_captured, RunLimits, RunOutput, Termination};
@@ -48,12 +58,23 @@ use crate::nix::process::{run_captured, RunLimits, RunOutput, Termination};
 /// The Nix program every step runs.
 const NIX_INSTANTIATE: &str = "nix-instantiate";
 
+/// The Nix program of the explaining repl sessions.
+const NIX: &str = "nix";
+
+/// Derivations per GC root of the walk (one `nix-instantiate` writes a store file referencing them).
+const ROOT_BATCH: usize = 5000;
+
+/// At most this many failed attributes per repl session (a fresh session per share keeps memory bounded
+/// and spreads the work over the workers).
+const EXPLAIN_SHARE: usize = 1000;
+
+/// A walk step gets about 1/(workers × this) of a level's attributes, so that the workers stay busy to the
+/// end while each process evaluates as much as possible of what it has imported.
+const WALK_SHARES: usize = 4;
+
 /// Attribute sets nested deeper than this are not recursed into (protects `force_recurse` from cycles
 /// such as `pkgs.pkgs.pkgs…`).
 pub const MAX_DEPTH: usize = 32;
-
-/// A listing batch is this many times `batch_size`: classification is cheap per attribute.
-const LIST_BATCH_FACTOR: usize = 10;
 
 /// The Nix side of the evaluator, evaluated by every step with `--argstr ekaCiRequest <request.json>`.
 pub const WRAPPER: &str = r#"{ ekaCiRequest }:
@@ -72,14 +93,6 @@ let
     else if isDrv v then "drv"
     else if r.forceRecurse || (v.recurseForDerivations or false) == true then "rec"
     else "skip";
-  classify = path:
-    let
-      v = get path;
-      k = builtins.tryEval (kindOf v);
-    in
-      if !k.success then { k = "err"; }
-      else if k.value == "rec" then { k = "rec"; names = builtins.attrNames v; }
-      else { k = k.value; };
   jsonOk = v:
     let t = builtins.typeOf v;
     in
@@ -117,13 +130,29 @@ let
   explain = path:
     let v = get path; k = kindOf v;
     in if k == "drv" then infoOf v else { k = k; };
+  walk = path:
+    let
+      v = get path;
+      k = builtins.tryEval (kindOf v);
+    in
+      if !k.success then { k = "err"; }
+      else if k.value == "rec" then { k = "rec"; names = builtins.attrNames v; }
+      else if k.value == "drv" then
+        (let i = builtins.tryEval (infoOf v); in if i.success then { k = "drv"; i = i.value; } else { k = "err"; })
+      else { k = "skip"; };
+  # One store file that lists (and so references) every .drv of a walk step: one GC root keeps them all.
+  # appendContext fails unless the path is a valid store path.
+  rootsFile = builtins.toFile "ekaci-roots" (builtins.concatStringsSep "\n"
+    (map (p: let d = builtins.head p; in builtins.appendContext d { ${d} = { path = true; }; }) r.items));
   rootKind =
     if isDrv root then { k = "drv"; }
     else if builtins.isAttrs root then { k = "set"; names = builtins.attrNames root; }
     else { k = "other"; type = builtins.typeOf root; };
 in
   if r.mode == "root" then rootKind
-  else if r.mode == "classify" then map classify r.items
+  else if r.mode == "walk" then map walk r.items
+  else if r.mode == "roots" then [ { type = "derivation"; name = "ekaci-roots"; drvPath = rootsFile; outputName = "out"; } ]
+  else if r.mode == "repl" then { ex = i: builtins.deepSeq (explain (builtins.elemAt r.items i)) null; }
   else if r.mode == "info" then map info r.items
   else if r.mode == "explain" then map explain r.items
   else builtins.genList (i: get (builtins.elemAt r.items i) // { __ekaCiIndex = i; }) (builtins.length r.items)
@@ -132,7 +161,9 @@ in
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Root,
-    Classify,
+    Walk,
+    Roots,
+    Repl,
     Info,
     Explain,
     Instantiate,
@@ -142,7 +173,9 @@ impl Mode {
     fn as_str(self) -> &'static str {
         match self {
             Mode::Root => "root",
-            Mode::Classify => "classify",
+            Mode::Walk => "walk",
+            Mode::Roots => "roots",
+            Mode::Repl => "repl",
             Mode::Info => "info",
             Mode::Explain => "explain",
             Mode::Instantiate => "instantiate",
@@ -155,6 +188,28 @@ impl Mode {
 struct Item {
     path: Vec<String>,
     error: Option<String>,
+}
+
+/// What the walk found, kept until it ends (records are sent after `Listed`).
+#[derive(Default)]
+struct Walk {
+    /// Finished records: rooted derivations and errors tryEval could not catch.
+    records: Vec<EvalRecord>,
+    /// Derivations the root step could not handle: instantiated the per-batch way.
+    redo: Vec<Item>,
+    /// Attributes whose `tryEval` failed: their messages are still to be found.
+    unexplained: Vec<Vec<String>>,
+}
+
+/// Work after the walk.
+enum Task<'a> {
+    Explain(Vec<Vec<String>>),
+    Redo(&'a [Item]),
+}
+
+/// The number of attributes per walk step for a level of `n` attributes.
+fn walk_chunk(n: usize, workers: usize, batch_size: usize) -> usize {
+    n.div_ceil(workers.max(1).saturating_mul(WALK_SHARES)).max(batch_size).max(1)
 }
 
 /// Why one step's process failed.
@@ -182,10 +237,12 @@ struct RootKind {
 }
 
 #[derive(Deserialize)]
-struct Classified {
+struct Walked {
     k: String,
     #[serde(default)]
     names: Vec<String>,
+    #[serde(default)]
+    i: Option<Info>,
 }
 
 #[derive(Deserialize)]
@@ -293,15 +350,18 @@ pub(crate) async fn run(
     let ev =
         Evaluator { checkout, target, attr_path, what, opts, roots_dir, work, seq: Cell::new(0), limits };
 
-    let items = match ev.root().await? {
-        None => vec![Item { path: Vec::new(), error: None }],
-        Some(names) => ev.list(names).await?,
-    };
-    out.listed(items.len()).await?;
-    ev.instantiate_all(&items, out).await?;
-    if items.is_empty() {
-        out.progress().await?;
+    match ev.root().await? {
+        None => {
+            out.listed(1).await?;
+            ev.process_batch(&[Item { path: Vec::new(), error: None }], out).await?;
+        }
+        Some(names) => {
+            let walk = ev.walk(names).await?;
+            out.listed(walk.records.len() + walk.redo.len() + walk.unexplained.len()).await?;
+            ev.finish(walk, out).await?;
+        }
     }
+    out.progress().await?;
     Ok(())
 }
 
@@ -312,13 +372,8 @@ impl Evaluator<'_> {
         n
     }
 
-    /// Runs one `nix-instantiate` step over `items`; `root` makes it an instantiation with GC roots.
-    async fn run_nix(
-        &self,
-        mode: Mode,
-        items: &[&[String]],
-        root: Option<&Path>,
-    ) -> Result<RunOutput, EvalError> {
+    /// Writes the request file of a step over `items`.
+    async fn write_request(&self, mode: Mode, items: &[&[String]]) -> Result<PathBuf, EvalError> {
         let (kind, file, flake) = match &self.target {
             Target::File(f) => ("file", f.to_string_lossy().into_owned(), String::new()),
             Target::Flake(r) => ("flake", String::new(), r.clone()),
@@ -334,18 +389,27 @@ impl Evaluator<'_> {
             "meta": self.opts.meta,
         });
         let request_path = self.work.path.join(format!("request-{}.json", self.next_seq()));
-        {
-            let path = request_path.clone();
-            let bytes = request.to_string().into_bytes();
-            smol::unblock(move || std::fs::write(&path, bytes)).await.map_err(|source| EvalError::Io {
-                action: "write",
-                path: request_path.clone(),
-                source,
-            })?;
-        }
+        let path = request_path.clone();
+        let bytes = request.to_string().into_bytes();
+        smol::unblock(move || std::fs::write(&path, bytes)).await.map_err(|source| EvalError::Io {
+            action: "write",
+            path: request_path.clone(),
+            source,
+        })?;
+        Ok(request_path)
+    }
+
+    /// Runs one `nix-instantiate` step over `items`; `root` makes it an instantiation with GC roots.
+    async fn run_nix(
+        &self,
+        mode: Mode,
+        items: &[&[String]],
+        root: Option<&Path>,
+    ) -> Result<RunOutput, EvalError> {
+        let request_path = self.write_request(mode, items).await?;
         let mut cmd = std::process::Command::new(NIX_INSTANTIATE);
         cmd.current_dir(&self.checkout);
-        if mode != Mode::Instantiate {
+        if !matches!(mode, Mode::Instantiate | Mode::Roots) {
             // Read-write mode: import-from-derivation must be able to build while evaluating.
             cmd.args(["--eval", "--read-write-mode", "--strict", "--json"]);
         }
@@ -417,6 +481,18 @@ impl Evaluator<'_> {
                     None => Batch::Failed(failure),
                 })
             }
+            Some(Failure::Memory) => {
+                // Our cap, not this attribute's fault unless it was the first: keep what was printed.
+                let done: Option<Vec<T>> =
+                    streamed_prefix(&out.stdout).filter(|values| !values.is_empty()).and_then(|values| {
+                        values.into_iter().map(|v| serde_json::from_value::<T>(v).ok()).collect()
+                    });
+                Ok(match done {
+                    Some(done) if done.len() >= items.len() => Batch::All(done),
+                    Some(done) => Batch::Partial(done),
+                    None => Batch::Failed(Failure::Memory),
+                })
+            }
             Some(failure) => Ok(Batch::Failed(failure)),
         }
     }
@@ -440,13 +516,15 @@ impl Evaluator<'_> {
         }
     }
 
-    /// Lists the attributes to instantiate, recursing breadth-first over the worker pool.
-    async fn list(&self, names: Vec<String>) -> Result<Vec<Item>, EvalError> {
-        let chunk = self.opts.batch_size.saturating_mul(LIST_BATCH_FACTOR).max(1);
-        let items = RefCell::new(Vec::new());
+    /// Walks the job's attributes breadth-first over the worker pool: each step classifies a large share
+    /// of attributes and computes the derivations' information in the same process, and the derivations
+    /// it found are given GC roots right after it.
+    async fn walk(&self, names: Vec<String>) -> Result<Walk, EvalError> {
+        let found = RefCell::new(Walk::default());
         let (tx, rx) = async_channel::unbounded::<Vec<Vec<String>>>();
         let pending = Cell::new(0usize);
         let enqueue = |paths: Vec<Vec<String>>| {
+            let chunk = walk_chunk(paths.len(), self.opts.workers, self.opts.batch_size);
             for c in paths.chunks(chunk) {
                 pending.set(pending.get() + 1);
                 let _ = tx.try_send(c.to_vec());
@@ -454,11 +532,11 @@ impl Evaluator<'_> {
         };
         enqueue(names.into_iter().map(|n| vec![n]).collect());
         if pending.get() == 0 {
-            return Ok(Vec::new());
+            return Ok(found.into_inner());
         }
         let worker = || async {
             while let Ok(batch) = rx.recv().await {
-                let children = self.classify(batch, &items).await?;
+                let children = self.walk_batch(batch, &found).await?;
                 enqueue(children);
                 pending.set(pending.get() - 1);
                 if pending.get() == 0 {
@@ -468,29 +546,30 @@ impl Evaluator<'_> {
             Ok::<(), EvalError>(())
         };
         try_join_all((0..self.opts.workers).map(|_| worker()).collect()).await?;
-        let mut items = items.into_inner();
-        items.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(items)
+        Ok(found.into_inner())
     }
 
-    /// Classifies a batch of attributes (isolating failures); returns the children of recursed sets.
-    async fn classify(
+    /// Walks one batch (isolating failures), roots its derivations; returns the children of recursed sets.
+    async fn walk_batch(
         &self,
         batch: Vec<Vec<String>>,
-        items: &RefCell<Vec<Item>>,
+        found: &RefCell<Walk>,
     ) -> Result<Vec<Vec<String>>, EvalError> {
         let mut children = Vec::new();
-        let accept = |batch: Vec<Vec<String>>, list: Vec<Classified>, children: &mut Vec<Vec<String>>| {
-            for (path, c) in batch.into_iter().zip(list) {
-                match c.k.as_str() {
-                    "drv" | "err" => items.borrow_mut().push(Item { path, error: None }),
-                    "rec" if path.len() >= MAX_DEPTH => items.borrow_mut().push(Item {
-                        path,
-                        error: Some(format!(
+        let mut drvs = Vec::new();
+        let mut accept = |batch: Vec<Vec<String>>, list: Vec<Walked>, children: &mut Vec<Vec<String>>| {
+            let mut found = found.borrow_mut();
+            for (path, w) in batch.into_iter().zip(list) {
+                match (w.k.as_str(), w.i) {
+                    ("drv", Some(info)) => drvs.push((path, info)),
+                    ("drv" | "err", _) => found.unexplained.push(path),
+                    ("rec", _) if path.len() >= MAX_DEPTH => {
+                        let message = format!(
                             "not recursing into an attribute set nested deeper than {MAX_DEPTH} levels"
-                        )),
-                    }),
-                    "rec" => children.extend(c.names.into_iter().map(|n| {
+                        );
+                        found.records.push(error_record(&path, message));
+                    }
+                    ("rec", _) => children.extend(w.names.into_iter().map(|n| {
                         let mut p = path.clone();
                         p.push(n);
                         p
@@ -501,34 +580,153 @@ impl Evaluator<'_> {
         };
         let mut stack = vec![batch];
         while let Some(mut batch) = stack.pop() {
+            if batch.is_empty() {
+                continue;
+            }
             let refs: Vec<&[String]> = batch.iter().map(Vec::as_slice).collect();
-            match self.run_list::<Classified>(Mode::Classify, &refs).await? {
+            match self.run_list::<Walked>(Mode::Walk, &refs).await? {
                 Batch::All(list) => accept(batch, list, &mut children),
-                Batch::FailedAt { done, failure } => {
-                    let rest = split_culprit(&mut batch, done.len(), &mut stack);
+                Batch::Partial(done) => {
+                    let rest = batch.split_off(done.len().min(batch.len()));
+                    stack.push(rest);
                     accept(batch, done, &mut children);
-                    if let Some(path) = rest {
-                        items.borrow_mut().push(Item { path, error: Some(failure.message(self.opts)) });
+                }
+                Batch::FailedAt { done, failure } => {
+                    let culprit = split_culprit(&mut batch, done.len(), &mut stack);
+                    accept(batch, done, &mut children);
+                    if let Some(path) = culprit {
+                        found.borrow_mut().records.push(error_record(&path, failure.message(self.opts)));
                     }
                 }
                 Batch::Failed(failure) => bisect(batch, &mut stack, |path| {
-                    items.borrow_mut().push(Item { path, error: Some(failure.message(self.opts)) })
+                    found.borrow_mut().records.push(error_record(&path, failure.message(self.opts)))
                 }),
             }
         }
+        self.root_all(drvs, found).await?;
         Ok(children)
     }
 
-    /// Instantiates all items in batches over the worker pool.
-    async fn instantiate_all(&self, items: &[Item], out: &Emitter) -> Result<(), EvalError> {
-        let batches: Vec<&[Item]> = items.chunks(self.opts.batch_size.max(1)).collect();
+    /// Gives evaluated derivations a GC root without evaluating them again: `nix-instantiate --add-root`
+    /// of a stand-in whose "drvPath" is a store file (`builtins.toFile`) that lists, and so references,
+    /// every `.drv` of the batch; one root keeps them all. If a `.drv` is no longer valid (collected
+    /// between the walk and the root) the step fails and the batch is instantiated the per-batch way.
+    async fn root_all(&self, drvs: Vec<(Vec<String>, Info)>, found: &RefCell<Walk>) -> Result<(), EvalError> {
+        let mut drvs = drvs;
+        while !drvs.is_empty() {
+            let rest = drvs.split_off(drvs.len().min(ROOT_BATCH));
+            let batch = std::mem::replace(&mut drvs, rest);
+            let base = self.roots_dir.join(format!("{}-{}", self.work.token, self.next_seq()));
+            let paths: Vec<[String; 1]> = batch.iter().map(|(_, info)| [info.drv_path.clone()]).collect();
+            let refs: Vec<&[String]> = paths.iter().map(|p| p.as_slice()).collect();
+            let run = self.run_nix(Mode::Roots, &refs, Some(&base)).await?;
+            let lines = String::from_utf8_lossy(&run.stdout).lines().filter(|l| !l.is_empty()).count();
+            let rooted = read_roots(&base, 1).await.into_iter().all(|r| r.is_ok());
+            let mut found = found.borrow_mut();
+            if failure(&run).is_some() || lines != 1 || !rooted {
+                found.redo.extend(batch.into_iter().map(|(path, _)| Item { path, error: None }));
+                continue;
+            }
+            for (path, info) in batch {
+                let root = Ok(info.drv_path.clone());
+                found.records.push(self.drv_record(&Item { path, error: None }, info, root));
+            }
+        }
+        Ok(())
+    }
+
+    /// Explains a share of the attributes whose `tryEval` failed in `nix repl` sessions and sends their
+    /// error records; those the repl cannot explain go through the per-attribute steps.
+    async fn explain_share(&self, share: Vec<Vec<String>>, out: &Emitter) -> Result<(), EvalError> {
+        let refs: Vec<&[String]> = share.iter().map(Vec::as_slice).collect();
+        let request = self.write_request(Mode::Repl, &refs).await?;
+        let wrapper = self.work.path.join("wrapper.nix");
+        if !wrapper.exists() {
+            let path = wrapper.clone();
+            smol::unblock(move || std::fs::write(&path, WRAPPER)).await.map_err(|source| EvalError::Io {
+                action: "write",
+                path: wrapper.clone(),
+                source,
+            })?;
+        }
+        let command = || {
+            let mut cmd = std::process::Command::new(NIX);
+            cmd.current_dir(&self.checkout);
+            let features = match self.target {
+                Target::Flake(_) => "nix-command flakes",
+                Target::File(_) => "nix-command",
+            };
+            cmd.args(["--extra-experimental-features", features]).arg("repl");
+            add_restriction_args(&mut cmd, self.opts, &[&self.checkout, &self.work.path]);
+            cmd
+        };
+        let load = match (wrapper.to_str(), request.to_str()) {
+            (Some(w), Some(r)) => Some(format!(
+                "ekaCiExplain = import (/. + {}) {{ ekaCiRequest = {}; }}",
+                nix_string(w),
+                nix_string(r)
+            )),
+            _ => None,
+        };
+        let explained = match load {
+            Some(load) => {
+                let session = Session {
+                    command: &command,
+                    load,
+                    memory_limit_bytes: self.limits.memory_limit_bytes,
+                    memory_message: Failure::Memory.message(self.opts),
+                };
+                match eval_explain::explain(&session, share.len()).await {
+                    Ok(explained) => explained,
+                    Err(ExplainError::OomKilled(killed)) => return Err(EvalError::OomKilled(killed)),
+                    Err(ExplainError::Unavailable(e)) => {
+                        tracing::warn!(error = %e, "cannot explain failed attributes in nix repl; one process each");
+                        Vec::new()
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        let path = request.clone();
+        let _ = smol::unblock(move || std::fs::remove_file(path)).await;
+        let mut slow = Vec::new();
+        let mut explained = explained.into_iter();
+        for path in share {
+            match explained.next() {
+                Some(Explained::Message(message)) => out.record(error_record(&path, message)).await?,
+                Some(Explained::NoError) | None => slow.push(Item { path, error: None }),
+            }
+        }
+        for batch in slow.chunks(self.opts.batch_size.max(1)) {
+            self.process_batch(batch, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the walk's records, then explains its failures and redoes what could not be rooted, over the
+    /// worker pool.
+    async fn finish(&self, walk: Walk, out: &Emitter) -> Result<(), EvalError> {
+        let Walk { mut records, redo, mut unexplained } = walk;
+        records.sort_by(|a, b| a.attr_path.cmp(&b.attr_path));
+        unexplained.sort();
+        for record in records {
+            out.record(record).await?;
+        }
+        out.progress().await?;
+        let per_worker = unexplained.len().div_ceil(self.opts.workers.max(1)).clamp(1, EXPLAIN_SHARE);
+        let mut tasks: Vec<Task> =
+            unexplained.chunks(per_worker).map(|c| Task::Explain(c.to_vec())).collect();
+        tasks.extend(redo.chunks(self.opts.batch_size.max(1)).map(Task::Redo));
         let next = Cell::new(0usize);
         let worker = || async {
             loop {
                 let i = next.get();
-                let Some(batch) = batches.get(i) else { return Ok(()) };
+                let Some(task) = tasks.get(i) else { return Ok(()) };
                 next.set(i + 1);
-                self.process_batch(batch, out).await?;
+                match task {
+                    Task::Explain(share) => self.explain_share(share.clone(), out).await?,
+                    Task::Redo(batch) => self.process_batch(batch, out).await?,
+                }
                 out.progress().await?;
             }
         };
@@ -551,6 +749,11 @@ impl Evaluator<'_> {
             let refs: Vec<&[String]> = batch.iter().map(|i| i.path.as_slice()).collect();
             match self.run_list::<Option<Info>>(Mode::Info, &refs).await? {
                 Batch::All(infos) => self.accept_infos(batch, infos, out).await?,
+                Batch::Partial(done) => {
+                    let rest = batch.split_off(done.len().min(batch.len()));
+                    stack.push(rest);
+                    self.accept_infos(batch, done, out).await?;
+                }
                 Batch::FailedAt { done, failure } => {
                     let culprit = split_culprit(&mut batch, done.len(), &mut stack);
                     self.accept_infos(batch, done, out).await?;
@@ -723,6 +926,9 @@ enum Batch<T> {
     FailedAt { done: Vec<T>, failure: Failure },
     /// The process failed and it is unknown which attribute caused it: bisect.
     Failed(Failure),
+    /// The process went over the memory cap after finishing these first attributes: the rest is retried in
+    /// a fresh process (memory grows with every attribute a process evaluates, so no one is to blame).
+    Partial(Vec<T>),
 }
 
 /// After a [`Batch::FailedAt`]: truncates `batch` to its `done` first elements, pushes the attributes after
@@ -886,6 +1092,15 @@ mod tests {
         let mut stack = Vec::new();
         assert_eq!(split_culprit(&mut batch, 0, &mut stack), Some(1));
         assert!(batch.is_empty() && stack.is_empty());
+    }
+
+    #[test]
+    fn walk_shares_are_large_but_spread_over_the_workers() {
+        // nixpkgs' top level with 2 workers: 8 shares of about 1,500 attributes.
+        assert_eq!(walk_chunk(12_143, 2, 100), 1_518);
+        // Small levels: at least `batch_size` per process.
+        assert_eq!(walk_chunk(30, 2, 100), 100);
+        assert_eq!(walk_chunk(0, 0, 0), 1);
     }
 
     #[test]
