@@ -54,10 +54,17 @@ pub fn get(store: &Store, repo: &str, number: u64) -> Result<Option<MergeRequest
     let k = key(repo, number);
     let tx = store.db().begin_read()?;
     let table = tx.open_table(GITHUB_MERGE_REQUESTS)?;
-    let found = table.get(k.as_str())?;
-    match found {
+    read(&table, &k)
+}
+
+/// The request stored under `k` in `table` (read-only or in a write transaction), if any.
+fn read(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    k: &str,
+) -> Result<Option<MergeRequest>, StoreError> {
+    match table.get(k)? {
         Some(v) => {
-            let MergeRequestRecord::V1(r) = decode(NAME, &k, v.value())?;
+            let MergeRequestRecord::V1(r) = decode(NAME, k, v.value())?;
             Ok(Some(r))
         }
         None => Ok(None),
@@ -88,13 +95,7 @@ pub fn remove(
     let tx = store.db().begin_write()?;
     let removed = {
         let mut table = tx.open_table(GITHUB_MERGE_REQUESTS)?;
-        let current = match table.get(k.as_str())? {
-            Some(v) => {
-                let MergeRequestRecord::V1(r) = decode(NAME, &k, v.value())?;
-                Some(r)
-            }
-            None => None,
-        };
+        let current = read(&table, &k)?;
         match current {
             Some(r) if comment_id.is_none_or(|c| c == r.comment_id) => {
                 table.remove(k.as_str())?;
@@ -132,13 +133,7 @@ pub fn mark_skipped(
     let tx = store.db().begin_write()?;
     {
         let mut table = tx.open_table(GITHUB_MERGE_REQUESTS)?;
-        let current = match table.get(k.as_str())? {
-            Some(v) => {
-                let MergeRequestRecord::V1(r) = decode(NAME, &k, v.value())?;
-                Some(r)
-            }
-            None => None,
-        };
+        let current = read(&table, &k)?;
         if let Some(mut r) = current.filter(|r| r.comment_id == comment_id) {
             r.skipped_at_attempt = Some(attempt);
             table.insert(k.as_str(), encode(NAME, &MergeRequestRecord::V1(r))?.as_slice())?;
