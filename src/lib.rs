@@ -8,6 +8,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod daemon;
 pub mod forge;
 pub mod graph;

@@ -70,17 +70,20 @@ impl CredentialSource {
         }
     }
 
-    /// The environment variables this source names (the server drops them from its own environment once
-    /// start-up has read them).
+    /// The environment variables this source names or reads a secret from (the server drops them from its
+    /// own environment once start-up has read them): `aws-secrets-manager` signs with
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` when they are set.
     pub fn env_vars(&self) -> Vec<&str> {
         match self {
             CredentialSource::Env { vars } => vars.iter().map(String::as_str).collect(),
             CredentialSource::CachixToken { env_var } => vec![env_var],
             CredentialSource::Vault { token_env, .. } => vec![token_env],
             CredentialSource::GitHubAppKeyFile { app_id_env, .. } => vec![app_id_env],
+            CredentialSource::AwsSecretsManager { .. } => {
+                vec!["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+            }
             CredentialSource::File { .. }
             | CredentialSource::AwsProfile { .. }
-            | CredentialSource::AwsSecretsManager { .. }
             | CredentialSource::SystemdCredential { .. }
             | CredentialSource::InstanceMetadata { .. }
             | CredentialSource::None => Vec::new(),

@@ -4,9 +4,11 @@
 //!
 //! Supported sources: `env` (two variables: the App id, then the PEM key), `file` and
 //! `systemd-credential` (a JSON object or `KEY=value` lines with `GITHUB_APP_ID` and
-//! `GITHUB_APP_PRIVATE_KEY`), and `github-app-key-file` (App id from a variable, PEM from a file). Every
-//! other source is refused with a clear error when the server starts. The environment is read only
-//! through the `env` closure the caller passes. Errors never contain the key.
+//! `GITHUB_APP_PRIVATE_KEY`), `github-app-key-file` (App id from a variable, PEM from a file), and
+//! `vault` and `aws-secrets-manager` (a secret with the same two keys, fetched by [`crate::credentials`]).
+//! `aws-profile` and `instance-metadata` give AWS credentials, not an App key, and `cachix-token` and
+//! `none` hold no key: they are refused with a clear error when the server starts. The environment is
+//! read only through the `env` closure the caller passes. Errors never contain the key.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,9 +16,11 @@ use std::path::{Path, PathBuf};
 use super::jwt::{AppKey, KeyError};
 use crate::config::{CredentialSource, GitHubAppConfig, Permissions, ServerConfig};
 
-/// The variable or field holding the App id in `file` and `systemd-credential` secrets.
+/// The variable or field holding the App id in `file`, `systemd-credential`, `vault` and
+/// `aws-secrets-manager` secrets.
 pub const APP_ID_KEY: &str = "GITHUB_APP_ID";
-/// The variable or field holding the PEM private key in `file` and `systemd-credential` secrets.
+/// The variable or field holding the PEM private key in `file`, `systemd-credential`, `vault` and
+/// `aws-secrets-manager` secrets.
 pub const PRIVATE_KEY_KEY: &str = "GITHUB_APP_PRIVATE_KEY";
 /// Credential files larger than this are refused (a PEM key is about 1.7 KiB).
 const MAX_SECRET_FILE: u64 = 64 * 1024;
@@ -52,10 +56,19 @@ pub struct AppError {
 #[derive(Debug, thiserror::Error)]
 pub enum Problem {
     #[error(
-        "credential source `{0}` is not supported for GitHub Apps yet; use `env`, `file`, \
-         `github-app-key-file` or `systemd-credential`"
+        "credential source `{0}` cannot hold a GitHub App's id and private key; use `env`, `file`, \
+         `github-app-key-file`, `systemd-credential`, `vault` or `aws-secrets-manager`"
     )]
     Unsupported(&'static str),
+    #[error(
+        "credential source `{0}` gives AWS credentials, not a GitHub App's id and private key: keep the \
+         App's GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY in AWS Secrets Manager and use \
+         `aws-secrets-manager`, which signs its request with the AWS_PROFILE profile or the instance role \
+         when no AWS_* variables are set"
+    )]
+    AwsCredentialsOnly(&'static str),
+    #[error("{0}")]
+    Remote(crate::credentials::Problem),
     #[error(
         "`env` credentials of a GitHub App name two variables, the App id then the private key \
          (e.g. [\"GITHUB_APP_ID\", \"GITHUB_APP_PRIVATE_KEY\"]); {0} given"
@@ -136,8 +149,29 @@ fn credentials_from(
                 .map_err(|error| Problem::Key { origin: key_file.display().to_string(), error })?;
             Ok(AppCredentials { app_id, key })
         }
+        CredentialSource::Vault { secret_path, .. } => {
+            from_remote(source, env, &format!("the Vault secret `{secret_path}`"))
+        }
+        CredentialSource::AwsSecretsManager { secret_name, .. } => {
+            from_remote(source, env, &format!("the Secrets Manager secret `{secret_name}`"))
+        }
+        CredentialSource::AwsProfile { .. } | CredentialSource::InstanceMetadata { .. } => {
+            Err(Problem::AwsCredentialsOnly(source.kind()))
+        }
         other => Err(Problem::Unsupported(other.kind())),
     }
+}
+
+/// A `vault` or `aws-secrets-manager` secret with [`APP_ID_KEY`] and [`PRIVATE_KEY_KEY`], fetched now
+/// (start-up runs before the executor, so blocking here is fine).
+fn from_remote(
+    source: &CredentialSource,
+    env: &dyn Fn(&str) -> Option<String>,
+    what: &str,
+) -> Result<AppCredentials, Problem> {
+    let ctx = crate::credentials::Ctx::capture(source, env);
+    let fields = crate::credentials::fetch(source, &ctx).map_err(|e| Problem::Remote(e.problem))?;
+    from_fields(&|key| fields.get(key).map(|v| v.expose()), &|key| format!("{key} in {what}"))
 }
 
 /// A key given as PEM text, or (as one documentation page shows) as the path of a PEM file.
@@ -179,14 +213,19 @@ fn from_secret_file(path: &Path) -> Result<AppCredentials, Problem> {
     let text = read_small(path)?;
     let fields =
         parse_secret_text(&text).map_err(|what| Problem::Format { path: path.to_path_buf(), what })?;
-    let origin = |key: &str| format!("{key} in {}", path.display());
-    let app_id = fields
-        .get(APP_ID_KEY)
+    from_fields(&|key| fields.get(key).map(String::as_str), &|key| format!("{key} in {}", path.display()))
+}
+
+/// The App id and key among a secret's fields; `origin` says where a field came from, for errors.
+fn from_fields<'a>(
+    field: &dyn Fn(&str) -> Option<&'a str>,
+    origin: &dyn Fn(&str) -> String,
+) -> Result<AppCredentials, Problem> {
+    let app_id = field(APP_ID_KEY)
         .filter(|v| !v.trim().is_empty())
         .ok_or_else(|| Problem::MissingField(origin(APP_ID_KEY)))?;
     let app_id = check_app_id(app_id, &origin(APP_ID_KEY))?;
-    let pem = fields
-        .get(PRIVATE_KEY_KEY)
+    let pem = field(PRIVATE_KEY_KEY)
         .filter(|v| !v.trim().is_empty())
         .ok_or_else(|| Problem::MissingField(origin(PRIVATE_KEY_KEY)))?;
     let key = key_or_path(pem, &origin(PRIVATE_KEY_KEY))?;
