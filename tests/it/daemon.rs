@@ -430,7 +430,10 @@ fn github_app_credentials_are_checked_at_start_up() {
     let out = run_until_exit(&home, &cfg, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("main") && err.contains("not supported for GitHub Apps yet"), "{err}");
+    assert!(
+        err.contains("main") && err.contains("no Vault token: environment variable VAULT_TOKEN"),
+        "{err}"
+    );
     assert!(!home.socket().exists());
 
     // A key file that is not a private key is refused without echoing it.

@@ -78,20 +78,35 @@ impl Setup {
 
     /// Like [`Setup::new`], with `github` added to the `[github]` table.
     fn with_github(extra: &str, github: &str) -> Setup {
-        let fake = FakeGitHub::start();
-        let home = Home::new();
-        let secret = format!("wh-{}", nonce());
+        let (fake, home) = (FakeGitHub::start(), Home::new());
         let creds = home.path().join("github-app.json");
         let body = json!({ "GITHUB_APP_ID": fake_github::APP_ID, "GITHUB_APP_PRIVATE_KEY": fake_github::PRIVATE_KEY_PKCS1 });
         std::fs::write(&creds, body.to_string()).expect("write credentials");
+        let credentials = format!("{{ file = {{ path = \"{}\" }} }}", creds.display());
+        Setup::start(fake, home, extra, github, &credentials, &[])
+    }
+
+    /// Like [`Setup::new`], with the App's `credentials` (a TOML value) and `env` for the server.
+    pub(crate) fn with_app_credentials(credentials: &str, env: &[(&str, &std::ffi::OsStr)]) -> Setup {
+        Setup::start(FakeGitHub::start(), Home::new(), "", "", credentials, env)
+    }
+
+    fn start(
+        fake: FakeGitHub,
+        home: Home,
+        extra: &str,
+        github: &str,
+        credentials: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Setup {
+        let secret = format!("wh-{}", nonce());
         let config = format!(
             "{extra}\n\n[web]\nport = 0\nmetrics_public = true\n\n[security]\nwebhook_secret = \"{secret}\"\nallow_unsandboxed_builds = true\n\n[github]\napi_url = \"{}\"\n{github}\n\
-             [[github_apps]]\nid = \"main\"\ncredentials = {{ file = {{ path = \"{}\" }} }}\n",
+             [[github_apps]]\nid = \"main\"\ncredentials = {credentials}\n",
             fake.url(),
-            creds.display()
         );
         std::fs::write(home.config_file(), config).expect("write config");
-        let server = Some(home.start());
+        let server = Some(home.start_with(env));
         Setup { fake, home, secret, server }
     }
 

@@ -469,13 +469,18 @@ fn unsupported_sources_fail_load_all_at_startup() {
     let err = app::load_all(&config, &env).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "GitHub App `vaulted` (credentials `vault`): credential source `vault` is not supported for GitHub Apps \
-         yet; use `env`, `file`, `github-app-key-file` or `systemd-credential`"
+        "GitHub App `vaulted` (credentials `vault`): no Vault token: environment variable VAULT_TOKEN is not \
+         set or empty, and there is no token file (HOME is not set: ~/.vault-token)"
     );
-    for source in [CredentialSource::None, CredentialSource::InstanceMetadata { provider: None }] {
+    let err = app::load(&app_config("x", CredentialSource::None), &env).unwrap_err().to_string();
+    assert!(err.contains("credential source `none` cannot hold a GitHub App's id and private key"), "{err}");
+    for source in [
+        CredentialSource::InstanceMetadata { provider: None },
+        CredentialSource::AwsProfile { profile: "p".into() },
+    ] {
         let kind = source.kind();
         let err = app::load(&app_config("x", source), &env).unwrap_err().to_string();
-        assert!(err.contains(&format!("credential source `{kind}` is not supported")), "{err}");
+        assert!(err.contains(&format!("credential source `{kind}` gives AWS credentials")), "{err}");
     }
 }
 

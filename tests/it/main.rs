@@ -7,6 +7,7 @@
 //! and issue-comment endpoints; git over HTTPS).
 
 mod common;
+mod fake_cloud;
 mod fake_github;
 
 mod api_auth;
@@ -17,6 +18,7 @@ mod cli_eval;
 mod cli_review;
 mod config;
 mod crash_recovery;
+mod credentials;
 mod daemon;
 mod drv_parser;
 mod eval;

@@ -188,7 +188,7 @@ fn fixture(name: &str) -> Value {
 
 /// Accepts connections on a background thread until `stop` is set (and a connection wakes it), each
 /// served on a thread of its own by the closure `handler` makes for it.
-fn accept_loop<H, F>(listener: TcpListener, stop: Arc<AtomicBool>, handler: H)
+pub(crate) fn accept_loop<H, F>(listener: TcpListener, stop: Arc<AtomicBool>, handler: H)
 where
     H: Fn(TcpStream) -> F + Send + 'static,
     F: FnOnce() + Send + 'static,
@@ -368,7 +368,7 @@ pub fn wildcard(pattern: &str, text: &str) -> bool {
     true
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -411,9 +411,9 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
 }
 
 /// One HTTP/1.1 request: method, target, headers (names lower-cased) and the body (de-chunked).
-type RawRequest = (String, String, Vec<(String, String)>, Vec<u8>);
+pub(crate) type RawRequest = (String, String, Vec<(String, String)>, Vec<u8>);
 
-fn read_http_request(reader: &mut impl BufRead) -> Option<RawRequest> {
+pub(crate) fn read_http_request(reader: &mut impl BufRead) -> Option<RawRequest> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
@@ -503,10 +503,11 @@ fn serve(conn: TcpStream, state: &Arc<Mutex<State>>) {
     let _ = out.flush();
 }
 
-fn reason(status: u16) -> &'static str {
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         201 => "Created",
+        400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
