@@ -306,15 +306,12 @@ fn read_optional(path: &Path) -> Result<Option<String>, Problem> {
 /// `s` with every byte outside RFC 3986's unreserved set (and `/` when `keep_slash`) percent-encoded,
 /// upper-case hex: AWS's `UriEncode`, also used for Vault paths.
 pub fn uri_encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || (keep_slash && b == b'/') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+    use crate::forge::github::client::percent_encode;
+    if keep_slash {
+        s.split('/').map(percent_encode).collect::<Vec<_>>().join("/")
+    } else {
+        percent_encode(s)
     }
-    out
 }
 
 #[cfg(test)]

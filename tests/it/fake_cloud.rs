@@ -19,15 +19,14 @@
 
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
 
 use hmac::{Hmac, Mac, NewMac};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::fake_github::{accept_loop, percent_decode, read_http_request, reason};
+use crate::fake_github::{percent_decode, read_http_request, reason, Loopback};
 
 /// A request the fake received.
 #[derive(Debug, Clone)]
@@ -70,79 +69,58 @@ struct State {
 
 /// The running fake; dropping it stops it.
 pub struct FakeCloud {
-    addr: SocketAddr,
-    state: Arc<Mutex<State>>,
-    stop: Arc<AtomicBool>,
+    server: Loopback<State>,
 }
 
 impl FakeCloud {
     pub fn start() -> FakeCloud {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake cloud");
-        let addr = listener.local_addr().expect("local address");
-        let state = Arc::new(Mutex::new(State { sm_region: "us-east-1".into(), ..State::default() }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = state.clone();
-        accept_loop(listener, stop.clone(), move |conn| {
-            let st = st.clone();
-            move || serve(conn, &st)
-        });
-        FakeCloud { addr, state, stop }
+        let state = State { sm_region: "us-east-1".into(), ..State::default() };
+        FakeCloud { server: Loopback::start("the fake cloud", state, serve) }
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.server.url()
     }
 
     pub fn calls(&self) -> Vec<Call> {
-        self.lock().calls.clone()
+        self.server.lock().calls.clone()
     }
 
     /// The next request is answered `status` with `body`, whatever it asks.
     pub fn inject(&self, status: u16, body: &str) {
-        self.lock().injected.push((status, body.to_string()));
+        self.server.lock().injected.push((status, body.to_string()));
     }
 
     /// Vault accepts `token` (and requires `namespace`, if given).
     pub fn vault_auth(&self, token: &str, namespace: Option<&str>) {
-        let mut st = self.lock();
+        let mut st = self.server.lock();
         st.vault_token = token.to_string();
         st.vault_namespace = namespace.map(String::from);
     }
 
     /// Stores `data` as the current version of `mount`/`path`.
     pub fn vault_put(&self, mount: &str, path: &str, data: Value) {
-        self.lock().vault.insert(format!("{mount}/data/{path}"), data);
+        self.server.lock().vault.insert(format!("{mount}/data/{path}"), data);
     }
 
     /// Secrets Manager accepts requests signed with `key` in `region`.
     pub fn sm_accept(&self, region: &str, key: AwsKey) {
-        let mut st = self.lock();
+        let mut st = self.server.lock();
         st.sm_region = region.to_string();
         st.sm_keys.push(key);
     }
 
     /// Stores `secret_string` under `name`.
     pub fn sm_put(&self, name: &str, secret_string: &str) {
-        self.lock().sm.insert(name.to_string(), secret_string.to_string());
+        self.server.lock().sm.insert(name.to_string(), secret_string.to_string());
     }
 
     /// The instance has role `role` with credentials `key`; `None` means no role attached.
     pub fn imds_role(&self, role: Option<(&str, AwsKey)>) {
-        let mut st = self.lock();
+        let mut st = self.server.lock();
         st.imds_role = role.as_ref().map(|(r, _)| r.to_string());
         st.imds_key = role.map(|(_, k)| k);
-    }
-}
-
-impl Drop for FakeCloud {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
     }
 }
 

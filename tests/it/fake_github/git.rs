@@ -65,7 +65,7 @@ impl FakeGitHub {
         let addr = listener.local_addr().expect("local address");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (state, root, reqs) = (self.state.clone(), dir.path().join("repos"), requests.clone());
+        let (state, root, reqs) = (self.server.state.clone(), dir.path().join("repos"), requests.clone());
         accept_loop(listener, stop.clone(), move |conn| {
             let (tls, state, root, reqs) = (tls.clone(), state.clone(), root.clone(), reqs.clone());
             move || serve(conn, tls, &state, &root, &reqs)

@@ -175,9 +175,46 @@ struct State {
 
 /// The running fake. Dropping it stops accepting connections.
 pub struct FakeGitHub {
-    addr: SocketAddr,
-    state: Arc<Mutex<State>>,
+    server: Loopback<State>,
+}
+
+/// A loopback HTTP server on an ephemeral port of 127.0.0.1 with state `S` shared by its connections,
+/// each served by `serve` on a thread of its own. Dropping it stops accepting connections.
+pub(crate) struct Loopback<S> {
+    pub(crate) addr: SocketAddr,
+    pub(crate) state: Arc<Mutex<S>>,
     stop: Arc<AtomicBool>,
+}
+
+impl<S: Send + 'static> Loopback<S> {
+    pub(crate) fn start(what: &str, state: S, serve: fn(TcpStream, &Arc<Mutex<S>>)) -> Loopback<S> {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind {what}: {e}"));
+        let addr = listener.local_addr().expect("local address");
+        let state = Arc::new(Mutex::new(state));
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = state.clone();
+        accept_loop(listener, stop.clone(), move |conn| {
+            let st = st.clone();
+            move || serve(conn, &st)
+        });
+        Loopback { addr, state, stop }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, S> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<S> Drop for Loopback<S> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
 }
 
 fn fixture(name: &str) -> Value {
@@ -211,9 +248,7 @@ fn now_secs() -> u64 {
 impl FakeGitHub {
     /// Starts the server on 127.0.0.1 with an ephemeral port.
     pub fn start() -> FakeGitHub {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake GitHub");
-        let addr = listener.local_addr().expect("local address");
-        let state = Arc::new(Mutex::new(State {
+        let state = State {
             calls: Vec::new(),
             injections: Vec::new(),
             tokens: Vec::new(),
@@ -236,23 +271,17 @@ impl FakeGitHub {
                 comment: fixture("issues.create-comment.response.201.json"),
                 merge: fixture("pulls.merge.response.200.json"),
             },
-        }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = state.clone();
-        accept_loop(listener, stop.clone(), move |conn| {
-            let st = st.clone();
-            move || serve(conn, &st)
-        });
-        FakeGitHub { addr, state, stop }
+        };
+        FakeGitHub { server: Loopback::start("the fake GitHub", state, serve) }
     }
 
     /// The API base URL (`http://127.0.0.1:PORT`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.server.lock()
     }
 
     /// Every request so far, in arrival order.
@@ -337,13 +366,6 @@ impl FakeGitHub {
     /// The stored check runs of `repo`, in creation order.
     pub fn check_runs(&self, repo: &str) -> Vec<Value> {
         self.lock().check_runs.iter().filter(|(r, _)| r == repo).map(|(_, v)| v.clone()).collect()
-    }
-}
-
-impl Drop for FakeGitHub {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
     }
 }
 
