@@ -73,7 +73,7 @@ pub fn signing_credentials(ctx: &Ctx) -> Result<AwsCredentials, Problem> {
     let file_note = match super::aws_profile::lookup(profile, ctx)? {
         super::aws_profile::Lookup::Found(creds) => return Ok(creds),
         super::aws_profile::Lookup::NoProfile(path) if named.is_some() => {
-            return Err(Problem::Profile {
+            return Err(Problem::File {
                 path,
                 what: format!("no profile [{profile}] (named by {PROFILE_VAR})"),
             })

@@ -34,7 +34,7 @@ pub fn lookup(profile: &str, ctx: &Ctx) -> Result<Lookup, Problem> {
     match parse(&text, profile) {
         Ok(Some(creds)) => Ok(Lookup::Found(creds)),
         Ok(None) => Ok(Lookup::NoProfile(path)),
-        Err(what) => Err(Problem::Profile { path, what }),
+        Err(what) => Err(Problem::File { path, what }),
     }
 }
 
@@ -43,9 +43,9 @@ pub fn fetch(profile: &str, ctx: &Ctx) -> Result<AwsCredentials, Problem> {
     match lookup(profile.trim(), ctx)? {
         Lookup::Found(creds) => Ok(creds),
         Lookup::NoProfile(path) => {
-            Err(Problem::Profile { path, what: format!("no profile [{}]", profile.trim()) })
+            Err(Problem::File { path, what: format!("no profile [{}]", profile.trim()) })
         }
-        Lookup::NoFile(Some(path)) => Err(Problem::Profile {
+        Lookup::NoFile(Some(path)) => Err(Problem::File {
             path,
             what: "does not exist (set AWS_SHARED_CREDENTIALS_FILE to use another file)".into(),
         }),

@@ -99,7 +99,7 @@ pub enum Problem {
     #[error("no AWS credentials to sign the request with: {0}")]
     NoAwsCredentials(String),
     #[error("{path}: {what}")]
-    Profile { path: PathBuf, what: String },
+    File { path: PathBuf, what: String },
 }
 
 /// The environment a fetch reads, captured once (see [`Ctx::capture`]). Values are [`Secret`]s: `Debug`
@@ -297,7 +297,7 @@ fn read_optional(path: &Path) -> Result<Option<String>, Problem> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(read_err(e)),
         Ok(meta) if meta.len() > MAX_BODY => {
-            Err(Problem::Profile { path: path.to_path_buf(), what: format!("larger than {MAX_BODY} bytes") })
+            Err(Problem::File { path: path.to_path_buf(), what: format!("larger than {MAX_BODY} bytes") })
         }
         Ok(_) => std::fs::read_to_string(path).map(Some).map_err(read_err),
     }
