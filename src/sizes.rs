@@ -351,7 +351,9 @@ pub fn dependency_changes(base: &AttrSizes, head: &AttrSizes) -> Vec<DepChange> 
     let mut added = Vec::new();
     for (name, vs) in &h {
         match b.get(name) {
-            None => added.extend(vs.iter().map(|v| DepChange::Added { name: name.clone(), version: v.clone() })),
+            None => {
+                added.extend(vs.iter().map(|v| DepChange::Added { name: name.clone(), version: v.clone() }))
+            }
             Some(old) if old != vs => {
                 versions.push(DepChange::Version { name: name.clone(), base: joined(old), head: joined(vs) })
             }
@@ -891,8 +893,10 @@ mod tests {
 
     #[test]
     fn dependency_changes_read_like_the_brief() {
-        let base = sizes(1, 1, &["/nix/store/a-libfoo-1.0", "/nix/store/b-source", "/nix/store/c-bash-5.1-p16"]);
-        let head = sizes(1, 1, &["/nix/store/d-zlib-1.2.11", "/nix/store/c-bash-5.1-p16", "/nix/store/e-source"]);
+        let base =
+            sizes(1, 1, &["/nix/store/a-libfoo-1.0", "/nix/store/b-source", "/nix/store/c-bash-5.1-p16"]);
+        let head =
+            sizes(1, 1, &["/nix/store/d-zlib-1.2.11", "/nix/store/c-bash-5.1-p16", "/nix/store/e-source"]);
         let words: Vec<String> = dependency_changes(&base, &head).iter().map(DepChange::describe).collect();
         // `source` was rebuilt (another hash), same name and version: no change.
         assert_eq!(words, ["+ zlib-1.2.11", "- libfoo-1.0"]);
@@ -909,8 +913,10 @@ mod tests {
                 head: sizes(5000 + i, 5000 + i, &refs),
             })
             .collect();
-        let head: Vec<(String, AttrSizes)> = compared.iter().map(|c| (c.attr.clone(), c.head.clone())).collect();
-        let base: Vec<(String, AttrSizes)> = compared.iter().map(|c| (c.attr.clone(), c.base.clone())).collect();
+        let head: Vec<(String, AttrSizes)> =
+            compared.iter().map(|c| (c.attr.clone(), c.head.clone())).collect();
+        let base: Vec<(String, AttrSizes)> =
+            compared.iter().map(|c| (c.attr.clone(), c.base.clone())).collect();
         let report = SizeReport {
             job: "main".into(),
             base_branch: "main".into(),
@@ -921,7 +927,10 @@ mod tests {
         };
         let summary = SizeSummary::of(&report, Some("main"), &base, &head);
         assert_eq!((summary.increases.len(), summary.dependencies.len()), (5000, 5000));
-        assert_eq!(summary.increases[0].attr, "package-with-a-rather-long-attribute-name-04999", "largest first");
+        assert_eq!(
+            summary.increases[0].attr, "package-with-a-rather-long-attribute-name-04999",
+            "largest first"
+        );
         let md = render_markdown(&summary);
         assert!(md.len() <= 65_535, "{}", md.len());
         assert!(md.contains("\n… and 4800 more\n"), "rows past 200 are counted");

@@ -713,7 +713,8 @@ fn lookup_commit(
         Some(b) => b.to_string(),
         None => jobs.first().map(|s| s.base_sha.clone()).unwrap_or_default(),
     };
-    let mut summary = ChangeSummary { repo, base_sha: base, head_sha: head_sha.to_string(), jobs, sizes: Vec::new() };
+    let mut summary =
+        ChangeSummary { repo, base_sha: base, head_sha: head_sha.to_string(), jobs, sizes: Vec::new() };
     sizes::attach(store, &mut summary)?;
     Ok(Some(summary))
 }

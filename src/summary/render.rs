@@ -124,7 +124,13 @@ fn render_at(summary: &ChangeSummary, settings: &Settings, level: Truncation) ->
         }
         render_job(&mut out, job, settings, level, several);
         if let Some(sizes) = summary.sizes.iter().find(|s| s.job == job.job) {
-            super::sizes::render_section(&mut out, sizes, settings, level, if several { "####" } else { "###" });
+            super::sizes::render_section(
+                &mut out,
+                sizes,
+                settings,
+                level,
+                if several { "####" } else { "###" },
+            );
         }
     }
     if level != Truncation::None {

@@ -75,3 +75,114 @@ pub fn render_section(out: &mut String, s: &SizeSummary, settings: &Settings, le
         out.push('\n');
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{EvalStatus, JobSummary, KindCounts, RebuildImpact};
+    use super::*;
+    use crate::sizes::{DepChange, DependencyChanges, SizeIncrease};
+
+    fn job(name: &str) -> JobSummary {
+        JobSummary {
+            repo: "file:///r".into(),
+            job: name.into(),
+            base_sha: "b".repeat(40),
+            head_sha: "a".repeat(40),
+            eval: EvalStatus::Ok,
+            new_eval_errors: vec![],
+            fixed_eval_errors: vec![],
+            changes: vec![],
+            counts: KindCounts::default(),
+            impact: RebuildImpact::default(),
+            computed_at: 0,
+            settings: Settings::default(),
+        }
+    }
+
+    fn sizes(name: &str, n: usize) -> SizeSummary {
+        SizeSummary {
+            job: name.into(),
+            base_branch: Some("main".into()),
+            max_increase_percent: 10.0,
+            measured: n as u64,
+            compared: n as u64,
+            no_baseline: 0,
+            increases: (0..n)
+                .map(|i| SizeIncrease {
+                    attr: format!("pkgs.some-long-attribute-name-{i:06}"),
+                    nar_before: 1000,
+                    nar_after: 2000,
+                    nar_change_percent: Some(100.0),
+                    closure_before: 10_000,
+                    closure_after: 11_000,
+                    closure_change_percent: Some(10.0),
+                })
+                .collect(),
+            dependencies: (0..n)
+                .map(|i| DependencyChanges {
+                    attr: format!("pkgs.some-long-attribute-name-{i:06}"),
+                    changes: vec![
+                        DepChange::Version {
+                            name: "openssl".into(),
+                            base: "1.1.1g".into(),
+                            head: "1.1.1h".into(),
+                        },
+                        DepChange::Added { name: "zlib".into(), version: "1.2.11".into() },
+                        DepChange::Removed { name: "libfoo".into(), version: "1.0".into() },
+                    ],
+                })
+                .collect(),
+            computed_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_sections_list_rows_then_count_the_rest() {
+        let summary = ChangeSummary {
+            repo: "file:///r".into(),
+            base_sha: "b".repeat(40),
+            head_sha: "a".repeat(40),
+            jobs: vec![job("main")],
+            sizes: vec![sizes("main", 3)],
+        };
+        let settings = Settings { max_packages_listed: 2, ..Settings::default() };
+        let md = super::super::render(&summary, &settings).markdown;
+        assert!(
+            md.contains("**Sizes:** 3 attributes grew by more than 10 % against the newest sizes on `main`"),
+            "{md}"
+        );
+        assert!(md.contains("### Size increases (3)\n"), "{md}");
+        assert!(md.contains("| `pkgs.some-long-attribute-name-000001` | 1000 B | 2.0 KiB | +100.0 % | 9.8 KiB | 10.7 KiB | +10.0 % |"), "{md}");
+        assert!(!md.contains("| `pkgs.some-long-attribute-name-000002`"), "{md}");
+        assert!(md.contains("### Runtime dependency changes (3)\n"), "{md}");
+        assert!(
+            md.contains("- `pkgs.some-long-attribute-name-000000`: `openssl 1.1.1g → 1.1.1h`, `+ zlib-1.2.11`, `- libfoo-1.0`\n"),
+            "{md}"
+        );
+        assert_eq!(md.matches("\n… and 1 more\n").count(), 2, "{md}");
+    }
+
+    #[test]
+    fn a_huge_summary_with_sizes_stays_within_githubs_limit() {
+        // Ten jobs of 5,000 increases and 5,000 attributes with dependency changes each, every row listed.
+        let names: Vec<String> = (0..10).map(|i| format!("job{i}")).collect();
+        let summary = ChangeSummary {
+            repo: "file:///r".into(),
+            base_sha: "b".repeat(40),
+            head_sha: "a".repeat(40),
+            jobs: names.iter().map(|n| job(n)).collect(),
+            sizes: names.iter().map(|n| sizes(n, 5000)).collect(),
+        };
+        let settings = Settings { max_packages_listed: 10_000, ..Settings::default() };
+        let r = super::super::render(&summary, &settings);
+        assert!(r.markdown.len() <= super::super::render::HARD_CAP, "{}", r.markdown.len());
+        assert_eq!(r.truncation, Truncation::CountsOnly);
+        assert_eq!(r.markdown.matches("**Sizes:** 5000 attributes grew").count(), 10, "the headline stays");
+        // With the default limit (100 rows), one job fits without dropping the sections.
+        let one = ChangeSummary { jobs: vec![job("main")], sizes: vec![sizes("main", 5000)], ..summary };
+        let r = super::super::render(&one, &Settings::default());
+        assert_eq!(r.truncation, Truncation::None);
+        assert!(r.markdown.len() < super::super::render::SOFT_LIMIT);
+        assert_eq!(r.markdown.matches("\n… and 4900 more\n").count(), 2, "{}", r.markdown);
+    }
+}
