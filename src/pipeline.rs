@@ -1079,9 +1079,7 @@ impl Pipeline {
             }
         }
         if let (Some(summary), false) = (review.summary.as_mut(), measured.is_empty()) {
-            summary.sizes = measured;
-            let settings = summary.jobs.first().map(|j| j.settings.clone()).unwrap_or_default();
-            review.summary_markdown = Some(crate::summary::render(summary, &settings).markdown);
+            review.summary_markdown = Some(crate::summary::sizes::rerender(summary, measured).markdown);
         }
     }
 

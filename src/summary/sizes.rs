@@ -4,7 +4,7 @@
 //! gained, lost or changed the version of.
 //!
 //! [`attach`] reads the stored size summaries of a [`ChangeSummary`]'s jobs (so a summary of an old commit
-//! shows them too); [`render_section`] is the Markdown, bounded like the rest of the summary (at most
+//! shows them too), [`rerender`] adds freshly measured ones; [`render_section`] is the Markdown, bounded like the rest of the summary (at most
 //! `max_packages_listed` rows per table, then "… and N more"; only the headline line at
 //! [`Truncation::CountsOnly`]). This file never measures anything and never writes a table.
 
@@ -25,6 +25,13 @@ pub fn attach(store: &Store, summary: &mut ChangeSummary) -> Result<(), StoreErr
     }
     summary.sizes = found;
     Ok(())
+}
+
+/// Puts `sizes` into `summary` and renders it again, with the settings its jobs were summarised with.
+pub fn rerender(summary: &mut ChangeSummary, sizes: Vec<SizeSummary>) -> super::Rendered {
+    summary.sizes = sizes;
+    let settings = summary.jobs.first().map(|j| j.settings.clone()).unwrap_or_default();
+    super::render(summary, &settings)
 }
 
 fn plural(n: usize) -> &'static str {

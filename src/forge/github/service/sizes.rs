@@ -84,10 +84,7 @@ impl GitHubService {
             reporter.report(&name, fields).await?;
         }
         if let (Some(summary), false) = (summary, measured.is_empty()) {
-            let mut summary = summary.clone();
-            summary.sizes = measured;
-            let settings = summary.jobs.first().map(|j| j.settings.clone()).unwrap_or_default();
-            let rendered = crate::summary::render(&summary, &settings);
+            let rendered = crate::summary::sizes::rerender(&mut summary.clone(), measured);
             let fields = completed(CheckConclusion::Neutral, "Change summary", rendered.markdown, None);
             reporter.report(SUMMARY_CHECK, fields).await?;
         }
