@@ -707,7 +707,7 @@ const MAX_MARKDOWN: usize = 65_535;
 pub fn increase_row(i: &SizeIncrease) -> String {
     format!(
         "| {} | {} | {} | {} | {} | {} | {} |\n",
-        crate::text::code_span(&i.attr),
+        crate::text::cell_code_span(&i.attr),
         human_bytes(i.nar_before),
         human_bytes(i.nar_after),
         signed_percent(i.nar_change_percent),
@@ -886,7 +886,7 @@ mod tests {
         let small = md.find("`small`").expect("small listed");
         assert!(big < small, "{md}");
         assert!(!md.contains("| `same`"), "{md}");
-        assert!(md.contains("| `big|x` | 1.0 MiB | 3.0 MiB | +200.0 % |"), "{md}");
+        assert!(md.contains("| `big\\|x` | 1.0 MiB | 3.0 MiB | +200.0 % |"), "{md}");
         assert!(md.contains("2 attribute(s) grew"), "{md}");
         assert!(md.contains("- `same`: `openssl 1.1.1g → 1.1.1h`\n"), "{md}");
     }
