@@ -479,6 +479,9 @@ pub struct DependencyChanges {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SizeSummary {
     pub job: String,
+    /// The commits compared (the change, not the baseline: that is `base_branch`'s newest sizes).
+    pub base_sha: String,
+    pub head_sha: String,
     /// The branch whose newest sizes were the baseline; `None`: the base commit itself (`ekaci review`).
     pub base_branch: Option<String>,
     pub max_increase_percent: f64,
@@ -505,7 +508,7 @@ impl Eq for SizeSummary {}
 
 impl SizeSummary {
     /// The summary of `report` and the dependency changes between `base` (measured at the base commit)
-    /// and `head`.
+    /// and `head` (`base_sha` and `head_sha` are left empty for the caller).
     pub fn of(
         report: &SizeReport,
         base_branch: Option<&str>,
@@ -536,6 +539,8 @@ impl SizeSummary {
         dependencies.sort_by(|a, b| a.attr.cmp(&b.attr));
         SizeSummary {
             job: report.job.clone(),
+            base_sha: String::new(),
+            head_sha: String::new(),
             base_branch: base_branch.map(str::to_string),
             max_increase_percent: report.max_increase_percent,
             measured: report.measured as u64,
@@ -688,7 +693,8 @@ pub async fn measure_job(
         };
         let shown_branch = branch.clone().unwrap_or_else(|| "the base commit".to_string());
         let report = compare(&job_name, &shown_branch, max, &head, &baseline);
-        let summary = SizeSummary::of(&report, branch.as_deref(), &base, &head);
+        let mut summary = SizeSummary::of(&report, branch.as_deref(), &base, &head);
+        (summary.base_sha, summary.head_sha) = (base_commit.clone(), head_commit.clone());
         record_summary(&store, &repo, &head_commit, &base_commit, &summary)?;
         Ok((report, summary))
     })

@@ -10,8 +10,8 @@
 //! sections (what the jobs' size checks stored after the builds).
 //!
 //! This module only reads jobsets, the graph and the stored size summaries: it must never evaluate Nix,
-//! start builds, write any table but `change_summaries`, or hold a write transaction across an `.await` (every call but [`prune_loop`]
-//! is blocking and runs on `smol::unblock` when called from async code).
+//! start builds, write any table but `change_summaries`, or hold a write transaction across an `.await`
+//! (every call but [`prune_loop`] is blocking and runs on `smol::unblock` when called from async code).
 
 pub mod cache;
 pub mod classify;

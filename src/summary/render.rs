@@ -123,7 +123,7 @@ fn render_at(summary: &ChangeSummary, settings: &Settings, level: Truncation) ->
             let _ = writeln!(out, "### Job {}\n", esc(&job.job));
         }
         render_job(&mut out, job, settings, level, several);
-        if let Some(sizes) = summary.sizes.iter().find(|s| s.job == job.job) {
+        if let Some(sizes) = super::sizes::of_job(summary, job) {
             super::sizes::render_section(
                 &mut out,
                 sizes,

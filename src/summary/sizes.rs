@@ -42,6 +42,14 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
+/// The size summary of `job` in `summary`, if it has one.
+pub fn of_job<'a>(summary: &'a ChangeSummary, job: &super::JobSummary) -> Option<&'a SizeSummary> {
+    summary
+        .sizes
+        .iter()
+        .find(|s| s.job == job.job && s.base_sha == job.base_sha && s.head_sha == job.head_sha)
+}
+
 /// Appends the size sections of one job (`h`: the heading level of its subsections).
 pub fn render_section(out: &mut String, s: &SizeSummary, settings: &Settings, level: Truncation, h: &str) {
     let (n, d) = (s.increases.len(), s.dependencies.len());
@@ -109,6 +117,8 @@ mod tests {
     fn sizes(name: &str, n: usize) -> SizeSummary {
         SizeSummary {
             job: name.into(),
+            base_sha: "b".repeat(40),
+            head_sha: "a".repeat(40),
             base_branch: Some("main".into()),
             max_increase_percent: 10.0,
             measured: n as u64,

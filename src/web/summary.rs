@@ -296,7 +296,7 @@ async fn change_summary(req: tide::Request<AppState>) -> Result<tide::Response, 
                 obj.insert("changes_listed".into(), json!(listed.len()));
                 obj.insert("changes".into(), json!(listed));
                 // What the job's size check found (`null` without a measured `size_check`).
-                obj.insert("sizes".into(), json!(s.sizes.iter().find(|z| z.job == j.job)));
+                obj.insert("sizes".into(), json!(summary::sizes::of_job(&s, j)));
             }
             v
         })
