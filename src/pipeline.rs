@@ -1074,7 +1074,7 @@ impl Pipeline {
                 max_increase_percent: check.max_increase_percent,
             };
             match crate::sizes::measure_job(&self.jobsets, job, &sizing).await {
-                Ok((_, s)) => measured.push(s),
+                Ok(s) => measured.push(s),
                 Err(e) => tracing::warn!(job = %job.diff.job, error = %e, "measuring output sizes failed"),
             }
         }

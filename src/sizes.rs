@@ -622,12 +622,12 @@ pub struct JobSizing<'a> {
 
 /// Measures `job`'s built attributes on both sides (the Added and Changed attributes whose head built or
 /// was valid, and the base side of the Changed ones that built), records them, compares head with the
-/// baseline, and records and returns the job's [`SizeSummary`] (with the [`SizeReport`] it came from).
+/// baseline, and records and returns the job's [`SizeSummary`].
 pub async fn measure_job(
     jobsets: &crate::jobset::Jobsets,
     job: &crate::pipeline::JobReview,
     sizing: &JobSizing<'_>,
-) -> Result<(SizeReport, SizeSummary), SizeError> {
+) -> Result<SizeSummary, SizeError> {
     use crate::jobset::{AttrOutcome, JobsetId};
     // (attribute, .drv, jobset) of each side's successfully built (or already valid) derivations.
     let head_side: Vec<(String, String, JobsetId)> = job
@@ -696,7 +696,7 @@ pub async fn measure_job(
         let mut summary = SizeSummary::of(&report, branch.as_deref(), &base, &head);
         (summary.base_sha, summary.head_sha) = (base_commit.clone(), head_commit.clone());
         record_summary(&store, &repo, &head_commit, &base_commit, &summary)?;
-        Ok((report, summary))
+        Ok(summary)
     })
     .await
 }

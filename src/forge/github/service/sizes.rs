@@ -51,7 +51,7 @@ impl GitHubService {
                 max_increase_percent: check.max_increase_percent,
             };
             let fields = match sizes::measure_job(self.pipeline.jobsets(), job, &sizing).await {
-                Ok((_, s)) => {
+                Ok(s) => {
                     let over = !s.increases.is_empty();
                     let conclusion = match (over, check.fail_on_increase) {
                         (false, _) => CheckConclusion::Success,
