@@ -134,6 +134,7 @@ fn summary_of(changes: usize) -> ChangeSummary {
         base_sha: job.base_sha.clone(),
         head_sha: job.head_sha.clone(),
         jobs: vec![job],
+        sizes: vec![],
     }
 }
 

@@ -1049,10 +1049,38 @@ impl Pipeline {
             self.review_commits(scheduler, &url, &base_commit, &head_commit, None, &owners, progress).await?;
         // A local review trusts the head commit (docs/repository-config.md): its own checks run.
         let (config, _, _) = self.repo_config(&url, &head_commit, None).await?;
+        self.review_sizes(&config, &mut review).await;
         review.checks =
             self.run_checks(scheduler, &url, &head_commit, &config, None, &owners, progress).await?;
         review.failed |= review.checks.iter().any(|c| !c.passed());
         Ok(review)
+    }
+
+    /// The size checks of a local review: every job with a `size_check` is measured against the base
+    /// commit itself (a local review has no branch), recorded, and put into the review's change summary,
+    /// which is rendered again. A measurement that fails is logged and left out; sizes never fail a review.
+    async fn review_sizes(&self, config: &RepoConfig, review: &mut ReviewReport) {
+        let mut measured = Vec::new();
+        for job in &review.jobs {
+            let Some(check) = config.jobs.get(&job.diff.job).and_then(|j| j.size_check.as_ref()) else {
+                continue;
+            };
+            let sizing = crate::sizes::JobSizing {
+                repo: &review.repo,
+                base_commit: &review.base_commit,
+                head_commit: &review.head_commit,
+                base_is_tip_of: None,
+                baseline_branch: None,
+                max_increase_percent: check.max_increase_percent,
+            };
+            match crate::sizes::measure_job(&self.jobsets, job, &sizing).await {
+                Ok(s) => measured.push(s),
+                Err(e) => tracing::warn!(job = %job.diff.job, error = %e, "measuring output sizes failed"),
+            }
+        }
+        if let (Some(summary), false) = (review.summary.as_mut(), measured.is_empty()) {
+            review.summary_markdown = Some(crate::summary::sizes::rerender(summary, measured).markdown);
+        }
     }
 
     /// Reviews commit `head` against commit `base` of the repository at `url` (see
@@ -1101,7 +1129,10 @@ impl Pipeline {
             for (b, h) in pairs {
                 jobs.push(crate::summary::summarize_job(&store, &jobsets, &graph, b, h, &settings)?);
             }
-            let summary = crate::summary::ChangeSummary { repo, base_sha, head_sha, jobs };
+            let mut summary =
+                crate::summary::ChangeSummary { repo, base_sha, head_sha, jobs, sizes: Vec::new() };
+            // What earlier size checks of the same change measured (none before the first builds).
+            crate::summary::sizes::attach(&store, &mut summary)?;
             let rendered = crate::summary::render(&summary, &settings);
             Ok((summary, rendered))
         })

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::nix::process::{run_captured, ProcessError, RunLimits, Termination};
 use crate::store::codec::{decode, encode};
-use crate::store::schema::{BRANCH_SIZES, OUTPUT_SIZES};
+use crate::store::schema::{BRANCH_SIZES, OUTPUT_SIZES, SIZE_SUMMARIES};
 use crate::store::{Store, StoreError};
 
 /// Paths per `nix path-info` call.
@@ -305,37 +305,66 @@ fn percent(base: u64, head: u64) -> Option<f64> {
 /// A runtime dependency that changed between base and head, by package name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DepChange {
+    /// A package only head refers to (one entry per version).
     Added { name: String, version: String },
+    /// A package only base refers to (one entry per version).
     Removed { name: String, version: String },
+    /// A package both refer to, in other versions (several versions of one name are joined by `, `).
     Version { name: String, base: String, head: String },
 }
 
-/// The runtime-dependency changes of one attribute, by package name (`pname`, `version` split as
-/// `builtins.parseDrvName` does; a name with several store paths is compared by its sorted versions).
+impl DepChange {
+    /// The change as people read it: `+ zlib-1.2.11`, `- libfoo-1.0`, `openssl 1.1.1g → 1.1.1h`
+    /// (unescaped: it comes from store path names).
+    pub fn describe(&self) -> String {
+        let full = |name: &str, version: &str| {
+            if version.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}-{version}")
+            }
+        };
+        match self {
+            DepChange::Added { name, version } => format!("+ {}", full(name, version)),
+            DepChange::Removed { name, version } => format!("- {}", full(name, version)),
+            DepChange::Version { name, base, head } => format!("{name} {base} → {head}"),
+        }
+    }
+}
+
+/// The runtime-dependency changes of one attribute, by package name (name and version split as
+/// `builtins.parseDrvName` does, see `summary::classify::parse_drv_name`; a name with several store paths
+/// is compared by its sorted versions). Version changes come first, then additions, then removals, each
+/// by name; a dependency that was rebuilt under the same name and version is no change.
 pub fn dependency_changes(base: &AttrSizes, head: &AttrSizes) -> Vec<DepChange> {
     let by_name = |refs: &[String]| {
         let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for r in refs {
-            let (name, version) = parse_name(store_name(r));
-            m.entry(name).or_default().insert(version);
+            let (name, version) = crate::summary::classify::parse_drv_name(store_name(r));
+            m.entry(name.to_string()).or_default().insert(version.to_string());
         }
         m
     };
     let (b, h) = (by_name(&base.references), by_name(&head.references));
     let joined = |v: &BTreeSet<String>| v.iter().cloned().collect::<Vec<_>>().join(", ");
-    let mut out = Vec::new();
-    for (name, versions) in &h {
+    let mut versions = Vec::new();
+    let mut added = Vec::new();
+    for (name, vs) in &h {
         match b.get(name) {
-            None => out.push(DepChange::Added { name: name.clone(), version: joined(versions) }),
-            Some(old) if old != versions => {
-                out.push(DepChange::Version { name: name.clone(), base: joined(old), head: joined(versions) })
+            None => {
+                added.extend(vs.iter().map(|v| DepChange::Added { name: name.clone(), version: v.clone() }))
+            }
+            Some(old) if old != vs => {
+                versions.push(DepChange::Version { name: name.clone(), base: joined(old), head: joined(vs) })
             }
             Some(_) => {}
         }
     }
-    for (name, versions) in &b {
+    let mut out = versions;
+    out.extend(added);
+    for (name, vs) in &b {
         if !h.contains_key(name) {
-            out.push(DepChange::Removed { name: name.clone(), version: joined(versions) });
+            out.extend(vs.iter().map(|v| DepChange::Removed { name: name.clone(), version: v.clone() }));
         }
     }
     out
@@ -345,17 +374,6 @@ pub fn dependency_changes(base: &AttrSizes, head: &AttrSizes) -> Vec<DepChange> 
 fn store_name(path: &str) -> &str {
     let base = path.rsplit('/').next().unwrap_or(path);
     base.split_once('-').map_or(base, |(_, name)| name)
-}
-
-/// `builtins.parseDrvName`: the version starts at the first `-` followed by something that is not a letter.
-pub fn parse_name(name: &str) -> (String, String) {
-    let bytes = name.as_bytes();
-    for (i, b) in bytes.iter().enumerate() {
-        if *b == b'-' && bytes.get(i + 1).is_some_and(|c| !c.is_ascii_alphabetic()) {
-            return (name[..i].to_string(), name[i + 1..].to_string());
-        }
-    }
-    (name.to_string(), String::new())
 }
 
 /// The size check of one job: what was compared and what grew too much.
@@ -433,86 +451,334 @@ fn signed_percent(p: Option<f64>) -> String {
     }
 }
 
-/// Most rows a rendered report lists; the rest are counted.
-const MAX_ROWS: usize = 200;
-/// GitHub's limit on a check run's summary, in characters.
-const MAX_MARKDOWN: usize = 65_535;
+/// One attribute whose NAR or closure size grew by more than the limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SizeIncrease {
+    pub attr: String,
+    /// NAR sizes (sum over its outputs) before and after, in bytes.
+    pub nar_before: u64,
+    pub nar_after: u64,
+    /// Change in percent (`None`: the size before was 0).
+    pub nar_change_percent: Option<f64>,
+    /// Closure sizes before and after, in bytes.
+    pub closure_before: u64,
+    pub closure_after: u64,
+    pub closure_change_percent: Option<f64>,
+}
 
-/// The report as Markdown: the sizes over the limit (attribute, old, new, change for NAR and closure,
-/// largest first), then the runtime dependencies of each compared attribute that changed. Attribute and
-/// package names are escaped; the text stays within GitHub's limit.
-pub fn render_markdown(report: &SizeReport) -> String {
-    use crate::text::{code_span, escape_markdown};
-    let over = report.over();
-    let mut md = format!(
-        "Sizes of {} built attribute(s) of job {} against the newest sizes on {} ({} compared, {} without a \
-         baseline); the limit is +{} %.\n\n",
-        report.measured,
-        code_span(&report.job),
-        code_span(&report.base_branch),
-        report.compared.len(),
-        report.no_baseline.len(),
-        report.max_increase_percent
-    );
-    if over.is_empty() {
-        md.push_str("No size grew by more than the limit.\n");
-    } else {
-        md.push_str(&format!("**{} attribute(s) grew by more than the limit:**\n\n", over.len()));
-        md.push_str("| attribute | NAR before | NAR after | NAR change | closure before | closure after | closure change |\n");
-        md.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
-        for c in over.iter().take(MAX_ROWS) {
-            md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
-                code_span(&c.attr),
-                human_bytes(c.base.nar_size),
-                human_bytes(c.head.nar_size),
-                signed_percent(c.nar_percent()),
-                human_bytes(c.base.closure_size),
-                human_bytes(c.head.closure_size),
-                signed_percent(c.closure_percent()),
-            ));
-        }
-        if over.len() > MAX_ROWS {
-            md.push_str(&format!("\n… and {} more.\n", over.len() - MAX_ROWS));
-        }
-    }
-    let mut deps = String::new();
-    let mut listed = 0;
-    for c in &report.compared {
-        let changes = dependency_changes(&c.base, &c.head);
-        if changes.is_empty() {
-            continue;
-        }
-        listed += 1;
-        if listed > MAX_ROWS {
-            continue;
-        }
-        let words: Vec<String> = changes
-            .iter()
-            .map(|d| match d {
-                DepChange::Added { name, version } => {
-                    format!("+{} {}", escape_markdown(name), escape_markdown(version))
-                }
-                DepChange::Removed { name, version } => {
-                    format!("−{} {}", escape_markdown(name), escape_markdown(version))
-                }
-                DepChange::Version { name, base, head } => {
-                    format!("{} {} → {}", escape_markdown(name), escape_markdown(base), escape_markdown(head))
-                }
+/// The runtime-dependency changes of one changed attribute that built on both sides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DependencyChanges {
+    pub attr: String,
+    /// Never empty.
+    pub changes: Vec<DepChange>,
+}
+
+/// What one job's size check found, as the change summary and the size check run show it: stored in
+/// `size_summaries` so that the summary of an old commit still shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SizeSummary {
+    pub job: String,
+    /// The commits compared (the change, not the baseline: that is `base_branch`'s newest sizes).
+    pub base_sha: String,
+    pub head_sha: String,
+    /// The branch whose newest sizes were the baseline; `None`: the base commit itself (`ekaci review`).
+    pub base_branch: Option<String>,
+    pub max_increase_percent: f64,
+    /// Attributes measured on head.
+    pub measured: u64,
+    /// Of those, attributes with a baseline.
+    pub compared: u64,
+    /// Of those, attributes without a baseline (new, or never measured there).
+    pub no_baseline: u64,
+    /// The compared attributes whose NAR or closure size grew by more than `max_increase_percent`, largest
+    /// growth (in bytes, the larger of the two) first, then by attribute.
+    pub increases: Vec<SizeIncrease>,
+    /// Every Changed attribute that built on both sides (base commit and head) whose runtime references
+    /// differ by package name or version, by attribute.
+    pub dependencies: Vec<DependencyChanges>,
+    /// Unix seconds.
+    pub computed_at: u64,
+}
+
+// `max_increase_percent` is finite (the repository configuration's validator) and the percentages are
+// computed from sizes, so no field is ever NaN.
+impl Eq for SizeIncrease {}
+impl Eq for SizeSummary {}
+
+impl SizeSummary {
+    /// The summary of `report` and the dependency changes between `base` (measured at the base commit)
+    /// and `head` (`base_sha` and `head_sha` are left empty for the caller).
+    pub fn of(
+        report: &SizeReport,
+        base_branch: Option<&str>,
+        base: &[(String, AttrSizes)],
+        head: &[(String, AttrSizes)],
+    ) -> SizeSummary {
+        let increases = report
+            .over()
+            .into_iter()
+            .map(|c| SizeIncrease {
+                attr: c.attr.clone(),
+                nar_before: c.base.nar_size,
+                nar_after: c.head.nar_size,
+                nar_change_percent: c.nar_percent(),
+                closure_before: c.base.closure_size,
+                closure_after: c.head.closure_size,
+                closure_change_percent: c.closure_percent(),
             })
             .collect();
-        deps.push_str(&format!("- {}: {}\n", code_span(&c.attr), words.join("; ")));
-    }
-    if listed > 0 {
-        md.push_str("\n**Runtime dependency changes:**\n\n");
-        md.push_str(&deps);
-        if listed > MAX_ROWS {
-            md.push_str(&format!("\n… and {} more attribute(s).\n", listed - MAX_ROWS));
+        let base: HashMap<&str, &AttrSizes> = base.iter().map(|(a, s)| (a.as_str(), s)).collect();
+        let mut dependencies: Vec<DependencyChanges> = head
+            .iter()
+            .filter_map(|(attr, h)| {
+                let changes = dependency_changes(base.get(attr.as_str())?, h);
+                (!changes.is_empty()).then(|| DependencyChanges { attr: attr.clone(), changes })
+            })
+            .collect();
+        dependencies.sort_by(|a, b| a.attr.cmp(&b.attr));
+        SizeSummary {
+            job: report.job.clone(),
+            base_sha: String::new(),
+            head_sha: String::new(),
+            base_branch: base_branch.map(str::to_string),
+            max_increase_percent: report.max_increase_percent,
+            measured: report.measured as u64,
+            compared: report.compared.len() as u64,
+            no_baseline: report.no_baseline.len() as u64,
+            increases,
+            dependencies,
+            computed_at: crate::store::now_secs(),
         }
     }
-    if md.chars().count() > MAX_MARKDOWN {
-        let cut: String = md.chars().take(MAX_MARKDOWN - 40).collect();
-        md = format!("{cut}\n\n… (cut to GitHub's limit)\n");
+
+    /// What the baseline was, as Markdown: `` the newest sizes on `main` `` or `the base commit`.
+    pub fn baseline_markdown(&self) -> String {
+        match &self.base_branch {
+            Some(b) => format!("the newest sizes on {}", crate::text::code_span(b)),
+            None => "the base commit".to_string(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+enum SizeSummaryRecord {
+    V1(SizeSummary),
+}
+
+fn summary_key(repo: &str, head: &str, base: &str, job: &str) -> String {
+    format!("{repo}\u{0}{head}\u{0}{base}\u{0}{job}")
+}
+
+/// Stores (or replaces) the size summary of `summary.job` at `head` against `base` of `repo`.
+pub fn record_summary(
+    store: &Store,
+    repo: &str,
+    head: &str,
+    base: &str,
+    summary: &SizeSummary,
+) -> Result<(), StoreError> {
+    let bytes = encode(SIZE_SUMMARIES.name(), &SizeSummaryRecord::V1(summary.clone()))?;
+    let tx = store.db().begin_write()?;
+    {
+        let mut table = tx.open_table(SIZE_SUMMARIES)?;
+        table.insert(summary_key(repo, head, base, &summary.job).as_str(), bytes.as_slice())?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The stored size summary of `job` at `head` against `base` of `repo`, if any.
+pub fn summary_of(
+    store: &Store,
+    repo: &str,
+    head: &str,
+    base: &str,
+    job: &str,
+) -> Result<Option<SizeSummary>, StoreError> {
+    let key = summary_key(repo, head, base, job);
+    let tx = store.db().begin_read()?;
+    let table = tx.open_table(SIZE_SUMMARIES)?;
+    let Some(v) = table.get(key.as_str())? else { return Ok(None) };
+    match decode::<SizeSummaryRecord>(SIZE_SUMMARIES.name(), &format!("{key:?}"), v.value())? {
+        SizeSummaryRecord::V1(s) => Ok(Some(s)),
+    }
+}
+
+/// Where one job's sizes come from and go to.
+#[derive(Debug, Clone)]
+pub struct JobSizing<'a> {
+    /// The repository identity, as jobsets record it.
+    pub repo: &'a str,
+    pub base_commit: &'a str,
+    pub head_commit: &'a str,
+    /// The branch the base commit is the tip of (a pull request's base): its sizes become that branch's
+    /// newest.
+    pub base_is_tip_of: Option<&'a str>,
+    /// The branch whose newest sizes are the baseline; `None`: the base commit's sizes.
+    pub baseline_branch: Option<&'a str>,
+    pub max_increase_percent: f64,
+}
+
+/// Measures `job`'s built attributes on both sides (the Added and Changed attributes whose head built or
+/// was valid, and the base side of the Changed ones that built), records them, compares head with the
+/// baseline, and records and returns the job's [`SizeSummary`].
+pub async fn measure_job(
+    jobsets: &crate::jobset::Jobsets,
+    job: &crate::pipeline::JobReview,
+    sizing: &JobSizing<'_>,
+) -> Result<SizeSummary, SizeError> {
+    use crate::jobset::{AttrOutcome, JobsetId};
+    // (attribute, .drv, jobset) of each side's successfully built (or already valid) derivations.
+    let head_side: Vec<(String, String, JobsetId)> = job
+        .attrs
+        .iter()
+        .filter(|a| a.head.ok)
+        .map(|a| (a.attr.clone(), a.head_drv.clone(), job.diff.head.id))
+        .collect();
+    let base_side: Vec<(String, String, JobsetId)> = job
+        .attrs
+        .iter()
+        .filter_map(|a| match (&a.base, &a.base_drv) {
+            (Some(b), Some(drv)) if b.ok => Some((a.attr.clone(), drv.clone(), job.diff.base.id)),
+            _ => None,
+        })
+        .collect();
+    let js = jobsets.clone();
+    let (head_outputs, base_outputs) = smol::unblock(move || {
+        let outputs = |side: &[(String, String, JobsetId)]| {
+            let mut out = Vec::new();
+            for (attr, drv, id) in side {
+                if let Some(AttrOutcome::Drv(d)) = js.attr(*id, attr)? {
+                    if &d.drv_path == drv {
+                        out.push((attr.clone(), drv.clone(), d.outputs));
+                    }
+                }
+            }
+            Ok::<_, StoreError>(out)
+        };
+        Ok::<_, StoreError>((outputs(&head_side)?, outputs(&base_side)?))
+    })
+    .await?;
+    let paths: Vec<String> = head_outputs
+        .iter()
+        .chain(base_outputs.iter())
+        .flat_map(|(_, _, outs)| outs.iter().map(|(_, p)| p.clone()))
+        .collect();
+    let infos = path_info(&paths).await?;
+    type Built = (String, String, Vec<(String, String)>);
+    let measure = |side: &[Built], commit: &str| -> Vec<(String, AttrSizes)> {
+        side.iter()
+            .filter_map(|(attr, drv, outs)| measure(drv, commit, outs, &infos).map(|s| (attr.clone(), s)))
+            .collect()
+    };
+    let head = measure(&head_outputs, sizing.head_commit);
+    let base = measure(&base_outputs, sizing.base_commit);
+
+    let store = jobsets.store().clone();
+    let (repo, job_name) = (sizing.repo.to_string(), job.diff.job.clone());
+    let (head_commit, base_commit) = (sizing.head_commit.to_string(), sizing.base_commit.to_string());
+    let tip_of = sizing.base_is_tip_of.map(str::to_string);
+    let branch = sizing.baseline_branch.map(str::to_string);
+    let max = sizing.max_increase_percent;
+    smol::unblock(move || {
+        record(&store, &repo, &base_commit, tip_of.as_deref(), &job_name, &base)?;
+        record(&store, &repo, &head_commit, None, &job_name, &head)?;
+        let baseline = match &branch {
+            Some(branch) => {
+                let attrs: Vec<&str> = head.iter().map(|(a, _)| a.as_str()).collect();
+                baseline(&store, &repo, branch, &job_name, &attrs)?
+            }
+            None => base.iter().cloned().collect(),
+        };
+        let shown_branch = branch.clone().unwrap_or_else(|| "the base commit".to_string());
+        let report = compare(&job_name, &shown_branch, max, &head, &baseline);
+        let mut summary = SizeSummary::of(&report, branch.as_deref(), &base, &head);
+        (summary.base_sha, summary.head_sha) = (base_commit.clone(), head_commit.clone());
+        record_summary(&store, &repo, &head_commit, &base_commit, &summary)?;
+        Ok(summary)
+    })
+    .await
+}
+
+/// Most rows a rendered size check lists per section; the rest are counted.
+const MAX_ROWS: usize = 200;
+/// Most dependency changes listed per attribute; the rest are counted.
+pub const MAX_DEPS_PER_ATTR: usize = 20;
+/// GitHub's limit on a check run's summary, in bytes.
+const MAX_MARKDOWN: usize = 65_535;
+
+/// One row of the size-increase table (attribute, NAR before, after, change, closure before, after,
+/// change).
+pub fn increase_row(i: &SizeIncrease) -> String {
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} |\n",
+        crate::text::cell_code_span(&i.attr),
+        human_bytes(i.nar_before),
+        human_bytes(i.nar_after),
+        signed_percent(i.nar_change_percent),
+        human_bytes(i.closure_before),
+        human_bytes(i.closure_after),
+        signed_percent(i.closure_change_percent),
+    )
+}
+
+/// The header of the size-increase table.
+pub const INCREASE_HEADER: &str = "| attribute | NAR before | NAR after | NAR change | closure before | \
+                                   closure after | closure change |\n| --- | --- | --- | --- | --- | --- | --- |\n";
+
+/// One attribute's dependency changes as a list item: `` - `attr`: `+ zlib-1.2.11`, `- libfoo-1.0` ``,
+/// at most [`MAX_DEPS_PER_ATTR`] of them.
+pub fn dependency_line(d: &DependencyChanges) -> String {
+    use crate::text::code_span;
+    let mut words: Vec<String> =
+        d.changes.iter().take(MAX_DEPS_PER_ATTR).map(|c| code_span(&c.describe())).collect();
+    if d.changes.len() > MAX_DEPS_PER_ATTR {
+        words.push(format!("… and {} more", d.changes.len() - MAX_DEPS_PER_ATTR));
+    }
+    format!("- {}: {}\n", code_span(&d.attr), words.join(", "))
+}
+
+/// The size check run's Markdown: the sizes over the limit (attribute, old, new, change for NAR and
+/// closure, largest first), then the runtime dependencies of each Changed attribute that changed.
+/// Attribute and package names are code spans; the text stays within GitHub's limit.
+pub fn render_markdown(s: &SizeSummary) -> String {
+    use crate::text::code_span;
+    let mut md = format!(
+        "Sizes of {} built attribute(s) of job {} against {} ({} compared, {} without a baseline); the \
+         limit is +{} %.\n\n",
+        s.measured,
+        code_span(&s.job),
+        s.baseline_markdown(),
+        s.compared,
+        s.no_baseline,
+        s.max_increase_percent
+    );
+    if s.increases.is_empty() {
+        md.push_str("No size grew by more than the limit.\n");
+    } else {
+        md.push_str(&format!("**{} attribute(s) grew by more than the limit:**\n\n", s.increases.len()));
+        md.push_str(INCREASE_HEADER);
+        for i in s.increases.iter().take(MAX_ROWS) {
+            md.push_str(&increase_row(i));
+        }
+        if s.increases.len() > MAX_ROWS {
+            md.push_str(&format!("\n… and {} more\n", s.increases.len() - MAX_ROWS));
+        }
+    }
+    if !s.dependencies.is_empty() {
+        md.push_str(&format!("\n**Runtime dependency changes ({}):**\n\n", s.dependencies.len()));
+        for d in s.dependencies.iter().take(MAX_ROWS) {
+            md.push_str(&dependency_line(d));
+        }
+        if s.dependencies.len() > MAX_ROWS {
+            md.push_str(&format!("\n… and {} more\n", s.dependencies.len() - MAX_ROWS));
+        }
+    }
+    if md.len() > MAX_MARKDOWN {
+        const FOOTER: &str = "\n\n… (cut to GitHub's limit)\n";
+        md.truncate(crate::text::floor_char_boundary(&md, MAX_MARKDOWN - FOOTER.len()));
+        md.push_str(FOOTER);
     }
     md
 }
@@ -538,10 +804,9 @@ mod tests {
 
     #[test]
     fn names_split_like_parse_drv_name() {
-        assert_eq!(parse_name("hello-2.10"), ("hello".into(), "2.10".into()));
-        assert_eq!(parse_name("gtk+-3.24.1-dev"), ("gtk+".into(), "3.24.1-dev".into()));
-        assert_eq!(parse_name("perl5.32.0-XML-Parser-2.46"), ("perl5.32.0-XML-Parser".into(), "2.46".into()));
-        assert_eq!(parse_name("source"), ("source".into(), String::new()));
+        let parse = crate::summary::classify::parse_drv_name;
+        assert_eq!(parse("perl5.32.0-XML-Parser-2.46"), ("perl5.32.0-XML-Parser", "2.46"));
+        assert_eq!(parse(store_name("/nix/store/abc-gtk+-3.24.1-dev")), ("gtk+", "3.24.1-dev"));
         assert_eq!(store_name("/nix/store/abc-glibc-2.31"), "glibc-2.31");
     }
 
@@ -620,12 +885,61 @@ mod tests {
             ],
             no_baseline: vec!["fresh".into()],
         };
-        let md = render_markdown(&report);
+        let base = vec![("same".to_string(), sizes(100, 100, &["/nix/store/h1-openssl-1.1.1g"]))];
+        let head = vec![("same".to_string(), sizes(100, 100, &["/nix/store/h2-openssl-1.1.1h"]))];
+        let md = render_markdown(&SizeSummary::of(&report, Some("main"), &base, &head));
         let big = md.find("big").expect("big listed");
         let small = md.find("`small`").expect("small listed");
         assert!(big < small, "{md}");
-        assert!(!md.contains("`same`"), "{md}");
-        assert!(md.contains("1.0 MiB | 3.0 MiB | +200.0 %"), "{md}");
+        assert!(!md.contains("| `same`"), "{md}");
+        assert!(md.contains("| `big\\|x` | 1.0 MiB | 3.0 MiB | +200.0 % |"), "{md}");
         assert!(md.contains("2 attribute(s) grew"), "{md}");
+        assert!(md.contains("- `same`: `openssl 1.1.1g → 1.1.1h`\n"), "{md}");
+    }
+
+    #[test]
+    fn dependency_changes_read_like_the_brief() {
+        let base =
+            sizes(1, 1, &["/nix/store/a-libfoo-1.0", "/nix/store/b-source", "/nix/store/c-bash-5.1-p16"]);
+        let head =
+            sizes(1, 1, &["/nix/store/d-zlib-1.2.11", "/nix/store/c-bash-5.1-p16", "/nix/store/e-source"]);
+        let words: Vec<String> = dependency_changes(&base, &head).iter().map(DepChange::describe).collect();
+        // `source` was rebuilt (another hash), same name and version: no change.
+        assert_eq!(words, ["+ zlib-1.2.11", "- libfoo-1.0"]);
+    }
+
+    #[test]
+    fn a_huge_size_check_stays_within_githubs_limit() {
+        let refs: Vec<String> = (0..40).map(|i| format!("/nix/store/h{i}-dep{i}-1.0")).collect();
+        let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+        let compared: Vec<SizeChange> = (0..5000)
+            .map(|i| SizeChange {
+                attr: format!("package-with-a-rather-long-attribute-name-{i:05}"),
+                base: sizes(1000, 1000, &[]),
+                head: sizes(5000 + i, 5000 + i, &refs),
+            })
+            .collect();
+        let head: Vec<(String, AttrSizes)> =
+            compared.iter().map(|c| (c.attr.clone(), c.head.clone())).collect();
+        let base: Vec<(String, AttrSizes)> =
+            compared.iter().map(|c| (c.attr.clone(), c.base.clone())).collect();
+        let report = SizeReport {
+            job: "main".into(),
+            base_branch: "main".into(),
+            max_increase_percent: 10.0,
+            measured: 5000,
+            compared,
+            no_baseline: vec![],
+        };
+        let summary = SizeSummary::of(&report, Some("main"), &base, &head);
+        assert_eq!((summary.increases.len(), summary.dependencies.len()), (5000, 5000));
+        assert_eq!(
+            summary.increases[0].attr, "package-with-a-rather-long-attribute-name-04999",
+            "largest first"
+        );
+        let md = render_markdown(&summary);
+        assert!(md.len() <= 65_535, "{}", md.len());
+        assert!(md.contains("\n… and 4800 more\n"), "rows past 200 are counted");
+        assert!(md.contains(", … and 20 more\n"), "changes past 20 per attribute are counted");
     }
 }

@@ -155,7 +155,8 @@ pub struct TokensRevoke {
 }
 
 /// Evaluate two revisions of a local repository and print the change summary: package changes, rebuild
-/// counts per system and the largest blast radii, as markdown (default) or JSON.
+/// counts per system, the largest blast radii, and the size increases and runtime dependency changes a
+/// review of the change measured, as markdown (default) or JSON.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "summary")]
 pub struct SummaryCmd {

@@ -97,6 +97,10 @@ pub const OUTPUT_SIZES: TableDefinition<&str, &[u8]> = TableDefinition::new("out
 /// The newest sizes measured on a branch (`sizes`): `repo \0 branch \0 job \0 attr` → `SizeRecord`.
 pub const BRANCH_SIZES: TableDefinition<&str, &[u8]> = TableDefinition::new("branch_sizes");
 
+/// What one job's size check found (`sizes::SizeSummary`): `repo \0 head \0 base \0 job` →
+/// `SizeSummaryRecord`.
+pub const SIZE_SUMMARIES: TableDefinition<&str, &[u8]> = TableDefinition::new("size_summaries");
+
 /// A table as described in `migrations-free-schema/`: its name and its key and value types as Rust
 /// spells them in the definitions above.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +140,7 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "check_results", key: "&str", value: "&[u8]" },
     TableInfo { name: "output_sizes", key: "&str", value: "&[u8]" },
     TableInfo { name: "branch_sizes", key: "&str", value: "&[u8]" },
+    TableInfo { name: "size_summaries", key: "&str", value: "&[u8]" },
 ];
 
 /// Creates every table that does not exist yet.
@@ -168,5 +173,6 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(CHECK_RESULTS)?;
     tx.open_table(OUTPUT_SIZES)?;
     tx.open_table(BRANCH_SIZES)?;
+    tx.open_table(SIZE_SUMMARIES)?;
     Ok(())
 }

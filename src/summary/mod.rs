@@ -6,16 +6,18 @@
 //! [`for_commit`] is the read-through lookup behind the HTTP API, [`render`] turns a [`ChangeSummary`] into
 //! size-capped markdown, and [`prune_loop`] ages the cache out in the background. `classify.rs` compares
 //! metadata, `impact.rs` holds the rebuild counts and the bit-parallel blast-radius traversal over a compact
-//! snapshot of the graph, `render.rs` the markdown, `cache.rs` the redb table.
+//! snapshot of the graph, `render.rs` the markdown, `cache.rs` the redb table, `sizes.rs` the size
+//! sections (what the jobs' size checks stored after the builds).
 //!
-//! This module only reads jobsets and the graph: it must never evaluate Nix, start builds, write any table
-//! but `change_summaries`, or hold a write transaction across an `.await` (every call but [`prune_loop`]
-//! is blocking and runs on `smol::unblock` when called from async code).
+//! This module only reads jobsets, the graph and the stored size summaries: it must never evaluate Nix,
+//! start builds, write any table but `change_summaries`, or hold a write transaction across an `.await`
+//! (every call but [`prune_loop`] is blocking and runs on `smol::unblock` when called from async code).
 
 pub mod cache;
 pub mod classify;
 pub mod impact;
 pub mod render;
+pub mod sizes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -328,6 +330,9 @@ pub struct ChangeSummary {
     pub head_sha: String,
     /// Sorted by job, then base.
     pub jobs: Vec<JobSummary>,
+    /// What the size checks of its jobs found (jobs with a `size_check`, once their builds were measured),
+    /// in job order; see `summary::sizes`.
+    pub sizes: Vec<crate::sizes::SizeSummary>,
 }
 
 /// How much detail a rendering dropped to fit (in the order detail is dropped).
@@ -708,7 +713,10 @@ fn lookup_commit(
         Some(b) => b.to_string(),
         None => jobs.first().map(|s| s.base_sha.clone()).unwrap_or_default(),
     };
-    Ok(Some(ChangeSummary { repo, base_sha: base, head_sha: head_sha.to_string(), jobs }))
+    let mut summary =
+        ChangeSummary { repo, base_sha: base, head_sha: head_sha.to_string(), jobs, sizes: Vec::new() };
+    sizes::attach(store, &mut summary)?;
+    Ok(Some(summary))
 }
 
 /// Every jobset key whose commit is `commit` (a scan of `jobset_keys`, which has one row per evaluation).

@@ -1,5 +1,6 @@
 //! Markdown rendering of a [`ChangeSummary`]: a headline verdict per job (evaluation, rebuild counts with
-//! their buckets), the package-change tables, the rebuild-only count and the top blast radii.
+//! their buckets), the package-change tables, the rebuild-only count, the top blast radii and the size
+//! sections (`summary::sizes`).
 //!
 //! Rendering is pure and deterministic. Everything that came from the repository (attribute names, `meta`,
 //! error messages, job names) is escaped with [`escape_markdown`] and bounded in length. The text stays
@@ -122,6 +123,15 @@ fn render_at(summary: &ChangeSummary, settings: &Settings, level: Truncation) ->
             let _ = writeln!(out, "### Job {}\n", esc(&job.job));
         }
         render_job(&mut out, job, settings, level, several);
+        if let Some(sizes) = super::sizes::of_job(summary, job) {
+            super::sizes::render_section(
+                &mut out,
+                sizes,
+                settings,
+                level,
+                if several { "####" } else { "###" },
+            );
+        }
     }
     if level != Truncation::None {
         let what = match level {

@@ -55,6 +55,12 @@ pub fn code_span(text: &str) -> String {
     format!("{fence}{space}{content}{space}{fence}")
 }
 
+/// [`code_span`] for a table cell: GitHub splits a table row at every unescaped `|`, even inside a code
+/// span, and shows an escaped one (`\|`) as `|`.
+pub fn cell_code_span(text: &str) -> String {
+    code_span(text).replace('|', "\\|")
+}
+
 /// Text for the inside of a fenced code block (three backticks): a run of backticks inside would close
 /// it, so a zero-width space breaks every such run. Bidirectional overrides become U+FFFD; newlines stay.
 pub fn fence(text: &str) -> String {
@@ -126,6 +132,12 @@ mod tests {
         let span = code_span(hostile);
         let fence_len = span.chars().take_while(|&c| c == '`').count();
         assert!(hostile.split(|c| c != '`').all(|run| run.len() < fence_len), "{span}");
+    }
+
+    #[test]
+    fn cell_code_spans_keep_the_row_together() {
+        assert_eq!(cell_code_span("big|x"), "`big\\|x`");
+        assert_eq!(cell_code_span("a`|"), "``a`\\|``");
     }
 
     #[test]

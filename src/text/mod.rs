@@ -16,7 +16,7 @@ pub use cut::{
     bound_bytes, ellipsis_bytes, ellipsis_chars, ellipsis_tail_chars, floor_char_boundary, prefix_bytes,
     prefix_chars, suffix_chars,
 };
-pub use markdown::{code_span, escape_markdown, fence};
+pub use markdown::{cell_code_span, code_span, escape_markdown, fence};
 
 /// Marks where [`bounded_str`] and [`bounded_output`] cut.
 pub const CUT_MARKER: &str = " […]";

@@ -1,5 +1,6 @@
 //! The change summary of a commit over HTTP: `GET /v1/commits/{sha}/package-changes`,
-//! `/rebuild-impact`, `/change-summary` (JSON with the rendered markdown) and `/change-summary.md`.
+//! `/rebuild-impact`, `/change-summary` (JSON with the rendered markdown and each job's size check,
+//! `sizes`) and `/change-summary.md`.
 //!
 //! Every route reads through [`crate::summary::for_commit`]: cached job summaries of the commit, and —
 //! with `base_sha` — summaries computed on demand from stored, finished jobsets of both commits. Query
@@ -294,6 +295,8 @@ async fn change_summary(req: tide::Request<AppState>) -> Result<tide::Response, 
                 let listed: Vec<_> = j.changes.iter().take(limit).collect();
                 obj.insert("changes_listed".into(), json!(listed.len()));
                 obj.insert("changes".into(), json!(listed));
+                // What the job's size check found (`null` without a measured `size_check`).
+                obj.insert("sizes".into(), json!(summary::sizes::of_job(&s, j)));
             }
             v
         })

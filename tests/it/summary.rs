@@ -205,6 +205,7 @@ fn every_classification_exact_blast_radius_and_renames_on_real_nix() {
             base_sha: base.clone(),
             head_sha: head.clone(),
             jobs: vec![s2],
+            sizes: vec![],
         },
         &top2,
     );
@@ -321,6 +322,7 @@ fn one(job: JobSummary) -> ChangeSummary {
         base_sha: job.base_sha.clone(),
         head_sha: job.head_sha.clone(),
         jobs: vec![job],
+        sizes: vec![],
     }
 }
 
@@ -372,7 +374,8 @@ fn the_hard_cap_never_cuts_a_character_and_untrusted_text_is_escaped() {
             j
         })
         .collect();
-    let s = ChangeSummary { repo: "r".into(), base_sha: "b".into(), head_sha: "h".into(), jobs };
+    let s =
+        ChangeSummary { repo: "r".into(), base_sha: "b".into(), head_sha: "h".into(), jobs, sizes: vec![] };
     let r = render(&s, &Settings::default());
     assert_eq!(r.truncation, Truncation::HardCap);
     assert!(r.markdown.len() <= 65_535, "{}", r.markdown.len());
@@ -461,8 +464,10 @@ in {
     let s = summary::summarize_job(&env.store, jobsets, graph, b, h, &off).expect("summary");
     assert!(!s.impact.blast_radius_computed && s.impact.top.is_empty());
     assert_eq!(s.impact.per_system[0].rebuilds, 2);
-    let md =
-        render(&ChangeSummary { repo: s.repo.clone(), base_sha: base, head_sha: head, jobs: vec![s] }, &off);
+    let md = render(
+        &ChangeSummary { repo: s.repo.clone(), base_sha: base, head_sha: head, jobs: vec![s], sizes: vec![] },
+        &off,
+    );
     assert!(md.markdown.contains("1 attribute failed to evaluate; 1 new: broken"), "{}", md.markdown);
     assert!(
         !md.markdown.contains("blast radius") && !md.markdown.contains("Package changes"),
@@ -478,7 +483,13 @@ fn several_jobs_render_one_section_each() {
     a.job = "linux".into();
     b.job = "darwin".into();
     b.eval = EvalStatus::Failed { message: "error: syntax error, unexpected @".into() };
-    let s = ChangeSummary { repo: "r".into(), base_sha: "b".into(), head_sha: "h".into(), jobs: vec![b, a] };
+    let s = ChangeSummary {
+        repo: "r".into(),
+        base_sha: "b".into(),
+        head_sha: "h".into(),
+        jobs: vec![b, a],
+        sizes: vec![],
+    };
     let md = render(&s, &Settings::default()).markdown;
     let darwin = md.find("### Job darwin").expect("darwin section");
     let linux = md.find("### Job linux").expect("linux section");

@@ -292,7 +292,7 @@ impl GitHubService {
         };
         let checks_failed =
             self.run_repo_checks(&reporter, repo_config, &url, &head, auth.as_ref(), owners).await?;
-        self.report_sizes(&reporter, &run, repo_config, &review).await?;
+        self.report_sizes(&reporter, &run, repo_config, &review, summary.as_ref()).await?;
         let mut finish = self.report_review(&reporter, &review).await?;
         if checks_failed > 0 {
             if let Finish::Done { outcome, result, green, .. } = &mut finish {
