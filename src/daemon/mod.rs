@@ -319,6 +319,7 @@ async fn run_on(
             metrics_public: config.web.metrics_public,
         },
         approvals: github.as_ref().map(|w| w.approvals.clone()),
+        github_api: github.as_ref().map(|_| config.github.api_url.clone()),
         intake: crate::web::IntakeWriter::spawn(&ex, store.clone()),
     };
     let split = crate::web::Split {

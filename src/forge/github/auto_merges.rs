@@ -165,7 +165,10 @@ mod tests {
         assert!(enable(&store, "O/R", 1, None, "cli").expect("enable"));
         assert!(!enable(&store, "o/r", 1, Some("rebase"), "api:t").expect("enable"), "already on");
         let row = get(&store, "o/r", 1).expect("get").expect("on");
-        assert_eq!((row.method.as_deref(), row.dirty, row.enabled_by.as_str()), (Some("rebase"), true, "api:t"));
+        assert_eq!(
+            (row.method.as_deref(), row.dirty, row.enabled_by.as_str()),
+            (Some("rebase"), true, "api:t")
+        );
         mark_checked(&store, "o/r", 1, "ABC", 2).expect("checked");
         let row = get(&store, "o/r", 1).expect("get").expect("on");
         assert_eq!((row.dirty, row.checked), (false, Some(("abc".to_string(), 2))));

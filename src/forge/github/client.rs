@@ -218,6 +218,14 @@ pub struct PullRequest {
     pub html_url: Option<String>,
 }
 
+impl PullRequest {
+    /// Whether its head lives outside its base repository (a fork, or a deleted fork).
+    pub fn from_fork(&self) -> bool {
+        let name = |r: &Option<PullRequestRepo>| r.as_ref().map(|r| r.full_name.to_ascii_lowercase());
+        name(&self.head.repo).is_none() || name(&self.head.repo) != name(&self.base.repo)
+    }
+}
+
 /// The status of a check run we create or update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -765,8 +773,9 @@ impl GitHubClient {
         variables: serde_json::Value,
     ) -> Result<serde_json::Value, ClientError> {
         let body = serde_json::json!({ "query": query, "variables": variables }).to_string();
-        let answer: serde_json::Value =
-            self.call_json(Method::Post, GRAPHQL_PATH, Auth::Installation(installation_id), Some(body)).await?;
+        let answer: serde_json::Value = self
+            .call_json(Method::Post, GRAPHQL_PATH, Auth::Installation(installation_id), Some(body))
+            .await?;
         if let Some(errors) = answer["errors"].as_array().filter(|e| !e.is_empty()) {
             let message = errors.iter().filter_map(|e| e["message"].as_str()).collect::<Vec<_>>().join("; ");
             let kind = errors[0]["type"].as_str().map(str::to_string);
@@ -1062,8 +1071,11 @@ impl UserClient {
         if !(api_url.starts_with("http://") || api_url.starts_with("https://")) {
             return Err(ClientError::BadApiUrl(api_url));
         }
-        let agent: ureq::Agent =
-            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .build()
+            .into();
         Ok(UserClient { agent, api_url, user_agent: format!("eka-ci/{}", crate::VERSION) })
     }
 
@@ -1073,16 +1085,22 @@ impl UserClient {
     }
 
     /// `GET /repos/{owner}/{repo}/pulls/{number}` as the token's owner sees it.
-    pub async fn pull_request(&self, token: &Secret, repo: &str, number: u64) -> Result<PullRequest, ClientError> {
+    pub async fn pull_request(
+        &self,
+        token: &Secret,
+        repo: &str,
+        number: u64,
+    ) -> Result<PullRequest, ClientError> {
         self.get(token, &format!("{}/pulls/{number}", repo_path(repo)?)).await
     }
 
     async fn get<T: DeserializeOwned>(&self, token: &Secret, path: &str) -> Result<T, ClientError> {
         let (agent, url, token, ua) =
             (self.agent.clone(), api_endpoint(&self.api_url, path), token.clone(), self.user_agent.clone());
-        let response = smol::unblock(move || exchange(&agent, Method::Get, &url, &token, &ua, None))
-            .await
-            .map_err(|error| ClientError::Transport { method: "GET", path: path.to_string(), error, attempts: 1 })?;
+        let response =
+            smol::unblock(move || exchange(&agent, Method::Get, &url, &token, &ua, None)).await.map_err(
+                |error| ClientError::Transport { method: "GET", path: path.to_string(), error, attempts: 1 },
+            )?;
         if !(200..300).contains(&response.status) {
             let (message, documentation_url) = error_message(&response.body);
             return Err(ClientError::Api {

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use super::merge::{is_fork, is_transient, land, Landing};
+use super::merge::{is_transient, land, Landing};
 use super::GitHubService;
 use crate::forge::github::auto_merges::{self, AutoMerge};
 use crate::forge::github::client::{ClientError, Review};
@@ -48,7 +48,10 @@ impl GitHubService {
 
     /// A `pull_request` event: closing removes an enabled auto-merge; anything else (a push above all,
     /// after which only reviews of the new head count) makes it look again.
-    pub(super) async fn auto_merge_on_pull_request(&self, pr: &PullRequestSummary) -> Result<String, StoreError> {
+    pub(super) async fn auto_merge_on_pull_request(
+        &self,
+        pr: &PullRequestSummary,
+    ) -> Result<String, StoreError> {
         let (store, repo, number, closed) =
             (self.store.clone(), pr.repo.full_name.clone(), pr.number, pr.action == "closed");
         let on = smol::unblock(move || {
@@ -71,7 +74,8 @@ impl GitHubService {
         let store = self.store.clone();
         for row in smol::unblock(move || auto_merges::all(&store)).await? {
             let (store, repo, number) = (self.store.clone(), row.repo.clone(), row.number);
-            let Some(head) = smol::unblock(move || webhook::recorded_head(&store, &repo, number)).await? else {
+            let Some(head) = smol::unblock(move || webhook::recorded_head(&store, &repo, number)).await?
+            else {
                 continue;
             };
             let (store, key) = (self.store.clone(), runs::key(&row.repo, &head.sha));
@@ -86,8 +90,10 @@ impl GitHubService {
             let (store, r, sha, attempt) = (self.store.clone(), row.clone(), head.sha.clone(), run.attempt);
             let outcome = match look {
                 Look::Wait(why) => {
-                    smol::unblock(move || auto_merges::mark_checked(&store, &r.repo, r.number, &sha, attempt))
-                        .await?;
+                    smol::unblock(move || {
+                        auto_merges::mark_checked(&store, &r.repo, r.number, &sha, attempt)
+                    })
+                    .await?;
                     why
                 }
                 Look::Off(why) => {
@@ -123,7 +129,10 @@ impl GitHubService {
         }
         let head = run.head_sha.as_str();
         if !pr.head.sha.eq_ignore_ascii_case(head) {
-            return Ok(Look::Wait(format!("GitHub reports head {}; waiting for its event", short(&pr.head.sha))));
+            return Ok(Look::Wait(format!(
+                "GitHub reports head {}; waiting for its event",
+                short(&pr.head.sha)
+            )));
         }
         let method = row.method.as_deref().unwrap_or(self.default_merge_method.as_str()).to_string();
         if pr.base.repo.as_ref().and_then(|r| r.allows(&method)) == Some(false) {
@@ -135,7 +144,8 @@ impl GitHubService {
             Err(e) => return Ok(failed("reading the reviews", e)),
         };
         let owned = approvers(&reviews, head);
-        let (store, jobsets, r, fork) = (self.store.clone(), self.pipeline.jobsets().clone(), run.clone(), is_fork(&pr));
+        let (store, jobsets, r, fork) =
+            (self.store.clone(), self.pipeline.jobsets().clone(), run.clone(), pr.from_fork());
         let coverage = smol::unblock(move || {
             let change = maintainers::Change {
                 repo: &r.repo,
@@ -144,14 +154,17 @@ impl GitHubService {
                 head_sha: &r.head_sha,
                 fork,
             };
-            let people: Vec<GitHubUser<'_>> = owned.iter().map(|(login, id)| GitHubUser { login, id: *id }).collect();
+            let people: Vec<GitHubUser<'_>> =
+                owned.iter().map(|(login, id)| GitHubUser { login, id: *id }).collect();
             maintainers::unapproved_changes(&store, &jobsets, &change, &people)
         })
         .await?;
         match coverage {
             None => return Ok(Look::Wait("the head's changes are not known".into())),
             Some(Unapproved { touched: 0, .. }) => {
-                return Ok(Look::Wait("the pull request changes no package: no maintainer can approve it".into()))
+                return Ok(Look::Wait(
+                    "the pull request changes no package: no maintainer can approve it".into(),
+                ))
             }
             Some(Unapproved { missing, .. }) if !missing.is_empty() => {
                 let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
@@ -166,7 +179,9 @@ impl GitHubService {
         }
         Ok(match land(&client, installation, &row.repo, row.number, head, &method).await {
             Ok(Landing::Merged { sha }) => Look::Off(format!("merged ({method}) as {}", short(&sha))),
-            Ok(Landing::Queued) => Look::Off(format!("GitHub's auto-merge enabled ({method}) for the merge queue")),
+            Ok(Landing::Queued) => {
+                Look::Off(format!("GitHub's auto-merge enabled ({method}) for the merge queue"))
+            }
             Ok(Landing::NotMerged(message)) => Look::Wait(format!("GitHub did not merge: {message}")),
             Err(e @ ClientError::Api { status: 405 | 409, .. }) => {
                 tracing::warn!(repo = %row.repo, number = row.number, error = %e, "GitHub refused an auto-merge");
@@ -190,7 +205,9 @@ fn approvers(reviews: &[Review], head: &str) -> Vec<(String, u64)> {
     }
     let mut out: Vec<(String, u64)> = latest
         .into_values()
-        .filter(|r| r.state == "APPROVED" && r.commit_id.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(head)))
+        .filter(|r| {
+            r.state == "APPROVED" && r.commit_id.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(head))
+        })
         .filter_map(|r| r.user.as_ref().map(|u| (u.login.clone(), u.id)))
         .collect();
     out.sort();

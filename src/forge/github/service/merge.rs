@@ -16,7 +16,7 @@
 
 use super::GitHubService;
 use crate::forge::github::app::GitHubApp;
-use crate::forge::github::client::{ClientError, GitHubClient, PullRequest};
+use crate::forge::github::client::{ClientError, GitHubClient};
 use crate::forge::github::commands::{self, Command};
 use crate::forge::github::maintainers::{self, GitHubUser};
 use crate::forge::github::merges::{self, MergeRequest};
@@ -116,7 +116,7 @@ impl GitHubService {
         let user = GitHubUser { login, id: user_id };
         let authorized = self.has_write_access(client, installation, repo, login).await?
             || match &pinned {
-                Some(sha) => self.maintains_changes(repo, sha, is_fork(&pr), user).await?,
+                Some(sha) => self.maintains_changes(repo, sha, pr.from_fork(), user).await?,
                 None => false,
             };
         if !authorized {
@@ -177,7 +177,7 @@ impl GitHubService {
             || {
                 let pr = client.pull_request(installation, repo, c.number).await?;
                 let user = GitHubUser { login, id: user_id };
-                self.maintains_changes(repo, &pending.sha, is_fork(&pr), user).await?
+                self.maintains_changes(repo, &pending.sha, pr.from_fork(), user).await?
             };
         if !allowed {
             let reply = format!(
@@ -350,7 +350,11 @@ impl GitHubService {
 
     /// The client of the first App allowed to serve `repo`, and the installation (from the event, the
     /// installations table, or GitHub).
-    pub(super) async fn client_for_repo(&self, repo: &str, installation: Option<u64>) -> Option<(GitHubClient, u64)> {
+    pub(super) async fn client_for_repo(
+        &self,
+        repo: &str,
+        installation: Option<u64>,
+    ) -> Option<(GitHubClient, u64)> {
         let (_, client): &(GitHubApp, GitHubClient) =
             self.clients.iter().find(|(app, _)| app.permissions.allows(repo, None))?;
         if let Some(id) = installation {
@@ -453,14 +457,6 @@ pub(super) fn mention(login: &str) -> String {
         Ok(()) => format!("@{login}"),
         Err(_) => String::new(),
     }
-}
-
-/// Whether a pull request's head lives outside its base repository (a fork, or a deleted fork).
-pub(super) fn is_fork(pr: &PullRequest) -> bool {
-    let name = |r: &Option<crate::forge::github::client::PullRequestRepo>| {
-        r.as_ref().map(|r| r.full_name.to_ascii_lowercase())
-    };
-    name(&pr.head.repo).is_none() || name(&pr.head.repo) != name(&pr.base.repo)
 }
 
 /// What became of [`land`].
