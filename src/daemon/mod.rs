@@ -302,6 +302,7 @@ async fn run_on(
         http_address: http_address.clone(),
         logs_dir: config.logs_dir(),
         approvals: github.as_ref().map(|w| w.approvals.clone()),
+        github_wake: github.as_ref().map(|w| w.events.clone()),
         sandbox,
         retention,
     });
