@@ -144,6 +144,31 @@ fn auto_merge_waits_for_an_approving_review_by_a_maintainer_of_every_changed_pac
     let head71 = f.head("app 3", &format!("{LIB} app = {}; {other}", with_maintainers("app-3", maint)));
     open_on(&s, &f, 71, &head71, &base);
     assert_eq!(s.wait_completed(&head71, GATE)["conclusion"], "success");
+    // The CLI: enable, list, refuse a bad method, disable.
+    let cli = |args: &[&str]| {
+        let out = s.home.ekaci(args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    assert_eq!(
+        cli(&["auto-merge", "enable", REPO, "71"]),
+        (Some(0), format!("auto-merge enabled for {REPO}#71\n"))
+    );
+    let (code, listed) = cli(&["auto-merge", "list", "--json"]);
+    let listed: Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(
+        (code, &listed[0]["number"], &listed[0]["enabled_by"]),
+        (Some(0), &json!(71), &json!("cli")),
+        "{listed}"
+    );
+    let (code, text) = cli(&["auto-merge", "enable", REPO, "71", "--method", "ff"]);
+    assert!(code == Some(1) && text.contains("invalid merge method `ff`"), "{text}");
+    assert_eq!(
+        cli(&["auto-merge", "disable", REPO, "71"]),
+        (Some(0), format!("auto-merge disabled for {REPO}#71\n"))
+    );
     let (status, out) = post(&s, &enable_path(71), Some(&admin), r#"{"merge_method": "rebase"}"#);
     assert_eq!(
         (status, &out["enabled_by"], &out["merge_method"]),
@@ -209,7 +234,11 @@ fn a_push_clears_approvals_and_a_merge_queue_gets_githubs_auto_merge_through_gra
     s.fake.set_permission(REPO, WRITER.0, "write");
     open(&s, &f, 73, &h3);
     assert_eq!(s.wait_completed(&h3, GATE)["conclusion"], "success");
-    comment(&s, 73, 9701, WRITER, "@eka-ci merge rebase");
+    // A comment naming no method takes the one auto-merge was enabled with (the original's
+    // per-pull-request preference) before `default_merge_method`.
+    let (status, out) = post(&s, &enable_path(73), Some(&admin), r#"{"merge_method": "rebase"}"#);
+    assert_eq!(status, 200, "{out}");
+    comment(&s, 73, 9701, WRITER, "@eka-ci merge");
     wait_reactions(&s, 9701, &["+1", "eyes"]);
     assert_eq!(s.fake.auto_merges(), [(REPO.to_string(), 73, "REBASE".to_string(), h3.clone())]);
     assert!(s.fake.calls_to("PUT", &format!("/repos/{REPO}/pulls/73/merge")).is_empty(), "no REST merge");

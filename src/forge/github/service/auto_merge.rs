@@ -177,6 +177,15 @@ impl GitHubService {
             }
             Some(_) => {}
         }
+        // Disabled (or enabled again with another method) while GitHub was being asked: not this time.
+        let (store, repo, number) = (self.store.clone(), row.repo.clone(), row.number);
+        match smol::unblock(move || auto_merges::get(&store, &repo, number)).await? {
+            None => return Ok(Look::Wait("auto-merge was disabled meanwhile".into())),
+            Some(now) if now.method != row.method => {
+                return Ok(Look::Retry("the method changed meanwhile".into()))
+            }
+            Some(_) => {}
+        }
         Ok(match land(&client, installation, &row.repo, row.number, head, &method).await {
             Ok(Landing::Merged { sha }) => Look::Off(format!("merged ({method}) as {}", short(&sha))),
             Ok(Landing::Queued) => {

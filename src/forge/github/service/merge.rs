@@ -16,6 +16,7 @@
 
 use super::GitHubService;
 use crate::forge::github::app::GitHubApp;
+use crate::forge::github::auto_merges;
 use crate::forge::github::client::{ClientError, GitHubClient};
 use crate::forge::github::commands::{self, Command};
 use crate::forge::github::maintainers::{self, GitHubUser};
@@ -278,7 +279,16 @@ impl GitHubService {
             self.drop_request(request).await?;
             return Ok(format!("the pull request is {}: request dropped", pr.state));
         }
-        let method = request.method.as_deref().unwrap_or(self.default_merge_method.as_str()).to_string();
+        // The comment's method; else the one auto-merge was enabled with (the original's per-pull-request
+        // preference); else `default_merge_method`.
+        let preferred = match &request.method {
+            Some(m) => Some(m.clone()),
+            None => {
+                let (store, r, n) = (self.store.clone(), request.repo.clone(), request.number);
+                smol::unblock(move || auto_merges::get(&store, &r, n)).await?.and_then(|a| a.method)
+            }
+        };
+        let method = preferred.unwrap_or_else(|| self.default_merge_method.as_str().to_string());
         if pr.base.repo.as_ref().and_then(|r| r.allows(&method)) == Some(false) {
             tracing::warn!(repo = %request.repo, number = request.number, %method, "the repository does not allow this merge method: @eka-ci merge skipped");
             return skip(format!("merge method {method} not allowed by the repository")).await;
