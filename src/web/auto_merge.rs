@@ -12,7 +12,6 @@
 
 use std::time::Duration;
 
-use futures_lite::AsyncReadExt;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -27,8 +26,6 @@ use crate::tokens::{Scope, TOKEN_PREFIX};
 
 /// Why an anonymous caller is refused, appended to [`AuthError::Missing`].
 const WHY_AUTO_MERGE: &str = ": auto-merge routes need an admin token, or a maintainer's own GitHub token";
-/// The largest body read.
-const MAX_BODY: u64 = 4096;
 /// Bound on each call to GitHub made with a maintainer's token.
 const GITHUB_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -108,13 +105,7 @@ async fn authorize(
     let (key, fork, login, id) = (runs::key(repo, &pr.head.sha), pr.from_fork(), user.login.clone(), user.id);
     let coverage = smol::unblock(move || {
         let Some(run) = runs::get(&store, &key)? else { return Ok(None) };
-        let change = maintainers::Change {
-            repo: &run.repo,
-            clone_url: &run.clone_url,
-            base_sha: &run.base_sha,
-            head_sha: &run.head_sha,
-            fork,
-        };
+        let change = maintainers::Change::of_run(&run, fork);
         maintainers::unapproved_changes(&store, &jobsets, &change, &[GitHubUser { login: &login, id }])
     })
     .await
@@ -151,16 +142,7 @@ fn github_failed(doing: &'static str, e: &ClientError) -> ApiError {
 async fn enable(mut req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
     let (repo, number) = pull_request(&req)?;
     let by = authorize(&req, &repo, number, "enable auto-merge").await?;
-    let mut raw = Vec::new();
-    req.take_body()
-        .into_reader()
-        .take(MAX_BODY + 1)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(|e| ApiError::BadBody { reason: format!("cannot read it: {}", e.kind()) })?;
-    if raw.len() as u64 > MAX_BODY {
-        return Err(ApiError::BadBody { reason: format!("larger than {MAX_BODY} bytes") });
-    }
+    let raw = super::actions::read_small_body(&mut req).await?;
     let body: EnableBody = if raw.iter().all(u8::is_ascii_whitespace) {
         EnableBody::default()
     } else {

@@ -1144,6 +1144,13 @@ mod tests {
     }
 
     #[test]
+    fn graphql_lives_beside_the_rest_api() {
+        assert_eq!(api_endpoint("https://api.github.com", "/graphql"), "https://api.github.com/graphql");
+        assert_eq!(api_endpoint("https://ghe.example/api/v3", "/graphql"), "https://ghe.example/api/graphql");
+        assert_eq!(api_endpoint("https://ghe.example/api/v3", "/user"), "https://ghe.example/api/v3/user");
+    }
+
+    #[test]
     fn backoff_doubles_and_is_bounded() {
         let key = super::super::jwt::AppKey::from_pem(include_str!(
             "../../../tests/fixtures/github/keys/test-app-key.pkcs1.pem"

@@ -169,6 +169,19 @@ pub struct Change<'a> {
     pub fork: bool,
 }
 
+impl<'a> Change<'a> {
+    /// The change a GitHub run checks: its base and head commits (`fork`: the head comes from a fork).
+    pub fn of_run(run: &'a super::runs::Run, fork: bool) -> Change<'a> {
+        Change {
+            repo: &run.repo,
+            clone_url: &run.clone_url,
+            base_sha: &run.base_sha,
+            head_sha: &run.head_sha,
+            fork,
+        }
+    }
+}
+
 /// How many attributes the change touches if `user` maintains every one of them (at least one), else
 /// `None`: when it maintains one not, when nothing changed, or when the commits were not evaluated.
 pub fn maintains_every_change(

@@ -147,13 +147,7 @@ impl GitHubService {
         let (store, jobsets, r, fork) =
             (self.store.clone(), self.pipeline.jobsets().clone(), run.clone(), pr.from_fork());
         let coverage = smol::unblock(move || {
-            let change = maintainers::Change {
-                repo: &r.repo,
-                clone_url: &r.clone_url,
-                base_sha: &r.base_sha,
-                head_sha: &r.head_sha,
-                fork,
-            };
+            let change = maintainers::Change::of_run(&r, fork);
             let people: Vec<GitHubUser<'_>> =
                 owned.iter().map(|(login, id)| GitHubUser { login, id: *id }).collect();
             maintainers::unapproved_changes(&store, &jobsets, &change, &people)

@@ -396,13 +396,7 @@ impl GitHubService {
         let (store, jobsets, login, id) =
             (self.store.clone(), self.pipeline.jobsets().clone(), user.login.to_string(), user.id);
         let changed = smol::unblock(move || {
-            let change = maintainers::Change {
-                repo: &run.repo,
-                clone_url: &run.clone_url,
-                base_sha: &run.base_sha,
-                head_sha: &run.head_sha,
-                fork,
-            };
+            let change = maintainers::Change::of_run(&run, fork);
             maintainers::maintains_every_change(&store, &jobsets, &change, GitHubUser { login: &login, id })
         })
         .await?;
