@@ -41,6 +41,60 @@ pub enum Command {
     Tokens(TokensCmd),
     Gc(GcCmd),
     Maintainers(MaintainersCmd),
+    AutoMerge(AutoMergeCmd),
+}
+
+/// Enable or disable auto-merge of a pull request: it merges once its head's gate is green and a
+/// maintainer of every changed package approved that head (docs/merge.md).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "auto-merge")]
+pub struct AutoMergeCmd {
+    #[argh(subcommand)]
+    pub op: AutoMergeSub,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum AutoMergeSub {
+    Enable(AutoMergeEnable),
+    Disable(AutoMergeDisable),
+    List(AutoMergeList),
+}
+
+/// Enable auto-merge of a pull request.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "enable")]
+pub struct AutoMergeEnable {
+    /// the repository, OWNER/REPO
+    #[argh(positional)]
+    pub repo: String,
+    /// the pull request number
+    #[argh(positional)]
+    pub number: u64,
+    /// merge, squash or rebase (default: the server's default_merge_method)
+    #[argh(option)]
+    pub method: Option<String>,
+}
+
+/// Disable auto-merge of a pull request.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "disable")]
+pub struct AutoMergeDisable {
+    /// the repository, OWNER/REPO
+    #[argh(positional)]
+    pub repo: String,
+    /// the pull request number
+    #[argh(positional)]
+    pub number: u64,
+}
+
+/// List the pull requests with auto-merge on.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+pub struct AutoMergeList {
+    /// print machine-readable JSON
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// Manage the package maintainers who may `@eka-ci merge` without write access (docs/merge.md).
@@ -391,6 +445,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Tokens(cmd) => tokens(&socket, cmd).await,
             Command::Gc(_) => gc(&socket).await,
             Command::Maintainers(cmd) => maintainers(&socket, cmd).await,
+            Command::AutoMerge(cmd) => auto_merge(&socket, cmd).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -755,6 +810,54 @@ async fn maintainers(socket: &std::path::Path, cmd: &MaintainersCmd) -> Result<(
             Ok(())
         }
         other => Err(format!("unexpected response to maintainers: {other:?}")),
+    }
+}
+
+async fn auto_merge(socket: &std::path::Path, cmd: &AutoMergeCmd) -> Result<(), String> {
+    use crate::control::AutoMergeOp;
+    let (op, json) = match &cmd.op {
+        AutoMergeSub::Enable(e) => {
+            approvals::validate_repo(&e.repo).map_err(|e| e.to_string())?;
+            (AutoMergeOp::Enable { repo: e.repo.clone(), number: e.number, method: e.method.clone() }, false)
+        }
+        AutoMergeSub::Disable(d) => {
+            approvals::validate_repo(&d.repo).map_err(|e| e.to_string())?;
+            (AutoMergeOp::Disable { repo: d.repo.clone(), number: d.number }, false)
+        }
+        AutoMergeSub::List(l) => (AutoMergeOp::List, l.json),
+    };
+    match call(socket, Request::AutoMerge(op)).await? {
+        Response::AutoMergeChanged { repo, number, enabled, changed } => {
+            match (enabled, changed) {
+                (true, true) => println!("auto-merge enabled for {repo}#{number}"),
+                (true, false) => {
+                    println!("auto-merge was already enabled for {repo}#{number} (method updated)")
+                }
+                (false, true) => println!("auto-merge disabled for {repo}#{number}"),
+                (false, false) => println!("auto-merge was not enabled for {repo}#{number}"),
+            }
+            Ok(())
+        }
+        Response::AutoMerges(rows) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+            } else if rows.is_empty() {
+                println!("no pull request has auto-merge enabled");
+            } else {
+                for r in &rows {
+                    println!(
+                        "{}#{} method {}  enabled {} by {}",
+                        r.repo,
+                        r.number,
+                        r.method.as_deref().unwrap_or("default"),
+                        render::utc_time(r.enabled_at),
+                        r.enabled_by
+                    );
+                }
+            }
+            Ok(())
+        }
+        other => Err(format!("unexpected response to auto-merge: {other:?}")),
     }
 }
 

@@ -61,6 +61,19 @@ pub enum Request {
     Checks { commit: Option<String>, limit: u32 },
     /// The whole output of check `name` at `commit` (the last [`MAX_CHECK_OUTPUT`] bytes of it).
     CheckOutput { commit: String, name: String },
+    /// Enable, disable or list auto-merge of pull requests (docs/merge.md, "Auto-merge").
+    AutoMerge(AutoMergeOp),
+}
+
+/// What [`Request::AutoMerge`] does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AutoMergeOp {
+    /// Enable auto-merge of `repo` (`owner/name`) #`number`, with `method` when given.
+    Enable { repo: String, number: u64, method: Option<String> },
+    /// Disable it.
+    Disable { repo: String, number: u64 },
+    /// Every pull request with auto-merge on.
+    List,
 }
 
 /// The most output of one check a [`Response::CheckOutput`] carries (its end).
@@ -183,6 +196,16 @@ pub enum Response {
         output: Vec<u8>,
         truncated: bool,
     },
+    /// The answer to an `AutoMerge` enable or disable: whether auto-merge is now on, and whether that
+    /// changed anything.
+    AutoMergeChanged {
+        repo: String,
+        number: u64,
+        enabled: bool,
+        changed: bool,
+    },
+    /// Every pull request with auto-merge on.
+    AutoMerges(Vec<crate::forge::github::auto_merges::AutoMerge>),
 }
 
 impl Response {

@@ -302,6 +302,7 @@ async fn run_on(
         http_address: http_address.clone(),
         logs_dir: config.logs_dir(),
         approvals: github.as_ref().map(|w| w.approvals.clone()),
+        github_wake: github.as_ref().map(|w| w.events.clone()),
         sandbox,
         retention,
     });
@@ -319,6 +320,7 @@ async fn run_on(
             metrics_public: config.web.metrics_public,
         },
         approvals: github.as_ref().map(|w| w.approvals.clone()),
+        github_api: github.as_ref().map(|_| config.github.api_url.clone()),
         intake: crate::web::IntakeWriter::spawn(&ex, store.clone()),
     };
     let split = crate::web::Split {

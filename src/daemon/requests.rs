@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::control::server::Handler;
 use crate::control::{
-    ApprovedUsersOp, BuildSummary, MaintainersOp, QueueDepths, Request, Response, StatusInfo, TokensOp,
+    ApprovedUsersOp, AutoMergeOp, BuildSummary, MaintainersOp, QueueDepths, Request, Response, StatusInfo,
+    TokensOp,
 };
 use crate::forge::github::approvals::{self, ApprovalNotice};
 use crate::jobset::JobsetId;
@@ -28,6 +29,8 @@ pub(super) struct DaemonHandler {
     pub(super) logs_dir: std::path::PathBuf,
     /// Where approvals of held pull requests are announced (the GitHub service); `None` without one.
     pub(super) approvals: Option<async_channel::Sender<ApprovalNotice>>,
+    /// Wakes the GitHub service (an auto-merge enabled from the CLI is looked at at once); `None` without one.
+    pub(super) github_wake: Option<async_channel::Sender<()>>,
     /// The local Nix's `sandbox` setting, as detected at start-up.
     pub(super) sandbox: crate::nix::local::Sandbox,
     /// Retention, for `ekaci gc`.
@@ -69,6 +72,7 @@ impl Handler for DaemonHandler {
             Request::ApprovedUsers(op) => self.approved_users(op).await,
             Request::Tokens(op) => self.tokens(op).await,
             Request::Maintainers(op) => self.maintainers(op).await,
+            Request::AutoMerge(op) => self.auto_merge(op).await,
             Request::Checks { commit, limit } => self.checks(commit, limit).await,
             Request::CheckOutput { commit, name } => self.check_output(commit, name).await,
             Request::Gc => match self.retention.run().await {
@@ -362,6 +366,49 @@ impl DaemonHandler {
         match changed {
             Ok(changed) => Response::MaintainerChanged { repo, attr, login, changed },
             Err(e) => error(format!("cannot change the maintainers of {repo}: {e}")),
+        }
+    }
+
+    /// Enables, disables or lists auto-merge (docs/merge.md, "Auto-merge").
+    async fn auto_merge(&self, op: AutoMergeOp) -> Response {
+        use crate::forge::github::auto_merges;
+        let store = self.store.clone();
+        let (repo, number, method, enabling) = match op {
+            AutoMergeOp::List => {
+                return match smol::unblock(move || auto_merges::all(&store)).await {
+                    Ok(rows) => Response::AutoMerges(rows),
+                    Err(e) => error(format!("cannot list the auto-merges: {e}")),
+                };
+            }
+            AutoMergeOp::Enable { repo, number, method } => (repo, number, method, true),
+            AutoMergeOp::Disable { repo, number } => (repo, number, None, false),
+        };
+        if let Err(e) = approvals::validate_repo(&repo) {
+            return error(e);
+        }
+        if let Some(m) = method.as_deref().filter(|m| !matches!(*m, "merge" | "squash" | "rebase")) {
+            return error(format!(
+                "invalid merge method `{}`: expected merge, squash or rebase",
+                crate::text::ellipsis_bytes(m, 40)
+            ));
+        }
+        let r = repo.clone();
+        let changed = smol::unblock(move || {
+            if enabling {
+                auto_merges::enable(&store, &r, number, method.as_deref(), APPROVED_BY)
+            } else {
+                auto_merges::disable(&store, &r, number)
+            }
+        })
+        .await;
+        if enabling {
+            if let Some(wake) = &self.github_wake {
+                let _ = wake.try_send(());
+            }
+        }
+        match changed {
+            Ok(changed) => Response::AutoMergeChanged { repo, number, enabled: enabling, changed },
+            Err(e) => error(format!("cannot change auto-merge of {repo}#{number}: {e}")),
         }
     }
 

@@ -73,6 +73,10 @@ pub const GITHUB_PR_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// `MergeRequestRecord`.
 pub const GITHUB_MERGE_REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_merge_requests");
 
+/// Auto-merges enabled through the API (`forge::github::auto_merges`): `owner/name#number` (lower case) →
+/// `AutoMergeRecord`.
+pub const GITHUB_AUTO_MERGES: TableDefinition<&str, &[u8]> = TableDefinition::new("github_auto_merges");
+
 /// Package maintainers added by administrators (`forge::github::maintainers`):
 /// `owner/name \0 attribute \0 login` (repository and login lower case) → `MaintainerRecord`.
 pub const GITHUB_MAINTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("github_maintainers");
@@ -131,6 +135,7 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "github_pr_heads", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_merge_requests", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_maintainers", key: "&str", value: "&[u8]" },
+    TableInfo { name: "github_auto_merges", key: "&str", value: "&[u8]" },
     TableInfo { name: "change_summaries", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_approved_prs", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_approved_users", key: "&str", value: "&[u8]" },
@@ -164,6 +169,7 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(GITHUB_PR_HEADS)?;
     tx.open_table(GITHUB_MERGE_REQUESTS)?;
     tx.open_table(GITHUB_MAINTAINERS)?;
+    tx.open_table(GITHUB_AUTO_MERGES)?;
     tx.open_table(CHANGE_SUMMARIES)?;
     tx.open_table(GITHUB_APPROVED_PRS)?;
     tx.open_table(GITHUB_APPROVED_USERS)?;

@@ -111,6 +111,14 @@ async fn read_json_body<T: serde::de::DeserializeOwned>(
     req: &mut tide::Request<AppState>,
     expected: &str,
 ) -> Result<T, ApiError> {
+    let raw = read_small_body(req).await?;
+    serde_json::from_slice(&raw).map_err(|e| ApiError::BadBody {
+        reason: format!("expected {expected} (line {}, column {}: {:?})", e.line(), e.column(), e.classify()),
+    })
+}
+
+/// Reads a body of at most [`MAX_APPROVE_BODY`] bytes.
+pub(super) async fn read_small_body(req: &mut tide::Request<AppState>) -> Result<Vec<u8>, ApiError> {
     let mut raw = Vec::new();
     req.take_body()
         .into_reader()
@@ -121,9 +129,7 @@ async fn read_json_body<T: serde::de::DeserializeOwned>(
     if raw.len() as u64 > MAX_APPROVE_BODY {
         return Err(ApiError::BadBody { reason: format!("larger than {MAX_APPROVE_BODY} bytes") });
     }
-    serde_json::from_slice(&raw).map_err(|e| ApiError::BadBody {
-        reason: format!("expected {expected} (line {}, column {}: {:?})", e.line(), e.column(), e.classify()),
-    })
+    Ok(raw)
 }
 
 /// The body of `POST /v1/github/maintainers`.

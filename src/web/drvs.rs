@@ -46,6 +46,9 @@ pub(super) enum ApiError {
     BadBody { reason: String },
     #[error("{message}")]
     Conflict { message: String },
+    /// A refusal with its own status (the auto-merge routes: 400, 403, 404, 409, 502, 503).
+    #[error("{message}")]
+    Refused { status: u16, message: String },
     #[error("jobset {id} has no builds to cancel")]
     NoBuilds { id: crate::jobset::JobsetId },
     /// Details go to the server log, not to the client.
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::BadBody { .. } => 400,
             ApiError::Conflict { .. } => 409,
             ApiError::NoBuilds { .. } => 404,
+            ApiError::Refused { status, .. } => *status,
         }
     }
 

@@ -14,6 +14,7 @@
 //! | `checks.rs` | `GET /v1/commits/{sha}/checks`, `…/checks/{name}/output` |
 //! | `summary.rs` | `GET /v1/commits/{sha}/change-summary`, `…/change-summary.md`, `…/package-changes`, `…/rebuild-impact` |
 //! | `github.rs` | `POST /github/webhook` |
+//! | `auto_merge.rs` | `POST /v1/prs/{owner}/{repo}/{n}/enable-auto-merge`, `…/disable-auto-merge` (admin, or a maintainer's GitHub token) |
 //! | `actions.rs` | `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`, `POST /v1/github/approve`, `GET`/`POST /v1/github/maintainers` (admin) |
 //!
 //! `conn.rs` is not a route group either: it serves one connection (the connection cap with its webhook
@@ -29,6 +30,7 @@
 
 mod actions;
 pub mod auth;
+mod auto_merge;
 mod builders;
 mod builds;
 mod checks;
@@ -71,6 +73,9 @@ pub struct AppState {
     /// Where approvals made through `POST /v1/github/approve` are announced (the GitHub service);
     /// `None` without one.
     pub approvals: Option<async_channel::Sender<crate::forge::github::approvals::ApprovalNotice>>,
+    /// The GitHub API URL (`[github] api_url`) when a GitHub App is configured: a maintainer's own GitHub
+    /// token is checked there (auto-merge routes).
+    pub github_api: Option<String>,
     /// Writes webhook deliveries, several per transaction.
     pub intake: IntakeWriter,
 }
@@ -108,6 +113,7 @@ pub fn app(state: AppState, split: Split) -> tide::Server<AppState> {
     summary::routes(&mut app);
     checks::routes(&mut app);
     actions::routes(&mut app);
+    auto_merge::routes(&mut app);
     app
 }
 

@@ -49,7 +49,7 @@ fn fixtures() -> Vec<(String, String, Vec<u8>)> {
         out.push((event, name, std::fs::read(&path).expect("read fixture")));
     }
     out.sort();
-    assert_eq!(out.len(), 12, "every fixture is found");
+    assert_eq!(out.len(), 14, "every fixture is found");
     out
 }
 

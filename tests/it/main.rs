@@ -12,6 +12,7 @@ mod fake_github;
 
 mod api_auth;
 mod approvals;
+mod auto_merge;
 mod checkout;
 mod checks;
 mod cli_eval;

@@ -12,8 +12,8 @@ use crate::fake_github;
 use crate::github_app::{fixture, wait_for, Fixture, Setup, GATE, LIB, REPO};
 
 /// A GitHub user: login and numeric id.
-type User = (&'static str, u64);
-const WRITER: User = ("writer", 501);
+pub(crate) type User = (&'static str, u64);
+pub(crate) const WRITER: User = ("writer", 501);
 const WRITER2: User = ("co-writer", 502);
 const WRITER3: User = ("third-writer", 503);
 const STRANGER: User = ("stranger", 601);
@@ -47,22 +47,22 @@ fn deliver_comment(s: &Setup, delivery: &str, payload: &Value) {
     assert_eq!(s.deliver("issue_comment", delivery, &body), 202, "{delivery} accepted");
 }
 
-fn comment(s: &Setup, number: u64, comment_id: u64, user: User, body: &str) {
+pub(crate) fn comment(s: &Setup, number: u64, comment_id: u64, user: User, body: &str) {
     deliver_comment(s, &format!("c-{comment_id}"), &comment_payload(number, comment_id, user, body));
 }
 
 /// Opens pull request `number` at `head` against the fixture's base (as a webhook, and as the fake's
 /// pull request, from a branch of the repository itself).
-fn open(s: &Setup, f: &Fixture, number: u64, head: &str) {
+pub(crate) fn open(s: &Setup, f: &Fixture, number: u64, head: &str) {
     open_on(s, f, number, head, &f.base);
 }
 
-fn open_on(s: &Setup, f: &Fixture, number: u64, head: &str, base: &str) {
+pub(crate) fn open_on(s: &Setup, f: &Fixture, number: u64, head: &str, base: &str) {
     s.fake.set_pull_request(REPO, number, json!({ "head": { "sha": head, "repo": { "full_name": REPO } } }));
     s.pr(&format!("open-{number}"), "opened", number, f.path(), head, base, "author");
 }
 
-fn wait_reactions(s: &Setup, comment_id: u64, want: &[&str]) {
+pub(crate) fn wait_reactions(s: &Setup, comment_id: u64, want: &[&str]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     loop {
         let seen = s.fake.reactions(REPO, comment_id);
@@ -82,7 +82,7 @@ fn wait_reactions(s: &Setup, comment_id: u64, want: &[&str]) {
 }
 
 /// The merge calls made for pull request `number`: (`sha`, `merge_method`) of each.
-fn merges(s: &Setup, number: u64) -> Vec<(String, String)> {
+pub(crate) fn merges(s: &Setup, number: u64) -> Vec<(String, String)> {
     s.fake
         .calls_to("PUT", &format!("/repos/{REPO}/pulls/{number}/merge"))
         .iter()
@@ -97,7 +97,7 @@ fn merges(s: &Setup, number: u64) -> Vec<(String, String)> {
 }
 
 /// Waits long enough for the server to have handled everything delivered so far.
-fn settle(s: &Setup) {
+pub(crate) fn settle(s: &Setup) {
     wait_for("the event queue drained", || {
         (s.server().status()["queues"]["github_events"] == 0).then_some(())
     });
@@ -312,7 +312,7 @@ fn cancels_rate_limits_and_comments_that_are_not_commands() {
 }
 
 /// `mk name script []` with `meta.maintainers` = `maintainers` (Nix list elements).
-fn with_maintainers(name: &str, maintainers: &str) -> String {
+pub(crate) fn with_maintainers(name: &str, maintainers: &str) -> String {
     format!(
         r#"(mk "{name}" "echo {name} > $out" []) // {{ meta = {{ maintainers = [ {maintainers} ]; }}; }}"#
     )

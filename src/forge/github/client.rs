@@ -1,7 +1,10 @@
 //! The GitHub REST client of a GitHub App: installation access tokens (fetched with the App JWT,
 //! cached per installation until shortly before they expire) and the few typed calls the integration
-//! needs (pull requests and merging them, check runs, collaborator permissions, repository
-//! installations, issue comments and reactions).
+//! needs (pull requests, their reviews and merging them, check runs, collaborator permissions,
+//! repository installations, issue comments and reactions), two GraphQL calls (whether a pull request's
+//! base has a merge queue, and enabling GitHub's auto-merge: `POST /graphql`, or `/api/graphql` on
+//! GitHub Enterprise Server), and [`UserClient`]: the two calls made with a person's own token (who they
+//! are, and a pull request as they see it).
 //!
 //! Calls are blocking `ureq` requests run through `smol::unblock`; waits between attempts are
 //! `smol::Timer`s on our executor. Discipline: `Retry-After` and `X-RateLimit-Remaining: 0` +
@@ -97,6 +100,14 @@ pub enum ClientError {
     Transport { method: &'static str, path: String, error: String, attempts: u32 },
     #[error("GitHub API {method} {path}: unexpected response body: {error}")]
     Decode { method: &'static str, path: String, error: String },
+    #[error("GitHub GraphQL {operation}: {message}")]
+    GraphQl {
+        operation: &'static str,
+        /// GitHub's `errors[].message`s (bounded), or what was missing from `data`.
+        message: String,
+        /// GitHub's `errors[0].type` (`NOT_FOUND`, `UNPROCESSABLE`, `FORBIDDEN`, …), when given.
+        kind: Option<String>,
+    },
     #[error("invalid {what} for a GitHub API path: {value:?}")]
     InvalidArgument { what: &'static str, value: String },
     #[error("installation {installation_id}: GitHub sent an unreadable token expiry {value:?}")]
@@ -205,6 +216,14 @@ pub struct PullRequest {
     pub author_association: Option<String>,
     #[serde(default)]
     pub html_url: Option<String>,
+}
+
+impl PullRequest {
+    /// Whether its head lives outside its base repository (a fork, or a deleted fork).
+    pub fn from_fork(&self) -> bool {
+        let name = |r: &Option<PullRequestRepo>| r.as_ref().map(|r| r.full_name.to_ascii_lowercase());
+        name(&self.head.repo).is_none() || name(&self.head.repo) != name(&self.base.repo)
+    }
 }
 
 /// The status of a check run we create or update.
@@ -376,6 +395,43 @@ pub struct MergeResult {
     pub merged: bool,
     #[serde(default)]
     pub message: Option<String>,
+}
+
+/// One review of `GET /repos/{owner}/{repo}/pulls/{pull_number}/reviews` (chronological order).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Review {
+    pub id: u64,
+    /// Null when the account was deleted.
+    #[serde(default)]
+    pub user: Option<ReviewUser>,
+    /// `APPROVED`, `CHANGES_REQUESTED`, `COMMENTED`, `DISMISSED` or `PENDING`.
+    pub state: String,
+    /// The commit the review was made on (null for some old reviews).
+    #[serde(default)]
+    pub commit_id: Option<String>,
+}
+
+/// The author of a review (`simple-user`: the fields we use).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ReviewUser {
+    pub login: String,
+    pub id: u64,
+}
+
+/// `GET /user` with a person's token.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AuthenticatedUser {
+    pub login: String,
+    pub id: u64,
+}
+
+/// A pull request as GraphQL names it, and whether its base branch has a merge queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeQueueInfo {
+    /// The pull request's node id (GraphQL `id`, REST `node_id`).
+    pub node_id: String,
+    /// GraphQL `PullRequest.isMergeQueueEnabled`.
+    pub merge_queue: bool,
 }
 
 #[derive(Serialize)]
@@ -630,6 +686,104 @@ impl GitHubClient {
         self.call_json(Method::Put, &path, Auth::Installation(installation_id), Some(body)).await
     }
 
+    /// `GET /repos/{owner}/{repo}/pulls/{number}/reviews`, every page (100 a page, at most
+    /// [`MAX_REVIEW_PAGES`]), in GitHub's chronological order.
+    pub async fn list_reviews(
+        &self,
+        installation_id: u64,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<Review>, ClientError> {
+        let base = format!("{}/pulls/{number}/reviews", repo_path(repo)?);
+        let mut out = Vec::new();
+        for page in 1..=MAX_REVIEW_PAGES {
+            let path = format!("{base}?per_page=100&page={page}");
+            let batch: Vec<Review> =
+                self.call_json(Method::Get, &path, Auth::Installation(installation_id), None).await?;
+            let last = batch.len() < 100;
+            out.extend(batch);
+            if last {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// GraphQL: the pull request's node id and whether its base branch has a merge queue
+    /// (`PullRequest.isMergeQueueEnabled`).
+    pub async fn merge_queue_info(
+        &self,
+        installation_id: u64,
+        repo: &str,
+        number: u64,
+    ) -> Result<MergeQueueInfo, ClientError> {
+        const OPERATION: &str = "isMergeQueueEnabled";
+        let (owner, name) = split_repo(repo)?;
+        let query = "query($owner: String!, $name: String!, $number: Int!) { repository(owner: $owner, \
+                     name: $name) { pullRequest(number: $number) { id isMergeQueueEnabled } } }";
+        let variables = serde_json::json!({ "owner": owner, "name": name, "number": number });
+        let data = self.graphql(installation_id, OPERATION, query, variables).await?;
+        let pr = &data["repository"]["pullRequest"];
+        match (pr["id"].as_str(), pr["isMergeQueueEnabled"].as_bool()) {
+            (Some(id), Some(enabled)) => Ok(MergeQueueInfo { node_id: id.to_string(), merge_queue: enabled }),
+            _ => Err(ClientError::GraphQl {
+                operation: OPERATION,
+                message: format!("no pull request {repo}#{number} in the answer"),
+                kind: None,
+            }),
+        }
+    }
+
+    /// GraphQL `enablePullRequestAutoMerge` for the pull request `node_id` with `merge_method` (`merge`,
+    /// `squash`, `rebase`) and `expectedHeadOid` = `sha`, so that GitHub refuses if the head moved.
+    pub async fn enable_auto_merge(
+        &self,
+        installation_id: u64,
+        node_id: &str,
+        merge_method: &str,
+        sha: &str,
+    ) -> Result<(), ClientError> {
+        const OPERATION: &str = "enablePullRequestAutoMerge";
+        let query = "mutation($id: ID!, $method: PullRequestMergeMethod!, $sha: GitObjectID!) { \
+                     enablePullRequestAutoMerge(input: {pullRequestId: $id, mergeMethod: $method, \
+                     expectedHeadOid: $sha}) { pullRequest { id autoMergeRequest { mergeMethod } } } }";
+        let variables = serde_json::json!({
+            "id": node_id,
+            "method": merge_method.to_ascii_uppercase(),
+            "sha": sha,
+        });
+        let data = self.graphql(installation_id, OPERATION, query, variables).await?;
+        if data["enablePullRequestAutoMerge"]["pullRequest"]["autoMergeRequest"].is_object() {
+            Ok(())
+        } else {
+            Err(ClientError::GraphQl {
+                operation: OPERATION,
+                message: "GitHub answered without an auto-merge request".into(),
+                kind: None,
+            })
+        }
+    }
+
+    /// One GraphQL call; returns `data`. GitHub answers errors with 200 and `errors`.
+    async fn graphql(
+        &self,
+        installation_id: u64,
+        operation: &'static str,
+        query: &str,
+        variables: serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::json!({ "query": query, "variables": variables }).to_string();
+        let answer: serde_json::Value = self
+            .call_json(Method::Post, GRAPHQL_PATH, Auth::Installation(installation_id), Some(body))
+            .await?;
+        if let Some(errors) = answer["errors"].as_array().filter(|e| !e.is_empty()) {
+            let message = errors.iter().filter_map(|e| e["message"].as_str()).collect::<Vec<_>>().join("; ");
+            let kind = errors[0]["type"].as_str().map(str::to_string);
+            return Err(ClientError::GraphQl { operation, message: truncate(&message), kind });
+        }
+        Ok(answer["data"].clone())
+    }
+
     async fn call_json<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -664,7 +818,7 @@ impl GitHubClient {
         body: Option<String>,
     ) -> Result<String, ClientError> {
         let config = &self.inner.config;
-        let url = format!("{}{}", config.api_url, path);
+        let url = api_endpoint(&config.api_url, path);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -857,15 +1011,35 @@ fn segment<'a>(s: &'a str, what: &'static str) -> Result<&'a str, ClientError> {
     }
 }
 
-/// `/repos/{owner}/{repo}` for `owner/repo`.
-fn repo_path(repo: &str) -> Result<String, ClientError> {
+/// The path [`GitHubClient::graphql`] posts to; [`api_endpoint`] places it.
+const GRAPHQL_PATH: &str = "/graphql";
+/// Review pages read at most (100 reviews each).
+pub const MAX_REVIEW_PAGES: u32 = 10;
+
+/// The URL of `path` under `api_url`; GraphQL is `/graphql` on GitHub.com and `/api/graphql` on GitHub
+/// Enterprise Server (whose REST API is `/api/v3`).
+fn api_endpoint(api_url: &str, path: &str) -> String {
+    match (path, api_url.strip_suffix("/api/v3")) {
+        (GRAPHQL_PATH, Some(host)) => format!("{host}/api/graphql"),
+        _ => format!("{api_url}{path}"),
+    }
+}
+
+/// `owner` and `name` of `owner/name`, checked as path segments.
+fn split_repo(repo: &str) -> Result<(&str, &str), ClientError> {
     let Some((owner, name)) = repo.split_once('/') else {
         return Err(ClientError::InvalidArgument {
             what: "repository (owner/name)",
             value: repo.to_string(),
         });
     };
-    Ok(format!("/repos/{}/{}", segment(owner, "repository owner")?, segment(name, "repository name")?))
+    Ok((segment(owner, "repository owner")?, segment(name, "repository name")?))
+}
+
+/// `/repos/{owner}/{repo}` for `owner/repo`.
+fn repo_path(repo: &str) -> Result<String, ClientError> {
+    let (owner, name) = split_repo(repo)?;
+    Ok(format!("/repos/{owner}/{name}"))
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -879,6 +1053,71 @@ pub fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// The calls made with a person's own GitHub token (a maintainer calling the auto-merge routes): who
+/// they are (`GET /user`) and a pull request as they see it. One attempt each, no retries (the person is
+/// waiting); the token is a [`Secret`] and never reaches an error or a log.
+pub struct UserClient {
+    agent: ureq::Agent,
+    api_url: String,
+    user_agent: String,
+}
+
+impl UserClient {
+    /// A client for `api_url` (as [`ClientConfig::api_url`]) whose calls give up after `timeout`.
+    pub fn new(api_url: &str, timeout: Duration) -> Result<Self, ClientError> {
+        let api_url = api_url.trim_end_matches('/').to_string();
+        if !(api_url.starts_with("http://") || api_url.starts_with("https://")) {
+            return Err(ClientError::BadApiUrl(api_url));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .build()
+            .into();
+        Ok(UserClient { agent, api_url, user_agent: format!("eka-ci/{}", crate::VERSION) })
+    }
+
+    /// `GET /user`: the person the token belongs to.
+    pub async fn authenticated_user(&self, token: &Secret) -> Result<AuthenticatedUser, ClientError> {
+        self.get(token, "/user").await
+    }
+
+    /// `GET /repos/{owner}/{repo}/pulls/{number}` as the token's owner sees it.
+    pub async fn pull_request(
+        &self,
+        token: &Secret,
+        repo: &str,
+        number: u64,
+    ) -> Result<PullRequest, ClientError> {
+        self.get(token, &format!("{}/pulls/{number}", repo_path(repo)?)).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, token: &Secret, path: &str) -> Result<T, ClientError> {
+        let (agent, url, token, ua) =
+            (self.agent.clone(), api_endpoint(&self.api_url, path), token.clone(), self.user_agent.clone());
+        let response =
+            smol::unblock(move || exchange(&agent, Method::Get, &url, &token, &ua, None)).await.map_err(
+                |error| ClientError::Transport { method: "GET", path: path.to_string(), error, attempts: 1 },
+            )?;
+        if !(200..300).contains(&response.status) {
+            let (message, documentation_url) = error_message(&response.body);
+            return Err(ClientError::Api {
+                method: "GET",
+                path: path.to_string(),
+                status: response.status,
+                message,
+                documentation_url,
+                attempts: 1,
+            });
+        }
+        serde_json::from_str(&response.body).map_err(|e| ClientError::Decode {
+            method: "GET",
+            path: path.to_string(),
+            error: e.to_string(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -902,6 +1141,13 @@ mod tests {
         assert_eq!(d.as_deref(), Some("https://docs.github.com/rest"));
         assert_eq!(error_message("").0, "(empty body)");
         assert_eq!(error_message(&"x".repeat(1000)).0.chars().count(), MAX_MESSAGE + 1);
+    }
+
+    #[test]
+    fn graphql_lives_beside_the_rest_api() {
+        assert_eq!(api_endpoint("https://api.github.com", "/graphql"), "https://api.github.com/graphql");
+        assert_eq!(api_endpoint("https://ghe.example/api/v3", "/graphql"), "https://ghe.example/api/graphql");
+        assert_eq!(api_endpoint("https://ghe.example/api/v3", "/user"), "https://ghe.example/api/v3/user");
     }
 
     #[test]

@@ -169,6 +169,19 @@ pub struct Change<'a> {
     pub fork: bool,
 }
 
+impl<'a> Change<'a> {
+    /// The change a GitHub run checks: its base and head commits (`fork`: the head comes from a fork).
+    pub fn of_run(run: &'a super::runs::Run, fork: bool) -> Change<'a> {
+        Change {
+            repo: &run.repo,
+            clone_url: &run.clone_url,
+            base_sha: &run.base_sha,
+            head_sha: &run.head_sha,
+            fork,
+        }
+    }
+}
+
 /// How many attributes the change touches if `user` maintains every one of them (at least one), else
 /// `None`: when it maintains one not, when nothing changed, or when the commits were not evaluated.
 pub fn maintains_every_change(
@@ -177,6 +190,29 @@ pub fn maintains_every_change(
     change: &Change<'_>,
     user: GitHubUser<'_>,
 ) -> Result<Option<usize>, StoreError> {
+    let Some(Unapproved { touched, missing }) = unapproved_changes(store, jobsets, change, &[user])? else {
+        return Ok(None);
+    };
+    Ok((touched > 0 && missing.is_empty()).then_some(touched))
+}
+
+/// The changed attributes of a change that none of a set of people maintains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unapproved {
+    /// How many attributes the change touches (each job counted apart).
+    pub touched: usize,
+    /// Those none of the people maintains (`attr`, in the order the diff lists them).
+    pub missing: Vec<String>,
+}
+
+/// Which changed attributes of `change` none of `people` maintains; `None` when the commits were not
+/// evaluated (a head jobset without its base's).
+pub fn unapproved_changes(
+    store: &Store,
+    jobsets: &Jobsets,
+    change: &Change<'_>,
+    people: &[GitHubUser<'_>],
+) -> Result<Option<Unapproved>, StoreError> {
     let all = jobsets.all()?;
     let of = |commit: &str| {
         all.iter()
@@ -185,7 +221,7 @@ pub fn maintains_every_change(
     };
     let (heads, bases) = (of(change.head_sha), of(change.base_sha));
     let table: Vec<Maintainer> = list(store, Some(change.repo))?;
-    let mut touched = 0;
+    let mut out = Unapproved { touched: 0, missing: Vec::new() };
     for head in &heads {
         let base = bases
             .iter()
@@ -194,13 +230,20 @@ pub fn maintains_every_change(
         let Some(base) = base else { return Ok(None) };
         let d = diff::diff(jobsets, base.id, head.id)?;
         for c in d.added.iter().chain(&d.removed).chain(&d.changed) {
-            touched += 1;
-            if !maintains(jobsets, &table, (base.id, head.id), &c.attr, change.fork, user)? {
-                return Ok(None);
+            out.touched += 1;
+            let mut covered = false;
+            for user in people {
+                if maintains(jobsets, &table, (base.id, head.id), &c.attr, change.fork, *user)? {
+                    covered = true;
+                    break;
+                }
+            }
+            if !covered {
+                out.missing.push(c.attr.clone());
             }
         }
     }
-    Ok((touched > 0).then_some(touched))
+    Ok(Some(out))
 }
 
 fn maintains(

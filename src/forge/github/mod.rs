@@ -4,10 +4,12 @@
 //! turns the persisted events into runs (`runs`) and runs into evaluations, builds and check runs.
 //! `approvals` stores the administrators' approvals for `require_approval`. `commands` parses the
 //! `@eka-ci` comment commands; `merges` stores the pending merge requests they make;
-//! `maintainers` says who maintains the packages a pull request changes.
+//! `maintainers` says who maintains the packages a pull request changes; `auto_merges` stores the
+//! auto-merges enabled through the API.
 
 pub mod app;
 pub mod approvals;
+pub mod auto_merges;
 pub mod client;
 pub mod commands;
 pub mod jwt;

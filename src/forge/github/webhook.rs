@@ -1100,9 +1100,23 @@ fn is_stale(
 
 /// The head of pull request `number` of `repo` as the `pull_request` events recorded so far know it.
 fn known_head(tx: &redb::WriteTransaction, repo: &str, number: u64) -> Result<Option<KnownHead>, StoreError> {
-    let heads = tx.open_table(GITHUB_PR_HEADS)?;
-    Ok(read_pr_head(&heads, &pr_head_key(repo, number))?
+    head_in(&tx.open_table(GITHUB_PR_HEADS)?, repo, number)
+}
+
+fn head_in(
+    heads: &impl ReadableTable<&'static str, &'static [u8]>,
+    repo: &str,
+    number: u64,
+) -> Result<Option<KnownHead>, StoreError> {
+    Ok(read_pr_head(heads, &pr_head_key(repo, number))?
         .map(|h| KnownHead { sha: h.head_sha.to_ascii_lowercase(), since: h.head_since }))
+}
+
+/// The head of pull request `number` of `repo` as the `pull_request` events recorded so far know it
+/// (read-only; for callers outside the intake).
+pub fn recorded_head(store: &Store, repo: &str, number: u64) -> Result<Option<KnownHead>, StoreError> {
+    let tx = store.db().begin_read()?;
+    head_in(&tx.open_table(GITHUB_PR_HEADS)?, repo, number)
 }
 
 fn event_name(summary: &EventSummary) -> &'static str {

@@ -13,6 +13,15 @@
 //!   allowed by the repository (`allow_*_merge`) or the pull request is not mergeable or open; a merged
 //!   pull request is then closed and merged. Reactions on issue comments (201, or 200 when the same
 //!   one exists) and issue comments are stored.
+//! * Reviews (`GET pulls/{n}/reviews`, GitHub's example review per entry, paged by `per_page`/`page`)
+//!   are what the test added with [`FakeGitHub::add_review`].
+//! * `POST /graphql` answers the two GraphQL operations eka-ci sends, as GitHub's GraphQL API does
+//!   (`data`, or `errors` with 200): `repository.pullRequest { id isMergeQueueEnabled }` and
+//!   `enablePullRequestAutoMerge` (refused unless the repository has a merge queue here or allows
+//!   auto-merge, and when `expectedHeadOid` is not the head); with a merge queue
+//!   ([`FakeGitHub::set_merge_queue`]) `PUT pulls/{n}/merge` answers 405 as GitHub's rulesets do.
+//! * `GET /user` answers for person tokens registered with [`FakeGitHub::add_user_token`], which may
+//!   also read pull requests.
 //! * Every request is recorded ([`Call`]: method, path, query, headers, body, status answered).
 //! * [`FakeGitHub::inject`] makes the next N calls matching a method and path pattern (`*` matches
 //!   anything) answer with a given [`Reply`]: GitHub error bodies, rate limits, 5xx.
@@ -153,6 +162,8 @@ struct Fixtures {
     reaction: Value,
     comment: Value,
     merge: Value,
+    review: Value,
+    user: Value,
 }
 
 struct State {
@@ -170,6 +181,14 @@ struct State {
     /// (repository, issue number, comment) of every issue comment created.
     comments: Vec<(String, u64, Value)>,
     next_id: u64,
+    /// Reviews per (repository, pull request), in submission order.
+    reviews: HashMap<(String, u64), Vec<Value>>,
+    /// Repositories whose base branches have a merge queue.
+    merge_queues: Vec<String>,
+    /// Person tokens: token → (login, id).
+    user_tokens: HashMap<String, (String, u64)>,
+    /// (repository, number, merge method, expected head) of every auto-merge enabled through GraphQL.
+    auto_merges: Vec<(String, u64, String, String)>,
     fixtures: Fixtures,
 }
 
@@ -261,6 +280,10 @@ impl FakeGitHub {
             reactions: Vec::new(),
             comments: Vec::new(),
             next_id: 5001,
+            reviews: HashMap::new(),
+            merge_queues: Vec::new(),
+            user_tokens: HashMap::new(),
+            auto_merges: Vec::new(),
             fixtures: Fixtures {
                 token: fixture("apps.create-installation-access-token.response.201.json"),
                 installation: fixture("apps.get-repo-installation.response.200.json"),
@@ -270,6 +293,8 @@ impl FakeGitHub {
                 reaction: fixture("reactions.create-for-issue-comment.response.201.json"),
                 comment: fixture("issues.create-comment.response.201.json"),
                 merge: fixture("pulls.merge.response.200.json"),
+                review: fixture("pulls.list-reviews.response.200.json")[0].clone(),
+                user: fixture("users.get-authenticated.response.200.json"),
             },
         };
         FakeGitHub { server: Loopback::start("the fake GitHub", state, serve) }
@@ -361,6 +386,54 @@ impl FakeGitHub {
             .filter(|(r, n, _)| r == repo && *n == number)
             .map(|(_, _, c)| c["body"].as_str().unwrap_or("").to_string())
             .collect()
+    }
+
+    /// Adds a review of `repo` #`number` by `user` (login, id) in `state` (`APPROVED`, `DISMISSED`, …) on
+    /// `commit`, as the newest one; returns its id.
+    pub fn add_review(&self, repo: &str, number: u64, user: (&str, u64), state: &str, commit: &str) -> u64 {
+        let mut st = self.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        let mut review = st.fixtures.review.clone();
+        review["id"] = json!(id);
+        review["node_id"] = json!(format!("PRR_fake{id}"));
+        review["user"]["login"] = json!(user.0);
+        review["user"]["id"] = json!(user.1);
+        review["state"] = json!(state);
+        review["commit_id"] = json!(commit);
+        review["submitted_at"] = json!(rfc3339(now_secs()));
+        review["html_url"] = json!(format!("https://github.com/{repo}/pull/{number}#pullrequestreview-{id}"));
+        st.reviews.entry((repo.to_string(), number)).or_default().push(review);
+        id
+    }
+
+    /// Changes the state of review `id` (a dismissal: `DISMISSED`).
+    pub fn set_review_state(&self, id: u64, state: &str) {
+        let mut st = self.lock();
+        for review in st.reviews.values_mut().flatten() {
+            if review["id"] == json!(id) {
+                review["state"] = json!(state);
+            }
+        }
+    }
+
+    /// Whether `repo`'s base branches have a merge queue.
+    pub fn set_merge_queue(&self, repo: &str, on: bool) {
+        let mut st = self.lock();
+        st.merge_queues.retain(|r| r != repo);
+        if on {
+            st.merge_queues.push(repo.to_string());
+        }
+    }
+
+    /// Registers a person's GitHub token: `GET /user` answers `login` and `id` for it.
+    pub fn add_user_token(&self, token: &str, login: &str, id: u64) {
+        self.lock().user_tokens.insert(token.to_string(), (login.to_string(), id));
+    }
+
+    /// (repository, number, merge method, expected head) of every auto-merge enabled through GraphQL.
+    pub fn auto_merges(&self) -> Vec<(String, u64, String, String)> {
+        self.lock().auto_merges.clone()
     }
 
     /// The stored check runs of `repo`, in creation order.
@@ -579,7 +652,7 @@ fn jwt_ok(req: &Request) -> bool {
 }
 
 fn token_ok(st: &State, req: &Request) -> bool {
-    bearer(req).is_some_and(|token| token_valid(st, &token))
+    bearer(req).is_some_and(|token| token_valid(st, &token) || st.user_tokens.contains_key(&token))
 }
 
 /// Whether this fake issued `token` and it has not expired.
@@ -616,7 +689,31 @@ fn route(st: &mut State, req: &Request, raw_path: &str, query: &str) -> Reply {
             body["account"]["login"] = json!(owner);
             ok(200, body)
         }
+        ("GET", ["user"]) => {
+            let Some((login, id)) = bearer(req).and_then(|t| st.user_tokens.get(&t).cloned()) else {
+                return bad_credentials();
+            };
+            let mut body = st.fixtures.user.clone();
+            body["login"] = json!(login);
+            body["id"] = json!(id);
+            ok(200, body)
+        }
+        ("POST", ["graphql"]) => {
+            if !bearer(req).is_some_and(|t| token_valid(st, &t)) {
+                return bad_credentials();
+            }
+            graphql(st, req)
+        }
         (_, ["repos", ..]) if !token_ok(st, req) => bad_credentials(),
+        ("GET", ["repos", owner, repo, "pulls", n, "reviews"]) => {
+            let Ok(number) = n.parse::<u64>() else { return Reply::error(404, "Not Found") };
+            let all = st.reviews.get(&(format!("{owner}/{repo}"), number)).cloned().unwrap_or_default();
+            let per_page = query_param(query, "per_page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(30);
+            let page = query_param(query, "page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1);
+            let start = (page - 1) * per_page.clamp(1, 100);
+            let items: Vec<Value> = all.into_iter().skip(start).take(per_page.clamp(1, 100)).collect();
+            ok(200, Value::Array(items))
+        }
         ("GET", ["repos", owner, repo, "pulls", n]) => {
             let Ok(number) = n.parse::<u64>() else { return Reply::error(404, "Not Found") };
             ok(200, pull(st, &format!("{owner}/{repo}"), number))
@@ -730,12 +827,86 @@ fn route(st: &mut State, req: &Request, raw_path: &str, query: &str) -> Reply {
 fn pull(st: &State, full: &str, number: u64) -> Value {
     let mut body = st.fixtures.pull.clone();
     body["number"] = json!(number);
+    body["node_id"] = json!(node_id(full, number));
     body["base"]["repo"]["full_name"] = json!(full);
     body["base"]["repo"]["name"] = json!(full.split_once('/').map_or(full, |(_, n)| n));
     if let Some(patch) = st.pulls.get(&(full.to_string(), number)) {
         merge(&mut body, patch);
     }
     body
+}
+
+/// The node id this fake gives pull request `number` of `full`.
+fn node_id(full: &str, number: u64) -> String {
+    format!("PR_fake_{}_{number}", full.replace('/', "_"))
+}
+
+/// A GraphQL answer with one error, as GitHub sends it (status 200).
+fn graphql_error(kind: &str, message: &str) -> Reply {
+    ok(
+        200,
+        json!({"data": null, "errors": [{"type": kind, "message": message, "locations": [{"line": 1, "column": 1}]}]}),
+    )
+}
+
+/// `POST /graphql`: the merge-queue question and `enablePullRequestAutoMerge`.
+fn graphql(st: &mut State, req: &Request) -> Reply {
+    let Ok(body) = serde_json::from_str::<Value>(&req.body) else {
+        return Reply::error(400, "Problems parsing JSON");
+    };
+    let (query, vars) = (body["query"].as_str().unwrap_or(""), &body["variables"]);
+    if query.contains("enablePullRequestAutoMerge") {
+        let id = vars["id"].as_str().unwrap_or("");
+        let found = st.pulls.keys().chain(st.reviews.keys()).find(|(r, n)| node_id(r, *n) == id).cloned();
+        let Some((full, number)) = found else {
+            return graphql_error(
+                "NOT_FOUND",
+                &format!("Could not resolve to a node with the global id of '{id}'"),
+            );
+        };
+        let pr = pull(st, &full, number);
+        let method = vars["method"].as_str().unwrap_or("").to_string();
+        if !["MERGE", "SQUASH", "REBASE"].contains(&method.as_str()) {
+            return graphql_error(
+                "INVALID",
+                "Variable $method of type PullRequestMergeMethod! was provided invalid value",
+            );
+        }
+        if pr["head"]["sha"].as_str() != vars["sha"].as_str() {
+            return graphql_error("UNPROCESSABLE", "Head ref is out of date");
+        }
+        if !st.merge_queues.contains(&full) && pr["base"]["repo"]["allow_auto_merge"] != json!(true) {
+            return graphql_error(
+                "UNPROCESSABLE",
+                "Pull request Auto merge is not allowed for this repository",
+            );
+        }
+        let sha = vars["sha"].as_str().unwrap_or("").to_string();
+        st.auto_merges.push((full.clone(), number, method.clone(), sha));
+        let patch = st.pulls.entry((full, number)).or_insert_with(|| json!({}));
+        merge(patch, &json!({"auto_merge": {"merge_method": method.to_ascii_lowercase()}}));
+        return ok(
+            200,
+            json!({"data": {"enablePullRequestAutoMerge": {"pullRequest": {
+                "id": id, "autoMergeRequest": {"mergeMethod": method}
+            }}}}),
+        );
+    }
+    if query.contains("isMergeQueueEnabled") {
+        let full =
+            format!("{}/{}", vars["owner"].as_str().unwrap_or(""), vars["name"].as_str().unwrap_or(""));
+        let Some(number) = vars["number"].as_u64() else {
+            return graphql_error("INVALID", "Variable $number of type Int! was provided invalid value");
+        };
+        let queue = st.merge_queues.contains(&full);
+        return ok(
+            200,
+            json!({"data": {"repository": {"pullRequest": {
+                "id": node_id(&full, number), "isMergeQueueEnabled": queue
+            }}}}),
+        );
+    }
+    graphql_error("INVALID", "this fake answers only the operations eka-ci sends")
 }
 
 /// `PUT /repos/{o}/{r}/pulls/{n}/merge`, with GitHub's refusals.
@@ -755,6 +926,12 @@ fn merge_pull(st: &mut State, full: &str, number: u64, req: &Request) -> Reply {
         "rebase" => ("allow_rebase_merge", "Rebase merges are not allowed on this repository."),
         _ => return Reply::validation_failed("PullRequest", "merge_method", "invalid"),
     };
+    if st.merge_queues.iter().any(|r| r == full) {
+        return Reply::error(
+            405,
+            "Repository rule violations found\n\nChanges must be made through the merge queue\n\n",
+        );
+    }
     let pr = pull(st, full, number);
     if pr["state"] != "open" || pr["merged"] == json!(true) || pr["mergeable"] == json!(false) {
         return Reply::error(405, "Pull Request is not mergeable");

@@ -16,7 +16,8 @@
 
 use super::GitHubService;
 use crate::forge::github::app::GitHubApp;
-use crate::forge::github::client::{ClientError, GitHubClient, PullRequest};
+use crate::forge::github::auto_merges;
+use crate::forge::github::client::{ClientError, GitHubClient};
 use crate::forge::github::commands::{self, Command};
 use crate::forge::github::maintainers::{self, GitHubUser};
 use crate::forge::github::merges::{self, MergeRequest};
@@ -33,6 +34,8 @@ const ACCEPTED: &str = "+1";
 const DENIED: &str = "-1";
 const MERGED: &str = "rocket";
 const CANCELLED: &str = "confused";
+/// GitHub's auto-merge was enabled for a merge queue.
+const QUEUED: &str = "eyes";
 
 impl GitHubService {
     /// An `issue_comment` event: runs the comment's command, if it has one. Returns the outcome.
@@ -114,7 +117,7 @@ impl GitHubService {
         let user = GitHubUser { login, id: user_id };
         let authorized = self.has_write_access(client, installation, repo, login).await?
             || match &pinned {
-                Some(sha) => self.maintains_changes(repo, sha, is_fork(&pr), user).await?,
+                Some(sha) => self.maintains_changes(repo, sha, pr.from_fork(), user).await?,
                 None => false,
             };
         if !authorized {
@@ -175,7 +178,7 @@ impl GitHubService {
             || {
                 let pr = client.pull_request(installation, repo, c.number).await?;
                 let user = GitHubUser { login, id: user_id };
-                self.maintains_changes(repo, &pending.sha, is_fork(&pr), user).await?
+                self.maintains_changes(repo, &pending.sha, pr.from_fork(), user).await?
             };
         if !allowed {
             let reply = format!(
@@ -276,21 +279,51 @@ impl GitHubService {
             self.drop_request(request).await?;
             return Ok(format!("the pull request is {}: request dropped", pr.state));
         }
-        let method = request.method.as_deref().unwrap_or(self.default_merge_method.as_str()).to_string();
+        // The comment's method; else the one auto-merge was enabled with (the original's per-pull-request
+        // preference); else `default_merge_method`.
+        let preferred = match &request.method {
+            Some(m) => Some(m.clone()),
+            None => {
+                let (store, r, n) = (self.store.clone(), request.repo.clone(), request.number);
+                smol::unblock(move || auto_merges::get(&store, &r, n)).await?.and_then(|a| a.method)
+            }
+        };
+        let method = preferred.unwrap_or_else(|| self.default_merge_method.as_str().to_string());
         if pr.base.repo.as_ref().and_then(|r| r.allows(&method)) == Some(false) {
             tracing::warn!(repo = %request.repo, number = request.number, %method, "the repository does not allow this merge method: @eka-ci merge skipped");
             return skip(format!("merge method {method} not allowed by the repository")).await;
         }
-        match client
-            .merge_pull_request(installation, &request.repo, request.number, &request.sha, &method)
-            .await
-        {
-            Ok(result) if result.merged => {
+        match land(&client, installation, &request.repo, request.number, &request.sha, &method).await {
+            Ok(Landing::Merged { sha }) => {
                 self.drop_request(request).await?;
                 notifier.react_and_reply(request.number, request.comment_id, MERGED, None).await;
-                Ok(format!("merged ({method}) as {}", short(&result.sha)))
+                Ok(format!("merged ({method}) as {}", short(&sha)))
             }
-            Ok(result) => skip(format!("GitHub did not merge: {}", result.message.unwrap_or_default())).await,
+            Ok(Landing::Queued) => {
+                self.drop_request(request).await?;
+                let reply = format!(
+                    "{} this pull request's base branch uses a merge queue: GitHub's auto-merge is now \
+                     enabled for `{}` (method `{method}`), and GitHub adds it to the merge queue once its \
+                     requirements are met.",
+                    mention(&request.requester),
+                    request.sha
+                );
+                notifier.react_and_reply(request.number, request.comment_id, QUEUED, Some(&reply)).await;
+                Ok(format!("GitHub's auto-merge enabled ({method}): the merge queue merges it"))
+            }
+            Ok(Landing::NotMerged(message)) => skip(format!("GitHub did not merge: {message}")).await,
+            Err(ClientError::GraphQl { message, .. }) => {
+                self.drop_request(request).await?;
+                let reply = format!(
+                    "{} GitHub refused to enable auto-merge (merge queue) for `{}` with method `{method}`: \
+                     {message}. The merge request is cancelled; comment `@eka-ci merge` again once the pull \
+                     request can be merged.",
+                    mention(&request.requester),
+                    request.sha
+                );
+                notifier.react_and_reply(request.number, request.comment_id, DENIED, Some(&reply)).await;
+                Ok(format!("GitHub refused to enable auto-merge: {message}"))
+            }
             Err(ClientError::Api { status: 409, message, .. }) => {
                 self.drop_request(request).await?;
                 let reply = format!(
@@ -327,7 +360,11 @@ impl GitHubService {
 
     /// The client of the first App allowed to serve `repo`, and the installation (from the event, the
     /// installations table, or GitHub).
-    async fn client_for_repo(&self, repo: &str, installation: Option<u64>) -> Option<(GitHubClient, u64)> {
+    pub(super) async fn client_for_repo(
+        &self,
+        repo: &str,
+        installation: Option<u64>,
+    ) -> Option<(GitHubClient, u64)> {
         let (_, client): &(GitHubApp, GitHubClient) =
             self.clients.iter().find(|(app, _)| app.permissions.allows(repo, None))?;
         if let Some(id) = installation {
@@ -359,13 +396,7 @@ impl GitHubService {
         let (store, jobsets, login, id) =
             (self.store.clone(), self.pipeline.jobsets().clone(), user.login.to_string(), user.id);
         let changed = smol::unblock(move || {
-            let change = maintainers::Change {
-                repo: &run.repo,
-                clone_url: &run.clone_url,
-                base_sha: &run.base_sha,
-                head_sha: &run.head_sha,
-                fork,
-            };
+            let change = maintainers::Change::of_run(&run, fork);
             maintainers::maintains_every_change(&store, &jobsets, &change, GitHubUser { login: &login, id })
         })
         .await?;
@@ -425,23 +456,56 @@ impl Notifier {
 }
 
 /// `@login` for a valid GitHub login (so the reply notifies them), else nothing.
-fn mention(login: &str) -> String {
+pub(super) fn mention(login: &str) -> String {
     match crate::forge::github::approvals::validate_login(login) {
         Ok(()) => format!("@{login}"),
         Err(_) => String::new(),
     }
 }
 
-/// Whether a pull request's head lives outside its base repository (a fork, or a deleted fork).
-fn is_fork(pr: &PullRequest) -> bool {
-    let name = |r: &Option<crate::forge::github::client::PullRequestRepo>| {
-        r.as_ref().map(|r| r.full_name.to_ascii_lowercase())
-    };
-    name(&pr.head.repo).is_none() || name(&pr.head.repo) != name(&pr.base.repo)
+/// What became of [`land`].
+pub(super) enum Landing {
+    /// Merged: the merge (or squash, or rebased head) commit.
+    Merged { sha: String },
+    /// The base branch has a merge queue: GitHub's auto-merge was enabled, the queue merges it.
+    Queued,
+    /// GitHub answered 200 without merging, with this message.
+    NotMerged(String),
+}
+
+/// Merges pull request `number` of `repo` at `sha` with `method`: `PUT /pulls/{n}/merge`, or, when its
+/// base branch has a merge queue (GraphQL `isMergeQueueEnabled`), GitHub's own auto-merge
+/// (`enablePullRequestAutoMerge` with `expectedHeadOid` = `sha`). A server whose GraphQL schema does not
+/// know merge queues (older GitHub Enterprise Server) answers the question with errors: merged directly.
+pub(super) async fn land(
+    client: &GitHubClient,
+    installation: u64,
+    repo: &str,
+    number: u64,
+    sha: &str,
+    method: &str,
+) -> Result<Landing, ClientError> {
+    match client.merge_queue_info(installation, repo, number).await {
+        Ok(info) if info.merge_queue => {
+            client.enable_auto_merge(installation, &info.node_id, method, sha).await?;
+            return Ok(Landing::Queued);
+        }
+        Ok(_) => {}
+        Err(ClientError::GraphQl { message, .. }) => {
+            tracing::debug!(%repo, number, %message, "GitHub could not say whether a merge queue applies; merging directly");
+        }
+        Err(e) => return Err(e),
+    }
+    let result = client.merge_pull_request(installation, repo, number, sha, method).await?;
+    Ok(if result.merged {
+        Landing::Merged { sha: result.sha }
+    } else {
+        Landing::NotMerged(result.message.unwrap_or_default())
+    })
 }
 
 /// Whether a failed call may succeed if simply tried again (server errors, rate limits, transport).
-fn is_transient(e: &ClientError) -> bool {
+pub(super) fn is_transient(e: &ClientError) -> bool {
     match e {
         ClientError::Api { status, .. } => *status >= 500,
         ClientError::RateLimited { .. } | ClientError::Transport { .. } => true,

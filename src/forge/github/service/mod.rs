@@ -20,7 +20,8 @@
 //!   entries), while an outside author's pull request waits.
 //!
 //! `@eka-ci merge` comments (`merge`) become pending merge requests pinned to a head commit; every pass
-//! of the loop merges those whose commit's run has passed.
+//! of the loop merges those whose commit's run has passed. `auto_merge` does the same for auto-merge
+//! enabled through the API, which also waits for approving reviews by the changed packages' maintainers.
 //!
 //! This module must never parse webhooks (`webhook` does), run git or Nix (the pipeline does), or
 //! hold a store transaction across an `.await` (`runs` and `webhook` functions are blocking, called
@@ -29,7 +30,7 @@
 //! Layout: this file is the decision loop (events → run changes; starting, cancelling and resuming
 //! run tasks); `gate` decides which configuration gates a run; `run` is one run's task (configuration, evaluation, diff, change summary, builds,
 //! completion); `report` is what a run tells GitHub (check-run texts and the `Reporter` that creates
-//! or updates check runs and records their ids); `merge` handles the comment commands and merges;
+//! or updates check runs and records their ids); `merge` handles the comment commands and merges; `auto_merge` the API's auto-merge;
 //! `sizes` measures and reports a job's `size_check`.
 
 use std::collections::HashMap;
@@ -50,6 +51,7 @@ use crate::pipeline::Pipeline;
 use crate::scheduler::{Owner, SchedulerHandle};
 use crate::store::{now_secs, Store, StoreError};
 
+mod auto_merge;
 mod gate;
 mod merge;
 mod report;
@@ -222,6 +224,9 @@ impl GitHubService {
             if let Err(e) = self.merge_ready().await {
                 tracing::error!(error = %e, "merging pending @eka-ci merge requests failed");
             }
+            if let Err(e) = self.auto_merge_ready().await {
+                tracing::error!(error = %e, "looking at pull requests with auto-merge failed");
+            }
             enum Wake {
                 Tick,
                 Done(String),
@@ -298,9 +303,11 @@ impl GitHubService {
         match &record.summary {
             EventSummary::PullRequest(pr) => {
                 let note = self.on_pull_request(pr, active).await?;
-                Ok(format!("{note}{}", self.check_pinned_head(pr).await?))
+                let pinned = self.check_pinned_head(pr).await?;
+                Ok(format!("{note}{pinned}{}", self.auto_merge_on_pull_request(pr).await?))
             }
             EventSummary::Comment(c) => self.on_comment(c, record.received_at).await,
+            EventSummary::PullRequestReview(r) => self.on_review(r).await,
             EventSummary::MergeGroup(mg) => match mg.action.as_str() {
                 "checks_requested" => {
                     let run = Run::new(
