@@ -235,6 +235,29 @@ pub fn read_output(path: &Path, max: u64) -> std::io::Result<(Vec<u8>, bool)> {
     Ok((out, start > 0))
 }
 
+/// The hash a stored result is reused under (`results::finished`): SHA-256 of the check's configuration
+/// (shell, command, network, read-only binds) and the limits it runs under, in hex. A change to either
+/// runs the check again.
+pub fn config_hash(check: &CheckConfig, limits: &Limits) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let parts = [
+        check.shell.clone(),
+        check.command.clone(),
+        check.allow_network.to_string(),
+        check.ro_bind.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\u{0}"),
+        limits.timeout.as_secs().to_string(),
+        limits.memory_max_bytes.to_string(),
+        limits.max_processes.to_string(),
+        limits.max_output_bytes.to_string(),
+    ];
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Where the whole output of check `name` of `repo` at `commit` is kept:
 /// `<logs_dir>/checks/<first 16 bytes of SHA-256 of repository, commit and name, in hex>.log`.
 pub fn output_path(logs_dir: &Path, repo: &str, commit: &str, name: &str) -> PathBuf {

@@ -519,3 +519,69 @@ fn checks_take_the_local_builders_worker_slots_and_are_cancelled_with_their_owne
         h.shutdown().await.expect("shutdown");
     }));
 }
+
+#[test]
+fn a_restarted_run_reports_a_finished_check_again_without_running_it_and_runs_the_unfinished_one() {
+    use crate::github_app::{wait_for, Setup};
+    let repo = GitRepo::new();
+    let n = nonce();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let marker = format!("4.{}", std::process::id());
+    // Checks run in name order: `a-once` reports each run of it to the listener, then `b-nap` naps.
+    let checks = serde_json::json!({
+        "a-once": check(&format!("/bin/bash -c 'echo ran > /dev/tcp/127.0.0.1/{port}' && echo reported"), true, &[]),
+        "b-nap": check(&format!("echo napping; /bin/sleep {marker}; echo awake"), false, &[]),
+    });
+    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
+    let base = repo.commit(
+        "base",
+        &[
+            (".eka-ci/config.json", Some(&config.to_string())),
+            ("default.nix", Some(DEFAULT_NIX)),
+            ("shell.nix", Some(&shell_nix(&n))),
+        ],
+    );
+    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    let mut s = Setup::new("[checks]\ntimeout_seconds = 60");
+    s.pr("d-once-1", "opened", 6, repo.path(), &head, &base, "octocat");
+    wait_for("b-nap's sandbox running", || (!processes_with(&marker).is_empty()).then_some(()));
+    let once = s.run(&head, "EkaCI: Check (a-once)").expect("a-once's check run");
+    assert_eq!(once["conclusion"], "success", "a-once finished before b-nap started: {once}");
+    s.kill();
+    wait_for("the sandbox died with the server", || processes_with(&marker).is_empty().then_some(()));
+    s.restart();
+    let nap = s.wait_completed(&head, "EkaCI: Check (b-nap)");
+    assert_eq!(nap["conclusion"], "success", "the unfinished check ran again: {nap}");
+    assert!(nap["output"]["text"].as_str().is_some_and(|t| t.contains("awake")), "{nap}");
+
+    let mut runs = 0;
+    loop {
+        match listener.accept() {
+            Ok(_) => runs += 1,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    assert_eq!(runs, 1, "the finished check ran once, across the restart");
+    let once = s.run(&head, "EkaCI: Check (a-once)").expect("a-once's check run");
+    assert_eq!(once["conclusion"], "success", "{once}");
+    assert!(once["output"]["text"].as_str().is_some_and(|t| t.contains("reported")), "{once}");
+    let posts =
+        s.fake.calls_to("POST", "/repos/*/check-runs").into_iter().filter(|c| c.json()["name"] == once["name"]);
+    assert_eq!(posts.count(), 1, "created once");
+    let id = once["id"].clone();
+    let statuses: Vec<String> = s
+        .fake
+        .calls_to("PATCH", "/repos/*/check-runs/*")
+        .into_iter()
+        .filter(|c| c.path.ends_with(&format!("/{id}")))
+        .filter_map(|c| c.json()["status"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(statuses.first().map(String::as_str), Some("in_progress"), "{statuses:?}");
+    assert!(
+        statuses[1..].iter().all(|s| s == "completed") && statuses.len() >= 3,
+        "completed, then the same result posted again after the restart, never back in progress: {statuses:?}"
+    );
+}

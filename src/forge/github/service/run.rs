@@ -318,6 +318,20 @@ impl GitHubService {
     ) -> Result<usize, RunError> {
         let mut failed = 0;
         for (name, check) in &config.checks {
+            // A check that already ran at this commit with this configuration (before a restart, or for
+            // a redelivery) is reported again, not run again: its check run gets the same result.
+            match self.pipeline.finished_check(url, head, name, check).await {
+                Ok(Some(report)) => {
+                    if !report.passed() {
+                        failed += 1;
+                    }
+                    reporter.report(&check_check(name), check_completed(check, &report)).await?;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) if e.is_host_trouble() => return Err(RunError::HostTrouble(e)),
+                Err(e) => tracing::warn!(check = %name, error = %e, "cannot read a stored check result"),
+            }
             reporter.report(&check_check(name), check_pending(check, true)).await?;
             let mut one = crate::config::repo::RepoConfig::default();
             one.checks.insert(name.clone(), check.clone());
