@@ -240,6 +240,8 @@ fn checks_pass_fail_and_cannot_escape_their_sandbox() {
 #[test]
 fn allow_network_reaches_the_listener_allowed_ro_binds_are_visible_and_memory_and_output_are_bounded() {
     let allowed = tempfile::tempdir().expect("tmp");
+    // Readable by the unprivileged user checks run as (docs/checks.md).
+    std::fs::set_permissions(allowed.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     std::fs::write(allowed.path().join("ca.pem"), "certificate\n").expect("write");
     let allowed_path = allowed.path().display().to_string();
     let home = Home::new();
@@ -584,4 +586,40 @@ fn a_restarted_run_reports_a_finished_check_again_without_running_it_and_runs_th
         statuses[1..].iter().all(|s| s == "completed") && statuses.len() >= 3,
         "completed, then the same result posted again after the restart, never back in progress: {statuses:?}"
     );
+}
+
+#[test]
+fn a_fork_bomb_hits_the_process_limit_and_fails_cleanly_leaving_the_host_unaffected() {
+    let home = Home::new();
+    home.write_config("[checks]\ntimeout_seconds = 120\nmax_processes = 40");
+    let marker = format!("5.{}", std::process::id());
+    // Starts up to 200 background processes; dash gives up at the first fork the kernel refuses.
+    let bomb = format!(
+        "i=0; while [ $i -lt 200 ]; do /bin/sleep {marker} & i=$((i+1)); echo \"started $i\"; done; echo 'all started'"
+    );
+    let checks = serde_json::json!({
+        "bomb": check(&bomb, false, &[]),
+        "user": check("echo \"uid $(/usr/bin/id -u)\"", false, &[]),
+    });
+    let _server = home.start();
+    let repo = GitRepo::new();
+    let (out, report) = review_checks(&home, &repo, checks);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let bomb = check_report(&report, "bomb");
+    let code = ending(bomb)["Exited"].as_i64();
+    assert!(code.is_some_and(|c| c != 0), "the command failed, it was not timed out or killed: {bomb}");
+    let text = output(bomb);
+    assert!(text.contains("Cannot fork") && !text.contains("all started"), "{text}");
+    let started = text.lines().filter(|l| l.starts_with("started ")).count();
+    assert!(started > 0 && started < 40, "at most max_processes processes: {started} started");
+    assert!(processes_with(&marker).is_empty(), "the bomb's processes died with the sandbox");
+
+    // The host and the server go on: the next check ran (as the unprivileged user), and the server answers.
+    let user = check_report(&report, "user");
+    let uid = if rustix::process::geteuid().is_root() { "uid 65534".to_string() } else {
+        format!("uid {}", rustix::process::geteuid().as_raw())
+    };
+    assert!(user["tail"].as_str().is_some_and(|t| t.contains(&uid)), "{user}");
+    let listed = home.ekaci(&["checks", "--json"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
 }
