@@ -623,3 +623,23 @@ fn a_fork_bomb_hits_the_process_limit_and_fails_cleanly_leaving_the_host_unaffec
     let listed = home.ekaci(&["checks", "--json"]);
     assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
 }
+
+#[test]
+fn a_pull_request_whose_check_asks_for_a_ro_bind_the_server_does_not_allow_fails_configure() {
+    use crate::github_app::{summary, Setup};
+    let repo = GitRepo::new();
+    let checks = serde_json::json!({ "certs": check("true", false, &["/etc".to_string()]) });
+    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
+    let base = repo.commit(
+        "base",
+        &[(".eka-ci/config.json", Some(&config.to_string())), ("default.nix", Some(DEFAULT_NIX))],
+    );
+    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    let s = Setup::new("[checks]\nallowed_ro_binds = [\"/etc/ssl/certs\"]");
+    s.pr("d-ro-bind-1", "opened", 7, repo.path(), &head, &base, "octocat");
+    let configure = s.wait_completed(&head, "EkaCI: Configure");
+    assert_eq!(configure["conclusion"], "failure", "{configure}");
+    let text = summary(&configure).replace('\\', "");
+    assert!(text.contains("checks.certs.ro_bind[0]") && text.contains("allowed_ro_binds"), "{text}");
+    assert!(s.run(&head, "EkaCI: Check (certs)").is_none(), "the check is not run");
+}
