@@ -1243,7 +1243,8 @@ impl Pipeline {
         let hash = crate::checks::config_hash(check, &self.check_limits());
         let (store, url, commit, name) =
             (self.jobsets.store().clone(), url.to_string(), commit.to_string(), name.to_string());
-        Ok(smol::unblock(move || crate::checks::results::finished(&store, &url, &commit, &name, &hash)).await?)
+        Ok(smol::unblock(move || crate::checks::results::finished(&store, &url, &commit, &name, &hash))
+            .await?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1306,12 +1307,14 @@ impl Pipeline {
             let drv = match found {
                 Some(AttrOutcome::Drv(d)) => d.drv_path,
                 Some(AttrOutcome::Error { message }) => {
-                    reports.push((no_shell(format!("evaluating `{}` failed: {message}", check.shell)), false));
+                    reports
+                        .push((no_shell(format!("evaluating `{}` failed: {message}", check.shell)), false));
                     continue;
                 }
                 None => {
                     let place = if flake { "the flake's outputs" } else { "shell.nix" };
-                    reports.push((no_shell(format!("`{}` is not a derivation in {place}", check.shell)), false));
+                    reports
+                        .push((no_shell(format!("`{}` is not a derivation in {place}", check.shell)), false));
                     continue;
                 }
             };

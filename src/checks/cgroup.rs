@@ -165,7 +165,13 @@ impl CheckCgroup {
     /// Kills every process in the cgroup (`cgroup.kill`; on kernels without it, each listed process).
     pub fn kill(&self) {
         let kill_file = self.dir.join("cgroup.kill");
-        if kill_file.exists() && std::fs::OpenOptions::new().write(true).open(&kill_file).and_then(|mut f| f.write_all(b"1")).is_ok() {
+        if kill_file.exists()
+            && std::fs::OpenOptions::new()
+                .write(true)
+                .open(&kill_file)
+                .and_then(|mut f| f.write_all(b"1"))
+                .is_ok()
+        {
             return;
         }
         for pid in words(&self.dir.join("cgroup.procs")) {
@@ -199,6 +205,8 @@ impl Drop for CheckCgroup {
 
 fn is_cgroupfs(dir: &Path) -> bool {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    // `f_type`'s integer type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
     rustix::fs::statfs(dir).is_ok_and(|s| s.f_type as i64 == CGROUP2_SUPER_MAGIC)
 }
 
@@ -215,7 +223,10 @@ mod tests {
             server_cgroup_dir(mountinfo, own).expect("found"),
             Path::new("/sys/fs/cgroup/unified/system.slice/eka-ci.service")
         );
-        assert!(matches!(server_cgroup_dir("1 2 0:1 / / rw - ext4 /dev/sda rw", own), Err(Unavailable::NotMounted)));
+        assert!(matches!(
+            server_cgroup_dir("1 2 0:1 / / rw - ext4 /dev/sda rw", own),
+            Err(Unavailable::NotMounted)
+        ));
         assert!(matches!(server_cgroup_dir(mountinfo, "4:memory:/x\n"), Err(Unavailable::NoCgroup)));
     }
 
@@ -249,10 +260,7 @@ mod tests {
     fn a_missing_controller_or_a_read_only_cgroup_means_the_fallback() {
         let dir = cgroupfs("cpu memory", "memory");
         assert!(matches!(usable(dir.path()), Err(Unavailable::NoController { controller: "pids", .. })));
-        assert!(matches!(
-            usable(Path::new("/nonexistent/cgroup")),
-            Err(Unavailable::NotWritable { .. })
-        ));
+        assert!(matches!(usable(Path::new("/nonexistent/cgroup")), Err(Unavailable::NotWritable { .. })));
     }
 
     #[test]

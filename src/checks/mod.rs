@@ -334,7 +334,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let inner = dir.path().join("a/b");
         std::fs::create_dir_all(&inner).expect("mkdir");
-        let set = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod");
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+        };
         set(dir.path(), 0o711);
         set(&dir.path().join("a"), 0o700);
         // Owned by the test's user: a stranger (uid/gid 65534) needs the "other" bit.

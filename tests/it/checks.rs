@@ -241,7 +241,8 @@ fn checks_pass_fail_and_cannot_escape_their_sandbox() {
 fn allow_network_reaches_the_listener_allowed_ro_binds_are_visible_and_memory_and_output_are_bounded() {
     let allowed = tempfile::tempdir().expect("tmp");
     // Readable by the unprivileged user checks run as (docs/checks.md).
-    std::fs::set_permissions(allowed.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(allowed.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     std::fs::write(allowed.path().join("ca.pem"), "certificate\n").expect("write");
     let allowed_path = allowed.path().display().to_string();
     let home = Home::new();
@@ -570,8 +571,11 @@ fn a_restarted_run_reports_a_finished_check_again_without_running_it_and_runs_th
     let once = s.run(&head, "EkaCI: Check (a-once)").expect("a-once's check run");
     assert_eq!(once["conclusion"], "success", "{once}");
     assert!(once["output"]["text"].as_str().is_some_and(|t| t.contains("reported")), "{once}");
-    let posts =
-        s.fake.calls_to("POST", "/repos/*/check-runs").into_iter().filter(|c| c.json()["name"] == once["name"]);
+    let posts = s
+        .fake
+        .calls_to("POST", "/repos/*/check-runs")
+        .into_iter()
+        .filter(|c| c.json()["name"] == once["name"]);
     assert_eq!(posts.count(), 1, "created once");
     let id = once["id"].clone();
     let statuses: Vec<String> = s
@@ -616,7 +620,9 @@ fn a_fork_bomb_hits_the_process_limit_and_fails_cleanly_leaving_the_host_unaffec
 
     // The host and the server go on: the next check ran (as the unprivileged user), and the server answers.
     let user = check_report(&report, "user");
-    let uid = if rustix::process::geteuid().is_root() { "uid 65534".to_string() } else {
+    let uid = if rustix::process::geteuid().is_root() {
+        "uid 65534".to_string()
+    } else {
         format!("uid {}", rustix::process::geteuid().as_raw())
     };
     assert!(user["tail"].as_str().is_some_and(|t| t.contains(&uid)), "{user}");
