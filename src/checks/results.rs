@@ -172,22 +172,26 @@ mod tests {
     use super::*;
     use crate::checks::{CheckOutcome, Ending};
 
-    #[test]
-    fn results_are_stored_per_commit_repository_and_name_and_replaced_by_a_later_run() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let store = Store::open(&dir.path().join("db.redb")).expect("open");
-        let report = |name: &str, code: i32| CheckReport {
+    /// A report of check `name` that ran and exited with `code`.
+    fn ran(name: &str, code: i32) -> CheckReport {
+        CheckReport {
             name: name.into(),
             shell: "dev".into(),
             shell_drv: None,
             outcome: CheckOutcome::Ran { ending: Ending::Exited(code), duration_ms: 5, output_bytes: 1 },
             tail: "t".into(),
             output_file: None,
-        };
-        put(&store, "file:///r", "aaaa", &report("lint", 1), "h").expect("put");
-        put(&store, "file:///r", "aaaa", &report("lint", 0), "h").expect("put again");
-        put(&store, "file:///r", "aaaa", &report("fmt", 0), "h").expect("put");
-        put(&store, "file:///r", "aaab", &report("lint", 2), "h").expect("put");
+        }
+    }
+
+    #[test]
+    fn results_are_stored_per_commit_repository_and_name_and_replaced_by_a_later_run() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("db.redb")).expect("open");
+        put(&store, "file:///r", "aaaa", &ran("lint", 1), "h").expect("put");
+        put(&store, "file:///r", "aaaa", &ran("lint", 0), "h").expect("put again");
+        put(&store, "file:///r", "aaaa", &ran("fmt", 0), "h").expect("put");
+        put(&store, "file:///r", "aaab", &ran("lint", 2), "h").expect("put");
         let rows = for_commit(&store, "aaaa").expect("read");
         let names: Vec<&str> = rows.iter().map(|r| r.report.name.as_str()).collect();
         assert_eq!(names, ["fmt", "lint"]);
@@ -199,14 +203,7 @@ mod tests {
     fn a_finished_result_is_reused_only_for_the_same_configuration_and_only_when_it_ran() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = Store::open(&dir.path().join("db.redb")).expect("open");
-        let ran = CheckReport {
-            name: "lint".into(),
-            shell: "dev".into(),
-            shell_drv: Some("/nix/store/x-dev.drv".into()),
-            outcome: CheckOutcome::Ran { ending: Ending::Exited(1), duration_ms: 5, output_bytes: 1 },
-            tail: "t".into(),
-            output_file: None,
-        };
+        let ran = ran("lint", 1);
         put(&store, "file:///r", "c1", &ran, "h1").expect("put");
         assert_eq!(finished(&store, "file:///r", "c1", "lint", "h1").expect("get"), Some(ran.clone()));
         assert_eq!(finished(&store, "file:///r", "c1", "lint", "h2").expect("get"), None, "other config");
@@ -221,14 +218,7 @@ mod tests {
     fn a_row_of_the_first_layout_is_read_and_never_reused() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = Store::open(&dir.path().join("db.redb")).expect("open");
-        let report = CheckReport {
-            name: "lint".into(),
-            shell: "dev".into(),
-            shell_drv: None,
-            outcome: CheckOutcome::Ran { ending: Ending::Exited(0), duration_ms: 5, output_bytes: 1 },
-            tail: "t".into(),
-            output_file: None,
-        };
+        let report = ran("lint", 0);
         let old = StoredCheckV1 { repo: "file:///r".into(), commit: "c1".into(), report, finished_at: 7 };
         let bytes = encode(CHECK_RESULTS.name(), &CheckResultRecord::V1(old)).expect("encode");
         let tx = store.db().begin_write().expect("tx");
@@ -248,14 +238,7 @@ mod tests {
         let store = Store::open(&dir.path().join("db.redb")).expect("open");
         let file = dir.path().join("out.log");
         std::fs::write(&file, "0123456789").expect("write");
-        let report = |name: &str, output: Option<String>| CheckReport {
-            name: name.into(),
-            shell: "dev".into(),
-            shell_drv: None,
-            outcome: CheckOutcome::Ran { ending: Ending::Exited(0), duration_ms: 5, output_bytes: 10 },
-            tail: String::new(),
-            output_file: output,
-        };
+        let report = |name: &str, output: Option<String>| CheckReport { output_file: output, ..ran(name, 0) };
         put(&store, "file:///r", "c1", &report("old", Some(file.display().to_string())), "h").expect("put");
         let now = crate::store::now_secs();
         assert_eq!(remove_older_than(&store, now.saturating_sub(60)).expect("gc"), (0, 0), "too young");

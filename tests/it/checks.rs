@@ -61,6 +61,22 @@ fn review_checks(home: &Home, repo: &GitRepo, checks: Value) -> (std::process::O
     (out, report)
 }
 
+/// A base commit with a job, `shell.nix` (`dev`) and `checks` (the gating configuration of a pull
+/// request), and a head commit that changes only a README; returns (base, head).
+fn pr_commits(repo: &GitRepo, n: &str, checks: &Value) -> (String, String) {
+    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
+    let base = repo.commit(
+        "base",
+        &[
+            (".eka-ci/config.json", Some(&config.to_string())),
+            ("default.nix", Some(DEFAULT_NIX)),
+            ("shell.nix", Some(&shell_nix(n))),
+        ],
+    );
+    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    (base, head)
+}
+
 fn check_report<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["checks"]
         .as_array()
@@ -302,16 +318,7 @@ fn a_pull_requests_checks_are_check_runs_queued_then_in_progress_then_completed_
         "ok": check("greet", false, &[]),
         "bad": check("echo 'bad-marker' >&2; exit 4", false, &[]),
     });
-    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
-    let base = repo.commit(
-        "base",
-        &[
-            (".eka-ci/config.json", Some(&config.to_string())),
-            ("default.nix", Some(DEFAULT_NIX)),
-            ("shell.nix", Some(&shell_nix(&n))),
-        ],
-    );
-    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    let (base, head) = pr_commits(&repo, &n, &checks);
     let s = Setup::new("[checks]\ntimeout_seconds = 3");
     let body = pull_request("opened", 3, repo.path(), &head, &base, false, "octocat");
     assert_eq!(s.deliver("pull_request", "d-checks-1", &body), 202);
@@ -365,16 +372,7 @@ fn closing_the_pull_request_cancels_its_running_check_and_kills_the_sandbox() {
     let marker = format!("1234.{}", std::process::id());
     let checks =
         serde_json::json!({ "slow": check(&format!("echo started; /bin/sleep {marker}"), false, &[]) });
-    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
-    let base = repo.commit(
-        "base",
-        &[
-            (".eka-ci/config.json", Some(&config.to_string())),
-            ("default.nix", Some(DEFAULT_NIX)),
-            ("shell.nix", Some(&shell_nix(&n))),
-        ],
-    );
-    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    let (base, head) = pr_commits(&repo, &n, &checks);
     let s = Setup::new("[checks]\ntimeout_seconds = 120");
     s.pr("d-slow-1", "opened", 4, repo.path(), &head, &base, "octocat");
     wait_for("the check's sandbox running", || (!processes_with(&marker).is_empty()).then_some(()));
@@ -394,16 +392,7 @@ fn a_server_killed_during_a_check_kills_its_sandbox_and_finishes_the_same_check_
     let n = nonce();
     let marker = format!("3.{}", std::process::id());
     let checks = serde_json::json!({ "nap": check(&format!("echo napping; /bin/sleep {marker}; echo awake"), false, &[]) });
-    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
-    let base = repo.commit(
-        "base",
-        &[
-            (".eka-ci/config.json", Some(&config.to_string())),
-            ("default.nix", Some(DEFAULT_NIX)),
-            ("shell.nix", Some(&shell_nix(&n))),
-        ],
-    );
-    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    let (base, head) = pr_commits(&repo, &n, &checks);
     let mut s = Setup::new("[checks]\ntimeout_seconds = 30");
     s.pr("d-nap-1", "opened", 5, repo.path(), &head, &base, "octocat");
     wait_for("the check's sandbox running", || (!processes_with(&marker).is_empty()).then_some(()));
@@ -537,16 +526,7 @@ fn a_restarted_run_reports_a_finished_check_again_without_running_it_and_runs_th
         "a-once": check(&format!("/bin/bash -c 'echo ran > /dev/tcp/127.0.0.1/{port}' && echo reported"), true, &[]),
         "b-nap": check(&format!("echo napping; /bin/sleep {marker}; echo awake"), false, &[]),
     });
-    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
-    let base = repo.commit(
-        "base",
-        &[
-            (".eka-ci/config.json", Some(&config.to_string())),
-            ("default.nix", Some(DEFAULT_NIX)),
-            ("shell.nix", Some(&shell_nix(&n))),
-        ],
-    );
-    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    let (base, head) = pr_commits(&repo, &n, &checks);
     let mut s = Setup::new("[checks]\ntimeout_seconds = 60");
     s.pr("d-once-1", "opened", 6, repo.path(), &head, &base, "octocat");
     wait_for("b-nap's sandbox running", || (!processes_with(&marker).is_empty()).then_some(()));
