@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// The leaf the server's own processes move to when it enables the controllers itself.
 pub const SERVER_LEAF: &str = "ekaci-server";
+/// The name of every check's cgroup starts with this (then the server's pid and a number).
+pub const CHECK_PREFIX: &str = "ekaci-check-";
 /// The controllers a per-check cgroup needs.
 const CONTROLLERS: [&str; 2] = ["memory", "pids"];
 
@@ -164,42 +166,61 @@ impl CheckCgroup {
 
     /// Kills every process in the cgroup (`cgroup.kill`; on kernels without it, each listed process).
     pub fn kill(&self) {
-        let kill_file = self.dir.join("cgroup.kill");
-        if kill_file.exists()
-            && std::fs::OpenOptions::new()
-                .write(true)
-                .open(&kill_file)
-                .and_then(|mut f| f.write_all(b"1"))
-                .is_ok()
-        {
-            return;
-        }
-        for pid in words(&self.dir.join("cgroup.procs")) {
-            if let Some(pid) = pid.parse().ok().and_then(rustix::process::Pid::from_raw) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
+        kill_in(&self.dir);
+    }
+}
+
+/// Kills every process in the cgroup `dir`.
+fn kill_in(dir: &Path) {
+    let kill_file = dir.join("cgroup.kill");
+    let write_one =
+        |path: &Path| std::fs::OpenOptions::new().write(true).open(path).and_then(|mut f| f.write_all(b"1"));
+    if kill_file.exists() && write_one(&kill_file).is_ok() {
+        return;
+    }
+    for pid in words(&dir.join("cgroup.procs")) {
+        if let Some(pid) = pid.parse().ok().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     }
 }
 
 impl Drop for CheckCgroup {
     fn drop(&mut self) {
-        self.kill();
-        // A cgroup can be removed once its processes are gone (they die asynchronously after the kill).
-        for _ in 0..100 {
-            match std::fs::remove_dir(&self.dir) {
-                Ok(()) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                // On a real cgroupfs the interface files vanish with the directory; elsewhere (a plain
-                // directory) they are files to remove first.
-                Err(_) if !is_cgroupfs(&self.dir) => {
-                    let _ = std::fs::remove_dir_all(&self.dir);
-                    return;
-                }
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        kill_and_remove(&self.dir);
+    }
+}
+
+/// Kills everything in the cgroup `dir` and removes it, waiting up to a second for the processes to go.
+fn kill_and_remove(dir: &Path) {
+    kill_in(dir);
+    // A cgroup can be removed once its processes are gone (they die asynchronously after the kill).
+    for _ in 0..100 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            // On a real cgroupfs the interface files vanish with the directory; elsewhere (a plain
+            // directory) they are files to remove first.
+            Err(_) if !is_cgroupfs(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+                return;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    tracing::warn!(cgroup = %dir.display(), "a check's cgroup could not be removed");
+}
+
+impl CgroupParent {
+    /// Kills and removes the checks' cgroups an earlier process left (it was killed during a check).
+    /// Called once at start-up, before any check runs.
+    pub fn clean_stale(&self) {
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let is_check = entry.file_name().to_str().is_some_and(|n| n.starts_with(CHECK_PREFIX));
+            if is_check && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                kill_and_remove(&entry.path());
             }
         }
-        tracing::warn!(cgroup = %self.dir.display(), "a check's cgroup could not be removed");
     }
 }
 
@@ -280,5 +301,18 @@ mod tests {
         drop(cg);
         assert!(!path.exists());
         assert!(parent.create("check-1", 1, 1).is_ok(), "the name is free again");
+    }
+
+    #[test]
+    fn cgroups_of_checks_an_earlier_process_left_are_removed_and_nothing_else() {
+        let dir = cgroupfs("memory pids", "memory pids");
+        let parent = usable(dir.path()).expect("usable");
+        for name in [format!("{CHECK_PREFIX}1-0"), SERVER_LEAF.to_string(), "other".to_string()] {
+            std::fs::create_dir(dir.path().join(&name)).expect("mkdir");
+            std::fs::write(dir.path().join(&name).join("cgroup.procs"), "").expect("write");
+        }
+        parent.clean_stale();
+        assert!(!dir.path().join(format!("{CHECK_PREFIX}1-0")).exists());
+        assert!(dir.path().join(SERVER_LEAF).exists() && dir.path().join("other").exists());
     }
 }

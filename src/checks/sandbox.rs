@@ -94,6 +94,7 @@ impl Limits {
         match super::cgroup::detect() {
             Ok(parent) => {
                 tracing::info!(cgroup = %parent.dir.display(), %user, "checks: memory.max and pids.max of a cgroup per check");
+                parent.clean_stale();
                 self.cgroups = Some(parent);
             }
             Err(why) => {
@@ -200,8 +201,11 @@ impl Drop for GroupGuard {
         if let Some(pgid) = self.0 {
             let _ = kill_process_group(pgid, Signal::KILL);
         }
-        // Dropping the cgroup kills what is in it and removes it.
-        drop(self.1.take());
+        if let Some(cgroup) = self.1.take() {
+            cgroup.kill();
+            // Removing it waits for the killed processes to be gone: not on the executor's thread.
+            smol::unblock(move || drop(cgroup)).detach();
+        }
     }
 }
 
@@ -245,7 +249,7 @@ pub async fn run(
     let cgroup = match &limits.cgroups {
         Some(parent) => {
             let seq = CGROUP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let name = format!("ekaci-check-{}-{seq}", std::process::id());
+            let name = format!("{}{}-{seq}", super::cgroup::CHECK_PREFIX, std::process::id());
             Some(parent.create(&name, mem, nproc)?)
         }
         None => None,
