@@ -315,4 +315,31 @@ mod tests {
         assert!(!dir.path().join(format!("{CHECK_PREFIX}1-0")).exists());
         assert!(dir.path().join(SERVER_LEAF).exists() && dir.path().join("other").exists());
     }
+
+    /// Against the real kernel, where this process's cgroup v2 directory is writable (root on a host
+    /// with a cgroup2 mount; memory and pids controllers are not needed for this): a process in a
+    /// check's cgroup is killed with it and the cgroup removed. Elsewhere it says so and checks nothing.
+    #[test]
+    fn a_real_cgroup_is_killed_and_removed_with_everything_in_it() {
+        let found = std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .zip(std::fs::read_to_string("/proc/self/cgroup").ok())
+            .and_then(|(m, c)| server_cgroup_dir(&m, &c).ok());
+        let Some(own) = found.filter(|d| rustix::fs::access(d, rustix::fs::Access::WRITE_OK).is_ok()) else {
+            eprintln!("no writable cgroup v2 directory here: not checked");
+            return;
+        };
+        let dir = own.join(format!("{CHECK_PREFIX}test-{}", std::process::id()));
+        if std::fs::create_dir(&dir).is_err() || !is_cgroupfs(&dir) {
+            eprintln!("cannot make a cgroup under {}: not checked", own.display());
+            let _ = std::fs::remove_dir(&dir);
+            return;
+        }
+        let mut child = std::process::Command::new("/bin/sleep").arg("1000").spawn().expect("sleep");
+        std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).expect("move into the cgroup");
+        kill_and_remove(&dir);
+        let status = child.wait().expect("wait");
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{status:?}");
+        assert!(!dir.exists(), "the cgroup was removed");
+    }
 }
