@@ -78,8 +78,13 @@ pub fn put(
         finished_at: crate::store::now_secs(),
         config_hash: Some(config_hash.into()),
     };
-    let k = key(commit, repo, &report.name);
-    let bytes = encode(CHECK_RESULTS.name(), &CheckResultRecord::V2(row))?;
+    put_row(store, &row)
+}
+
+/// Stores (or replaces) `row` as it is (its `finished_at` included).
+pub fn put_row(store: &Store, row: &StoredCheck) -> Result<(), StoreError> {
+    let k = key(&row.commit, &row.repo, &row.report.name);
+    let bytes = encode(CHECK_RESULTS.name(), &CheckResultRecord::V2(row.clone()))?;
     let tx = store.db().begin_write()?;
     {
         let mut table = tx.open_table(CHECK_RESULTS)?;

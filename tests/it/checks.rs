@@ -2,8 +2,10 @@
 //! server, real Nix building the shell, and real bubblewrap. The checks try what a hostile pull request
 //! would: reading the server's state, secrets and other repositories, writing outside the working copy,
 //! reaching a loopback listener, running forever, leaving a process behind; the limits; the check runs of
-//! a pull request (created once, cancelled with it, finished after a crash); stored results; flake shells;
-//! and the scheduler's check slots.
+//! a pull request (created once, cancelled with it, finished after a crash, a finished check not run again
+//! after a restart, a `ro_bind` the server does not allow failing Configure); a fork bomb against the
+//! process limit (the sandbox runs as an unprivileged user); stored results and their retention; flake
+//! shells; and the scheduler's check slots.
 
 use crate::common;
 
@@ -628,4 +630,43 @@ fn a_pull_request_whose_check_asks_for_a_ro_bind_the_server_does_not_allow_fails
     let text = summary(&configure).replace('\\', "");
     assert!(text.contains("checks.certs.ro_bind[0]") && text.contains("allowed_ro_binds"), "{text}");
     assert!(s.run(&head, "EkaCI: Check (certs)").is_none(), "the check is not run");
+}
+
+#[test]
+fn ekaci_gc_removes_check_results_older_than_logs_days_with_their_output() {
+    let home = Home::new();
+    let checks = serde_json::json!({
+        "old": check("echo old output", false, &[]),
+        "new": check("echo new output", false, &[]),
+    });
+    let server = home.start();
+    let repo = GitRepo::new();
+    let (out, report) = review_checks(&home, &repo, checks);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let files: Vec<String> = ["old", "new"]
+        .iter()
+        .map(|n| check_report(&report, n)["output_file"].as_str().expect("output file").to_string())
+        .collect();
+    drop(server);
+    // The `old` check finished 40 days ago ([retention] logs_days is 30 by default).
+    let head = report["head_commit"].as_str().expect("head commit").to_string();
+    {
+        let store = eka_ci::store::Store::open(&home.db()).expect("open the database");
+        let rows = eka_ci::checks::results::for_commit(&store, &head).expect("rows");
+        let mut old = rows.into_iter().find(|r| r.report.name == "old").expect("old row");
+        old.finished_at -= 40 * 86400;
+        eka_ci::checks::results::put_row(&store, &old).expect("backdate");
+    }
+    let _server = home.start();
+    let gc = home.ekaci(&["gc"]);
+    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    let text = String::from_utf8_lossy(&gc.stdout);
+    assert!(text.contains("check results: 1 removed, 11 bytes freed"), "{text}");
+    let listed = home.ekaci(&["checks", "--commit", &head, "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("checks JSON");
+    let names: Vec<&str> =
+        listed.as_array().expect("array").iter().filter_map(|c| c["report"]["name"].as_str()).collect();
+    assert_eq!(names, ["new"], "{listed}");
+    assert!(!std::path::Path::new(&files[0]).exists(), "the old output file is removed");
+    assert_eq!(std::fs::read_to_string(&files[1]).expect("new output"), "new output\n");
 }
