@@ -1243,13 +1243,39 @@ impl Pipeline {
             tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
         }
         let reports = result?;
-        let (store, url, commit, rows) =
-            (self.jobsets.store().clone(), url.to_string(), commit.to_string(), reports.clone());
+        let limits = self.check_limits();
+        // Results that ran now are stored; a reused one is already there.
+        let rows: Vec<(crate::checks::CheckReport, String)> = reports
+            .iter()
+            .filter(|(_, reused)| !reused)
+            .filter_map(|(r, _)| {
+                let check = config.checks.get(&r.name)?;
+                Some((r.clone(), crate::checks::config_hash(check, &limits)))
+            })
+            .collect();
+        let (store, url, commit) = (self.jobsets.store().clone(), url.to_string(), commit.to_string());
         smol::unblock(move || {
-            rows.iter().try_for_each(|r| crate::checks::results::put(&store, &url, &commit, r))
+            rows.iter().try_for_each(|(r, h)| crate::checks::results::put(&store, &url, &commit, r, h))
         })
         .await?;
-        Ok(reports)
+        Ok(reports.into_iter().map(|(r, _)| r).collect())
+    }
+
+    /// The stored result of check `name` of `url` at `commit` when it already ran with this configuration
+    /// and these limits (`checks::results::finished`): a restarted run reports it instead of running the
+    /// check again.
+    pub async fn finished_check(
+        &self,
+        url: &str,
+        commit: &str,
+        name: &str,
+        check: &crate::config::repo::CheckConfig,
+    ) -> Result<Option<crate::checks::CheckReport>, PipelineError> {
+        let hash = crate::checks::config_hash(check, &self.check_limits());
+        let (store, url, commit, name) =
+            (self.jobsets.store().clone(), url.to_string(), commit.to_string(), name.to_string());
+        Ok(smol::unblock(move || crate::checks::results::finished(&store, &url, &commit, &name, &hash))
+            .await?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1262,7 +1288,7 @@ impl Pipeline {
         worktree: &Worktree,
         requested: &std::sync::Mutex<Vec<JobsetId>>,
         progress: &ProgressSink,
-    ) -> Result<Vec<crate::checks::CheckReport>, PipelineError> {
+    ) -> Result<Vec<(crate::checks::CheckReport, bool)>, PipelineError> {
         use crate::checks::{CheckOutcome, CheckReport};
         let flake = worktree.path().join("flake.nix").is_file();
         let system = crate::scheduler::builders::native_system();
@@ -1270,6 +1296,11 @@ impl Pipeline {
         let total = config.checks.len() as u64;
         let mut reports = Vec::new();
         for (done, (name, check)) in config.checks.iter().enumerate() {
+            if let Some(finished) = self.finished_check(url, commit, name, check).await? {
+                report(progress, &format!("check {name}: already ran at this commit"), done as u64, total);
+                reports.push((finished, true));
+                continue;
+            }
             report(progress, &format!("check {name}: finding its shell"), done as u64, total);
             let no_shell = |message: String| CheckReport {
                 name: name.clone(),
@@ -1287,7 +1318,7 @@ impl Pipeline {
             };
             let (jobset, _) = self.evaluate_job(&key, &job, worktree.path(), progress).await?;
             if let JobsetState::Failed { message } = &jobset.state {
-                reports.push(no_shell(format!("evaluating the shell failed: {message}")));
+                reports.push((no_shell(format!("evaluating the shell failed: {message}")), false));
                 continue;
             }
             let found = {
@@ -1307,12 +1338,14 @@ impl Pipeline {
             let drv = match found {
                 Some(AttrOutcome::Drv(d)) => d.drv_path,
                 Some(AttrOutcome::Error { message }) => {
-                    reports.push(no_shell(format!("evaluating `{}` failed: {message}", check.shell)));
+                    reports
+                        .push((no_shell(format!("evaluating `{}` failed: {message}", check.shell)), false));
                     continue;
                 }
                 None => {
                     let place = if flake { "the flake's outputs" } else { "shell.nix" };
-                    reports.push(no_shell(format!("`{}` is not a derivation in {place}", check.shell)));
+                    reports
+                        .push((no_shell(format!("`{}` is not a derivation in {place}", check.shell)), false));
                     continue;
                 }
             };
@@ -1324,10 +1357,8 @@ impl Pipeline {
             if !state.as_ref().is_some_and(DrvState::is_done) {
                 let result = BuildResult::from_state(state.as_ref());
                 let detail = result.detail.map(|d| format!(": {d}")).unwrap_or_default();
-                reports.push(CheckReport {
-                    shell_drv: Some(drv.clone()),
-                    ..no_shell(format!("the shell derivation did not build ({}){detail}", result.state))
-                });
+                let message = format!("the shell derivation did not build ({}){detail}", result.state);
+                reports.push((CheckReport { shell_drv: Some(drv.clone()), ..no_shell(message) }, false));
                 continue;
             }
             report(progress, &format!("check {name}: waiting for a worker slot"), done as u64, total);
@@ -1346,7 +1377,7 @@ impl Pipeline {
                 None
             };
             match futures_lite::future::or(async { Some(run.await) }, cancelled).await {
-                Some(r) => reports.push(r),
+                Some(r) => reports.push((r, false)),
                 None => {
                     return Err(PipelineError::Scheduler(crate::scheduler::SchedulerError::Cancelled {
                         owner: Owner::Jobset(jobset.id),

@@ -1,7 +1,7 @@
 //! Retention: removing finished work after its age limit (`[retention]`), so that nothing the server
 //! keeps grows without bound. `ekaci gc` runs it on demand; the daemon runs it once a day.
 //!
-//! Four kinds, each with its own age (zero keeps that kind forever):
+//! Five kinds, each with its own age (zero keeps that kind forever):
 //!
 //! - **jobsets** (`jobsets_days`, counted from `finished_at`): the `jobsets` row, its key, its attribute
 //!   records, its `build_owners` row and its GC roots (`<data_dir>/gcroots/<id>`). A jobset is *live*,
@@ -15,6 +15,8 @@
 //!   them: a jobset row is written before its evaluation starts).
 //! - **logs** (`logs_days`, counted from the file's modification time): `logs_dir/<hash>/<n>.log`. A
 //!   running build's log is written as it runs, so it is never that old; the build's state stays.
+//! - **check results** (also `logs_days`, counted from `finished_at`): `check_results` rows and the
+//!   output files they name (`logs_dir/checks/<hash>.log`); a check that runs again writes a new row.
 //! - **worktrees** (`worktrees_hours`, from the directory's modification time): directories under
 //!   `<data_dir>/worktrees` that no checkout of this process is using (left by a crash or a failed
 //!   removal).
@@ -60,6 +62,9 @@ pub struct GcReport {
     pub jobsets: Freed,
     pub gc_roots: Freed,
     pub logs: Freed,
+    /// Stored check results (rows) and the bytes of their output files.
+    #[serde(default)]
+    pub check_results: Freed,
     pub worktrees: Freed,
     pub mirrors: Freed,
     /// Jobsets kept although old enough, because they are live (see the module documentation).
@@ -97,6 +102,10 @@ impl Retention {
         if self.config.logs_days > 0 {
             let (dir, age) = (self.logs_dir.clone(), Duration::from_secs(self.config.logs_days * DAY));
             report.logs = smol::unblock(move || remove_old_logs(&dir, age)).await;
+            let (store, cutoff) = (self.store.clone(), now.saturating_sub(self.config.logs_days * DAY));
+            let (count, bytes) =
+                smol::unblock(move || crate::checks::results::remove_older_than(&store, cutoff)).await?;
+            report.check_results = Freed { count, bytes };
         }
         if self.config.worktrees_hours > 0 {
             let age = Duration::from_secs(self.config.worktrees_hours * 3600);
@@ -321,6 +330,7 @@ pub fn render(report: &GcReport) -> String {
     ));
     out.push_str(&line("gc roots", &report.gc_roots));
     out.push_str(&line("logs", &report.logs));
+    out.push_str(&line("check results", &report.check_results));
     out.push_str(&line("worktrees", &report.worktrees));
     out.push_str(&line("mirrors", &report.mirrors));
     out
@@ -361,7 +371,7 @@ mod tests {
             GcReport { jobsets: Freed { count: 2, bytes: 0 }, live_jobsets_kept: 1, ..GcReport::default() };
         let text = render(&r);
         assert!(text.contains("jobsets: 2 removed, 1 kept as live"), "{text}");
-        for kind in ["gc roots", "logs", "worktrees", "mirrors"] {
+        for kind in ["gc roots", "logs", "check results", "worktrees", "mirrors"] {
             assert!(text.contains(&format!("{kind}: 0 removed, 0 bytes freed")), "{text}");
         }
     }

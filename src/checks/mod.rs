@@ -6,6 +6,7 @@
 //! the shell is the pipeline's part (`pipeline.rs`, `Pipeline::run_checks`). It never evaluates Nix,
 //! talks to a forge or opens the database.
 
+pub mod cgroup;
 pub mod results;
 pub mod sandbox;
 pub mod shell_env;
@@ -76,6 +77,11 @@ pub enum CheckError {
     Sandbox(#[from] sandbox::SandboxError),
     #[error("preparing the check's directory {path}: {source}")]
     Prepare { path: String, source: std::io::Error },
+    #[error(
+        "the directory {dir} is not searchable by uid {uid}, which checks run as: make the checks' \
+         directory's parents searchable by it (chmod o+x), or run the server as a user of its own"
+    )]
+    Unreachable { dir: String, uid: u32 },
 }
 
 /// Runs `check` with the built shell `shell_drv` on a copy of `checkout`, in the fresh directory
@@ -132,6 +138,7 @@ async fn run_inner(
         let (src, work, control, scratch) =
             (checkout.to_path_buf(), work.clone(), control.clone(), scratch.to_path_buf());
         let output = output.to_path_buf();
+        let run_as = limits.run_as;
         smol::unblock(move || {
             let prepare = |path: &Path, r: std::io::Result<()>| {
                 r.map_err(|source| CheckError::Prepare { path: path.display().to_string(), source })
@@ -143,7 +150,21 @@ async fn run_inner(
             prepare(&work, copy_tree(&src, &work, true))?;
             prepare(&control, std::fs::create_dir(&control))?;
             let run = control.join(sandbox::RUN_SCRIPT);
-            prepare(&run, std::fs::write(&run, script))
+            prepare(&run, std::fs::write(&run, script))?;
+            if let Some((uid, gid)) = run_as {
+                // bwrap runs as the check's user: it must reach the directories it binds, and the
+                // command must own its working copy; the script is only read.
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+                prepare(&scratch, mode(&scratch, 0o711))?;
+                prepare(&control, mode(&control, 0o755))?;
+                prepare(&run, mode(&run, 0o644))?;
+                prepare(&work, give_tree(&work, uid, gid))?;
+                if let Some(dir) = unsearchable_ancestor(&scratch, uid, gid) {
+                    return Err(CheckError::Unreachable { dir: dir.display().to_string(), uid });
+                }
+            }
+            Ok(())
         })
         .await?;
     }
@@ -179,6 +200,38 @@ fn copy_tree(src: &Path, dst: &Path, skip_git: bool) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Gives the tree at `dir` (not following symlinks) to `uid`:`gid`.
+fn give_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            give_tree(&entry.path(), uid, gid)?;
+        } else {
+            std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
+}
+
+/// The first directory from the root down to `path` (included) that `uid`/`gid` may not search, if any.
+fn unsearchable_ancestor(path: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut dirs: Vec<&Path> = path.ancestors().collect();
+    dirs.reverse();
+    dirs.into_iter().find_map(|dir| {
+        let Ok(meta) = std::fs::metadata(dir) else { return Some(dir.to_path_buf()) };
+        let bit = if meta.uid() == uid {
+            0o100
+        } else if meta.gid() == gid {
+            0o010
+        } else {
+            0o001
+        };
+        (meta.mode() & bit == 0).then(|| dir.to_path_buf())
+    })
 }
 
 /// Removes its directory on the blocking pool when dropped (without waiting for it).
@@ -235,6 +288,29 @@ pub fn read_output(path: &Path, max: u64) -> std::io::Result<(Vec<u8>, bool)> {
     Ok((out, start > 0))
 }
 
+/// The hash a stored result is reused under (`results::finished`): SHA-256 of the check's configuration
+/// (shell, command, network, read-only binds) and the limits it runs under, in hex. A change to either
+/// runs the check again.
+pub fn config_hash(check: &CheckConfig, limits: &Limits) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let parts = [
+        check.shell.clone(),
+        check.command.clone(),
+        check.allow_network.to_string(),
+        check.ro_bind.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\u{0}"),
+        limits.timeout.as_secs().to_string(),
+        limits.memory_max_bytes.to_string(),
+        limits.max_processes.to_string(),
+        limits.max_output_bytes.to_string(),
+    ];
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Where the whole output of check `name` of `repo` at `commit` is kept:
 /// `<logs_dir>/checks/<first 16 bytes of SHA-256 of repository, commit and name, in hex>.log`.
 pub fn output_path(logs_dir: &Path, repo: &str, commit: &str, name: &str) -> PathBuf {
@@ -251,6 +327,24 @@ pub fn output_path(logs_dir: &Path, repo: &str, commit: &str, name: &str) -> Pat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_the_checks_user_cannot_search_is_found() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tmp");
+        let inner = dir.path().join("a/b");
+        std::fs::create_dir_all(&inner).expect("mkdir");
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+        };
+        set(dir.path(), 0o711);
+        set(&dir.path().join("a"), 0o700);
+        // Owned by the test's user: a stranger (uid/gid 65534) needs the "other" bit.
+        let blocked = unsearchable_ancestor(&inner, 65534, 65534);
+        assert_eq!(blocked.as_deref(), Some(dir.path().join("a").as_path()));
+        set(&dir.path().join("a"), 0o701);
+        assert_eq!(unsearchable_ancestor(&inner, 65534, 65534), None);
+    }
 
     #[test]
     fn the_copy_skips_git_and_keeps_symlinks_unresolved() {

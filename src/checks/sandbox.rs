@@ -1,6 +1,12 @@
 //! The bubblewrap sandbox a check's command runs in, and the supervision of that run: the `bwrap`
-//! argument list (pure, tested here), the resource limits set before `bwrap` starts (`RLIMIT_AS`,
-//! `RLIMIT_NPROC`), the wall-clock limit, the output limit, and killing the whole sandbox.
+//! argument list (pure, tested here), the user it runs as and the resource limits set before `bwrap`
+//! starts, the wall-clock limit, the output limit, and killing the whole sandbox.
+//!
+//! Limits that bind (docs/checks.md, "Limits"): a server running as root starts `bwrap` as the
+//! unprivileged `[checks] uid`/`gid` (so the kernel applies `RLIMIT_NPROC`, which it never applies to
+//! root, and `bwrap` runs unprivileged in a user namespace of that user). Memory and processes are then
+//! bounded by a cgroup of the check's own ([`super::cgroup`]) when the server's cgroup v2 is delegated to
+//! it, else by `RLIMIT_AS` and `RLIMIT_NPROC`.
 //!
 //! What the sandbox sees (docs/checks.md, docs/security.md): an empty read-only root; `/nix/store`
 //! read-only; the writable copy of the checkout at [`WORK_DIR`] (the working directory); the generated
@@ -20,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use rustix::process::{kill_process_group, Pid, Signal};
+
+use super::cgroup::{CgroupParent, CheckCgroup};
 
 /// Where the writable copy of the checkout appears inside the sandbox.
 pub const WORK_DIR: &str = "/work";
@@ -55,10 +63,15 @@ pub struct Limits {
     pub memory_max_bytes: u64,
     pub max_processes: u64,
     pub max_output_bytes: u64,
+    /// The (uid, gid) `bwrap` starts as: `[checks] uid`/`gid` when the server runs as root, else none
+    /// (the server's own user).
+    pub run_as: Option<(u32, u32)>,
+    /// Where per-check cgroups are made, when the host has a usable cgroup v2 ([`Limits::with_cgroups`]).
+    pub cgroups: Option<CgroupParent>,
 }
 
 impl Limits {
-    /// The limits `[checks]` sets.
+    /// The limits `[checks]` sets (without cgroups).
     pub fn from_server(c: &crate::config::ChecksConfig) -> Limits {
         Limits {
             bwrap: c.bwrap_path.clone(),
@@ -66,7 +79,29 @@ impl Limits {
             memory_max_bytes: c.memory_max_bytes,
             max_processes: c.max_processes,
             max_output_bytes: c.max_output_bytes,
+            run_as: rustix::process::geteuid().is_root().then_some((c.uid, c.gid)),
+            cgroups: None,
         }
+    }
+
+    /// These limits with per-check cgroups when the host allows them ([`super::cgroup::detect`]);
+    /// logs which bounds apply. Called once at start-up.
+    pub fn with_cgroups(mut self) -> Limits {
+        let user = match self.run_as {
+            Some((uid, gid)) => format!("uid {uid}, gid {gid}"),
+            None => "the server's own user".to_string(),
+        };
+        match super::cgroup::detect() {
+            Ok(parent) => {
+                tracing::info!(cgroup = %parent.dir.display(), %user, "checks: memory.max and pids.max of a cgroup per check");
+                parent.clean_stale();
+                self.cgroups = Some(parent);
+            }
+            Err(why) => {
+                tracing::info!(reason = %why, %user, "checks: no cgroup v2 for checks; RLIMIT_AS and RLIMIT_NPROC bound them");
+            }
+        }
+        self
     }
 }
 
@@ -123,6 +158,8 @@ pub enum SandboxError {
     Output { path: String, source: std::io::Error },
     #[error("waiting for bubblewrap failed: {0}")]
     Wait(String),
+    #[error(transparent)]
+    Cgroup(#[from] super::cgroup::CgroupError),
 }
 
 /// The `bwrap` arguments for `spec` (everything after the program name).
@@ -155,16 +192,25 @@ pub fn bwrap_args(spec: &SandboxSpec) -> Vec<String> {
     a
 }
 
-/// Kills the sandbox's process group when dropped (the run ended, failed or was cancelled).
-struct GroupGuard(Option<Pid>);
+/// Kills the sandbox's process group, and everything in its cgroup, when dropped (the run ended, failed
+/// or was cancelled); then removes the cgroup.
+struct GroupGuard(Option<Pid>, Option<CheckCgroup>);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.0 {
             let _ = kill_process_group(pgid, Signal::KILL);
         }
+        if let Some(cgroup) = self.1.take() {
+            cgroup.kill();
+            // Removing it waits for the killed processes to be gone: not on the executor's thread.
+            smol::unblock(move || drop(cgroup)).detach();
+        }
     }
 }
+
+/// Numbers the cgroups of this process's checks.
+static CGROUP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 enum Stop {
     Finished(Result<std::process::ExitStatus, String>),
@@ -195,15 +241,36 @@ pub async fn run(
         .stdout(writer.try_clone().map_err(SandboxError::Pipe)?)
         .stderr(writer)
         .process_group(0);
+    if let Some((uid, gid)) = limits.run_as {
+        // std drops the supplementary groups, then sets the gid and the uid, before `pre_exec` runs.
+        cmd.uid(uid).gid(gid);
+    }
     let (mem, nproc) = (limits.memory_max_bytes, limits.max_processes);
+    let cgroup = match &limits.cgroups {
+        Some(parent) => {
+            let seq = CGROUP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("{}{}-{seq}", super::cgroup::CHECK_PREFIX, std::process::id());
+            Some(parent.create(&name, mem, nproc)?)
+        }
+        None => None,
+    };
+    let enter = match &cgroup {
+        Some(cg) => Some(cg.procs_fd().map_err(SandboxError::Pipe)?),
+        None => None,
+    };
     let parent = rustix::process::getpid();
-    // SAFETY: between fork and exec the closure only makes system calls (prctl, getppid, setrlimit)
-    // on values computed before the fork; it allocates nothing and takes no locks.
+    // SAFETY: between fork and exec the closure only makes system calls (prctl, getppid, write,
+    // setrlimit) on values computed before the fork; it allocates nothing and takes no locks.
     unsafe {
         cmd.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
             if rustix::process::getppid() != Some(parent) {
                 return Err(std::io::Error::other("the server exited while starting the sandbox"));
+            }
+            if let Some(procs) = &enter {
+                // The cgroup bounds memory and processes.
+                rustix::io::write(procs, b"0")?;
+                return Ok(());
             }
             use rustix::process::{setrlimit, Resource, Rlimit};
             setrlimit(Resource::As, Rlimit { current: Some(mem), maximum: Some(mem) })?;
@@ -215,7 +282,7 @@ pub async fn run(
     // The command holds the pipe's write ends: drop it so the reader sees the end of the output.
     drop(cmd);
     let pgid = i32::try_from(child.id()).ok().and_then(Pid::from_raw);
-    let guard = GroupGuard(pgid);
+    let guard = GroupGuard(pgid, cgroup);
     let reader = smol::Async::new(reader).map_err(SandboxError::Pipe)?;
 
     let max = limits.max_output_bytes;

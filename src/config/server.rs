@@ -635,6 +635,13 @@ pub struct ChecksConfig {
     /// The bubblewrap executable (default `/usr/bin/bwrap`).
     #[serde(deserialize_with = "de::non_empty_path")]
     pub bwrap_path: PathBuf,
+    /// The user id checks run as when the server runs as root (1..=4294967294, default 65534, `nobody`);
+    /// ignored otherwise (checks run as the server's user).
+    #[serde(deserialize_with = "de::ranged_u32::<_, 1, 4294967294>")]
+    pub uid: u32,
+    /// The group id checks run as when the server runs as root (1..=4294967294, default 65534).
+    #[serde(deserialize_with = "de::ranged_u32::<_, 1, 4294967294>")]
+    pub gid: u32,
 }
 
 impl Default for ChecksConfig {
@@ -646,6 +653,8 @@ impl Default for ChecksConfig {
             max_output_bytes: 4 << 20,
             allowed_ro_binds: Vec::new(),
             bwrap_path: PathBuf::from("/usr/bin/bwrap"),
+            uid: 65534,
+            gid: 65534,
         }
     }
 }

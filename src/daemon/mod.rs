@@ -433,7 +433,7 @@ async fn start_pipeline(
         concurrent,
     );
     pipeline.set_repo_limits(crate::config::repo::RepoLimits::from_server(config));
-    pipeline.set_check_limits(crate::checks::Limits::from_server(&config.checks));
+    pipeline.set_check_limits(crate::checks::Limits::from_server(&config.checks).with_cgroups());
     pipeline.clean_check_scratch().await;
     Ok((pipeline, scheduler))
 }

@@ -2,8 +2,10 @@
 //! server, real Nix building the shell, and real bubblewrap. The checks try what a hostile pull request
 //! would: reading the server's state, secrets and other repositories, writing outside the working copy,
 //! reaching a loopback listener, running forever, leaving a process behind; the limits; the check runs of
-//! a pull request (created once, cancelled with it, finished after a crash); stored results; flake shells;
-//! and the scheduler's check slots.
+//! a pull request (created once, cancelled with it, finished after a crash, a finished check not run again
+//! after a restart, a `ro_bind` the server does not allow failing Configure); a fork bomb against the
+//! process limit (the sandbox runs as an unprivileged user); stored results and their retention; flake
+//! shells; and the scheduler's check slots.
 
 use crate::common;
 
@@ -59,6 +61,22 @@ fn review_checks(home: &Home, repo: &GitRepo, checks: Value) -> (std::process::O
     let out = home.review(repo, &base, &head);
     let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out, report)
+}
+
+/// A base commit with a job, `shell.nix` (`dev`) and `checks` (the gating configuration of a pull
+/// request), and a head commit that changes only a README; returns (base, head).
+fn pr_commits(repo: &GitRepo, n: &str, checks: &Value) -> (String, String) {
+    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
+    let base = repo.commit(
+        "base",
+        &[
+            (".eka-ci/config.json", Some(&config.to_string())),
+            ("default.nix", Some(DEFAULT_NIX)),
+            ("shell.nix", Some(&shell_nix(n))),
+        ],
+    );
+    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    (base, head)
 }
 
 fn check_report<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -240,6 +258,9 @@ fn checks_pass_fail_and_cannot_escape_their_sandbox() {
 #[test]
 fn allow_network_reaches_the_listener_allowed_ro_binds_are_visible_and_memory_and_output_are_bounded() {
     let allowed = tempfile::tempdir().expect("tmp");
+    // Readable by the unprivileged user checks run as (docs/checks.md).
+    std::fs::set_permissions(allowed.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     std::fs::write(allowed.path().join("ca.pem"), "certificate\n").expect("write");
     let allowed_path = allowed.path().display().to_string();
     let home = Home::new();
@@ -299,16 +320,7 @@ fn a_pull_requests_checks_are_check_runs_queued_then_in_progress_then_completed_
         "ok": check("greet", false, &[]),
         "bad": check("echo 'bad-marker' >&2; exit 4", false, &[]),
     });
-    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
-    let base = repo.commit(
-        "base",
-        &[
-            (".eka-ci/config.json", Some(&config.to_string())),
-            ("default.nix", Some(DEFAULT_NIX)),
-            ("shell.nix", Some(&shell_nix(&n))),
-        ],
-    );
-    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    let (base, head) = pr_commits(&repo, &n, &checks);
     let s = Setup::new("[checks]\ntimeout_seconds = 3");
     let body = pull_request("opened", 3, repo.path(), &head, &base, false, "octocat");
     assert_eq!(s.deliver("pull_request", "d-checks-1", &body), 202);
@@ -362,16 +374,7 @@ fn closing_the_pull_request_cancels_its_running_check_and_kills_the_sandbox() {
     let marker = format!("1234.{}", std::process::id());
     let checks =
         serde_json::json!({ "slow": check(&format!("echo started; /bin/sleep {marker}"), false, &[]) });
-    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
-    let base = repo.commit(
-        "base",
-        &[
-            (".eka-ci/config.json", Some(&config.to_string())),
-            ("default.nix", Some(DEFAULT_NIX)),
-            ("shell.nix", Some(&shell_nix(&n))),
-        ],
-    );
-    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    let (base, head) = pr_commits(&repo, &n, &checks);
     let s = Setup::new("[checks]\ntimeout_seconds = 120");
     s.pr("d-slow-1", "opened", 4, repo.path(), &head, &base, "octocat");
     wait_for("the check's sandbox running", || (!processes_with(&marker).is_empty()).then_some(()));
@@ -391,16 +394,7 @@ fn a_server_killed_during_a_check_kills_its_sandbox_and_finishes_the_same_check_
     let n = nonce();
     let marker = format!("3.{}", std::process::id());
     let checks = serde_json::json!({ "nap": check(&format!("echo napping; /bin/sleep {marker}; echo awake"), false, &[]) });
-    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
-    let base = repo.commit(
-        "base",
-        &[
-            (".eka-ci/config.json", Some(&config.to_string())),
-            ("default.nix", Some(DEFAULT_NIX)),
-            ("shell.nix", Some(&shell_nix(&n))),
-        ],
-    );
-    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    let (base, head) = pr_commits(&repo, &n, &checks);
     let mut s = Setup::new("[checks]\ntimeout_seconds = 30");
     s.pr("d-nap-1", "opened", 5, repo.path(), &head, &base, "octocat");
     wait_for("the check's sandbox running", || (!processes_with(&marker).is_empty()).then_some(()));
@@ -518,4 +512,161 @@ fn checks_take_the_local_builders_worker_slots_and_are_cancelled_with_their_owne
         assert!(completes_within(200, third.cancelled()).await.is_none(), "another owner's check runs on");
         h.shutdown().await.expect("shutdown");
     }));
+}
+
+#[test]
+fn a_restarted_run_reports_a_finished_check_again_without_running_it_and_runs_the_unfinished_one() {
+    use crate::github_app::{wait_for, Setup};
+    let repo = GitRepo::new();
+    let n = nonce();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let marker = format!("4.{}", std::process::id());
+    // Checks run in name order: `a-once` reports each run of it to the listener, then `b-nap` naps.
+    let checks = serde_json::json!({
+        "a-once": check(&format!("/bin/bash -c 'echo ran > /dev/tcp/127.0.0.1/{port}' && echo reported"), true, &[]),
+        "b-nap": check(&format!("echo napping; /bin/sleep {marker}; echo awake"), false, &[]),
+    });
+    let (base, head) = pr_commits(&repo, &n, &checks);
+    let mut s = Setup::new("[checks]\ntimeout_seconds = 60");
+    s.pr("d-once-1", "opened", 6, repo.path(), &head, &base, "octocat");
+    wait_for("b-nap's sandbox running", || (!processes_with(&marker).is_empty()).then_some(()));
+    let once = s.run(&head, "EkaCI: Check (a-once)").expect("a-once's check run");
+    assert_eq!(once["conclusion"], "success", "a-once finished before b-nap started: {once}");
+    s.kill();
+    wait_for("the sandbox died with the server", || processes_with(&marker).is_empty().then_some(()));
+    s.restart();
+    let nap = s.wait_completed(&head, "EkaCI: Check (b-nap)");
+    assert_eq!(nap["conclusion"], "success", "the unfinished check ran again: {nap}");
+    assert!(nap["output"]["text"].as_str().is_some_and(|t| t.contains("awake")), "{nap}");
+
+    let mut runs = 0;
+    loop {
+        match listener.accept() {
+            Ok(_) => runs += 1,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    assert_eq!(runs, 1, "the finished check ran once, across the restart");
+    let once = s.run(&head, "EkaCI: Check (a-once)").expect("a-once's check run");
+    assert_eq!(once["conclusion"], "success", "{once}");
+    assert!(once["output"]["text"].as_str().is_some_and(|t| t.contains("reported")), "{once}");
+    let posts = s
+        .fake
+        .calls_to("POST", "/repos/*/check-runs")
+        .into_iter()
+        .filter(|c| c.json()["name"] == once["name"]);
+    assert_eq!(posts.count(), 1, "created once");
+    let id = once["id"].clone();
+    let statuses: Vec<String> = s
+        .fake
+        .calls_to("PATCH", "/repos/*/check-runs/*")
+        .into_iter()
+        .filter(|c| c.path.ends_with(&format!("/{id}")))
+        .filter_map(|c| c.json()["status"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(statuses.first().map(String::as_str), Some("in_progress"), "{statuses:?}");
+    assert!(
+        statuses[1..].iter().all(|s| s == "completed") && statuses.len() >= 3,
+        "completed, then the same result posted again after the restart, never back in progress: {statuses:?}"
+    );
+}
+
+#[test]
+fn a_fork_bomb_hits_the_process_limit_and_fails_cleanly_leaving_the_host_unaffected() {
+    let home = Home::new();
+    home.write_config("[checks]\ntimeout_seconds = 120\nmax_processes = 40");
+    let marker = format!("5.{}", std::process::id());
+    // Starts up to 200 background processes; dash gives up at the first fork the kernel refuses.
+    let bomb = format!(
+        "i=0; while [ $i -lt 200 ]; do /bin/sleep {marker} & i=$((i+1)); echo \"started $i\"; done; echo 'all started'"
+    );
+    let checks = serde_json::json!({
+        "bomb": check(&bomb, false, &[]),
+        "user": check("echo \"uid $(/usr/bin/id -u)\"", false, &[]),
+    });
+    let _server = home.start();
+    let repo = GitRepo::new();
+    let (out, report) = review_checks(&home, &repo, checks);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let bomb = check_report(&report, "bomb");
+    let code = ending(bomb)["Exited"].as_i64();
+    assert!(code.is_some_and(|c| c != 0), "the command failed, it was not timed out or killed: {bomb}");
+    let text = output(bomb);
+    assert!(text.contains("Cannot fork") && !text.contains("all started"), "{text}");
+    let started = text.lines().filter(|l| l.starts_with("started ")).count();
+    assert!(started > 0 && started < 40, "at most max_processes processes: {started} started");
+    assert!(processes_with(&marker).is_empty(), "the bomb's processes died with the sandbox");
+
+    // The host and the server go on: the next check ran (as the unprivileged user), and the server answers.
+    let user = check_report(&report, "user");
+    let uid = if rustix::process::geteuid().is_root() {
+        "uid 65534".to_string()
+    } else {
+        format!("uid {}", rustix::process::geteuid().as_raw())
+    };
+    assert!(user["tail"].as_str().is_some_and(|t| t.contains(&uid)), "{user}");
+    let listed = home.ekaci(&["checks", "--json"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+}
+
+#[test]
+fn a_pull_request_whose_check_asks_for_a_ro_bind_the_server_does_not_allow_fails_configure() {
+    use crate::github_app::{summary, Setup};
+    let repo = GitRepo::new();
+    let checks = serde_json::json!({ "certs": check("true", false, &["/etc".to_string()]) });
+    let config = serde_json::json!({ "jobs": { "main": { "file": "default.nix" } }, "checks": checks });
+    let base = repo.commit(
+        "base",
+        &[(".eka-ci/config.json", Some(&config.to_string())), ("default.nix", Some(DEFAULT_NIX))],
+    );
+    let head = repo.commit("head", &[("README.md", Some("changed"))]);
+    let s = Setup::new("[checks]\nallowed_ro_binds = [\"/etc/ssl/certs\"]");
+    s.pr("d-ro-bind-1", "opened", 7, repo.path(), &head, &base, "octocat");
+    let configure = s.wait_completed(&head, "EkaCI: Configure");
+    assert_eq!(configure["conclusion"], "failure", "{configure}");
+    let text = summary(&configure).replace('\\', "");
+    assert!(text.contains("checks.certs.ro_bind[0]") && text.contains("allowed_ro_binds"), "{text}");
+    assert!(s.run(&head, "EkaCI: Check (certs)").is_none(), "the check is not run");
+}
+
+#[test]
+fn ekaci_gc_removes_check_results_older_than_logs_days_with_their_output() {
+    let home = Home::new();
+    let checks = serde_json::json!({
+        "old": check("echo old output", false, &[]),
+        "new": check("echo new output", false, &[]),
+    });
+    let server = home.start();
+    let repo = GitRepo::new();
+    let (out, report) = review_checks(&home, &repo, checks);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let files: Vec<String> = ["old", "new"]
+        .iter()
+        .map(|n| check_report(&report, n)["output_file"].as_str().expect("output file").to_string())
+        .collect();
+    drop(server);
+    // The `old` check finished 40 days ago ([retention] logs_days is 30 by default).
+    let head = report["head_commit"].as_str().expect("head commit").to_string();
+    {
+        let store = eka_ci::store::Store::open(&home.db()).expect("open the database");
+        let rows = eka_ci::checks::results::for_commit(&store, &head).expect("rows");
+        let mut old = rows.into_iter().find(|r| r.report.name == "old").expect("old row");
+        old.finished_at -= 40 * 86400;
+        eka_ci::checks::results::put_row(&store, &old).expect("backdate");
+    }
+    let _server = home.start();
+    let gc = home.ekaci(&["gc"]);
+    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    let text = String::from_utf8_lossy(&gc.stdout);
+    assert!(text.contains("check results: 1 removed, 11 bytes freed"), "{text}");
+    let listed = home.ekaci(&["checks", "--commit", &head, "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("checks JSON");
+    let names: Vec<&str> =
+        listed.as_array().expect("array").iter().filter_map(|c| c["report"]["name"].as_str()).collect();
+    assert_eq!(names, ["new"], "{listed}");
+    assert!(!std::path::Path::new(&files[0]).exists(), "the old output file is removed");
+    assert_eq!(std::fs::read_to_string(&files[1]).expect("new output"), "new output\n");
 }

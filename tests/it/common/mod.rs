@@ -17,7 +17,12 @@ pub struct Home {
 
 impl Home {
     pub fn new() -> Home {
-        Home { dir: tempfile::tempdir().expect("tempdir") }
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Searchable (not readable) by others: a server running as root starts checks' sandboxes as an
+        // unprivileged user, which must reach the checks' directories under the data directory.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .expect("chmod");
+        Home { dir }
     }
     pub fn path(&self) -> &Path {
         self.dir.path()

@@ -245,7 +245,12 @@ impl GitHubService {
             reporter.report(&gate_check(job), fields).await?;
         }
         for (name, check) in &repo_config.checks {
-            reporter.report(&check_check(name), check_pending(check, false)).await?;
+            // A check that already ran (before a restart) keeps its result: never back to queued.
+            let fields = match self.stored_check(&url, &head, name, check).await? {
+                Some(report) => check_completed(check, &report),
+                None => check_pending(check, false),
+            };
+            reporter.report(&check_check(name), fields).await?;
         }
 
         if run.rebuild_failed {
@@ -305,6 +310,25 @@ impl GitHubService {
         Ok(finish)
     }
 
+    /// The stored result of check `name` at `head` when it already ran with this configuration
+    /// (`Pipeline::finished_check`); a result that cannot be read is logged and the check runs again.
+    async fn stored_check(
+        &self,
+        url: &str,
+        head: &str,
+        name: &str,
+        check: &crate::config::repo::CheckConfig,
+    ) -> Result<Option<crate::checks::CheckReport>, RunError> {
+        match self.pipeline.finished_check(url, head, name, check).await {
+            Ok(found) => Ok(found),
+            Err(e) if e.is_host_trouble() => Err(RunError::HostTrouble(e)),
+            Err(e) => {
+                tracing::warn!(check = %name, error = %e, "cannot read a stored check result");
+                Ok(None)
+            }
+        }
+    }
+
     /// Runs the gating configuration's checks on the head commit (docs/checks.md), one at a time: each
     /// check run goes in progress, then completes with the check's outcome. Returns how many failed.
     async fn run_repo_checks(
@@ -318,6 +342,15 @@ impl GitHubService {
     ) -> Result<usize, RunError> {
         let mut failed = 0;
         for (name, check) in &config.checks {
+            // A check that already ran at this commit with this configuration (before a restart, or for
+            // a redelivery) is reported again, not run again: its check run gets the same result.
+            if let Some(report) = self.stored_check(url, head, name, check).await? {
+                if !report.passed() {
+                    failed += 1;
+                }
+                reporter.report(&check_check(name), check_completed(check, &report)).await?;
+                continue;
+            }
             reporter.report(&check_check(name), check_pending(check, true)).await?;
             let mut one = crate::config::repo::RepoConfig::default();
             one.checks.insert(name.clone(), check.clone());
