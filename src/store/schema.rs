@@ -97,6 +97,15 @@ pub const OUTPUT_SIZES: TableDefinition<&str, &[u8]> = TableDefinition::new("out
 /// The newest sizes measured on a branch (`sizes`): `repo \0 branch \0 job \0 attr` → `SizeRecord`.
 pub const BRANCH_SIZES: TableDefinition<&str, &[u8]> = TableDefinition::new("branch_sizes");
 
+/// Cache pushes (`cache::queue`): `drv \0 cache id` → `PushRecord`.
+pub const CACHE_PUSHES: TableDefinition<&str, &[u8]> = TableDefinition::new("cache_pushes");
+
+/// Pending cache pushes (`cache::queue`): `cache id \0 drv` → Unix seconds of the next attempt.
+pub const CACHE_PUSH_QUEUE: TableDefinition<&str, u64> = TableDefinition::new("cache_push_queue");
+
+/// Cache push audit records (`security.audit_hooks`): sequence number → `AuditRecord`.
+pub const CACHE_PUSH_AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("cache_push_audit");
+
 /// A table as described in `migrations-free-schema/`: its name and its key and value types as Rust
 /// spells them in the definitions above.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +145,9 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "check_results", key: "&str", value: "&[u8]" },
     TableInfo { name: "output_sizes", key: "&str", value: "&[u8]" },
     TableInfo { name: "branch_sizes", key: "&str", value: "&[u8]" },
+    TableInfo { name: "cache_pushes", key: "&str", value: "&[u8]" },
+    TableInfo { name: "cache_push_queue", key: "&str", value: "u64" },
+    TableInfo { name: "cache_push_audit", key: "u64", value: "&[u8]" },
 ];
 
 /// Creates every table that does not exist yet.
@@ -168,5 +180,8 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(CHECK_RESULTS)?;
     tx.open_table(OUTPUT_SIZES)?;
     tx.open_table(BRANCH_SIZES)?;
+    tx.open_table(CACHE_PUSHES)?;
+    tx.open_table(CACHE_PUSH_QUEUE)?;
+    tx.open_table(CACHE_PUSH_AUDIT)?;
     Ok(())
 }

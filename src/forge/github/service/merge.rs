@@ -433,7 +433,7 @@ fn mention(login: &str) -> String {
 }
 
 /// Whether a pull request's head lives outside its base repository (a fork, or a deleted fork).
-fn is_fork(pr: &PullRequest) -> bool {
+pub(super) fn is_fork(pr: &PullRequest) -> bool {
     let name = |r: &Option<crate::forge::github::client::PullRequestRepo>| {
         r.as_ref().map(|r| r.full_name.to_ascii_lowercase())
     };

@@ -54,6 +54,7 @@ mod gate;
 mod merge;
 mod report;
 mod run;
+mod pushes;
 mod sizes;
 
 use crate::text::short_sha as short;
@@ -100,6 +101,8 @@ pub struct GitHubService {
     max_rebuild_count: Option<usize>,
     /// The merge method of an `@eka-ci merge` that names none.
     default_merge_method: MergeMethod,
+    /// The server's `[[caches]]`: where a job's built outputs are pushed.
+    caches: Arc<crate::cache::Caches>,
     /// When each (commenter id, repository) last had a command accepted by the rate limit (the event's
     /// receipt, Unix seconds). Process-local on purpose: it resets at restart.
     command_times: Mutex<HashMap<(u64, String), u64>>,
@@ -148,6 +151,7 @@ impl GitHubService {
         pipeline: Arc<Pipeline>,
         scheduler: SchedulerHandle,
         apps: Vec<GitHubApp>,
+        caches: Arc<crate::cache::Caches>,
         config: GitHubConfig,
         policy: RunPolicy,
     ) -> Result<Rc<GitHubService>, ClientError> {
@@ -168,6 +172,7 @@ impl GitHubService {
             skip_paths,
             max_rebuild_count,
             default_merge_method,
+            caches,
             command_times: Mutex::new(HashMap::new()),
         }))
     }
