@@ -61,6 +61,9 @@ pub enum Request {
     Checks { commit: Option<String>, limit: u32 },
     /// The whole output of check `name` at `commit` (the last [`MAX_CHECK_OUTPUT`] bytes of it).
     CheckOutput { commit: String, name: String },
+    /// Cache pushes, most recently changed first, at most `limit`; with `failed`, only those given up or
+    /// whose last attempt failed.
+    Pushes { failed: bool, limit: u32 },
 }
 
 /// The most output of one check a [`Response::CheckOutput`] carries (its end).
@@ -183,6 +186,8 @@ pub enum Response {
         output: Vec<u8>,
         truncated: bool,
     },
+    /// Cache pushes (docs/caches.md).
+    Pushes(Vec<crate::cache::PushEntry>),
 }
 
 impl Response {
