@@ -199,9 +199,9 @@ impl Caches {
         let elapsed = started.elapsed();
         let metrics = crate::metrics::global();
         metrics.cache_push_seconds.observe(elapsed.as_secs_f64());
-        let (s, b, a, audit) = (store.clone(), batch.clone(), attempt.clone(), self.audit);
+        let (s, b, p, a, audit) = (store.clone(), batch.clone(), paths.clone(), attempt.clone(), self.audit);
         let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-        let label = smol::unblock(move || queue::finish(&s, &b, &a, ms, audit)).await?;
+        let label = smol::unblock(move || queue::finish(&s, &b, &p, &a, ms, audit)).await?;
         metrics.cache_push_total.with_label_values(&[id, label]).inc();
         let outcome = match &attempt {
             queue::Attempt::Pushed => "pushed".to_string(),

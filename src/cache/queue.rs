@@ -26,8 +26,10 @@ pub fn backoff(attempts: u32) -> u64 {
     (2u64 << exp).min(3600)
 }
 
-/// Where one derivation's push to one cache stands.
+/// Where one derivation's push to one cache stands (stored by variant index; named in lower case in
+/// JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PushState {
     /// Waiting for its (next) attempt.
     Queued,
@@ -191,11 +193,13 @@ pub enum Attempt {
     Refused(String),
 }
 
-/// Records the outcome of one attempt at `batch` (entries of one cache), and an audit record when
-/// `audit` is set. Returns the result label of each entry's new state (`pushed`, `retry`, `failed`).
+/// Records the outcome of one attempt at `batch` (entries of one cache, whose store paths were
+/// `paths`), and an audit record when `audit` is set. Returns the result label of the entries' new
+/// state (`pushed`, `retry`, `failed`).
 pub fn finish(
     store: &Store,
     batch: &[PushEntry],
+    paths: &[String],
     attempt: &Attempt,
     duration_ms: u64,
     audit: bool,
@@ -245,7 +249,7 @@ pub fn finish(
             let record = AuditEntry {
                 at: now,
                 cache: batch.first().map(|e| e.cache.clone()).unwrap_or_default(),
-                paths: batch.iter().flat_map(|e| e.paths.iter().cloned()).collect(),
+                paths: paths.to_vec(),
                 outcome,
                 duration_ms,
             };
@@ -332,13 +336,13 @@ mod tests {
         assert_eq!(due1["c1"].len(), 1, "batch size");
         let (due_all, _) = due(&store, now, 10).unwrap();
         let batch = &due_all["c1"];
-        assert_eq!(finish(&store, batch, &Attempt::Failed("down".into()), 5, true).unwrap(), "retry");
+        assert_eq!(finish(&store, batch, &["/nix/store/a-out".to_string()], &Attempt::Failed("down".into()), 5, true).unwrap(), "retry");
         let (later, next) = due(&store, now, 10).unwrap();
         assert!(later.is_empty());
         assert!(next.unwrap() >= now + 2);
         assert_eq!(list(&store, true, 10).unwrap().len(), 2);
         let (again, _) = due(&store, now + 3600, 10).unwrap();
-        assert_eq!(finish(&store, &again["c1"], &Attempt::Pushed, 7, true).unwrap(), "pushed");
+        assert_eq!(finish(&store, &again["c1"], &["/nix/store/a-out".to_string(), "/nix/store/b-out".to_string()], &Attempt::Pushed, 7, true).unwrap(), "pushed");
         assert!(list(&store, true, 10).unwrap().is_empty());
         assert_eq!(for_drv(&store, "a").unwrap()[0].state, PushState::Pushed);
         assert_eq!(enqueue(&store, &[p("a")]).unwrap(), 0, "already pushed");

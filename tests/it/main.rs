@@ -11,6 +11,7 @@ mod fake_github;
 
 mod api_auth;
 mod approvals;
+mod cache_push;
 mod checkout;
 mod checks;
 mod cli_eval;

@@ -6,7 +6,7 @@
 
 use super::run::RunError;
 use super::GitHubService;
-use crate::cache::{NewPush, Subject};
+use crate::cache::{NewPush, Skip, Subject};
 use crate::config::repo::RepoConfig;
 use crate::forge::github::client::GitHubClient;
 use crate::forge::github::runs::{Run, Trigger};
@@ -43,7 +43,7 @@ impl GitHubService {
         for (job, j) in &config.jobs {
             for (id, why) in self.caches.plan(&j.caches, &subject).skipped {
                 tracing::warn!(repo = %run.repo, job = %job, cache = %id, reason = %why, "cache push skipped");
-                skipped.push(format!("job {}: cache {} skipped: {why}", code_span(job), code_span(&id)));
+                skipped.push(format!("job {}: cache {} skipped: {}", code_span(job), code_span(&id), skip_markdown(&why)));
             }
         }
         Ok(PushPlan { subject, skipped })
@@ -115,5 +115,15 @@ impl GitHubService {
             tracing::info!(repo = %plan.subject.repo, pushes = queued, "cache pushes queued");
         }
         Ok(())
+    }
+}
+
+/// Why a cache is skipped, as Markdown: names from GitHub (repository, branch) in code spans.
+fn skip_markdown(skip: &Skip) -> String {
+    match skip {
+        Skip::Unknown => skip.to_string(),
+        Skip::Repo(repo) => format!("the cache does not allow repository {} (allowed_repos)", code_span(repo)),
+        Skip::Branch(branch) => format!("the cache does not allow branch {} (allowed_branches)", code_span(branch)),
+        Skip::Fork => skip.to_string(),
     }
 }
