@@ -142,8 +142,12 @@ impl Caches {
             let s = store.clone();
             let now = now_secs();
             let (due, next) = smol::unblock(move || queue::due(&s, now, BATCH)).await?;
-            for (id, batch) in due {
-                self.attempt(&store, &id, batch).await?;
+            if !due.is_empty() {
+                for (id, batch) in due {
+                    self.attempt(&store, &id, batch).await?;
+                }
+                // Read the queue again: the attempts moved their entries' next attempts.
+                continue;
             }
             let wait = match next {
                 Some(at) => Duration::from_secs(at.saturating_sub(now_secs()).clamp(1, 60)),

@@ -115,7 +115,7 @@ impl Farm {
 /// One sshd "machine" with its own `/nix`.
 pub(crate) struct Machine {
     pub(crate) uri: String,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     port: u16,
     pub(crate) host_key_b64: String,
     child: Option<Child>,
