@@ -51,7 +51,11 @@ pub fn cache_env(
     match source {
         CredentialSource::Env { vars } => vars
             .iter()
-            .map(|v| env(v).map(|value| (v.clone(), Secret::new(value))).ok_or_else(|| CredentialError::MissingVar(v.clone())))
+            .map(|v| {
+                env(v)
+                    .map(|value| (v.clone(), Secret::new(value)))
+                    .ok_or_else(|| CredentialError::MissingVar(v.clone()))
+            })
             .collect(),
         CredentialSource::File { path } => read_file(path),
         CredentialSource::SystemdCredential { name } => {
@@ -66,10 +70,14 @@ pub fn cache_env(
         CredentialSource::None => Ok(Vec::new()),
         // Not supported yet: the resolvers of these four sources are wired in here.
         CredentialSource::Vault { .. } => Err(CredentialError::NotSupported("vault")),
-        CredentialSource::AwsSecretsManager { .. } => Err(CredentialError::NotSupported("aws-secrets-manager")),
+        CredentialSource::AwsSecretsManager { .. } => {
+            Err(CredentialError::NotSupported("aws-secrets-manager"))
+        }
         CredentialSource::InstanceMetadata { .. } => Err(CredentialError::NotSupported("instance-metadata")),
         CredentialSource::AwsProfile { .. } => Err(CredentialError::NotSupported("aws-profile")),
-        CredentialSource::GitHubAppKeyFile { .. } => Err(CredentialError::NotForCaches("github-app-key-file")),
+        CredentialSource::GitHubAppKeyFile { .. } => {
+            Err(CredentialError::NotForCaches("github-app-key-file"))
+        }
     }
 }
 
@@ -82,8 +90,8 @@ fn valid_name(name: &str) -> bool {
 
 /// A credential file: a JSON object of strings, else `KEY=VALUE` lines.
 fn read_file(path: &Path) -> Result<Vec<(String, Secret)>, CredentialError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| CredentialError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| CredentialError::Read { path: path.to_path_buf(), source })?;
     parse_file(&text, path)
 }
 
@@ -162,7 +170,10 @@ mod tests {
         let got = cache_env(&CredentialSource::File { path: dir.join("lines") }, &|_| None).unwrap();
         assert_eq!(
             shown(&got),
-            [("AWS_ACCESS_KEY_ID".to_string(), "AKIA".to_string()), ("SECRET".to_string(), "s=3".to_string())]
+            [
+                ("AWS_ACCESS_KEY_ID".to_string(), "AKIA".to_string()),
+                ("SECRET".to_string(), "s=3".to_string())
+            ]
         );
         let dir_s = dir.display().to_string();
         let env = move |k: &str| (k == "CREDENTIALS_DIRECTORY").then(|| dir_s.clone());
@@ -184,12 +195,18 @@ mod tests {
         };
         for (source, name) in [
             (vault, "vault"),
-            (CredentialSource::AwsSecretsManager { secret_name: "s".into(), region: None }, "aws-secrets-manager"),
+            (
+                CredentialSource::AwsSecretsManager { secret_name: "s".into(), region: None },
+                "aws-secrets-manager",
+            ),
             (CredentialSource::InstanceMetadata { provider: None }, "instance-metadata"),
             (CredentialSource::AwsProfile { profile: "p".into() }, "aws-profile"),
         ] {
             let err = cache_env(&source, &|_| None).unwrap_err();
-            assert_eq!(err.to_string(), format!("credential source `{name}` is not supported for caches yet"));
+            assert_eq!(
+                err.to_string(),
+                format!("credential source `{name}` is not supported for caches yet")
+            );
         }
     }
 }

@@ -69,12 +69,14 @@ pub struct Plan<'a> {
 impl Caches {
     /// Resolves every cache's credentials through `env` (call before the server seals its environment)
     /// and checks each `secret_key_file` is readable.
-    pub fn load(config: &ServerConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Caches, CacheSetupError> {
+    pub fn load(
+        config: &ServerConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Caches, CacheSetupError> {
         let mut resolved = HashMap::new();
         for (index, c) in config.caches.iter().enumerate() {
-            let vars = credentials::cache_env(&c.credentials, env).map_err(|source| {
-                CacheSetupError::Credentials { index, id: c.id.clone(), source }
-            })?;
+            let vars = credentials::cache_env(&c.credentials, env)
+                .map_err(|source| CacheSetupError::Credentials { index, id: c.id.clone(), source })?;
             if let Some(path) = &c.secret_key_file {
                 if c.cache_type != crate::config::CacheType::NixCopy {
                     return Err(CacheSetupError::KeyNotNixCopy { index, id: c.id.clone() });
@@ -102,7 +104,8 @@ impl Caches {
 
     /// No caches (tests, a server without `[[caches]]`).
     pub fn none() -> Caches {
-        Caches::load(&ServerConfig::default(), &|_| None).unwrap_or_else(|_| unreachable!("no caches to load"))
+        Caches::load(&ServerConfig::default(), &|_| None)
+            .unwrap_or_else(|_| unreachable!("no caches to load"))
     }
 
     /// The cache with this id.
@@ -126,7 +129,11 @@ impl Caches {
     }
 
     /// Queues `pushes` and wakes the push loop.
-    pub async fn enqueue(&self, store: &Store, pushes: Vec<NewPush>) -> Result<usize, crate::store::StoreError> {
+    pub async fn enqueue(
+        &self,
+        store: &Store,
+        pushes: Vec<NewPush>,
+    ) -> Result<usize, crate::store::StoreError> {
         if pushes.is_empty() {
             return Ok(0);
         }
@@ -137,7 +144,11 @@ impl Caches {
     }
 
     /// The push loop: runs until `shutdown` closes. A push cut short by shutdown stays queued.
-    pub async fn run(&self, store: Store, shutdown: async_channel::Receiver<()>) -> Result<(), crate::store::StoreError> {
+    pub async fn run(
+        &self,
+        store: Store,
+        shutdown: async_channel::Receiver<()>,
+    ) -> Result<(), crate::store::StoreError> {
         loop {
             let s = store.clone();
             let now = now_secs();
@@ -176,7 +187,12 @@ impl Caches {
     }
 
     /// One push of `batch` (entries of cache `id`).
-    async fn attempt(&self, store: &Store, id: &str, batch: Vec<PushEntry>) -> Result<(), crate::store::StoreError> {
+    async fn attempt(
+        &self,
+        store: &Store,
+        id: &str,
+        batch: Vec<PushEntry>,
+    ) -> Result<(), crate::store::StoreError> {
         let paths: Vec<String> = {
             let mut p: Vec<String> = batch.iter().flat_map(|e| e.paths.iter().cloned()).collect();
             p.sort();
@@ -233,7 +249,11 @@ mod tests {
             cache_type: CacheType::Cachix,
             destination: "org".into(),
             credentials: CredentialSource::None,
-            permissions: Permissions { allow_all: false, allowed_repos: vec!["myorg/*".into()], allowed_branches: vec![] },
+            permissions: Permissions {
+                allow_all: false,
+                allowed_repos: vec!["myorg/*".into()],
+                allowed_branches: vec![],
+            },
             push_cached: false,
             allow_forks: false,
             secret_key_file: None,
@@ -242,7 +262,10 @@ mod tests {
         let subject = Subject { repo: "other/x".into(), branch: "main".into(), fork: false };
         let plan = caches.plan(&["org".into(), "nope".into()], &subject);
         assert!(plan.use_.is_empty());
-        assert_eq!(plan.skipped, [("org".to_string(), Skip::Repo("other/x".into())), ("nope".to_string(), Skip::Unknown)]);
+        assert_eq!(
+            plan.skipped,
+            [("org".to_string(), Skip::Repo("other/x".into())), ("nope".to_string(), Skip::Unknown)]
+        );
         let ok = Subject { repo: "myorg/x".into(), ..subject };
         assert_eq!(caches.plan(&["org".into()], &ok).use_.len(), 1);
     }

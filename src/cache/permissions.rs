@@ -160,13 +160,19 @@ mod tests {
         let c = cache(p, false);
         assert_eq!(decide(&c, &subject("myorg/app", "main", false)), Ok(()));
         assert_eq!(decide(&c, &subject("myorg/app", "release/v1", false)), Ok(()));
-        assert_eq!(decide(&c, &subject("myorg/app", "release-x", false)), Err(Skip::Branch("release-x".into())));
+        assert_eq!(
+            decide(&c, &subject("myorg/app", "release-x", false)),
+            Err(Skip::Branch("release-x".into()))
+        );
         assert_eq!(decide(&c, &subject("other/app", "main", false)), Err(Skip::Repo("other/app".into())));
         assert_eq!(decide(&c, &subject("myorg/a/b", "main", false)), Err(Skip::Repo("myorg/a/b".into())));
         assert_eq!(decide(&c, &subject("myorg/app", "main", true)), Err(Skip::Fork));
         let all = cache(Permissions::default(), true);
         assert_eq!(decide(&all, &subject("anyone/x", "feature", true)), Ok(()));
-        assert_eq!(decide(&cache(Permissions::default(), false), &subject("a/b", "m", true)), Err(Skip::Fork));
+        assert_eq!(
+            decide(&cache(Permissions::default(), false), &subject("a/b", "m", true)),
+            Err(Skip::Fork)
+        );
     }
 
     #[test]
@@ -187,7 +193,8 @@ mod tests {
     #[test]
     fn private_destinations_are_refused_unless_allowed() {
         let mut c = cache(Permissions::default(), false);
-        for d in ["http://127.0.0.1:8080", "ssh://root@10.1.2.3", "https://[::1]/", "http://169.254.169.254/"] {
+        for d in ["http://127.0.0.1:8080", "ssh://root@10.1.2.3", "https://[::1]/", "http://169.254.169.254/"]
+        {
             c.destination = d.into();
             let err = check_destination(&c, false).unwrap_err();
             assert!(err.contains("allow_private_cache_hosts"), "{d}: {err}");

@@ -28,7 +28,8 @@ pub struct PushCommand {
 }
 
 fn nix(args: &[&str], tail: &[String]) -> PushCommand {
-    let mut all: Vec<String> = ["--extra-experimental-features", "nix-command"].iter().map(|s| s.to_string()).collect();
+    let mut all: Vec<String> =
+        ["--extra-experimental-features", "nix-command"].iter().map(|s| s.to_string()).collect();
     all.extend(args.iter().map(|s| s.to_string()));
     all.push("--".into());
     all.extend(tail.iter().cloned());
@@ -95,7 +96,12 @@ pub async fn push(
             cmd.env(k, v.expose());
         }
         crate::nix::process::env::seal(&mut cmd);
-        let limits = RunLimits { timeout: Some(left), stdout_limit: 1 << 20, stderr_tail: 8 << 10, ..RunLimits::default() };
+        let limits = RunLimits {
+            timeout: Some(left),
+            stdout_limit: 1 << 20,
+            stderr_tail: 8 << 10,
+            ..RunLimits::default()
+        };
         let run = run_captured(cmd, &limits)
             .await
             .map_err(|e| PushError(redact(&format!("{}: {e}", command.program), env)))?;
@@ -103,10 +109,10 @@ pub async fn push(
             Termination::Exited(s) if s.success() => {}
             Termination::TimedOut(_) => {
                 return Err(PushError(format!(
-                    "{} timed out after {} s (security.max_hook_timeout_seconds); its process group was killed",
-                    command.program,
-                    timeout.as_secs()
-                )))
+                "{} timed out after {} s (security.max_hook_timeout_seconds); its process group was killed",
+                command.program,
+                timeout.as_secs()
+            )))
             }
             other => {
                 let stderr = crate::text::strip_ansi(&String::from_utf8_lossy(&run.stderr));
@@ -151,10 +157,13 @@ mod tests {
     fn every_path_is_its_own_argument() {
         let paths = vec!["/nix/store/aaa-x".to_string(), "/nix/store/bbb-x-dev".to_string()];
         let c = commands(&cache(CacheType::Cachix, "mycache", None), &paths);
-        assert_eq!(c, [PushCommand {
-            program: "cachix".into(),
-            args: vec!["push".into(), "mycache".into(), paths[0].clone(), paths[1].clone()]
-        }]);
+        assert_eq!(
+            c,
+            [PushCommand {
+                program: "cachix".into(),
+                args: vec!["push".into(), "mycache".into(), paths[0].clone(), paths[1].clone()]
+            }]
+        );
         let c = commands(&cache(CacheType::Attic, "srv:cache", None), &paths);
         assert_eq!(c[0].program, "attic");
         assert_eq!(c[0].args[..2], ["push".to_string(), "srv:cache".to_string()]);
@@ -162,11 +171,31 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!(
             c[0].args,
-            ["--extra-experimental-features", "nix-command", "store", "sign", "--key-file", "/k", "--recursive", "--", &paths[0], &paths[1]]
+            [
+                "--extra-experimental-features",
+                "nix-command",
+                "store",
+                "sign",
+                "--key-file",
+                "/k",
+                "--recursive",
+                "--",
+                &paths[0],
+                &paths[1]
+            ]
         );
         assert_eq!(
             c[1].args,
-            ["--extra-experimental-features", "nix-command", "copy", "--to", "file:///c", "--", &paths[0], &paths[1]]
+            [
+                "--extra-experimental-features",
+                "nix-command",
+                "copy",
+                "--to",
+                "file:///c",
+                "--",
+                &paths[0],
+                &paths[1]
+            ]
         );
     }
 

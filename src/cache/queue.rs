@@ -154,8 +154,11 @@ pub fn enqueue(store: &Store, pushes: &[NewPush]) -> Result<usize, StoreError> {
     Ok(queued)
 }
 
+/// Due entries by cache id.
+pub type Due = BTreeMap<String, Vec<PushEntry>>;
+
 /// What is due at `now`: up to `batch` entries per cache, by cache id; and the earliest later attempt.
-pub fn due(store: &Store, now: u64, batch: usize) -> Result<(BTreeMap<String, Vec<PushEntry>>, Option<u64>), StoreError> {
+pub fn due(store: &Store, now: u64, batch: usize) -> Result<(Due, Option<u64>), StoreError> {
     let tx = store.db().begin_read()?;
     let queue = tx.open_table(CACHE_PUSH_QUEUE)?;
     let entries = tx.open_table(CACHE_PUSHES)?;
@@ -336,13 +339,35 @@ mod tests {
         assert_eq!(due1["c1"].len(), 1, "batch size");
         let (due_all, _) = due(&store, now, 10).unwrap();
         let batch = &due_all["c1"];
-        assert_eq!(finish(&store, batch, &["/nix/store/a-out".to_string()], &Attempt::Failed("down".into()), 5, true).unwrap(), "retry");
+        assert_eq!(
+            finish(
+                &store,
+                batch,
+                &["/nix/store/a-out".to_string()],
+                &Attempt::Failed("down".into()),
+                5,
+                true
+            )
+            .unwrap(),
+            "retry"
+        );
         let (later, next) = due(&store, now, 10).unwrap();
         assert!(later.is_empty());
         assert!(next.unwrap() >= now + 2);
         assert_eq!(list(&store, true, 10).unwrap().len(), 2);
         let (again, _) = due(&store, now + 3600, 10).unwrap();
-        assert_eq!(finish(&store, &again["c1"], &["/nix/store/a-out".to_string(), "/nix/store/b-out".to_string()], &Attempt::Pushed, 7, true).unwrap(), "pushed");
+        assert_eq!(
+            finish(
+                &store,
+                &again["c1"],
+                &["/nix/store/a-out".to_string(), "/nix/store/b-out".to_string()],
+                &Attempt::Pushed,
+                7,
+                true
+            )
+            .unwrap(),
+            "pushed"
+        );
         assert!(list(&store, true, 10).unwrap().is_empty());
         assert_eq!(for_drv(&store, "a").unwrap()[0].state, PushState::Pushed);
         assert_eq!(enqueue(&store, &[p("a")]).unwrap(), 0, "already pushed");

@@ -580,13 +580,7 @@ async fn pushes(socket: &std::path::Path, cmd: &PushesCmd) -> Result<(), String>
             } else {
                 for p in &rows {
                     let error = p.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
-                    println!(
-                        "{:<7} {} {} attempts={}{error}",
-                        p.state.as_str(),
-                        p.cache,
-                        p.drv,
-                        p.attempts
-                    );
+                    println!("{:<7} {} {} attempts={}{error}", p.state.as_str(), p.cache, p.drv, p.attempts);
                 }
             }
             Ok(())

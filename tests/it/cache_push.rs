@@ -67,7 +67,8 @@ fn serve(stream: TcpStream, files: &Mutex<HashMap<String, Vec<u8>>>, up: &Atomic
             return;
         }
         let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("/").to_string());
+        let (method, path) =
+            (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("/").to_string());
         let (mut length, mut expect) = (0usize, false);
         loop {
             let mut h = String::new();
@@ -87,7 +88,9 @@ fn serve(stream: TcpStream, files: &Mutex<HashMap<String, Vec<u8>>>, up: &Atomic
             }
         }
         if !up.load(Ordering::SeqCst) {
-            let _ = out.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = out.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
             return;
         }
         if expect {
@@ -148,7 +151,9 @@ fn calls(record: &Path, name: &str) -> Vec<(Vec<String>, String, String)> {
     stamps
         .iter()
         .map(|i| {
-            let read = |kind: &str| std::fs::read_to_string(record.join(format!("{name}.{kind}.{i}"))).unwrap_or_default();
+            let read = |kind: &str| {
+                std::fs::read_to_string(record.join(format!("{name}.{kind}.{i}"))).unwrap_or_default()
+            };
             (read("argv").lines().map(str::to_string).collect(), read("env"), read("ps"))
         })
         .collect()
@@ -304,7 +309,8 @@ permissions = {{ allow_all = false, allowed_repos = ["octo-org/*"], allowed_bran
         "base",
         &[(".eka-ci/config.json", Some(config)), ("default.nix", Some(&multi_output_nix(&n, lib)))],
     );
-    let body = format!(r#"{lib} multi = mk "multi" [ "out" "dev" ] "echo out > $out; echo dev > $dev" [ lib ];"#);
+    let body =
+        format!(r#"{lib} multi = mk "multi" [ "out" "dev" ] "echo out > $out; echo dev > $dev" [ lib ];"#);
     let head = repo.commit("head", &[("default.nix", Some(&multi_output_nix(&n, &body)))]);
     // Not a fork: the head lives in the base repository.
     s.fake.set_pull_request(REPO, 1, json!({ "head": { "repo": { "full_name": REPO } } }));
@@ -318,13 +324,16 @@ permissions = {{ allow_all = false, allowed_repos = ["octo-org/*"], allowed_bran
         "{text}"
     );
     assert!(
-        text.contains("cache `release-only` skipped: the cache does not allow branch `master` (allowed_branches)"),
+        text.contains(
+            "cache `release-only` skipped: the cache does not allow branch `master` (allowed_branches)"
+        ),
         "{text}"
     );
     assert!(!text.contains("`signed` skipped") && !text.contains("`http` skipped"), "{text}");
     wait_for("the skipped caches logged as warnings", || {
         let log = s.server().log();
-        (log.contains("WARN") && log.contains("cache push skipped") && log.contains("cache=release-only")).then_some(())
+        (log.contains("WARN") && log.contains("cache push skipped") && log.contains("cache=release-only"))
+            .then_some(())
     });
     let gate = s.wait_completed(&head, "EkaCI: Evaluate Job (main)");
     assert_eq!(gate["conclusion"], "success", "{gate:#}");
@@ -341,7 +350,10 @@ permissions = {{ allow_all = false, allowed_repos = ["octo-org/*"], allowed_bran
     }
     let at = failed.iter().find(|p| p["cache"] == "at").expect("attic push");
     let at_error = at["last_error"].as_str().unwrap_or("");
-    assert!(at_error.contains("attic exited with status 1: 401 Unauthorized: token [redacted] rejected"), "{at_error}");
+    assert!(
+        at_error.contains("attic exited with status 1: 401 Unauthorized: token [redacted] rejected"),
+        "{at_error}"
+    );
     // A crash now: the queue is in the database, so the pushes resume after the restart.
     s.kill();
     http.up.store(true, Ordering::SeqCst);
@@ -381,7 +393,8 @@ permissions = {{ allow_all = false, allowed_repos = ["octo-org/*"], allowed_bran
     let copied = nix_cmd(&args);
     assert!(copied.status.success(), "substituting: {}", String::from_utf8_lossy(&copied.stderr));
     for out in &outputs {
-        let content = std::fs::read_to_string(second.join(out.trim_start_matches('/'))).expect("substituted output");
+        let content =
+            std::fs::read_to_string(second.join(out.trim_start_matches('/'))).expect("substituted output");
         assert!(content == "out\n" || content == "dev\n", "{content}");
     }
     // ssh-ng://: the machine's own store has both outputs.
@@ -426,7 +439,10 @@ permissions = {{ allow_all = false, allowed_repos = ["octo-org/*"], allowed_bran
         .iter()
         .map(|p| (p["cache"].as_str().unwrap_or(""), p["state"].as_str().unwrap_or("")))
         .collect();
-    assert_eq!(states, [("at", "pushed"), ("cx", "pushed"), ("http", "pushed"), ("signed", "pushed"), ("ssh", "pushed")]);
+    assert_eq!(
+        states,
+        [("at", "pushed"), ("cx", "pushed"), ("http", "pushed"), ("signed", "pushed"), ("ssh", "pushed")]
+    );
     // Counted since the restart: the HTTP cache's push came after it.
     let counted = metric(&addr, r#"eka_ci_cache_push_total{cache="http",result="pushed"}"#);
     assert_eq!(counted.as_deref().map(|l| l.ends_with(" 1")), Some(true), "{counted:?}");
@@ -452,8 +468,14 @@ permissions = {{ allow_all = false, allowed_repos = ["octo-org/*"], allowed_bran
             "{id}: {audit:#?}"
         );
     }
-    assert!(audit.iter().any(|a| a.cache == "at" && a.outcome.contains("token [redacted] rejected")), "{audit:#?}");
-    assert!(audit.iter().any(|a| a.cache == "http" && a.outcome.starts_with("failed: nix exited")), "{audit:#?}");
+    assert!(
+        audit.iter().any(|a| a.cache == "at" && a.outcome.contains("token [redacted] rejected")),
+        "{audit:#?}"
+    );
+    assert!(
+        audit.iter().any(|a| a.cache == "http" && a.outcome.starts_with("failed: nix exited")),
+        "{audit:#?}"
+    );
 }
 
 #[test]
@@ -546,7 +568,8 @@ fn a_push_that_outlives_the_timeout_is_killed_and_reported() {
         allow_forks: false,
         secret_key_file: None,
     };
-    let result = smol::block_on(eka_ci::cache::push::push(&cache, &[], &[path], std::time::Duration::from_secs(2)));
+    let result =
+        smol::block_on(eka_ci::cache::push::push(&cache, &[], &[path], std::time::Duration::from_secs(2)));
     let err = result.expect_err("the push cannot succeed");
     assert!(err.0.contains("nix timed out after 2 s"), "{err}");
     assert!(!held.lock().expect("held").is_empty(), "nix reached the destination");

@@ -83,7 +83,12 @@ impl Setup {
 
     /// Like [`Setup::with_github`], with `security` added to the `[security]` table and extra
     /// environment variables for the server.
-    pub(crate) fn with_env(extra: &str, github: &str, security: &str, env: &[(&str, &std::ffi::OsStr)]) -> Setup {
+    pub(crate) fn with_env(
+        extra: &str,
+        github: &str,
+        security: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Setup {
         let fake = FakeGitHub::start();
         let home = Home::new();
         let secret = format!("wh-{}", nonce());

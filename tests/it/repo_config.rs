@@ -732,10 +732,7 @@ fn checks_and_caches_details() {
     let (config, warnings) =
         parse_ok(dir.path(), r#"{ "jobs": { "a": { "file": "default.nix", "caches": ["x", "y", "x"] } } }"#);
     assert_eq!(config.jobs["a"].caches, strs(&["x", "y"]));
-    assert_eq!(
-        warnings,
-        vec![FieldError::new("jobs.a.caches[2]", "duplicate cache id (listed once)")]
-    );
+    assert_eq!(warnings, vec![FieldError::new("jobs.a.caches[2]", "duplicate cache id (listed once)")]);
 }
 
 // --- change sets -------------------------------------------------------------------------------------

@@ -52,9 +52,9 @@ use crate::store::{now_secs, Store, StoreError};
 
 mod gate;
 mod merge;
+mod pushes;
 mod report;
 mod run;
-mod pushes;
 mod sizes;
 
 use crate::text::short_sha as short;
@@ -145,6 +145,7 @@ impl ApprovalPolicy {
 
 impl GitHubService {
     /// A service acting as `apps` (at least one), talking to `config.api_url`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         ex: Rc<LocalExecutor<'static>>,
         store: Store,

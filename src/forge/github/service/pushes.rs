@@ -43,7 +43,12 @@ impl GitHubService {
         for (job, j) in &config.jobs {
             for (id, why) in self.caches.plan(&j.caches, &subject).skipped {
                 tracing::warn!(repo = %run.repo, job = %job, cache = %id, reason = %why, "cache push skipped");
-                skipped.push(format!("job {}: cache {} skipped: {}", code_span(job), code_span(&id), skip_markdown(&why)));
+                skipped.push(format!(
+                    "job {}: cache {} skipped: {}",
+                    code_span(job),
+                    code_span(&id),
+                    skip_markdown(&why)
+                ));
             }
         }
         Ok(PushPlan { subject, skipped })
@@ -122,8 +127,12 @@ impl GitHubService {
 fn skip_markdown(skip: &Skip) -> String {
     match skip {
         Skip::Unknown => skip.to_string(),
-        Skip::Repo(repo) => format!("the cache does not allow repository {} (allowed_repos)", code_span(repo)),
-        Skip::Branch(branch) => format!("the cache does not allow branch {} (allowed_branches)", code_span(branch)),
+        Skip::Repo(repo) => {
+            format!("the cache does not allow repository {} (allowed_repos)", code_span(repo))
+        }
+        Skip::Branch(branch) => {
+            format!("the cache does not allow branch {} (allowed_branches)", code_span(branch))
+        }
         Skip::Fork => skip.to_string(),
     }
 }
