@@ -21,9 +21,9 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use crate::common::{get_json, http_get, multi_output_nix, nonce, send_token, GitRepo};
+use crate::common::{get_json, multi_output_nix, nonce, send_token, GitRepo};
 use crate::github_app::{pull_request, summary, wait_for, Setup, REPO};
-use crate::remote_builders::Farm;
+use crate::remote_builders::{metric, Farm};
 
 /// A binary cache served over HTTP on loopback: GET and HEAD of stored files, PUT stores one (as Nix
 /// uploads, with `Expect: 100-continue` honoured). While down, every request gets a 503.
@@ -189,11 +189,6 @@ fn pushes(s: &Setup, failed: bool) -> Vec<Value> {
     let out = s.home.ekaci(&args);
     assert!(out.status.success(), "ekaci pushes: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("pushes JSON")
-}
-
-fn metric(addr: &str, line_start: &str) -> Option<String> {
-    let (_, _, body) = http_get(addr, "/metrics");
-    String::from_utf8_lossy(&body).lines().find(|l| l.starts_with(line_start)).map(str::to_string)
 }
 
 fn generate_key(dir: &Path) -> (PathBuf, String) {
@@ -485,12 +480,14 @@ fn forks_are_pushed_only_to_caches_that_allow_them() {
     let (open, strict) = (dir.path().join("open"), dir.path().join("strict"));
     let caches = format!(
         "[[caches]]\nid = \"forks-ok\"\ncache_type = \"nix-copy\"\ndestination = \"file://{}\"\ncredentials = \"none\"\nallow_forks = true\n\n\
-         [[caches]]\nid = \"no-forks\"\ncache_type = \"nix-copy\"\ndestination = \"file://{}\"\ncredentials = \"none\"\n",
+         [[caches]]\nid = \"no-forks\"\ncache_type = \"nix-copy\"\ndestination = \"file://{}\"\ncredentials = \"none\"\n\n\
+         [[caches]]\nid = \"private\"\ncache_type = \"nix-copy\"\ndestination = \"http://127.0.0.1:9/\"\ncredentials = \"none\"\nallow_forks = true\n",
         open.display(),
         strict.display()
     );
     let s = Setup::with_env(&caches, "", "", &[]);
-    let config = r#"{ "jobs": { "main": { "file": "default.nix", "caches": ["forks-ok", "no-forks"] } } }"#;
+    let config =
+        r#"{ "jobs": { "main": { "file": "default.nix", "caches": ["forks-ok", "no-forks", "private"] } } }"#;
     let repo = GitRepo::new();
     let base = repo.commit(
         "base",
@@ -509,12 +506,22 @@ fn forks_are_pushed_only_to_caches_that_allow_them() {
         "{text}"
     );
     assert!(!text.contains("`forks-ok` skipped"), "{text}");
-    let done = wait_for("the fork's push to the cache that allows forks", || {
+    let done = wait_for("the fork's push to the caches that allow forks", || {
         let all = pushes(&s, false);
-        all.iter().any(|p| p["state"] == "pushed").then_some(all)
+        (all.len() == 2 && all.iter().all(|p| p["state"] != "queued")).then_some(all)
     });
-    assert_eq!(done.len(), 1, "{done:#?}");
-    assert_eq!(done[0]["cache"], "forks-ok");
+    let state = |id: &str| done.iter().find(|p| p["cache"] == id).map(|p| p["state"].clone());
+    assert_eq!(state("forks-ok"), Some(json!("pushed")), "{done:#?}");
+    // A loopback destination without security.allow_private_cache_hosts: refused at once, not retried.
+    assert_eq!(state("private"), Some(json!("failed")), "{done:#?}");
+    let private = done.iter().find(|p| p["cache"] == "private").expect("private");
+    assert_eq!(private["attempts"], 1);
+    let why = private["last_error"].as_str().unwrap_or("");
+    assert!(
+        why.contains("resolves to the private or loopback address 127.0.0.1")
+            && why.contains("allow_private_cache_hosts"),
+        "{why}"
+    );
     assert!(!strict.exists(), "nothing reached the cache without allow_forks");
 }
 

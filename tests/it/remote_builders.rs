@@ -311,7 +311,7 @@ fn builder<'a>(builders: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no builder {name} in {builders}"))
 }
 
-fn metric(addr: &str, line_start: &str) -> Option<String> {
+pub(crate) fn metric(addr: &str, line_start: &str) -> Option<String> {
     let (_, _, body) = http_get(addr, "/metrics");
     String::from_utf8_lossy(&body).lines().find(|l| l.starts_with(line_start)).map(str::to_string)
 }
