@@ -410,6 +410,20 @@ permissions = {{ allow_all = false, allowed_repos = ["octo-org/*"], allowed_bran
     assert!(cx[0].1.lines().any(|l| l == format!("CACHIX_AUTH_TOKEN={cachix_token}")), "{}", cx[0].1);
     assert!(!cx[0].1.contains("TEST_CACHIX_TOKEN") && !cx[0].1.contains(&s.secret), "{}", cx[0].1);
     assert!(!cx[0].1.contains(&attic_token) && !cx[0].1.contains(&http_token), "{}", cx[0].1);
+    // A cleared environment: the sealed allow-list, the credentials, and what sh sets itself; not the
+    // server's own variables (RUST_LOG, XDG_*, its HOME).
+    let shell_own = ["PWD", "OLDPWD", "SHLVL", "_"];
+    for line in cx[0].1.lines() {
+        let name = line.split_once('=').map_or(line, |(k, _)| k);
+        assert!(
+            eka_ci::nix::process::env::INHERITED_VARS.contains(&name)
+                || ["HOME", "TMPDIR", "NIX_SSHOPTS", "CACHIX_AUTH_TOKEN"].contains(&name)
+                || shell_own.contains(&name),
+            "{name} in the push command's environment: {}",
+            cx[0].1
+        );
+    }
+    assert!(!cx[0].1.contains(&format!("HOME={}\n", s.home.path().display())), "{}", cx[0].1);
     let at_calls = calls(&record, "attic");
     assert_eq!(at_calls.len(), 1, "one successful call after the failed one");
     assert_eq!(at_calls[0].0[..2], ["push".to_string(), "srv:cache".to_string()]);
@@ -580,4 +594,39 @@ fn a_push_that_outlives_the_timeout_is_killed_and_reported() {
     let err = result.expect_err("the push cannot succeed");
     assert!(err.0.contains("nix timed out after 2 s"), "{err}");
     assert!(!held.lock().expect("held").is_empty(), "nix reached the destination");
+}
+
+#[test]
+fn a_cache_that_cannot_be_set_up_stops_the_start_naming_it() {
+    let home = crate::common::Home::new();
+    let check = |caches: &str, env: &[(&str, &str)]| {
+        let cfg = home.write_config(caches);
+        let out = home
+            .command(crate::common::SERVER)
+            .arg("--check-config")
+            .arg("--config-file")
+            .arg(&cfg)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let env_cache = "[[caches]]\nid = \"s3\"\ncache_type = \"nix-copy\"\ndestination = \"s3://b/p\"\n\
+                     credentials = { env = { vars = [\"PUSH_TEST_KEY\"] } }\n";
+    let (code, err) = check(env_cache, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("caches[0] (s3): credentials: environment variable PUSH_TEST_KEY is not set"),
+        "{err}"
+    );
+    let (code, err) = check(env_cache, &[("PUSH_TEST_KEY", "k3y-v4lue")]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("k3y-v4lue"), "{err}");
+    let (code, err) = check(
+        "[[caches]]\nid = \"cx\"\ncache_type = \"cachix\"\ndestination = \"c\"\ncredentials = \"none\"\n\
+         secret_key_file = \"/nonexistent\"\n",
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("caches[0] (cx): secret_key_file is only for cache_type = \"nix-copy\""), "{err}");
 }
