@@ -76,11 +76,7 @@ impl GitHubService {
                     a.base_drv.as_ref().zip(a.base.as_ref()).map(|(d, b)| (d, b, job.diff.base.id)),
                 ];
                 for (drv, result, jobset) in sides.into_iter().flatten() {
-                    let caches: Vec<String> = usable
-                        .iter()
-                        .filter(|c| result.state == "success" || result.state == "cached" && c.push_cached)
-                        .map(|c| c.id.clone())
-                        .collect();
+                    let caches = caches_for(&result.state, &usable);
                     if !caches.is_empty() {
                         wanted.push((caches, drv.clone(), jobset, a.attr.clone()));
                     }
@@ -134,5 +130,54 @@ fn skip_markdown(skip: &Skip) -> String {
             format!("the cache does not allow branch {} (allowed_branches)", code_span(branch))
         }
         Skip::Fork => skip.to_string(),
+    }
+}
+
+/// The ids among `usable` a derivation in build state `state` goes to: every one when it was built
+/// (`success`), those with `push_cached` when it was substituted or already valid (`cached`), none
+/// otherwise.
+fn caches_for(state: &str, usable: &[&crate::config::CacheConfig]) -> Vec<String> {
+    usable
+        .iter()
+        .filter(|c| state == "success" || state == "cached" && c.push_cached)
+        .map(|c| c.id.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CacheConfig, CacheType, CredentialSource, Permissions};
+
+    fn cache(id: &str, push_cached: bool) -> CacheConfig {
+        CacheConfig {
+            id: id.into(),
+            cache_type: CacheType::NixCopy,
+            destination: "file:///c".into(),
+            credentials: CredentialSource::None,
+            permissions: Permissions::default(),
+            push_cached,
+            allow_forks: false,
+            secret_key_file: None,
+        }
+    }
+
+    #[test]
+    fn only_built_derivations_unless_push_cached() {
+        let (built_only, also_cached) = (cache("a", false), cache("b", true));
+        let usable = [&built_only, &also_cached];
+        assert_eq!(caches_for("success", &usable), ["a", "b"]);
+        assert_eq!(caches_for("cached", &usable), ["b"]);
+        assert!(caches_for("failure", &usable).is_empty());
+        assert!(caches_for("transitive-failure", &usable).is_empty());
+    }
+
+    #[test]
+    fn skip_reasons_put_github_names_in_code_spans() {
+        assert_eq!(
+            skip_markdown(&Skip::Branch("a`b".into())),
+            format!("the cache does not allow branch {} (allowed_branches)", code_span("a`b"))
+        );
+        assert_eq!(skip_markdown(&Skip::Fork), Skip::Fork.to_string());
     }
 }
