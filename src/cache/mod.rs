@@ -102,12 +102,6 @@ impl Caches {
         })
     }
 
-    /// No caches (tests, a server without `[[caches]]`).
-    pub fn none() -> Caches {
-        Caches::load(&ServerConfig::default(), &|_| None)
-            .unwrap_or_else(|_| unreachable!("no caches to load"))
-    }
-
     /// The cache with this id.
     pub fn get(&self, id: &str) -> Option<&CacheConfig> {
         self.caches.iter().find(|c| c.id == id)
