@@ -3,6 +3,7 @@
 //! The crate is one library with two thin binaries (`eka-ci-server`, the daemon, and `ekaci`, the admin CLI).
 //! Each module owns one boundary; see `docs/ARCHITECTURE.md` for the code map and the invariants.
 
+pub mod cache;
 pub mod checkout;
 pub mod checks;
 pub mod cli;

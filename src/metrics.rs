@@ -72,6 +72,10 @@ pub struct Metrics {
     /// Pipeline steps retried after host trouble (EMFILE, ENOSPC, a failed fork), by stage: checkout,
     /// evaluation, graph.
     pub host_trouble_retries: IntCounterVec,
+    /// Cache pushes (`cache`), one per batch command, by cache id and result: pushed, retry, failed.
+    pub cache_push_total: IntCounterVec,
+    /// Cache pushes: wall time of one push command (signing included).
+    pub cache_push_seconds: Histogram,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -289,6 +293,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
         host_trouble_retries.with_label_values(&[stage]);
     }
     registry.register(Box::new(host_trouble_retries.clone()))?;
+    let cache_push_total = IntCounterVec::new(
+        Opts::new(
+            "eka_ci_cache_push_total",
+            "Cache push commands, by cache id and result: pushed, retry (failed, will be retried), failed \
+             (given up or refused)",
+        ),
+        &["cache", "result"],
+    )?;
+    let cache_push_seconds = Histogram::with_opts(
+        HistogramOpts::new("eka_ci_cache_push_seconds", "Wall time of one cache push command")
+            .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]),
+    )?;
+    registry.register(Box::new(cache_push_total.clone()))?;
+    registry.register(Box::new(cache_push_seconds.clone()))?;
     registry.register(Box::new(http_connections_open.clone()))?;
     registry.register(Box::new(http_connections_refused.clone()))?;
     registry.register(Box::new(github_events_lenient.clone()))?;
@@ -328,6 +346,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         http_connections_open,
         http_connections_refused,
         github_events_lenient,
+        cache_push_total,
+        cache_push_seconds,
         host_trouble_retries,
     })
 }

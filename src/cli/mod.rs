@@ -32,6 +32,7 @@ pub enum Command {
     Review(ReviewCmd),
     Builds(BuildsCmd),
     Checks(ChecksCmd),
+    Pushes(PushesCmd),
     Logs(LogsCmd),
     Rebuild(RebuildCmd),
     Cancel(CancelCmd),
@@ -322,6 +323,21 @@ pub struct ChecksCmd {
     pub json: bool,
 }
 
+/// List cache pushes (docs/caches.md), most recently changed first.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "pushes")]
+pub struct PushesCmd {
+    /// only pushes given up or whose last attempt failed
+    #[argh(switch)]
+    pub failed: bool,
+    /// at most this many (default 100)
+    #[argh(option, default = "100")]
+    pub limit: u32,
+    /// print machine-readable JSON
+    #[argh(switch)]
+    pub json: bool,
+}
+
 /// Print a derivation's build log (the latest attempt unless --attempt).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "logs")]
@@ -436,6 +452,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Review(cmd) => review(&socket, cmd).await,
             Command::Builds(cmd) => builds(&socket, cmd).await,
             Command::Checks(cmd) => checks(&socket, cmd).await,
+            Command::Pushes(cmd) => pushes(&socket, cmd).await,
             Command::Logs(cmd) => logs(&socket, cmd).await,
             Command::Rebuild(cmd) => rebuild(&socket, cmd).await,
             Command::Cancel(cmd) => cancel(&socket, cmd).await,
@@ -608,6 +625,24 @@ async fn checks(socket: &std::path::Path, cmd: &ChecksCmd) -> Result<(), String>
         }
         Response::Error { message } => Err(message),
         other => Err(format!("unexpected response to checks: {other:?}")),
+    }
+}
+
+async fn pushes(socket: &std::path::Path, cmd: &PushesCmd) -> Result<(), String> {
+    match call(socket, Request::Pushes { failed: cmd.failed, limit: cmd.limit }).await? {
+        Response::Pushes(rows) => {
+            if cmd.json {
+                println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+            } else {
+                for p in &rows {
+                    let error = p.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+                    println!("{:<7} {} {} attempts={}{error}", p.state.as_str(), p.cache, p.drv, p.attempts);
+                }
+            }
+            Ok(())
+        }
+        Response::Error { message } => Err(message),
+        other => Err(format!("unexpected response to pushes: {other:?}")),
     }
 }
 

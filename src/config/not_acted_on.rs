@@ -63,23 +63,6 @@ pub const SERVER: &[ServerKey] = &[
         set: |c| c.web.bundle_path.is_some(),
     },
     ServerKey {
-        key: "security.max_hook_timeout_seconds",
-        note: "no post-build hooks run yet",
-        set: |c| {
-            c.security.max_hook_timeout_seconds != super::SecurityConfig::default().max_hook_timeout_seconds
-        },
-    },
-    ServerKey {
-        key: "security.audit_hooks",
-        note: "no post-build hooks run yet",
-        set: |c| c.security.audit_hooks != super::SecurityConfig::default().audit_hooks,
-    },
-    ServerKey {
-        key: "security.allow_private_cache_hosts",
-        note: "nothing is pushed to caches yet",
-        set: |c| c.security.allow_private_cache_hosts,
-    },
-    ServerKey {
         key: "oauth",
         note: "there is no web UI login yet",
         set: |c| {
@@ -89,11 +72,6 @@ pub const SERVER: &[ServerKey] = &[
                 || o.redirect_url.is_some()
                 || o.jwt_secret.is_some()
         },
-    },
-    ServerKey {
-        key: "caches",
-        note: "successful builds are not pushed to caches yet",
-        set: |c| !c.caches.is_empty(),
     },
     ServerKey {
         key: "gitea_instances",
@@ -107,12 +85,8 @@ pub const SERVER: &[ServerKey] = &[
     },
 ];
 
-/// `jobs.<name>.caches`.
-pub const REPO_JOB_CACHES: RepoKey =
-    RepoKey { key: "jobs.<name>.caches", note: "successful builds are not pushed to caches yet" };
-
 /// Repository configuration fields accepted but not acted on.
-pub const REPO: &[RepoKey] = &[REPO_JOB_CACHES];
+pub const REPO: &[RepoKey] = &[];
 
 /// The listed server keys `config` uses: those in `written` (found in the file) and those whose value
 /// is set, in the order of [`SERVER`].
@@ -187,13 +161,11 @@ mod tests {
     #[test]
     fn warnings_name_the_key_and_the_phrase() {
         assert_eq!(
-            SERVER.iter().find(|k| k.key == "caches").map(ServerKey::warning).as_deref(),
-            Some("caches: accepted, not yet acted on: successful builds are not pushed to caches yet")
+            SERVER.iter().find(|k| k.key == "gitea_instances").map(ServerKey::warning).as_deref(),
+            Some("gitea_instances: accepted, not yet acted on: Gitea is not supported yet")
         );
-        assert_eq!(
-            REPO_JOB_CACHES.message(),
-            "accepted, not yet acted on: successful builds are not pushed to caches yet"
-        );
+        let key = RepoKey { key: "jobs.<name>.x", note: "nothing happens yet" };
+        assert_eq!(key.message(), "accepted, not yet acted on: nothing happens yet");
         let mut keys: Vec<&str> = SERVER.iter().map(|k| k.key).collect();
         keys.sort_unstable();
         keys.dedup();
@@ -205,11 +177,10 @@ mod tests {
         let mut config = ServerConfig::default();
         assert!(server_keys_in_use(&config, &[]).is_empty());
         config.oauth.jwt_secret = Some(crate::secret::Secret::new("s"));
-        config.security.audit_hooks = false;
         let used: Vec<&str> = server_keys_in_use(&config, &[]).iter().map(|k| k.key).collect();
-        assert_eq!(used, ["security.audit_hooks", "oauth"]);
+        assert_eq!(used, ["oauth"]);
         let written = [&SERVER[0]];
         let used: Vec<&str> = server_keys_in_use(&config, &written).iter().map(|k| k.key).collect();
-        assert_eq!(used, ["web.allowed_origins", "security.audit_hooks", "oauth"]);
+        assert_eq!(used, ["web.allowed_origins", "oauth"]);
     }
 }

@@ -319,6 +319,16 @@ pub struct CacheConfig {
     pub credentials: CredentialSource,
     #[serde(default)]
     pub permissions: Permissions,
+    /// Push outputs that were substituted or already valid too, not only those built (default false).
+    #[serde(default)]
+    pub push_cached: bool,
+    /// Push the outputs of pull requests from forks (default false: never).
+    #[serde(default)]
+    pub allow_forks: bool,
+    /// nix-copy only: sign the pushed paths (and their closure) with this secret key
+    /// (`nix-store --generate-binary-cache-key`) before copying.
+    #[serde(default)]
+    pub secret_key_file: Option<PathBuf>,
 }
 
 /// `[[remote_builders]]`: a Nix remote build machine.

@@ -63,6 +63,9 @@ pub enum Request {
     CheckOutput { commit: String, name: String },
     /// Enable, disable or list auto-merge of pull requests (docs/merge.md, "Auto-merge").
     AutoMerge(AutoMergeOp),
+    /// Cache pushes, most recently changed first, at most `limit`; with `failed`, only those given up or
+    /// whose last attempt failed.
+    Pushes { failed: bool, limit: u32 },
 }
 
 /// What [`Request::AutoMerge`] does.
@@ -206,6 +209,8 @@ pub enum Response {
     },
     /// Every pull request with auto-merge on.
     AutoMerges(Vec<crate::forge::github::auto_merges::AutoMerge>),
+    /// Cache pushes (docs/caches.md).
+    Pushes(Vec<crate::cache::PushEntry>),
 }
 
 impl Response {

@@ -41,6 +41,8 @@ pub enum StartupError {
          environment variable, or set security.allow_insecure_webhooks = true for local development"
     )]
     NoWebhookSecret { origin: String },
+    #[error(transparent)]
+    Cache(crate::cache::CacheSetupError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,8 @@ pub struct Startup {
     pub apps: Vec<crate::forge::github::app::GitHubApp>,
     /// The remote builders of `machines_file` (empty without one).
     pub machines: Vec<crate::scheduler::builders::BuilderSpec>,
+    /// The `[[caches]]` with their credentials resolved.
+    pub caches: Arc<crate::cache::Caches>,
 }
 
 /// Checks that need the whole configuration before anything is opened, and loads what they check
@@ -115,12 +119,15 @@ pub fn check_startup(loaded: &LoadedConfig) -> Result<Startup, StartupError> {
     if !apps.is_empty() {
         tracing::info!(apps = apps.len(), "GitHub App credentials loaded");
     }
+    // Cache credentials too: the variables they name are dropped from the environment after start-up.
+    let caches = crate::cache::Caches::load(&loaded.config, &|k| std::env::var(k).ok())
+        .map_err(StartupError::Cache)?;
     if !has_secret {
         tracing::warn!(
             "running without a webhook secret (allow_insecure_webhooks = true): never do this in production"
         );
     }
-    Ok(Startup { apps, machines })
+    Ok(Startup { apps, machines, caches: Arc::new(caches) })
 }
 
 /// The remote builders listed in a Nix machines file.
@@ -155,7 +162,7 @@ async fn run_on(
     loaded: LoadedConfig,
     startup: Startup,
 ) -> Result<(), DaemonError> {
-    let Startup { apps, machines } = startup;
+    let Startup { apps, machines, caches } = startup;
     crate::supervise::init();
     let started = Instant::now();
     let config = loaded.config.clone();
@@ -255,6 +262,12 @@ async fn run_on(
             Ok::<(), std::convert::Infallible>(())
         }
     })));
+    // The cache push loop: pushes what runs queued (also what a previous run left queued).
+    let (push_store, push_caches, push_shutdown) = (store.clone(), caches.clone(), shutdown.0.clone());
+    services.push(ex.spawn(crate::supervise::supervise("cache-push", shutdown.0.clone(), move || {
+        let (store, caches, shutdown) = (push_store.clone(), push_caches.clone(), push_shutdown.clone());
+        async move { caches.run(store, shutdown).await }
+    })));
     // The GitHub service, when an App is configured: it consumes the webhook queue.
     let github = if apps.is_empty() {
         tracing::info!("no GitHub App configured: webhook events are queued but not handled");
@@ -266,6 +279,7 @@ async fn run_on(
             pipeline.clone(),
             scheduler.clone(),
             apps,
+            caches.clone(),
             config.github.clone(),
             crate::forge::github::service::RunPolicy {
                 approval: crate::forge::github::service::ApprovalPolicy {

@@ -75,6 +75,13 @@ impl Handler for DaemonHandler {
             Request::AutoMerge(op) => self.auto_merge(op).await,
             Request::Checks { commit, limit } => self.checks(commit, limit).await,
             Request::CheckOutput { commit, name } => self.check_output(commit, name).await,
+            Request::Pushes { failed, limit } => {
+                let store = self.store.clone();
+                match smol::unblock(move || crate::cache::queue::list(&store, failed, limit as usize)).await {
+                    Ok(rows) => Response::Pushes(rows),
+                    Err(e) => error(e.to_string()),
+                }
+            }
             Request::Gc => match self.retention.run().await {
                 Ok(report) => Response::Gc(report),
                 Err(e) => error(e.to_string()),

@@ -104,6 +104,14 @@ pub const BRANCH_SIZES: TableDefinition<&str, &[u8]> = TableDefinition::new("bra
 /// What one job's size check found (`sizes::SizeSummary`): `repo \0 head \0 base \0 job` →
 /// `SizeSummaryRecord`.
 pub const SIZE_SUMMARIES: TableDefinition<&str, &[u8]> = TableDefinition::new("size_summaries");
+/// Cache pushes (`cache::queue`): `drv \0 cache id` → `PushRecord`.
+pub const CACHE_PUSHES: TableDefinition<&str, &[u8]> = TableDefinition::new("cache_pushes");
+
+/// Pending cache pushes (`cache::queue`): `cache id \0 drv` → Unix seconds of the next attempt.
+pub const CACHE_PUSH_QUEUE: TableDefinition<&str, u64> = TableDefinition::new("cache_push_queue");
+
+/// Cache push audit records (`security.audit_hooks`): sequence number → `AuditRecord`.
+pub const CACHE_PUSH_AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("cache_push_audit");
 
 /// A table as described in `migrations-free-schema/`: its name and its key and value types as Rust
 /// spells them in the definitions above.
@@ -146,6 +154,9 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "output_sizes", key: "&str", value: "&[u8]" },
     TableInfo { name: "branch_sizes", key: "&str", value: "&[u8]" },
     TableInfo { name: "size_summaries", key: "&str", value: "&[u8]" },
+    TableInfo { name: "cache_pushes", key: "&str", value: "&[u8]" },
+    TableInfo { name: "cache_push_queue", key: "&str", value: "u64" },
+    TableInfo { name: "cache_push_audit", key: "u64", value: "&[u8]" },
 ];
 
 /// Creates every table that does not exist yet.
@@ -180,5 +191,8 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(OUTPUT_SIZES)?;
     tx.open_table(BRANCH_SIZES)?;
     tx.open_table(SIZE_SUMMARIES)?;
+    tx.open_table(CACHE_PUSHES)?;
+    tx.open_table(CACHE_PUSH_QUEUE)?;
+    tx.open_table(CACHE_PUSH_AUDIT)?;
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! `GET /v1/drvs/{drv}`: one derivation's build state, attempts, history and neighbours in the graph.
+//! `GET /v1/drvs/{drv}`: one derivation's build state, attempts, history, neighbours in the graph and
+//! cache pushes.
 //!
 //! Also home of what every build route shares: [`ApiError`] (every error answers
 //! `{"error": "...", "status": N}`), [`parse_drv_param`] (the strict reading of a `{drv}` path segment)
@@ -286,6 +287,25 @@ async fn get_drv(req: tide::Request<AppState>) -> Result<tide::Response, ApiErro
         .into_iter()
         .map(|(name, path)| (name, if path.is_empty() { Value::Null } else { Value::String(path) }))
         .collect();
+    // Cache pushes (docs/caches.md); a failure's message (it may name a destination) only with a token.
+    let (store, d) = (state.store.clone(), drv.clone());
+    let pushes = smol::unblock(move || crate::cache::queue::for_drv(&store, &d))
+        .await
+        .map_err(|e| ApiError::store("reading the cache pushes", e))?;
+    let anonymous = caller.is_anonymous();
+    let pushes: Vec<Value> = pushes
+        .iter()
+        .map(|p| {
+            json!({
+                "cache": p.cache,
+                "state": p.state.as_str(),
+                "attempts": p.attempts,
+                "next_attempt_at": (p.state == crate::cache::PushState::Queued).then_some(p.next_attempt_at),
+                "last_error": if anonymous { None } else { p.last_error.clone() },
+                "updated_at": p.updated_at,
+            })
+        })
+        .collect();
     Ok(ok_json(json!({
         "drv": drv,
         "system": view.system,
@@ -298,6 +318,7 @@ async fn get_drv(req: tide::Request<AppState>) -> Result<tide::Response, ApiErro
         "dependencies": view.dependencies,
         "dependents": view.dependents,
         "dependents_total": view.dependents_total,
+        "pushes": pushes,
     })))
 }
 

@@ -78,17 +78,28 @@ impl Setup {
 
     /// Like [`Setup::new`], with `github` added to the `[github]` table.
     fn with_github(extra: &str, github: &str) -> Setup {
+        Setup::with_env(extra, github, "", &[])
+    }
+
+    /// Like [`Setup::with_github`], with `security` added to the `[security]` table and extra
+    /// environment variables for the server.
+    pub(crate) fn with_env(
+        extra: &str,
+        github: &str,
+        security: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Setup {
         let (fake, home) = (FakeGitHub::start(), Home::new());
         let creds = home.path().join("github-app.json");
         let body = json!({ "GITHUB_APP_ID": fake_github::APP_ID, "GITHUB_APP_PRIVATE_KEY": fake_github::PRIVATE_KEY_PKCS1 });
         std::fs::write(&creds, body.to_string()).expect("write credentials");
         let credentials = format!("{{ file = {{ path = \"{}\" }} }}", creds.display());
-        Setup::start(fake, home, extra, github, &credentials, &[])
+        Setup::start(fake, home, extra, github, security, &credentials, env)
     }
 
     /// Like [`Setup::new`], with the App's `credentials` (a TOML value) and `env` for the server.
     pub(crate) fn with_app_credentials(credentials: &str, env: &[(&str, &std::ffi::OsStr)]) -> Setup {
-        Setup::start(FakeGitHub::start(), Home::new(), "", "", credentials, env)
+        Setup::start(FakeGitHub::start(), Home::new(), "", "", "", credentials, env)
     }
 
     fn start(
@@ -96,12 +107,13 @@ impl Setup {
         home: Home,
         extra: &str,
         github: &str,
+        security: &str,
         credentials: &str,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Setup {
         let secret = format!("wh-{}", nonce());
         let config = format!(
-            "{extra}\n\n[web]\nport = 0\nmetrics_public = true\n\n[security]\nwebhook_secret = \"{secret}\"\nallow_unsandboxed_builds = true\n\n[github]\napi_url = \"{}\"\n{github}\n\
+            "{extra}\n\n[web]\nport = 0\nmetrics_public = true\n\n[security]\nwebhook_secret = \"{secret}\"\nallow_unsandboxed_builds = true\n{security}\n\n[github]\napi_url = \"{}\"\n{github}\n\
              [[github_apps]]\nid = \"main\"\ncredentials = {credentials}\n",
             fake.url(),
         );
@@ -169,6 +181,11 @@ impl Setup {
 
     pub(crate) fn restart(&mut self) {
         self.server = Some(self.home.start());
+    }
+
+    /// [`Setup::restart`] with extra environment variables for the server.
+    pub(crate) fn restart_with(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
+        self.server = Some(self.home.start_with(env));
     }
 
     /// Kills the server with SIGKILL, as a crash would, and waits until it is gone.

@@ -13,6 +13,7 @@ mod fake_github;
 mod api_auth;
 mod approvals;
 mod auto_merge;
+mod cache_push;
 mod checkout;
 mod checks;
 mod cli_eval;

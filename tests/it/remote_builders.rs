@@ -28,12 +28,12 @@ use crate::github_app::wait_for;
 const SSHD: &str = "/usr/sbin/sshd";
 
 /// Machines of one test, sharing a client key and an ssh configuration file.
-struct Farm {
+pub(crate) struct Farm {
     dir: tempfile::TempDir,
 }
 
 impl Farm {
-    fn new() -> Farm {
+    pub(crate) fn new() -> Farm {
         assert!(Path::new(SSHD).exists(), "{SSHD} is missing: install openssh-server (.ci/run does)");
         // sshd's privilege separation directory (Debian's package makes it at boot).
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
@@ -43,7 +43,7 @@ impl Farm {
         farm
     }
 
-    fn client_key(&self) -> PathBuf {
+    pub(crate) fn client_key(&self) -> PathBuf {
         self.dir.path().join("client_key")
     }
 
@@ -52,12 +52,12 @@ impl Farm {
     }
 
     /// `NIX_SSHOPTS` for the server (and for our own checks).
-    fn sshopts(&self) -> String {
+    pub(crate) fn sshopts(&self) -> String {
         format!("-F {}", self.ssh_config().display())
     }
 
     /// A machine reached as `ssh-ng://<alias>`, offering `features`; not started.
-    fn machine(&self, alias: &str, features: &[&str]) -> Machine {
+    pub(crate) fn machine(&self, alias: &str, features: &[&str]) -> Machine {
         let dir = self.dir.path().join(alias);
         for sub in ["nix", "etc-nix"] {
             std::fs::create_dir_all(dir.join(sub)).expect("machine dirs");
@@ -113,16 +113,16 @@ impl Farm {
 }
 
 /// One sshd "machine" with its own `/nix`.
-struct Machine {
-    uri: String,
-    dir: PathBuf,
+pub(crate) struct Machine {
+    pub(crate) uri: String,
+    pub(crate) dir: PathBuf,
     port: u16,
-    host_key_b64: String,
+    pub(crate) host_key_b64: String,
     child: Option<Child>,
 }
 
 impl Machine {
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         assert!(self.child.is_none(), "{} runs already", self.uri);
         let d = self.dir.display();
         let script = format!(
@@ -154,7 +154,7 @@ impl Machine {
     }
 
     /// Whether `path` is valid in the machine's own store (read from its database on disk).
-    fn has_valid(&self, path: &str) -> bool {
+    pub(crate) fn has_valid(&self, path: &str) -> bool {
         let store = format!("local?root={}", self.dir.display());
         Command::new("nix-store")
             .args(["--store", &store, "--check-validity", path])
@@ -311,7 +311,7 @@ fn builder<'a>(builders: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no builder {name} in {builders}"))
 }
 
-fn metric(addr: &str, line_start: &str) -> Option<String> {
+pub(crate) fn metric(addr: &str, line_start: &str) -> Option<String> {
     let (_, _, body) = http_get(addr, "/metrics");
     String::from_utf8_lossy(&body).lines().find(|l| l.starts_with(line_start)).map(str::to_string)
 }

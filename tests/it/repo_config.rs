@@ -95,12 +95,7 @@ fn every_field() {
       "change_sets": { "doc/**": "docs-only", ".github/": "no-op", "flake.lock": "full-rebuild" }
     }"#;
     let (config, warnings) = parse_ok(dir.path(), json);
-    let not_yet =
-        |path: &str, what: &str| FieldError::new(path, format!("accepted, not yet acted on: {what}"));
-    assert_eq!(
-        warnings,
-        vec![not_yet("jobs.hello.caches", "successful builds are not pushed to caches yet"),]
-    );
+    assert_eq!(warnings, vec![]);
 
     let mut jobs = BTreeMap::new();
     jobs.insert(
@@ -504,35 +499,27 @@ fn unknown_fields_are_warnings_with_paths() {
 }
 
 #[test]
-fn keys_accepted_but_not_acted_on_are_warnings_with_their_paths() {
+fn caches_are_acted_on_and_ids_the_server_does_not_define_are_errors() {
     let dir = checkout();
     let json = r#"{
       "jobs": {
         "hello": { "file": "default.nix", "caches": ["prod"] },
-        "plain": { "file": "default.nix", "caches": ["prod"] },
-        "none": { "file": "default.nix" }
+        "plain": { "file": "default.nix", "caches": ["prod", "nope"] }
       },
       "checks": { "lint": { "shell": "s", "command": "true" } }
     }"#;
+    // Without the server's list (the library's default limits), ids are not checked and nothing warns.
     let (config, warnings) = parse_ok(dir.path(), json);
-    assert_eq!(config.jobs["hello"].caches, ["prod"], "the keys are still accepted");
-    let shown: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(config.jobs["hello"].caches, ["prod"]);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // With the server's `[[caches]]`, an id it does not define is an error at its path.
+    let limits = repo::RepoLimits { known_caches: Some(vec!["prod".into()]), ..Default::default() };
+    let errors = repo::parse_limited(json.as_bytes(), dir.path(), limits).expect_err("unknown id");
     assert_eq!(
-        shown,
-        [
-            "jobs.hello.caches: accepted, not yet acted on: successful builds are not pushed to caches yet",
-            "jobs.plain.caches: accepted, not yet acted on: successful builds are not pushed to caches yet",
-        ],
-        "checks are acted on: no warning"
+        error_at(&errors, "jobs.plain.caches[1]"),
+        "no cache \"nope\" is defined on this server ([[caches]] of ekaci.toml)"
     );
-    // Through the loader too (what "EkaCI: Configure" and `ekaci eval` show).
-    write(dir.path(), ".eka-ci/config.json", json);
-    match repo::load(dir.path()) {
-        RepoConfigOutcome::Loaded { warnings: loaded, .. } => assert_eq!(loaded, warnings),
-        other => panic!("expected a loaded configuration, got {other:?}"),
-    }
-    let (_, none) = parse_ok(dir.path(), r#"{ "jobs": { "a": { "file": "default.nix" } } }"#);
-    assert!(none.is_empty(), "{none:?}");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
 }
 
 // --- names ---------------------------------------------------------------------------------------
@@ -745,16 +732,7 @@ fn checks_and_caches_details() {
     let (config, warnings) =
         parse_ok(dir.path(), r#"{ "jobs": { "a": { "file": "default.nix", "caches": ["x", "y", "x"] } } }"#);
     assert_eq!(config.jobs["a"].caches, strs(&["x", "y"]));
-    assert_eq!(
-        warnings,
-        vec![
-            FieldError::new(
-                "jobs.a.caches",
-                "accepted, not yet acted on: successful builds are not pushed to caches yet"
-            ),
-            FieldError::new("jobs.a.caches[2]", "duplicate cache id (listed once)"),
-        ]
-    );
+    assert_eq!(warnings, vec![FieldError::new("jobs.a.caches[2]", "duplicate cache id (listed once)")]);
 }
 
 // --- change sets -------------------------------------------------------------------------------------

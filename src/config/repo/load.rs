@@ -21,12 +21,14 @@ pub struct RepoLimits {
     pub max_jobs: usize,
     /// The paths a check's `ro_bind` may name (`[checks] allowed_ro_binds`); any other is an error.
     pub allowed_ro_binds: Vec<PathBuf>,
+    /// The cache ids a job's `caches` may name (`[[caches]]`); `None`: not checked.
+    pub known_caches: Option<Vec<String>>,
 }
 
 impl Default for RepoLimits {
     /// The server configuration's defaults.
     fn default() -> Self {
-        RepoLimits { max_jobs: 16, allowed_ro_binds: Vec::new() }
+        RepoLimits { max_jobs: 16, allowed_ro_binds: Vec::new(), known_caches: None }
     }
 }
 
@@ -36,6 +38,7 @@ impl RepoLimits {
         RepoLimits {
             max_jobs: usize::try_from(config.limits.max_jobs_per_repo).unwrap_or(usize::MAX),
             allowed_ro_binds: config.checks.allowed_ro_binds.clone(),
+            known_caches: Some(config.caches.iter().map(|c| c.id.clone()).collect()),
         }
     }
 }
@@ -169,6 +172,7 @@ fn parse_collect(bytes: &[u8], checkout: &Path, limits: RepoLimits) -> Collected
     let mut v = Validator::new(fs::canonicalize(checkout).ok());
     v.max_jobs = limits.max_jobs;
     v.allowed_ro_binds = limits.allowed_ro_binds;
+    v.known_caches = limits.known_caches;
     let config = v.config(&value);
     match config {
         Some(config) if v.errors.is_empty() => Ok((config, v.warnings)),

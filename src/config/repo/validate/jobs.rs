@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::{index_path, key_path, Validator};
-use crate::config::not_acted_on;
 use crate::config::repo::paths::{relative_repo_path, resolve_in_repo, ResolveError};
 use crate::config::repo::{JobConfig, JobSource, SizeCheck, DEFAULT_FLAKE_ATTR};
 use crate::text::markdown::is_forbidden_char;
@@ -48,9 +47,6 @@ impl Validator {
     pub(super) fn job(&mut self, v: &Value, path: &str) -> Option<JobConfig> {
         let obj = self.object(v, path)?;
         self.unknown_fields(obj, path, JOB_FIELDS);
-        if obj.contains_key("caches") {
-            self.not_acted_on(&key_path(path, "caches"), &not_acted_on::REPO_JOB_CACHES);
-        }
         let source = self.job_source(obj, path);
         let allow_eval_failures = self.opt_bool(obj, path, "allow_eval_failures", false);
         let caches = self.caches(obj, path);
@@ -210,6 +206,11 @@ impl Validator {
                 );
             } else if id.chars().any(is_forbidden_char) {
                 self.error(&item_path, "cache id must not contain control characters");
+            } else if self.known_caches.as_ref().is_some_and(|known| !known.contains(id)) {
+                self.error(
+                    &item_path,
+                    format!("no cache {id:?} is defined on this server ([[caches]] of ekaci.toml)"),
+                );
             } else if out.contains(id) {
                 self.warn(&item_path, "duplicate cache id (listed once)");
             } else {

@@ -54,6 +54,7 @@ use crate::store::{now_secs, Store, StoreError};
 mod auto_merge;
 mod gate;
 mod merge;
+mod pushes;
 mod report;
 mod run;
 mod sizes;
@@ -102,6 +103,8 @@ pub struct GitHubService {
     max_rebuild_count: Option<usize>,
     /// The merge method of an `@eka-ci merge` that names none.
     default_merge_method: MergeMethod,
+    /// The server's `[[caches]]`: where a job's built outputs are pushed.
+    caches: Arc<crate::cache::Caches>,
     /// When each (commenter id, repository) last had a command accepted by the rate limit (the event's
     /// receipt, Unix seconds). Process-local on purpose: it resets at restart.
     command_times: Mutex<HashMap<(u64, String), u64>>,
@@ -144,12 +147,14 @@ impl ApprovalPolicy {
 
 impl GitHubService {
     /// A service acting as `apps` (at least one), talking to `config.api_url`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         ex: Rc<LocalExecutor<'static>>,
         store: Store,
         pipeline: Arc<Pipeline>,
         scheduler: SchedulerHandle,
         apps: Vec<GitHubApp>,
+        caches: Arc<crate::cache::Caches>,
         config: GitHubConfig,
         policy: RunPolicy,
     ) -> Result<Rc<GitHubService>, ClientError> {
@@ -170,6 +175,7 @@ impl GitHubService {
             skip_paths,
             max_rebuild_count,
             default_merge_method,
+            caches,
             command_times: Mutex::new(HashMap::new()),
         }))
     }

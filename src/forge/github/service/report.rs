@@ -138,6 +138,8 @@ pub(super) struct ConfigureReport<'a> {
     pub trusted_author: Option<&'a str>,
     /// A merge queue entry rather than a pull request.
     pub merge_group: bool,
+    /// One Markdown line per cache a job names but may not push to (`pushes.rs`).
+    pub cache_skips: &'a [String],
 }
 
 /// The `EkaCI: Configure` check: the head configuration's validation, what it would change against the
@@ -230,6 +232,12 @@ pub(super) fn configure_fields(r: &ConfigureReport) -> CheckRunFields {
             }
         }
     };
+    if !r.cache_skips.is_empty() {
+        summary.push_str("\n\nCaches skipped (the builds still run; their outputs are not pushed there):\n");
+        for line in r.cache_skips {
+            summary.push_str(&format!("- {line}\n"));
+        }
+    }
     if let Found::Valid { warnings, .. } = r.head {
         if !warnings.is_empty() {
             summary.push_str("\n\nWarnings:\n");

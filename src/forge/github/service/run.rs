@@ -178,6 +178,13 @@ impl GitHubService {
                 self.author_with_write_access(&run, client, installation).await?
             };
         let side = gate::choose(&base_found, &head_found, trusted_author.is_some());
+        let push_plan = match match side {
+            Side::Base => base_found.config(),
+            Side::Head => head_found.config(),
+        } {
+            Some(config) => Some(self.push_plan(&run, client, installation, config).await?),
+            None => None,
+        };
         let configure = ConfigureReport {
             base: &base_found,
             head: &head_found,
@@ -185,6 +192,7 @@ impl GitHubService {
             side,
             trusted_author: trusted_author.as_deref(),
             merge_group,
+            cache_skips: push_plan.as_ref().map_or(&[], |p| p.skipped.as_slice()),
         };
         reporter.report(CONFIGURE_CHECK, configure_fields(&configure)).await?;
         let gating = match side {
@@ -295,6 +303,9 @@ impl GitHubService {
                     .await;
             }
         };
+        if let Some(plan) = &push_plan {
+            self.queue_pushes(plan, repo_config, &review).await?;
+        }
         let checks_failed =
             self.run_repo_checks(&reporter, repo_config, &url, &head, auth.as_ref(), owners).await?;
         self.report_sizes(&reporter, &run, repo_config, &review, summary.as_ref()).await?;
