@@ -9,7 +9,11 @@
 //! | `systemd-credential = { name }` | the file `$CREDENTIALS_DIRECTORY/<name>`, read like `file` |
 //! | `cachix-token = { env_var }` | `CACHIX_AUTH_TOKEN`, from the named variable |
 //! | `none` | nothing |
-//! | `vault`, `aws-secrets-manager`, `instance-metadata`, `aws-profile` | [`CredentialError::NotSupported`] |
+//! | `vault`, `aws-secrets-manager`, `instance-metadata`, `aws-profile` | fetched by [`crate::credentials::fetch`]: the secret's keys, or `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN` |
+//!
+//! The four remote sources are fetched once at start-up (a cache whose secret cannot be fetched stops the
+//! start, naming it) and again before every push ([`RemoteCredentials`]), so rotated Vault secrets and
+//! expiring instance-role credentials are always current.
 //!
 //! Values are [`Secret`]s: they reach only the push command's environment, never its argv, a log line,
 //! an error message or a stored record. Errors name the source and the variable or file, never a value.
@@ -37,8 +41,8 @@ pub enum CredentialError {
     BadName { path: PathBuf, name: String },
     #[error("systemd-credential {name}: CREDENTIALS_DIRECTORY is not set (is the server run by systemd with LoadCredential=?)")]
     NoCredentialsDirectory { name: String },
-    #[error("credential source `{0}` is not supported for caches yet")]
-    NotSupported(&'static str),
+    #[error(transparent)]
+    Remote(#[from] crate::credentials::CredentialError),
     #[error("credential source `{0}` is for GitHub Apps, not caches")]
     NotForCaches(&'static str),
 }
@@ -68,16 +72,37 @@ pub fn cache_env(
             Ok(vec![(CACHIX_AUTH_TOKEN.to_string(), Secret::new(token))])
         }
         CredentialSource::None => Ok(Vec::new()),
-        // Not supported yet: the resolvers of these four sources are wired in here.
-        CredentialSource::Vault { .. } => Err(CredentialError::NotSupported("vault")),
-        CredentialSource::AwsSecretsManager { .. } => {
-            Err(CredentialError::NotSupported("aws-secrets-manager"))
-        }
-        CredentialSource::InstanceMetadata { .. } => Err(CredentialError::NotSupported("instance-metadata")),
-        CredentialSource::AwsProfile { .. } => Err(CredentialError::NotSupported("aws-profile")),
+        CredentialSource::Vault { .. }
+        | CredentialSource::AwsSecretsManager { .. }
+        | CredentialSource::InstanceMetadata { .. }
+        | CredentialSource::AwsProfile { .. } => RemoteCredentials::capture(source, env).fetch(),
         CredentialSource::GitHubAppKeyFile { .. } => {
             Err(CredentialError::NotForCaches("github-app-key-file"))
         }
+    }
+}
+
+/// A remote source and the environment variables its fetch reads, captured before the server sealed its
+/// environment; [`RemoteCredentials::fetch`] blocks on HTTP (run it on the blocking pool).
+#[derive(Debug, Clone)]
+pub struct RemoteCredentials {
+    source: CredentialSource,
+    ctx: crate::credentials::Ctx,
+}
+
+impl RemoteCredentials {
+    /// `Some` for the four remote sources.
+    pub fn of(source: &CredentialSource, env: &dyn Fn(&str) -> Option<String>) -> Option<RemoteCredentials> {
+        crate::credentials::is_remote(source).then(|| RemoteCredentials::capture(source, env))
+    }
+
+    fn capture(source: &CredentialSource, env: &dyn Fn(&str) -> Option<String>) -> RemoteCredentials {
+        RemoteCredentials { source: source.clone(), ctx: crate::credentials::Ctx::capture(source, env) }
+    }
+
+    /// The secret's key/value pairs, fetched now.
+    pub fn fetch(&self) -> Result<Vec<(String, Secret)>, CredentialError> {
+        Ok(crate::credentials::fetch(&self.source, &self.ctx)?.into_iter().collect())
     }
 }
 
@@ -186,27 +211,18 @@ mod tests {
     }
 
     #[test]
-    fn remote_sources_are_not_supported_yet() {
+    fn remote_sources_are_fetched_and_their_failures_name_the_source() {
+        // No VAULT_TOKEN and no ~/.vault-token under this HOME: the fetch stops before any request.
         let vault = CredentialSource::Vault {
-            address: "https://v".into(),
+            address: "http://127.0.0.1:9".into(),
             secret_path: "p".into(),
             token_env: "VAULT_TOKEN".into(),
             namespace: None,
         };
-        for (source, name) in [
-            (vault, "vault"),
-            (
-                CredentialSource::AwsSecretsManager { secret_name: "s".into(), region: None },
-                "aws-secrets-manager",
-            ),
-            (CredentialSource::InstanceMetadata { provider: None }, "instance-metadata"),
-            (CredentialSource::AwsProfile { profile: "p".into() }, "aws-profile"),
-        ] {
-            let err = cache_env(&source, &|_| None).unwrap_err();
-            assert_eq!(
-                err.to_string(),
-                format!("credential source `{name}` is not supported for caches yet")
-            );
-        }
+        let err = cache_env(&vault, &|k| (k == "HOME").then(|| "/nonexistent".to_string())).unwrap_err();
+        assert!(err.to_string().starts_with("credential source `vault`"), "{err}");
+        let profile = CredentialSource::AwsProfile { profile: "p".into() };
+        assert!(RemoteCredentials::of(&profile, &|_| None).is_some());
+        assert!(RemoteCredentials::of(&CredentialSource::None, &|_| None).is_none());
     }
 }

@@ -45,6 +45,8 @@ pub enum CacheSetupError {
 pub struct Caches {
     caches: Vec<CacheConfig>,
     env: HashMap<String, Vec<(String, Secret)>>,
+    /// Caches whose credentials come from a remote source: fetched again before each push.
+    remote: HashMap<String, credentials::RemoteCredentials>,
     timeout: Duration,
     audit: bool,
     allow_private: bool,
@@ -73,8 +75,11 @@ impl Caches {
         config: &ServerConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Caches, CacheSetupError> {
-        let mut resolved = HashMap::new();
+        let (mut resolved, mut remote) = (HashMap::new(), HashMap::new());
         for (index, c) in config.caches.iter().enumerate() {
+            if let Some(r) = credentials::RemoteCredentials::of(&c.credentials, env) {
+                remote.insert(c.id.clone(), r);
+            }
             let vars = credentials::cache_env(&c.credentials, env)
                 .map_err(|source| CacheSetupError::Credentials { index, id: c.id.clone(), source })?;
             if let Some(path) = &c.secret_key_file {
@@ -94,6 +99,7 @@ impl Caches {
         Ok(Caches {
             caches: config.caches.clone(),
             env: resolved,
+            remote,
             timeout: Duration::from_secs(config.security.max_hook_timeout_seconds),
             audit: config.security.audit_hooks,
             allow_private: config.security.allow_private_cache_hosts,
@@ -180,6 +186,18 @@ impl Caches {
         }
     }
 
+    /// The environment variables of cache `id`'s push command: fetched now for a remote source (so rotated
+    /// or expiring credentials are current), else those resolved at start-up.
+    async fn credentials(&self, id: &str) -> Result<Vec<(String, Secret)>, credentials::CredentialError> {
+        match self.remote.get(id) {
+            Some(r) => {
+                let r = r.clone();
+                smol::unblock(move || r.fetch()).await
+            }
+            None => Ok(self.env.get(id).cloned().unwrap_or_default()),
+        }
+    }
+
     /// One push of `batch` (entries of cache `id`).
     async fn attempt(
         &self,
@@ -200,13 +218,13 @@ impl Caches {
                 let (c, allow) = (cache.clone(), self.allow_private);
                 match smol::unblock(move || permissions::check_destination(&c, allow)).await {
                     Err(msg) => queue::Attempt::Refused(msg),
-                    Ok(()) => {
-                        let env = self.env.get(id).map(Vec::as_slice).unwrap_or(&[]);
-                        match push::push(cache, env, &paths, self.timeout).await {
+                    Ok(()) => match self.credentials(id).await {
+                        Err(e) => queue::Attempt::Failed(format!("credentials: {e}")),
+                        Ok(env) => match push::push(cache, &env, &paths, self.timeout).await {
                             Ok(_) => queue::Attempt::Pushed,
                             Err(e) => queue::Attempt::Failed(e.0),
-                        }
-                    }
+                        },
+                    },
                 }
             }
         };

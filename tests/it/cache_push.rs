@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 
 use crate::common::{get_json, multi_output_nix, nonce, send_token, GitRepo};
+use crate::fake_cloud::FakeCloud;
 use crate::github_app::{pull_request, summary, wait_for, Setup, REPO};
 use crate::remote_builders::{metric, Farm};
 
@@ -214,8 +215,11 @@ fn built_outputs_reach_every_cache_the_job_may_use_and_credentials_never_leak() 
     stand_in(&bin, "attic", &record, Some("ATTIC_TOKEN"));
     let (cachix_token, attic_token, http_token) =
         (format!("cachix-tok-{n}"), format!("attic-tok-{n}"), format!("http-tok-{n}"));
-    let attic_env = dir.path().join("attic.env");
-    std::fs::write(&attic_env, format!("ATTIC_TOKEN={attic_token}\n")).expect("attic credentials");
+    // attic's token lives in Vault (KV v2), fetched at start-up and again before each push.
+    let vault_token = format!("vault-tok-{n}");
+    let cloud = FakeCloud::start();
+    cloud.vault_auth(&vault_token, None);
+    cloud.vault_put("secret", "eka-ci/attic", json!({ "ATTIC_TOKEN": attic_token }));
     let (key, public_key) = generate_key(dir.path());
     let file_cache = dir.path().join("file-cache");
     let http = HttpCache::start(false);
@@ -265,7 +269,7 @@ credentials = {{ cachix-token = {{ env_var = "TEST_CACHIX_TOKEN" }} }}
 id = "at"
 cache_type = "attic"
 destination = "srv:cache"
-credentials = {{ file = {{ path = "{attic}" }} }}
+credentials = {{ vault = {{ address = "{vault}", secret_path = "eka-ci/attic" }} }}
 
 [[caches]]
 id = "denied"
@@ -284,7 +288,7 @@ permissions = {{ allow_all = false, allowed_repos = ["octo-org/*"], allowed_bran
         file = file_cache.display(),
         key = key.display(),
         http = http.url(),
-        attic = attic_env.display(),
+        vault = cloud.url(),
     );
     let path_var = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let sshopts = farm.sshopts();
@@ -293,6 +297,7 @@ permissions = {{ allow_all = false, allowed_repos = ["octo-org/*"], allowed_bran
         ("NIX_SSHOPTS", OsStr::new(&sshopts)),
         ("TEST_CACHIX_TOKEN", OsStr::new(&cachix_token)),
         ("HTTP_CACHE_TOKEN", OsStr::new(&http_token)),
+        ("VAULT_TOKEN", OsStr::new(&vault_token)),
     ];
     let mut s = Setup::with_env(&caches, "", "allow_private_cache_hosts = true", &env);
 
@@ -428,9 +433,14 @@ permissions = {{ allow_all = false, allowed_repos = ["octo-org/*"], allowed_bran
     assert_eq!(at_calls.len(), 1, "one successful call after the failed one");
     assert_eq!(at_calls[0].0[..2], ["push".to_string(), "srv:cache".to_string()]);
     assert!(at_calls[0].1.lines().any(|l| l == format!("ATTIC_TOKEN={attic_token}")));
+    assert!(!at_calls[0].1.contains(&vault_token), "the Vault token reached the push command");
+    // Read at each of the two start-ups and again before each of attic's two push attempts (reading only
+    // at start-up would make two).
+    let reads = cloud.calls().iter().filter(|c| c.path == "/v1/secret/data/eka-ci/attic").count();
+    assert!(reads >= 4, "{reads} reads: {:#?}", cloud.calls());
     for (_, _, ps) in cx.iter().chain(at_calls.iter()) {
         assert!(ps.contains("push"), "ps saw the push: {ps}");
-        for secret in [&cachix_token, &attic_token, &http_token] {
+        for secret in [&cachix_token, &attic_token, &http_token, &vault_token] {
             assert!(!ps.contains(secret.as_str()), "a credential in ps output: {ps}");
         }
     }
@@ -466,7 +476,7 @@ permissions = {{ allow_all = false, allowed_repos = ["octo-org/*"], allowed_bran
     let store = eka_ci::store::Store::open(&s.home.db()).expect("open the database");
     let audit = eka_ci::cache::queue::audit_trail(&store).expect("audit trail");
     let audit_text = format!("{audit:?}");
-    for secret in [&cachix_token, &attic_token, &http_token] {
+    for secret in [&cachix_token, &attic_token, &http_token, &vault_token] {
         assert!(!runs.contains(secret.as_str()), "a credential in a check run");
         assert!(!log.contains(secret.as_str()), "a credential in the log");
         assert!(!audit_text.contains(secret.as_str()), "a credential in the audit records");
