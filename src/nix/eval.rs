@@ -82,6 +82,22 @@ pub struct EvalOptions {
     pub restrict_eval: bool,
     /// URI prefixes evaluation may fetch under `restrict_eval` (Nix's `allowed-uris`). Default none.
     pub allowed_uris: Vec<String>,
+    /// The built-in backend records an attribute whose `builtins.tryEval` failed with
+    /// [`DEFERRED_ERROR`] instead of finding Nix's message (which costs a `nix repl` evaluation per
+    /// failure); [`explain`] finds the message later for the errors a report shows. Default false.
+    pub defer_error_messages: bool,
+}
+
+/// The message of an error record whose explanation was deferred ([`EvalOptions::defer_error_messages`]):
+/// all `builtins.tryEval` tells is that a `throw` or an `assert` failed (it catches nothing else). Nix's
+/// own messages start with `error:`, so an evaluated expression cannot produce this text.
+pub const DEFERRED_ERROR: &str =
+    "a throw or an assertion failed while evaluating this attribute (Nix's message is computed only for \
+     errors a report shows)";
+
+/// Whether `message` is [`DEFERRED_ERROR`]: Nix's message for it is still to be found with [`explain`].
+pub fn is_deferred(message: &str) -> bool {
+    message == DEFERRED_ERROR
 }
 
 impl EvalOptions {
@@ -98,6 +114,7 @@ impl EvalOptions {
             backend: EvalBackend::Auto,
             restrict_eval: true,
             allowed_uris: Vec::new(),
+            defer_error_messages: false,
         }
     }
 }
@@ -322,6 +339,33 @@ pub async fn evaluate(
         errors: emitter.errors.get(),
         elapsed: started.elapsed(),
     })
+}
+
+/// Finds Nix's own message for attributes of `source` whose error records were deferred
+/// ([`DEFERRED_ERROR`]): `nix repl` sessions import the job once per share of the workers and evaluate
+/// each attribute without `tryEval` (see [`crate::nix::eval_explain`]). Returns one message per
+/// attribute of `attrs`, in order. An attribute that evaluates without error this time gets a message
+/// saying so (the expression is impure). Bounded by `opts.timeout`, like [`evaluate`].
+pub async fn explain(
+    checkout: &Path,
+    source: &EvalSource,
+    opts: &EvalOptions,
+    attrs: &[Vec<String>],
+) -> Result<Vec<String>, EvalError> {
+    if attrs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let work = crate::nix::eval_builtin::explain(checkout, source, opts, attrs);
+    match Instant::now().checked_add(opts.timeout) {
+        Some(deadline) => {
+            futures_lite::future::or(work, async {
+                smol::Timer::at(deadline).await;
+                Err(EvalError::Timeout { limit: opts.timeout })
+            })
+            .await
+        }
+        None => work.await,
+    }
 }
 
 /// Sends events and counts records; shared by the workers of one evaluation (single-threaded).

@@ -48,7 +48,8 @@ use serde_json::Value;
 
 use crate::nix::eval::{
     add_restriction_args, attr_display, check_source, meta_with_names, nix_error_message, prepare_roots_dir,
-    Emitter, EvalDrv, EvalError, EvalOptions, EvalOutcome, EvalRecord, EvalSource, Target,
+    Emitter, EvalDrv, EvalError, EvalEvent, EvalOptions, EvalOutcome, EvalRecord, EvalSource, Target,
+    DEFERRED_ERROR,
 };
 use crate::nix::eval_explain::{self, nix_string, ExplainError, Explained, Session};
 use crate::nix::process::builders::read_oom_kills;
@@ -325,31 +326,7 @@ pub(crate) async fn run(
     opts: &EvalOptions,
     out: &Emitter,
 ) -> Result<(), EvalError> {
-    let (checkout, target) = check_source(checkout, source, opts).await?;
-    let roots_dir = prepare_roots_dir(&opts.gc_roots_dir).await?;
-    let work = WorkDir::create().await?;
-    let (attr_path, what) = match source {
-        EvalSource::File { file, attr_path } if attr_path.is_empty() => {
-            (attr_path, file.display().to_string())
-        }
-        EvalSource::File { file, attr_path } => {
-            (attr_path, format!("attribute {:?} of {}", attr_display(attr_path), file.display()))
-        }
-        EvalSource::Flake { attr_path } => {
-            (attr_path, format!("the flake output {:?}", attr_display(attr_path)))
-        }
-    };
-    let attr_path = attr_path.clone();
-    let limits = RunLimits {
-        memory_limit_bytes: (opts.max_memory_mib > 0).then(|| opts.max_memory_mib.saturating_mul(1 << 20)),
-        timeout: None,
-        poll_interval: Duration::from_millis(50),
-        stdout_limit: 256 << 20,
-        stderr_tail: 64 << 10,
-    };
-    let ev =
-        Evaluator { checkout, target, attr_path, what, opts, roots_dir, work, seq: Cell::new(0), limits };
-
+    let ev = Evaluator::new(checkout, source, opts).await?;
     match ev.root().await? {
         None => {
             out.listed(1).await?;
@@ -363,6 +340,82 @@ pub(crate) async fn run(
     }
     out.progress().await?;
     Ok(())
+}
+
+/// Finds Nix's message for each of `attrs` (deferred error records, see
+/// [`EvalOptions::defer_error_messages`]): the explaining steps of [`run`] without the walk, in shares
+/// over the workers. One message per attribute, in order.
+pub(crate) async fn explain(
+    checkout: &Path,
+    source: &EvalSource,
+    opts: &EvalOptions,
+    attrs: &[Vec<String>],
+) -> Result<Vec<String>, EvalError> {
+    let ev = Evaluator::new(checkout, source, opts).await?;
+    let (tx, rx) = async_channel::unbounded();
+    let out = Emitter::new(tx);
+    let per_worker = attrs.len().div_ceil(opts.workers.max(1)).clamp(1, EXPLAIN_SHARE);
+    let shares: Vec<&[Vec<String>]> = attrs.chunks(per_worker).collect();
+    let next = Cell::new(0usize);
+    let worker = || async {
+        loop {
+            let i = next.get();
+            let Some(share) = shares.get(i) else { return Ok::<(), EvalError>(()) };
+            next.set(i + 1);
+            ev.explain_share(share.to_vec(), &out).await?;
+        }
+    };
+    try_join_all((0..opts.workers.max(1)).map(|_| worker()).collect()).await?;
+    drop(out);
+    let mut found = std::collections::HashMap::new();
+    while let Ok(event) = rx.try_recv() {
+        if let EvalEvent::Record(record) = event {
+            let message = match record.outcome {
+                EvalOutcome::Error { message } => message,
+                EvalOutcome::Derivation(d) => format!(
+                    "the attribute failed when the job was evaluated but evaluated to {} when its error \
+                     was looked up (is the expression impure?)",
+                    d.drv_path
+                ),
+            };
+            found.insert(record.attr_path, message);
+        }
+    }
+    Ok(attrs
+        .iter()
+        .map(|a| {
+            found.remove(a).unwrap_or_else(|| "evaluation failed; Nix's message could not be found".to_string())
+        })
+        .collect())
+}
+
+impl<'a> Evaluator<'a> {
+    /// Checks the source and prepares the GC-roots and request directories.
+    async fn new(checkout: &Path, source: &EvalSource, opts: &'a EvalOptions) -> Result<Evaluator<'a>, EvalError> {
+        let (checkout, target) = check_source(checkout, source, opts).await?;
+        let roots_dir = prepare_roots_dir(&opts.gc_roots_dir).await?;
+        let work = WorkDir::create().await?;
+        let (attr_path, what) = match source {
+            EvalSource::File { file, attr_path } if attr_path.is_empty() => {
+                (attr_path, file.display().to_string())
+            }
+            EvalSource::File { file, attr_path } => {
+                (attr_path, format!("attribute {:?} of {}", attr_display(attr_path), file.display()))
+            }
+            EvalSource::Flake { attr_path } => {
+                (attr_path, format!("the flake output {:?}", attr_display(attr_path)))
+            }
+        };
+        let attr_path = attr_path.clone();
+        let limits = RunLimits {
+            memory_limit_bytes: (opts.max_memory_mib > 0).then(|| opts.max_memory_mib.saturating_mul(1 << 20)),
+            timeout: None,
+            poll_interval: Duration::from_millis(50),
+            stdout_limit: 256 << 20,
+            stderr_tail: 64 << 10,
+        };
+        Ok(Evaluator { checkout, target, attr_path, what, opts, roots_dir, work, seq: Cell::new(0), limits })
+    }
 }
 
 impl Evaluator<'_> {
@@ -707,6 +760,10 @@ impl Evaluator<'_> {
     /// worker pool.
     async fn finish(&self, walk: Walk, out: &Emitter) -> Result<(), EvalError> {
         let Walk { mut records, redo, mut unexplained } = walk;
+        if self.opts.defer_error_messages {
+            // Explained later, for the errors a report shows (`explain`).
+            records.extend(unexplained.drain(..).map(|path| error_record(&path, DEFERRED_ERROR.to_string())));
+        }
         records.sort_by(|a, b| a.attr_path.cmp(&b.attr_path));
         unexplained.sort();
         for record in records {
