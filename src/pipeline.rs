@@ -466,7 +466,8 @@ impl Pipeline {
             let (jobsets, base_id, head_id) = (self.jobsets.clone(), b.id, h.id);
             jobs.push(smol::unblock(move || diff(&jobsets, base_id, head_id)).await?);
         }
-        self.explain_new_errors(url, head_commit, auth, Definitions::Given(gate), &mut jobs, progress).await?;
+        self.explain_new_errors(url, head_commit, auth, Definitions::Given(gate), &mut jobs, progress)
+            .await?;
         Ok(DiffReport {
             repo: url.into(),
             base_commit: base_commit.into(),
@@ -560,13 +561,17 @@ impl Pipeline {
                 // The report lists every attribute: the first errors get Nix's message.
                 let deferred: Vec<String> = attrs
                     .iter()
-                    .filter(|(_, o)| matches!(o, AttrOutcome::Error { message } if eval::is_deferred(message)))
+                    .filter(
+                        |(_, o)| matches!(o, AttrOutcome::Error { message } if eval::is_deferred(message)),
+                    )
                     .map(|(a, _)| a.clone())
                     .take(EXPLAINED_IN_EVAL_REPORT)
                     .collect();
                 let messages = self.explain_errors(&jobset, job, worktree.path(), deferred, progress).await?;
                 for (attr, outcome) in &mut attrs {
-                    if let (AttrOutcome::Error { message }, Some(found)) = (outcome, messages.get(attr.as_str())) {
+                    if let (AttrOutcome::Error { message }, Some(found)) =
+                        (outcome, messages.get(attr.as_str()))
+                    {
                         *message = found.clone();
                     }
                 }
@@ -610,12 +615,19 @@ impl Pipeline {
         if jobs.iter().all(|d| deferred(d).is_empty()) {
             return Ok(());
         }
-        report(progress, &format!("checking out {} to explain new evaluation errors", crate::text::short_sha(head)), 0, 0);
+        report(
+            progress,
+            &format!("checking out {} to explain new evaluation errors", crate::text::short_sha(head)),
+            0,
+            0,
+        );
         let _worktree_slot = self.worktree_slots.acquire().await;
         let worktree = self.checkout(url, head, auth).await?;
         let result = async {
             let own = match definitions {
-                Definitions::Own(_) => Some(load_repo_config(&worktree, url, head, self.repo_limits()).await?.0),
+                Definitions::Own(_) => {
+                    Some(load_repo_config(&worktree, url, head, self.repo_limits()).await?.0)
+                }
                 Definitions::Given(_) => None,
             };
             for d in jobs.iter_mut() {

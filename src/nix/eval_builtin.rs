@@ -384,14 +384,20 @@ pub(crate) async fn explain(
     Ok(attrs
         .iter()
         .map(|a| {
-            found.remove(a).unwrap_or_else(|| "evaluation failed; Nix's message could not be found".to_string())
+            found
+                .remove(a)
+                .unwrap_or_else(|| "evaluation failed; Nix's message could not be found".to_string())
         })
         .collect())
 }
 
 impl<'a> Evaluator<'a> {
     /// Checks the source and prepares the GC-roots and request directories.
-    async fn new(checkout: &Path, source: &EvalSource, opts: &'a EvalOptions) -> Result<Evaluator<'a>, EvalError> {
+    async fn new(
+        checkout: &Path,
+        source: &EvalSource,
+        opts: &'a EvalOptions,
+    ) -> Result<Evaluator<'a>, EvalError> {
         let (checkout, target) = check_source(checkout, source, opts).await?;
         let roots_dir = prepare_roots_dir(&opts.gc_roots_dir).await?;
         let work = WorkDir::create().await?;
@@ -408,7 +414,8 @@ impl<'a> Evaluator<'a> {
         };
         let attr_path = attr_path.clone();
         let limits = RunLimits {
-            memory_limit_bytes: (opts.max_memory_mib > 0).then(|| opts.max_memory_mib.saturating_mul(1 << 20)),
+            memory_limit_bytes: (opts.max_memory_mib > 0)
+                .then(|| opts.max_memory_mib.saturating_mul(1 << 20)),
             timeout: None,
             poll_interval: Duration::from_millis(50),
             stdout_limit: 256 << 20,

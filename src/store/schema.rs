@@ -23,7 +23,8 @@ pub const JOBSET_ATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::n
 
 /// Nix's messages for deferred evaluation errors, found when a report showed them (`jobset`):
 /// (jobset id, attribute) → `ErrorMessageRecord`.
-pub const JOBSET_ERROR_MESSAGES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("jobset_error_messages");
+pub const JOBSET_ERROR_MESSAGES: TableDefinition<(u64, &str), &[u8]> =
+    TableDefinition::new("jobset_error_messages");
 
 /// The derivation graph's path interning: .drv store path → `DrvIdRecord` (see `graph::record`).
 pub const GRAPH_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("graph_ids");

@@ -212,6 +212,23 @@ fn diff_classifies_and_does_not_depend_on_the_graph_cache_size() {
             ("typeError".to_string(), false, false),
         ]
     );
+    // Evaluation records a `throw`/`assert` failure cheaply; only the errors new in head get Nix's
+    // message (found after the diff, cached per jobset), the others say that it was not computed.
+    let error = |attr: &str, side: &str| -> String {
+        let e = job["errors"].as_array().expect("errors").iter().find(|e| e["attr"] == attr).expect(attr);
+        e[side].as_str().unwrap_or_default().to_string()
+    };
+    assert!(
+        error("newlyBroken", "head_error").contains("now broken"),
+        "{}",
+        error("newlyBroken", "head_error")
+    );
+    assert_eq!(error("assertion", "head_error"), eka_ci::nix::eval::DEFERRED_ERROR);
+    assert_eq!(error("assertion", "base_error"), eka_ci::nix::eval::DEFERRED_ERROR);
+    assert!(error("typeError", "head_error").contains("cannot add"), "not a throw: found in the walk");
+    // Asked again, the same answer (the message now comes from the cache).
+    let again = diff_json(&home, &repo, &base, &head);
+    assert_eq!(again["jobs"][0]["errors"], job["errors"]);
     drop(server);
 
     // The same diff with a graph cache far smaller than the graph gives the same answer.
