@@ -171,6 +171,8 @@ pub struct Progress {
     pub done: u64,
     /// 0 when not known yet.
     pub total: u64,
+    /// An evaluation's counts (listed, evaluated, instantiated, errors), while one runs.
+    pub counts: Option<eval::EvalCounts>,
 }
 
 /// Receives progress reports. It must not block: progress is advisory, and a receiver that cannot keep
@@ -185,8 +187,18 @@ const EXPLAINED_IN_EVAL_REPORT: usize = 100;
 pub type ProgressSink = Option<ProgressFn>;
 
 fn report(progress: &ProgressSink, stage: &str, done: u64, total: u64) {
+    report_counts(progress, stage, done, total, None);
+}
+
+fn report_counts(
+    progress: &ProgressSink,
+    stage: &str,
+    done: u64,
+    total: u64,
+    counts: Option<eval::EvalCounts>,
+) {
     if let Some(sink) = progress {
-        sink(Progress { stage: stage.to_string(), done, total });
+        sink(Progress { stage: stage.to_string(), done, total, counts });
     }
 }
 
@@ -869,9 +881,11 @@ impl Pipeline {
         let consume = async {
             let mut writer = self.jobsets.writer(id);
             let (mut done, mut total) = (0u64, 0u64);
+            let mut counts = None;
             let mut pending = Vec::new();
             while let Ok(event) = rx.recv().await {
                 match event {
+                    EvalEvent::Counts(c) => counts = Some(c),
                     EvalEvent::Listed { total: t } => total = t as u64,
                     EvalEvent::Progress { done: d, total: t } => (done, total) = (d as u64, t as u64),
                     EvalEvent::Record(record) => {
@@ -881,7 +895,7 @@ impl Pipeline {
                         }
                     }
                 }
-                report(progress, stage, done, total);
+                report_counts(progress, stage, done, total, counts);
             }
             write_batch(writer, pending).await.map(drop)
         };

@@ -194,6 +194,19 @@ pub enum EvalEvent {
         done: usize,
         total: usize,
     },
+    /// Where the evaluation stands, for progress lines; sent during the walk (before `Listed`) and before
+    /// each `Progress`.
+    Counts(EvalCounts),
+}
+
+/// How far an evaluation got: attributes found (listed), attributes whose evaluation finished
+/// (evaluated), derivations instantiated with a GC root, and failing attributes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalCounts {
+    pub listed: u64,
+    pub evaluated: u64,
+    pub instantiated: u64,
+    pub errors: u64,
 }
 
 /// What a finished evaluation reports.
@@ -375,6 +388,9 @@ pub(crate) struct Emitter {
     pub(crate) total: Cell<usize>,
     pub(crate) derivations: Cell<usize>,
     pub(crate) errors: Cell<usize>,
+    /// Attributes the built-in walk found and evaluated (it finds more than it makes records of: sets
+    /// it recursed into, values it skipped); `None` before the walk ends, and for `nix-eval-jobs`.
+    pub(crate) walked: Cell<Option<(u64, u64)>>,
 }
 
 impl Emitter {
@@ -385,6 +401,7 @@ impl Emitter {
             total: Cell::new(0),
             derivations: Cell::new(0),
             errors: Cell::new(0),
+            walked: Cell::new(None),
         }
     }
 
@@ -406,7 +423,21 @@ impl Emitter {
         self.send(EvalEvent::Record(record)).await
     }
 
+    /// Sends where the evaluation stands (see [`EvalEvent::Counts`]).
+    pub(crate) async fn counts(&self, counts: EvalCounts) -> Result<(), EvalError> {
+        self.send(EvalEvent::Counts(counts)).await
+    }
+
     pub(crate) async fn progress(&self) -> Result<(), EvalError> {
+        let done = self.done.get() as u64;
+        let (listed, evaluated) = self.walked.get().unwrap_or((done.max(self.total.get() as u64), done));
+        self.counts(EvalCounts {
+            listed,
+            evaluated,
+            instantiated: self.derivations.get() as u64,
+            errors: self.errors.get() as u64,
+        })
+        .await?;
         self.send(EvalEvent::Progress { done: self.done.get(), total: self.total.get() }).await
     }
 }

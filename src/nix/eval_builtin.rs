@@ -48,8 +48,8 @@ use serde_json::Value;
 
 use crate::nix::eval::{
     add_restriction_args, attr_display, check_source, meta_with_names, nix_error_message, prepare_roots_dir,
-    Emitter, EvalDrv, EvalError, EvalEvent, EvalOptions, EvalOutcome, EvalRecord, EvalSource, Target,
-    DEFERRED_ERROR,
+    Emitter, EvalCounts, EvalDrv, EvalError, EvalEvent, EvalOptions, EvalOutcome, EvalRecord, EvalSource,
+    Target, DEFERRED_ERROR,
 };
 use crate::nix::eval_explain::{self, nix_string, ExplainError, Explained, Session};
 use crate::nix::process::builders::read_oom_kills;
@@ -333,7 +333,7 @@ pub(crate) async fn run(
             ev.process_batch(&[Item { path: Vec::new(), error: None }], out).await?;
         }
         Some(names) => {
-            let walk = ev.walk(names).await?;
+            let walk = ev.walk(names, out).await?;
             out.listed(walk.records.len() + walk.redo.len() + walk.unexplained.len()).await?;
             ev.finish(walk, out).await?;
         }
@@ -579,11 +579,13 @@ impl Evaluator<'_> {
     /// Walks the job's attributes breadth-first over the worker pool: each step classifies a large share
     /// of attributes and computes the derivations' information in the same process, and the derivations
     /// it found are given GC roots right after it.
-    async fn walk(&self, names: Vec<String>) -> Result<Walk, EvalError> {
+    async fn walk(&self, names: Vec<String>, out: &Emitter) -> Result<Walk, EvalError> {
         let found = RefCell::new(Walk::default());
         let (tx, rx) = async_channel::unbounded::<Vec<Vec<String>>>();
         let pending = Cell::new(0usize);
+        let (listed, evaluated) = (Cell::new(0u64), Cell::new(0u64));
         let enqueue = |paths: Vec<Vec<String>>| {
+            listed.set(listed.get() + paths.len() as u64);
             let chunk = walk_chunk(paths.len(), self.opts.workers, self.opts.batch_size);
             for c in paths.chunks(chunk) {
                 pending.set(pending.get() + 1);
@@ -596,8 +598,25 @@ impl Evaluator<'_> {
         }
         let worker = || async {
             while let Ok(batch) = rx.recv().await {
+                let size = batch.len() as u64;
                 let children = self.walk_batch(batch, &found).await?;
                 enqueue(children);
+                evaluated.set(evaluated.get() + size);
+                let counts = {
+                    let found = found.borrow();
+                    let instantiated = found
+                        .records
+                        .iter()
+                        .filter(|r| matches!(r.outcome, EvalOutcome::Derivation(_)))
+                        .count();
+                    EvalCounts {
+                        listed: listed.get(),
+                        evaluated: evaluated.get(),
+                        instantiated: instantiated as u64,
+                        errors: (found.records.len() - instantiated + found.unexplained.len()) as u64,
+                    }
+                };
+                out.counts(counts).await?;
                 pending.set(pending.get() - 1);
                 if pending.get() == 0 {
                     tx.close();
@@ -606,6 +625,7 @@ impl Evaluator<'_> {
             Ok::<(), EvalError>(())
         };
         try_join_all((0..self.opts.workers).map(|_| worker()).collect()).await?;
+        out.walked.set(Some((listed.get(), evaluated.get())));
         Ok(found.into_inner())
     }
 

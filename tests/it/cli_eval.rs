@@ -157,6 +157,16 @@ fn eval_reports_drvs_and_per_attribute_errors() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("job tools: 1 derivations, 1 evaluation errors (allowed)"), "{text}");
     assert!(text.contains("bad  error: tool broken"), "{text}");
+    // Progress on a non-terminal: plain lines with the evaluation's counts, no escapes.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let short = eka_ci::text::short_sha(&base);
+    assert!(
+        stderr.contains(&format!(
+            "evaluating tools @ {short}: listed 2, evaluated 2, instantiated 1, errors 1\n"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
 }
 
 fn diff_json(home: &Home, repo: &GitRepo, base: &str, head: &str) -> Value {
