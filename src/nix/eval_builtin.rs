@@ -17,7 +17,9 @@
 //!    is a store file listing (so referencing) the step's `.drv` paths, written by `builtins.toFile`: one
 //!    GC root per step, no evaluation of the job. If a `.drv` is no longer valid, the step fails and its
 //!    derivations go through the full per-batch instantiation instead.
-//! 4. **explain**: the attributes whose `tryEval` failed get Nix's real message from `nix repl` sessions
+//! 4. **explain**: with [`EvalOptions::defer_error_messages`] (the server), the attributes whose `tryEval`
+//!    failed are recorded with [`crate::nix::eval::DEFERRED_ERROR`] and [`explain`] finds their messages
+//!    later, for the errors a report shows. Otherwise they get Nix's real message from `nix repl` sessions
 //!    ([`crate::nix::eval_explain`]) that evaluate many of them without the guard, one import each.
 //!    What the repl cannot explain (it evaluates fine there, or no session starts) goes through the
 //!    per-batch steps: **info** (the walk's computation under `tryEval`), **explain** alone in a process,
