@@ -624,6 +624,16 @@ impl Pipeline {
                 .map(|e| e.attr.clone())
                 .collect()
         };
+        // Messages found before (cached per jobset) need no checkout.
+        for d in jobs.iter_mut() {
+            let attrs = deferred(d);
+            if attrs.is_empty() {
+                continue;
+            }
+            let (jobsets, id) = (self.jobsets.clone(), d.head.id);
+            let cached = smol::unblock(move || jobsets.error_messages(id, &attrs)).await?;
+            set_head_errors(d, &cached);
+        }
         if jobs.iter().all(|d| deferred(d).is_empty()) {
             return Ok(());
         }
@@ -651,11 +661,7 @@ impl Pipeline {
                 };
                 let (Some(job), false) = (job, attrs.is_empty()) else { continue };
                 let messages = self.explain_errors(&d.head, job, worktree.path(), attrs, progress).await?;
-                for e in &mut d.errors {
-                    if let Some(found) = messages.get(&e.attr) {
-                        e.head_error = Some(found.clone());
-                    }
-                }
+                set_head_errors(d, &messages);
             }
             Ok::<(), PipelineError>(())
         }
@@ -947,6 +953,15 @@ impl Pipeline {
             Ok(roots)
         })
         .await
+    }
+}
+
+/// Replaces the head messages of `d`'s errors with those found (by attribute).
+fn set_head_errors(d: &mut JobDiff, messages: &std::collections::BTreeMap<String, String>) {
+    for e in &mut d.errors {
+        if let Some(found) = messages.get(&e.attr) {
+            e.head_error = Some(found.clone());
+        }
     }
 }
 
