@@ -514,9 +514,7 @@ impl Pipeline {
         let _worktree_slot = self.worktree_slots.acquire().await;
         let worktree = self.checkout(repo, commit, auth).await?;
         let result = load_repo_config(&worktree, repo, commit, self.repo_limits()).await;
-        if let Err(e) = worktree.remove().await {
-            tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
-        }
+        remove_worktree(worktree).await;
         result
     }
 
@@ -666,10 +664,21 @@ impl Pipeline {
             Ok::<(), PipelineError>(())
         }
         .await;
-        if let Err(e) = worktree.remove().await {
-            tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
-        }
+        remove_worktree(worktree).await;
         result
+    }
+
+    /// What job `job` evaluates, and the evaluation options for jobset `id` (its GC roots directory).
+    fn eval_setup(&self, id: JobsetId, job: &JobConfig) -> (EvalSource, EvalOptions) {
+        let source = match &job.source {
+            JobSource::File { file, attr_path } => {
+                EvalSource::File { file: file.clone(), attr_path: attr_path.clone() }
+            }
+            JobSource::Flake { attr_path } => EvalSource::Flake { attr_path: attr_path.clone() },
+        };
+        let mut opts = self.eval_options.clone();
+        opts.gc_roots_dir = self.gc_roots.join(id.to_string());
+        (source, opts)
     }
 
     /// Nix's messages for the deferred errors `attrs` of `jobset` (job `job`, checked out at `checkout`):
@@ -697,14 +706,7 @@ impl Pipeline {
         }
         let stage = format!("explaining {} evaluation errors of {}", missing.len(), jobset.key.job_name());
         report(progress, &stage, 0, missing.len() as u64);
-        let source = match &job.source {
-            JobSource::File { file, attr_path } => {
-                EvalSource::File { file: file.clone(), attr_path: attr_path.clone() }
-            }
-            JobSource::Flake { attr_path } => EvalSource::Flake { attr_path: attr_path.clone() },
-        };
-        let mut opts = self.eval_options.clone();
-        opts.gc_roots_dir = self.gc_roots.join(id.to_string());
+        let (source, opts) = self.eval_setup(id, job);
         let paths: Vec<Vec<String>> = missing.iter().map(|a| eval::attr_split(a)).collect();
         let messages = match eval::explain(checkout, &source, &opts, &paths).await {
             Ok(messages) => messages,
@@ -868,14 +870,7 @@ impl Pipeline {
         stage: &str,
         progress: &ProgressSink,
     ) -> Result<(), EvalFailure> {
-        let source = match &job.source {
-            JobSource::File { file, attr_path } => {
-                EvalSource::File { file: file.clone(), attr_path: attr_path.clone() }
-            }
-            JobSource::Flake { attr_path } => EvalSource::Flake { attr_path: attr_path.clone() },
-        };
-        let mut opts = self.eval_options.clone();
-        opts.gc_roots_dir = self.gc_roots.join(id.to_string());
+        let (source, mut opts) = self.eval_setup(id, job);
         // Nix's messages are found later, for the errors a report shows (`explain_errors`).
         opts.defer_error_messages = true;
         let paths = CheckoutPaths::new(checkout);
@@ -953,6 +948,13 @@ impl Pipeline {
             Ok(roots)
         })
         .await
+    }
+}
+
+/// Removes a worktree once its step is done; a failure is logged (the worktree is pruned at the next start).
+async fn remove_worktree(worktree: Worktree) {
+    if let Err(e) = worktree.remove().await {
+        tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
     }
 }
 

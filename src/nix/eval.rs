@@ -334,17 +334,7 @@ pub async fn evaluate(
             _ => crate::nix::eval_builtin::run(checkout, source, opts, &emitter).await,
         }
     };
-    let result = match started.checked_add(opts.timeout) {
-        Some(deadline) => {
-            futures_lite::future::or(work, async {
-                smol::Timer::at(deadline).await;
-                Err(EvalError::Timeout { limit: opts.timeout })
-            })
-            .await
-        }
-        None => work.await,
-    };
-    result?;
+    within(started, opts.timeout, work).await?;
     Ok(EvalSummary {
         backend,
         total: emitter.done.get(),
@@ -368,12 +358,22 @@ pub async fn explain(
     if attrs.is_empty() {
         return Ok(Vec::new());
     }
-    let work = crate::nix::eval_builtin::explain(checkout, source, opts, attrs);
-    match Instant::now().checked_add(opts.timeout) {
+    within(Instant::now(), opts.timeout, crate::nix::eval_builtin::explain(checkout, source, opts, attrs))
+        .await
+}
+
+/// Runs `work` until `limit` after `started`, then gives up with [`EvalError::Timeout`] (dropping `work`
+/// kills its processes).
+async fn within<T>(
+    started: Instant,
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, EvalError>>,
+) -> Result<T, EvalError> {
+    match started.checked_add(limit) {
         Some(deadline) => {
             futures_lite::future::or(work, async {
                 smol::Timer::at(deadline).await;
-                Err(EvalError::Timeout { limit: opts.timeout })
+                Err(EvalError::Timeout { limit })
             })
             .await
         }
