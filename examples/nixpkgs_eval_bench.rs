@@ -9,7 +9,9 @@
 //! and all its descendants together (sampled every 100 ms), the records, and a comparison with the output
 //! of `nix-env -f NIXPKGS_DIR -qaP --drv-path` saved in NIX_ENV_OUTPUT: attributes nix-env lists that the
 //! evaluator misses or gives another `.drv` path, and attributes the evaluator lists beyond nix-env's
-//! (aliases, failing attributes).
+//! (aliases, failing attributes). Failures are recorded without Nix's message (`defer_error_messages`, as
+//! the server evaluates); afterwards 50 of them are explained on demand, as a report showing that many
+//! new errors would, and that is timed separately.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -18,7 +20,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eka_ci::nix::eval::{evaluate, EvalBackend, EvalEvent, EvalOptions, EvalOutcome, EvalSource};
+use eka_ci::nix::eval::{
+    evaluate, explain, is_deferred, EvalBackend, EvalEvent, EvalOptions, EvalOutcome, EvalSource,
+};
+
+/// How many deferred errors are explained afterwards, as a report showing that many would.
+const EXPLAIN_SAMPLE: usize = 50;
 
 /// Resident bytes of `root` and every process descending from it.
 fn tree_rss(root: u32) -> u64 {
@@ -94,6 +101,8 @@ fn main() -> ExitCode {
     opts.max_memory_mib = max_memory_mib;
     opts.backend = EvalBackend::Builtin;
     opts.timeout = Duration::from_secs(3 * 3600);
+    // As the server does: failures are explained later, for the errors a report shows.
+    opts.defer_error_messages = true;
 
     let peak = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -178,6 +187,17 @@ fn main() -> ExitCode {
         })
         .collect();
     let unexplained = errors.iter().filter(|m| !m.starts_with("error:")).count();
+    let deferred: Vec<Vec<String>> = records
+        .values()
+        .filter(|r| matches!(&r.outcome, EvalOutcome::Error { message } if is_deferred(message)))
+        .map(|r| r.attr_path.clone())
+        .collect();
+    // What a report pays for the errors it shows: explain EXPLAIN_SAMPLE of them, spread over the list.
+    let step = (deferred.len() / EXPLAIN_SAMPLE).max(1);
+    let sample: Vec<Vec<String>> = deferred.iter().step_by(step).take(EXPLAIN_SAMPLE).cloned().collect();
+    let explain_started = Instant::now();
+    let explained = smol::block_on(explain(&dir, &source, &opts, &sample));
+    let explain_wall = explain_started.elapsed();
 
     println!("workers: {workers}, max_memory_mib: {max_memory_mib}");
     println!("wall: {:.1} s", wall.as_secs_f64());
@@ -189,6 +209,16 @@ fn main() -> ExitCode {
         "records: {} ({} derivations, {} errors; {} errors without a Nix message)",
         summary.total, summary.derivations, summary.errors, unexplained
     );
+    println!("deferred errors (message computed on demand): {}", deferred.len());
+    match &explained {
+        Ok(messages) => println!(
+            "explaining {} of them on demand: {:.1} s, {} with Nix's message",
+            sample.len(),
+            explain_wall.as_secs_f64(),
+            messages.iter().filter(|m| m.starts_with("error:")).count()
+        ),
+        Err(e) => println!("explaining {} of them on demand failed: {e}", sample.len()),
+    }
     println!("nix-env attributes: {}", expected.len());
     println!("  missing from ours: {}", missing.len());
     println!("  different .drv path: {}", different.len());

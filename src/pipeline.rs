@@ -171,18 +171,34 @@ pub struct Progress {
     pub done: u64,
     /// 0 when not known yet.
     pub total: u64,
+    /// An evaluation's counts (listed, evaluated, instantiated, errors), while one runs.
+    pub counts: Option<eval::EvalCounts>,
 }
 
 /// Receives progress reports. It must not block: progress is advisory, and a receiver that cannot keep
 /// up drops reports.
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// At most this many deferred errors per job get Nix's message in an `ekaci eval` report (the others
+/// keep [`eval::DEFERRED_ERROR`]; a diff explains every error new in head).
+const EXPLAINED_IN_EVAL_REPORT: usize = 100;
+
 /// Where progress goes, if anywhere (the daemon forwards it to the control connection that asked).
 pub type ProgressSink = Option<ProgressFn>;
 
 fn report(progress: &ProgressSink, stage: &str, done: u64, total: u64) {
+    report_counts(progress, stage, done, total, None);
+}
+
+fn report_counts(
+    progress: &ProgressSink,
+    stage: &str,
+    done: u64,
+    total: u64,
+    counts: Option<eval::EvalCounts>,
+) {
     if let Some(sink) = progress {
-        sink(Progress { stage: stage.to_string(), done, total });
+        sink(Progress { stage: stage.to_string(), done, total, counts });
     }
 }
 
@@ -386,6 +402,7 @@ impl Pipeline {
             let (jobsets, h) = (self.jobsets.clone(), h.id);
             jobs.push(smol::unblock(move || diff(&jobsets, base_id, h)).await?);
         }
+        self.explain_new_errors(url, head_commit, auth, Definitions::Own(job), &mut jobs, progress).await?;
         let only_in_base = base_sets
             .iter()
             .filter(|b| !head_sets.iter().any(|h| h.key.job == b.key.job))
@@ -461,6 +478,8 @@ impl Pipeline {
             let (jobsets, base_id, head_id) = (self.jobsets.clone(), b.id, h.id);
             jobs.push(smol::unblock(move || diff(&jobsets, base_id, head_id)).await?);
         }
+        self.explain_new_errors(url, head_commit, auth, Definitions::Given(gate), &mut jobs, progress)
+            .await?;
         Ok(DiffReport {
             repo: url.into(),
             base_commit: base_commit.into(),
@@ -495,9 +514,7 @@ impl Pipeline {
         let _worktree_slot = self.worktree_slots.acquire().await;
         let worktree = self.checkout(repo, commit, auth).await?;
         let result = load_repo_config(&worktree, repo, commit, self.repo_limits()).await;
-        if let Err(e) = worktree.remove().await {
-            tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
-        }
+        remove_worktree(worktree).await;
         result
     }
 
@@ -542,7 +559,7 @@ impl Pipeline {
             let (jobset, reused) = self.evaluate_job(&key, job, worktree.path(), progress).await?;
             let attrs = if with_attrs {
                 let (jobsets, id) = (self.jobsets.clone(), jobset.id);
-                smol::unblock(move || {
+                let mut attrs = smol::unblock(move || {
                     let mut attrs = Vec::new();
                     jobsets.for_each_attr(id, |a, o| {
                         attrs.push((a.to_string(), o));
@@ -550,7 +567,25 @@ impl Pipeline {
                     })?;
                     Ok::<_, StoreError>(attrs)
                 })
-                .await?
+                .await?;
+                // The report lists every attribute: the first errors get Nix's message.
+                let deferred: Vec<String> = attrs
+                    .iter()
+                    .filter(
+                        |(_, o)| matches!(o, AttrOutcome::Error { message } if eval::is_deferred(message)),
+                    )
+                    .map(|(a, _)| a.clone())
+                    .take(EXPLAINED_IN_EVAL_REPORT)
+                    .collect();
+                let messages = self.explain_errors(&jobset, job, worktree.path(), deferred, progress).await?;
+                for (attr, outcome) in &mut attrs {
+                    if let (AttrOutcome::Error { message }, Some(found)) =
+                        (outcome, messages.get(attr.as_str()))
+                    {
+                        *message = found.clone();
+                    }
+                }
+                attrs
             } else {
                 Vec::new()
             };
@@ -566,6 +601,130 @@ impl Pipeline {
             summary_settings: crate::summary::Settings::from_repo(&config),
         };
         Ok((report, headers))
+    }
+
+    /// Gives the evaluation errors new in head (those a diff, summary, review or check run shows) Nix's
+    /// own message where the evaluation deferred it ([`eval::DEFERRED_ERROR`]): from the cache, or by
+    /// checking `head` out again and explaining them ([`Pipeline::explain_errors`]).
+    async fn explain_new_errors(
+        &self,
+        url: &str,
+        head: &str,
+        auth: Option<&GitAuth>,
+        definitions: Definitions<'_>,
+        jobs: &mut [JobDiff],
+        progress: &ProgressSink,
+    ) -> Result<(), PipelineError> {
+        let deferred = |d: &JobDiff| -> Vec<String> {
+            d.errors
+                .iter()
+                .filter(|e| e.is_new() && e.head_error.as_deref().is_some_and(eval::is_deferred))
+                .map(|e| e.attr.clone())
+                .collect()
+        };
+        // Messages found before (cached per jobset) need no checkout.
+        for d in jobs.iter_mut() {
+            let attrs = deferred(d);
+            if attrs.is_empty() {
+                continue;
+            }
+            let (jobsets, id) = (self.jobsets.clone(), d.head.id);
+            let cached = smol::unblock(move || jobsets.error_messages(id, &attrs)).await?;
+            set_head_errors(d, &cached);
+        }
+        if jobs.iter().all(|d| deferred(d).is_empty()) {
+            return Ok(());
+        }
+        report(
+            progress,
+            &format!("checking out {} to explain new evaluation errors", crate::text::short_sha(head)),
+            0,
+            0,
+        );
+        let _worktree_slot = self.worktree_slots.acquire().await;
+        let worktree = self.checkout(url, head, auth).await?;
+        let result = async {
+            let own = match definitions {
+                Definitions::Own(_) => {
+                    Some(load_repo_config(&worktree, url, head, self.repo_limits()).await?.0)
+                }
+                Definitions::Given(_) => None,
+            };
+            for d in jobs.iter_mut() {
+                let attrs = deferred(d);
+                let job = match (definitions, &own) {
+                    (Definitions::Given(gate), _) => gate.jobs.get(&d.job),
+                    (_, Some(config)) => config.jobs.get(&d.job),
+                    _ => None,
+                };
+                let (Some(job), false) = (job, attrs.is_empty()) else { continue };
+                let messages = self.explain_errors(&d.head, job, worktree.path(), attrs, progress).await?;
+                set_head_errors(d, &messages);
+            }
+            Ok::<(), PipelineError>(())
+        }
+        .await;
+        remove_worktree(worktree).await;
+        result
+    }
+
+    /// What job `job` evaluates, and the evaluation options for jobset `id` (its GC roots directory).
+    fn eval_setup(&self, id: JobsetId, job: &JobConfig) -> (EvalSource, EvalOptions) {
+        let source = match &job.source {
+            JobSource::File { file, attr_path } => {
+                EvalSource::File { file: file.clone(), attr_path: attr_path.clone() }
+            }
+            JobSource::Flake { attr_path } => EvalSource::Flake { attr_path: attr_path.clone() },
+        };
+        let mut opts = self.eval_options.clone();
+        opts.gc_roots_dir = self.gc_roots.join(id.to_string());
+        (source, opts)
+    }
+
+    /// Nix's messages for the deferred errors `attrs` of `jobset` (job `job`, checked out at `checkout`):
+    /// cached ones from the store, the others found with [`eval::explain`] and cached. When explaining
+    /// fails, the errors keep their deferred text (the failure is logged, the report still goes out).
+    async fn explain_errors(
+        &self,
+        jobset: &Jobset,
+        job: &JobConfig,
+        checkout: &Path,
+        attrs: Vec<String>,
+        progress: &ProgressSink,
+    ) -> Result<std::collections::BTreeMap<String, String>, PipelineError> {
+        if attrs.is_empty() {
+            return Ok(Default::default());
+        }
+        let id = jobset.id;
+        let mut found = {
+            let (jobsets, attrs) = (self.jobsets.clone(), attrs.clone());
+            smol::unblock(move || jobsets.error_messages(id, &attrs)).await?
+        };
+        let missing: Vec<String> = attrs.into_iter().filter(|a| !found.contains_key(a)).collect();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let stage = format!("explaining {} evaluation errors of {}", missing.len(), jobset.key.job_name());
+        report(progress, &stage, 0, missing.len() as u64);
+        let (source, opts) = self.eval_setup(id, job);
+        let paths: Vec<Vec<String>> = missing.iter().map(|a| eval::attr_split(a)).collect();
+        let messages = match eval::explain(checkout, &source, &opts, &paths).await {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(job = %jobset.key.job_name(), error = %e, "explaining evaluation errors failed");
+                return Ok(found);
+            }
+        };
+        let relative = CheckoutPaths::new(checkout);
+        let explained: Vec<(String, String)> =
+            missing.into_iter().zip(messages).map(|(a, m)| (a, relative.relativize(&m))).collect();
+        report(progress, &stage, explained.len() as u64, explained.len() as u64);
+        {
+            let (jobsets, explained) = (self.jobsets.clone(), explained.clone());
+            smol::unblock(move || jobsets.put_error_messages(id, &explained)).await?;
+        }
+        found.extend(explained);
+        Ok(found)
     }
 
     /// Checks `commit` of `repo` out, retrying after host trouble.
@@ -711,14 +870,9 @@ impl Pipeline {
         stage: &str,
         progress: &ProgressSink,
     ) -> Result<(), EvalFailure> {
-        let source = match &job.source {
-            JobSource::File { file, attr_path } => {
-                EvalSource::File { file: file.clone(), attr_path: attr_path.clone() }
-            }
-            JobSource::Flake { attr_path } => EvalSource::Flake { attr_path: attr_path.clone() },
-        };
-        let mut opts = self.eval_options.clone();
-        opts.gc_roots_dir = self.gc_roots.join(id.to_string());
+        let (source, mut opts) = self.eval_setup(id, job);
+        // Nix's messages are found later, for the errors a report shows (`explain_errors`).
+        opts.defer_error_messages = true;
         let paths = CheckoutPaths::new(checkout);
         let (tx, rx) = async_channel::bounded::<EvalEvent>(256);
         let evaluation = {
@@ -728,9 +882,11 @@ impl Pipeline {
         let consume = async {
             let mut writer = self.jobsets.writer(id);
             let (mut done, mut total) = (0u64, 0u64);
+            let mut counts = None;
             let mut pending = Vec::new();
             while let Ok(event) = rx.recv().await {
                 match event {
+                    EvalEvent::Counts(c) => counts = Some(c),
                     EvalEvent::Listed { total: t } => total = t as u64,
                     EvalEvent::Progress { done: d, total: t } => (done, total) = (d as u64, t as u64),
                     EvalEvent::Record(record) => {
@@ -740,7 +896,7 @@ impl Pipeline {
                         }
                     }
                 }
-                report(progress, stage, done, total);
+                report_counts(progress, stage, done, total, counts);
             }
             write_batch(writer, pending).await.map(drop)
         };
@@ -792,6 +948,22 @@ impl Pipeline {
             Ok(roots)
         })
         .await
+    }
+}
+
+/// Removes a worktree once its step is done; a failure is logged (the worktree is pruned at the next start).
+async fn remove_worktree(worktree: Worktree) {
+    if let Err(e) = worktree.remove().await {
+        tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
+    }
+}
+
+/// Replaces the head messages of `d`'s errors with those found (by attribute).
+fn set_head_errors(d: &mut JobDiff, messages: &std::collections::BTreeMap<String, String>) {
+    for e in &mut d.errors {
+        if let Some(found) = messages.get(&e.attr) {
+            e.head_error = Some(found.clone());
+        }
     }
 }
 

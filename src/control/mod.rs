@@ -16,7 +16,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 pub use crate::pipeline::Progress;
 
 /// The protocol version byte every frame carries.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: progress frames carry an evaluation's counts ([`Progress::counts`]).
+pub const PROTOCOL_VERSION: u8 = 2;
 /// The largest request frame the server accepts (length field value).
 pub const MAX_REQUEST_FRAME: u32 = 1 << 20;
 /// The largest response frame the client accepts.
@@ -323,10 +324,19 @@ mod tests {
 
     #[test]
     fn progress_frames_keep_their_encoding() {
-        // Variant 0, the stage as a length-prefixed string, then `done` and `total` as varints.
-        let frame = Response::Progress(Progress { stage: "ab".into(), done: 1, total: 300 });
+        // Variant 0, the stage as a length-prefixed string, then `done` and `total` as varints, then the
+        // optional counts (protocol version 2).
+        let frame = Response::Progress(Progress { stage: "ab".into(), done: 1, total: 300, counts: None });
         let bytes = postcard::to_allocvec(&frame).expect("encodes");
-        assert_eq!(bytes, [0, 2, b'a', b'b', 1, 0xac, 0x02]);
+        assert_eq!(bytes, [0, 2, b'a', b'b', 1, 0xac, 0x02, 0]);
+        assert_eq!(postcard::from_bytes::<Response>(&bytes).expect("decodes"), frame);
+        let counts = crate::nix::eval::EvalCounts { listed: 4, evaluated: 3, instantiated: 2, errors: 1 };
+        let frame = Response::Progress(Progress {
+            counts: Some(counts),
+            ..Progress { stage: "ab".into(), done: 1, total: 300, counts: None }
+        });
+        let bytes = postcard::to_allocvec(&frame).expect("encodes");
+        assert_eq!(bytes, [0, 2, b'a', b'b', 1, 0xac, 0x02, 1, 4, 3, 2, 1]);
         assert_eq!(postcard::from_bytes::<Response>(&bytes).expect("decodes"), frame);
     }
 }

@@ -468,7 +468,7 @@ impl DaemonHandler {
         // With the head configuration's `package_change_summary` and `rebuild_impact`, as the diff read them.
         if let Some(sink) = progress {
             let stage = format!("summarising {} job(s)", report.jobs.len());
-            sink(Progress { stage, done: 0, total: 0 });
+            sink(Progress { stage, done: 0, total: 0, counts: None });
         }
         match self.pipeline.change_summary(&report).await {
             Ok((summary, rendered)) => Response::Summary { summary, markdown: rendered.markdown },

@@ -3,7 +3,8 @@
 //! A jobset is keyed by (repository, commit, job). It records the evaluation's state and, per attribute,
 //! either the derivation it produced or the evaluation error. Evaluating the same key again reuses a
 //! finished jobset. [`diff`] compares two jobsets of the same job. This module owns the `jobsets`,
-//! `jobset_keys` and `jobset_attrs` tables; it must never run Nix (the scheduler evaluates and hands the
+//! `jobset_keys`, `jobset_attrs` and `jobset_error_messages` tables (the last caches Nix's messages for
+//! error records whose explanation was deferred, see [`crate::nix::eval::DEFERRED_ERROR`]); it must never run Nix (the scheduler evaluates and hands the
 //! records here) and never hold a write transaction across an `.await` (every call is blocking).
 
 pub mod diff;
@@ -12,7 +13,7 @@ use redb::{ReadableTable, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::store::codec::{decode, encode};
-use crate::store::schema::{BUILD_OWNERS, JOBSETS, JOBSET_ATTRS, JOBSET_KEYS, META};
+use crate::store::schema::{BUILD_OWNERS, JOBSETS, JOBSET_ATTRS, JOBSET_ERROR_MESSAGES, JOBSET_KEYS, META};
 use crate::store::{now_secs, Store, StoreError};
 
 /// The id of a jobset: the key of its `jobsets` row. It serializes as the bare `u64` (postcard and JSON
@@ -220,6 +221,8 @@ impl Jobsets {
         {
             let mut attrs = tx.open_table(JOBSET_ATTRS)?;
             attrs.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
+            let mut messages = tx.open_table(JOBSET_ERROR_MESSAGES)?;
+            messages.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
         }
         tx.commit()?;
         self.mark_used(id);
@@ -312,6 +315,7 @@ impl Jobsets {
             let mut keys = tx.open_table(JOBSET_KEYS)?;
             let mut attrs = tx.open_table(JOBSET_ATTRS)?;
             let mut owners = tx.open_table(BUILD_OWNERS)?;
+            let mut messages = tx.open_table(JOBSET_ERROR_MESSAGES)?;
             let mut meta = tx.open_table(META)?;
             let after_last = jobsets.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
             let floor = match meta.get(NEXT_ID_KEY)? {
@@ -330,6 +334,7 @@ impl Jobsets {
                     keys.remove(index.as_str())?;
                 }
                 attrs.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
+                messages.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
                 owners.remove(crate::scheduler::Owner::Jobset(*id).key())?;
             }
         }
@@ -398,9 +403,51 @@ impl Jobsets {
         Ok(n)
     }
 
+    /// The messages found for deferred errors of jobset `id` (see [`Jobsets::put_error_messages`]),
+    /// for those of `attrs` that have one.
+    pub fn error_messages(
+        &self,
+        id: JobsetId,
+        attrs: &[String],
+    ) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let tx = self.store.db().begin_read()?;
+        let table = tx.open_table(JOBSET_ERROR_MESSAGES)?;
+        let mut out = std::collections::BTreeMap::new();
+        for attr in attrs {
+            if let Some(v) = table.get((id.0, attr.as_str()))? {
+                let key = format!("({id}, {attr:?})");
+                match decode::<ErrorMessageRecord>(JOBSET_ERROR_MESSAGES.name(), &key, v.value())? {
+                    ErrorMessageRecord::V1 { message } => out.insert(attr.clone(), message),
+                };
+            }
+        }
+        Ok(out)
+    }
+
+    /// Caches Nix's messages for deferred error records of jobset `id` (attribute, message).
+    pub fn put_error_messages(&self, id: JobsetId, messages: &[(String, String)]) -> Result<(), StoreError> {
+        let tx = self.store.db().begin_write()?;
+        {
+            let mut table = tx.open_table(JOBSET_ERROR_MESSAGES)?;
+            for (attr, message) in messages {
+                let record = ErrorMessageRecord::V1 { message: message.clone() };
+                let bytes = encode(JOBSET_ERROR_MESSAGES.name(), &record)?;
+                table.insert((id.0, attr.as_str()), bytes.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub(crate) fn store(&self) -> &Store {
         &self.store
     }
+}
+
+/// Nix's message for a deferred error record, found later (`jobset_error_messages`).
+#[derive(Serialize, Deserialize)]
+enum ErrorMessageRecord {
+    V1 { message: String },
 }
 
 /// Buffers attribute records and commits them in large transactions.

@@ -82,6 +82,22 @@ pub struct EvalOptions {
     pub restrict_eval: bool,
     /// URI prefixes evaluation may fetch under `restrict_eval` (Nix's `allowed-uris`). Default none.
     pub allowed_uris: Vec<String>,
+    /// The built-in backend records an attribute whose `builtins.tryEval` failed with
+    /// [`DEFERRED_ERROR`] instead of finding Nix's message (which costs a `nix repl` evaluation per
+    /// failure); [`explain`] finds the message later for the errors a report shows. Default false.
+    pub defer_error_messages: bool,
+}
+
+/// The message of an error record whose explanation was deferred ([`EvalOptions::defer_error_messages`]):
+/// all `builtins.tryEval` tells is that a `throw` or an `assert` failed (it catches nothing else). Nix's
+/// own messages start with `error:`, so an evaluated expression cannot produce this text.
+pub const DEFERRED_ERROR: &str =
+    "a throw or an assertion failed while evaluating this attribute (Nix's message is computed only for \
+     errors a report shows)";
+
+/// Whether `message` is [`DEFERRED_ERROR`]: Nix's message for it is still to be found with [`explain`].
+pub fn is_deferred(message: &str) -> bool {
+    message == DEFERRED_ERROR
 }
 
 impl EvalOptions {
@@ -98,6 +114,7 @@ impl EvalOptions {
             backend: EvalBackend::Auto,
             restrict_eval: true,
             allowed_uris: Vec::new(),
+            defer_error_messages: false,
         }
     }
 }
@@ -177,6 +194,19 @@ pub enum EvalEvent {
         done: usize,
         total: usize,
     },
+    /// Where the evaluation stands, for progress lines; sent during the walk (before `Listed`) and before
+    /// each `Progress`.
+    Counts(EvalCounts),
+}
+
+/// How far an evaluation got: attributes found (listed), attributes whose evaluation finished
+/// (evaluated), derivations instantiated with a GC root, and failing attributes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalCounts {
+    pub listed: u64,
+    pub evaluated: u64,
+    pub instantiated: u64,
+    pub errors: u64,
 }
 
 /// What a finished evaluation reports.
@@ -304,17 +334,7 @@ pub async fn evaluate(
             _ => crate::nix::eval_builtin::run(checkout, source, opts, &emitter).await,
         }
     };
-    let result = match started.checked_add(opts.timeout) {
-        Some(deadline) => {
-            futures_lite::future::or(work, async {
-                smol::Timer::at(deadline).await;
-                Err(EvalError::Timeout { limit: opts.timeout })
-            })
-            .await
-        }
-        None => work.await,
-    };
-    result?;
+    within(started, opts.timeout, work).await?;
     Ok(EvalSummary {
         backend,
         total: emitter.done.get(),
@@ -324,6 +344,43 @@ pub async fn evaluate(
     })
 }
 
+/// Finds Nix's own message for attributes of `source` whose error records were deferred
+/// ([`DEFERRED_ERROR`]): `nix repl` sessions import the job once per share of the workers and evaluate
+/// each attribute without `tryEval` (see [`crate::nix::eval_explain`]). Returns one message per
+/// attribute of `attrs`, in order. An attribute that evaluates without error this time gets a message
+/// saying so (the expression is impure). Bounded by `opts.timeout`, like [`evaluate`].
+pub async fn explain(
+    checkout: &Path,
+    source: &EvalSource,
+    opts: &EvalOptions,
+    attrs: &[Vec<String>],
+) -> Result<Vec<String>, EvalError> {
+    if attrs.is_empty() {
+        return Ok(Vec::new());
+    }
+    within(Instant::now(), opts.timeout, crate::nix::eval_builtin::explain(checkout, source, opts, attrs))
+        .await
+}
+
+/// Runs `work` until `limit` after `started`, then gives up with [`EvalError::Timeout`] (dropping `work`
+/// kills its processes).
+async fn within<T>(
+    started: Instant,
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, EvalError>>,
+) -> Result<T, EvalError> {
+    match started.checked_add(limit) {
+        Some(deadline) => {
+            futures_lite::future::or(work, async {
+                smol::Timer::at(deadline).await;
+                Err(EvalError::Timeout { limit })
+            })
+            .await
+        }
+        None => work.await,
+    }
+}
+
 /// Sends events and counts records; shared by the workers of one evaluation (single-threaded).
 pub(crate) struct Emitter {
     tx: async_channel::Sender<EvalEvent>,
@@ -331,6 +388,9 @@ pub(crate) struct Emitter {
     pub(crate) total: Cell<usize>,
     pub(crate) derivations: Cell<usize>,
     pub(crate) errors: Cell<usize>,
+    /// Attributes the built-in walk found and evaluated (it finds more than it makes records of: sets
+    /// it recursed into, values it skipped); `None` before the walk ends, and for `nix-eval-jobs`.
+    pub(crate) walked: Cell<Option<(u64, u64)>>,
 }
 
 impl Emitter {
@@ -341,6 +401,7 @@ impl Emitter {
             total: Cell::new(0),
             derivations: Cell::new(0),
             errors: Cell::new(0),
+            walked: Cell::new(None),
         }
     }
 
@@ -362,7 +423,21 @@ impl Emitter {
         self.send(EvalEvent::Record(record)).await
     }
 
+    /// Sends where the evaluation stands (see [`EvalEvent::Counts`]).
+    pub(crate) async fn counts(&self, counts: EvalCounts) -> Result<(), EvalError> {
+        self.send(EvalEvent::Counts(counts)).await
+    }
+
     pub(crate) async fn progress(&self) -> Result<(), EvalError> {
+        let done = self.done.get() as u64;
+        let (listed, evaluated) = self.walked.get().unwrap_or((done.max(self.total.get() as u64), done));
+        self.counts(EvalCounts {
+            listed,
+            evaluated,
+            instantiated: self.derivations.get() as u64,
+            errors: self.errors.get() as u64,
+        })
+        .await?;
         self.send(EvalEvent::Progress { done: self.done.get(), total: self.total.get() }).await
     }
 }

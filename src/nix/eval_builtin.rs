@@ -17,7 +17,9 @@
 //!    is a store file listing (so referencing) the step's `.drv` paths, written by `builtins.toFile`: one
 //!    GC root per step, no evaluation of the job. If a `.drv` is no longer valid, the step fails and its
 //!    derivations go through the full per-batch instantiation instead.
-//! 4. **explain**: the attributes whose `tryEval` failed get Nix's real message from `nix repl` sessions
+//! 4. **explain**: with [`EvalOptions::defer_error_messages`] (the server), the attributes whose `tryEval`
+//!    failed are recorded with [`crate::nix::eval::DEFERRED_ERROR`] and [`explain`] finds their messages
+//!    later, for the errors a report shows. Otherwise they get Nix's real message from `nix repl` sessions
 //!    ([`crate::nix::eval_explain`]) that evaluate many of them without the guard, one import each.
 //!    What the repl cannot explain (it evaluates fine there, or no session starts) goes through the
 //!    per-batch steps: **info** (the walk's computation under `tryEval`), **explain** alone in a process,
@@ -48,7 +50,8 @@ use serde_json::Value;
 
 use crate::nix::eval::{
     add_restriction_args, attr_display, check_source, meta_with_names, nix_error_message, prepare_roots_dir,
-    Emitter, EvalDrv, EvalError, EvalOptions, EvalOutcome, EvalRecord, EvalSource, Target,
+    Emitter, EvalCounts, EvalDrv, EvalError, EvalEvent, EvalOptions, EvalOutcome, EvalRecord, EvalSource,
+    Target, DEFERRED_ERROR,
 };
 use crate::nix::eval_explain::{self, nix_string, ExplainError, Explained, Session};
 use crate::nix::process::builders::read_oom_kills;
@@ -325,44 +328,103 @@ pub(crate) async fn run(
     opts: &EvalOptions,
     out: &Emitter,
 ) -> Result<(), EvalError> {
-    let (checkout, target) = check_source(checkout, source, opts).await?;
-    let roots_dir = prepare_roots_dir(&opts.gc_roots_dir).await?;
-    let work = WorkDir::create().await?;
-    let (attr_path, what) = match source {
-        EvalSource::File { file, attr_path } if attr_path.is_empty() => {
-            (attr_path, file.display().to_string())
-        }
-        EvalSource::File { file, attr_path } => {
-            (attr_path, format!("attribute {:?} of {}", attr_display(attr_path), file.display()))
-        }
-        EvalSource::Flake { attr_path } => {
-            (attr_path, format!("the flake output {:?}", attr_display(attr_path)))
-        }
-    };
-    let attr_path = attr_path.clone();
-    let limits = RunLimits {
-        memory_limit_bytes: (opts.max_memory_mib > 0).then(|| opts.max_memory_mib.saturating_mul(1 << 20)),
-        timeout: None,
-        poll_interval: Duration::from_millis(50),
-        stdout_limit: 256 << 20,
-        stderr_tail: 64 << 10,
-    };
-    let ev =
-        Evaluator { checkout, target, attr_path, what, opts, roots_dir, work, seq: Cell::new(0), limits };
-
+    let ev = Evaluator::new(checkout, source, opts).await?;
     match ev.root().await? {
         None => {
             out.listed(1).await?;
             ev.process_batch(&[Item { path: Vec::new(), error: None }], out).await?;
         }
         Some(names) => {
-            let walk = ev.walk(names).await?;
+            let walk = ev.walk(names, out).await?;
             out.listed(walk.records.len() + walk.redo.len() + walk.unexplained.len()).await?;
             ev.finish(walk, out).await?;
         }
     }
     out.progress().await?;
     Ok(())
+}
+
+/// Finds Nix's message for each of `attrs` (deferred error records, see
+/// [`EvalOptions::defer_error_messages`]): the explaining steps of [`run`] without the walk, in shares
+/// over the workers. One message per attribute, in order.
+pub(crate) async fn explain(
+    checkout: &Path,
+    source: &EvalSource,
+    opts: &EvalOptions,
+    attrs: &[Vec<String>],
+) -> Result<Vec<String>, EvalError> {
+    let ev = Evaluator::new(checkout, source, opts).await?;
+    let (tx, rx) = async_channel::unbounded();
+    let out = Emitter::new(tx);
+    let per_worker = attrs.len().div_ceil(opts.workers.max(1)).clamp(1, EXPLAIN_SHARE);
+    let shares: Vec<&[Vec<String>]> = attrs.chunks(per_worker).collect();
+    let next = Cell::new(0usize);
+    let worker = || async {
+        loop {
+            let i = next.get();
+            let Some(share) = shares.get(i) else { return Ok::<(), EvalError>(()) };
+            next.set(i + 1);
+            ev.explain_share(share.to_vec(), &out).await?;
+        }
+    };
+    try_join_all((0..opts.workers.max(1)).map(|_| worker()).collect()).await?;
+    drop(out);
+    let mut found = std::collections::HashMap::new();
+    while let Ok(event) = rx.try_recv() {
+        if let EvalEvent::Record(record) = event {
+            let message = match record.outcome {
+                EvalOutcome::Error { message } => message,
+                EvalOutcome::Derivation(d) => format!(
+                    "the attribute failed when the job was evaluated but evaluated to {} when its error \
+                     was looked up (is the expression impure?)",
+                    d.drv_path
+                ),
+            };
+            found.insert(record.attr_path, message);
+        }
+    }
+    Ok(attrs
+        .iter()
+        .map(|a| {
+            found
+                .remove(a)
+                .unwrap_or_else(|| "evaluation failed; Nix's message could not be found".to_string())
+        })
+        .collect())
+}
+
+impl<'a> Evaluator<'a> {
+    /// Checks the source and prepares the GC-roots and request directories.
+    async fn new(
+        checkout: &Path,
+        source: &EvalSource,
+        opts: &'a EvalOptions,
+    ) -> Result<Evaluator<'a>, EvalError> {
+        let (checkout, target) = check_source(checkout, source, opts).await?;
+        let roots_dir = prepare_roots_dir(&opts.gc_roots_dir).await?;
+        let work = WorkDir::create().await?;
+        let (attr_path, what) = match source {
+            EvalSource::File { file, attr_path } if attr_path.is_empty() => {
+                (attr_path, file.display().to_string())
+            }
+            EvalSource::File { file, attr_path } => {
+                (attr_path, format!("attribute {:?} of {}", attr_display(attr_path), file.display()))
+            }
+            EvalSource::Flake { attr_path } => {
+                (attr_path, format!("the flake output {:?}", attr_display(attr_path)))
+            }
+        };
+        let attr_path = attr_path.clone();
+        let limits = RunLimits {
+            memory_limit_bytes: (opts.max_memory_mib > 0)
+                .then(|| opts.max_memory_mib.saturating_mul(1 << 20)),
+            timeout: None,
+            poll_interval: Duration::from_millis(50),
+            stdout_limit: 256 << 20,
+            stderr_tail: 64 << 10,
+        };
+        Ok(Evaluator { checkout, target, attr_path, what, opts, roots_dir, work, seq: Cell::new(0), limits })
+    }
 }
 
 impl Evaluator<'_> {
@@ -519,11 +581,13 @@ impl Evaluator<'_> {
     /// Walks the job's attributes breadth-first over the worker pool: each step classifies a large share
     /// of attributes and computes the derivations' information in the same process, and the derivations
     /// it found are given GC roots right after it.
-    async fn walk(&self, names: Vec<String>) -> Result<Walk, EvalError> {
+    async fn walk(&self, names: Vec<String>, out: &Emitter) -> Result<Walk, EvalError> {
         let found = RefCell::new(Walk::default());
         let (tx, rx) = async_channel::unbounded::<Vec<Vec<String>>>();
         let pending = Cell::new(0usize);
+        let (listed, evaluated) = (Cell::new(0u64), Cell::new(0u64));
         let enqueue = |paths: Vec<Vec<String>>| {
+            listed.set(listed.get() + paths.len() as u64);
             let chunk = walk_chunk(paths.len(), self.opts.workers, self.opts.batch_size);
             for c in paths.chunks(chunk) {
                 pending.set(pending.get() + 1);
@@ -536,8 +600,25 @@ impl Evaluator<'_> {
         }
         let worker = || async {
             while let Ok(batch) = rx.recv().await {
+                let size = batch.len() as u64;
                 let children = self.walk_batch(batch, &found).await?;
                 enqueue(children);
+                evaluated.set(evaluated.get() + size);
+                let counts = {
+                    let found = found.borrow();
+                    let instantiated = found
+                        .records
+                        .iter()
+                        .filter(|r| matches!(r.outcome, EvalOutcome::Derivation(_)))
+                        .count();
+                    EvalCounts {
+                        listed: listed.get(),
+                        evaluated: evaluated.get(),
+                        instantiated: instantiated as u64,
+                        errors: (found.records.len() - instantiated + found.unexplained.len()) as u64,
+                    }
+                };
+                out.counts(counts).await?;
                 pending.set(pending.get() - 1);
                 if pending.get() == 0 {
                     tx.close();
@@ -546,6 +627,7 @@ impl Evaluator<'_> {
             Ok::<(), EvalError>(())
         };
         try_join_all((0..self.opts.workers).map(|_| worker()).collect()).await?;
+        out.walked.set(Some((listed.get(), evaluated.get())));
         Ok(found.into_inner())
     }
 
@@ -707,6 +789,10 @@ impl Evaluator<'_> {
     /// worker pool.
     async fn finish(&self, walk: Walk, out: &Emitter) -> Result<(), EvalError> {
         let Walk { mut records, redo, mut unexplained } = walk;
+        if self.opts.defer_error_messages {
+            // Explained later, for the errors a report shows (`explain`).
+            records.extend(unexplained.drain(..).map(|path| error_record(&path, DEFERRED_ERROR.to_string())));
+        }
         records.sort_by(|a, b| a.attr_path.cmp(&b.attr_path));
         unexplained.sort();
         for record in records {

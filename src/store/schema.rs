@@ -21,6 +21,11 @@ pub const JOBSET_KEYS: TableDefinition<&str, u64> = TableDefinition::new("jobset
 /// Jobset contents: (jobset id, attribute) → `AttrRecord`.
 pub const JOBSET_ATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("jobset_attrs");
 
+/// Nix's messages for deferred evaluation errors, found when a report showed them (`jobset`):
+/// (jobset id, attribute) → `ErrorMessageRecord`.
+pub const JOBSET_ERROR_MESSAGES: TableDefinition<(u64, &str), &[u8]> =
+    TableDefinition::new("jobset_error_messages");
+
 /// The derivation graph's path interning: .drv store path → `DrvIdRecord` (see `graph::record`).
 pub const GRAPH_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("graph_ids");
 
@@ -132,6 +137,7 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "jobsets", key: "u64", value: "&[u8]" },
     TableInfo { name: "jobset_keys", key: "&str", value: "u64" },
     TableInfo { name: "jobset_attrs", key: "(u64, &str)", value: "&[u8]" },
+    TableInfo { name: "jobset_error_messages", key: "(u64, &str)", value: "&[u8]" },
     TableInfo { name: "build_states", key: "u32", value: "&[u8]" },
     TableInfo { name: "build_history", key: "(u32, u32)", value: "&[u8]" },
     TableInfo { name: "build_attempts", key: "(u32, u32)", value: "&[u8]" },
@@ -169,6 +175,7 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(JOBSETS)?;
     tx.open_table(JOBSET_KEYS)?;
     tx.open_table(JOBSET_ATTRS)?;
+    tx.open_table(JOBSET_ERROR_MESSAGES)?;
     tx.open_table(BUILD_STATES)?;
     tx.open_table(BUILD_HISTORY)?;
     tx.open_table(BUILD_ATTEMPTS)?;

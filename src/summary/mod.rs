@@ -253,7 +253,8 @@ impl Bucket {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemRebuilds {
     pub system: String,
-    /// Attributes of this system with at least one head output path absent from every base output.
+    /// Distinct head derivations of this system, of attributes with at least one head output path absent
+    /// from every base output (an alias of another rebuilt attribute is the same derivation: counted once).
     pub rebuilds: u64,
     pub bucket: Bucket,
     /// Derivations of this system that must rebuild: the rebuilt attributes' derivations and everything
@@ -265,7 +266,7 @@ pub struct SystemRebuilds {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelRebuilds {
     pub kernel: String,
-    /// Distinct attributes rebuilding on any system of this kernel.
+    /// Rebuilt derivations of the systems of this kernel (the sum of their [`SystemRebuilds::rebuilds`]).
     pub rebuilds: u64,
     pub bucket: Bucket,
 }
@@ -293,7 +294,8 @@ pub struct RebuildImpact {
     /// The largest blast radii, largest first (ties by attribute); every rebuilt derivation with
     /// `full_blast_radius`, else at most `max_top_blast_radius`.
     pub top: Vec<BlastRadius>,
-    /// Distinct rebuilt derivations (the blast radius seeds).
+    /// Distinct rebuilt derivations, all systems (the blast radius seeds; the sum of the per-system
+    /// rebuilds).
     pub changed_drvs: u64,
     /// Derivations that must rebuild, all systems (the union of every seed's blast radius and the seeds).
     pub must_rebuild: u64,
@@ -495,21 +497,24 @@ fn compute(
         .collect();
     drop(base_outputs);
 
-    let mut per_system_attrs: BTreeMap<&str, u64> = systems.iter().map(|s| (s.as_str(), 0)).collect();
-    let mut kernel_attrs: BTreeMap<&'static str, BTreeSet<&str>> =
-        impact::KERNELS.iter().map(|k| (*k, BTreeSet::new())).collect();
-    for (attr, h) in &rebuilt {
-        *per_system_attrs.entry(h.system.as_str()).or_insert(0) += 1;
-        if let Some(k) = impact::kernel_of(&h.system) {
-            kernel_attrs.entry(k).or_default().insert(attr.as_str());
-        }
-    }
-
-    // Blast radius over the head graph.
+    // Rebuilds are counted in distinct derivations (see docs/change-summary.md, "Rebuild count"): an alias
+    // (an attribute whose derivation another rebuilt attribute also has) is counted once, and the seeds of
+    // the blast radius are exactly these derivations, so every count below is of the same unit and "must
+    // rebuild" (seeds plus dependents) can never be lower than the rebuilds it starts from.
     let mut seeds: BTreeMap<&str, (&str, &str)> = BTreeMap::new(); // drv → (first attr, system)
     for (attr, h) in &rebuilt {
         seeds.entry(h.drv_path.as_str()).or_insert((attr.as_str(), h.system.as_str()));
     }
+    let mut per_system_drvs: BTreeMap<&str, u64> = systems.iter().map(|s| (s.as_str(), 0)).collect();
+    let mut kernel_drvs: BTreeMap<&'static str, u64> = impact::KERNELS.iter().map(|k| (*k, 0)).collect();
+    for (_, system) in seeds.values() {
+        *per_system_drvs.entry(system).or_insert(0) += 1;
+        if let Some(k) = impact::kernel_of(system) {
+            *kernel_drvs.entry(k).or_insert(0) += 1;
+        }
+    }
+
+    // Blast radius over the head graph.
     let mut must_per_system: BTreeMap<String, u64> = BTreeMap::new();
     let mut top = Vec::new();
     let mut must_rebuild = 0;
@@ -575,7 +580,7 @@ fn compute(
             }
         }
     }
-    let per_system = per_system_attrs
+    let per_system = per_system_drvs
         .iter()
         .map(|(system, n)| SystemRebuilds {
             system: system.to_string(),
@@ -584,13 +589,9 @@ fn compute(
             must_rebuild: must_per_system.get(*system).copied().unwrap_or(0),
         })
         .collect();
-    let per_kernel = kernel_attrs
+    let per_kernel = kernel_drvs
         .iter()
-        .map(|(k, attrs)| KernelRebuilds {
-            kernel: k.to_string(),
-            rebuilds: attrs.len() as u64,
-            bucket: Bucket::of(attrs.len() as u64),
-        })
+        .map(|(k, n)| KernelRebuilds { kernel: k.to_string(), rebuilds: *n, bucket: Bucket::of(*n) })
         .collect();
     let impact = RebuildImpact {
         per_system,

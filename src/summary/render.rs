@@ -187,7 +187,7 @@ fn render_job(out: &mut String, job: &JobSummary, settings: &Settings, level: Tr
         .map(|k| format!("{} {} ({})", k.kernel, k.rebuilds, k.bucket.label()))
         .collect();
     let kernels = if kernels.is_empty() { "none".to_string() } else { kernels.join(", ") };
-    let _ = writeln!(out, "**Rebuilds:** {kernels}\n");
+    let _ = writeln!(out, "**Rebuilds:** {kernels} (derivations; an alias attribute counts once)\n");
     if !job.impact.per_system.is_empty() {
         let with_union = job.impact.blast_radius_computed;
         out.push_str(if with_union {
@@ -211,7 +211,7 @@ fn render_job(out: &mut String, job: &JobSummary, settings: &Settings, level: Tr
         let _ = writeln!(
             out,
             "**Package changes:** {} added, {} removed, {} version bump{}, {} license change{}, {} maintainer \
-             change{}, {} rebuild-only\n",
+             change{}, {} rebuild-only (attributes, aliases included)\n",
             c.added,
             c.removed,
             c.version_bump,
@@ -232,7 +232,8 @@ fn render_job(out: &mut String, job: &JobSummary, settings: &Settings, level: Tr
         let shown = job.impact.top.len().min(settings.max_top_blast_radius.max(1));
         let _ = writeln!(
             out,
-            "{h} Top blast radius\n\n{} changed derivation{}; {} derivation{} must rebuild in total.\n",
+            "{h} Top blast radius\n\n{} rebuilt derivation{}; {} derivation{} must rebuild in total (with their \
+             dependents).\n",
             job.impact.changed_drvs,
             plural(job.impact.changed_drvs),
             job.impact.must_rebuild,

@@ -106,7 +106,20 @@ async fn get_jobset(req: tide::Request<AppState>) -> Result<tide::Response, ApiE
     let (header_total, read) = (
         header.derivations + header.errors,
         smol::unblock(move || {
-            let (items, more) = jobsets.page(id, after.as_deref(), limit)?;
+            let (mut items, more) = jobsets.page(id, after.as_deref(), limit)?;
+            // Deferred errors show Nix's message once a report has found it.
+            let deferred: Vec<String> = items
+                .iter()
+                .filter(|(_, o)| matches!(o, AttrOutcome::Error { message } if crate::nix::eval::is_deferred(message)))
+                .map(|(a, _)| a.clone())
+                .collect();
+            let explained = jobsets.error_messages(id, &deferred)?;
+            for (attr, outcome) in &mut items {
+                if let (AttrOutcome::Error { message }, Some(found)) = (outcome, explained.get(attr.as_str()))
+                {
+                    *message = found.clone();
+                }
+            }
             // A finished jobset's header counts its records; an unfinished one is counted on demand.
             let total = if evaluating { Some(jobsets.attr_count(id)?) } else { None };
             let paths: Vec<String> = items

@@ -157,6 +157,16 @@ fn eval_reports_drvs_and_per_attribute_errors() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("job tools: 1 derivations, 1 evaluation errors (allowed)"), "{text}");
     assert!(text.contains("bad  error: tool broken"), "{text}");
+    // Progress on a non-terminal: plain lines with the evaluation's counts, no escapes.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let short = eka_ci::text::short_sha(&base);
+    assert!(
+        stderr.contains(&format!(
+            "evaluating tools @ {short}: listed 2, evaluated 2, instantiated 1, errors 1\n"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
 }
 
 fn diff_json(home: &Home, repo: &GitRepo, base: &str, head: &str) -> Value {
@@ -212,6 +222,23 @@ fn diff_classifies_and_does_not_depend_on_the_graph_cache_size() {
             ("typeError".to_string(), false, false),
         ]
     );
+    // Evaluation records a `throw`/`assert` failure cheaply; only the errors new in head get Nix's
+    // message (found after the diff, cached per jobset), the others say that it was not computed.
+    let error = |attr: &str, side: &str| -> String {
+        let e = job["errors"].as_array().expect("errors").iter().find(|e| e["attr"] == attr).expect(attr);
+        e[side].as_str().unwrap_or_default().to_string()
+    };
+    assert!(
+        error("newlyBroken", "head_error").contains("now broken"),
+        "{}",
+        error("newlyBroken", "head_error")
+    );
+    assert_eq!(error("assertion", "head_error"), eka_ci::nix::eval::DEFERRED_ERROR);
+    assert_eq!(error("assertion", "base_error"), eka_ci::nix::eval::DEFERRED_ERROR);
+    assert!(error("typeError", "head_error").contains("cannot add"), "not a throw: found in the walk");
+    // Asked again, the same answer (the message now comes from the cache).
+    let again = diff_json(&home, &repo, &base, &head);
+    assert_eq!(again["jobs"][0]["errors"], job["errors"]);
     drop(server);
 
     // The same diff with a graph cache far smaller than the graph gives the same answer.

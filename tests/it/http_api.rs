@@ -316,7 +316,8 @@ fn build_api_over_real_http() {
     assert_eq!(names, ["afterFail", "broken", "dep", "fail", "keep", "slow", "top"], "in attribute order");
     let by_attr =
         |name: &str| attrs.iter().find(|a| a["attr"] == name).unwrap_or_else(|| panic!("{name}: {j}"));
-    assert_eq!(by_attr("broken")["error"].as_str().map(|m| m.contains("broken on purpose")), Some(true));
+    // Failing on both sides: a report does not show it, so Nix's message was never computed.
+    assert_eq!(by_attr("broken")["error"].as_str(), Some(eka_ci::nix::eval::DEFERRED_ERROR));
     assert_eq!(by_attr("dep")["drv"], dep);
     assert_eq!(by_attr("dep")["build_state"], "success");
     assert_eq!(by_attr("top")["build_state"], "success");

@@ -295,5 +295,7 @@ fn ekaci_summary_uses_the_head_configuration_and_one_job() {
         home.ekaci(&["summary", "--repo", &repo_arg, "--base", &base, "--head", &head, "--job", "nope"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("ekaci: job `nope` is not defined in .eka-ci/config.json at "), "{stderr}");
+    // Plain progress lines (stderr is not a terminal) come first; the error is the last line.
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("ekaci: job `nope` is not defined in .eka-ci/config.json at "), "{stderr}");
 }

@@ -182,3 +182,25 @@ fn large_jobsets_stream_in_batches() {
     assert_eq!(d.removed[0].attr, "pkg00010");
     assert_eq!(d.changed[0].attr, "pkg01234");
 }
+
+#[test]
+fn explained_error_messages_are_cached_per_jobset_and_go_with_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let js = Jobsets::new(Store::open(&dir.path().join("db.redb")).expect("open"));
+    let deferred = err(eka_ci::nix::eval::DEFERRED_ERROR);
+    let a = fill(&js, "e1", &[("x", deferred.clone()), ("y", deferred.clone())]);
+    let b = fill(&js, "e2", &[("x", deferred)]);
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(js.error_messages(a, &names(&["x", "y"])).expect("read").is_empty());
+    js.put_error_messages(a, &[("x".into(), "error: x is broken".into())]).expect("put");
+    let found = js.error_messages(a, &names(&["x", "y"])).expect("read");
+    assert_eq!(found.into_iter().collect::<Vec<_>>(), [("x".to_string(), "error: x is broken".to_string())]);
+    assert!(js.error_messages(b, &names(&["x"])).expect("read").is_empty(), "per jobset");
+    // The evaluation's record itself is unchanged.
+    assert_eq!(js.attr(a, "x").expect("attr"), Some(err(eka_ci::nix::eval::DEFERRED_ERROR)));
+    // Removed with the jobset.
+    js.put_error_messages(b, &[("x".into(), "error: b".into())]).expect("put");
+    assert_eq!(js.remove(&[a]).expect("remove"), 1);
+    assert!(js.error_messages(a, &names(&["x"])).expect("read").is_empty());
+    assert_eq!(js.error_messages(b, &names(&["x"])).expect("read").len(), 1);
+}

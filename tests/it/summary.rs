@@ -498,3 +498,62 @@ fn several_jobs_render_one_section_each() {
     assert!(md.contains("**Evaluation:** failed: error\\: syntax error\\, unexpected \\@&#8203;"), "{md}");
     assert_eq!(render(&s, &Settings::default()).markdown, md, "deterministic");
 }
+
+/// A libpng-like change under aliases and a dependent no attribute names: every count of the summary is
+/// defined once (docs/change-summary.md) and they agree.
+#[test]
+fn rebuild_counts_agree_with_aliases_and_hidden_dependents() {
+    const LIB_BASE: &str = r#"
+  png = mk "libpng-1.0" "echo png > $out" [ ] { };
+  app1 = mk "app1-1.0" "echo app1 > $out" [ png ] { };
+  app2 = mk "app2-1.0" "echo app2 > $out" [ png ] { };
+  inner = mk "inner-1.0" "echo inner > $out" [ png ] { };
+  top = mk "top-1.0" "echo top > $out" [ inner ] { };
+in {
+  libpng = png;
+  libpng_1 = png;
+  inherit app1 app2 top;
+  app1Alias = app1;
+  other = mk "other-1.0" "echo other > $out" [ ] { };
+}
+"#;
+    let n = nonce();
+    let repo = GitRepo::new();
+    let base = repo
+        .commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&nix(&n, LIB_BASE)))]);
+    let lib_head = LIB_BASE.replace("echo png > $out", "echo png; true > $out");
+    let head = repo.commit("head", &[("default.nix", Some(&nix(&n, &lib_head)))]);
+    let env = env();
+    let (b, h) = evaluate(&env, repo.path(), &base, &head);
+    eka_ci::metrics::set_known_systems([eka_ci::scheduler::builders::native_system()]);
+    let settings = Settings::default();
+    let s = summary::summarize_job(&env.store, env.pipeline.jobsets(), env.pipeline.graph(), b, h, &settings)
+        .expect("summary");
+
+    // Package changes count attributes: the six whose derivation changed, aliases included.
+    assert_eq!(s.counts.rebuild_only, 6, "{:#?}", s.changes);
+    // Rebuilds count derivations: libpng, app1, app2, top (libpng_1 and app1Alias are the same ones).
+    let system = &s.impact.per_system;
+    assert_eq!(system.len(), 1, "{system:?}");
+    assert_eq!((system[0].rebuilds, system[0].bucket), (4, Bucket::UpTo10));
+    assert_eq!(s.impact.changed_drvs, 4, "the seeds are the rebuilds");
+    // Must rebuild adds `inner`, which only the graph knows: never lower than the rebuilds.
+    assert_eq!((s.impact.must_rebuild, system[0].must_rebuild), (5, 5));
+    // A kernel's count is the sum of its systems'.
+    for k in &s.impact.per_kernel {
+        let sum: u64 = system
+            .iter()
+            .filter(|x| eka_ci::summary::impact::kernel_of(&x.system) == Some(k.kernel.as_str()))
+            .map(|x| x.rebuilds)
+            .sum();
+        assert_eq!(k.rebuilds, sum, "{}", k.kernel);
+    }
+    let md = render(&one(s.clone()), &settings).markdown;
+    for needle in [
+        "(derivations; an alias attribute counts once)",
+        "6 rebuild-only (attributes, aliases included)",
+        "4 rebuilt derivations; 5 derivations must rebuild in total",
+    ] {
+        assert!(md.contains(needle), "{needle:?} missing in\n{md}");
+    }
+}

@@ -475,7 +475,7 @@ pub(super) fn wide_gate_text(
     let eval_failed = matches!(job.head.state, crate::jobset::JobsetState::Failed { .. });
     let failed = eval_failed || (!new_errors.is_empty() && !job.head.allow_eval_failures);
     let mut s = format!(
-        "This change rebuilds {rebuilds} attribute(s), more than the server's `[rebuild] max_rebuild_count` \
+        "This change rebuilds {rebuilds} derivation(s), more than the server's `[rebuild] max_rebuild_count` \
          ({max}): it is a **wide** change. It was evaluated and its change summary is reported \
          (`{SUMMARY_CHECK}`), but no package was built, so nothing here says whether it builds.\n\n"
     );
