@@ -1,7 +1,7 @@
 //! Retention: removing finished work after its age limit (`[retention]`), so that nothing the server
 //! keeps grows without bound. `ekaci gc` runs it on demand; the daemon runs it once a day.
 //!
-//! Five kinds, each with its own age (zero keeps that kind forever):
+//! Seven kinds, each with its own age (zero keeps that kind forever):
 //!
 //! - **jobsets** (`jobsets_days`, counted from `finished_at`): the `jobsets` row, its key, its attribute
 //!   records, its `build_owners` row and its GC roots (`<data_dir>/gcroots/<id>`). A jobset is *live*,
@@ -17,6 +17,11 @@
 //!   running build's log is written as it runs, so it is never that old; the build's state stays.
 //! - **check results** (also `logs_days`, counted from `finished_at`): `check_results` rows and the
 //!   output files they name (`logs_dir/checks/<hash>.log`); a check that runs again writes a new row.
+//! - **sizes and pushes** (`jobsets_days`): `output_sizes` rows (from `recorded_at`) except those of a
+//!   commit that is the newest base of a branch in `branch_sizes` (the next pull request compares with
+//!   them), `size_summaries` rows (from `computed_at`), and finished (`pushed`/`failed`) `cache_pushes`
+//!   rows (from their last change); a queued push is never removed. `branch_sizes` is never pruned.
+//! - **push audit records** (`logs_days`, from `at`): `cache_push_audit` rows.
 //! - **worktrees** (`worktrees_hours`, from the directory's modification time): directories under
 //!   `<data_dir>/worktrees` that no checkout of this process is using (left by a crash or a failed
 //!   removal).
@@ -65,6 +70,18 @@ pub struct GcReport {
     /// Stored check results (rows) and the bytes of their output files.
     #[serde(default)]
     pub check_results: Freed,
+    /// `output_sizes` rows (measured sizes of built attributes).
+    #[serde(default)]
+    pub output_sizes: Freed,
+    /// `size_summaries` rows (what a size check found).
+    #[serde(default)]
+    pub size_summaries: Freed,
+    /// Finished (`pushed` or `failed`) `cache_pushes` rows.
+    #[serde(default)]
+    pub cache_pushes: Freed,
+    /// `cache_push_audit` records.
+    #[serde(default)]
+    pub cache_push_audit: Freed,
     pub worktrees: Freed,
     pub mirrors: Freed,
     /// Jobsets kept although old enough, because they are live (see the module documentation).
@@ -99,6 +116,17 @@ impl Retention {
         report.jobsets.count = removed.len() as u64;
         report.live_jobsets_kept = kept;
         report.gc_roots = self.gc_roots(&removed).await?;
+        if self.config.jobsets_days > 0 {
+            let (store, cutoff) = (self.store.clone(), now.saturating_sub(self.config.jobsets_days * DAY));
+            let (sizes, summaries, pushes) = smol::unblock(move || -> Result<_, StoreError> {
+                let (sizes, summaries) = crate::sizes::remove_older_than(&store, cutoff)?;
+                Ok((sizes, summaries, crate::cache::queue::remove_finished_before(&store, cutoff)?))
+            })
+            .await?;
+            report.output_sizes.count = sizes;
+            report.size_summaries.count = summaries;
+            report.cache_pushes.count = pushes;
+        }
         if self.config.logs_days > 0 {
             let (dir, age) = (self.logs_dir.clone(), Duration::from_secs(self.config.logs_days * DAY));
             report.logs = smol::unblock(move || remove_old_logs(&dir, age)).await;
@@ -106,6 +134,9 @@ impl Retention {
             let (count, bytes) =
                 smol::unblock(move || crate::checks::results::remove_older_than(&store, cutoff)).await?;
             report.check_results = Freed { count, bytes };
+            let (store, cutoff) = (self.store.clone(), now.saturating_sub(self.config.logs_days * DAY));
+            report.cache_push_audit.count =
+                smol::unblock(move || crate::cache::queue::remove_audit_before(&store, cutoff)).await?;
         }
         if self.config.worktrees_hours > 0 {
             let age = Duration::from_secs(self.config.worktrees_hours * 3600);
@@ -331,6 +362,10 @@ pub fn render(report: &GcReport) -> String {
     out.push_str(&line("gc roots", &report.gc_roots));
     out.push_str(&line("logs", &report.logs));
     out.push_str(&line("check results", &report.check_results));
+    out.push_str(&line("output sizes", &report.output_sizes));
+    out.push_str(&line("size summaries", &report.size_summaries));
+    out.push_str(&line("cache pushes", &report.cache_pushes));
+    out.push_str(&line("cache push audit", &report.cache_push_audit));
     out.push_str(&line("worktrees", &report.worktrees));
     out.push_str(&line("mirrors", &report.mirrors));
     out
@@ -371,7 +406,17 @@ mod tests {
             GcReport { jobsets: Freed { count: 2, bytes: 0 }, live_jobsets_kept: 1, ..GcReport::default() };
         let text = render(&r);
         assert!(text.contains("jobsets: 2 removed, 1 kept as live"), "{text}");
-        for kind in ["gc roots", "logs", "check results", "worktrees", "mirrors"] {
+        for kind in [
+            "gc roots",
+            "logs",
+            "check results",
+            "output sizes",
+            "size summaries",
+            "cache pushes",
+            "cache push audit",
+            "worktrees",
+            "mirrors",
+        ] {
             assert!(text.contains(&format!("{kind}: 0 removed, 0 bytes freed")), "{text}");
         }
     }

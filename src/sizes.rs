@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use redb::TableHandle;
+use redb::{ReadableTable as _, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::nix::process::{run_captured, ProcessError, RunLimits, Termination};
@@ -605,6 +605,61 @@ pub fn summary_of(
     }
 }
 
+/// Removes the `output_sizes` rows recorded before `cutoff` (Unix seconds) and the `size_summaries` rows
+/// computed before it. The sizes of a commit that is some branch's newest base (a `branch_sizes` row of
+/// the same repository and job names that commit) are kept whatever their age: the next pull request
+/// against that branch compares its dependencies with them. `branch_sizes` itself is never pruned (one
+/// row per branch, job and attribute, replaced as the branch moves). Returns (sizes, summaries) removed.
+pub fn remove_older_than(store: &Store, cutoff: u64) -> Result<(u64, u64), StoreError> {
+    let tx = store.db().begin_write()?;
+    let (mut old_sizes, mut old_summaries) = (Vec::new(), Vec::new());
+    {
+        let mut bases: BTreeSet<(String, String, String)> = BTreeSet::new();
+        let branches = tx.open_table(BRANCH_SIZES)?;
+        for row in branches.iter()? {
+            let (k, v) = row?;
+            let mut parts = k.value().split('\u{0}');
+            let (Some(repo), Some(_branch), Some(job)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let s = decode_sizes("branch_sizes", k.value(), v.value())?;
+            bases.insert((repo.to_string(), s.commit, job.to_string()));
+        }
+        let mut outputs = tx.open_table(OUTPUT_SIZES)?;
+        for row in outputs.iter()? {
+            let (k, v) = row?;
+            let s = decode_sizes("output_sizes", k.value(), v.value())?;
+            if s.recorded_at >= cutoff {
+                continue;
+            }
+            let mut parts = k.value().split('\u{0}');
+            if let (Some(repo), Some(commit), Some(job)) = (parts.next(), parts.next(), parts.next()) {
+                if bases.contains(&(repo.to_string(), commit.to_string(), job.to_string())) {
+                    continue;
+                }
+            }
+            old_sizes.push(k.value().to_string());
+        }
+        for k in &old_sizes {
+            outputs.remove(k.as_str())?;
+        }
+        let mut summaries = tx.open_table(SIZE_SUMMARIES)?;
+        for row in summaries.iter()? {
+            let (k, v) = row?;
+            let SizeSummaryRecord::V1(s) =
+                decode::<SizeSummaryRecord>(SIZE_SUMMARIES.name(), &format!("{:?}", k.value()), v.value())?;
+            if s.computed_at < cutoff {
+                old_summaries.push(k.value().to_string());
+            }
+        }
+        for k in &old_summaries {
+            summaries.remove(k.as_str())?;
+        }
+    }
+    tx.commit()?;
+    Ok((old_sizes.len() as u64, old_summaries.len() as u64))
+}
+
 /// Where one job's sizes come from and go to.
 #[derive(Debug, Clone)]
 pub struct JobSizing<'a> {
@@ -941,5 +996,53 @@ mod tests {
         assert!(md.len() <= 65_535, "{}", md.len());
         assert!(md.contains("\n… and 4800 more\n"), "rows past 200 are counted");
         assert!(md.contains(", … and 20 more\n"), "changes past 20 per attribute are counted");
+    }
+
+    #[test]
+    fn retention_keeps_new_sizes_and_the_newest_base_of_a_branch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("db.redb")).expect("open");
+        let at = |commit: &str, age: u64| AttrSizes {
+            commit: commit.into(),
+            recorded_at: crate::store::now_secs() - age,
+            ..sizes(10, 20, &[])
+        };
+        let day = 86400;
+        // `base1` is main's newest base (kept although old); `old` is old and no branch's base; `new` is new.
+        record(&store, "r", "base1", Some("main"), "j", &[("a".into(), at("base1", 40 * day))]).expect("rec");
+        record(&store, "r", "old", None, "j", &[("a".into(), at("old", 40 * day))]).expect("rec");
+        record(&store, "r", "new", None, "j", &[("a".into(), at("new", 0))]).expect("rec");
+        // The same commit under another job is not that job's base: removed.
+        record(&store, "r", "base1", None, "k", &[("a".into(), at("base1", 40 * day))]).expect("rec");
+        let summary = |computed_at: u64| SizeSummary {
+            job: "j".into(),
+            base_sha: "b".into(),
+            head_sha: "h".into(),
+            base_branch: Some("main".into()),
+            max_increase_percent: 5.0,
+            measured: 1,
+            compared: 1,
+            no_baseline: 0,
+            increases: vec![],
+            dependencies: vec![],
+            computed_at,
+        };
+        record_summary(&store, "r", "old-head", "b", &summary(crate::store::now_secs() - 40 * day))
+            .expect("sum");
+        record_summary(&store, "r", "new-head", "b", &summary(crate::store::now_secs())).expect("sum");
+        let cutoff = crate::store::now_secs() - 30 * day;
+        assert_eq!(remove_older_than(&store, cutoff).expect("gc"), (2, 1));
+        assert_eq!(at_commit(&store, "r", "base1", "j").expect("read").len(), 1, "newest base kept");
+        assert!(at_commit(&store, "r", "base1", "k").expect("read").is_empty());
+        assert!(at_commit(&store, "r", "old", "j").expect("read").is_empty());
+        assert_eq!(at_commit(&store, "r", "new", "j").expect("read").len(), 1);
+        assert_eq!(
+            baseline(&store, "r", "main", "j", &["a"]).expect("read").len(),
+            1,
+            "branch_sizes untouched"
+        );
+        assert!(summary_of(&store, "r", "old-head", "b", "j").expect("read").is_none());
+        assert!(summary_of(&store, "r", "new-head", "b", "j").expect("read").is_some());
+        assert_eq!(remove_older_than(&store, cutoff).expect("gc"), (0, 0), "nothing more");
     }
 }

@@ -311,6 +311,51 @@ pub fn audit_trail(store: &Store) -> Result<Vec<AuditEntry>, StoreError> {
     Ok(out)
 }
 
+/// Removes the pushes that finished (`pushed` or `failed`) before `cutoff` (Unix seconds of their last
+/// change); a queued push is never removed. Returns how many were removed. A derivation whose row is gone
+/// is queued again if a later run asks for it (a push of paths already in the cache is cheap).
+pub fn remove_finished_before(store: &Store, cutoff: u64) -> Result<u64, StoreError> {
+    let tx = store.db().begin_write()?;
+    let mut old = Vec::new();
+    {
+        let mut table = tx.open_table(CACHE_PUSHES)?;
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let e = decode_entry(k.value(), v.value())?;
+            if e.state != PushState::Queued && e.updated_at < cutoff {
+                old.push(k.value().to_string());
+            }
+        }
+        for k in &old {
+            table.remove(k.as_str())?;
+        }
+    }
+    tx.commit()?;
+    Ok(old.len() as u64)
+}
+
+/// Removes the audit records written before `cutoff` (Unix seconds). Returns how many were removed.
+pub fn remove_audit_before(store: &Store, cutoff: u64) -> Result<u64, StoreError> {
+    let tx = store.db().begin_write()?;
+    let mut old = Vec::new();
+    {
+        let mut table = tx.open_table(CACHE_PUSH_AUDIT)?;
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let AuditRecord::V1(a) =
+                decode::<AuditRecord>(CACHE_PUSH_AUDIT.name(), &k.value().to_string(), v.value())?;
+            if a.at < cutoff {
+                old.push(k.value());
+            }
+        }
+        for k in &old {
+            table.remove(*k)?;
+        }
+    }
+    tx.commit()?;
+    Ok(old.len() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +421,20 @@ mod tests {
         assert_eq!(trail[0].outcome, "failed: down");
         assert_eq!(trail[1].outcome, "pushed");
         assert_eq!(trail[1].paths.len(), 2);
+        // Retention: the finished push and the audit records go once older than the cutoff; the queued
+        // push of `c` stays whatever its age.
+        assert_eq!(enqueue(&store, &[p("c")]).unwrap(), 1);
+        let later = now_secs() + 10;
+        assert_eq!(remove_finished_before(&store, now_secs().saturating_sub(3600)).unwrap(), 0, "too new");
+        assert_eq!(remove_audit_before(&store, now_secs().saturating_sub(3600)).unwrap(), 0, "too new");
+        assert_eq!(remove_finished_before(&store, later).unwrap(), 2, "a and b, pushed");
+        assert_eq!(remove_audit_before(&store, later).unwrap(), 2);
+        assert!(audit_trail(&store).unwrap().is_empty());
+        let left = list(&store, false, 10).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!((left[0].drv.as_str(), left[0].state), ("c", PushState::Queued));
+        assert_eq!(due(&store, later, 10).unwrap().0["c1"].len(), 1, "the queued push is still due");
+        assert_eq!(enqueue(&store, &[p("a")]).unwrap(), 1, "a removed push is queued again");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -8,7 +8,9 @@
 //! process list, and the attic one fails once (exit status 1, echoing its token) to show a failed push
 //! is retried and its message redacted. Permission, fork and unknown-id rules are checked on the
 //! Configure check run, and no credential appears in the server's log, the audit records, the check
-//! runs, `ekaci pushes` or `ps` output.
+//! runs, `ekaci pushes` or `ps` output. A derivation is pushed as soon as its build succeeds, while a
+//! slow one of the same run still builds; one whose outputs were valid before the run goes only to a
+//! cache with `push_cached`.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -23,7 +25,7 @@ use serde_json::{json, Value};
 
 use crate::common::{get_json, multi_output_nix, nonce, send_token, GitRepo};
 use crate::fake_cloud::FakeCloud;
-use crate::github_app::{pull_request, summary, wait_for, Setup, REPO};
+use crate::github_app::{nix, pull_request, summary, wait_for, Fixture, Setup, LIB, REPO};
 use crate::remote_builders::{metric, Farm};
 
 /// A binary cache served over HTTP on loopback: GET and HEAD of stored files, PUT stores one (as Nix
@@ -639,4 +641,117 @@ fn a_cache_that_cannot_be_set_up_stops_the_start_naming_it() {
     );
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("caches[0] (cx): secret_key_file is only for cache_type = \"nix-copy\""), "{err}");
+}
+
+/// `[[caches]]` entries of `nix-copy` caches to `file://<dir>/<id>`, with their `push_cached`.
+fn file_caches(dir: &Path, caches: &[(&str, bool)]) -> String {
+    caches
+        .iter()
+        .map(|(id, push_cached)| {
+            format!(
+                "[[caches]]\nid = \"{id}\"\ncache_type = \"nix-copy\"\ndestination = \"file://{}\"\ncredentials = \"none\"\npush_cached = {push_cached}\n\n",
+                dir.join(id).display()
+            )
+        })
+        .collect()
+}
+
+/// The push of the derivation whose name is `name` to `cache`, if `ekaci pushes` lists one.
+fn push_of(all: &[Value], name: &str, cache: &str) -> Option<Value> {
+    let suffix = format!("-{name}.drv");
+    all.iter()
+        .find(|p| p["cache"] == cache && p["drv"].as_str().is_some_and(|d| d.ends_with(&suffix)))
+        .cloned()
+}
+
+/// Whether `cache_dir` holds the narinfo of every output of the pushed `push`.
+fn in_cache(cache_dir: &Path, push: &Value) -> bool {
+    let paths = push["paths"].as_array().cloned().unwrap_or_default();
+    !paths.is_empty()
+        && paths.iter().all(|p| {
+            let hash = hash_of(p.as_str().unwrap_or_default());
+            cache_dir.join(format!("{hash}.narinfo")).exists()
+        })
+}
+
+#[test]
+fn a_derivation_is_pushed_as_soon_as_it_builds_while_a_slow_one_still_builds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Setup::with_env(&file_caches(dir.path(), &[("early", false)]), "", "", &[]);
+    let config = r#"{ "jobs": { "main": { "file": "default.nix", "caches": ["early"] } } }"#;
+    let (repo, n) = (GitRepo::new(), nonce());
+    let base =
+        repo.commit("base", &[(".eka-ci/config.json", Some(config)), ("default.nix", Some(&nix(&n, LIB)))]);
+    let f = Fixture { repo, nonce: n, base };
+    let (slow, gate_file) = f.slow("slow-push", "-push");
+    let head = f.head("head", &format!(r#"{LIB} quick = mk "quick-push" "echo quick > $out" []; {slow}"#));
+    s.fake.set_pull_request(REPO, 1, json!({ "head": { "repo": { "full_name": REPO } } }));
+    s.pr("early-1", "opened", 1, f.path(), &head, &f.base, "octocat");
+    let quick = wait_for("the quick derivation pushed", || {
+        push_of(&pushes(&s, false), "quick-push", "early").filter(|p| p["state"] == "pushed")
+    });
+    // The slow build cannot finish before its gate file exists: it is still building now.
+    assert!(!gate_file.exists());
+    assert!(in_cache(&dir.path().join("early"), &quick), "{quick:#}");
+    let all = pushes(&s, false);
+    assert!(push_of(&all, "slow-push", "early").is_none(), "{all:#?}");
+    let gate = s.run(&head, "EkaCI: Evaluate Job (main)").expect("the gate check run");
+    assert_ne!(gate["status"], "completed", "{gate:#}");
+    std::fs::write(&gate_file, "").expect("open the gate");
+    let gate = s.wait_completed(&head, "EkaCI: Evaluate Job (main)");
+    assert_eq!(gate["conclusion"], "success", "{gate:#}");
+    let slow_push = wait_for("the slow derivation pushed", || {
+        push_of(&pushes(&s, false), "slow-push", "early").filter(|p| p["state"] == "pushed")
+    });
+    assert!(in_cache(&dir.path().join("early"), &slow_push), "{slow_push:#}");
+    // The sweep after the builds queued nothing twice: one push per derivation, the first one's unchanged.
+    let all = pushes(&s, false);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(push_of(&all, "quick-push", "early"), Some(quick));
+    let _ = std::fs::remove_file(&gate_file);
+}
+
+#[test]
+fn outputs_valid_before_the_run_go_only_to_caches_with_push_cached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let caches = file_caches(dir.path(), &[("everything", true), ("built-only", false)]);
+    let s = Setup::with_env(&caches, "", "", &[]);
+    let config =
+        r#"{ "jobs": { "main": { "file": "default.nix", "caches": ["everything", "built-only"] } } }"#;
+    let (repo, n) = (GitRepo::new(), nonce());
+    let base =
+        repo.commit("base", &[(".eka-ci/config.json", Some(config)), ("default.nix", Some(&nix(&n, LIB)))]);
+    let body = format!(
+        r#"{LIB} pre = mk "pre-built" "echo pre > $out" []; fresh = mk "fresh-built" "echo fresh > $out" [];"#
+    );
+    let head = repo.commit("head", &[("default.nix", Some(&nix(&n, &body)))]);
+    // `pre` is built before the run (the work tree holds head's default.nix).
+    let built = Command::new("nix-build")
+        .args(["--no-out-link", "-A", "pre"])
+        .arg(repo.path().join("default.nix"))
+        .env("NIX_CONFIG", "substituters =")
+        .output()
+        .expect("nix-build");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let pre_out = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    s.fake.set_pull_request(REPO, 2, json!({ "head": { "repo": { "full_name": REPO } } }));
+    s.pr("cached-1", "opened", 2, repo.path(), &head, &base, "octocat");
+    let gate = s.wait_completed(&head, "EkaCI: Evaluate Job (main)");
+    assert_eq!(gate["conclusion"], "success", "{gate:#}");
+    let all = wait_for("the pushes of the run finished", || {
+        let all = pushes(&s, false);
+        (all.len() == 3 && all.iter().all(|p| p["state"] == "pushed")).then_some(all)
+    });
+    let pre = push_of(&all, "pre-built", "everything").expect("pre pushed with push_cached");
+    assert_eq!(pre["paths"], json!([pre_out]));
+    assert!(in_cache(&dir.path().join("everything"), &pre), "{pre:#}");
+    assert!(push_of(&all, "pre-built", "built-only").is_none(), "{all:#?}");
+    for cache in ["everything", "built-only"] {
+        let fresh = push_of(&all, "fresh-built", cache).expect("fresh pushed to both");
+        assert!(in_cache(&dir.path().join(cache), &fresh), "{fresh:#}");
+    }
+    assert!(
+        !dir.path().join("built-only").join(format!("{}.narinfo", hash_of(&pre_out))).exists(),
+        "the already-valid output never reached the cache without push_cached"
+    );
 }

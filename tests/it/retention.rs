@@ -1,7 +1,8 @@
 //! Nothing grows without bound, against real files: the per-attempt log cap (`[builds] max_log_bytes`),
 //! `ekaci logs` of a log larger than one read, and `ekaci gc` (`[retention]`) removing old jobsets with
 //! their GC roots, old logs and stale worktrees while keeping a live jobset; and `[limits]
-//! max_jobs_per_repo` enforced by the running server.
+//! max_jobs_per_repo` enforced by the running server; and `ekaci gc` removing old measured sizes and size
+//! summaries while keeping the sizes of a branch's newest base.
 
 use crate::common;
 
@@ -256,4 +257,66 @@ fn the_server_refuses_a_repository_configuration_with_more_jobs_than_its_limit()
         err.contains("3 jobs are declared; this server allows at most 2 ([limits] max_jobs_per_repo)"),
         "{err}"
     );
+}
+
+#[test]
+fn ekaci_gc_removes_old_sizes_and_size_summaries_and_keeps_a_branchs_newest_base() {
+    use eka_ci::sizes::{self, AttrSizes, SizeSummary};
+    let home = Home::new();
+    drop(home.start());
+    let day = 86400;
+    let now = eka_ci::store::now_secs();
+    let at = |commit: &str, recorded_at: u64| AttrSizes {
+        drv: "/nix/store/00000000000000000000000000000000-a.drv".into(),
+        commit: commit.into(),
+        nar_size: 1,
+        closure_size: 2,
+        references: vec![],
+        recorded_at,
+    };
+    let summary = |computed_at: u64| SizeSummary {
+        job: "main".into(),
+        base_sha: "b".into(),
+        head_sha: "h".into(),
+        base_branch: Some("main".into()),
+        max_increase_percent: 5.0,
+        measured: 1,
+        compared: 1,
+        no_baseline: 0,
+        increases: vec![],
+        dependencies: vec![],
+        computed_at,
+    };
+    {
+        let store = eka_ci::store::Store::open(&home.db()).expect("open the database");
+        // 40 days old ([retention] jobsets_days is 30): `base` is main's newest base and stays.
+        sizes::record(&store, "r", "base", Some("main"), "main", &[("a".into(), at("base", now - 40 * day))])
+            .expect("record");
+        sizes::record(&store, "r", "old", None, "main", &[("a".into(), at("old", now - 40 * day))])
+            .expect("record");
+        sizes::record(&store, "r", "new", None, "main", &[("a".into(), at("new", now))]).expect("record");
+        sizes::record_summary(&store, "r", "old-head", "b", &summary(now - 40 * day)).expect("summary");
+        sizes::record_summary(&store, "r", "new-head", "b", &summary(now)).expect("summary");
+    }
+    let server = home.start();
+    let out = home.ekaci(&["gc"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("output sizes: 1 removed"), "{text}");
+    assert!(text.contains("size summaries: 1 removed"), "{text}");
+    assert!(
+        text.contains("cache pushes: 0 removed") && text.contains("cache push audit: 0 removed"),
+        "{text}"
+    );
+    drop(server);
+    let store = eka_ci::store::Store::open(&home.db()).expect("open the database");
+    assert_eq!(
+        sizes::at_commit(&store, "r", "base", "main").expect("read").len(),
+        1,
+        "the newest base stays"
+    );
+    assert!(sizes::at_commit(&store, "r", "old", "main").expect("read").is_empty());
+    assert_eq!(sizes::at_commit(&store, "r", "new", "main").expect("read").len(), 1);
+    assert!(sizes::summary_of(&store, "r", "old-head", "b", "main").expect("read").is_none());
+    assert!(sizes::summary_of(&store, "r", "new-head", "b", "main").expect("read").is_some());
 }

@@ -293,7 +293,21 @@ impl GitHubService {
                 return self.finish_wide(&reporter, &diff, rebuilds, max).await;
             }
         }
-        let review = match self.pipeline.build_review(&self.scheduler, diff, owners, &None).await {
+        // Pushes are queued as each derivation's build succeeds, while the others still build.
+        let watch =
+            push_plan.as_ref().map(|plan| self.push_as_built(plan, self.watched(plan, repo_config, &diff)));
+        let build = self.pipeline.build_review(&self.scheduler, diff, owners, &None);
+        let built = match watch {
+            Some(watch) => {
+                futures_lite::future::or(build, async {
+                    watch.await;
+                    std::future::pending().await
+                })
+                .await
+            }
+            None => build.await,
+        };
+        let review = match built {
             Ok(review) => review,
             Err(e) if e.is_host_trouble() => return Err(RunError::HostTrouble(e)),
             Err(e) => {
