@@ -160,7 +160,7 @@ fn read_response(s: &mut UnixStream) -> String {
     s.read_exact(&mut len).expect("response length");
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     s.read_exact(&mut body).expect("response body");
-    assert_eq!(body[0], 1, "protocol version");
+    assert_eq!(body[0], eka_ci::control::PROTOCOL_VERSION, "protocol version");
     let resp: eka_ci::control::Response = postcard::from_bytes(&body[1..]).expect("decode response");
     match resp {
         eka_ci::control::Response::Error { message } => message,
@@ -195,7 +195,7 @@ fn bad_control_frames_close_only_their_connection() {
 
     // Right version, garbage payload (an enum tag no request has).
     let mut s = UnixStream::connect(home.socket()).expect("connect");
-    s.write_all(&frame(1, &[0x7f, 1, 2, 3])).expect("send");
+    s.write_all(&frame(eka_ci::control::PROTOCOL_VERSION, &[0x7f, 1, 2, 3])).expect("send");
     let msg = read_response(&mut s);
     assert!(msg.contains("malformed message"), "{msg}");
     assert_closed(&mut s);
