@@ -145,6 +145,11 @@ pub fn api_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     }
 }
 
+/// An optional [`api_url`]-shaped base URL (`[web] public_url`).
+pub fn api_url_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    api_url(d).map(Some)
+}
+
 pub fn non_empty_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     checked_str(d, check_non_empty)
 }

@@ -131,6 +131,10 @@ pub struct WebConfig {
     /// A pre-built web UI bundle to serve (`static_dir` is accepted as an older name).
     #[serde(alias = "static_dir")]
     pub bundle_path: Option<PathBuf>,
+    /// The server's address as people reach it (`http(s)://host[/path]`, no trailing `/`): the base of
+    /// the web UI links in check runs' `details_url`. `None`: `http://{address}:{port}`.
+    #[serde(deserialize_with = "de::api_url_opt")]
+    pub public_url: Option<String>,
     /// Whether public repositories' data is served without a token (default true). False: every `/v1`
     /// route needs a token.
     pub public_read: bool,
@@ -172,6 +176,7 @@ impl Default for WebConfig {
             port: 3030,
             allowed_origins: vec![],
             bundle_path: None,
+            public_url: None,
             public_read: true,
             metrics_public: false,
             metrics_address: None,
@@ -190,6 +195,15 @@ impl WebConfig {
     pub fn socket_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
         let ip: IpAddr = self.address.parse()?;
         Ok(SocketAddr::new(ip, self.port))
+    }
+
+    /// The base of links to the web UI: `public_url`, else `http://{address}:{port}` (IPv6 in brackets).
+    pub fn public_base(&self) -> String {
+        match (&self.public_url, self.socket_addr()) {
+            (Some(url), _) => url.clone(),
+            (None, Ok(addr)) => format!("http://{addr}"),
+            (None, Err(_)) => format!("http://{}:{}", self.address, self.port),
+        }
     }
 }
 

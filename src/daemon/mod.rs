@@ -275,6 +275,7 @@ async fn run_on(
                 skip_paths: config.rebuild.skip_paths.clone(),
                 default_merge_method: config.default_merge_method,
                 max_rebuild_count: Some(config.rebuild.max_rebuild_count),
+                public_url: config.web.public_base(),
             },
         )
         .map_err(|e| DaemonError::GitHub(e.to_string()))?;
@@ -320,6 +321,7 @@ async fn run_on(
         },
         approvals: github.as_ref().map(|w| w.approvals.clone()),
         intake: crate::web::IntakeWriter::spawn(&ex, store.clone()),
+        github_web: format!("https://{}", config.github.git_host()),
     };
     let split = crate::web::Split {
         metrics: config.web.metrics_address.is_some(),

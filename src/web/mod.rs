@@ -14,6 +14,7 @@
 //! | `checks.rs` | `GET /v1/commits/{sha}/checks`, `…/checks/{name}/output` |
 //! | `summary.rs` | `GET /v1/commits/{sha}/change-summary`, `…/change-summary.md`, `…/package-changes`, `…/rebuild-impact` |
 //! | `github.rs` | `POST /github/webhook` |
+//! | `ui/` | `GET /ui/…`: the web UI's HTML pages (see `ui/mod.rs`) |
 //! | `actions.rs` | `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`, `POST /v1/github/approve`, `GET`/`POST /v1/github/maintainers` (admin) |
 //!
 //! `conn.rs` is not a route group either: it serves one connection (the connection cap with its webhook
@@ -40,6 +41,7 @@ mod jobsets;
 mod logs;
 mod metrics;
 mod summary;
+pub mod ui;
 
 use std::rc::Rc;
 
@@ -73,6 +75,8 @@ pub struct AppState {
     pub approvals: Option<async_channel::Sender<crate::forge::github::approvals::ApprovalNotice>>,
     /// Writes webhook deliveries, several per transaction.
     pub intake: IntakeWriter,
+    /// GitHub's web address (`https://{github.git_host}`): the web UI links to check runs under it.
+    pub github_web: String,
 }
 
 /// Which routes the main listener leaves to a listener of their own.
@@ -108,6 +112,7 @@ pub fn app(state: AppState, split: Split) -> tide::Server<AppState> {
     summary::routes(&mut app);
     checks::routes(&mut app);
     actions::routes(&mut app);
+    ui::routes(&mut app);
     app
 }
 
