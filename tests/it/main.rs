@@ -46,3 +46,4 @@ mod store;
 mod summary;
 mod supervise;
 mod tidy;
+mod ui;

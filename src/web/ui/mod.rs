@@ -116,7 +116,7 @@ th{background:#eaeef2}code,pre,.mono{font-family:ui-monospace,monospace;font-siz
 .badge{display:inline-block;padding:0 .5em;border-radius:1em;font-size:12px;font-weight:600;color:#fff}
 .badge.ok{background:#1a7f37}.badge.bad{background:#cf222e}.badge.run{background:#9a6700}
 .badge.none{background:#6e7781}.muted{color:#57606a}.error{color:#cf222e}
-.log{background:#0d1117;color:#e6edf3;padding:.6em 0;overflow-x:auto;white-space:pre}
+.log{font-family:ui-monospace,monospace;font-size:13px;background:#0d1117;color:#e6edf3;padding:.6em 0;overflow-x:auto;white-space:pre}
 .log a.n{display:inline-block;width:5em;padding-right:1em;text-align:right;color:#6e7681;
 text-decoration:none;user-select:none}.log div:target{background:#3a3000}
 .b{font-weight:700}.fg0{color:#6e7681}.fg1{color:#ff7b72}.fg2{color:#7ee787}.fg3{color:#d29922}

@@ -1,7 +1,8 @@
 //! The dashboard (`/ui/`) and the commit page (`/ui/commits/{sha}`, where check runs link): what a
 //! pull request's head evaluated to, per job the verdict and why (newly failing attributes with log
 //! tails, new evaluation errors, added/removed/changed counts), the change summary as HTML tables,
-//! repository checks and links to the GitHub check runs.
+//! repository checks and links to the GitHub check runs. Jobs are compared with the base of the pull
+//! request's run, or with `?base=<sha>` (a local `ekaci review`).
 
 use std::collections::HashMap;
 
@@ -169,17 +170,18 @@ struct CommitData {
     summary: Option<ChangeSummary>,
 }
 
-fn read_commit(state: &AppState, sha: &str) -> Result<CommitData, PageError> {
+/// Reads what is stored about commit `sha`; each job is compared with `base` when given, else with the
+/// base of the run of its repository.
+fn read_commit(state: &AppState, sha: &str, asked_base: Option<&str>) -> Result<CommitData, PageError> {
     let store = &state.store;
     let runs: Vec<Run> = runs::all(store)?.into_iter().map(|(_, r)| r).filter(|r| r.head_sha == sha).collect();
     let heads: Vec<Jobset> = state.jobsets.all()?.into_iter().filter(|j| j.key.commit == sha).collect();
     let reader = Reader::new(store)?;
     let mut jobs = Vec::new();
     for head in heads {
-        let base = runs
-            .iter()
-            .find(|r| r.clone_url == head.key.repo || head.key.repo.ends_with(&r.repo))
-            .map(|r| r.base_sha.clone());
+        let base = asked_base.map(str::to_string).or_else(|| {
+            runs.iter().find(|r| r.clone_url == head.key.repo).map(|r| r.base_sha.clone())
+        });
         let base = match base {
             Some(b) => state.jobsets.find(&crate::jobset::JobsetKey {
                 repo: head.key.repo.clone(),
@@ -264,8 +266,14 @@ pub(super) async fn commit(req: tide::Request<AppState>) -> Result<Markup, ApiEr
         caller.read(state, true)?;
     }
     let sha = parse_sha(req.param("sha").unwrap_or_default())?;
+    let mut base = None;
+    for (k, v) in req.url().query_pairs() {
+        if k == "base" {
+            base = Some(parse_sha(&v)?);
+        }
+    }
     let (s, c) = (state.clone(), sha.clone());
-    let mut data = smol::unblock(move || read_commit(&s, &c)).await?;
+    let mut data = smol::unblock(move || read_commit(&s, &c, base.as_deref())).await?;
     let known = !data.runs.is_empty() || !data.jobs.is_empty() || !data.checks.is_empty();
     if caller.is_anonymous() {
         let mut public = known;
