@@ -80,17 +80,6 @@ pub const SERVER: &[ServerKey] = &[
         set: |c| c.security.allow_private_cache_hosts,
     },
     ServerKey {
-        key: "oauth",
-        note: "there is no web UI login yet",
-        set: |c| {
-            let o = &c.oauth;
-            o.client_id.is_some()
-                || o.client_secret.is_some()
-                || o.redirect_url.is_some()
-                || o.jwt_secret.is_some()
-        },
-    },
-    ServerKey {
         key: "caches",
         note: "successful builds are not pushed to caches yet",
         set: |c| !c.caches.is_empty(),
@@ -204,12 +193,11 @@ mod tests {
     fn defaults_use_no_listed_key_and_set_values_do() {
         let mut config = ServerConfig::default();
         assert!(server_keys_in_use(&config, &[]).is_empty());
-        config.oauth.jwt_secret = Some(crate::secret::Secret::new("s"));
         config.security.audit_hooks = false;
         let used: Vec<&str> = server_keys_in_use(&config, &[]).iter().map(|k| k.key).collect();
-        assert_eq!(used, ["security.audit_hooks", "oauth"]);
+        assert_eq!(used, ["security.audit_hooks"]);
         let written = [&SERVER[0]];
         let used: Vec<&str> = server_keys_in_use(&config, &written).iter().map(|k| k.key).collect();
-        assert_eq!(used, ["web.allowed_origins", "security.audit_hooks", "oauth"]);
+        assert_eq!(used, ["web.allowed_origins", "security.audit_hooks"]);
     }
 }

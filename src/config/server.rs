@@ -135,6 +135,10 @@ pub struct WebConfig {
     /// the web UI links in check runs' `details_url`. `None`: `http://{address}:{port}`.
     #[serde(deserialize_with = "de::api_url_opt")]
     pub public_url: Option<String>,
+    /// GitHub logins that are administrators of the web UI (signed in through `[oauth]`): they see every
+    /// page and may rebuild. Compared case-insensitively.
+    #[serde(deserialize_with = "de::logins")]
+    pub admins: Vec<String>,
     /// Whether public repositories' data is served without a token (default true). False: every `/v1`
     /// route needs a token.
     pub public_read: bool,
@@ -177,6 +181,7 @@ impl Default for WebConfig {
             allowed_origins: vec![],
             bundle_path: None,
             public_url: None,
+            admins: Vec::new(),
             public_read: true,
             metrics_public: false,
             metrics_address: None,

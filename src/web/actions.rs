@@ -32,13 +32,21 @@ fn refused(during: &'static str, e: SchedulerError) -> ApiError {
     }
 }
 
+/// Requeues `drv` (the caller is an administrator): the one call behind the API's and the web UI's
+/// rebuild. Returns the state after requeueing.
+pub(super) async fn rebuild_drv(
+    state: &AppState,
+    drv: &str,
+) -> Result<Option<crate::scheduler::DrvStatus>, ApiError> {
+    let scheduler = &state.scheduler;
+    scheduler.rebuild(drv).await.map_err(|e| refused("requeueing the derivation", e))?;
+    scheduler.state(drv).await.map_err(|e| ApiError::scheduler("reading the build state", e))
+}
+
 async fn rebuild(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
     auth::caller(&req).await?.require(Scope::Admin, WHY_WRITE)?;
     let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
-    let scheduler = &req.state().scheduler;
-    scheduler.rebuild(&drv).await.map_err(|e| refused("requeueing the derivation", e))?;
-    let status =
-        scheduler.state(&drv).await.map_err(|e| ApiError::scheduler("reading the build state", e))?;
+    let status = rebuild_drv(req.state(), &drv).await?;
     let body = json!({
         "drv": drv,
         "state": status.as_ref().map(|s| state_json(&s.state)),

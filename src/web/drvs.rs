@@ -38,6 +38,12 @@ pub(super) enum ApiError {
     NoLog { drv: String, attempt: u32 },
     #[error("nothing is known about commit {commit}: no evaluation, run or check of it is stored")]
     UnknownCommit { commit: String },
+    #[error("{login} may not see this: it is private, and GitHub does not say {login} can read its repository")]
+    NotAllowed { login: String },
+    #[error("refused: this form's CSRF token is missing or wrong (reload the page and try again)")]
+    Csrf,
+    #[error("only administrators ([web] admins) may do this")]
+    NotAdmin,
     #[error("unknown jobset {id}")]
     UnknownJobset { id: crate::jobset::JobsetId },
     #[error("the build scheduler is not running")]
@@ -66,6 +72,7 @@ impl ApiError {
             | ApiError::UnknownCommit { .. }
             | ApiError::UnknownJobset { .. } => 404,
             ApiError::SchedulerStopped => 503,
+            ApiError::NotAllowed { .. } | ApiError::Csrf | ApiError::NotAdmin => 403,
             ApiError::Internal { .. } => 500,
             ApiError::Auth(e) => e.status(),
             ApiError::BadBody { .. } => 400,

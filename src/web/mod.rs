@@ -75,6 +75,8 @@ pub struct AppState {
     pub approvals: Option<async_channel::Sender<crate::forge::github::approvals::ApprovalNotice>>,
     /// Writes webhook deliveries, several per transaction.
     pub intake: IntakeWriter,
+    /// The web UI's sign-in: `[oauth]`, the session signer, `[web] admins`.
+    pub ui: std::sync::Arc<ui::login::UiAuth>,
     /// GitHub's web address (`https://{github.git_host}`): the web UI links to check runs under it.
     pub github_web: String,
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::fake_github::FakeGitHub;
 use common::{http_request, GitRepo, Home, NIX_PRELUDE};
 use serde_json::{json, Value};
 
@@ -179,6 +180,21 @@ impl Session<'_> {
         self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})));
     }
 
+    /// Runs `script` in the page (a returned promise is awaited) and returns its value.
+    fn run(&self, script: &str, args: Value) -> Value {
+        self.cmd("POST", "/execute/sync", Some(json!({ "script": script, "args": args })))
+    }
+
+    /// The status of a form POST made by the page's own JavaScript (same origin, its cookies).
+    fn post_form(&self, path: &str, body: &str) -> u16 {
+        let v = self.run(
+            "return fetch(arguments[0], {method: 'POST', redirect: 'manual', headers: \
+             {'Content-Type': 'application/x-www-form-urlencoded'}, body: arguments[1]}).then(r => r.status);",
+            json!([path, body]),
+        );
+        v.as_u64().and_then(|n| u16::try_from(n).ok()).unwrap_or_else(|| panic!("POST {path}: {v}"))
+    }
+
     fn source(&self) -> String {
         self.cmd("GET", "/source", None).as_str().unwrap_or_default().to_string()
     }
@@ -313,5 +329,136 @@ fn ui_pages_in_a_browser() {
     assert!(browser.text("#queues").contains("system"));
     browser.screenshot("dashboard");
     drop(browser);
+    drop(server);
+}
+
+/// A free loopback port (the OAuth redirect URL names the server's port before it starts).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// The `Set-Cookie` value of cookie `name` in a raw response head.
+fn set_cookie<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("set-cookie"))
+        .find_map(|(_, v)| v.trim().strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+}
+
+#[test]
+fn ui_sign_in_and_admin_actions() {
+    let Some(driver) = Driver::start() else { return };
+    let fake = FakeGitHub::start();
+    fake.set_oauth_app("ui-client", "ui-secret");
+    fake.set_oauth_user("alice", 101);
+    let nonce = common::nonce();
+    let home = Home::new();
+    let port = free_port();
+    std::fs::write(
+        home.config_file(),
+        format!(
+            "[web]\nport = {port}\nadmins = [\"Alice\"]\n\n[security]\nallow_insecure_webhooks = true\n\
+             allow_unsandboxed_builds = true\n\n[github]\napi_url = \"{}\"\n\n[oauth]\nclient_id = \"ui-client\"\n\
+             client_secret = \"ui-secret\"\nredirect_url = \"http://127.0.0.1:{port}/github/auth/callback\"\n",
+            fake.url()
+        ),
+    )
+    .expect("write config");
+    let server = home.start();
+    let addr = server.http_address();
+    assert_eq!(addr, format!("127.0.0.1:{port}"));
+    let repo = GitRepo::new();
+    let base_nix = format!("{NIX_PRELUDE}\n{{ keep = mk \"keep-1.0\" \"echo keep > $out\"; }}\n");
+    let base = repo.commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&base_nix))]);
+    let head = repo.commit("head", &[("default.nix", Some(&head_nix(&nonce)))]);
+    let out = home.review(&repo, &base, &head);
+    assert!(!out.status.success(), "the review should fail: {}", String::from_utf8_lossy(&out.stderr));
+    let commit_page = format!("http://{addr}/ui/commits/{head}?base={base}");
+
+    // A forged `state`: refused before any code is exchanged, with and without a state cookie.
+    let (code, head_text, _) = http_request(&addr, "GET", "/ui/login", &[], b"");
+    assert_eq!(code, 302);
+    let state_cookie = set_cookie(&head_text, "ekaci_oauth_state").expect("state cookie").to_string();
+    assert!(head_text.to_ascii_lowercase().contains("httponly; samesite=lax"), "{head_text}");
+    let forged = "f".repeat(64);
+    let cookie = format!("ekaci_oauth_state={state_cookie}");
+    let path = format!("/github/auth/callback?code=anything&state={forged}");
+    let (code, _, body) = http_request(&addr, "GET", &path, &[("Cookie", &cookie)], b"");
+    assert_eq!(code, 400);
+    assert!(String::from_utf8_lossy(&body).contains("does not match"));
+    let (code, _, _) = http_request(&addr, "GET", &path, &[], b"");
+    assert_eq!(code, 400);
+    assert!(fake.calls_to("POST", "/login/oauth/access_token").is_empty(), "a forged state reached GitHub");
+    let forger = driver.session(None);
+    forger.open(&format!("http://{addr}{path}"));
+    assert!(forger.text("#error").contains("state"), "{}", forger.source());
+    drop(forger);
+
+    // Alice signs in through GitHub's OAuth flow; she is an administrator.
+    let alice = driver.session(None);
+    alice.open(&format!("http://{addr}/ui/"));
+    alice.click("#signin");
+    assert_eq!(alice.text("#login"), "alice", "{}", alice.source());
+    assert_eq!(alice.url(), format!("http://{addr}/ui/"));
+    let exchange = fake.calls_to("POST", "/login/oauth/access_token");
+    assert_eq!(exchange.len(), 1);
+    assert!(exchange[0].body.contains("client_secret=ui-secret"));
+    assert!(!server.log().contains("ui-secret") && !server.log().contains("gho_fake"), "a secret reached the log");
+
+    // She sees the private (local) repository's commit page and rebuilds the failing derivation.
+    alice.open(&commit_page);
+    alice.click("table.failing td a[href^='/ui/drvs/']");
+    let drv_page = alice.url();
+    let attempts_before = alice.all("#attempts tr").len() - 1;
+    let history_before = alice.all("#history tr").len();
+    let drv_path = drv_page.strip_prefix(&format!("http://{addr}")).expect("same server").to_string();
+    // Without the CSRF token, the rebuild is refused even for her.
+    assert_eq!(alice.post_form(&format!("{drv_path}/rebuild"), ""), 403);
+    assert_eq!(alice.post_form(&format!("{drv_path}/rebuild"), "csrf=forged"), 403);
+    alice.screenshot("derivation-admin");
+    alice.click("#rebuild");
+    assert_eq!(alice.url(), drv_page);
+    assert!(alice.all("#history tr").len() > history_before, "the rebuild left no trace in the history");
+    assert!(alice.source().contains("rebuild"), "{}", alice.text("#history"));
+    // The requeued build runs again and fails again: a new attempt appears.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while alice.all("#attempts tr").len() - 1 <= attempts_before {
+        assert!(Instant::now() < deadline, "the rebuild never started a new attempt");
+        std::thread::sleep(Duration::from_millis(300));
+        alice.open(&drv_page);
+    }
+    alice.open(&format!("http://{addr}/ui/admin"));
+    assert_eq!(alice.texts("#sessions td.login"), ["alice"]);
+    alice.screenshot("admin");
+
+    // Bob is signed in but no administrator: no Rebuild button, and a forged POST with his own valid
+    // CSRF token is refused; the private repository's pages are refused to him too.
+    fake.set_oauth_user("bob", 102);
+    let bob = driver.session(None);
+    bob.open(&format!("http://{addr}/ui/login"));
+    assert_eq!(bob.text("#login"), "bob");
+    assert!(bob.all("a[href='/ui/admin']").is_empty());
+    let bob_csrf = {
+        let v = bob.run("return document.querySelector('input[name=csrf]').value;", json!([]));
+        v.as_str().expect("csrf").to_string()
+    };
+    assert_eq!(bob.post_form(&format!("{drv_path}/rebuild"), &format!("csrf={bob_csrf}")), 403);
+    bob.open(&drv_page);
+    assert_eq!(bob.text("h1"), "Not allowed", "{}", bob.source());
+    assert!(bob.all("#rebuild").is_empty());
+    bob.open(&format!("http://{addr}/ui/admin"));
+    assert_eq!(bob.text("h1"), "Not allowed");
+    drop(bob);
+
+    // Signing out revokes the session: its cookie no longer works.
+    alice.open(&format!("http://{addr}/ui/"));
+    let session_cookie = alice.cmd("GET", "/cookie/ekaci_session", None)["value"].as_str().expect("cookie").to_string();
+    alice.click("#logout");
+    assert!(!alice.all("#signin").is_empty(), "{}", alice.source());
+    let cookie = format!("ekaci_session={session_cookie}");
+    let (code, _, _) = http_request(&addr, "GET", "/ui/admin", &[("Cookie", &cookie)], b"");
+    assert_eq!(code, 401);
+    drop(alice);
     drop(server);
 }

@@ -25,17 +25,18 @@ const STATE_FILTERS: [&str; 9] =
     ["success", "cached", "failure", "transitive-failure", "building", "buildable", "queued", "eval-error", "none"];
 
 pub(super) async fn jobset(req: tide::Request<AppState>) -> Result<Markup, ApiError> {
-    let caller = crate::web::auth::caller(&req).await?;
+    let viewer = super::login::viewer(&req).await?;
     let id = parse_id(req.param("id").unwrap_or_default())?;
     let state = req.state();
     let jobsets = state.jobsets.clone();
     let header =
         smol::unblock(move || jobsets.get(id)).await.map_err(|e| ApiError::store("reading the jobset", e))?;
     let public = match &header {
-        Some(h) if caller.is_anonymous() => crate::web::auth::repo_is_public(state, &h.key.repo).await,
+        Some(h) if viewer.needs_visibility() => crate::web::auth::repo_is_public(state, &h.key.repo).await,
         _ => false,
     };
-    caller.read(state, public)?;
+    let repos: Vec<String> = header.iter().map(|h| h.key.repo.clone()).collect();
+    viewer.read(state, public, &repos).await?;
     let header = header.ok_or(ApiError::UnknownJobset { id })?;
 
     let mut filter = AttrFilter::default();
@@ -70,6 +71,7 @@ pub(super) async fn jobset(req: tide::Request<AppState>) -> Result<Markup, ApiEr
     }
     let title = format!("Jobset {} · {}", header.id.0, header.key.job_name());
     Ok(layout(
+        Some(&viewer),
         &title,
         html! {
             p {
@@ -119,11 +121,11 @@ pub(super) async fn jobset(req: tide::Request<AppState>) -> Result<Markup, ApiEr
 }
 
 pub(super) async fn drv(req: tide::Request<AppState>) -> Result<Markup, ApiError> {
-    let caller = crate::web::auth::caller(&req).await?;
+    let viewer = super::login::viewer(&req).await?;
     let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
     let state = req.state();
-    let public = caller.is_anonymous() && crate::web::auth::drv_is_public(state, &drv).await;
-    caller.read(state, public)?;
+    let public = viewer.needs_visibility() && crate::web::auth::drv_is_public(state, &drv).await;
+    viewer.read(state, public, &[]).await?;
     let DrvRead { view, status, log_sizes } = read_drv(state, &drv).await?;
     let (store, graph) = (state.store.clone(), state.graph.clone());
     let neighbours: Vec<String> = view.dependencies.iter().chain(view.dependents.iter()).cloned().collect();
@@ -134,6 +136,7 @@ pub(super) async fn drv(req: tide::Request<AppState>) -> Result<Markup, ApiError
     .await?;
     let neighbour_state = |d: &str| states.get(d).map_or("none", |s| s.name());
     Ok(layout(
+        Some(&viewer),
         drv_name(&drv),
         html! {
             p.mono { (drv) }
@@ -150,6 +153,7 @@ pub(super) async fn drv(req: tide::Request<AppState>) -> Result<Markup, ApiError
                 }
                 None => { p id="state" { "state: " (badge("none")) " never requested" } }
             }
+            (super::admin::rebuild_button(&viewer, &drv))
             p { "system: " span.mono { (view.system) } }
             h2 { "Outputs" }
             table id="outputs" {
@@ -193,12 +197,12 @@ pub(super) async fn drv(req: tide::Request<AppState>) -> Result<Markup, ApiError
 
 pub(super) async fn log(req: tide::Request<AppState>) -> Result<Markup, ApiError> {
     use futures_lite::io::AsyncSeekExt as _;
-    let caller = crate::web::auth::caller(&req).await?;
+    let viewer = super::login::viewer(&req).await?;
     let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
     let asked = crate::web::logs::parse_attempt(&req)?;
     let state = req.state();
-    let public = caller.is_anonymous() && crate::web::auth::drv_is_public(state, &drv).await;
-    caller.read(state, public)?;
+    let public = viewer.needs_visibility() && crate::web::auth::drv_is_public(state, &drv).await;
+    viewer.read(state, public, &[]).await?;
     let mut log = crate::web::logs::open_log(state, &drv, asked).await?;
     let from = log.len.saturating_sub(LOG_PAGE_BYTES);
     let mut bytes = Vec::new();
@@ -214,6 +218,7 @@ pub(super) async fn log(req: tide::Request<AppState>) -> Result<Markup, ApiError
     let lines = super::ansi::lines(&text);
     let raw = super::raw_log_href(&drv, log.attempt);
     Ok(layout(
+        Some(&viewer),
         &format!("Log of {} (attempt {})", drv_name(&drv), log.attempt),
         html! {
             p {

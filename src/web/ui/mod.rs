@@ -5,17 +5,25 @@
 //! | --- | --- |
 //! | `pages.rs` | `/ui/` (dashboard), `/ui/commits/{sha}` (a pull request's head or any reviewed commit) |
 //! | `detail.rs` | `/ui/jobsets/{id}`, `/ui/drvs/{drv}`, `/ui/logs/{drv}?attempt=N` |
+//! | `login.rs` | `/ui/login`, the `[oauth]` callback, `POST /ui/logout`; the viewer and its read rules |
+//! | `admin.rs` | `/ui/admin` (sessions, tokens, approvals waiting), `POST /ui/drvs/{drv}/rebuild`, `POST /ui/admin/sessions/revoke` |
+//! | `session.rs` | sessions in redb, signed cookies, CSRF tokens (no route) |
 //! | `ansi.rs` | build-log ANSI colours to spans (no route) |
 //!
 //! Every page reads through the same readers as the `/v1` JSON routes (`drvs::read_drv`,
 //! `jobsets::read_page`, `logs::open_log`, `builds::read_active`, the stores' own functions) and applies
-//! the same read rules (`web::auth`): a browser without a token sees public repositories' data only, per
-//! `[web] public_read`; anything else answers an HTML page with the same status the API would (401
-//! whether it exists or not). Errors are HTML, never JSON, and name no server path.
+//! the same read rules (`web::auth`): a browser without a token or session sees public repositories'
+//! data only, per `[web] public_read`; anything else answers an HTML page with the same status the API
+//! would (401 whether it exists or not). A browser signed in through GitHub (`login.rs`) also sees the
+//! private repositories GitHub says its user can read; an administrator sees everything and may act.
+//! Errors are HTML, never JSON, and name no server path.
 
+mod admin;
 mod ansi;
 mod detail;
+pub mod login;
 mod pages;
+pub mod session;
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
@@ -125,11 +133,11 @@ text-decoration:none;user-select:none}.log div:target{background:#3a3000}
 .fg14{color:#b3f0ff}.fg15{color:#fff}.bg1{background:#8e1519}.bg2{background:#0f5323}
 .bg3{background:#6c4400}.bg4{background:#0c2d6b}.bg5{background:#5f2b8c}.bg6{background:#074a5b}
 .bg7{background:#6e7681}
-form.inline{display:inline}nav.pager a{margin-right:1em}.tail{max-height:20em}
+form.inline{display:inline}.spacer{flex:1}header button{cursor:pointer}nav.pager a{margin-right:1em}.tail{max-height:20em}
 ";
 
-/// A whole page: the header with navigation, the title and `body`.
-pub(super) fn layout(title: &str, body: Markup) -> Markup {
+/// A whole page: the header with navigation (and the viewer's sign-in state), the title and `body`.
+pub(super) fn layout(viewer: Option<&login::Viewer>, title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -143,6 +151,7 @@ pub(super) fn layout(title: &str, body: Markup) -> Markup {
                 header {
                     a.brand href="/ui/" { "eka-ci" }
                     a href="/ui/" { "Dashboard" }
+                    @if let Some(v) = viewer { (v.header()) }
                 }
                 main {
                     h1 { (title) }
@@ -168,7 +177,7 @@ pub(super) fn error_page(e: &ApiError) -> tide::Response {
         400 => "Bad request",
         _ => "Error",
     };
-    let mut res = html_response(status, layout(title, html! { p.error id="error" { (e.to_string()) } }));
+    let mut res = html_response(status, layout(None, title, html! { p.error id="error" { (e.to_string()) } }));
     if status == 401 {
         res.insert_header("WWW-Authenticate", "Bearer realm=\"eka-ci\"");
     }
@@ -184,6 +193,9 @@ pub(super) fn respond(result: Result<Markup, ApiError>) -> tide::Result {
 }
 
 pub fn routes(app: &mut tide::Server<AppState>) {
+    let callback = app.state().ui.callback_path();
+    login::routes(app, &callback);
+    admin::routes(app);
     app.at("/ui").get(|_req: tide::Request<AppState>| async move {
         let res: tide::Response = tide::Redirect::permanent("/ui/").into();
         Ok::<_, tide::Error>(res)

@@ -44,10 +44,13 @@ fn trigger(run: &Run) -> String {
 }
 
 pub(super) async fn dashboard(req: tide::Request<AppState>) -> Result<Markup, ApiError> {
-    let caller = crate::web::auth::caller(&req).await?;
+    let viewer = super::login::viewer(&req).await?;
     let state = req.state();
-    caller.read_listing(state)?;
-    let anonymous = caller.is_anonymous();
+    if viewer.needs_visibility() && viewer.user.is_none() {
+        viewer.caller.read_listing(state)?;
+    }
+    // Listings show a viewer who does not read everything only public data.
+    let anonymous = viewer.needs_visibility();
     let (builds, depths) = crate::web::builds::read_active(state, anonymous).await?;
     let (store, jobsets) = (state.store.clone(), state.jobsets.clone());
     let (mut recent, evaluating) = smol::unblock(move || {
@@ -76,6 +79,7 @@ pub(super) async fn dashboard(req: tide::Request<AppState>) -> Result<Markup, Ap
     }
     let now = now_ms();
     Ok(layout(
+        Some(&viewer),
         "Dashboard",
         html! {
             h2 { "Queues" }
@@ -259,11 +263,11 @@ fn parse_sha(raw: &str) -> Result<String, ApiError> {
 }
 
 pub(super) async fn commit(req: tide::Request<AppState>) -> Result<Markup, ApiError> {
-    let caller = crate::web::auth::caller(&req).await?;
+    let viewer = super::login::viewer(&req).await?;
     let state = req.state();
-    if caller.is_anonymous() {
-        // `public_read = false` refuses before anything is read.
-        caller.read(state, true)?;
+    if viewer.needs_visibility() && viewer.user.is_none() {
+        // `public_read = false` refuses an anonymous browser before anything is read.
+        viewer.caller.read(state, true)?;
     }
     let sha = parse_sha(req.param("sha").unwrap_or_default())?;
     let mut base = None;
@@ -275,18 +279,21 @@ pub(super) async fn commit(req: tide::Request<AppState>) -> Result<Markup, ApiEr
     let (s, c) = (state.clone(), sha.clone());
     let mut data = smol::unblock(move || read_commit(&s, &c, base.as_deref())).await?;
     let known = !data.runs.is_empty() || !data.jobs.is_empty() || !data.checks.is_empty();
-    if caller.is_anonymous() {
-        let mut public = known;
-        let repos = data
+    if viewer.needs_visibility() {
+        let mut repos: Vec<String> = data
             .runs
             .iter()
-            .map(|r| r.clone_url.as_str())
-            .chain(data.jobs.iter().map(|j| j.head.key.repo.as_str()))
-            .chain(data.checks.iter().map(|c| c.repo.as_str()));
-        for repo in repos {
+            .map(|r| r.clone_url.clone())
+            .chain(data.jobs.iter().map(|j| j.head.key.repo.clone()))
+            .chain(data.checks.iter().map(|c| c.repo.clone()))
+            .collect();
+        repos.sort();
+        repos.dedup();
+        let mut public = known;
+        for repo in &repos {
             public = public && crate::web::auth::repo_is_public(state, repo).await;
         }
-        caller.read(state, public)?;
+        viewer.read(state, public, &repos).await?;
     }
     if !known {
         return Err(ApiError::UnknownCommit { commit: sha });
@@ -298,7 +305,7 @@ pub(super) async fn commit(req: tide::Request<AppState>) -> Result<Markup, ApiEr
             }
         }
     }
-    Ok(layout(&format!("Commit {}", crate::text::short_sha(&sha)), render_commit(state, &sha, &data)))
+    Ok(layout(Some(&viewer), &format!("Commit {}", crate::text::short_sha(&sha)), render_commit(state, &sha, &data)))
 }
 
 fn render_commit(state: &AppState, sha: &str, data: &CommitData) -> Markup {
