@@ -150,7 +150,8 @@ pub fn logins<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
     let list = Vec::<String>::deserialize(d)?;
     list.into_iter()
         .map(|l| {
-            let ok = !l.is_empty() && l.len() <= 39 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            let ok =
+                !l.is_empty() && l.len() <= 39 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
             if ok {
                 Ok(l.to_ascii_lowercase())
             } else {

@@ -38,7 +38,9 @@ pub(super) enum ApiError {
     NoLog { drv: String, attempt: u32 },
     #[error("nothing is known about commit {commit}: no evaluation, run or check of it is stored")]
     UnknownCommit { commit: String },
-    #[error("{login} may not see this: it is private, and GitHub does not say {login} can read its repository")]
+    #[error(
+        "{login} may not see this: it is private, and GitHub does not say {login} can read its repository"
+    )]
     NotAllowed { login: String },
     #[error("refused: this form's CSRF token is missing or wrong (reload the page and try again)")]
     Csrf,

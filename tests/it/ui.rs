@@ -44,7 +44,10 @@ impl Driver {
             println!("skipping the browser tests: {CHROMEDRIVER} is not installed (apt-get install chromium-driver)");
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -109,7 +112,10 @@ impl Driver {
         let s = Session { d: self, id };
         if let Some(t) = token {
             s.cdp("Network.enable", json!({}));
-            s.cdp("Network.setExtraHTTPHeaders", json!({ "headers": { "Authorization": format!("Bearer {t}") } }));
+            s.cdp(
+                "Network.setExtraHTTPHeaders",
+                json!({ "headers": { "Authorization": format!("Bearer {t}") } }),
+            );
         }
         s
     }
@@ -148,7 +154,9 @@ impl Session<'_> {
         let v = self.cmd("POST", "/elements", Some(json!({ "using": "css selector", "value": css })));
         let refs = v.as_array().unwrap_or_else(|| panic!("finding `{css}`: {v}"));
         refs.iter()
-            .map(|e| e[ELEMENT].as_str().unwrap_or_else(|| panic!("not an element reference: {e}")).to_string())
+            .map(|e| {
+                e[ELEMENT].as_str().unwrap_or_else(|| panic!("not an element reference: {e}")).to_string()
+            })
             .collect()
     }
 
@@ -166,13 +174,18 @@ impl Session<'_> {
     fn texts(&self, css: &str) -> Vec<String> {
         self.all(css)
             .iter()
-            .map(|e| self.cmd("GET", &format!("/element/{e}/text"), None).as_str().unwrap_or_default().to_string())
+            .map(|e| {
+                self.cmd("GET", &format!("/element/{e}/text"), None).as_str().unwrap_or_default().to_string()
+            })
             .collect()
     }
 
     fn attr(&self, css: &str, name: &str) -> String {
         let e = self.one(css);
-        self.cmd("GET", &format!("/element/{e}/attribute/{name}"), None).as_str().unwrap_or_default().to_string()
+        self.cmd("GET", &format!("/element/{e}/attribute/{name}"), None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     fn click(&self, css: &str) {
@@ -257,7 +270,8 @@ fn ui_pages_in_a_browser() {
     let addr = server.http_address();
     let repo = GitRepo::new();
     let base_nix = format!("{NIX_PRELUDE}\n{{ keep = mk \"keep-1.0\" \"echo keep > $out\"; }}\n");
-    let base = repo.commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&base_nix))]);
+    let base =
+        repo.commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&base_nix))]);
     let head = repo.commit("head", &[("default.nix", Some(&head_nix(&nonce)))]);
     let out = home.review(&repo, &base, &head);
     assert!(!out.status.success(), "the review should fail: {}", String::from_utf8_lossy(&out.stderr));
@@ -370,7 +384,8 @@ fn ui_sign_in_and_admin_actions() {
     assert_eq!(addr, format!("127.0.0.1:{port}"));
     let repo = GitRepo::new();
     let base_nix = format!("{NIX_PRELUDE}\n{{ keep = mk \"keep-1.0\" \"echo keep > $out\"; }}\n");
-    let base = repo.commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&base_nix))]);
+    let base =
+        repo.commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&base_nix))]);
     let head = repo.commit("head", &[("default.nix", Some(&head_nix(&nonce)))]);
     let out = home.review(&repo, &base, &head);
     assert!(!out.status.success(), "the review should fail: {}", String::from_utf8_lossy(&out.stderr));
@@ -404,7 +419,10 @@ fn ui_sign_in_and_admin_actions() {
     let exchange = fake.calls_to("POST", "/login/oauth/access_token");
     assert_eq!(exchange.len(), 1);
     assert!(exchange[0].body.contains("client_secret=ui-secret"));
-    assert!(!server.log().contains("ui-secret") && !server.log().contains("gho_fake"), "a secret reached the log");
+    assert!(
+        !server.log().contains("ui-secret") && !server.log().contains("gho_fake"),
+        "a secret reached the log"
+    );
 
     // She sees the private (local) repository's commit page and rebuilds the failing derivation.
     alice.open(&commit_page);
@@ -453,7 +471,8 @@ fn ui_sign_in_and_admin_actions() {
 
     // Signing out revokes the session: its cookie no longer works.
     alice.open(&format!("http://{addr}/ui/"));
-    let session_cookie = alice.cmd("GET", "/cookie/ekaci_session", None)["value"].as_str().expect("cookie").to_string();
+    let session_cookie =
+        alice.cmd("GET", "/cookie/ekaci_session", None)["value"].as_str().expect("cookie").to_string();
     alice.click("#logout");
     assert!(!alice.all("#signin").is_empty(), "{}", alice.source());
     let cookie = format!("ekaci_session={session_cookie}");

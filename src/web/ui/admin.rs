@@ -148,5 +148,6 @@ pub fn routes(app: &mut tide::Server<AppState>) {
     app.at("/ui/admin").get(|req: tide::Request<AppState>| async move { respond(page(req).await) });
     app.at("/ui/admin/sessions/revoke")
         .post(|req: tide::Request<AppState>| async move { act(revoke(req).await) });
-    app.at("/ui/drvs/:drv/rebuild").post(|req: tide::Request<AppState>| async move { act(rebuild(req).await) });
+    app.at("/ui/drvs/:drv/rebuild")
+        .post(|req: tide::Request<AppState>| async move { act(rebuild(req).await) });
 }

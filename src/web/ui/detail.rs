@@ -6,7 +6,9 @@
 use futures_lite::io::AsyncReadExt as _;
 use maud::{html, Markup};
 
-use super::{at_ms, badge, commit_href, drv_href, drv_name, duration, jobset_href, layout, log_href, query_value};
+use super::{
+    at_ms, badge, commit_href, drv_href, drv_name, duration, jobset_href, layout, log_href, query_value,
+};
 use crate::jobset::AttrOutcome;
 use crate::scheduler::state::Reader;
 use crate::web::drvs::{echo, parse_drv_param, read_drv, state_json, ApiError, DrvRead};
@@ -21,8 +23,17 @@ const SEARCH_MAX: usize = 200;
 const LOG_PAGE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// The states a jobset page can be filtered by.
-const STATE_FILTERS: [&str; 9] =
-    ["success", "cached", "failure", "transitive-failure", "building", "buildable", "queued", "eval-error", "none"];
+const STATE_FILTERS: [&str; 9] = [
+    "success",
+    "cached",
+    "failure",
+    "transitive-failure",
+    "building",
+    "buildable",
+    "queued",
+    "eval-error",
+    "none",
+];
 
 pub(super) async fn jobset(req: tide::Request<AppState>) -> Result<Markup, ApiError> {
     let viewer = super::login::viewer(&req).await?;
@@ -45,8 +56,15 @@ pub(super) async fn jobset(req: tide::Request<AppState>) -> Result<Markup, ApiEr
         match k.as_ref() {
             "q" if !v.is_empty() => filter.name = Some(crate::text::prefix_bytes(&v, SEARCH_MAX).to_string()),
             "state" if !v.is_empty() => {
-                if !STATE_FILTERS.contains(&v.as_ref()) && !v.starts_with("interrupted-") && v != "failed-retry" {
-                    return Err(ApiError::BadQuery { param: "state", value: echo(&v), reason: "not a state name" });
+                if !STATE_FILTERS.contains(&v.as_ref())
+                    && !v.starts_with("interrupted-")
+                    && v != "failed-retry"
+                {
+                    return Err(ApiError::BadQuery {
+                        param: "state",
+                        value: echo(&v),
+                        reason: "not a state name",
+                    });
                 }
                 filter.state = Some(v.into_owned());
             }

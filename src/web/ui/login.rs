@@ -119,7 +119,12 @@ impl Viewer {
     /// Allows reading data that is `public` (when known) or belongs to `repos` (identities as jobsets
     /// record them): a token or an administrator reads everything; a signed-in user public data and the
     /// private GitHub repositories GitHub says they can read; anyone else what the API's rules allow.
-    pub(in crate::web) async fn read(&self, state: &AppState, public: bool, repos: &[String]) -> Result<(), ApiError> {
+    pub(in crate::web) async fn read(
+        &self,
+        state: &AppState,
+        public: bool,
+        repos: &[String],
+    ) -> Result<(), ApiError> {
         if self.reads_all() {
             return Ok(());
         }
@@ -259,7 +264,10 @@ impl LoginError {
 }
 
 fn login_error(e: &LoginError) -> tide::Response {
-    let mut res = html_response(e.status(), layout(None, "Sign-in failed", html! { p.error id="error" { (e.to_string()) } }));
+    let mut res = html_response(
+        e.status(),
+        layout(None, "Sign-in failed", html! { p.error id="error" { (e.to_string()) } }),
+    );
     res.insert_header("Cache-Control", "no-store");
     res
 }
@@ -280,8 +288,12 @@ async fn login(req: tide::Request<AppState>) -> Result<tide::Response, LoginErro
         q(&oauth.redirect_url),
         state
     );
-    let mut res = tide::Response::builder(302).header("Location", url).header("Cache-Control", "no-store").build();
-    res.append_header("Set-Cookie", session::set_cookie(STATE_COOKIE, &state, session::STATE_SECONDS, ui.secure));
+    let mut res =
+        tide::Response::builder(302).header("Location", url).header("Cache-Control", "no-store").build();
+    res.append_header(
+        "Set-Cookie",
+        session::set_cookie(STATE_COOKIE, &state, session::STATE_SECONDS, ui.secure),
+    );
     Ok(res)
 }
 
@@ -321,7 +333,8 @@ async fn callback(req: tide::Request<AppState>) -> Result<tide::Response, LoginE
             .map_err(|e| LoginError::GitHub(format!("exchanging the code failed: {e}")))?;
         let body: Value = res.body_mut().read_json().unwrap_or(Value::Null);
         let Some(token) = body["access_token"].as_str().filter(|t| !t.is_empty()) else {
-            let why = body["error_description"].as_str().or(body["error"].as_str()).unwrap_or("no access token");
+            let why =
+                body["error_description"].as_str().or(body["error"].as_str()).unwrap_or("no access token");
             return Err(LoginError::GitHub(crate::text::ellipsis_bytes(why, 200)));
         };
         let token = Secret::new(token.to_string());
@@ -349,17 +362,25 @@ async fn callback(req: tide::Request<AppState>) -> Result<tide::Response, LoginE
     })
     .await?;
     tracing::info!(login = %login, "web UI: signed in");
-    let mut res = tide::Response::builder(303).header("Location", "/ui/").header("Cache-Control", "no-store").build();
+    let mut res =
+        tide::Response::builder(303).header("Location", "/ui/").header("Cache-Control", "no-store").build();
     res.append_header(
         "Set-Cookie",
-        session::set_cookie(SESSION_COOKIE, &ui.signer.cookie_value(&id), session::SESSION_SECONDS, ui.secure),
+        session::set_cookie(
+            SESSION_COOKIE,
+            &ui.signer.cookie_value(&id),
+            session::SESSION_SECONDS,
+            ui.secure,
+        ),
     );
     res.append_header("Set-Cookie", session::set_cookie(STATE_COOKIE, "", 0, ui.secure));
     Ok(res)
 }
 
 /// The fields of an `application/x-www-form-urlencoded` body (at most 16 KiB read).
-pub(in crate::web) async fn form(req: &mut tide::Request<AppState>) -> Result<HashMap<String, String>, ApiError> {
+pub(in crate::web) async fn form(
+    req: &mut tide::Request<AppState>,
+) -> Result<HashMap<String, String>, ApiError> {
     use futures_lite::AsyncReadExt as _;
     let mut body = String::new();
     req.take_body()
@@ -380,7 +401,10 @@ pub(in crate::web) async fn form(req: &mut tide::Request<AppState>) -> Result<Ha
 }
 
 /// The signed-in user of a state-changing form whose `csrf` field matches their session's token.
-pub(in crate::web) fn check_csrf<'a>(viewer: &'a Viewer, fields: &HashMap<String, String>) -> Result<&'a SignedIn, ApiError> {
+pub(in crate::web) fn check_csrf<'a>(
+    viewer: &'a Viewer,
+    fields: &HashMap<String, String>,
+) -> Result<&'a SignedIn, ApiError> {
     let user = viewer.user.as_ref().ok_or(ApiError::Csrf)?;
     let given = fields.get("csrf").map(String::as_str).unwrap_or_default();
     if session::same(&user.csrf, given) {
@@ -396,7 +420,9 @@ async fn logout(mut req: tide::Request<AppState>) -> Result<tide::Response, ApiE
     let fields = form(&mut req).await?;
     let user = check_csrf(&viewer, &fields)?;
     let (store, id) = (req.state().store.clone(), user.session_id.clone());
-    smol::unblock(move || session::revoke(&store, &id)).await.map_err(|e| ApiError::store("ending the session", e))?;
+    smol::unblock(move || session::revoke(&store, &id))
+        .await
+        .map_err(|e| ApiError::store("ending the session", e))?;
     let mut res = tide::Response::builder(303).header("Location", "/ui/").build();
     res.append_header("Set-Cookie", session::set_cookie(SESSION_COOKIE, "", 0, req.state().ui.secure));
     Ok(res)

@@ -177,7 +177,8 @@ pub(super) fn error_page(e: &ApiError) -> tide::Response {
         400 => "Bad request",
         _ => "Error",
     };
-    let mut res = html_response(status, layout(None, title, html! { p.error id="error" { (e.to_string()) } }));
+    let mut res =
+        html_response(status, layout(None, title, html! { p.error id="error" { (e.to_string()) } }));
     if status == 401 {
         res.insert_header("WWW-Authenticate", "Bearer realm=\"eka-ci\"");
     }
@@ -205,8 +206,10 @@ pub fn routes(app: &mut tide::Server<AppState>) {
         .get(|req: tide::Request<AppState>| async move { respond(pages::commit(req).await) });
     app.at("/ui/jobsets/:id")
         .get(|req: tide::Request<AppState>| async move { respond(detail::jobset(req).await) });
-    app.at("/ui/drvs/:drv").get(|req: tide::Request<AppState>| async move { respond(detail::drv(req).await) });
-    app.at("/ui/logs/:drv").get(|req: tide::Request<AppState>| async move { respond(detail::log(req).await) });
+    app.at("/ui/drvs/:drv")
+        .get(|req: tide::Request<AppState>| async move { respond(detail::drv(req).await) });
+    app.at("/ui/logs/:drv")
+        .get(|req: tide::Request<AppState>| async move { respond(detail::log(req).await) });
 }
 
 #[cfg(test)]

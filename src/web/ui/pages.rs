@@ -55,7 +55,7 @@ pub(super) async fn dashboard(req: tide::Request<AppState>) -> Result<Markup, Ap
     let (store, jobsets) = (state.store.clone(), state.jobsets.clone());
     let (mut recent, evaluating) = smol::unblock(move || {
         let mut all = runs::all(&store)?;
-        all.sort_by(|a, b| b.1.updated_at.cmp(&a.1.updated_at));
+        all.sort_by_key(|r| std::cmp::Reverse(r.1.updated_at));
         let evaluating: Vec<Jobset> =
             jobsets.all()?.into_iter().filter(|j| j.state == JobsetState::Evaluating).collect();
         Ok::<_, crate::store::StoreError>((all, evaluating))
@@ -139,7 +139,8 @@ pub(super) async fn dashboard(req: tide::Request<AppState>) -> Result<Markup, Ap
 }
 
 /// Keeps the elapsed times of active builds ticking without a reload.
-const ELAPSED_JS: &str = "setInterval(function(){document.querySelectorAll('td.elapsed').forEach(function(td){\
+const ELAPSED_JS: &str =
+    "setInterval(function(){document.querySelectorAll('td.elapsed').forEach(function(td){\
 var s=Math.max(0,Math.floor((Date.now()-Number(td.dataset.startedMs))/1000)),h=Math.floor(s/3600),\
 m=Math.floor(s%3600/60),p=function(n){return n<10?'0'+n:''+n};td.textContent=h?h+'h '+p(m)+'m '+p(s%60)+'s':\
 m?m+'m '+p(s%60)+'s':s%60+'s';});},1000);";
@@ -178,14 +179,15 @@ struct CommitData {
 /// base of the run of its repository.
 fn read_commit(state: &AppState, sha: &str, asked_base: Option<&str>) -> Result<CommitData, PageError> {
     let store = &state.store;
-    let runs: Vec<Run> = runs::all(store)?.into_iter().map(|(_, r)| r).filter(|r| r.head_sha == sha).collect();
+    let runs: Vec<Run> =
+        runs::all(store)?.into_iter().map(|(_, r)| r).filter(|r| r.head_sha == sha).collect();
     let heads: Vec<Jobset> = state.jobsets.all()?.into_iter().filter(|j| j.key.commit == sha).collect();
     let reader = Reader::new(store)?;
     let mut jobs = Vec::new();
     for head in heads {
-        let base = asked_base.map(str::to_string).or_else(|| {
-            runs.iter().find(|r| r.clone_url == head.key.repo).map(|r| r.base_sha.clone())
-        });
+        let base = asked_base
+            .map(str::to_string)
+            .or_else(|| runs.iter().find(|r| r.clone_url == head.key.repo).map(|r| r.base_sha.clone()));
         let base = match base {
             Some(b) => state.jobsets.find(&crate::jobset::JobsetKey {
                 repo: head.key.repo.clone(),
@@ -305,7 +307,11 @@ pub(super) async fn commit(req: tide::Request<AppState>) -> Result<Markup, ApiEr
             }
         }
     }
-    Ok(layout(Some(&viewer), &format!("Commit {}", crate::text::short_sha(&sha)), render_commit(state, &sha, &data)))
+    Ok(layout(
+        Some(&viewer),
+        &format!("Commit {}", crate::text::short_sha(&sha)),
+        render_commit(state, &sha, &data),
+    ))
 }
 
 fn render_commit(state: &AppState, sha: &str, data: &CommitData) -> Markup {

@@ -146,7 +146,12 @@ fn key_of(id: &str) -> String {
 }
 
 /// Stores a new session; returns its id (for the cookie only).
-pub fn create(store: &Store, login: &str, user_id: u64, github_token: Secret) -> Result<String, SessionError> {
+pub fn create(
+    store: &Store,
+    login: &str,
+    user_id: u64,
+    github_token: Secret,
+) -> Result<String, SessionError> {
     let id = random_hex(32).map_err(SessionError::Random)?;
     let now = now_secs();
     let rec = WebSessionRecord::V1(SessionRow {
@@ -186,7 +191,7 @@ pub fn list(store: &Store) -> Result<Vec<(String, StoredSession)>, StoreError> {
         let s = decode::<WebSessionRecord>(TABLE, k.value(), v.value())?.session();
         out.push((k.value().to_string(), s));
     }
-    out.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
+    out.sort_by_key(|s| std::cmp::Reverse(s.1.created_at));
     Ok(out)
 }
 

@@ -609,14 +609,20 @@ fn route(st: &mut State, req: &Request, raw_path: &str, query: &str) -> Reply {
         ("GET", ["login", "oauth", "authorize"]) => oauth_authorize(st, query),
         ("POST", ["login", "oauth", "access_token"]) => oauth_access_token(st, req),
         ("GET", ["user"]) => match bearer(req).and_then(|t| st.oauth.tokens.get(&t).cloned()) {
-            Some((login, id)) => ok(200, json!({ "login": login, "id": id, "type": "User", "site_admin": false })),
+            Some((login, id)) => {
+                ok(200, json!({ "login": login, "id": id, "type": "User", "site_admin": false }))
+            }
             None => Reply::error(401, "Requires authentication"),
         },
         ("GET", ["repos", owner, repo]) if bearer(req).is_some_and(|t| st.oauth.tokens.contains_key(&t)) => {
-            let login = bearer(req).and_then(|t| st.oauth.tokens.get(&t).map(|u| u.0.clone())).unwrap_or_default();
+            let login =
+                bearer(req).and_then(|t| st.oauth.tokens.get(&t).map(|u| u.0.clone())).unwrap_or_default();
             let full = format!("{owner}/{repo}");
             if st.oauth.readers.get(&full).is_some_and(|r| r.contains(&login)) {
-                ok(200, json!({ "full_name": full, "name": repo, "private": true, "owner": { "login": owner } }))
+                ok(
+                    200,
+                    json!({ "full_name": full, "name": repo, "private": true, "owner": { "login": owner } }),
+                )
             } else {
                 Reply::error(404, "Not Found")
             }
@@ -779,24 +785,29 @@ fn oauth_authorize(st: &mut State, query: &str) -> Reply {
 fn oauth_access_token(st: &mut State, req: &Request) -> Reply {
     let body = &req.body;
     let field = |name| query_param(body, name).unwrap_or_default();
-    let json_wanted = req
-        .headers
-        .iter()
-        .any(|(k, v)| k == "accept" && v.contains("application/json"));
+    let json_wanted = req.headers.iter().any(|(k, v)| k == "accept" && v.contains("application/json"));
     let reply = |pairs: Vec<(&str, String)>| {
         if json_wanted {
-            let map: serde_json::Map<String, Value> = pairs.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            let map: serde_json::Map<String, Value> =
+                pairs.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
             ok(200, Value::Object(map))
         } else {
             let text: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", percent_encode(v))).collect();
             Reply {
                 status: 200,
-                headers: vec![("Content-Type".into(), "application/x-www-form-urlencoded; charset=utf-8".into())],
+                headers: vec![(
+                    "Content-Type".into(),
+                    "application/x-www-form-urlencoded; charset=utf-8".into(),
+                )],
                 body: text.join("&"),
             }
         }
     };
-    let client_ok = st.oauth.client.as_ref().is_some_and(|(id, secret)| *id == field("client_id") && *secret == field("client_secret"));
+    let client_ok = st
+        .oauth
+        .client
+        .as_ref()
+        .is_some_and(|(id, secret)| *id == field("client_id") && *secret == field("client_secret"));
     if !client_ok {
         return reply(vec![
             ("error", "incorrect_client_credentials".into()),
@@ -813,7 +824,10 @@ fn oauth_access_token(st: &mut State, req: &Request) -> Reply {
         }
         Some(_) => reply(vec![
             ("error", "redirect_uri_mismatch".into()),
-            ("error_description", "The redirect_uri MUST match the registered callback URL for this application.".into()),
+            (
+                "error_description",
+                "The redirect_uri MUST match the registered callback URL for this application.".into(),
+            ),
         ]),
         None => reply(vec![
             ("error", "bad_verification_code".into()),
@@ -824,7 +838,13 @@ fn oauth_access_token(st: &mut State, req: &Request) -> Reply {
 
 fn percent_encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 

@@ -277,7 +277,13 @@ pub(super) struct Reporter {
 }
 
 impl Reporter {
-    pub(super) fn new(store: Store, client: GitHubClient, key: &str, run: &Run, public_url: &str) -> Reporter {
+    pub(super) fn new(
+        store: Store,
+        client: GitHubClient,
+        key: &str,
+        run: &Run,
+        public_url: &str,
+    ) -> Reporter {
         Reporter {
             details_url: crate::web::ui::commit_url(public_url, &run.head_sha),
             store,
