@@ -112,13 +112,21 @@ fn see_other(to: &str) -> tide::Response {
     tide::Response::builder(303).header("Location", to).build()
 }
 
-async fn rebuild(mut req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
-    let viewer = viewer(&req).await?;
-    let fields = form(&mut req).await?;
-    let user = check_csrf(&viewer, &fields)?;
+/// The fields of an administrator's form: the CSRF token first, then the administrator.
+async fn admin_form(
+    req: &mut tide::Request<AppState>,
+) -> Result<(super::login::SignedIn, std::collections::HashMap<String, String>), ApiError> {
+    let viewer = viewer(req).await?;
+    let fields = form(req).await?;
+    let user = check_csrf(&viewer, &fields)?.clone();
     if !user.admin {
         return Err(ApiError::NotAdmin);
     }
+    Ok((user, fields))
+}
+
+async fn rebuild(mut req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let (user, _) = admin_form(&mut req).await?;
     let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
     crate::web::actions::rebuild_drv(req.state(), &drv).await?;
     tracing::info!(login = %user.login, drv = %drv, "web UI: rebuild requested");
@@ -126,12 +134,7 @@ async fn rebuild(mut req: tide::Request<AppState>) -> Result<tide::Response, Api
 }
 
 async fn revoke(mut req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
-    let viewer = viewer(&req).await?;
-    let fields = form(&mut req).await?;
-    let user = check_csrf(&viewer, &fields)?;
-    if !user.admin {
-        return Err(ApiError::NotAdmin);
-    }
+    let (_, fields) = admin_form(&mut req).await?;
     let key = fields.get("key").cloned().unwrap_or_default();
     let store = req.state().store.clone();
     smol::unblock(move || super::session::revoke_key(&store, &key))

@@ -36,17 +36,9 @@ pub fn commit_url(public_url: &str, sha: &str) -> String {
     format!("{}/ui/commits/{}", public_url.trim_end_matches('/'), sha.to_ascii_lowercase())
 }
 
-/// A path segment with every byte outside `[A-Za-z0-9._+-]` percent-encoded.
+/// A path segment with every byte but RFC 3986's unreserved characters percent-encoded.
 pub(super) fn segment(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::forge::github::client::percent_encode(raw)
 }
 
 /// A query value, percent-encoded like a path segment.
