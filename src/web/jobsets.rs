@@ -67,9 +67,9 @@ fn jobset_state_json(state: &JobsetState) -> Value {
 /// Which attributes a page lists: all, or those whose name contains `name` and whose state's name is
 /// `state` (`eval-error` for an evaluation error, `none` for a derivation without a build state).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct AttrFilter {
-    pub(super) name: Option<String>,
-    pub(super) state: Option<String>,
+pub struct AttrFilter {
+    pub name: Option<String>,
+    pub state: Option<String>,
 }
 
 impl AttrFilter {
@@ -93,16 +93,16 @@ const SCAN_CHUNK: usize = 2000;
 /// One page of attributes: those after `after` passing the filter, at most `limit`, whether more
 /// follow, each derivation's committed build state, and the number of attributes when counted here
 /// (an unfinished jobset's; a finished one's header has it).
-pub(super) struct PageRead {
-    pub(super) items: Vec<(String, AttrOutcome)>,
-    pub(super) more: bool,
-    pub(super) counted: Option<u64>,
-    pub(super) states: HashMap<String, DrvState>,
+pub struct PageRead {
+    pub items: Vec<(String, AttrOutcome)>,
+    pub more: bool,
+    pub counted: Option<u64>,
+    pub states: HashMap<String, DrvState>,
 }
 
 /// What reading a page (or anything else from jobsets, the graph and build states) can fail with.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum PageError {
+pub enum PageError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -141,21 +141,73 @@ pub(super) fn states_of_paths(
     paths: Vec<String>,
 ) -> Result<HashMap<String, DrvState>, PageError> {
     let ids = graph.ids_of(&paths)?;
-    let mut states = HashMap::new();
-    for (path, id) in paths.into_iter().zip(ids) {
-        if let Some(id) = id {
-            if let Some(rec) = reader.state(id)? {
-                states.insert(path, rec.state);
-            }
+    let known: Vec<_> = paths.into_iter().zip(ids).filter_map(|(p, id)| id.map(|id| (id, p))).collect();
+    // One table lookup pass; the records come back in the order asked, absent ones skipped.
+    let records = reader.states(known.iter().map(|(id, _)| *id))?;
+    let mut states = HashMap::with_capacity(records.len());
+    let mut paths = known.into_iter();
+    for (id, rec) in records {
+        if let Some((_, path)) = paths.by_ref().find(|(k, _)| *k == id) {
+            states.insert(path, rec.state);
         }
     }
     Ok(states)
 }
 
 /// The one reader of a jobset's attributes for `GET /v1/jobsets/{id}` and the web UI (read rules
-/// already applied). Everything happens in one blocking call that reads the committed states directly:
-/// a page never sends the scheduler loop a message per attribute. A filtered page scans the jobset in
-/// chunks of [`SCAN_CHUNK`] from `after` until `limit` attributes passed.
+/// already applied), blocking: it reads the committed states directly, so a page never sends the
+/// scheduler loop a message per attribute. A filtered page scans the jobset in chunks of
+/// [`SCAN_CHUNK`] from `after` until `limit` attributes passed (or the jobset ends).
+pub fn read_page_blocking(
+    jobsets: &crate::jobset::Jobsets,
+    graph: &crate::graph::Graph,
+    store: &crate::store::Store,
+    header: &crate::jobset::Jobset,
+    after: Option<String>,
+    limit: usize,
+    filter: &AttrFilter,
+) -> Result<PageRead, PageError> {
+    let (id, evaluating) = (header.id, header.state == JobsetState::Evaluating);
+    let reader = Reader::new(store)?;
+    // A finished jobset's header counts its records; an unfinished one is counted on demand.
+    let counted = if evaluating { Some(jobsets.attr_count(id)?) } else { None };
+    if filter.is_empty() {
+        let (items, more) = jobsets.page(id, after.as_deref(), limit)?;
+        let states = states_of(graph, &reader, &items)?;
+        return Ok(PageRead { items, more, counted, states });
+    }
+    let mut page = PageRead { items: Vec::new(), more: false, counted, states: HashMap::new() };
+    let mut cursor = after;
+    loop {
+        let (chunk, chunk_more) = jobsets.page(id, cursor.as_deref(), SCAN_CHUNK)?;
+        cursor = chunk.last().map(|(a, _)| a.clone());
+        let named: Vec<(String, AttrOutcome)> =
+            chunk.into_iter().filter(|(a, _)| filter.name.as_deref().is_none_or(|n| a.contains(n))).collect();
+        let states = states_of(graph, &reader, &named)?;
+        for (attr, outcome) in named {
+            let drv_state = match &outcome {
+                AttrOutcome::Drv(d) => states.get(&d.drv_path).map(|s| (d.drv_path.clone(), s.clone())),
+                AttrOutcome::Error { .. } => None,
+            };
+            let name = attr_state_name(&outcome, drv_state.as_ref().map(|(_, s)| s));
+            if filter.state.as_deref().is_some_and(|f| f != name) {
+                continue;
+            }
+            if page.items.len() == limit {
+                page.more = true;
+                break;
+            }
+            page.states.extend(drv_state);
+            page.items.push((attr, outcome));
+        }
+        if page.more || !chunk_more {
+            break;
+        }
+    }
+    Ok(page)
+}
+
+/// [`read_page_blocking`] off the executor.
 pub(super) async fn read_page(
     state: &AppState,
     header: &crate::jobset::Jobset,
@@ -164,49 +216,8 @@ pub(super) async fn read_page(
     filter: AttrFilter,
 ) -> Result<PageRead, ApiError> {
     let (jobsets, graph, store) = (state.jobsets.clone(), state.graph.clone(), state.store.clone());
-    let (id, evaluating) = (header.id, header.state == JobsetState::Evaluating);
-    let read = smol::unblock(move || {
-        let reader = Reader::new(&store)?;
-        // A finished jobset's header counts its records; an unfinished one is counted on demand.
-        let counted = if evaluating { Some(jobsets.attr_count(id)?) } else { None };
-        if filter.is_empty() {
-            let (items, more) = jobsets.page(id, after.as_deref(), limit)?;
-            let states = states_of(&graph, &reader, &items)?;
-            return Ok::<_, PageError>(PageRead { items, more, counted, states });
-        }
-        let mut page = PageRead { items: Vec::new(), more: false, counted, states: HashMap::new() };
-        let mut cursor = after;
-        loop {
-            let (chunk, chunk_more) = jobsets.page(id, cursor.as_deref(), SCAN_CHUNK)?;
-            cursor = chunk.last().map(|(a, _)| a.clone());
-            let named: Vec<(String, AttrOutcome)> = chunk
-                .into_iter()
-                .filter(|(a, _)| filter.name.as_deref().is_none_or(|n| a.contains(n)))
-                .collect();
-            let states = states_of(&graph, &reader, &named)?;
-            for (attr, outcome) in named {
-                let drv_state = match &outcome {
-                    AttrOutcome::Drv(d) => states.get(&d.drv_path).map(|s| (d.drv_path.clone(), s.clone())),
-                    AttrOutcome::Error { .. } => None,
-                };
-                let name = attr_state_name(&outcome, drv_state.as_ref().map(|(_, s)| s));
-                if filter.state.as_deref().is_some_and(|f| f != name) {
-                    continue;
-                }
-                if page.items.len() == limit {
-                    page.more = true;
-                    break;
-                }
-                page.states.extend(drv_state);
-                page.items.push((attr, outcome));
-            }
-            if page.more || !chunk_more {
-                break;
-            }
-        }
-        Ok(page)
-    });
-    Ok(read.await?)
+    let header = header.clone();
+    Ok(smol::unblock(move || read_page_blocking(&jobsets, &graph, &store, &header, after, limit, &filter)).await?)
 }
 
 async fn get_jobset(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {

@@ -46,6 +46,7 @@ pub mod ui;
 use std::rc::Rc;
 
 pub use github::IntakeWriter;
+pub use jobsets::{read_page_blocking, AttrFilter, PageError, PageRead};
 use smol::net::TcpListener;
 use tide::http::StatusCode;
 
