@@ -45,7 +45,11 @@ fn run(n: usize) -> Result<(), String> {
     let roots: Vec<String> = (0..n).map(path).collect();
     graph.discover_blocking(&roots).map_err(|e| e.to_string())?;
     let jobsets = Jobsets::new(store.clone());
-    let key = JobsetKey { repo: "https://github.com/NixOS/nixpkgs".into(), commit: "a".repeat(40), job: "nixpkgs".into() };
+    let key = JobsetKey {
+        repo: "https://github.com/NixOS/nixpkgs".into(),
+        commit: "a".repeat(40),
+        job: "nixpkgs".into(),
+    };
     let Begin::New(id) = jobsets.begin(&key, true).map_err(|e| e.to_string())? else {
         return Err("the fresh store already had the jobset".into());
     };

@@ -132,7 +132,7 @@ pub struct WebConfig {
     #[serde(alias = "static_dir")]
     pub bundle_path: Option<PathBuf>,
     /// The server's address as people reach it (`http(s)://host[/path]`, no trailing `/`): the base of
-    /// the web UI links in check runs' `details_url`. `None`: `http://{address}:{port}`.
+    /// the web UI links in check runs' `details_url`. `None`: `http://` and the address the listener bound.
     #[serde(deserialize_with = "de::api_url_opt")]
     pub public_url: Option<String>,
     /// GitHub logins that are administrators of the web UI (signed in through `[oauth]`): they see every
@@ -200,15 +200,6 @@ impl WebConfig {
     pub fn socket_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
         let ip: IpAddr = self.address.parse()?;
         Ok(SocketAddr::new(ip, self.port))
-    }
-
-    /// The base of links to the web UI: `public_url`, else `http://{address}:{port}` (IPv6 in brackets).
-    pub fn public_base(&self) -> String {
-        match (&self.public_url, self.socket_addr()) {
-            (Some(url), _) => url.clone(),
-            (None, Ok(addr)) => format!("http://{addr}"),
-            (None, Err(_)) => format!("http://{}:{}", self.address, self.port),
-        }
     }
 }
 

@@ -277,7 +277,8 @@ async fn run_on(
                 skip_paths: config.rebuild.skip_paths.clone(),
                 default_merge_method: config.default_merge_method,
                 max_rebuild_count: Some(config.rebuild.max_rebuild_count),
-                public_url: config.web.public_base(),
+                // With port 0 the bound address is the only one that works.
+                public_url: config.web.public_url.clone().unwrap_or_else(|| format!("http://{http_address}")),
             },
         )
         .map_err(|e| DaemonError::GitHub(e.to_string()))?;

@@ -217,7 +217,8 @@ pub(super) async fn read_page(
 ) -> Result<PageRead, ApiError> {
     let (jobsets, graph, store) = (state.jobsets.clone(), state.graph.clone(), state.store.clone());
     let header = header.clone();
-    Ok(smol::unblock(move || read_page_blocking(&jobsets, &graph, &store, &header, after, limit, &filter)).await?)
+    Ok(smol::unblock(move || read_page_blocking(&jobsets, &graph, &store, &header, after, limit, &filter))
+        .await?)
 }
 
 async fn get_jobset(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {

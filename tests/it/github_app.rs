@@ -261,6 +261,17 @@ fn a_pull_request_ends_in_exact_check_runs_and_redeliveries_and_forgeries_change
     );
     let posts = s.fake.calls_to("POST", "/repos/*/check-runs").len();
     assert_eq!(posts, 4, "one POST per check run");
+    // Each links to the commit's web UI page (`[web] public_url` defaults to the bound address), which
+    // serves that commit.
+    let page = format!("http://{}/ui/commits/{head}", s.server().http_address());
+    for run in s.runs(&head) {
+        assert_eq!(run["details_url"], json!(page), "{run}");
+    }
+    let (status, _, html) = common::http_get(&s.server().http_address(), &format!("/ui/commits/{head}"));
+    // The fixture's repository is public: anyone sees the page, with the run and the failing attribute.
+    let html = String::from_utf8_lossy(&html);
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("newly failing") && html.contains(">broken<") && html.contains("#7"), "{html}");
 
     // A redelivery (same delivery id) and a forged signature change nothing.
     assert_eq!(s.deliver("pull_request", "d-open-1", &body), 200);
