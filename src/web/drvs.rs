@@ -46,6 +46,8 @@ pub(super) enum ApiError {
     Csrf,
     #[error("only administrators ([web] admins) may do this")]
     NotAdmin,
+    #[error("no pull request of repository {repo} has been seen")]
+    UnknownRepo { repo: String },
     #[error("unknown jobset {id}")]
     UnknownJobset { id: crate::jobset::JobsetId },
     #[error("the build scheduler is not running")]
@@ -72,6 +74,7 @@ impl ApiError {
             | ApiError::NoAttempt { .. }
             | ApiError::NoLog { .. }
             | ApiError::UnknownCommit { .. }
+            | ApiError::UnknownRepo { .. }
             | ApiError::UnknownJobset { .. } => 404,
             ApiError::SchedulerStopped => 503,
             ApiError::NotAllowed { .. } | ApiError::Csrf | ApiError::NotAdmin => 403,

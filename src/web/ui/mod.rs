@@ -3,7 +3,7 @@
 //!
 //! | file | pages |
 //! | --- | --- |
-//! | `pages.rs` | `/ui/` (dashboard), `/ui/commits/{sha}` (a pull request's head or any reviewed commit) |
+//! | `pages.rs` | `/ui/` (dashboard), `/ui/repos/{owner}/{name}`, `/ui/commits/{sha}` (a pull request's head or any reviewed commit) |
 //! | `detail.rs` | `/ui/jobsets/{id}`, `/ui/drvs/{drv}`, `/ui/logs/{drv}?attempt=N` |
 //! | `login.rs` | `/ui/login`, the `[oauth]` callback, `POST /ui/logout`; the viewer and its read rules |
 //! | `admin.rs` | `/ui/admin` (sessions, tokens, approvals waiting), `POST /ui/drvs/{drv}/rebuild`, `POST /ui/admin/sessions/revoke` |
@@ -194,6 +194,8 @@ pub fn routes(app: &mut tide::Server<AppState>) {
         Ok::<_, tide::Error>(res)
     });
     app.at("/ui/").get(|req: tide::Request<AppState>| async move { respond(pages::dashboard(req).await) });
+    app.at("/ui/repos/:owner/:name")
+        .get(|req: tide::Request<AppState>| async move { respond(pages::repository(req).await) });
     app.at("/ui/commits/:sha")
         .get(|req: tide::Request<AppState>| async move { respond(pages::commit(req).await) });
     app.at("/ui/jobsets/:id")

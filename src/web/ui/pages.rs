@@ -1,4 +1,5 @@
-//! The dashboard (`/ui/`) and the commit page (`/ui/commits/{sha}`, where check runs link): what a
+//! The dashboard (`/ui/`), the repository page (`/ui/repos/{owner}/{name}`: its pull requests and the
+//! base branches they target, each with its latest run's verdict) and the commit page (`/ui/commits/{sha}`, where check runs link): what a
 //! pull request's head evaluated to, per job the verdict and why (newly failing attributes with log
 //! tails, new evaluation errors, added/removed/changed counts), the change summary as HTML tables,
 //! repository checks and links to the GitHub check runs. Jobs are compared with the base of the pull
@@ -111,7 +112,7 @@ pub(super) async fn dashboard(req: tide::Request<AppState>) -> Result<Markup, Ap
                 @for r in &shown_runs {
                     @let (name, why) = run_state(&r.state);
                     tr {
-                        td { (r.repo) } td { (trigger(r)) }
+                        td { a href=(repo_href(&r.repo)) { (r.repo) } } td { (trigger(r)) }
                         td.mono { a href=(commit_href(&r.head_sha)) { (crate::text::short_sha(&r.head_sha)) } }
                         td { (badge(name)) " " span.muted { (why) } }
                         td { (crate::time::readable(r.updated_at)) }
@@ -134,6 +135,87 @@ pub(super) async fn dashboard(req: tide::Request<AppState>) -> Result<Markup, Ap
                 @if shown_evals.is_empty() { tr { td colspan="5" .muted { "none" } } }
             }
             script { (maud::PreEscaped(ELAPSED_JS)) }
+        },
+    ))
+}
+
+/// The repository page of `owner/name`.
+pub(super) fn repo_href(full: &str) -> String {
+    match full.split_once('/') {
+        Some((o, n)) => format!("/ui/repos/{}/{}", super::segment(o), super::segment(n)),
+        None => format!("/ui/repos/{}", super::segment(full)),
+    }
+}
+
+pub(super) async fn repository(req: tide::Request<AppState>) -> Result<Markup, ApiError> {
+    let viewer = super::login::viewer(&req).await?;
+    let state = req.state();
+    let full =
+        format!("{}/{}", req.param("owner").unwrap_or_default(), req.param("name").unwrap_or_default());
+    let store = state.store.clone();
+    let wanted = full.to_ascii_lowercase();
+    let mut runs: Vec<Run> = smol::unblock(move || runs::all(&store))
+        .await
+        .map_err(|e| ApiError::store("reading runs", e))?
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.repo.to_ascii_lowercase() == wanted)
+        .collect();
+    let mut repos: Vec<String> = runs.iter().map(|r| r.clone_url.clone()).collect();
+    repos.sort();
+    repos.dedup();
+    if viewer.needs_visibility() {
+        let mut public = !repos.is_empty();
+        for repo in &repos {
+            public = public && crate::web::auth::repo_is_public(state, repo).await;
+        }
+        viewer.read(state, public, &repos).await?;
+    }
+    if runs.is_empty() {
+        return Err(ApiError::UnknownRepo { repo: echo(&full) });
+    }
+    runs.sort_by_key(|r| std::cmp::Reverse(r.updated_at));
+    let mut pulls: Vec<&Run> = Vec::new();
+    let mut branches: Vec<&Run> = Vec::new();
+    for r in &runs {
+        if !pulls.iter().any(|p| trigger(p) == trigger(r)) {
+            pulls.push(r);
+        }
+        if !branches.iter().any(|b| b.base_ref == r.base_ref) {
+            branches.push(r);
+        }
+    }
+    let name = runs[0].repo.clone();
+    Ok(layout(
+        Some(&viewer),
+        &name,
+        html! {
+            h2 { "Pull requests" }
+            table id="pulls" {
+                tr { th { "pull request" } th { "base" } th { "head" } th { "verdict" } th { "updated" } }
+                @for r in &pulls {
+                    @let (verdict, why) = run_state(&r.state);
+                    tr {
+                        td { (trigger(r)) } td.mono { (r.base_ref) }
+                        td.mono { a href=(commit_href(&r.head_sha)) { (crate::text::short_sha(&r.head_sha)) } }
+                        td { (badge(verdict)) " " span.muted { (why) } }
+                        td { (crate::time::readable(r.updated_at)) }
+                    }
+                }
+            }
+            h2 { "Base branches" }
+            p.muted { "Each branch pull requests target, with the latest run proposed to it." }
+            table id="branches" {
+                tr { th { "branch" } th { "latest run" } th { "verdict" } }
+                @for r in &branches {
+                    @let (verdict, _) = run_state(&r.state);
+                    tr {
+                        td.mono { (r.base_ref) }
+                        td { (trigger(r)) " " a.mono href=(commit_href(&r.head_sha)) { (crate::text::short_sha(&r.head_sha)) } }
+                        td { (badge(verdict)) }
+                    }
+                }
+            }
         },
     ))
 }
@@ -324,7 +406,7 @@ fn render_commit(state: &AppState, sha: &str, data: &CommitData) -> Markup {
                 @for r in &data.runs {
                     @let (name, why) = run_state(&r.state);
                     tr {
-                        td { (r.repo) } td { (trigger(r)) }
+                        td { a href=(repo_href(&r.repo)) { (r.repo) } } td { (trigger(r)) }
                         td.mono { (r.base_ref) " " (crate::text::short_sha(&r.base_sha)) }
                         td { (badge(name)) " " span.muted { (why) } }
                         td {
