@@ -208,6 +208,16 @@ impl Session<'_> {
         v.as_u64().and_then(|n| u16::try_from(n).ok()).unwrap_or_else(|| panic!("POST {path}: {v}"))
     }
 
+    /// Waits (at most 30 s) until an element `css` is on the page: a click that submits a form may
+    /// return before the next page is loaded.
+    fn wait_for(&self, css: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.all(css).is_empty() {
+            assert!(Instant::now() < deadline, "no `{css}` appeared on {}:\n{}", self.url(), self.source());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn source(&self) -> String {
         self.cmd("GET", "/source", None).as_str().unwrap_or_default().to_string()
     }
@@ -309,6 +319,7 @@ fn ui_pages_in_a_browser() {
 
     // Its log link opens the log page: ANSI red as a span, line anchors, the raw log.
     browser.click("a.loglink");
+    browser.wait_for("#log");
     assert!(browser.url().contains("/ui/logs/"), "{}", browser.url());
     assert_eq!(browser.text("#log span.fg1"), format!("red-{nonce}"));
     assert!(browser.attr("span.fg1", "class").contains('b'));
@@ -324,6 +335,7 @@ fn ui_pages_in_a_browser() {
 
     // The derivation page: its state and attempts.
     browser.click("a[href^='/ui/drvs/']");
+    browser.wait_for("#state");
     assert!(browser.text("#state").contains("failure"), "{}", browser.source());
     // Every attempt (a failing build is retried once by default) links to its log.
     let attempts = browser.all("#attempts tr").len() - 1;
@@ -334,6 +346,7 @@ fn ui_pages_in_a_browser() {
     // The jobset: every attribute, then only the failing ones, then a name search.
     browser.open(&commit_page);
     browser.click("a[href^='/ui/jobsets/']");
+    browser.wait_for("#attrs");
     let jobset = browser.url();
     let mut attrs = browser.texts("#attrs td.mono a");
     attrs.sort();
@@ -415,6 +428,7 @@ fn ui_sign_in_and_admin_actions() {
     let alice = driver.session(None);
     alice.open(&format!("http://{addr}/ui/"));
     alice.click("#signin");
+    alice.wait_for("#login");
     assert_eq!(alice.text("#login"), "alice", "{}", alice.source());
     assert_eq!(alice.url(), format!("http://{addr}/ui/"));
     let exchange = fake.calls_to("POST", "/login/oauth/access_token");
@@ -428,6 +442,7 @@ fn ui_sign_in_and_admin_actions() {
     // She sees the private (local) repository's commit page and rebuilds the failing derivation.
     alice.open(&commit_page);
     alice.click("table.failing td a[href^='/ui/drvs/']");
+    alice.wait_for("#attempts");
     let drv_page = alice.url();
     let attempts_before = alice.all("#attempts tr").len() - 1;
     let history_before = alice.all("#history tr").len();
@@ -437,6 +452,7 @@ fn ui_sign_in_and_admin_actions() {
     assert_eq!(alice.post_form(&format!("{drv_path}/rebuild"), "csrf=forged"), 403);
     alice.screenshot("derivation-admin");
     alice.click("#rebuild");
+    alice.wait_for("#rebuild");
     assert_eq!(alice.url(), drv_page);
     // The requeued build runs again and fails again: a new attempt appears.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -456,6 +472,7 @@ fn ui_sign_in_and_admin_actions() {
     fake.set_oauth_user("bob", 102);
     let bob = driver.session(None);
     bob.open(&format!("http://{addr}/ui/login"));
+    bob.wait_for("#login");
     assert_eq!(bob.text("#login"), "bob");
     assert!(bob.all("a[href='/ui/admin']").is_empty());
     let bob_csrf = {
@@ -475,7 +492,7 @@ fn ui_sign_in_and_admin_actions() {
     let session_cookie =
         alice.cmd("GET", "/cookie/ekaci_session", None)["value"].as_str().expect("cookie").to_string();
     alice.click("#logout");
-    assert!(!alice.all("#signin").is_empty(), "{}", alice.source());
+    alice.wait_for("#signin");
     let cookie = format!("ekaci_session={session_cookie}");
     let (code, _, _) = http_request(&addr, "GET", "/ui/admin", &[("Cookie", &cookie)], b"");
     assert_eq!(code, 401);

@@ -334,12 +334,12 @@ async fn log_tail(state: &AppState, drv: &str) -> Option<(u32, Vec<String>)> {
     Some((log.attempt, lines.into_iter().skip(skip).collect()))
 }
 
-fn parse_sha(raw: &str) -> Result<String, ApiError> {
+fn parse_sha(param: &'static str, raw: &str) -> Result<String, ApiError> {
     if (raw.len() == 40 || raw.len() == 64) && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(raw.to_ascii_lowercase())
     } else {
         Err(ApiError::BadQuery {
-            param: "sha",
+            param,
             value: echo(raw),
             reason: "expected a 40- or 64-character hexadecimal SHA",
         })
@@ -353,11 +353,11 @@ pub(super) async fn commit(req: tide::Request<AppState>) -> Result<Markup, ApiEr
         // `public_read = false` refuses an anonymous browser before anything is read.
         viewer.caller.read(state, true)?;
     }
-    let sha = parse_sha(req.param("sha").unwrap_or_default())?;
+    let sha = parse_sha("sha", req.param("sha").unwrap_or_default())?;
     let mut base = None;
     for (k, v) in req.url().query_pairs() {
         if k == "base" {
-            base = Some(parse_sha(&v)?);
+            base = Some(parse_sha("base", &v)?);
         }
     }
     let (s, c) = (state.clone(), sha.clone());
