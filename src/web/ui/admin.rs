@@ -1,6 +1,7 @@
 //! What administrators (`[web] admins`, signed in) see and do in the web UI: `/ui/admin` (the runs
 //! waiting for approval, the signed-in sessions with a Revoke button, the API tokens), and the actions
-//! `POST /ui/drvs/{drv}/rebuild` and `POST /ui/admin/sessions/revoke`. Every action is a form carrying
+//! `POST /ui/drvs/{drv}/rebuild`, `POST /ui/approve` (a run held for approval) and
+//! `POST /ui/admin/sessions/revoke`. Every action is a form carrying
 //! the session's CSRF token (checked before anything else: a missing or wrong one answers 403), then
 //! needs an administrator (403 otherwise), then makes the same call as the API's admin route.
 
@@ -56,12 +57,12 @@ async fn page(req: tide::Request<AppState>) -> Result<Markup, ApiError> {
                         td { (r.repo) }
                         td { @if let Some(n) = r.pull_request() { "#" (n) } }
                         td.mono { a href=(commit_href(&r.head_sha)) { (crate::text::short_sha(&r.head_sha)) } }
-                        td { (crate::time::readable(r.updated_at)) }
+                        td { (crate::time::readable(r.updated_at)) " " (approve_button(&viewer, r)) }
                     }
                 }
                 @if waiting.is_empty() { tr { td colspan="4" .muted { "none" } } }
             }
-            p.muted { "Approve with " code { "ekaci approve OWNER/NAME#N" } " or " code { "POST /v1/github/approve" } "." }
+            p.muted { "Or approve with " code { "ekaci approve OWNER/NAME#N" } "." }
             h2 { "Signed-in sessions" }
             table id="sessions" {
                 tr { th { "login" } th { "since" } th { "expires" } th {} }
@@ -133,6 +134,42 @@ async fn rebuild(mut req: tide::Request<AppState>) -> Result<tide::Response, Api
     Ok(see_other(&drv_href(&drv)))
 }
 
+/// The Approve button of a run held for approval (administrators only).
+pub(super) fn approve_button(viewer: &Viewer, run: &runs::Run) -> Markup {
+    html! {
+        @if let (Some(u), Some(number), RunState::AwaitingApproval) =
+            (viewer.user.as_ref().filter(|u| u.admin), run.pull_request(), &run.state)
+        {
+            form.inline method="post" action="/ui/approve" {
+                input type="hidden" name="csrf" value=(u.csrf);
+                input type="hidden" name="repo" value=(run.repo);
+                input type="hidden" name="number" value=(number);
+                input type="hidden" name="sha" value=(run.head_sha);
+                button.approve type="submit" { "Approve" }
+            }
+        }
+    }
+}
+
+async fn approve(mut req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let (user, fields) = admin_form(&mut req).await?;
+    let field = |k: &str| fields.get(k).cloned().unwrap_or_default();
+    let number = field("number")
+        .parse::<u64>()
+        .map_err(|_| ApiError::BadBody { reason: "`number` is not a pull request number".into() })?;
+    let sha = field("sha");
+    let a = crate::web::actions::approve_pr(
+        req.state(),
+        &field("repo"),
+        number,
+        Some(sha),
+        format!("web:{}", user.login),
+    )
+    .await?;
+    tracing::info!(login = %user.login, number, "web UI: pull request approved");
+    Ok(see_other(&commit_href(&a.sha)))
+}
+
 async fn revoke(mut req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
     let (_, fields) = admin_form(&mut req).await?;
     let key = fields.get("key").cloned().unwrap_or_default();
@@ -151,6 +188,7 @@ pub fn routes(app: &mut tide::Server<AppState>) {
     app.at("/ui/admin").get(|req: tide::Request<AppState>| async move { respond(page(req).await) });
     app.at("/ui/admin/sessions/revoke")
         .post(|req: tide::Request<AppState>| async move { act(revoke(req).await) });
+    app.at("/ui/approve").post(|req: tide::Request<AppState>| async move { act(approve(req).await) });
     app.at("/ui/drvs/:drv/rebuild")
         .post(|req: tide::Request<AppState>| async move { act(rebuild(req).await) });
 }

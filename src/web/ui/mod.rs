@@ -6,7 +6,7 @@
 //! | `pages.rs` | `/ui/` (dashboard), `/ui/repos/{owner}/{name}`, `/ui/commits/{sha}` (a pull request's head or any reviewed commit) |
 //! | `detail.rs` | `/ui/jobsets/{id}`, `/ui/drvs/{drv}`, `/ui/logs/{drv}?attempt=N` |
 //! | `login.rs` | `/ui/login`, the `[oauth]` callback, `POST /ui/logout`; the viewer and its read rules |
-//! | `admin.rs` | `/ui/admin` (sessions, tokens, approvals waiting), `POST /ui/drvs/{drv}/rebuild`, `POST /ui/admin/sessions/revoke` |
+//! | `admin.rs` | `/ui/admin` (sessions, tokens, approvals waiting), `POST /ui/drvs/{drv}/rebuild`, `POST /ui/approve`, `POST /ui/admin/sessions/revoke` |
 //! | `session.rs` | sessions in redb, signed cookies, CSRF tokens (no route) |
 //! | `ansi.rs` | build-log ANSI colours to spans (no route) |
 //!

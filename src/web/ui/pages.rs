@@ -392,11 +392,11 @@ pub(super) async fn commit(req: tide::Request<AppState>) -> Result<Markup, ApiEr
     Ok(layout(
         Some(&viewer),
         &format!("Commit {}", crate::text::short_sha(&sha)),
-        render_commit(state, &sha, &data),
+        render_commit(state, &viewer, &sha, &data),
     ))
 }
 
-fn render_commit(state: &AppState, sha: &str, data: &CommitData) -> Markup {
+fn render_commit(state: &AppState, viewer: &super::login::Viewer, sha: &str, data: &CommitData) -> Markup {
     html! {
         p.mono { (sha) }
         @if !data.runs.is_empty() {
@@ -408,7 +408,7 @@ fn render_commit(state: &AppState, sha: &str, data: &CommitData) -> Markup {
                     tr {
                         td { a href=(repo_href(&r.repo)) { (r.repo) } } td { (trigger(r)) }
                         td.mono { (r.base_ref) " " (crate::text::short_sha(&r.base_sha)) }
-                        td { (badge(name)) " " span.muted { (why) } }
+                        td { (badge(name)) " " span.muted { (why) } " " (super::admin::approve_button(viewer, r)) }
                         td {
                             @for c in &r.checks {
                                 a.checkrun href=(format!("{}/{}/runs/{}", state.github_web, r.repo, c.id)) { (c.name) }
