@@ -37,6 +37,17 @@ fn run_state(state: &RunState) -> (&'static str, String) {
     }
 }
 
+/// A run's verdict: its badge and, muted, why.
+fn verdict(run: &Run) -> Markup {
+    let (name, why) = run_state(&run.state);
+    html! { (badge(name)) " " span.muted { (why) } }
+}
+
+/// A link to a commit's page, showing its short SHA.
+fn commit_link(sha: &str) -> Markup {
+    html! { a.mono href=(commit_href(sha)) { (crate::text::short_sha(sha)) } }
+}
+
 fn trigger(run: &Run) -> String {
     match &run.trigger {
         Trigger::PullRequest { number, .. } => format!("#{number}"),
@@ -110,11 +121,10 @@ pub(super) async fn dashboard(req: tide::Request<AppState>) -> Result<Markup, Ap
             table id="runs" {
                 tr { th { "repository" } th { "trigger" } th { "head" } th { "verdict" } th { "updated" } }
                 @for r in &shown_runs {
-                    @let (name, why) = run_state(&r.state);
                     tr {
                         td { a href=(repo_href(&r.repo)) { (r.repo) } } td { (trigger(r)) }
-                        td.mono { a href=(commit_href(&r.head_sha)) { (crate::text::short_sha(&r.head_sha)) } }
-                        td { (badge(name)) " " span.muted { (why) } }
+                        td { (commit_link(&r.head_sha)) }
+                        td { (verdict(r)) }
                         td { (crate::time::readable(r.updated_at)) }
                     }
                 }
@@ -194,11 +204,10 @@ pub(super) async fn repository(req: tide::Request<AppState>) -> Result<Markup, A
             table id="pulls" {
                 tr { th { "pull request" } th { "base" } th { "head" } th { "verdict" } th { "updated" } }
                 @for r in &pulls {
-                    @let (verdict, why) = run_state(&r.state);
                     tr {
                         td { (trigger(r)) } td.mono { (r.base_ref) }
-                        td.mono { a href=(commit_href(&r.head_sha)) { (crate::text::short_sha(&r.head_sha)) } }
-                        td { (badge(verdict)) " " span.muted { (why) } }
+                        td { (commit_link(&r.head_sha)) }
+                        td { (verdict(r)) }
                         td { (crate::time::readable(r.updated_at)) }
                     }
                 }
@@ -208,11 +217,10 @@ pub(super) async fn repository(req: tide::Request<AppState>) -> Result<Markup, A
             table id="branches" {
                 tr { th { "branch" } th { "latest run" } th { "verdict" } }
                 @for r in &branches {
-                    @let (verdict, _) = run_state(&r.state);
                     tr {
                         td.mono { (r.base_ref) }
-                        td { (trigger(r)) " " a.mono href=(commit_href(&r.head_sha)) { (crate::text::short_sha(&r.head_sha)) } }
-                        td { (badge(verdict)) }
+                        td { (trigger(r)) " " (commit_link(&r.head_sha)) }
+                        td { (verdict(r)) }
                     }
                 }
             }
@@ -404,11 +412,10 @@ fn render_commit(state: &AppState, viewer: &super::login::Viewer, sha: &str, dat
             table id="runs" {
                 tr { th { "repository" } th { "trigger" } th { "base" } th { "verdict" } th { "check runs on GitHub" } }
                 @for r in &data.runs {
-                    @let (name, why) = run_state(&r.state);
                     tr {
                         td { a href=(repo_href(&r.repo)) { (r.repo) } } td { (trigger(r)) }
                         td.mono { (r.base_ref) " " (crate::text::short_sha(&r.base_sha)) }
-                        td { (badge(name)) " " span.muted { (why) } " " (super::admin::approve_button(viewer, r)) }
+                        td { (verdict(r)) " " (super::admin::approve_button(viewer, r)) }
                         td {
                             @for c in &r.checks {
                                 a.checkrun href=(format!("{}/{}/runs/{}", state.github_web, r.repo, c.id)) { (c.name) }
