@@ -145,6 +145,30 @@ pub fn api_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     }
 }
 
+/// GitHub logins (`[web] admins`): 1 to 39 letters, digits or `-`, lower-cased.
+pub fn logins<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    list.into_iter()
+        .map(|l| {
+            let ok =
+                !l.is_empty() && l.len() <= 39 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if ok {
+                Ok(l.to_ascii_lowercase())
+            } else {
+                Err(D::Error::custom(format!(
+                    "`{}` is not a GitHub login: 1 to 39 letters, digits or `-`",
+                    crate::text::ellipsis_bytes(&l, 60)
+                )))
+            }
+        })
+        .collect()
+}
+
+/// An optional [`api_url`]-shaped base URL (`[web] public_url`).
+pub fn api_url_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    api_url(d).map(Some)
+}
+
 pub fn non_empty_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     checked_str(d, check_non_empty)
 }

@@ -63,17 +63,6 @@ pub const SERVER: &[ServerKey] = &[
         set: |c| c.web.bundle_path.is_some(),
     },
     ServerKey {
-        key: "oauth",
-        note: "there is no web UI login yet",
-        set: |c| {
-            let o = &c.oauth;
-            o.client_id.is_some()
-                || o.client_secret.is_some()
-                || o.redirect_url.is_some()
-                || o.jwt_secret.is_some()
-        },
-    },
-    ServerKey {
         key: "gitea_instances",
         note: "Gitea is not supported yet",
         set: |c| !c.gitea_instances.is_empty(),
@@ -176,11 +165,11 @@ mod tests {
     fn defaults_use_no_listed_key_and_set_values_do() {
         let mut config = ServerConfig::default();
         assert!(server_keys_in_use(&config, &[]).is_empty());
-        config.oauth.jwt_secret = Some(crate::secret::Secret::new("s"));
+        config.web.bundle_path = Some("/srv/ui".into());
         let used: Vec<&str> = server_keys_in_use(&config, &[]).iter().map(|k| k.key).collect();
-        assert_eq!(used, ["oauth"]);
+        assert_eq!(used, ["web.bundle_path"]);
         let written = [&SERVER[0]];
         let used: Vec<&str> = server_keys_in_use(&config, &written).iter().map(|k| k.key).collect();
-        assert_eq!(used, ["web.allowed_origins", "oauth"]);
+        assert_eq!(used, ["web.allowed_origins", "web.bundle_path"]);
     }
 }

@@ -131,6 +131,14 @@ pub struct WebConfig {
     /// A pre-built web UI bundle to serve (`static_dir` is accepted as an older name).
     #[serde(alias = "static_dir")]
     pub bundle_path: Option<PathBuf>,
+    /// The server's address as people reach it (`http(s)://host[/path]`, no trailing `/`): the base of
+    /// the web UI links in check runs' `details_url`. `None`: `http://` and the address the listener bound.
+    #[serde(deserialize_with = "de::api_url_opt")]
+    pub public_url: Option<String>,
+    /// GitHub logins that are administrators of the web UI (signed in through `[oauth]`): they see every
+    /// page and may rebuild. Compared case-insensitively.
+    #[serde(deserialize_with = "de::logins")]
+    pub admins: Vec<String>,
     /// Whether public repositories' data is served without a token (default true). False: every `/v1`
     /// route needs a token.
     pub public_read: bool,
@@ -172,6 +180,8 @@ impl Default for WebConfig {
             port: 3030,
             allowed_origins: vec![],
             bundle_path: None,
+            public_url: None,
+            admins: Vec::new(),
             public_read: true,
             metrics_public: false,
             metrics_address: None,

@@ -74,6 +74,8 @@ pub enum DaemonError {
          and local demos only, security.allow_unsandboxed_builds = true in {origin}"
     )]
     UnsandboxedBuilds { setting: &'static str, origin: String },
+    #[error("cannot make the web UI's session signing secret (reading /dev/urandom): {0}")]
+    SessionSecret(std::io::Error),
 }
 
 impl DaemonError {
@@ -289,6 +291,8 @@ async fn run_on(
                 skip_paths: config.rebuild.skip_paths.clone(),
                 default_merge_method: config.default_merge_method,
                 max_rebuild_count: Some(config.rebuild.max_rebuild_count),
+                // With port 0 the bound address is the only one that works.
+                public_url: config.web.public_url.clone().unwrap_or_else(|| format!("http://{http_address}")),
             },
         )
         .map_err(|e| DaemonError::GitHub(e.to_string()))?;
@@ -320,6 +324,18 @@ async fn run_on(
         sandbox,
         retention,
     });
+    let oauth = match (&config.oauth.client_id, &config.oauth.client_secret) {
+        (Some(client_id), Some(client_secret)) => Some(crate::web::ui::login::OAuthApp {
+            client_id: client_id.clone(),
+            client_secret: client_secret.clone(),
+            redirect_url: config.oauth_redirect_url(),
+            web_url: crate::web::ui::login::oauth_web_url(&config.github.api_url),
+            api_url: config.github.api_url.clone(),
+        }),
+        _ => None,
+    };
+    let signer = crate::web::ui::session::Signer::new(config.oauth.jwt_secret.as_ref())
+        .map_err(DaemonError::SessionSecret)?;
     let web_state = crate::web::AppState {
         started,
         scheduler: scheduler.clone(),
@@ -336,6 +352,8 @@ async fn run_on(
         approvals: github.as_ref().map(|w| w.approvals.clone()),
         github_api: github.as_ref().map(|_| config.github.api_url.clone()),
         intake: crate::web::IntakeWriter::spawn(&ex, store.clone()),
+        github_web: format!("https://{}", config.github.git_host()),
+        ui: std::sync::Arc::new(crate::web::ui::login::UiAuth::new(oauth, signer, config.web.admins.clone())),
     };
     let split = crate::web::Split {
         metrics: config.web.metrics_address.is_some(),

@@ -89,6 +89,10 @@ pub const GITHUB_MAINTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::ne
 /// HTTP API tokens (`tokens`): token name → `ApiTokenRecord` (scope, SHA-256 of the token, times).
 pub const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
 
+/// Web UI sessions (`web::ui::session`): SHA-256 of the session id (hex) → `WebSessionRecord` (GitHub
+/// login, the user's OAuth token, times).
+pub const WEB_SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("web_sessions");
+
 /// Repository visibility (`visibility`): repository identity as jobsets record it (the clone URL) →
 /// `RepoVisibilityRecord` (whether GitHub says it is private).
 pub const REPO_VISIBILITY: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_visibility");
@@ -154,6 +158,7 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "github_approved_prs", key: "&str", value: "&[u8]" },
     TableInfo { name: "github_approved_users", key: "&str", value: "&[u8]" },
     TableInfo { name: "api_tokens", key: "&str", value: "&[u8]" },
+    TableInfo { name: "web_sessions", key: "&str", value: "&[u8]" },
     TableInfo { name: "repo_visibility", key: "&str", value: "&[u8]" },
     TableInfo { name: "public_drvs", key: "u32", value: "u64" },
     TableInfo { name: "check_results", key: "&str", value: "&[u8]" },
@@ -192,6 +197,7 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(GITHUB_APPROVED_PRS)?;
     tx.open_table(GITHUB_APPROVED_USERS)?;
     tx.open_table(API_TOKENS)?;
+    tx.open_table(WEB_SESSIONS)?;
     tx.open_table(REPO_VISIBILITY)?;
     tx.open_table(PUBLIC_DRVS)?;
     tx.open_table(CHECK_RESULTS)?;

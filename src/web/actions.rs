@@ -32,13 +32,21 @@ fn refused(during: &'static str, e: SchedulerError) -> ApiError {
     }
 }
 
+/// Requeues `drv` (the caller is an administrator): the one call behind the API's and the web UI's
+/// rebuild. Returns the state after requeueing.
+pub(super) async fn rebuild_drv(
+    state: &AppState,
+    drv: &str,
+) -> Result<Option<crate::scheduler::DrvStatus>, ApiError> {
+    let scheduler = &state.scheduler;
+    scheduler.rebuild(drv).await.map_err(|e| refused("requeueing the derivation", e))?;
+    scheduler.state(drv).await.map_err(|e| ApiError::scheduler("reading the build state", e))
+}
+
 async fn rebuild(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
     auth::caller(&req).await?.require(Scope::Admin, WHY_WRITE)?;
     let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
-    let scheduler = &req.state().scheduler;
-    scheduler.rebuild(&drv).await.map_err(|e| refused("requeueing the derivation", e))?;
-    let status =
-        scheduler.state(&drv).await.map_err(|e| ApiError::scheduler("reading the build state", e))?;
+    let status = rebuild_drv(req.state(), &drv).await?;
     let body = json!({
         "drv": drv,
         "state": status.as_ref().map(|s| state_json(&s.state)),
@@ -80,23 +88,36 @@ async fn approve(mut req: tide::Request<AppState>) -> Result<tide::Response, Api
     caller.require(Scope::Admin, WHY_WRITE)?;
     let body: ApproveBody = read_json_body(&mut req, r#"{"repo": "OWNER/NAME", "number": N}"#).await?;
     let by = format!("api:{}", caller.name().unwrap_or("unknown"));
-    let (store, notify) = (req.state().store.clone(), req.state().approvals.clone());
     let (repo, number) = (body.repo.to_ascii_lowercase(), body.number);
+    let a = approve_pr(req.state(), &body.repo, body.number, body.sha, by).await?;
+    Ok(tide::Response::builder(200)
+        .body(json!({ "repo": repo, "number": number, "sha": a.sha, "newly": a.newly }))
+        .build())
+}
+
+/// Approves pull request `number` of `repo` at `sha` (or its held head) as `by` and tells the GitHub
+/// service: the one call behind the API's and the web UI's approve.
+pub(super) async fn approve_pr(
+    state: &AppState,
+    repo: &str,
+    number: u64,
+    sha: Option<String>,
+    by: String,
+) -> Result<crate::forge::github::approvals::Approved, ApiError> {
+    let (store, notify, repo) = (state.store.clone(), state.approvals.clone(), repo.to_string());
     let approved = smol::unblock(move || {
         crate::forge::github::approvals::approve_and_notify(
             &store,
             notify.as_ref(),
-            &body.repo,
-            body.number,
-            body.sha.as_deref(),
+            &repo,
+            number,
+            sha.as_deref(),
             &by,
         )
     })
     .await;
     match approved {
-        Ok(a) => Ok(tide::Response::builder(200)
-            .body(json!({ "repo": repo, "number": number, "sha": a.sha, "newly": a.newly }))
-            .build()),
+        Ok(a) => Ok(a),
         Err(e) if e.is_invalid() => Err(ApiError::BadBody { reason: e.to_string() }),
         Err(e) => {
             tracing::error!(error = %e, "HTTP API: recording an approval failed");

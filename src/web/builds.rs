@@ -9,15 +9,18 @@ use super::drvs::{log_url, ok_json, respond, ApiError};
 use super::AppState;
 use crate::scheduler::state::now_ms;
 
-async fn active(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
-    let caller = super::auth::caller(&req).await?;
-    caller.read_listing(req.state())?;
-    let scheduler = &req.state().scheduler;
+/// The builds running now (only public ones for an anonymous caller), oldest first, and the queue
+/// depths: the one reader for `GET /v1/builds/active` and the web UI's dashboard.
+pub(super) async fn read_active(
+    state: &AppState,
+    anonymous: bool,
+) -> Result<(Vec<crate::scheduler::ActiveBuild>, Vec<crate::scheduler::QueueDepth>), ApiError> {
+    let scheduler = &state.scheduler;
     let mut builds = scheduler.active().await.map_err(|e| ApiError::scheduler("listing active builds", e))?;
-    if caller.is_anonymous() {
+    if anonymous {
         let mut shown = Vec::with_capacity(builds.len());
         for b in builds {
-            if super::auth::drv_is_public(req.state(), &b.drv).await {
+            if super::auth::drv_is_public(state, &b.drv).await {
                 shown.push(b);
             }
         }
@@ -25,6 +28,13 @@ async fn active(req: tide::Request<AppState>) -> Result<tide::Response, ApiError
     }
     let depths = scheduler.depths().await.map_err(|e| ApiError::scheduler("reading queue depths", e))?;
     builds.sort_by(|a, b| (a.started_at_ms, &a.drv).cmp(&(b.started_at_ms, &b.drv)));
+    Ok((builds, depths))
+}
+
+async fn active(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let caller = super::auth::caller(&req).await?;
+    caller.read_listing(req.state())?;
+    let (builds, depths) = read_active(req.state(), caller.is_anonymous()).await?;
     let now = now_ms();
     let builds: Vec<_> = builds
         .iter()

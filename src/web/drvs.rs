@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::AppState;
 use crate::graph::GraphError;
 use crate::nix::store_path::{strip_default_store, DrvPath, StorePathError, DEFAULT_STORE_DIR};
-use crate::scheduler::{Attempt, Completion, DrvState, HistoryEntry, SchedulerError};
+use crate::scheduler::{Attempt, Completion, DrvState, DrvStatus, HistoryEntry, SchedulerError};
 use crate::store::StoreError;
 
 /// At most this many dependents are listed; `dependents_total` gives the full count.
@@ -37,6 +37,18 @@ pub(super) enum ApiError {
     NoAttempt { drv: String, attempt: u32, latest: u32 },
     #[error("no build log for attempt {attempt} of {drv}")]
     NoLog { drv: String, attempt: u32 },
+    #[error("nothing is known about commit {commit}: no evaluation, run or check of it is stored")]
+    UnknownCommit { commit: String },
+    #[error(
+        "{login} may not see this: it is private, and GitHub does not say {login} can read its repository"
+    )]
+    NotAllowed { login: String },
+    #[error("refused: this form's CSRF token is missing or wrong (reload the page and try again)")]
+    Csrf,
+    #[error("only administrators ([web] admins) may do this")]
+    NotAdmin,
+    #[error("no pull request of repository {repo} has been seen")]
+    UnknownRepo { repo: String },
     #[error("unknown jobset {id}")]
     UnknownJobset { id: crate::jobset::JobsetId },
     #[error("the build scheduler is not running")]
@@ -65,8 +77,11 @@ impl ApiError {
             | ApiError::NeverBuilt { .. }
             | ApiError::NoAttempt { .. }
             | ApiError::NoLog { .. }
+            | ApiError::UnknownCommit { .. }
+            | ApiError::UnknownRepo { .. }
             | ApiError::UnknownJobset { .. } => 404,
             ApiError::SchedulerStopped => 503,
+            ApiError::NotAllowed { .. } | ApiError::Csrf | ApiError::NotAdmin => 403,
             ApiError::Internal { .. } => 500,
             ApiError::Auth(e) => e.status(),
             ApiError::BadBody { .. } => 400,
@@ -214,12 +229,12 @@ fn history_json(h: &HistoryEntry) -> Value {
 }
 
 /// What the graph says about one derivation.
-struct GraphView {
-    system: String,
-    outputs: Vec<(String, String)>,
-    dependencies: Vec<String>,
-    dependents: Vec<String>,
-    dependents_total: usize,
+pub(super) struct GraphView {
+    pub(super) system: String,
+    pub(super) outputs: Vec<(String, String)>,
+    pub(super) dependencies: Vec<String>,
+    pub(super) dependents: Vec<String>,
+    pub(super) dependents_total: usize,
 }
 
 /// Reads the node and its neighbours (blocking). `None`: not in the graph.
@@ -243,29 +258,31 @@ fn graph_view(graph: &crate::graph::Graph, drv: &str) -> Result<Option<GraphView
     }))
 }
 
-async fn get_drv(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
-    let caller = super::auth::caller(&req).await?;
-    let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
-    let state = req.state();
-    let public = caller.is_anonymous() && super::auth::drv_is_public(state, &drv).await;
-    caller.read(state, public)?;
+/// Everything known about one derivation: the graph's view, the scheduler's status (`None`: never had
+/// a state) and each attempt's log size (`None`: no log file).
+pub(super) struct DrvRead {
+    pub(super) view: GraphView,
+    pub(super) status: Option<DrvStatus>,
+    pub(super) log_sizes: Vec<Option<u64>>,
+}
+
+/// The one reader of a derivation for `GET /v1/drvs/{drv}` and the web UI (read rules already applied).
+pub(super) async fn read_drv(state: &AppState, drv: &str) -> Result<DrvRead, ApiError> {
     let graph = state.graph.clone();
-    let path = drv.clone();
+    let path = drv.to_string();
     let view = smol::unblock(move || graph_view(&graph, &path))
         .await
         .map_err(|e| ApiError::graph("reading the derivation graph", e))?
-        .ok_or_else(|| ApiError::UnknownDrv { drv: drv.clone() })?;
+        .ok_or_else(|| ApiError::UnknownDrv { drv: drv.to_string() })?;
     let status =
-        state.scheduler.state(&drv).await.map_err(|e| ApiError::scheduler("reading the build state", e))?;
-
+        state.scheduler.state(drv).await.map_err(|e| ApiError::scheduler("reading the build state", e))?;
     // Log sizes: a metadata call per attempt (there are few).
-    let waiting = status.as_ref().and_then(|s| s.waiting.clone());
-    let (attempts, history, current, attempt) = match status {
+    let log_sizes = match &status {
         Some(s) => {
             let logs_dir = state.logs_dir.clone();
             let (d, numbers): (String, Vec<u32>) =
-                (drv.clone(), s.attempts.iter().map(|a| a.number).collect());
-            let sizes: Vec<Option<u64>> = smol::unblock(move || {
+                (drv.to_string(), s.attempts.iter().map(|a| a.number).collect());
+            smol::unblock(move || {
                 numbers
                     .iter()
                     .map(|n| {
@@ -274,9 +291,25 @@ async fn get_drv(req: tide::Request<AppState>) -> Result<tide::Response, ApiErro
                     })
                     .collect()
             })
-            .await;
+            .await
+        }
+        None => Vec::new(),
+    };
+    Ok(DrvRead { view, status, log_sizes })
+}
+
+async fn get_drv(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let caller = super::auth::caller(&req).await?;
+    let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
+    let state = req.state();
+    let public = caller.is_anonymous() && super::auth::drv_is_public(state, &drv).await;
+    caller.read(state, public)?;
+    let DrvRead { view, status, log_sizes } = read_drv(state, &drv).await?;
+    let waiting = status.as_ref().and_then(|s| s.waiting.clone());
+    let (attempts, history, current, attempt) = match status {
+        Some(s) => {
             let attempts: Vec<Value> =
-                s.attempts.iter().zip(sizes).map(|(a, size)| attempt_json(&drv, a, size)).collect();
+                s.attempts.iter().zip(log_sizes).map(|(a, size)| attempt_json(&drv, a, size)).collect();
             let history: Vec<Value> = s.history.iter().map(history_json).collect();
             (attempts, history, state_json(&s.state), s.attempt)
         }

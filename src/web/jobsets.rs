@@ -64,21 +64,188 @@ fn jobset_state_json(state: &JobsetState) -> Value {
     }
 }
 
-/// One page of attributes: those after `page.after`, at most `page.limit`, plus whether more follow and
-/// the total number of attributes.
-struct Attrs {
-    items: Vec<(String, AttrOutcome)>,
-    more: bool,
-    total: u64,
+/// Which attributes a page lists: all, or those whose name contains `name` and whose state's name is
+/// `state` (`eval-error` for an evaluation error, `none` for a derivation without a build state).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttrFilter {
+    pub name: Option<String>,
+    pub state: Option<String>,
 }
 
-/// What reading a page can fail with.
+impl AttrFilter {
+    fn is_empty(&self) -> bool {
+        self.name.is_none() && self.state.is_none()
+    }
+}
+
+/// The state name an attribute is filtered by.
+pub(super) fn attr_state_name<'a>(outcome: &AttrOutcome, state: Option<&'a DrvState>) -> &'a str {
+    match (outcome, state) {
+        (AttrOutcome::Error { .. }, _) => "eval-error",
+        (AttrOutcome::Drv(_), Some(s)) => s.name(),
+        (AttrOutcome::Drv(_), None) => "none",
+    }
+}
+
+/// How many attributes a filtered page reads from the store at a time.
+const SCAN_CHUNK: usize = 2000;
+
+/// One page of attributes: those after `after` passing the filter, at most `limit`, whether more
+/// follow, each derivation's committed build state, and the number of attributes when counted here
+/// (an unfinished jobset's; a finished one's header has it).
+pub struct PageRead {
+    pub items: Vec<(String, AttrOutcome)>,
+    pub more: bool,
+    pub counted: Option<u64>,
+    pub states: HashMap<String, DrvState>,
+}
+
+/// What reading a page (or anything else from jobsets, the graph and build states) can fail with.
 #[derive(Debug, thiserror::Error)]
-enum PageError {
+pub enum PageError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Graph(#[from] crate::graph::GraphError),
+}
+
+impl From<PageError> for ApiError {
+    fn from(e: PageError) -> ApiError {
+        match e {
+            PageError::Store(e) => ApiError::store("reading the jobset", e),
+            PageError::Graph(e) => ApiError::graph("reading the jobset's derivations", e),
+        }
+    }
+}
+
+/// The build states of the derivations of `items`, read in one go from the committed store.
+fn states_of(
+    graph: &crate::graph::Graph,
+    reader: &Reader,
+    items: &[(String, AttrOutcome)],
+) -> Result<HashMap<String, DrvState>, PageError> {
+    let paths: Vec<String> = items
+        .iter()
+        .filter_map(|(_, o)| match o {
+            AttrOutcome::Drv(d) => Some(d.drv_path.clone()),
+            AttrOutcome::Error { .. } => None,
+        })
+        .collect();
+    states_of_paths(graph, reader, paths)
+}
+
+/// The committed build states of derivations `paths` (those without one are absent).
+pub(super) fn states_of_paths(
+    graph: &crate::graph::Graph,
+    reader: &Reader,
+    paths: Vec<String>,
+) -> Result<HashMap<String, DrvState>, PageError> {
+    let ids = graph.ids_of(&paths)?;
+    let known: Vec<_> = paths.into_iter().zip(ids).filter_map(|(p, id)| id.map(|id| (id, p))).collect();
+    // One table lookup pass; the records come back in the order asked, absent ones skipped.
+    let records = reader.states(known.iter().map(|(id, _)| *id))?;
+    let mut states = HashMap::with_capacity(records.len());
+    let mut paths = known.into_iter();
+    for (id, rec) in records {
+        if let Some((_, path)) = paths.by_ref().find(|(k, _)| *k == id) {
+            states.insert(path, rec.state);
+        }
+    }
+    Ok(states)
+}
+
+/// The one reader of a jobset's attributes for `GET /v1/jobsets/{id}` and the web UI (read rules
+/// already applied), blocking: it reads the committed states directly, so a page never sends the
+/// scheduler loop a message per attribute. A filtered page scans the jobset in chunks of
+/// [`SCAN_CHUNK`] from `after` until `limit` attributes passed (or the jobset ends).
+pub fn read_page_blocking(
+    jobsets: &crate::jobset::Jobsets,
+    graph: &crate::graph::Graph,
+    store: &crate::store::Store,
+    header: &crate::jobset::Jobset,
+    after: Option<String>,
+    limit: usize,
+    filter: &AttrFilter,
+) -> Result<PageRead, PageError> {
+    let (id, evaluating) = (header.id, header.state == JobsetState::Evaluating);
+    let reader = Reader::new(store)?;
+    // A finished jobset's header counts its records; an unfinished one is counted on demand.
+    let counted = if evaluating { Some(jobsets.attr_count(id)?) } else { None };
+    if filter.is_empty() {
+        let (mut items, more) = jobsets.page(id, after.as_deref(), limit)?;
+        explain_deferred(jobsets, id, &mut items)?;
+        let states = states_of(graph, &reader, &items)?;
+        return Ok(PageRead { items, more, counted, states });
+    }
+    let mut page = PageRead { items: Vec::new(), more: false, counted, states: HashMap::new() };
+    let mut cursor = after;
+    loop {
+        let (chunk, chunk_more) = jobsets.page(id, cursor.as_deref(), SCAN_CHUNK)?;
+        cursor = chunk.last().map(|(a, _)| a.clone());
+        let named: Vec<(String, AttrOutcome)> =
+            chunk.into_iter().filter(|(a, _)| filter.name.as_deref().is_none_or(|n| a.contains(n))).collect();
+        let states = states_of(graph, &reader, &named)?;
+        for (attr, outcome) in named {
+            let drv_state = match &outcome {
+                AttrOutcome::Drv(d) => states.get(&d.drv_path).map(|s| (d.drv_path.clone(), s.clone())),
+                AttrOutcome::Error { .. } => None,
+            };
+            let name = attr_state_name(&outcome, drv_state.as_ref().map(|(_, s)| s));
+            if filter.state.as_deref().is_some_and(|f| f != name) {
+                continue;
+            }
+            if page.items.len() == limit {
+                page.more = true;
+                break;
+            }
+            page.states.extend(drv_state);
+            page.items.push((attr, outcome));
+        }
+        if page.more || !chunk_more {
+            break;
+        }
+    }
+    explain_deferred(jobsets, id, &mut page.items)?;
+    Ok(page)
+}
+
+/// Deferred errors (`nix::eval::is_deferred`) show Nix's message once a report has found it.
+fn explain_deferred(
+    jobsets: &crate::jobset::Jobsets,
+    id: crate::jobset::JobsetId,
+    items: &mut [(String, AttrOutcome)],
+) -> Result<(), PageError> {
+    let deferred: Vec<String> = items
+        .iter()
+        .filter(
+            |(_, o)| matches!(o, AttrOutcome::Error { message } if crate::nix::eval::is_deferred(message)),
+        )
+        .map(|(a, _)| a.clone())
+        .collect();
+    if deferred.is_empty() {
+        return Ok(());
+    }
+    let explained = jobsets.error_messages(id, &deferred)?;
+    for (attr, outcome) in items.iter_mut() {
+        if let (AttrOutcome::Error { message }, Some(found)) = (outcome, explained.get(attr.as_str())) {
+            *message = found.clone();
+        }
+    }
+    Ok(())
+}
+
+/// [`read_page_blocking`] off the executor.
+pub(super) async fn read_page(
+    state: &AppState,
+    header: &crate::jobset::Jobset,
+    after: Option<String>,
+    limit: usize,
+    filter: AttrFilter,
+) -> Result<PageRead, ApiError> {
+    let (jobsets, graph, store) = (state.jobsets.clone(), state.graph.clone(), state.store.clone());
+    let header = header.clone();
+    Ok(smol::unblock(move || read_page_blocking(&jobsets, &graph, &store, &header, after, limit, &filter))
+        .await?)
 }
 
 async fn get_jobset(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
@@ -98,58 +265,9 @@ async fn get_jobset(req: tide::Request<AppState>) -> Result<tide::Response, ApiE
     caller.read(state, public)?;
     let header = header.ok_or(ApiError::UnknownJobset { id })?;
 
-    // The page and its build states in one blocking call that reads the committed states directly: a
-    // page never sends the scheduler loop a message per attribute.
-    let (jobsets, graph, store) = (state.jobsets.clone(), state.graph.clone(), state.store.clone());
-    let (limit, after, evaluating) =
-        (page.limit, page.after.clone(), header.state == crate::jobset::JobsetState::Evaluating);
-    let (header_total, read) = (
-        header.derivations + header.errors,
-        smol::unblock(move || {
-            let (mut items, more) = jobsets.page(id, after.as_deref(), limit)?;
-            // Deferred errors show Nix's message once a report has found it.
-            let deferred: Vec<String> = items
-                .iter()
-                .filter(|(_, o)| matches!(o, AttrOutcome::Error { message } if crate::nix::eval::is_deferred(message)))
-                .map(|(a, _)| a.clone())
-                .collect();
-            let explained = jobsets.error_messages(id, &deferred)?;
-            for (attr, outcome) in &mut items {
-                if let (AttrOutcome::Error { message }, Some(found)) = (outcome, explained.get(attr.as_str()))
-                {
-                    *message = found.clone();
-                }
-            }
-            // A finished jobset's header counts its records; an unfinished one is counted on demand.
-            let total = if evaluating { Some(jobsets.attr_count(id)?) } else { None };
-            let paths: Vec<String> = items
-                .iter()
-                .filter_map(|(_, o)| match o {
-                    AttrOutcome::Drv(d) => Some(d.drv_path.clone()),
-                    AttrOutcome::Error { .. } => None,
-                })
-                .collect();
-            let ids = graph.ids_of(&paths)?;
-            let reader = Reader::new(&store)?;
-            let mut states: HashMap<String, DrvState> = HashMap::new();
-            for (path, id) in paths.into_iter().zip(ids) {
-                if let Some(id) = id {
-                    if let Some(rec) = reader.state(id)? {
-                        states.insert(path, rec.state);
-                    }
-                }
-            }
-            Ok::<_, PageError>((Attrs { items, more, total: total.unwrap_or(0) }, total.is_some(), states))
-        }),
-    );
-    let (mut attrs, counted, states) = read.await.map_err(|e| match e {
-        PageError::Store(e) => ApiError::store("reading the jobset", e),
-        PageError::Graph(e) => ApiError::graph("reading the jobset's derivations", e),
-    })?;
-    if !counted {
-        attrs.total = header_total;
-    }
-
+    let attrs = read_page(state, &header, page.after.clone(), page.limit, AttrFilter::default()).await?;
+    let total = attrs.counted.unwrap_or(header.derivations + header.errors);
+    let states = &attrs.states;
     let mut items = Vec::with_capacity(attrs.items.len());
     for (attr, outcome) in &attrs.items {
         items.push(match outcome {
@@ -183,7 +301,7 @@ async fn get_jobset(req: tide::Request<AppState>) -> Result<tide::Response, ApiE
         "errors": header.errors,
         "created_at": header.created_at,
         "finished_at": header.finished_at,
-        "attributes_total": attrs.total,
+        "attributes_total": total,
         "limit": page.limit,
         "after": page.after,
         "next_after": next_after,

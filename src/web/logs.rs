@@ -8,7 +8,7 @@ use super::drvs::{echo, parse_drv_param, respond, ApiError};
 use super::AppState;
 
 /// Which attempt the query asks for: `None` for the latest.
-fn parse_attempt(req: &tide::Request<AppState>) -> Result<Option<u32>, ApiError> {
+pub(super) fn parse_attempt(req: &tide::Request<AppState>) -> Result<Option<u32>, ApiError> {
     let mut found = None;
     for (k, v) in req.url().query_pairs() {
         if k != "attempt" {
@@ -34,14 +34,19 @@ fn parse_attempt(req: &tide::Request<AppState>) -> Result<Option<u32>, ApiError>
     Ok(found)
 }
 
-async fn get_log(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
-    let caller = super::auth::caller(&req).await?;
-    let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
-    let asked = parse_attempt(&req)?;
-    let state = req.state();
-    let public = caller.is_anonymous() && super::auth::drv_is_public(state, &drv).await;
-    caller.read(state, public)?;
+/// An opened build log: which attempt, the file, and its length when opened (a log still being written
+/// is served up to that point).
+pub(super) struct OpenLog {
+    pub(super) attempt: u32,
+    pub(super) latest: u32,
+    pub(super) file: smol::fs::File,
+    pub(super) len: u64,
+}
 
+/// The one reader of build logs for `GET /v1/logs/{drv}` and the web UI (read rules already applied):
+/// attempt `asked`, or the latest.
+pub(super) async fn open_log(state: &AppState, drv: &str, asked: Option<u32>) -> Result<OpenLog, ApiError> {
+    let drv = drv.to_string();
     let graph = state.graph.clone();
     let path = drv.clone();
     let known = smol::unblock(move || graph.id_of(&path))
@@ -77,8 +82,17 @@ async fn get_log(req: tide::Request<AppState>) -> Result<tide::Response, ApiErro
     if !meta.is_file() {
         return Err(ApiError::NoLog { drv, attempt });
     }
-    // The length is fixed when the file is opened; a log still being written is served up to that point.
-    let len = meta.len();
+    Ok(OpenLog { attempt, latest: status.attempt, file, len: meta.len() })
+}
+
+async fn get_log(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let caller = super::auth::caller(&req).await?;
+    let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
+    let asked = parse_attempt(&req)?;
+    let state = req.state();
+    let public = caller.is_anonymous() && super::auth::drv_is_public(state, &drv).await;
+    caller.read(state, public)?;
+    let OpenLog { attempt, file, len, .. } = open_log(state, &drv, asked).await?;
     let body = tide::Body::from_reader(BufReader::new(file.take(len)), usize::try_from(len).ok());
     Ok(tide::Response::builder(200)
         .body(body)

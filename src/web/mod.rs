@@ -15,6 +15,7 @@
 //! | `summary.rs` | `GET /v1/commits/{sha}/change-summary`, `…/change-summary.md`, `…/package-changes`, `…/rebuild-impact` |
 //! | `github.rs` | `POST /github/webhook` |
 //! | `auto_merge.rs` | `POST /v1/prs/{owner}/{repo}/{n}/enable-auto-merge`, `…/disable-auto-merge` (admin, or a maintainer's GitHub token) |
+//! | `ui/` | `GET /ui/…`: the web UI's HTML pages (see `ui/mod.rs`) |
 //! | `actions.rs` | `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`, `POST /v1/github/approve`, `GET`/`POST /v1/github/maintainers` (admin) |
 //!
 //! `conn.rs` is not a route group either: it serves one connection (the connection cap with its webhook
@@ -42,10 +43,12 @@ mod jobsets;
 mod logs;
 mod metrics;
 mod summary;
+pub mod ui;
 
 use std::rc::Rc;
 
 pub use github::IntakeWriter;
+pub use jobsets::{read_page_blocking, AttrFilter, PageError, PageRead};
 use smol::net::TcpListener;
 use tide::http::StatusCode;
 
@@ -78,6 +81,10 @@ pub struct AppState {
     pub github_api: Option<String>,
     /// Writes webhook deliveries, several per transaction.
     pub intake: IntakeWriter,
+    /// The web UI's sign-in: `[oauth]`, the session signer, `[web] admins`.
+    pub ui: std::sync::Arc<ui::login::UiAuth>,
+    /// GitHub's web address (`https://{github.git_host}`): the web UI links to check runs under it.
+    pub github_web: String,
 }
 
 /// Which routes the main listener leaves to a listener of their own.
@@ -114,6 +121,7 @@ pub fn app(state: AppState, split: Split) -> tide::Server<AppState> {
     checks::routes(&mut app);
     actions::routes(&mut app);
     auto_merge::routes(&mut app);
+    ui::routes(&mut app);
     app
 }
 

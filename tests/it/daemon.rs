@@ -341,8 +341,8 @@ fn embedded_defaults_with_no_config_file_and_xdg_paths() {
 #[test]
 fn check_config_warns_about_keys_accepted_but_not_acted_on() {
     let home = Home::new();
-    let check = |config: &str| {
-        let cfg = home.write_config(config);
+    let check = |config: &str, web: &str| {
+        let cfg = home.write_config_web(config, web);
         let out = home
             .command(common::SERVER)
             .arg("--check-config")
@@ -352,23 +352,27 @@ fn check_config_warns_about_keys_accepted_but_not_acted_on() {
             .expect("run");
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    // `[oauth]` is accepted but not acted on (`[[caches]]` is acted on); its values (one a secret) are not
-    // shown.
+    // `[web] bundle_path` is accepted but not acted on; `[[caches]]` and `[oauth]` are acted on and warn
+    // nothing. No value (one a secret) is shown.
     let (code, err) = check(
         "[[caches]]\nid = \"c\"\ncache_type = \"cachix\"\ndestination = \"my-cache\"\ncredentials = \"none\"\n\n\
          [oauth]\nclient_secret = \"oauth-secret-5b2c\"\n",
+        "bundle_path = \"/srv/ekaci-ui-7d1e\"",
     );
     assert_eq!(code, Some(0), "{err}");
     let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
     assert_eq!(
         warnings,
-        ["warning: oauth: accepted, not yet acted on: there is no web UI login yet"],
+        ["warning: web.bundle_path: accepted, not yet acted on: no web UI bundle is served yet"],
         "{err}"
     );
-    assert!(!err.contains("oauth-secret-5b2c") && !err.contains("my-cache"), "{err}");
+    assert!(
+        !err.contains("oauth-secret-5b2c") && !err.contains("my-cache") && !err.contains("ekaci-ui-7d1e"),
+        "{err}"
+    );
 
     // A configuration using none of those keys gets no such warning.
-    let (code, err) = check("graph_lru_capacity = 5000");
+    let (code, err) = check("graph_lru_capacity = 5000", "");
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("warning: "), "{err}");
     assert!(!err.contains("not yet acted on"), "{err}");

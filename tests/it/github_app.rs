@@ -63,6 +63,14 @@ impl Fixture {
     }
 }
 
+/// What a test adds to the server configuration: `extra` at the top, the others inside their tables.
+struct Tables<'a> {
+    extra: &'a str,
+    web: &'a str,
+    github: &'a str,
+    security: &'a str,
+}
+
 /// A server configured with a webhook secret, the test App (credentials from a file) and the fake's URL.
 pub(crate) struct Setup {
     pub(crate) fake: FakeGitHub,
@@ -89,31 +97,49 @@ impl Setup {
         security: &str,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Setup {
+        Setup::with_tables(extra, "", github, security, env)
+    }
+
+    /// Like [`Setup::with_github`], with `web` added to the `[web]` table.
+    fn with_web(extra: &str, web: &str, github: &str) -> Setup {
+        Setup::with_tables(extra, web, github, "", &[])
+    }
+
+    /// A server with `web`, `github` and `security` added to those tables, the test App's credentials
+    /// from a file, and `env`.
+    fn with_tables(
+        extra: &str,
+        web: &str,
+        github: &str,
+        security: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Setup {
         let (fake, home) = (FakeGitHub::start(), Home::new());
         let creds = home.path().join("github-app.json");
         let body = json!({ "GITHUB_APP_ID": fake_github::APP_ID, "GITHUB_APP_PRIVATE_KEY": fake_github::PRIVATE_KEY_PKCS1 });
         std::fs::write(&creds, body.to_string()).expect("write credentials");
         let credentials = format!("{{ file = {{ path = \"{}\" }} }}", creds.display());
-        Setup::start(fake, home, extra, github, security, &credentials, env)
+        let tables = Tables { extra, web, github, security };
+        Setup::start(fake, home, &tables, &credentials, env)
     }
 
     /// Like [`Setup::new`], with the App's `credentials` (a TOML value) and `env` for the server.
     pub(crate) fn with_app_credentials(credentials: &str, env: &[(&str, &std::ffi::OsStr)]) -> Setup {
-        Setup::start(FakeGitHub::start(), Home::new(), "", "", "", credentials, env)
+        let tables = Tables { extra: "", web: "", github: "", security: "" };
+        Setup::start(FakeGitHub::start(), Home::new(), &tables, credentials, env)
     }
 
     fn start(
         fake: FakeGitHub,
         home: Home,
-        extra: &str,
-        github: &str,
-        security: &str,
+        tables: &Tables<'_>,
         credentials: &str,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Setup {
+        let Tables { extra, web, github, security } = tables;
         let secret = format!("wh-{}", nonce());
         let config = format!(
-            "{extra}\n\n[web]\nport = 0\nmetrics_public = true\n\n[security]\nwebhook_secret = \"{secret}\"\nallow_unsandboxed_builds = true\n{security}\n\n[github]\napi_url = \"{}\"\n{github}\n\
+            "{extra}\n\n[web]\nport = 0\nmetrics_public = true\n{web}\n\n[security]\nwebhook_secret = \"{secret}\"\nallow_unsandboxed_builds = true\n{security}\n\n[github]\napi_url = \"{}\"\n{github}\n\
              [[github_apps]]\nid = \"main\"\ncredentials = {credentials}\n",
             fake.url(),
         );
@@ -293,6 +319,17 @@ fn a_pull_request_ends_in_exact_check_runs_and_redeliveries_and_forgeries_change
     );
     let posts = s.fake.calls_to("POST", "/repos/*/check-runs").len();
     assert_eq!(posts, 4, "one POST per check run");
+    // Each links to the commit's web UI page (`[web] public_url` defaults to the bound address), which
+    // serves that commit.
+    let page = format!("http://{}/ui/commits/{head}", s.server().http_address());
+    for run in s.runs(&head) {
+        assert_eq!(run["details_url"], json!(page), "{run}");
+    }
+    let (status, _, html) = common::http_get(&s.server().http_address(), &format!("/ui/commits/{head}"));
+    // The fixture's repository is public: anyone sees the page, with the run and the failing attribute.
+    let html = String::from_utf8_lossy(&html);
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("newly failing") && html.contains(">broken<") && html.contains("#7"), "{html}");
 
     // A redelivery (same delivery id) and a forged signature change nothing.
     assert_eq!(s.deliver("pull_request", "d-open-1", &body), 200);
@@ -551,6 +588,94 @@ fn require_approval_holds_outside_authors_until_a_maintainer_approves() {
     let gate2 = s.wait_completed(&head2, GATE);
     assert_eq!(gate2["conclusion"], "success");
     assert!(s.run(&head2, "EkaCI: Approval Required").is_none());
+}
+
+/// Signs `login` in to the web UI over plain HTTP through the fake GitHub's OAuth pages (a browser would
+/// follow the same redirects); returns the `Cookie` header of the session.
+fn web_sign_in(s: &Setup, login: &str, id: u64) -> String {
+    let addr = s.server().http_address();
+    s.fake.set_oauth_user(login, id);
+    let (code, head, _) = http_request(&addr, "GET", "/ui/login", &[], b"");
+    assert_eq!(code, 302, "{head}");
+    let header = |head: &str, name: &str| -> String {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {head}"))
+    };
+    let state = header(&head, "set-cookie").split(';').next().expect("cookie").to_string();
+    let authorize = header(&head, "location");
+    let fake_addr = s.fake.url().trim_start_matches("http://").to_string();
+    let path = authorize.strip_prefix(&s.fake.url()).expect("GitHub's authorize page").to_string();
+    let (code, head, _) = http_request(&fake_addr, "GET", &path, &[], b"");
+    assert_eq!(code, 302, "{head}");
+    let back = header(&head, "location");
+    let query = back.split_once('?').expect("code and state").1;
+    let (code, head, body) =
+        http_request(&addr, "GET", &format!("/github/auth/callback?{query}"), &[("Cookie", &state)], b"");
+    assert_eq!(code, 303, "{head}{}", String::from_utf8_lossy(&body));
+    let session = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.trim())
+        .find(|v| v.starts_with("ekaci_session="))
+        .expect("session cookie");
+    session.split(';').next().expect("cookie").to_string()
+}
+
+#[test]
+fn an_administrator_approves_a_held_pull_request_from_the_web_ui() {
+    let f = Fixture::new();
+    let (base, head) = (f.base.clone(), f.head("head", r#"lib = mk "lib-5" "echo lib5 > $out" [];"#));
+    let s = Setup::with_web(
+        "require_approval = true\n\n[oauth]\nclient_id = \"web-ui\"\nclient_secret = \"web-ui-secret\"\n\
+         redirect_url = \"http://127.0.0.1:9/github/auth/callback\"",
+        "admins = [\"alice\"]",
+        "",
+    );
+    s.fake.set_oauth_app("web-ui", "web-ui-secret");
+    s.pr("d-held", "opened", 31, f.path(), &head, &base, "outsider");
+    let held = s.wait_completed(&head, "EkaCI: Approval Required");
+    assert_eq!(held["conclusion"], "action_required", "{held}");
+    let addr = s.server().http_address();
+    let page = format!("/ui/commits/{head}");
+
+    // Bob, signed in but no administrator, sees no Approve button and cannot approve.
+    let bob = web_sign_in(&s, "bob", 2);
+    let (code, _, html) = http_request(&addr, "GET", &page, &[("Cookie", &bob)], b"");
+    let html = String::from_utf8_lossy(&html).to_string();
+    assert_eq!(code, 200, "{html}");
+    assert!(html.contains("awaiting-approval") && !html.contains("Approve</button>"), "{html}");
+    let csrf_of = |html: &str| {
+        let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + "name=\"csrf\" value=\"".len();
+        html[at..].split('"').next().expect("csrf").to_string()
+    };
+    let form = format!("csrf={}&repo={REPO}&number=31&sha={head}", csrf_of(&html));
+    let ctype = ("Content-Type", "application/x-www-form-urlencoded");
+    let (code, _, _) =
+        http_request(&addr, "POST", "/ui/approve", &[("Cookie", &bob), ctype], form.as_bytes());
+    assert_eq!(code, 403);
+
+    // Alice is: without the CSRF token she is refused, with it the run goes ahead.
+    let alice = web_sign_in(&s, "alice", 1);
+    let (code, _, html) = http_request(&addr, "GET", &page, &[("Cookie", &alice)], b"");
+    let html = String::from_utf8_lossy(&html).to_string();
+    assert_eq!(code, 200, "{html}");
+    assert!(html.contains("Approve</button>"), "{html}");
+    let no_csrf = format!("repo={REPO}&number=31&sha={head}");
+    let (code, _, _) =
+        http_request(&addr, "POST", "/ui/approve", &[("Cookie", &alice), ctype], no_csrf.as_bytes());
+    assert_eq!(code, 403);
+    assert_eq!(names(&s.runs(&head)), ["EkaCI: Approval Required"], "nothing ran before the approval");
+    let form = format!("csrf={}&repo={REPO}&number=31&sha={head}", csrf_of(&html));
+    let (code, head_text, _) =
+        http_request(&addr, "POST", "/ui/approve", &[("Cookie", &alice), ctype], form.as_bytes());
+    assert_eq!(code, 303, "{head_text}");
+    let gate = s.wait_completed(&head, GATE);
+    assert_eq!(gate["conclusion"], "success", "{gate}");
+    assert!(!s.server().log().contains("web-ui-secret"), "the client secret reached the log");
 }
 
 #[test]

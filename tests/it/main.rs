@@ -50,3 +50,4 @@ mod store;
 mod summary;
 mod supervise;
 mod tidy;
+mod ui;

@@ -190,6 +190,23 @@ struct State {
     /// (repository, number, merge method, expected head) of every auto-merge enabled through GraphQL.
     auto_merges: Vec<(String, u64, String, String)>,
     fixtures: Fixtures,
+    oauth: OAuthState,
+}
+
+/// The OAuth App side: who the next authorization signs in, issued codes and user tokens, and which
+/// users may read which private repositories.
+#[derive(Default)]
+struct OAuthState {
+    /// (client id, client secret) of the registered OAuth App.
+    client: Option<(String, String)>,
+    /// The user the authorize page signs in (login, id).
+    user: Option<(String, u64)>,
+    /// Unused codes → (user, redirect_uri).
+    codes: HashMap<String, ((String, u64), String)>,
+    /// User access tokens → user.
+    tokens: HashMap<String, (String, u64)>,
+    /// Repository (`owner/name`) → logins that may read it.
+    readers: HashMap<String, Vec<String>>,
 }
 
 /// The running fake. Dropping it stops accepting connections.
@@ -284,6 +301,7 @@ impl FakeGitHub {
             merge_queues: Vec::new(),
             user_tokens: HashMap::new(),
             auto_merges: Vec::new(),
+            oauth: OAuthState::default(),
             fixtures: Fixtures {
                 token: fixture("apps.create-installation-access-token.response.201.json"),
                 installation: fixture("apps.get-repo-installation.response.200.json"),
@@ -298,6 +316,21 @@ impl FakeGitHub {
             },
         };
         FakeGitHub { server: Loopback::start("the fake GitHub", state, serve) }
+    }
+
+    /// Registers the OAuth App (`client_id`, `client_secret`) whose web flow `/login/oauth/…` serves.
+    pub fn set_oauth_app(&self, client_id: &str, client_secret: &str) {
+        self.lock().oauth.client = Some((client_id.to_string(), client_secret.to_string()));
+    }
+
+    /// The user the authorize page signs in from now on (GitHub's page would ask them to approve).
+    pub fn set_oauth_user(&self, login: &str, id: u64) {
+        self.lock().oauth.user = Some((login.to_string(), id));
+    }
+
+    /// Lets `login` read `repo` (`GET /repos/{owner}/{name}` with their token answers 200, else 404).
+    pub fn grant_read(&self, repo: &str, login: &str) {
+        self.lock().oauth.readers.entry(repo.to_string()).or_default().push(login.to_string());
     }
 
     /// The API base URL (`http://127.0.0.1:PORT`).
@@ -583,10 +616,12 @@ fn serve(conn: TcpStream, state: &Arc<Mutex<State>>) {
         reply
     };
     let mut out = write_half;
+    let typed = reply.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
     let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {} {}\r\n{}Content-Length: {}\r\nConnection: close\r\n",
         reply.status,
         reason(reply.status),
+        if typed { "" } else { "Content-Type: application/json; charset=utf-8\r\n" },
         reply.body.len()
     );
     for (k, v) in &reply.headers {
@@ -603,6 +638,7 @@ pub(crate) fn reason(status: u16) -> &'static str {
         200 => "OK",
         201 => "Created",
         400 => "Bad Request",
+        302 => "Found",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
@@ -666,6 +702,21 @@ fn route(st: &mut State, req: &Request, raw_path: &str, query: &str) -> Reply {
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let m = req.method.as_str();
     match (m, s.as_slice()) {
+        ("GET", ["login", "oauth", "authorize"]) => oauth_authorize(st, query),
+        ("POST", ["login", "oauth", "access_token"]) => oauth_access_token(st, req),
+        ("GET", ["repos", owner, repo]) if bearer(req).is_some_and(|t| st.oauth.tokens.contains_key(&t)) => {
+            let login =
+                bearer(req).and_then(|t| st.oauth.tokens.get(&t).map(|u| u.0.clone())).unwrap_or_default();
+            let full = format!("{owner}/{repo}");
+            if st.oauth.readers.get(&full).is_some_and(|r| r.contains(&login)) {
+                ok(
+                    200,
+                    json!({ "full_name": full, "name": repo, "private": true, "owner": { "login": owner } }),
+                )
+            } else {
+                Reply::error(404, "Not Found")
+            }
+        }
         ("POST", ["app", "installations", id, "access_tokens"]) => {
             if !jwt_ok(req) {
                 return Reply::error(401, "A JSON web token could not be decoded");
@@ -689,8 +740,11 @@ fn route(st: &mut State, req: &Request, raw_path: &str, query: &str) -> Reply {
             body["account"]["login"] = json!(owner);
             ok(200, body)
         }
+        // A user's token: one the OAuth flow issued, or one a test registered.
         ("GET", ["user"]) => {
-            let Some((login, id)) = bearer(req).and_then(|t| st.user_tokens.get(&t).cloned()) else {
+            let token = bearer(req);
+            let user = token.as_ref().and_then(|t| st.oauth.tokens.get(t).or_else(|| st.user_tokens.get(t)));
+            let Some((login, id)) = user.cloned() else {
                 return bad_credentials();
             };
             let mut body = st.fixtures.user.clone();
@@ -824,6 +878,93 @@ fn route(st: &mut State, req: &Request, raw_path: &str, query: &str) -> Reply {
 }
 
 /// GitHub's example pull request with the test's fields merged in.
+/// GitHub's authorize page, the user having approved: a redirect to `redirect_uri` with a one-time
+/// `code` and the `state` it was given (GitHub's page answers 404 for an unknown client id).
+fn oauth_authorize(st: &mut State, query: &str) -> Reply {
+    let client = query_param(query, "client_id").unwrap_or_default();
+    if st.oauth.client.as_ref().map(|c| c.0.as_str()) != Some(client.as_str()) {
+        return Reply::error(404, "Not Found");
+    }
+    let (Some(redirect), Some(user)) = (query_param(query, "redirect_uri"), st.oauth.user.clone()) else {
+        return Reply::error(404, "Not Found");
+    };
+    st.next_id += 1;
+    let code = format!("code{}x{}", st.next_id, now_nanos() % 1_000_000_007);
+    st.oauth.codes.insert(code.clone(), (user, redirect.clone()));
+    let state = query_param(query, "state").unwrap_or_default();
+    let sep = if redirect.contains('?') { '&' } else { '?' };
+    let location = format!("{redirect}{sep}code={code}&state={}", percent_encode(&state));
+    Reply { status: 302, headers: vec![("Location".into(), location)], body: String::new() }
+}
+
+/// `POST /login/oauth/access_token` (form body): a user token for a valid one-time code, as JSON when
+/// the request accepts it, else form-encoded; errors are 200 with `error`, as GitHub answers them.
+fn oauth_access_token(st: &mut State, req: &Request) -> Reply {
+    let body = &req.body;
+    let field = |name| query_param(body, name).unwrap_or_default();
+    let json_wanted = req.headers.iter().any(|(k, v)| k == "accept" && v.contains("application/json"));
+    let reply = |pairs: Vec<(&str, String)>| {
+        if json_wanted {
+            let map: serde_json::Map<String, Value> =
+                pairs.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            ok(200, Value::Object(map))
+        } else {
+            let text: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", percent_encode(v))).collect();
+            Reply {
+                status: 200,
+                headers: vec![(
+                    "Content-Type".into(),
+                    "application/x-www-form-urlencoded; charset=utf-8".into(),
+                )],
+                body: text.join("&"),
+            }
+        }
+    };
+    let client_ok = st
+        .oauth
+        .client
+        .as_ref()
+        .is_some_and(|(id, secret)| *id == field("client_id") && *secret == field("client_secret"));
+    if !client_ok {
+        return reply(vec![
+            ("error", "incorrect_client_credentials".into()),
+            ("error_description", "The client_id and/or client_secret passed are incorrect.".into()),
+        ]);
+    }
+    let code = field("code");
+    match st.oauth.codes.remove(&code) {
+        Some((user, redirect)) if redirect == field("redirect_uri") => {
+            st.next_id += 1;
+            let token = format!("gho_fake{}x{}", st.next_id, now_nanos() % 1_000_000_007);
+            st.oauth.tokens.insert(token.clone(), user);
+            reply(vec![("access_token", token), ("scope", "repo".into()), ("token_type", "bearer".into())])
+        }
+        Some(_) => reply(vec![
+            ("error", "redirect_uri_mismatch".into()),
+            (
+                "error_description",
+                "The redirect_uri MUST match the registered callback URL for this application.".into(),
+            ),
+        ]),
+        None => reply(vec![
+            ("error", "bad_verification_code".into()),
+            ("error_description", "The code passed is incorrect or expired.".into()),
+        ]),
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn pull(st: &State, full: &str, number: u64) -> Value {
     let mut body = st.fixtures.pull.clone();
     body["number"] = json!(number);

@@ -105,6 +105,8 @@ pub struct GitHubService {
     default_merge_method: MergeMethod,
     /// The server's `[[caches]]`: where a job's built outputs are pushed.
     caches: Arc<crate::cache::Caches>,
+    /// `[web] public_url` (or its default): the base of check runs' `details_url`.
+    public_url: String,
     /// When each (commenter id, repository) last had a command accepted by the rate limit (the event's
     /// receipt, Unix seconds). Process-local on purpose: it resets at restart.
     command_times: Mutex<HashMap<(u64, String), u64>>,
@@ -121,6 +123,8 @@ pub struct RunPolicy {
     pub max_rebuild_count: Option<usize>,
     /// `default_merge_method`: the method of an `@eka-ci merge` that names none.
     pub default_merge_method: MergeMethod,
+    /// `[web] public_url` (or its default): check runs link to the web UI under it.
+    pub public_url: String,
 }
 
 /// Which runs wait for a maintainer's approval (`require_approval`, `merge_queue_require_approval`).
@@ -158,7 +162,7 @@ impl GitHubService {
         config: GitHubConfig,
         policy: RunPolicy,
     ) -> Result<Rc<GitHubService>, ClientError> {
-        let RunPolicy { approval, skip_paths, max_rebuild_count, default_merge_method } = policy;
+        let RunPolicy { approval, skip_paths, max_rebuild_count, default_merge_method, public_url } = policy;
         let client_config = ClientConfig { api_url: config.api_url.clone(), ..ClientConfig::default() };
         let clients = apps
             .into_iter()
@@ -176,6 +180,7 @@ impl GitHubService {
             max_rebuild_count,
             default_merge_method,
             caches,
+            public_url,
             command_times: Mutex::new(HashMap::new()),
         }))
     }
@@ -583,7 +588,7 @@ impl GitHubService {
         tracing::info!(repo = %run.repo, head = %run.head_sha, reason, "run cancelled");
         crate::metrics::global().github_runs.with_label_values(&["cancelled"]).inc();
         if let Some((_, client)) = self.client_for(&run) {
-            let reporter = Reporter::new(self.store.clone(), client.clone(), key, &run);
+            let reporter = Reporter::new(self.store.clone(), client.clone(), key, &run, &self.public_url);
             let reason = reason.to_string();
             self.ex
                 .spawn(async move {

@@ -277,13 +277,23 @@ pub(super) struct Reporter {
     key: String,
     repo: String,
     head_sha: String,
+    /// The web UI page of the commit (`[web] public_url` + `/ui/commits/{sha}`): every check run's
+    /// `details_url` that sets none of its own.
+    details_url: String,
     /// Name → (id, completed), as recorded.
     known: std::cell::RefCell<Vec<(String, u64, bool)>>,
 }
 
 impl Reporter {
-    pub(super) fn new(store: Store, client: GitHubClient, key: &str, run: &Run) -> Reporter {
+    pub(super) fn new(
+        store: Store,
+        client: GitHubClient,
+        key: &str,
+        run: &Run,
+        public_url: &str,
+    ) -> Reporter {
         Reporter {
+            details_url: crate::web::ui::commit_url(public_url, &run.head_sha),
             store,
             client,
             installation: run.installation.unwrap_or(0),
@@ -348,7 +358,10 @@ impl Reporter {
 
     /// Sets check run `name` to `fields`: PATCH when it exists, else POST (and record the id).
     pub(super) async fn report(&self, name: &str, fields: CheckRunFields) -> Result<(), RunError> {
-        let fields = cap_output(fields);
+        let mut fields = cap_output(fields);
+        if fields.details_url.is_none() {
+            fields.details_url = Some(self.details_url.clone());
+        }
         let completed = fields.conclusion.is_some();
         if let Some(id) = self.id_of(name) {
             let update = UpdateCheckRun { name: None, fields: fields.clone() };

@@ -107,8 +107,8 @@ impl GitHubService {
             })
             .await?;
         }
-        let reporter =
-            Reporter::new(self.store.clone(), client.clone(), key, &run).with_installation(installation);
+        let reporter = Reporter::new(self.store.clone(), client.clone(), key, &run, &self.public_url)
+            .with_installation(installation);
         reporter.adopt_existing(&app.credentials.app_id).await?;
 
         if self.approval.applies_to(&run.trigger) {
