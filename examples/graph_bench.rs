@@ -1,4 +1,4 @@
-//! Derivation-graph benchmark helper, driven by `scripts/bench/graph`.
+//! Derivation-graph benchmark helper, driven by `scripts/bench/graph` and `scripts/bench/graph-nixpkgs`.
 //!
 //! ```text
 //! graph_bench gen N SEED                       # prints a nixpkgs-shaped Nix expression of N derivations

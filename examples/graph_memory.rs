@@ -1,4 +1,4 @@
-//! Resident memory per derivation-graph node, driven by `scripts/bench/graph`.
+//! Resident memory per derivation-graph node, driven by `scripts/bench/graph` and `graph-nixpkgs`.
 //!
 //! ```text
 //! graph_memory DB ROOTS     # DB: a store discovered by `graph_bench discover`; ROOTS: its roots
@@ -8,7 +8,8 @@
 //! does not count), then makes every node resident by walking the closure of all roots, which loads each
 //! node from redb into the LRU front. Reports, divided by the number of nodes: the growth of the process's
 //! resident set (`VmRSS`, includes allocator overhead) and the growth of live heap bytes as counted by a
-//! counting global allocator (bytes requested, without the allocator's per-block overhead).
+//! counting global allocator (bytes requested, without the allocator's per-block overhead), and the number of
+//! edges (input derivations summed over all nodes, counted after the measurement).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::ExitCode;
@@ -99,12 +100,18 @@ fn run(db: &str, roots_file: &str) -> Result<(), String> {
     let load_s = started.elapsed().as_secs_f64();
     let rss1 = rss_bytes()?;
     let live1 = LIVE.load(Ordering::Relaxed);
+    // Edges (input derivation → dependent), counted after the measurement so the counting allocates nothing
+    // that is measured (the closure's own list is not alive at the measurement either).
+    let mut edges = 0usize;
+    for id in &graph.closure(&ids).map_err(|e| e.to_string())? {
+        edges += graph.dependencies(*id).map_err(|e| e.to_string())?.len();
+    }
     let s = graph.stats();
     if s.resident as u64 != n || reached as u64 != n {
         return Err(format!("expected all {n} nodes resident, got {} (reached {reached})", s.resident));
     }
     println!(
-        "nodes={n} stored_bytes={stored} load_s={load_s:.3} rss_delta={} rss_per_node={:.1} heap_delta={} \
+        "nodes={n} edges={edges} stored_bytes={stored} load_s={load_s:.3} rss_delta={} rss_per_node={:.1} heap_delta={} \
          heap_per_node={:.1} interned={}",
         rss1 - rss0,
         (rss1 - rss0) as f64 / n as f64,
