@@ -641,6 +641,23 @@ in
       '';
     };
 
+    sandboxedChecks = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Let the unit run repositories' checks (`checks` in `.eka-ci/config.json`, docs/checks.md) in
+        bubblewrap. The unit's hardening otherwise forbids what bubblewrap needs, so every check ends
+        with "the sandbox could not run". Enabling it sets `settings.checks.bwrap_path` to nixpkgs'
+        bubblewrap, allows the namespaces bubblewrap creates (`RestrictNamespaces`), allows the
+        `@mount` system calls, `pivot_root`, `capset`, `sethostname` and the resource limits the server
+        sets before starting a check (`SystemCallFilter`), and delegates the `memory` and `pids` cgroup
+        controllers to the unit (`Delegate=`, `ProtectControlGroups = false`) so each check gets its own
+        cgroup. Unprivileged user namespaces must be allowed (`security.allowUserNamespaces`, NixOS'
+        default). These unit settings are checked by evaluating the module; they have not been run on a
+        NixOS host by eka-ci's tests.
+      '';
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;
@@ -706,11 +723,18 @@ in
   };
 
   config = mkIf cfg.enable {
-    # Entries eka-ci cannot use are left out here and reported by the assertion below (rather than as
-    # a type error of an option the user never wrote).
-    services.eka-ci.settings.remote_builders = map machineBuilder (
-      builtins.filter (m: m.maxJobs >= 1 && m.speedFactor >= 1) nixMachines
-    );
+    services.eka-ci.settings = lib.mkMerge [
+      {
+        # Entries eka-ci cannot use are left out here and reported by the assertion below (rather than
+        # as a type error of an option the user never wrote).
+        remote_builders = map machineBuilder (
+          builtins.filter (m: m.maxJobs >= 1 && m.speedFactor >= 1) nixMachines
+        );
+      }
+      (mkIf cfg.sandboxedChecks {
+        checks.bwrap_path = lib.mkDefault "${pkgs.bubblewrap}/bin/bwrap";
+      })
+    ];
 
     assertions = [
       {
@@ -890,12 +914,15 @@ in
           ProtectKernelModules = true;
           ProtectKernelTunables = true;
           ProtectKernelLogs = true;
-          ProtectControlGroups = true;
+          # Without sandboxed checks the cgroup tree stays read-only; with them the unit owns a delegated
+          # subtree (below) where each check gets a cgroup of its own.
+          ProtectControlGroups = !cfg.sandboxedChecks;
           ProtectClock = true;
           ProtectHostname = true;
           # A flake job's lock file is checked by `nix flake metadata` in a network namespace of its
           # own, which an unprivileged process creates together with a user namespace.
-          RestrictNamespaces = "user net";
+          # bubblewrap (sandboxedChecks) creates every kind of namespace but the time namespace.
+          RestrictNamespaces = if cfg.sandboxedChecks then "user mnt pid ipc uts cgroup net" else "user net";
           RestrictRealtime = true;
           RestrictSUIDSGID = true;
           RestrictAddressFamilies = [
@@ -906,17 +933,32 @@ in
           LockPersonality = true;
           MemoryDenyWriteExecute = true;
           SystemCallArchitectures = "native";
-          SystemCallFilter = [
-            "@system-service"
-            "~@privileged"
-            "~@resources"
-          ];
+          SystemCallFilter =
+            if cfg.sandboxedChecks then
+              # bubblewrap mounts its root, pivots into it, drops capabilities and names its UTS
+              # namespace; the server limits a check's resources before starting it.
+              [
+                "@system-service"
+                "@mount"
+                "pivot_root"
+                "capset"
+                "sethostname"
+              ]
+            else
+              [
+                "@system-service"
+                "~@privileged"
+                "~@resources"
+              ];
           # Refuse filtered syscalls with EPERM instead of killing the process: the nix and git
           # children may probe e.g. setrlimit/sched_setaffinity and cope with a failure.
           SystemCallErrorNumber = "EPERM";
           CapabilityBoundingSet = "";
           AmbientCapabilities = "";
           UMask = "0077";
+        }
+        // optionalAttrs cfg.sandboxedChecks {
+          Delegate = "memory pids";
         }
         // optionalAttrs (cfg.environmentFile != null) {
           EnvironmentFile = toString cfg.environmentFile;

@@ -258,6 +258,43 @@ fn the_unit_runs_the_package_hardened_with_its_secrets_outside_the_store() {
     assert_eq!(v["systemPackages"], serde_json::json!([]));
 }
 
+/// `sandboxedChecks`: the unit lets bubblewrap run (namespaces, mount system calls, resource limits, a
+/// delegated cgroup subtree) and the server finds nixpkgs' bubblewrap; without it the hardening stays.
+#[test]
+fn sandboxed_checks_relax_only_what_bubblewrap_needs() {
+    let e = Eval::new();
+    let v = e.eval(r#"{ services.eka-ci = { enable = true; sandboxedChecks = true; }; }"#);
+    assert_eq!(v["failedAssertions"], serde_json::json!([]), "{v:#}");
+    let c = &service(&v)["serviceConfig"];
+    let expect = serde_json::json!({
+        "RestrictNamespaces": "user mnt pid ipc uts cgroup net",
+        "SystemCallFilter": ["@system-service", "@mount", "pivot_root", "capset", "sethostname"],
+        "ProtectControlGroups": false,
+        "Delegate": "memory pids",
+        "NoNewPrivileges": true,
+        "CapabilityBoundingSet": "",
+        "ProtectSystem": "strict",
+    });
+    for (k, want) in expect.as_object().expect("object") {
+        assert_eq!(&c[k], want, "serviceConfig.{k}: {c:#}");
+    }
+    let toml = generated_toml(&v);
+    let bwrap = format!("{}/bin/bwrap", v["packages"]["bubblewrap"].as_str().expect("bubblewrap"));
+    assert!(toml.contains(&format!("bwrap_path = \"{bwrap}\"")), "{toml}");
+
+    // A user's own bwrap_path wins; off, the checks table is not generated and the hardening stays.
+    let v = e.eval(
+        r#"{ services.eka-ci = { enable = true; sandboxedChecks = true; settings.checks.bwrap_path = "/run/wrappers/bin/bwrap"; }; }"#,
+    );
+    assert!(generated_toml(&v).contains("bwrap_path = \"/run/wrappers/bin/bwrap\""), "{v:#}");
+    let v = e.eval("{ services.eka-ci.enable = true; }");
+    let c = &service(&v)["serviceConfig"];
+    assert_eq!(c["RestrictNamespaces"], "user net");
+    assert_eq!(c["ProtectControlGroups"], true);
+    assert!(c.get("Delegate").is_none(), "{c:#}");
+    assert!(!generated_toml(&v).contains("bwrap_path"), "{v:#}");
+}
+
 #[test]
 fn the_generated_configuration_passes_check_config_with_the_units_secrets() {
     let e = Eval::new();

@@ -60,6 +60,7 @@ in
   packages = {
     eka-ci = toString pkgs.eka-ci;
     git = toString pkgs.git;
+    bubblewrap = toString pkgs.bubblewrap;
   };
   nginx = {
     inherit (config.services.nginx) enable;
