@@ -613,15 +613,7 @@ fn a_cache_that_cannot_be_set_up_stops_the_start_naming_it() {
     let home = crate::common::Home::new();
     let check = |caches: &str, env: &[(&str, &str)]| {
         let cfg = home.write_config(caches);
-        let out = home
-            .command(crate::common::SERVER)
-            .arg("--check-config")
-            .arg("--config-file")
-            .arg(&cfg)
-            .envs(env.iter().copied())
-            .output()
-            .expect("run");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        home.check_config(&cfg, env)
     };
     let env_cache = "[[caches]]\nid = \"s3\"\ncache_type = \"nix-copy\"\ndestination = \"s3://b/p\"\n\
                      credentials = { env = { vars = [\"PUSH_TEST_KEY\"] } }\n";

@@ -366,15 +366,7 @@ fn github_app_secrets_are_fetched_at_start_up_and_failures_stop_it() {
     let check = |credentials: &str, env: &[(&str, &str)]| {
         let cfg =
             home.write_config(&format!("[[github_apps]]\nid = \"main\"\ncredentials = {credentials}\n"));
-        let out = home
-            .command(common::SERVER)
-            .arg("--check-config")
-            .arg("--config-file")
-            .arg(&cfg)
-            .envs(env.iter().copied())
-            .output()
-            .expect("run");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        home.check_config(&cfg, env)
     };
     // Secrets Manager, signed with keys from the environment, endpoint on loopback.
     cloud.sm_accept(

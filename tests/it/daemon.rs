@@ -343,14 +343,7 @@ fn check_config_warns_about_keys_accepted_but_not_acted_on() {
     let home = Home::new();
     let check = |config: &str, web: &str| {
         let cfg = home.write_config_web(config, web);
-        let out = home
-            .command(common::SERVER)
-            .arg("--check-config")
-            .arg("--config-file")
-            .arg(&cfg)
-            .output()
-            .expect("run");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        home.check_config(&cfg, &[])
     };
     // `[web] bundle_path` is accepted but not acted on; `[[caches]]` and `[oauth]` are acted on and warn
     // nothing. No value (one a secret) is shown.

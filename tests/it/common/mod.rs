@@ -50,6 +50,18 @@ impl Home {
         std::fs::write(self.config_file(), text).expect("write config");
         self.config_file()
     }
+    /// Runs `eka-ci-server --check-config --config-file cfg` with `env` added: its exit code and stderr.
+    pub fn check_config(&self, cfg: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+        let out = self
+            .command(SERVER)
+            .arg("--check-config")
+            .arg("--config-file")
+            .arg(cfg)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run eka-ci-server --check-config");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
     /// Creates API token `name` of `scope` (`read` or `admin`) with `ekaci tokens create` on the running
     /// server and returns it.
     pub fn token(&self, name: &str, scope: &str) -> String {
