@@ -251,7 +251,10 @@ impl Engine {
         })
         .await;
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.announce(&writes);
+                Ok(())
+            }
             Err(e) => {
                 tracing::error!(error = %e, "recording build states failed; will retry");
                 // Newer writes (made while committing: none, the loop awaited) take precedence.
@@ -262,6 +265,23 @@ impl Engine {
                 self.writes.owners.extend(newer.owners);
                 Err(SchedulerError::Persist(e.to_string()))
             }
+        }
+    }
+
+    /// Publishes the committed state changes to live clients (`crate::live`; never waits).
+    fn announce(&self, writes: &Writes) {
+        if !crate::live::wanted() {
+            return;
+        }
+        for (id, _, entry) in &writes.history {
+            let path = match self.nodes.get(id) {
+                Some(n) => n.path.to_string(),
+                None => match self.graph.path_of(*id) {
+                    Ok(p) => p,
+                    Err(_) => continue,
+                },
+            };
+            crate::live::state_change(&path, entry.state.name(), entry.attempt, entry.at_ms);
         }
     }
 
