@@ -136,7 +136,27 @@ pub async fn serve(mut stream: TcpStream, buf: Vec<u8>, app: tide::Server<AppSta
     let writer = write_loop(stream.clone(), reg.rx.clone(), ctrl_rx);
     futures_lite::future::or(reader, writer).await;
     drop(reg);
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    linger(&mut stream).await;
+}
+
+/// Ends our side, then reads and discards for a moment so that the client sees our last frame instead
+/// of a reset (closing with unread input resets the connection).
+async fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let drain = async {
+        let mut chunk = [0u8; 4096];
+        let mut total = 0usize;
+        while total < 1024 * 1024 {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    futures_lite::future::or(drain, async {
+        smol::Timer::after(Duration::from_secs(2)).await;
+    })
+    .await;
 }
 
 async fn write_http(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
