@@ -499,3 +499,81 @@ fn ui_sign_in_and_admin_actions() {
     drop(alice);
     drop(server);
 }
+
+/// The log page of a running build follows the log live (`/v1/ws/builds`): lines appear without a
+/// reload, and the page says when the build ends.
+#[test]
+fn ui_log_follows_a_running_build() {
+    let Some(driver) = Driver::start() else { return };
+    let nonce = common::nonce();
+    let home = Home::new();
+    let server = home.start();
+    let addr = server.http_address();
+    let token = home.token("ui-live-test", "read");
+    common::send_token(Some(&token));
+    let gate = std::env::temp_dir().join(format!("ekaci-ui-gate-{nonce}"));
+    let nix = format!(
+        r#"{NIX_PRELUDE}
+{{ slow = mk "slow-{nonce}" "i=0; while [ ! -e {gate} ]; do echo \"line $i\"; i=$((i+1)); /bin/sleep 0.2; done; echo slow > $out"; }}
+"#,
+        gate = gate.display()
+    );
+    let repo = GitRepo::new();
+    let base = repo.commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some("{}"))]);
+    let head = repo.commit("head", &[("default.nix", Some(&nix))]);
+    let mut review = home.spawn_review(&repo, &base, &head);
+
+    let suffix = format!("-slow-{nonce}.drv");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let slow = loop {
+        assert!(Instant::now() < deadline, "the slow build never showed up in /v1/builds/active");
+        let (code, v) = common::get_json(&addr, "/v1/builds/active");
+        assert_eq!(code, 200, "{v}");
+        let found = v["builds"].as_array().and_then(|b| {
+            b.iter().find_map(|b| b["drv"].as_str().filter(|d| d.ends_with(&suffix)).map(str::to_string))
+        });
+        if let Some(d) = found {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let page = format!("http://{addr}/ui/logs/{}", slow.trim_start_matches("/nix/store/"));
+
+    let browser = driver.session(Some(&token));
+    // The log file appears once Nix has started the build.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        browser.open(&page);
+        if !browser.all("#live").is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no live log page: {}", browser.source());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A mark that a reload would lose.
+    browser.run("window.ekaMark = 'kept';", json!([]));
+    let lines = |b: &Session| b.all("#log > div").len();
+    let start = lines(&browser);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines(&browser) < start + 3 {
+        assert!(Instant::now() < deadline, "the log did not grow: {}", browser.source());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(browser.run("return window.ekaMark;", json!([])), "kept", "the page was reloaded");
+    let n = lines(&browser);
+    let last = browser.text(&format!("#L{n}"));
+    assert!(last.starts_with(&n.to_string()) && last.contains("line "), "{last}");
+    browser.screenshot("log-live");
+
+    std::fs::write(&gate, b"").expect("open the gate");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !browser.text("#live").contains("ended: success") {
+        assert!(Instant::now() < deadline, "the page never said the build ended: {}", browser.text("#live"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(browser.run("return window.ekaMark;", json!([])), "kept");
+    let _ = std::fs::remove_file(&gate);
+    let _ = review.wait();
+    drop(browser);
+    drop(server);
+}
