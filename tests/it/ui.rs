@@ -550,6 +550,7 @@ fn ui_log_follows_a_running_build() {
         assert!(Instant::now() < deadline, "no live log page: {}", browser.source());
         std::thread::sleep(Duration::from_millis(200));
     }
+    browser.wait_for("html[data-live='subscribed']");
     // A mark that a reload would lose.
     browser.run("window.ekaMark = 'kept';", json!([]));
     let lines = |b: &Session| b.all("#log > div").len();
@@ -565,7 +566,21 @@ fn ui_log_follows_a_running_build() {
     assert!(last.starts_with(&n.to_string()) && last.contains("line "), "{last}");
     browser.screenshot("log-live");
 
+    // The derivation page, in a second browser, follows the state.
+    let drv_page = driver.session(Some(&token));
+    drv_page.open(&format!("http://{addr}/ui/drvs/{}", slow.trim_start_matches("/nix/store/")));
+    assert_eq!(drv_page.attr("#state .badge", "data-state"), "building");
+    drv_page.wait_for("html[data-live='subscribed']");
+    drv_page.run("window.ekaMark = 'kept';", json!([]));
+
     std::fs::write(&gate, b"").expect("open the gate");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while drv_page.attr("#state .badge", "data-state") != "success" {
+        assert!(Instant::now() < deadline, "the derivation page never showed success");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(drv_page.run("return window.ekaMark;", json!([])), "kept", "the page was reloaded");
+    drop(drv_page);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !browser.text("#live").contains("ended: success") {
         assert!(Instant::now() < deadline, "the page never said the build ended: {}", browser.text("#live"));

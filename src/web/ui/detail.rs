@@ -171,6 +171,9 @@ pub(super) async fn drv(req: tide::Request<AppState>) -> Result<Markup, ApiError
                 }
                 None => { p id="state" { "state: " (badge("none")) " never requested" } }
             }
+            @if status.as_ref().is_some_and(|s| matches!(s.state.name(), "queued" | "buildable" | "building" | "failed-retry")) {
+                script data-drv=(drv) { (maud::PreEscaped(STATE_JS)) }
+            }
             (super::admin::rebuild_button(&viewer, &drv))
             p { "system: " span.mono { (view.system) } }
             h2 { "Outputs" }
@@ -213,6 +216,21 @@ pub(super) async fn drv(req: tide::Request<AppState>) -> Result<Markup, ApiError
     ))
 }
 
+/// The derivation page of a derivation not done yet: its state badge follows `build_state_change`
+/// events of `/v1/ws/builds` (the details beside it are those of the page's load).
+const STATE_JS: &str = r#"(function(){
+var drv=document.currentScript.dataset.drv;
+var ws=new WebSocket((location.protocol==='https:'?'wss://':'ws://')+location.host+'/v1/ws/builds');
+ws.onopen=function(){ws.send(JSON.stringify({type:'subscribe',drv:drv}));};
+ws.onmessage=function(m){var e=JSON.parse(m.data);
+if(e.type==='subscribed')document.documentElement.dataset.live='subscribed';
+if(e.type!=='build_state_change'||e.drv!==drv)return;
+var b=document.querySelector('#state .badge');if(!b)return;
+var ok=['success','cached'],run=['building','queued','buildable'];
+b.textContent=e.state;b.dataset.state=e.state;
+b.className='badge '+(ok.indexOf(e.state)>=0?'ok':run.indexOf(e.state)>=0?'run':'bad');};
+})();"#;
+
 /// The log page of a running build: appends each `log_line` of `/v1/ws/builds` (ANSI codes dropped) and
 /// says when the build ends. Lines written between the page and the subscription are not shown.
 const FOLLOW_JS: &str = r#"(function(){
@@ -221,6 +239,7 @@ var log=document.getElementById('log'),st=document.getElementById('live'),n=log.
 var ws=new WebSocket((location.protocol==='https:'?'wss://':'ws://')+location.host+'/v1/ws/builds');
 ws.onopen=function(){ws.send(JSON.stringify({type:'subscribe',drv:drv}));};
 ws.onmessage=function(m){var e=JSON.parse(m.data);
+if(e.type==='subscribed')document.documentElement.dataset.live='subscribed';
 if(e.type==='log_line'&&e.drv===drv&&e.attempt===att){
 var end=window.innerHeight+window.scrollY>=document.body.offsetHeight-50;
 n++;var d=document.createElement('div');d.id='L'+n;var a=document.createElement('a');a.className='n';a.href='#L'+n;
