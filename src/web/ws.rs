@@ -206,7 +206,7 @@ async fn write_loop(
     ctrl: async_channel::Receiver<(u8, Vec<u8>)>,
 ) {
     loop {
-        let next = futures_lite::future::or(async { ctrl.recv().await.ok().map(|(op, p)| (op, p)) }, async {
+        let next = futures_lite::future::or(async { ctrl.recv().await.ok() }, async {
             events.recv().await.ok().map(|t| (0x1, t.as_bytes().to_vec()))
         })
         .await;
@@ -242,7 +242,12 @@ struct Session {
 struct Closing(u16, &'static str);
 
 impl Session {
-    async fn read_loop(self, mut stream: TcpStream, early: Vec<u8>, ctrl: async_channel::Sender<(u8, Vec<u8>)>) {
+    async fn read_loop(
+        self,
+        mut stream: TcpStream,
+        early: Vec<u8>,
+        ctrl: async_channel::Sender<(u8, Vec<u8>)>,
+    ) {
         let mut input = Input { stream: &mut stream, buf: early };
         let closing = loop {
             match input.frame().await {
@@ -282,7 +287,11 @@ impl Session {
             "subscribe" => true,
             "unsubscribe" => false,
             "ping" => return json!({ "type": "pong" }),
-            other => return error(format!("unknown message type `{other}`: expected subscribe, unsubscribe or ping")),
+            other => {
+                return error(format!(
+                    "unknown message type `{other}`: expected subscribe, unsubscribe or ping"
+                ))
+            }
         };
         let done = if v.get("all").and_then(Value::as_bool) == Some(true) {
             if subscribe && !self.viewer.reads_all() {
@@ -312,7 +321,9 @@ impl Session {
             });
             json!({ "type": if subscribe { "subscribed" } else { "unsubscribed" }, "drv": drv })
         } else if v.get("commit").is_some() || v.get("job").is_some() {
-            return error("subscribing by commit or job is not supported yet: subscribe to `drv` or `all`".into());
+            return error(
+                "subscribing by commit or job is not supported yet: subscribe to `drv` or `all`".into(),
+            );
         } else {
             return error("expected one of `drv` or `all`".into());
         };
@@ -345,7 +356,8 @@ impl Input<'_> {
             return Ok(None);
         }
         let (b0, b1) = (self.buf[0], self.buf[1]);
-        let (fin, rsv, opcode, masked, len7) = (b0 & 0x80 != 0, b0 & 0x70, b0 & 0x0f, b1 & 0x80 != 0, b1 & 0x7f);
+        let (fin, rsv, opcode, masked, len7) =
+            (b0 & 0x80 != 0, b0 & 0x70, b0 & 0x0f, b1 & 0x80 != 0, b1 & 0x7f);
         if rsv != 0 {
             return Err(Closing(1002, "reserved bits set"));
         }

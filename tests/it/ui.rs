@@ -3,7 +3,8 @@
 //! builds, one failing with ANSI colours in its log); the browser then opens the pages as a person
 //! would: refused without a token (local repositories are private), and with a token (sent as a header
 //! through chromedriver's DevTools bridge) the commit page, the link to the failing build's log, the
-//! jobset filtered by state, the derivation page and the dashboard. Skips with a printed reason only when
+//! jobset filtered by state, the derivation page and the dashboard; then a running build's log page
+//! growing and its derivation page changing state without a reload (`/v1/ws/builds`). Skips with a printed reason only when
 //! chromedriver is not installed (CI installs it). With `EKA_CI_UI_SCREENSHOTS=<dir>` each page is also
 //! saved as a PNG there (docs/ui/ holds the ones docs/ui.md shows).
 

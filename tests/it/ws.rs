@@ -250,7 +250,8 @@ fn live_build_events_over_a_websocket() {
         }
     });
     let next_tick = |what: &str| loop {
-        let v = events.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("no log line {what}"));
+        let v =
+            events.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("no log line {what}"));
         assert_eq!(v["drv"], slow.as_str(), "{v}");
         if v["type"] == "log_line" && v["line"].as_str().is_some_and(|l| l.starts_with("tick ")) {
             assert_eq!(v["attempt"], 1, "{v}");
