@@ -519,25 +519,8 @@ fn ui_log_follows_a_running_build() {
 "#,
         gate = gate.display()
     );
-    let repo = GitRepo::new();
-    let base = repo.commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some("{}"))]);
-    let head = repo.commit("head", &[("default.nix", Some(&nix))]);
-    let mut review = home.spawn_review(&repo, &base, &head);
-
-    let suffix = format!("-slow-{nonce}.drv");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let slow = loop {
-        assert!(Instant::now() < deadline, "the slow build never showed up in /v1/builds/active");
-        let (code, v) = common::get_json(&addr, "/v1/builds/active");
-        assert_eq!(code, 200, "{v}");
-        let found = v["builds"].as_array().and_then(|b| {
-            b.iter().find_map(|b| b["drv"].as_str().filter(|d| d.ends_with(&suffix)).map(str::to_string))
-        });
-        if let Some(d) = found {
-            break d;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut running = common::start_slow_build(&home, &addr, &nonce, &nix);
+    let slow = running.drv.clone();
     let page = format!("http://{addr}/ui/logs/{}", slow.trim_start_matches("/nix/store/"));
 
     let browser = driver.session(Some(&token));
@@ -589,7 +572,7 @@ fn ui_log_follows_a_running_build() {
     }
     assert_eq!(browser.run("return window.ekaMark;", json!([])), "kept");
     let _ = std::fs::remove_file(&gate);
-    let _ = review.wait();
+    let _ = running.review.wait();
     drop(browser);
     drop(server);
 }

@@ -9,14 +9,12 @@ use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{http_get, GitRepo, Home, CLI, NIX_PRELUDE};
+use common::{http_get, Home, NIX_PRELUDE};
 use serde_json::{json, Value};
 
-const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 /// RFC 6455's example: the accept value for [`KEY`].
 const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
@@ -197,33 +195,8 @@ fn live_build_events_over_a_websocket() {
 "#,
         gate = gate.display()
     );
-    let repo = GitRepo::new();
-    let base = repo.commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some("{}"))]);
-    let head = repo.commit("head", &[("default.nix", Some(&nix))]);
-    let mut review = home
-        .command(CLI)
-        .arg("--socket")
-        .arg(home.socket())
-        .args(["review", "--repo", &repo.path().display().to_string(), "--base", &base, "--head", &head])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ekaci review");
-
-    let suffix = format!("-slow-{nonce}.drv");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let slow = loop {
-        assert!(Instant::now() < deadline, "the slow build never showed up in /v1/builds/active");
-        let (code, v) = common::get_json(&addr, "/v1/builds/active");
-        assert_eq!(code, 200, "{v}");
-        let found = v["builds"].as_array().and_then(|b| {
-            b.iter().find_map(|b| b["drv"].as_str().filter(|d| d.ends_with(&suffix)).map(str::to_string))
-        });
-        if let Some(d) = found {
-            break d;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut running = common::start_slow_build(&home, &addr, &nonce, &nix);
+    let slow = running.drv.clone();
 
     // An anonymous client (public_read is on by default) may connect, but not read a local (private)
     // jobset's derivation nor everything.
@@ -325,7 +298,7 @@ fn live_build_events_over_a_websocket() {
     assert_eq!(bystander.close_code(), Some(1000));
 
     let _ = std::fs::remove_file(&gate);
-    let _ = review.wait();
+    let _ = running.review.wait();
     drop(events);
     drop(server);
     let _ = reader.join();
