@@ -28,6 +28,11 @@ pub const PATH: &str = "/v1/ws/builds";
 pub const MAX_MESSAGE_BYTES: usize = 4096;
 /// A frame the client does not take within this long ends the connection.
 const WRITE_STALL: Duration = Duration::from_secs(30);
+/// How often an idle connection is pinged (a peer that vanished then fails a write within
+/// [`WRITE_STALL`] and its slot is freed).
+const PING_EVERY: Duration = Duration::from_secs(30);
+/// Derivations one client may subscribe to.
+pub const MAX_SUBSCRIPTIONS: usize = 1000;
 /// The kernel's send buffer of a WebSocket connection: with the client queue, all a slow client holds.
 const SEND_BUFFER: usize = 32 * 1024;
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -208,6 +213,10 @@ async fn write_loop(
     loop {
         let next = futures_lite::future::or(async { ctrl.recv().await.ok() }, async {
             events.recv().await.ok().map(|t| (0x1, t.as_bytes().to_vec()))
+        });
+        let next = futures_lite::future::or(next, async {
+            smol::Timer::after(PING_EVERY).await;
+            Some((0x9, Vec::new()))
         })
         .await;
         let Some((opcode, payload)) = next else {
@@ -312,13 +321,19 @@ impl Session {
                 }
             }
             let d = drv.clone();
-            crate::live::update(self.id, move |s| {
-                if subscribe {
+            let mut full = false;
+            crate::live::update(self.id, |s| {
+                if !subscribe {
+                    s.drvs.remove(&d);
+                } else if s.drvs.len() < MAX_SUBSCRIPTIONS || s.drvs.contains(&d) {
                     s.drvs.insert(d);
                 } else {
-                    s.drvs.remove(&d);
+                    full = true;
                 }
             });
+            if full {
+                return error(format!("at most {MAX_SUBSCRIPTIONS} derivations per connection"));
+            }
             json!({ "type": if subscribe { "subscribed" } else { "unsubscribed" }, "drv": drv })
         } else if v.get("commit").is_some() || v.get("job").is_some() {
             return error(

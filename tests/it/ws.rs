@@ -293,6 +293,16 @@ fn live_build_events_over_a_websocket() {
     bystander.send(json!({ "type": "unsubscribe", "drv": other }));
     assert_eq!(bystander.recv(), json!({ "type": "unsubscribed", "drv": other }));
 
+    // A WebSocket ping is answered with a pong carrying its payload.
+    bystander.send_frame(0x9, b"are you there", true);
+    let pong = loop {
+        match bystander.frame().expect("a pong") {
+            (0x9, _) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(pong, (0xA, b"are you there".to_vec()));
+
     // A close frame is answered with a close frame.
     bystander.send_frame(0x8, &1000u16.to_be_bytes(), true);
     assert_eq!(bystander.close_code(), Some(1000));
