@@ -155,3 +155,38 @@ pub fn state_change(drv: &str, state: &str, attempt: u32, at_ms: u64) {
 pub fn log_line(drv: &str, attempt: u32, line: &str) {
     publish(drv, || serde_json::json!({ "type": "log_line", "drv": drv, "attempt": attempt, "line": line }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_only_that_client_and_counts_it() {
+        let drv = "/nix/store/00000000000000000000000000000000-live-unit-test.drv";
+        let dropped = || crate::metrics::global().ws_clients_dropped.get();
+        let before = dropped();
+        let slow = register();
+        let reader = register();
+        let other = register();
+        assert!(update(slow.id, |s| _ = s.drvs.insert(drv.to_string())));
+        assert!(update(reader.id, |s| _ = s.drvs.insert(drv.to_string())));
+        for i in 0..=CLIENT_QUEUE {
+            log_line(drv, 1, &format!("line {i}"));
+            // The reader keeps up.
+            let got = reader.rx.try_recv().expect("the reader's event");
+            assert!(got.contains(&format!("\"line {i}\"")), "{got}");
+        }
+        assert!(slow.rx.is_closed(), "the client that did not read is dropped");
+        assert_eq!(slow.rx.len(), CLIENT_QUEUE, "what it had queued stays readable");
+        assert!(dropped() > before);
+        assert!(!update(slow.id, |_| {}), "and no longer registered");
+        assert!(other.rx.is_empty(), "a client subscribed to nothing gets nothing");
+        state_change(drv, "success", 1, 7);
+        let got: serde_json::Value =
+            serde_json::from_str(&reader.rx.try_recv().expect("event")).expect("JSON");
+        assert_eq!(
+            got,
+            serde_json::json!({"type": "build_state_change", "drv": drv, "state": "success", "attempt": 1, "time_ms": 7})
+        );
+    }
+}
