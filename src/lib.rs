@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod forge;
 pub mod graph;
 pub mod jobset;
+pub mod live;
 pub mod metrics;
 pub mod nix;
 pub mod paths;

@@ -64,6 +64,10 @@ pub struct Metrics {
     pub builder_up: IntGaugeVec,
     /// HTTP connections open now, over every listener (`web::conn`).
     pub http_connections_open: IntGauge,
+    /// `/v1/ws/builds` clients connected now.
+    pub ws_clients: IntGauge,
+    /// `/v1/ws/builds` clients dropped because their event buffer was full (they did not read).
+    pub ws_clients_dropped: IntCounter,
     /// HTTP connections closed by the server's limits, by reason: cap, reserved, header_timeout,
     /// head_too_large.
     pub http_connections_refused: IntCounterVec,
@@ -262,6 +266,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(rebuild_impact_traversal_duration.clone()))?;
     let http_connections_open =
         IntGauge::new("eka_ci_http_connections_open", "HTTP connections open now, over every listener")?;
+    let ws_clients = IntGauge::new("eka_ci_ws_clients", "Clients of /v1/ws/builds connected now")?;
+    let ws_clients_dropped = IntCounter::new(
+        "eka_ci_ws_clients_dropped_total",
+        "Clients of /v1/ws/builds dropped because they did not read their events in time",
+    )?;
     let http_connections_refused = IntCounterVec::new(
         Opts::new(
             "eka_ci_http_connections_refused_total",
@@ -308,6 +317,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(cache_push_total.clone()))?;
     registry.register(Box::new(cache_push_seconds.clone()))?;
     registry.register(Box::new(http_connections_open.clone()))?;
+    registry.register(Box::new(ws_clients.clone()))?;
+    registry.register(Box::new(ws_clients_dropped.clone()))?;
     registry.register(Box::new(http_connections_refused.clone()))?;
     registry.register(Box::new(github_events_lenient.clone()))?;
     registry.register(Box::new(build_info.clone()))?;
@@ -344,6 +355,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         service_restarts,
         builder_up,
         http_connections_open,
+        ws_clients,
+        ws_clients_dropped,
         http_connections_refused,
         github_events_lenient,
         cache_push_total,

@@ -75,6 +75,7 @@ pub fn start_error(error: &crate::nix::build::BuildError) -> BatchError {
 /// receives. Dropping the future kills the Nix child and its builders at once (the runner's guarantee).
 pub async fn drive(spec: BatchSpec, kill: Receiver<()>, out: impl Fn(BatchMsg) -> Option<()>) {
     let (tx, rx): (Sender<BuildEvent>, Receiver<BuildEvent>) = async_channel::unbounded();
+    let attempt_of = spec.batch.attempt_of.clone();
     let running = match crate::nix::build::start_batch(spec.batch, tx).await {
         Ok(r) => r,
         Err(e) => {
@@ -92,7 +93,9 @@ pub async fn drive(spec: BatchSpec, kill: Receiver<()>, out: impl Fn(BatchMsg) -
     let run = future::or(running.wait(), watch_kill);
     let forward = async {
         while let Ok(event) = rx.recv().await {
-            if matches!(event, BuildEvent::Log { .. }) {
+            if let BuildEvent::Log { drv, line } = &event {
+                // Live clients only (the loop never sees log lines).
+                crate::live::log_line(drv, attempt_of.get(drv).copied().unwrap_or(1), line);
                 continue;
             }
             if out(BatchMsg::Event(event)).is_none() {

@@ -195,6 +195,10 @@ pub async fn serve_connection(
                 return;
             }
         }
+        if super::ws::is_ws_request(&head) {
+            // The connection becomes a WebSocket (or is refused and closed); it keeps its slot.
+            return super::ws::serve(stream, head, app).await;
+        }
         lock(&shared).set_pending(head);
         let conn = Conn {
             stream: stream.clone(),

@@ -16,6 +16,7 @@
 //! | `github.rs` | `POST /github/webhook` |
 //! | `auto_merge.rs` | `POST /v1/prs/{owner}/{repo}/{n}/enable-auto-merge`, `…/disable-auto-merge` (admin, or a maintainer's GitHub token) |
 //! | `ui/` | `GET /ui/…`: the web UI's HTML pages (see `ui/mod.rs`) |
+//! | `ws.rs` | `GET /v1/ws/builds`: live build events over a WebSocket (`conn.rs` hands it the connection) |
 //! | `actions.rs` | `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`, `POST /v1/github/approve`, `GET`/`POST /v1/github/maintainers` (admin) |
 //!
 //! `conn.rs` is not a route group either: it serves one connection (the connection cap with its webhook
@@ -44,6 +45,7 @@ mod logs;
 mod metrics;
 mod summary;
 pub mod ui;
+pub mod ws;
 
 use std::rc::Rc;
 
@@ -122,6 +124,7 @@ pub fn app(state: AppState, split: Split) -> tide::Server<AppState> {
     actions::routes(&mut app);
     auto_merge::routes(&mut app);
     ui::routes(&mut app);
+    ws::routes(&mut app);
     app
 }
 

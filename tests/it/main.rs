@@ -51,3 +51,4 @@ mod summary;
 mod supervise;
 mod tidy;
 mod ui;
+mod ws;

@@ -3,7 +3,8 @@
 //! builds, one failing with ANSI colours in its log); the browser then opens the pages as a person
 //! would: refused without a token (local repositories are private), and with a token (sent as a header
 //! through chromedriver's DevTools bridge) the commit page, the link to the failing build's log, the
-//! jobset filtered by state, the derivation page and the dashboard. Skips with a printed reason only when
+//! jobset filtered by state, the derivation page and the dashboard; then a running build's log page
+//! growing and its derivation page changing state without a reload (`/v1/ws/builds`). Skips with a printed reason only when
 //! chromedriver is not installed (CI installs it). With `EKA_CI_UI_SCREENSHOTS=<dir>` each page is also
 //! saved as a PNG there (docs/ui/ holds the ones docs/ui.md shows).
 
@@ -502,5 +503,81 @@ fn ui_sign_in_and_admin_actions() {
     let (code, _, _) = http_request(&addr, "GET", "/ui/admin", &[("Cookie", &cookie)], b"");
     assert_eq!(code, 401);
     drop(alice);
+    drop(server);
+}
+
+/// The log page of a running build follows the log live (`/v1/ws/builds`): lines appear without a
+/// reload, and the page says when the build ends.
+#[test]
+fn ui_log_follows_a_running_build() {
+    let Some(driver) = Driver::start() else { return };
+    let nonce = common::nonce();
+    let home = Home::new();
+    let server = home.start();
+    let addr = server.http_address();
+    let token = home.token("ui-live-test", "read");
+    common::send_token(Some(&token));
+    let gate = std::env::temp_dir().join(format!("ekaci-ui-gate-{nonce}"));
+    let nix = format!(
+        r#"{NIX_PRELUDE}
+{{ slow = mk "slow-{nonce}" "i=0; while [ ! -e {gate} ]; do echo \"line $i\"; i=$((i+1)); /bin/sleep 0.2; done; echo slow > $out"; }}
+"#,
+        gate = gate.display()
+    );
+    let mut running = common::start_slow_build(&home, &addr, &nonce, &nix);
+    let slow = running.drv.clone();
+    let page = format!("http://{addr}/ui/logs/{}", slow.trim_start_matches("/nix/store/"));
+
+    let browser = driver.session(Some(&token));
+    // The log file appears once Nix has started the build.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        browser.open(&page);
+        if !browser.all("#live").is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no live log page: {}", browser.source());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    browser.wait_for("html[data-live='subscribed']");
+    // A mark that a reload would lose.
+    browser.run("window.ekaMark = 'kept';", json!([]));
+    let lines = |b: &Session| b.all("#log > div").len();
+    let start = lines(&browser);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines(&browser) < start + 3 {
+        assert!(Instant::now() < deadline, "the log did not grow: {}", browser.source());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(browser.run("return window.ekaMark;", json!([])), "kept", "the page was reloaded");
+    let n = lines(&browser);
+    let last = browser.text(&format!("#L{n}"));
+    assert!(last.starts_with(&n.to_string()) && last.contains("line "), "{last}");
+    browser.screenshot("log-live");
+
+    // The derivation page, in a second browser, follows the state.
+    let drv_page = driver.session(Some(&token));
+    drv_page.open(&format!("http://{addr}/ui/drvs/{}", slow.trim_start_matches("/nix/store/")));
+    assert_eq!(drv_page.attr("#state .badge", "data-state"), "building");
+    drv_page.wait_for("html[data-live='subscribed']");
+    drv_page.run("window.ekaMark = 'kept';", json!([]));
+
+    std::fs::write(&gate, b"").expect("open the gate");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while drv_page.attr("#state .badge", "data-state") != "success" {
+        assert!(Instant::now() < deadline, "the derivation page never showed success");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(drv_page.run("return window.ekaMark;", json!([])), "kept", "the page was reloaded");
+    drop(drv_page);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !browser.text("#live").contains("ended: success") {
+        assert!(Instant::now() < deadline, "the page never said the build ended: {}", browser.text("#live"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(browser.run("return window.ekaMark;", json!([])), "kept");
+    let _ = std::fs::remove_file(&gate);
+    let _ = running.review.wait();
+    drop(browser);
     drop(server);
 }

@@ -139,6 +139,8 @@ impl Engine {
         tracing::debug!(batch = %bid, builder = %spec.name, drvs = drvs.len(), "starting a batch");
         let mut batch = BuildBatch::new(drvs, self.cfg.logs_dir.clone());
         batch.attempt_of = attempt_of;
+        // Log lines also go to live clients (`crate::live`); a client may subscribe mid-build.
+        batch.live_log = true;
         // A child started next to running ones gets only the slots they leave idle, so the builder runs
         // about `max_jobs` builds (more only when the running batches' queued members become buildable).
         let (children, runnable) = self.slots.get(b).map_or((0, 0), |s| (s.children, s.runnable));

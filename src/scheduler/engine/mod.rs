@@ -146,6 +146,8 @@ struct Engine {
     /// Each builder's health, in pool order (see `engine/health.rs`).
     health: Vec<health::HealthMem>,
     writes: Writes,
+    /// Paths of nodes finished since the last commit, while live clients are connected (`announce`).
+    finished_paths: HashMap<DrvId, Rc<str>>,
     deferred: Vec<Deferred>,
     followups: Vec<Followup>,
     prio_dirty: bool,
@@ -223,6 +225,7 @@ impl Engine {
             slots,
             health,
             writes: Writes::default(),
+            finished_paths: HashMap::new(),
             deferred: Vec::new(),
             followups: Vec::new(),
             prio_dirty: false,
@@ -251,7 +254,10 @@ impl Engine {
         })
         .await;
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.announce(&writes);
+                Ok(())
+            }
             Err(e) => {
                 tracing::error!(error = %e, "recording build states failed; will retry");
                 // Newer writes (made while committing: none, the loop awaited) take precedence.
@@ -262,6 +268,25 @@ impl Engine {
                 self.writes.owners.extend(newer.owners);
                 Err(SchedulerError::Persist(e.to_string()))
             }
+        }
+    }
+
+    /// Publishes the committed state changes to live clients (`crate::live`; never waits).
+    fn announce(&mut self, writes: &Writes) {
+        let finished = std::mem::take(&mut self.finished_paths);
+        if !crate::live::wanted() {
+            return;
+        }
+        for (id, _, entry) in &writes.history {
+            let path = match self.nodes.get(id).map(|n| &n.path).or_else(|| finished.get(id)) {
+                Some(p) => p.to_string(),
+                // Not active (propagated failures, requeues): one graph read, usually cached.
+                None => match self.graph.path_of(*id) {
+                    Ok(p) => p,
+                    Err(_) => continue,
+                },
+            };
+            crate::live::state_change(&path, entry.state.name(), entry.attempt, entry.at_ms);
         }
     }
 
@@ -412,6 +437,10 @@ impl Engine {
         }
         self.unready(id);
         let Some(mut n) = self.nodes.remove(&id) else { return }; // present: checked above
+        if crate::live::wanted() {
+            // `announce` names it after the commit without reading the graph.
+            self.finished_paths.insert(id, n.path.clone());
+        }
         self.graph.unpin(id);
         self.building.remove(&id);
         self.count(n.sys, class(&n.rec.state), -1);

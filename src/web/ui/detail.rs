@@ -171,6 +171,9 @@ pub(super) async fn drv(req: tide::Request<AppState>) -> Result<Markup, ApiError
                 }
                 None => { p id="state" { "state: " (badge("none")) " never requested" } }
             }
+            @if status.as_ref().is_some_and(|s| matches!(s.state.name(), "queued" | "buildable" | "building" | "failed-retry")) {
+                script data-drv=(drv) { (maud::PreEscaped(STATE_JS)) }
+            }
             (super::admin::rebuild_button(&viewer, &drv))
             p { "system: " span.mono { (view.system) } }
             h2 { "Outputs" }
@@ -213,6 +216,40 @@ pub(super) async fn drv(req: tide::Request<AppState>) -> Result<Markup, ApiError
     ))
 }
 
+/// The derivation page of a derivation not done yet: its state badge follows `build_state_change`
+/// events of `/v1/ws/builds` (the details beside it are those of the page's load).
+const STATE_JS: &str = r#"(function(){
+var drv=document.currentScript.dataset.drv;
+var ws=new WebSocket((location.protocol==='https:'?'wss://':'ws://')+location.host+'/v1/ws/builds');
+ws.onopen=function(){ws.send(JSON.stringify({type:'subscribe',drv:drv}));};
+ws.onmessage=function(m){var e=JSON.parse(m.data);
+if(e.type==='subscribed')document.documentElement.dataset.live='subscribed';
+if(e.type!=='build_state_change'||e.drv!==drv)return;
+var b=document.querySelector('#state .badge');if(!b)return;
+var ok=['success','cached'],run=['building','queued','buildable'];
+b.textContent=e.state;b.dataset.state=e.state;
+b.className='badge '+(ok.indexOf(e.state)>=0?'ok':run.indexOf(e.state)>=0?'run':'bad');};
+})();"#;
+
+/// The log page of a running build: appends each `log_line` of `/v1/ws/builds` (ANSI codes dropped) and
+/// says when the build ends. Lines written between the page and the subscription are not shown.
+const FOLLOW_JS: &str = r#"(function(){
+var s=document.currentScript,drv=s.dataset.drv,att=+s.dataset.attempt;
+var log=document.getElementById('log'),st=document.getElementById('live'),n=log.children.length,done=false;
+var ws=new WebSocket((location.protocol==='https:'?'wss://':'ws://')+location.host+'/v1/ws/builds');
+ws.onopen=function(){ws.send(JSON.stringify({type:'subscribe',drv:drv}));};
+ws.onmessage=function(m){var e=JSON.parse(m.data);
+if(e.type==='subscribed')document.documentElement.dataset.live='subscribed';
+if(e.type==='log_line'&&e.drv===drv&&e.attempt===att){
+var end=window.innerHeight+window.scrollY>=document.body.offsetHeight-50;
+n++;var d=document.createElement('div');d.id='L'+n;var a=document.createElement('a');a.className='n';a.href='#L'+n;
+a.textContent=n;d.appendChild(a);d.appendChild(document.createTextNode(e.line.replace(/\x1b\[[0-9;]*[A-Za-z]/g,'')));
+log.appendChild(d);if(end)window.scrollTo(0,document.body.scrollHeight);}
+else if(e.type==='build_state_change'&&e.drv===drv&&e.state!=='building'){done=true;st.textContent='The build ended: '+e.state+'.';ws.close();}
+else if(e.type==='error'){st.textContent='No live updates: '+e.error;}};
+ws.onclose=function(){if(!done&&st.textContent.indexOf('Following')===0)st.textContent='Live updates ended; reload for the rest.';};
+})();"#;
+
 pub(super) async fn log(req: tide::Request<AppState>) -> Result<Markup, ApiError> {
     use futures_lite::io::AsyncSeekExt as _;
     let viewer = super::login::viewer(&req).await?;
@@ -234,6 +271,9 @@ pub(super) async fn log(req: tide::Request<AppState>) -> Result<Markup, ApiError
     })?;
     let text = String::from_utf8_lossy(&bytes);
     let lines = super::ansi::lines(&text);
+    // The latest attempt of a running build follows its log live (`/v1/ws/builds`).
+    let running = log.attempt == log.latest
+        && matches!(state.scheduler.state(&drv).await, Ok(Some(s)) if s.state.name() == "building");
     let raw = super::raw_log_href(&drv, log.attempt);
     Ok(layout(
         Some(&viewer),
@@ -257,6 +297,10 @@ pub(super) async fn log(req: tide::Request<AppState>) -> Result<Markup, ApiError
                         }
                     }
                 }
+            }
+            @if running {
+                p.muted id="live" { "Following the running build…" }
+                script data-drv=(drv) data-attempt=(log.attempt) { (maud::PreEscaped(FOLLOW_JS)) }
             }
         },
     ))

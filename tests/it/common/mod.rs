@@ -500,3 +500,36 @@ pub fn pipeline_in(dir: &Path) -> (eka_ci::store::Store, std::sync::Arc<eka_ci::
     );
     (store, pipeline)
 }
+
+/// A review running in the background whose derivation `slow-<nonce>` is building now.
+pub struct RunningBuild {
+    pub review: Child,
+    pub repo: GitRepo,
+    /// The `.drv` path of the building derivation.
+    pub drv: String,
+}
+
+/// Reviews a new repository whose head's `default.nix` is `nix` (a job with a derivation named
+/// `slow-<nonce>` that keeps building) on `home`'s server at `addr`, and waits until
+/// `/v1/builds/active` shows that derivation building (requests carry this thread's [`send_token`]).
+pub fn start_slow_build(home: &Home, addr: &str, nonce: &str, nix: &str) -> RunningBuild {
+    let repo = GitRepo::new();
+    let base = repo.commit("base", &[(".eka-ci/config.json", Some(FILE_JOB)), ("default.nix", Some("{}"))]);
+    let head = repo.commit("head", &[("default.nix", Some(nix))]);
+    let review = home.spawn_review(&repo, &base, &head);
+    let suffix = format!("-slow-{nonce}.drv");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let drv = loop {
+        assert!(Instant::now() < deadline, "the slow build never showed up in /v1/builds/active");
+        let (code, v) = get_json(addr, "/v1/builds/active");
+        assert_eq!(code, 200, "{v}");
+        let found = v["builds"].as_array().and_then(|b| {
+            b.iter().find_map(|b| b["drv"].as_str().filter(|d| d.ends_with(&suffix)).map(str::to_string))
+        });
+        if let Some(d) = found {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    RunningBuild { review, repo, drv }
+}
