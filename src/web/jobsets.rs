@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use super::drvs::{echo, ok_json, respond, state_json, ApiError};
 use super::AppState;
-use crate::jobset::{AttrOutcome, JobsetId, JobsetState};
+use crate::jobset::{AttrOutcome, JobsetId, JobsetState, ScanEntry, ScanKind};
 use crate::scheduler::state::{DrvState, Reader};
 use crate::store::StoreError;
 
@@ -156,8 +156,9 @@ pub(super) fn states_of_paths(
 
 /// The one reader of a jobset's attributes for `GET /v1/jobsets/{id}` and the web UI (read rules
 /// already applied), blocking: it reads the committed states directly, so a page never sends the
-/// scheduler loop a message per attribute. A filtered page scans the jobset in chunks of
-/// [`SCAN_CHUNK`] from `after` until `limit` attributes passed (or the jobset ends).
+/// scheduler loop a message per attribute. A filtered page of a finished jobset scans its scan index
+/// (attribute names and derivation ids, kept in memory by [`crate::jobset::Jobsets`]); one of a jobset
+/// still evaluating scans its records.
 pub fn read_page_blocking(
     jobsets: &crate::jobset::Jobsets,
     graph: &crate::graph::Graph,
@@ -177,14 +178,35 @@ pub fn read_page_blocking(
         let states = states_of(graph, &reader, &items)?;
         return Ok(PageRead { items, more, counted, states });
     }
-    let mut page = PageRead { items: Vec::new(), more: false, counted, states: HashMap::new() };
+    let mut page = if evaluating {
+        scan_records(jobsets, graph, &reader, id, after, limit, filter)?
+    } else {
+        scan_index(jobsets, graph, &reader, id, after, limit, filter)?
+    };
+    page.counted = counted;
+    explain_deferred(jobsets, id, &mut page.items)?;
+    Ok(page)
+}
+
+/// A filtered page of a jobset still evaluating: its records are decoded in chunks of [`SCAN_CHUNK`]
+/// from `after` until `limit` attributes passed (or the jobset ends).
+fn scan_records(
+    jobsets: &crate::jobset::Jobsets,
+    graph: &crate::graph::Graph,
+    reader: &Reader,
+    id: crate::jobset::JobsetId,
+    after: Option<String>,
+    limit: usize,
+    filter: &AttrFilter,
+) -> Result<PageRead, PageError> {
+    let mut page = PageRead { items: Vec::new(), more: false, counted: None, states: HashMap::new() };
     let mut cursor = after;
     loop {
         let (chunk, chunk_more) = jobsets.page(id, cursor.as_deref(), SCAN_CHUNK)?;
         cursor = chunk.last().map(|(a, _)| a.clone());
         let named: Vec<(String, AttrOutcome)> =
             chunk.into_iter().filter(|(a, _)| filter.name.as_deref().is_none_or(|n| a.contains(n))).collect();
-        let states = states_of(graph, &reader, &named)?;
+        let states = states_of(graph, reader, &named)?;
         for (attr, outcome) in named {
             let drv_state = match &outcome {
                 AttrOutcome::Drv(d) => states.get(&d.drv_path).map(|s| (d.drv_path.clone(), s.clone())),
@@ -205,8 +227,100 @@ pub fn read_page_blocking(
             break;
         }
     }
-    explain_deferred(jobsets, id, &mut page.items)?;
     Ok(page)
+}
+
+/// The scan index of finished jobset `id`: every attribute's name and derivation id, in attribute
+/// order. Built from the records once and kept by `jobsets` when every derivation is in the graph (one
+/// that is not yet would be read as "none" forever).
+fn scan_index_of(
+    jobsets: &crate::jobset::Jobsets,
+    graph: &crate::graph::Graph,
+    id: crate::jobset::JobsetId,
+) -> Result<std::sync::Arc<Vec<ScanEntry>>, PageError> {
+    if let Some(index) = jobsets.kept_scan(id) {
+        return Ok(index);
+    }
+    let (mut attrs, mut paths) = (Vec::new(), Vec::new());
+    jobsets.for_each_attr(id, |attr, outcome| {
+        attrs.push((attr.to_string(), matches!(outcome, AttrOutcome::Drv(_))));
+        if let AttrOutcome::Drv(d) = outcome {
+            paths.push(d.drv_path);
+        }
+        Ok(())
+    })?;
+    let mut ids = graph.ids_of(&paths)?.into_iter();
+    let mut complete = true;
+    let index: Vec<ScanEntry> = attrs
+        .into_iter()
+        .map(|(attr, is_drv)| {
+            let kind = if is_drv {
+                let found = ids.next().flatten().map(|d| d.0);
+                complete &= found.is_some();
+                ScanKind::Drv(found)
+            } else {
+                ScanKind::EvalError
+            };
+            ScanEntry { attr, kind }
+        })
+        .collect();
+    let index = std::sync::Arc::new(index);
+    if complete {
+        jobsets.keep_scan(id, index.clone());
+    }
+    Ok(index)
+}
+
+/// A filtered page of a finished jobset, from its scan index: names are matched on the index, build
+/// states are read by derivation id (no attribute record decoded, no .drv path looked up), and only the
+/// attributes listed are read whole.
+fn scan_index(
+    jobsets: &crate::jobset::Jobsets,
+    graph: &crate::graph::Graph,
+    reader: &Reader,
+    id: crate::jobset::JobsetId,
+    after: Option<String>,
+    limit: usize,
+    filter: &AttrFilter,
+) -> Result<PageRead, PageError> {
+    let index = scan_index_of(jobsets, graph, id)?;
+    let start = after.as_deref().map_or(0, |a| index.partition_point(|e| e.attr.as_str() <= a));
+    let (mut listed, mut more) = (Vec::new(), false);
+    for chunk in index[start..].chunks(SCAN_CHUNK) {
+        let named: Vec<&ScanEntry> =
+            chunk.iter().filter(|e| filter.name.as_deref().is_none_or(|n| e.attr.contains(n))).collect();
+        // States are read only when the filter asks for one a derivation can have.
+        let wants_drv_state = filter.state.as_deref().is_some_and(|s| s != "eval-error");
+        let states: HashMap<u32, &'static str> = if wants_drv_state {
+            let ids = named.iter().filter_map(|e| match e.kind {
+                ScanKind::Drv(d) => d.map(crate::graph::DrvId),
+                ScanKind::EvalError => None,
+            });
+            reader.states(ids)?.into_iter().map(|(d, r)| (d.0, r.state.name())).collect()
+        } else {
+            HashMap::new()
+        };
+        for e in named {
+            let name = match e.kind {
+                ScanKind::EvalError => "eval-error",
+                ScanKind::Drv(d) => d.and_then(|d| states.get(&d).copied()).unwrap_or("none"),
+            };
+            if filter.state.as_deref().is_some_and(|f| f != name) {
+                continue;
+            }
+            if listed.len() == limit {
+                more = true;
+                break;
+            }
+            listed.push(e.attr.clone());
+        }
+        if more {
+            break;
+        }
+    }
+    let items = jobsets.attrs(id, &listed)?;
+    let states = states_of(graph, reader, &items)?;
+    Ok(PageRead { items, more, counted: None, states })
 }
 
 /// Deferred errors (`nix::eval::is_deferred`) show Nix's message once a report has found it.
