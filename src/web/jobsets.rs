@@ -439,4 +439,140 @@ mod tests {
             assert_eq!(parse_id(bad).map_err(|e| e.status()), Err(400), "{bad}");
         }
     }
+
+    /// A finished jobset of `n` derivation attributes (`pkg000`…; one in three failed, one in three
+    /// built, the rest never requested), of which the first `missing` are not in the graph, plus two
+    /// evaluation errors.
+    fn jobset(
+        dir: &std::path::Path,
+        n: usize,
+        missing: usize,
+    ) -> (crate::jobset::Jobsets, crate::graph::Graph, crate::store::Store, crate::jobset::Jobset) {
+        use crate::jobset::{AttrDrv, Begin, JobsetKey};
+        use crate::scheduler::state::{DrvRecord, Writes};
+        use crate::scheduler::Completion;
+        let path = |v: usize| format!("{}/{:032}-pkg-{v}.drv", dir.display(), v);
+        let out = |v: usize| format!("/nix/store/{:032}-pkg-{v}", v);
+        for v in 0..n {
+            let text = format!(
+                "Derive([(\"out\",\"{o}\",\"\",\"\")],[],[],\"x86_64-linux\",\"/bin/sh\",[],[(\"name\",\"pkg-{v}\"),(\"out\",\"{o}\")])",
+                o = out(v)
+            );
+            std::fs::write(path(v), text).expect("write drv");
+        }
+        let store = crate::store::Store::open(&dir.join("db.redb")).expect("store");
+        let graph = crate::graph::Graph::open(store.clone(), n + 1).expect("graph");
+        let roots: Vec<String> = (missing..n).map(path).collect();
+        graph.discover_blocking(&roots).expect("discover");
+        let jobsets = crate::jobset::Jobsets::new(store.clone());
+        let key = JobsetKey { repo: "r".into(), commit: "a".repeat(40), job: "j".into() };
+        let Ok(Begin::New(id)) = jobsets.begin(&key, true) else { panic!("a new jobset") };
+        let mut writer = jobsets.writer(id);
+        let mut attrs: Vec<(String, AttrOutcome)> = (0..n)
+            .map(|v| {
+                let drv = AttrDrv {
+                    drv_path: path(v),
+                    name: format!("pkg-{v}"),
+                    system: "x86_64-linux".into(),
+                    outputs: vec![("out".into(), out(v))],
+                    meta_json: None,
+                    required_system_features: vec![],
+                };
+                (format!("pkg{v:03}"), AttrOutcome::Drv(drv))
+            })
+            .collect();
+        attrs.push(("broken1".into(), AttrOutcome::Error { message: "boom".into() }));
+        attrs.push(("pkg050x".into(), AttrOutcome::Error { message: "boom".into() }));
+        attrs.sort_by(|a, b| a.0.cmp(&b.0));
+        for (a, o) in attrs {
+            writer.push(a, o).expect("push");
+        }
+        writer.flush().expect("flush");
+        let header = jobsets.finish(id, JobsetState::Evaluated).expect("finish");
+        let mut writes = Writes::default();
+        for (v, drv_id) in graph.ids_of(&roots).expect("ids").into_iter().enumerate() {
+            let v = v + missing;
+            let mut rec = DrvRecord::new();
+            rec.state = match v % 3 {
+                0 => {
+                    DrvState::Completed(Completion::Failure { message: "exit 1".into(), exit_code: Some(1) })
+                }
+                1 => DrvState::Completed(Completion::Success),
+                _ => continue,
+            };
+            writes.states.insert(drv_id.expect("discovered"), rec);
+        }
+        writes.commit(&store).expect("commit");
+        (jobsets, graph, store, header)
+    }
+
+    /// Every page of `filter` read with pages of `limit`, as (attribute, state name) pairs.
+    fn all_pages(
+        t: &(crate::jobset::Jobsets, crate::graph::Graph, crate::store::Store, crate::jobset::Jobset),
+        filter: &AttrFilter,
+        limit: usize,
+        by_records: bool,
+    ) -> Vec<(String, String)> {
+        let (jobsets, graph, store, header) = t;
+        let reader = Reader::new(store).expect("reader");
+        let (mut out, mut after) = (Vec::new(), None);
+        loop {
+            let page = if by_records {
+                scan_records(jobsets, graph, &reader, header.id, after.clone(), limit, filter)
+            } else {
+                read_page_blocking(jobsets, graph, store, header, after.clone(), limit, filter)
+            }
+            .expect("page");
+            assert!(page.items.len() <= limit);
+            for (a, o) in &page.items {
+                let s = match o {
+                    AttrOutcome::Drv(d) => page.states.get(&d.drv_path),
+                    AttrOutcome::Error { .. } => None,
+                };
+                out.push((a.clone(), attr_state_name(o, s).to_string()));
+            }
+            after = page.items.last().map(|(a, _)| a.clone());
+            if !page.more {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn the_scan_index_lists_what_a_scan_of_the_records_lists() {
+        for missing in [0, 4] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let t = jobset(dir.path(), 120, missing);
+            let f = |name: Option<&str>, state: Option<&str>| AttrFilter {
+                name: name.map(str::to_string),
+                state: state.map(str::to_string),
+            };
+            let filters = [
+                f(None, Some("failure")),
+                f(None, Some("success")),
+                f(None, Some("none")),
+                f(None, Some("eval-error")),
+                f(None, Some("building")),
+                f(Some("pkg05"), None),
+                f(Some("pkg05"), Some("eval-error")),
+                f(Some("1"), Some("failure")),
+            ];
+            for filter in &filters {
+                for limit in [1, 7, 500] {
+                    let indexed = all_pages(&t, filter, limit, false);
+                    assert_eq!(indexed, all_pages(&t, filter, limit, true), "{filter:?} by {limit}");
+                    if let Some(s) = &filter.state {
+                        assert!(indexed.iter().all(|(_, n)| n == s), "{filter:?}: {indexed:?}");
+                    }
+                }
+            }
+            let count = |state: &str| all_pages(&t, &f(None, Some(state)), 500, false).len();
+            assert_eq!(count("failure"), (missing..120).filter(|v| v % 3 == 0).count());
+            assert_eq!(count("eval-error"), 2);
+            assert_eq!(count("none"), (missing..120).filter(|v| v % 3 == 2).count() + missing);
+            assert_eq!(count("building"), 0);
+            // A complete jobset's index is kept; one with derivations outside the graph is not.
+            assert_eq!(t.0.kept_scan(t.3.id).is_some(), missing == 0);
+        }
+    }
 }

@@ -705,7 +705,8 @@ fn a_signed_in_reader_of_a_private_repository_sees_its_derivations_and_logs() {
     s.fake.set_oauth_app("web-ui", "web-ui-secret");
     s.fake.grant_read(REPO, "carol");
     let mut body: Value =
-        serde_json::from_slice(&pull_request("opened", 41, f.path(), &head, &base, false, "octocat")).expect("json");
+        serde_json::from_slice(&pull_request("opened", 41, f.path(), &head, &base, false, "octocat"))
+            .expect("json");
     body["repository"]["private"] = json!(true);
     assert_eq!(s.deliver("pull_request", "d-private", &serde_json::to_vec(&body).expect("encode")), 202);
     assert_eq!(s.wait_completed(&head, GATE)["conclusion"], "success");
