@@ -146,7 +146,7 @@ pub struct Jobsets {
     /// jobsets used recently: a review that just reused an old jobset has not registered its builds yet.
     used: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<JobsetId, std::time::Instant>>>,
     /// Scan indexes of recently filtered finished jobsets, most recently used last (shared by clones).
-    scans: std::sync::Arc<std::sync::Mutex<Vec<(JobsetId, std::sync::Arc<Vec<ScanEntry>>)>>>,
+    scans: std::sync::Arc<std::sync::Mutex<Vec<(JobsetId, ScanIndex)>>>,
 }
 
 /// One attribute of a finished jobset as a filtered page scans it, without its record: what a state or
@@ -156,6 +156,9 @@ pub struct ScanEntry {
     pub attr: String,
     pub kind: ScanKind,
 }
+
+/// A finished jobset's attributes as filtered pages scan them, in attribute order.
+pub type ScanIndex = std::sync::Arc<Vec<ScanEntry>>;
 
 /// What a [`ScanEntry`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,7 +369,7 @@ impl Jobsets {
     }
 
     /// The scan index kept for jobset `id`, if any (see [`Jobsets::keep_scan`]).
-    pub fn kept_scan(&self, id: JobsetId) -> Option<std::sync::Arc<Vec<ScanEntry>>> {
+    pub fn kept_scan(&self, id: JobsetId) -> Option<ScanIndex> {
         let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
         let at = scans.iter().position(|(k, _)| *k == id)?;
         let entry = scans.remove(at);
@@ -378,7 +381,7 @@ impl Jobsets {
     /// Keeps `index`, the scan index of jobset `id`, for later filtered pages. Only for a finished
     /// (evaluated) jobset: its attributes never change and its id is never reused; a removed jobset's
     /// index is dropped. The least recently used index goes beyond [`SCANS_KEPT`].
-    pub fn keep_scan(&self, id: JobsetId, index: std::sync::Arc<Vec<ScanEntry>>) {
+    pub fn keep_scan(&self, id: JobsetId, index: ScanIndex) {
         let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
         scans.retain(|(k, _)| *k != id);
         if scans.len() == SCANS_KEPT {

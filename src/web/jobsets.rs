@@ -271,6 +271,21 @@ fn scan_index_of(
     Ok(index)
 }
 
+/// Builds and keeps the scan index of finished jobset `header` in the background unless it is kept
+/// already, so that the filters of a page just shown do not pay for it. A failure is only logged.
+pub(super) fn warm_scan_index(state: &AppState, header: &crate::jobset::Jobset) {
+    if header.state != JobsetState::Evaluated || state.jobsets.kept_scan(header.id).is_some() {
+        return;
+    }
+    let (jobsets, graph, id) = (state.jobsets.clone(), state.graph.clone(), header.id);
+    smol::spawn(smol::unblock(move || {
+        if let Err(e) = scan_index_of(&jobsets, &graph, id) {
+            tracing::warn!(error = %e, jobset = id.0, "web UI: building a jobset's scan index failed");
+        }
+    }))
+    .detach();
+}
+
 /// A filtered page of a finished jobset, from its scan index: names are matched on the index, build
 /// states are read by derivation id (no attribute record decoded, no .drv path looked up), and only the
 /// attributes listed are read whole.

@@ -74,6 +74,7 @@ pub(super) async fn jobset(req: tide::Request<AppState>) -> Result<Markup, ApiEr
         }
     }
     let page = read_page(state, &header, after.clone(), PAGE_SIZE, filter.clone()).await?;
+    crate::web::jobsets::warm_scan_index(state, &header);
     let total = page.counted.unwrap_or(header.derivations + header.errors);
     let mut next = None;
     if page.more {
