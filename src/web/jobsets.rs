@@ -178,27 +178,28 @@ pub fn read_page_blocking(
         let states = states_of(graph, &reader, &items)?;
         return Ok(PageRead { items, more, counted, states });
     }
-    let mut page = if evaluating {
-        scan_records(jobsets, graph, &reader, id, after, limit, filter)?
-    } else {
-        scan_index(jobsets, graph, &reader, id, after, limit, filter)?
-    };
+    let scan = Scan { jobsets, graph, reader: &reader, id, limit, filter };
+    let mut page = if evaluating { scan_records(&scan, after)? } else { scan_index(&scan, after)? };
     page.counted = counted;
     explain_deferred(jobsets, id, &mut page.items)?;
     Ok(page)
 }
 
+/// What a filtered page scans: jobset `id` for at most `limit` attributes passing `filter`.
+#[derive(Clone, Copy)]
+struct Scan<'a> {
+    jobsets: &'a crate::jobset::Jobsets,
+    graph: &'a crate::graph::Graph,
+    reader: &'a Reader,
+    id: crate::jobset::JobsetId,
+    limit: usize,
+    filter: &'a AttrFilter,
+}
+
 /// A filtered page of a jobset still evaluating: its records are decoded in chunks of [`SCAN_CHUNK`]
 /// from `after` until `limit` attributes passed (or the jobset ends).
-fn scan_records(
-    jobsets: &crate::jobset::Jobsets,
-    graph: &crate::graph::Graph,
-    reader: &Reader,
-    id: crate::jobset::JobsetId,
-    after: Option<String>,
-    limit: usize,
-    filter: &AttrFilter,
-) -> Result<PageRead, PageError> {
+fn scan_records(scan: &Scan<'_>, after: Option<String>) -> Result<PageRead, PageError> {
+    let Scan { jobsets, graph, reader, id, limit, filter } = *scan;
     let mut page = PageRead { items: Vec::new(), more: false, counted: None, states: HashMap::new() };
     let mut cursor = after;
     loop {
@@ -289,15 +290,8 @@ pub(super) fn warm_scan_index(state: &AppState, header: &crate::jobset::Jobset) 
 /// A filtered page of a finished jobset, from its scan index: names are matched on the index, build
 /// states are read by derivation id (no attribute record decoded, no .drv path looked up), and only the
 /// attributes listed are read whole.
-fn scan_index(
-    jobsets: &crate::jobset::Jobsets,
-    graph: &crate::graph::Graph,
-    reader: &Reader,
-    id: crate::jobset::JobsetId,
-    after: Option<String>,
-    limit: usize,
-    filter: &AttrFilter,
-) -> Result<PageRead, PageError> {
+fn scan_index(scan: &Scan<'_>, after: Option<String>) -> Result<PageRead, PageError> {
+    let Scan { jobsets, graph, reader, id, limit, filter } = *scan;
     let index = scan_index_of(jobsets, graph, id)?;
     let start = after.as_deref().map_or(0, |a| index.partition_point(|e| e.attr.as_str() <= a));
     let (mut listed, mut more) = (Vec::new(), false);
@@ -533,7 +527,8 @@ mod tests {
         let (mut out, mut after) = (Vec::new(), None);
         loop {
             let page = if by_records {
-                scan_records(jobsets, graph, &reader, header.id, after.clone(), limit, filter)
+                let scan = Scan { jobsets, graph, reader: &reader, id: header.id, limit, filter };
+                scan_records(&scan, after.clone())
             } else {
                 read_page_blocking(jobsets, graph, store, header, after.clone(), limit, filter)
             }
