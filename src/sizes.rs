@@ -444,7 +444,7 @@ pub fn human_bytes(n: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
-fn signed_percent(p: Option<f64>) -> String {
+pub fn signed_percent(p: Option<f64>) -> String {
     match p {
         Some(p) => format!("{p:+.1} %"),
         None => "new".into(),

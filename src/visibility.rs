@@ -98,6 +98,40 @@ pub fn drv_is_public(store: &Store, graph: &Graph, drv: &str) -> Result<bool, Vi
     Ok(table.get(id.0).map_err(StoreError::from)?.is_some())
 }
 
+/// The repositories (identities as jobsets record them) whose builds need derivation `drv`: those of the
+/// jobsets owning builds (`build_owners`) with a root that is `drv` or depends on it, sorted. What a
+/// signed-in user's right to read a private derivation (and its logs) is checked against.
+pub fn repos_of_drv(
+    store: &Store,
+    graph: &Graph,
+    jobsets: &Jobsets,
+    drv: &str,
+) -> Result<Vec<String>, VisibilityError> {
+    let Some(id) = graph.id_of(drv)? else { return Ok(Vec::new()) };
+    // `drv` and everything that depends on it, transitively.
+    let mut above: HashSet<u32> = HashSet::new();
+    let mut stack = vec![id];
+    while let Some(d) = stack.pop() {
+        if above.insert(d.0) {
+            stack.extend(graph.dependents(d)?);
+        }
+    }
+    let owners = crate::scheduler::state::Reader::new(store)?.owners()?;
+    let mut repos = Vec::new();
+    for (owner, rec) in owners {
+        let crate::scheduler::Owner::Jobset(jobset) = owner else { continue };
+        if !graph.ids_of(&rec.roots)?.into_iter().flatten().any(|r| above.contains(&r.0)) {
+            continue;
+        }
+        if let Some(j) = jobsets.get(jobset)? {
+            repos.push(j.key.repo);
+        }
+    }
+    repos.sort();
+    repos.dedup();
+    Ok(repos)
+}
+
 /// Marks every derivation reachable from the attributes of `jobsets` public; returns how many were newly
 /// marked. The walk stops at derivations already marked, so marking the next commit of the same public
 /// repository costs what changed. Call it only for jobsets of a public repository.

@@ -145,14 +145,38 @@ pub struct Jobsets {
     /// When this process last began (evaluated or reused) each jobset (shared by clones). Retention keeps
     /// jobsets used recently: a review that just reused an old jobset has not registered its builds yet.
     used: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<JobsetId, std::time::Instant>>>,
+    /// Scan indexes of recently filtered finished jobsets, most recently used last (shared by clones).
+    scans: std::sync::Arc<std::sync::Mutex<Vec<(JobsetId, ScanIndex)>>>,
 }
+
+/// One attribute of a finished jobset as a filtered page scans it, without its record: what a state or
+/// name filter needs, so a scan decodes no attribute record and looks up no .drv path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanEntry {
+    pub attr: String,
+    pub kind: ScanKind,
+}
+
+/// A finished jobset's attributes as filtered pages scan them, in attribute order.
+pub type ScanIndex = std::sync::Arc<Vec<ScanEntry>>;
+
+/// What a [`ScanEntry`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanKind {
+    EvalError,
+    /// A derivation, with its graph id (`None`: not in the graph).
+    Drv(Option<u32>),
+}
+
+/// How many finished jobsets' scan indexes are kept in memory (about 60 bytes per attribute).
+const SCANS_KEPT: usize = 4;
 
 /// How many attribute records are committed per write transaction while an evaluation streams in.
 const WRITE_BATCH: usize = 2000;
 
 impl Jobsets {
     pub fn new(store: Store) -> Jobsets {
-        Jobsets { store, used: Default::default() }
+        Jobsets { store, used: Default::default(), scans: Default::default() }
     }
 
     fn mark_used(&self, id: JobsetId) {
@@ -339,7 +363,44 @@ impl Jobsets {
             }
         }
         tx.commit()?;
+        let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
+        scans.retain(|(k, _)| !ids.contains(k));
         Ok(removed)
+    }
+
+    /// The scan index kept for jobset `id`, if any (see [`Jobsets::keep_scan`]).
+    pub fn kept_scan(&self, id: JobsetId) -> Option<ScanIndex> {
+        let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
+        let at = scans.iter().position(|(k, _)| *k == id)?;
+        let entry = scans.remove(at);
+        let index = entry.1.clone();
+        scans.push(entry);
+        Some(index)
+    }
+
+    /// Keeps `index`, the scan index of jobset `id`, for later filtered pages. Only for a finished
+    /// (evaluated) jobset: its attributes never change and its id is never reused; a removed jobset's
+    /// index is dropped. The least recently used index goes beyond [`SCANS_KEPT`].
+    pub fn keep_scan(&self, id: JobsetId, index: ScanIndex) {
+        let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
+        scans.retain(|(k, _)| *k != id);
+        if scans.len() == SCANS_KEPT {
+            scans.remove(0);
+        }
+        scans.push((id, index));
+    }
+
+    /// Attributes `names` of jobset `id` (those that exist), in one read transaction.
+    pub fn attrs(&self, id: JobsetId, names: &[String]) -> Result<Vec<(String, AttrOutcome)>, StoreError> {
+        let tx = self.store.db().begin_read()?;
+        let attrs = tx.open_table(JOBSET_ATTRS)?;
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(v) = attrs.get((id.0, name.as_str()))? {
+                out.push((name.clone(), decode_attr(id, name, v.value())?));
+            }
+        }
+        Ok(out)
     }
 
     /// Calls `f` with every attribute of jobset `id`, in attribute order, streaming from the database.

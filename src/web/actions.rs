@@ -57,16 +57,22 @@ async fn rebuild(req: tide::Request<AppState>) -> Result<tide::Response, ApiErro
 
 async fn cancel(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
     auth::caller(&req).await?.require(Scope::Admin, WHY_WRITE)?;
-    let raw = req.param("id").unwrap_or_default();
-    let id = super::jobsets::parse_id(raw)?;
-    let jobsets = req.state().jobsets.clone();
+    let id = super::jobsets::parse_id(req.param("id").unwrap_or_default())?;
+    cancel_jobset(req.state(), id).await?;
+    Ok(tide::Response::builder(200).body(json!({ "jobset": id, "cancelled": true })).build())
+}
+
+/// Cancels the builds of jobset `id` (the caller is an administrator): the one call behind the API's and
+/// the web UI's cancel.
+pub(super) async fn cancel_jobset(state: &AppState, id: crate::jobset::JobsetId) -> Result<(), ApiError> {
+    let jobsets = state.jobsets.clone();
     let known =
         smol::unblock(move || jobsets.get(id)).await.map_err(|e| ApiError::store("reading the jobset", e))?;
     if known.is_none() {
         return Err(ApiError::UnknownJobset { id });
     }
-    match req.state().scheduler.cancel(Owner::Jobset(id)).await {
-        Ok(()) => Ok(tide::Response::builder(200).body(json!({ "jobset": id, "cancelled": true })).build()),
+    match state.scheduler.cancel(Owner::Jobset(id)).await {
+        Ok(()) => Ok(()),
         Err(SchedulerError::UnknownOwner { .. }) => Err(ApiError::NoBuilds { id }),
         Err(e) => Err(refused("cancelling the jobset's builds", e)),
     }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use super::drvs::{echo, ok_json, respond, state_json, ApiError};
 use super::AppState;
-use crate::jobset::{AttrOutcome, JobsetId, JobsetState};
+use crate::jobset::{AttrOutcome, JobsetId, JobsetState, ScanEntry, ScanKind};
 use crate::scheduler::state::{DrvState, Reader};
 use crate::store::StoreError;
 
@@ -156,8 +156,9 @@ pub(super) fn states_of_paths(
 
 /// The one reader of a jobset's attributes for `GET /v1/jobsets/{id}` and the web UI (read rules
 /// already applied), blocking: it reads the committed states directly, so a page never sends the
-/// scheduler loop a message per attribute. A filtered page scans the jobset in chunks of
-/// [`SCAN_CHUNK`] from `after` until `limit` attributes passed (or the jobset ends).
+/// scheduler loop a message per attribute. A filtered page of a finished jobset scans its scan index
+/// (attribute names and derivation ids, kept in memory by [`crate::jobset::Jobsets`]); one of a jobset
+/// still evaluating scans its records.
 pub fn read_page_blocking(
     jobsets: &crate::jobset::Jobsets,
     graph: &crate::graph::Graph,
@@ -177,14 +178,36 @@ pub fn read_page_blocking(
         let states = states_of(graph, &reader, &items)?;
         return Ok(PageRead { items, more, counted, states });
     }
-    let mut page = PageRead { items: Vec::new(), more: false, counted, states: HashMap::new() };
+    let scan = Scan { jobsets, graph, reader: &reader, id, limit, filter };
+    let mut page = if evaluating { scan_records(&scan, after)? } else { scan_index(&scan, after)? };
+    page.counted = counted;
+    explain_deferred(jobsets, id, &mut page.items)?;
+    Ok(page)
+}
+
+/// What a filtered page scans: jobset `id` for at most `limit` attributes passing `filter`.
+#[derive(Clone, Copy)]
+struct Scan<'a> {
+    jobsets: &'a crate::jobset::Jobsets,
+    graph: &'a crate::graph::Graph,
+    reader: &'a Reader,
+    id: crate::jobset::JobsetId,
+    limit: usize,
+    filter: &'a AttrFilter,
+}
+
+/// A filtered page of a jobset still evaluating: its records are decoded in chunks of [`SCAN_CHUNK`]
+/// from `after` until `limit` attributes passed (or the jobset ends).
+fn scan_records(scan: &Scan<'_>, after: Option<String>) -> Result<PageRead, PageError> {
+    let Scan { jobsets, graph, reader, id, limit, filter } = *scan;
+    let mut page = PageRead { items: Vec::new(), more: false, counted: None, states: HashMap::new() };
     let mut cursor = after;
     loop {
         let (chunk, chunk_more) = jobsets.page(id, cursor.as_deref(), SCAN_CHUNK)?;
         cursor = chunk.last().map(|(a, _)| a.clone());
         let named: Vec<(String, AttrOutcome)> =
             chunk.into_iter().filter(|(a, _)| filter.name.as_deref().is_none_or(|n| a.contains(n))).collect();
-        let states = states_of(graph, &reader, &named)?;
+        let states = states_of(graph, reader, &named)?;
         for (attr, outcome) in named {
             let drv_state = match &outcome {
                 AttrOutcome::Drv(d) => states.get(&d.drv_path).map(|s| (d.drv_path.clone(), s.clone())),
@@ -205,8 +228,108 @@ pub fn read_page_blocking(
             break;
         }
     }
-    explain_deferred(jobsets, id, &mut page.items)?;
     Ok(page)
+}
+
+/// The scan index of finished jobset `id`: every attribute's name and derivation id, in attribute
+/// order. Built from the records once and kept by `jobsets` when every derivation is in the graph (one
+/// that is not yet would be read as "none" forever).
+fn scan_index_of(
+    jobsets: &crate::jobset::Jobsets,
+    graph: &crate::graph::Graph,
+    id: crate::jobset::JobsetId,
+) -> Result<std::sync::Arc<Vec<ScanEntry>>, PageError> {
+    if let Some(index) = jobsets.kept_scan(id) {
+        return Ok(index);
+    }
+    let (mut attrs, mut paths) = (Vec::new(), Vec::new());
+    jobsets.for_each_attr(id, |attr, outcome| {
+        attrs.push((attr.to_string(), matches!(outcome, AttrOutcome::Drv(_))));
+        if let AttrOutcome::Drv(d) = outcome {
+            paths.push(d.drv_path);
+        }
+        Ok(())
+    })?;
+    let mut ids = graph.ids_of(&paths)?.into_iter();
+    let mut complete = true;
+    let index: Vec<ScanEntry> = attrs
+        .into_iter()
+        .map(|(attr, is_drv)| {
+            let kind = if is_drv {
+                let found = ids.next().flatten().map(|d| d.0);
+                complete &= found.is_some();
+                ScanKind::Drv(found)
+            } else {
+                ScanKind::EvalError
+            };
+            ScanEntry { attr, kind }
+        })
+        .collect();
+    let index = std::sync::Arc::new(index);
+    if complete {
+        jobsets.keep_scan(id, index.clone());
+    }
+    Ok(index)
+}
+
+/// Builds and keeps the scan index of finished jobset `header` in the background unless it is kept
+/// already, so that the filters of a page just shown do not pay for it. A failure is only logged.
+pub(super) fn warm_scan_index(state: &AppState, header: &crate::jobset::Jobset) {
+    if header.state != JobsetState::Evaluated || state.jobsets.kept_scan(header.id).is_some() {
+        return;
+    }
+    let (jobsets, graph, id) = (state.jobsets.clone(), state.graph.clone(), header.id);
+    smol::spawn(smol::unblock(move || {
+        if let Err(e) = scan_index_of(&jobsets, &graph, id) {
+            tracing::warn!(error = %e, jobset = id.0, "web UI: building a jobset's scan index failed");
+        }
+    }))
+    .detach();
+}
+
+/// A filtered page of a finished jobset, from its scan index: names are matched on the index, build
+/// states are read by derivation id (no attribute record decoded, no .drv path looked up), and only the
+/// attributes listed are read whole.
+fn scan_index(scan: &Scan<'_>, after: Option<String>) -> Result<PageRead, PageError> {
+    let Scan { jobsets, graph, reader, id, limit, filter } = *scan;
+    let index = scan_index_of(jobsets, graph, id)?;
+    let start = after.as_deref().map_or(0, |a| index.partition_point(|e| e.attr.as_str() <= a));
+    let (mut listed, mut more) = (Vec::new(), false);
+    for chunk in index[start..].chunks(SCAN_CHUNK) {
+        let named: Vec<&ScanEntry> =
+            chunk.iter().filter(|e| filter.name.as_deref().is_none_or(|n| e.attr.contains(n))).collect();
+        // States are read only when the filter asks for one a derivation can have.
+        let wants_drv_state = filter.state.as_deref().is_some_and(|s| s != "eval-error");
+        let states: HashMap<u32, &'static str> = if wants_drv_state {
+            let ids = named.iter().filter_map(|e| match e.kind {
+                ScanKind::Drv(d) => d.map(crate::graph::DrvId),
+                ScanKind::EvalError => None,
+            });
+            reader.states(ids)?.into_iter().map(|(d, r)| (d.0, r.state.name())).collect()
+        } else {
+            HashMap::new()
+        };
+        for e in named {
+            let name = match e.kind {
+                ScanKind::EvalError => "eval-error",
+                ScanKind::Drv(d) => d.and_then(|d| states.get(&d).copied()).unwrap_or("none"),
+            };
+            if filter.state.as_deref().is_some_and(|f| f != name) {
+                continue;
+            }
+            if listed.len() == limit {
+                more = true;
+                break;
+            }
+            listed.push(e.attr.clone());
+        }
+        if more {
+            break;
+        }
+    }
+    let items = jobsets.attrs(id, &listed)?;
+    let states = states_of(graph, reader, &items)?;
+    Ok(PageRead { items, more, counted: None, states })
 }
 
 /// Deferred errors (`nix::eval::is_deferred`) show Nix's message once a report has found it.
@@ -323,6 +446,143 @@ mod tests {
         assert_eq!(parse_id("42").ok(), Some(JobsetId(42)));
         for bad in ["", "-1", "1.0", "abc", "99999999999999999999999", " 1"] {
             assert_eq!(parse_id(bad).map_err(|e| e.status()), Err(400), "{bad}");
+        }
+    }
+
+    /// A finished jobset of `n` derivation attributes (`pkg000`…; one in three failed, one in three
+    /// built, the rest never requested), of which the first `missing` are not in the graph, plus two
+    /// evaluation errors.
+    fn jobset(
+        dir: &std::path::Path,
+        n: usize,
+        missing: usize,
+    ) -> (crate::jobset::Jobsets, crate::graph::Graph, crate::store::Store, crate::jobset::Jobset) {
+        use crate::jobset::{AttrDrv, Begin, JobsetKey};
+        use crate::scheduler::state::{DrvRecord, Writes};
+        use crate::scheduler::Completion;
+        let path = |v: usize| format!("{}/{:032}-pkg-{v}.drv", dir.display(), v);
+        let out = |v: usize| format!("/nix/store/{:032}-pkg-{v}", v);
+        for v in 0..n {
+            let text = format!(
+                "Derive([(\"out\",\"{o}\",\"\",\"\")],[],[],\"x86_64-linux\",\"/bin/sh\",[],[(\"name\",\"pkg-{v}\"),(\"out\",\"{o}\")])",
+                o = out(v)
+            );
+            std::fs::write(path(v), text).expect("write drv");
+        }
+        let store = crate::store::Store::open(&dir.join("db.redb")).expect("store");
+        let graph = crate::graph::Graph::open(store.clone(), n + 1).expect("graph");
+        let roots: Vec<String> = (missing..n).map(path).collect();
+        graph.discover_blocking(&roots).expect("discover");
+        let jobsets = crate::jobset::Jobsets::new(store.clone());
+        let key = JobsetKey { repo: "r".into(), commit: "a".repeat(40), job: "j".into() };
+        let Ok(Begin::New(id)) = jobsets.begin(&key, true) else { panic!("a new jobset") };
+        let mut writer = jobsets.writer(id);
+        let mut attrs: Vec<(String, AttrOutcome)> = (0..n)
+            .map(|v| {
+                let drv = AttrDrv {
+                    drv_path: path(v),
+                    name: format!("pkg-{v}"),
+                    system: "x86_64-linux".into(),
+                    outputs: vec![("out".into(), out(v))],
+                    meta_json: None,
+                    required_system_features: vec![],
+                };
+                (format!("pkg{v:03}"), AttrOutcome::Drv(drv))
+            })
+            .collect();
+        attrs.push(("broken1".into(), AttrOutcome::Error { message: "boom".into() }));
+        attrs.push(("pkg050x".into(), AttrOutcome::Error { message: "boom".into() }));
+        attrs.sort_by(|a, b| a.0.cmp(&b.0));
+        for (a, o) in attrs {
+            writer.push(a, o).expect("push");
+        }
+        writer.flush().expect("flush");
+        let header = jobsets.finish(id, JobsetState::Evaluated).expect("finish");
+        let mut writes = Writes::default();
+        for (v, drv_id) in graph.ids_of(&roots).expect("ids").into_iter().enumerate() {
+            let v = v + missing;
+            let mut rec = DrvRecord::new();
+            rec.state = match v % 3 {
+                0 => {
+                    DrvState::Completed(Completion::Failure { message: "exit 1".into(), exit_code: Some(1) })
+                }
+                1 => DrvState::Completed(Completion::Success),
+                _ => continue,
+            };
+            writes.states.insert(drv_id.expect("discovered"), rec);
+        }
+        writes.commit(&store).expect("commit");
+        (jobsets, graph, store, header)
+    }
+
+    /// Every page of `filter` read with pages of `limit`, as (attribute, state name) pairs.
+    fn all_pages(
+        t: &(crate::jobset::Jobsets, crate::graph::Graph, crate::store::Store, crate::jobset::Jobset),
+        filter: &AttrFilter,
+        limit: usize,
+        by_records: bool,
+    ) -> Vec<(String, String)> {
+        let (jobsets, graph, store, header) = t;
+        let reader = Reader::new(store).expect("reader");
+        let (mut out, mut after) = (Vec::new(), None);
+        loop {
+            let page = if by_records {
+                let scan = Scan { jobsets, graph, reader: &reader, id: header.id, limit, filter };
+                scan_records(&scan, after.clone())
+            } else {
+                read_page_blocking(jobsets, graph, store, header, after.clone(), limit, filter)
+            }
+            .expect("page");
+            assert!(page.items.len() <= limit);
+            for (a, o) in &page.items {
+                let s = match o {
+                    AttrOutcome::Drv(d) => page.states.get(&d.drv_path),
+                    AttrOutcome::Error { .. } => None,
+                };
+                out.push((a.clone(), attr_state_name(o, s).to_string()));
+            }
+            after = page.items.last().map(|(a, _)| a.clone());
+            if !page.more {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn the_scan_index_lists_what_a_scan_of_the_records_lists() {
+        for missing in [0, 4] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let t = jobset(dir.path(), 120, missing);
+            let f = |name: Option<&str>, state: Option<&str>| AttrFilter {
+                name: name.map(str::to_string),
+                state: state.map(str::to_string),
+            };
+            let filters = [
+                f(None, Some("failure")),
+                f(None, Some("success")),
+                f(None, Some("none")),
+                f(None, Some("eval-error")),
+                f(None, Some("building")),
+                f(Some("pkg05"), None),
+                f(Some("pkg05"), Some("eval-error")),
+                f(Some("1"), Some("failure")),
+            ];
+            for filter in &filters {
+                for limit in [1, 7, 500] {
+                    let indexed = all_pages(&t, filter, limit, false);
+                    assert_eq!(indexed, all_pages(&t, filter, limit, true), "{filter:?} by {limit}");
+                    if let Some(s) = &filter.state {
+                        assert!(indexed.iter().all(|(_, n)| n == s), "{filter:?}: {indexed:?}");
+                    }
+                }
+            }
+            let count = |state: &str| all_pages(&t, &f(None, Some(state)), 500, false).len();
+            assert_eq!(count("failure"), (missing..120).filter(|v| v % 3 == 0).count());
+            assert_eq!(count("eval-error"), 2);
+            assert_eq!(count("none"), (missing..120).filter(|v| v % 3 == 2).count() + missing);
+            assert_eq!(count("building"), 0);
+            // A complete jobset's index is kept; one with derivations outside the graph is not.
+            assert_eq!(t.0.kept_scan(t.3.id).is_some(), missing == 0);
         }
     }
 }

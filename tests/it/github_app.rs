@@ -678,6 +678,75 @@ fn an_administrator_approves_a_held_pull_request_from_the_web_ui() {
     assert!(!s.server().log().contains("web-ui-secret"), "the client secret reached the log");
 }
 
+/// Every `href="{prefix}…"` of `html`, unescaped (`&amp;` back to `&`).
+fn hrefs(html: &str, prefix: &str) -> Vec<String> {
+    let needle = format!("href=\"{prefix}");
+    let mut out: Vec<String> = html
+        .match_indices(&needle)
+        .filter_map(|(at, _)| html[at + 6..].split('"').next())
+        .map(|h| h.replace("&amp;", "&"))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn a_signed_in_reader_of_a_private_repository_sees_its_derivations_and_logs() {
+    let f = Fixture::new();
+    let base = f.base.clone();
+    let head = f.head("head", &format!("{LIB} app = mk \"app-41\" \"echo app41 > $out\" [lib];"));
+    let s = Setup::with_web(
+        "[oauth]\nclient_id = \"web-ui\"\nclient_secret = \"web-ui-secret\"\n\
+         redirect_url = \"http://127.0.0.1:9/github/auth/callback\"",
+        "admins = [\"alice\"]",
+        "",
+    );
+    s.fake.set_oauth_app("web-ui", "web-ui-secret");
+    s.fake.grant_read(REPO, "carol");
+    let mut body: Value =
+        serde_json::from_slice(&pull_request("opened", 41, f.path(), &head, &base, false, "octocat"))
+            .expect("json");
+    body["repository"]["private"] = json!(true);
+    assert_eq!(s.deliver("pull_request", "d-private", &serde_json::to_vec(&body).expect("encode")), 202);
+    assert_eq!(s.wait_completed(&head, GATE)["conclusion"], "success");
+    let addr = s.server().http_address();
+    let get = |path: &str, cookie: Option<&str>| {
+        let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+        let (code, _, html) = http_request(&addr, "GET", path, &headers, b"");
+        (code, String::from_utf8_lossy(&html).to_string())
+    };
+
+    // Carol, no administrator, can read the repository on GitHub: its commit, jobset, derivation and
+    // log pages are hers to see.
+    let carol = web_sign_in(&s, "carol", 3);
+    let (code, html) = get(&format!("/ui/commits/{head}"), Some(&carol));
+    assert_eq!(code, 200, "{html}");
+    let jobset = hrefs(&html, "/ui/jobsets/").into_iter().next().expect("a jobset link");
+    let (code, html) = get(&jobset, Some(&carol));
+    assert_eq!(code, 200, "{html}");
+    let drvs = hrefs(&html, "/ui/drvs/");
+    assert_eq!(drvs.len(), 2, "app and lib: {html}");
+    let mut logs = Vec::new();
+    for drv in &drvs {
+        let (code, html) = get(drv, Some(&carol));
+        assert_eq!(code, 200, "{drv}: {html}");
+        logs.extend(hrefs(&html, "/ui/logs/"));
+    }
+    assert!(!logs.is_empty(), "app was built: its page links its log");
+    for log in &logs {
+        let (code, html) = get(log, Some(&carol));
+        assert_eq!(code, 200, "{log}: {html}");
+    }
+
+    // Dave, signed in too, cannot read it on GitHub; an anonymous browser is refused as well.
+    let dave = web_sign_in(&s, "dave", 4);
+    for page in drvs.iter().chain(&logs) {
+        assert_eq!(get(page, Some(&dave)).0, 403, "{page}");
+        assert_ne!(get(page, None).0, 200, "{page}");
+    }
+}
+
 #[test]
 fn a_held_head_goes_ahead_once_a_trusted_author_proposes_the_same_commit() {
     let f = Fixture::new();

@@ -469,6 +469,17 @@ fn ui_sign_in_and_admin_actions() {
     }
     assert!(alice.all("#history tr").len() > history_before, "the rebuild left no trace in the history");
     assert!(alice.text("#history").contains("rebuild requested"), "{}", alice.text("#history"));
+    // She cancels the builds of the head's jobset: refused without the CSRF token, done with the button.
+    alice.open(&commit_page);
+    alice.click("section.job a[href^='/ui/jobsets/']");
+    alice.wait_for("#attrs");
+    let jobset_page = alice.url();
+    let jobset_path = jobset_page.strip_prefix(&format!("http://{addr}")).expect("same server").to_string();
+    assert_eq!(alice.post_form(&format!("{jobset_path}/cancel"), ""), 403);
+    alice.click("#cancel");
+    alice.wait_for("#cancelled");
+    assert_eq!(alice.url(), format!("{jobset_page}?cancelled=1"));
+    assert!(server.log().contains("web UI: jobset builds cancelled"), "{}", server.log());
     alice.open(&format!("http://{addr}/ui/admin"));
     assert_eq!(alice.texts("#sessions td.login"), ["alice"]);
     alice.screenshot("admin");
@@ -486,6 +497,7 @@ fn ui_sign_in_and_admin_actions() {
         v.as_str().expect("csrf").to_string()
     };
     assert_eq!(bob.post_form(&format!("{drv_path}/rebuild"), &format!("csrf={bob_csrf}")), 403);
+    assert_eq!(bob.post_form(&format!("{jobset_path}/cancel"), &format!("csrf={bob_csrf}")), 403);
     bob.open(&drv_page);
     assert_eq!(bob.text("h1"), "Not allowed", "{}", bob.source());
     assert!(bob.all("#rebuild").is_empty());

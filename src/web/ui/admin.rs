@@ -1,6 +1,7 @@
 //! What administrators (`[web] admins`, signed in) see and do in the web UI: `/ui/admin` (the runs
 //! waiting for approval, the signed-in sessions with a Revoke button, the API tokens), and the actions
-//! `POST /ui/drvs/{drv}/rebuild`, `POST /ui/approve` (a run held for approval) and
+//! `POST /ui/drvs/{drv}/rebuild`, `POST /ui/jobsets/{id}/cancel` (a jobset's builds), `POST /ui/approve`
+//! (a run held for approval) and
 //! `POST /ui/admin/sessions/revoke`. Every action is a form carrying
 //! the session's CSRF token (checked before anything else: a missing or wrong one answers 403), then
 //! needs an administrator (403 otherwise), then makes the same call as the API's admin route.
@@ -134,6 +135,26 @@ async fn rebuild(mut req: tide::Request<AppState>) -> Result<tide::Response, Api
     Ok(see_other(&drv_href(&drv)))
 }
 
+/// The Cancel button of a jobset page: cancels the builds of the jobset (administrators only).
+pub(super) fn cancel_button(viewer: &Viewer, id: crate::jobset::JobsetId) -> Markup {
+    html! {
+        @if let Some(u) = viewer.user.as_ref().filter(|u| u.admin) {
+            form.inline method="post" action={ (super::jobset_href(id)) "/cancel" } {
+                input type="hidden" name="csrf" value=(u.csrf);
+                button id="cancel" type="submit" { "Cancel builds" }
+            }
+        }
+    }
+}
+
+async fn cancel(mut req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let (user, _) = admin_form(&mut req).await?;
+    let id = crate::web::jobsets::parse_id(req.param("id").unwrap_or_default())?;
+    crate::web::actions::cancel_jobset(req.state(), id).await?;
+    tracing::info!(login = %user.login, jobset = id.0, "web UI: jobset builds cancelled");
+    Ok(see_other(&format!("{}?cancelled=1", super::jobset_href(id))))
+}
+
 /// The Approve button of a run held for approval (administrators only).
 pub(super) fn approve_button(viewer: &Viewer, run: &runs::Run) -> Markup {
     html! {
@@ -188,6 +209,8 @@ pub fn routes(app: &mut tide::Server<AppState>) {
     app.at("/ui/admin").get(|req: tide::Request<AppState>| async move { respond(page(req).await) });
     app.at("/ui/admin/sessions/revoke")
         .post(|req: tide::Request<AppState>| async move { act(revoke(req).await) });
+    app.at("/ui/jobsets/:id/cancel")
+        .post(|req: tide::Request<AppState>| async move { act(cancel(req).await) });
     app.at("/ui/approve").post(|req: tide::Request<AppState>| async move { act(approve(req).await) });
     app.at("/ui/drvs/:drv/rebuild")
         .post(|req: tide::Request<AppState>| async move { act(rebuild(req).await) });

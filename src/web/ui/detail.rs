@@ -51,9 +51,10 @@ pub(super) async fn jobset(req: tide::Request<AppState>) -> Result<Markup, ApiEr
     let header = header.ok_or(ApiError::UnknownJobset { id })?;
 
     let mut filter = AttrFilter::default();
-    let mut after = None;
+    let (mut after, mut cancelled) = (None, false);
     for (k, v) in req.url().query_pairs() {
         match k.as_ref() {
+            "cancelled" => cancelled = true,
             "q" if !v.is_empty() => filter.name = Some(crate::text::prefix_bytes(&v, SEARCH_MAX).to_string()),
             "state" if !v.is_empty() => {
                 if !STATE_FILTERS.contains(&v.as_ref())
@@ -73,6 +74,7 @@ pub(super) async fn jobset(req: tide::Request<AppState>) -> Result<Markup, ApiEr
         }
     }
     let page = read_page(state, &header, after.clone(), PAGE_SIZE, filter.clone()).await?;
+    crate::web::jobsets::warm_scan_index(state, &header);
     let total = page.counted.unwrap_or(header.derivations + header.errors);
     let mut next = None;
     if page.more {
@@ -97,8 +99,10 @@ pub(super) async fn jobset(req: tide::Request<AppState>) -> Result<Markup, ApiEr
                 a.mono href=(commit_href(&header.key.commit)) { (crate::text::short_sha(&header.key.commit)) } " · "
                 (badge(match &header.state { crate::jobset::JobsetState::Evaluating => "evaluating",
                     crate::jobset::JobsetState::Evaluated => "evaluated", crate::jobset::JobsetState::Failed { .. } => "failed" }))
-                " · " (total) " attributes (" (header.errors) " evaluation errors)"
+                " · " (total) " attributes (" (header.errors) " evaluation errors) "
+                (super::admin::cancel_button(&viewer, header.id))
             }
+            @if cancelled { p id="cancelled" { "The jobset's builds were cancelled." } }
             @if let crate::jobset::JobsetState::Failed { message } = &header.state { pre.error { (message) } }
             form id="filter" method="get" {
                 input type="search" name="q" placeholder="attribute name contains…" value=(filter.name.as_deref().unwrap_or(""));
@@ -142,8 +146,7 @@ pub(super) async fn drv(req: tide::Request<AppState>) -> Result<Markup, ApiError
     let viewer = super::login::viewer(&req).await?;
     let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
     let state = req.state();
-    let public = viewer.needs_visibility() && crate::web::auth::drv_is_public(state, &drv).await;
-    viewer.read(state, public, &[]).await?;
+    viewer.read_drv(state, &drv).await?;
     let DrvRead { view, status, log_sizes } = read_drv(state, &drv).await?;
     let (store, graph) = (state.store.clone(), state.graph.clone());
     let neighbours: Vec<String> = view.dependencies.iter().chain(view.dependents.iter()).cloned().collect();
@@ -256,8 +259,7 @@ pub(super) async fn log(req: tide::Request<AppState>) -> Result<Markup, ApiError
     let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
     let asked = crate::web::logs::parse_attempt(&req)?;
     let state = req.state();
-    let public = viewer.needs_visibility() && crate::web::auth::drv_is_public(state, &drv).await;
-    viewer.read(state, public, &[]).await?;
+    viewer.read_drv(state, &drv).await?;
     let mut log = crate::web::logs::open_log(state, &drv, asked).await?;
     let from = log.len.saturating_sub(LOG_PAGE_BYTES);
     let mut bytes = Vec::new();

@@ -143,6 +143,30 @@ impl Viewer {
         }
     }
 
+    /// Allows reading derivation `drv` (its page and logs): a public one as [`Viewer::read`] allows; a
+    /// private one for a signed-in user GitHub says can read a repository whose jobsets' builds need it
+    /// (`visibility::repos_of_drv`).
+    pub(in crate::web) async fn read_drv(&self, state: &AppState, drv: &str) -> Result<(), ApiError> {
+        let public = self.needs_visibility() && crate::web::auth::drv_is_public(state, drv).await;
+        if public || self.user.is_none() {
+            return self.read(state, public, &[]).await;
+        }
+        let (store, graph, jobsets, d) =
+            (state.store.clone(), state.graph.clone(), state.jobsets.clone(), drv.to_string());
+        let repos = smol::unblock(move || crate::visibility::repos_of_drv(&store, &graph, &jobsets, &d))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "web UI: reading which repositories need a derivation failed");
+                Vec::new()
+            });
+        for repo in &repos {
+            if self.read(state, false, std::slice::from_ref(repo)).await.is_ok() {
+                return Ok(());
+            }
+        }
+        self.read(state, false, &[]).await
+    }
+
     /// What the page header shows.
     pub fn header(&self) -> Markup {
         html! {

@@ -1,7 +1,7 @@
 //! The dashboard (`/ui/`), the repository page (`/ui/repos/{owner}/{name}`: its pull requests and the
 //! base branches they target, each with its latest run's verdict) and the commit page (`/ui/commits/{sha}`, where check runs link): what a
 //! pull request's head evaluated to, per job the verdict and why (newly failing attributes with log
-//! tails, new evaluation errors, added/removed/changed counts), the change summary as HTML tables,
+//! tails, new evaluation errors, added/removed/changed counts), the change summary and size check as HTML tables,
 //! repository checks and links to the GitHub check runs. Jobs are compared with the base of the pull
 //! request's run, or with `?base=<sha>` (a local `ekaci review`).
 
@@ -510,6 +510,57 @@ fn render_job(job: &JobView, summary: Option<&ChangeSummary>) -> Markup {
                 p.muted { "No base evaluation is stored for this commit's job: nothing to compare against." }
             }
             @if let Some(js) = js { (render_summary(js)) }
+            @if let Some(sizes) = summary.zip(js).and_then(|(s, js)| crate::summary::sizes::of_job(s, js)) {
+                (render_sizes(sizes))
+            }
+        }
+    }
+}
+
+/// A job's size check: the sizes that grew over its limit and the runtime dependency changes.
+fn render_sizes(s: &crate::sizes::SizeSummary) -> Markup {
+    use crate::sizes::{human_bytes, signed_percent};
+    html! {
+        h3 { "Size check" }
+        p.sizes {
+            (s.increases.len()) " attributes grew by more than " (s.max_increase_percent) " % against "
+            @match &s.base_branch {
+                Some(b) => { "the newest sizes on " span.mono { (b) } }
+                None => { "the base commit" }
+            }
+            " (" (s.measured) " measured, " (s.compared) " compared); " (s.dependencies.len())
+            " changed attributes with runtime dependency changes"
+        }
+        @if !s.increases.is_empty() {
+            table.size-increases {
+                tr {
+                    th { "attribute" } th { "NAR before" } th { "NAR after" } th { "NAR change" }
+                    th { "closure before" } th { "closure after" } th { "closure change" }
+                }
+                @for i in s.increases.iter().take(CHANGES_LISTED) {
+                    tr {
+                        td.mono { (i.attr) }
+                        td { (human_bytes(i.nar_before)) } td { (human_bytes(i.nar_after)) }
+                        td { (signed_percent(i.nar_change_percent)) }
+                        td { (human_bytes(i.closure_before)) } td { (human_bytes(i.closure_after)) }
+                        td { (signed_percent(i.closure_change_percent)) }
+                    }
+                }
+            }
+            @if s.increases.len() > CHANGES_LISTED {
+                p.muted { (s.increases.len() - CHANGES_LISTED) " more increases not listed" }
+            }
+        }
+        @if !s.dependencies.is_empty() {
+            table.dependency-changes {
+                tr { th { "attribute" } th { "runtime dependencies" } }
+                @for d in s.dependencies.iter().take(CHANGES_LISTED) {
+                    tr { td.mono { (d.attr) } td { @for c in &d.changes { span.mono { (c.describe()) } " " } } }
+                }
+            }
+            @if s.dependencies.len() > CHANGES_LISTED {
+                p.muted { (s.dependencies.len() - CHANGES_LISTED) " more attributes not listed" }
+            }
         }
     }
 }
@@ -545,5 +596,47 @@ fn render_summary(js: &crate::summary::JobSummary) -> Markup {
                 p.muted { (js.changes.len() - CHANGES_LISTED) " more changes not listed" }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sizes::{DepChange, DependencyChanges, SizeIncrease, SizeSummary};
+
+    #[test]
+    fn a_size_check_renders_its_increases_and_dependency_changes_escaped() {
+        let s = SizeSummary {
+            job: "main".into(),
+            base_sha: "b".repeat(40),
+            head_sha: "h".repeat(40),
+            base_branch: Some("master".into()),
+            max_increase_percent: 10.0,
+            measured: 7,
+            compared: 5,
+            no_baseline: 2,
+            increases: vec![SizeIncrease {
+                attr: "pkgs.<script>".into(),
+                nar_before: 1024,
+                nar_after: 4096,
+                nar_change_percent: Some(300.0),
+                closure_before: 2048,
+                closure_after: 2048 * 1024,
+                closure_change_percent: None,
+            }],
+            dependencies: vec![DependencyChanges {
+                attr: "hello".into(),
+                changes: vec![DepChange::Added { name: "zlib".into(), version: "1.3".into() }],
+            }],
+            computed_at: 0,
+        };
+        let html = render_sizes(&s).into_string();
+        assert!(html.contains("1 attributes grew by more than 10 % against the newest sizes on"), "{html}");
+        assert!(html.contains("(7 measured, 5 compared); 1 changed attributes"), "{html}");
+        assert!(html.contains("<td class=\"mono\">pkgs.&lt;script&gt;</td>"), "{html}");
+        assert!(html.contains("<td>1.0 KiB</td><td>4.0 KiB</td><td>+300.0 %</td>"), "{html}");
+        assert!(html.contains("<td>new</td>"), "{html}");
+        assert!(html.contains("+ zlib-1.3"), "{html}");
+        assert!(!html.contains("<script>"), "{html}");
     }
 }
