@@ -372,6 +372,8 @@ async fn run_on(
             crate::web::conn::Listener::General,
         )),
         ex.spawn(accept_control(ex.clone(), socket_listener(&socket), status)),
+        // `job_stats_update` for WebSocket clients following jobsets.
+        ex.spawn(crate::web::ws_stats::run(web_state.clone())),
     ];
     for (kind, l) in extra_listeners {
         let (app, listener_kind) = match kind {

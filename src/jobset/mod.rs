@@ -250,6 +250,11 @@ impl Jobsets {
         }
         tx.commit()?;
         self.mark_used(id);
+        crate::live::note_jobset(
+            id.0,
+            crate::live::JobsetOrigin { repo: key.repo.clone(), commit: key.commit.clone() },
+        );
+        crate::live::jobset_changed(id.0);
         Ok(Begin::New(id))
     }
 
@@ -313,6 +318,7 @@ impl Jobsets {
             header
         };
         tx.commit()?;
+        crate::live::jobset_changed(id.0);
         Ok(header)
     }
 
@@ -548,6 +554,7 @@ impl AttrWriter {
             }
         }
         tx.commit()?;
+        crate::live::jobset_changed(self.id.0);
         Ok(())
     }
 }

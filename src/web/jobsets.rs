@@ -234,7 +234,7 @@ fn scan_records(scan: &Scan<'_>, after: Option<String>) -> Result<PageRead, Page
 /// The scan index of finished jobset `id`: every attribute's name and derivation id, in attribute
 /// order. Built from the records once and kept by `jobsets` when every derivation is in the graph (one
 /// that is not yet would be read as "none" forever).
-fn scan_index_of(
+pub(super) fn scan_index_of(
     jobsets: &crate::jobset::Jobsets,
     graph: &crate::graph::Graph,
     id: crate::jobset::JobsetId,

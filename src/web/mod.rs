@@ -17,6 +17,7 @@
 //! | `auto_merge.rs` | `POST /v1/prs/{owner}/{repo}/{n}/enable-auto-merge`, `…/disable-auto-merge` (admin, or a maintainer's GitHub token) |
 //! | `ui/` | `GET /ui/…`: the web UI's HTML pages (see `ui/mod.rs`) |
 //! | `ws.rs` | `GET /v1/ws/builds`: live build events over a WebSocket (`conn.rs` hands it the connection) |
+//! | `ws_stats.rs` | no route: the task that sends `job_stats_update` on `/v1/ws/builds` |
 //! | `actions.rs` | `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`, `POST /v1/github/approve`, `GET`/`POST /v1/github/maintainers` (admin) |
 //!
 //! `conn.rs` is not a route group either: it serves one connection (the connection cap with its webhook
@@ -46,6 +47,7 @@ mod metrics;
 mod summary;
 pub mod ui;
 pub mod ws;
+pub mod ws_stats;
 
 use std::rc::Rc;
 

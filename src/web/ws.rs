@@ -31,7 +31,7 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 /// How often an idle connection is pinged (a peer that vanished then fails a write within
 /// [`WRITE_STALL`] and its slot is freed).
 const PING_EVERY: Duration = Duration::from_secs(30);
-/// Derivations one client may subscribe to.
+/// Derivations (and, separately, jobs and commits) one client may subscribe to.
 pub const MAX_SUBSCRIPTIONS: usize = 1000;
 /// The kernel's send buffer of a WebSocket connection: with the client queue, all a slow client holds.
 const SEND_BUFFER: usize = 32 * 1024;
@@ -282,32 +282,37 @@ impl Session {
     }
 
     async fn message(&self, text: &str) {
-        let answer = match serde_json::from_str::<Value>(text) {
+        let answers = match serde_json::from_str::<Value>(text) {
             Ok(v) => self.handle(&v).await,
-            Err(e) => json!({ "type": "error", "error": format!("not JSON: {e}") }),
+            Err(e) => vec![json!({ "type": "error", "error": format!("not JSON: {e}") })],
         };
-        crate::live::reply(self.id, &answer);
+        for answer in &answers {
+            crate::live::reply(self.id, answer);
+        }
     }
 
-    async fn handle(&self, v: &Value) -> Value {
+    /// The answers to one client message: an acknowledgement or an error, and for a subscription to a
+    /// commit or job the current `job_stats_update` of each jobset it follows.
+    async fn handle(&self, v: &Value) -> Vec<Value> {
         let kind = v.get("type").and_then(Value::as_str).unwrap_or_default();
-        let error = |m: String| json!({ "type": "error", "error": m });
+        let error = |m: String| vec![json!({ "type": "error", "error": m })];
         let subscribe = match kind {
             "subscribe" => true,
             "unsubscribe" => false,
-            "ping" => return json!({ "type": "pong" }),
+            "ping" => return vec![json!({ "type": "pong" })],
             other => {
                 return error(format!(
                     "unknown message type `{other}`: expected subscribe, unsubscribe or ping"
                 ))
             }
         };
-        let done = if v.get("all").and_then(Value::as_bool) == Some(true) {
+        let ack = |key: &str, value: Value| json!({ "type": if subscribe { "subscribed" } else { "unsubscribed" }, key: value });
+        if v.get("all").and_then(Value::as_bool) == Some(true) {
             if subscribe && !self.viewer.reads_all() {
                 return error("subscribing to all builds needs a token or an administrator's session".into());
             }
             crate::live::update(self.id, |s| s.all = subscribe);
-            json!({ "type": if subscribe { "subscribed" } else { "unsubscribed" }, "all": true })
+            vec![ack("all", json!(true))]
         } else if let Some(raw) = v.get("drv").and_then(Value::as_str) {
             let drv = match parse_drv_param(raw) {
                 Ok(d) => d,
@@ -317,33 +322,156 @@ impl Session {
                 let public =
                     self.viewer.needs_visibility() && super::auth::drv_is_public(&self.state, &drv).await;
                 if let Err(e) = self.viewer.read(&self.state, public, &[]).await {
-                    return json!({ "type": "error", "error": e.to_string(), "drv": drv });
+                    return vec![json!({ "type": "error", "error": e.to_string(), "drv": drv })];
                 }
             }
             let d = drv.clone();
-            let mut full = false;
-            crate::live::update(self.id, |s| {
-                if !subscribe {
-                    s.drvs.remove(&d);
-                } else if s.drvs.len() < MAX_SUBSCRIPTIONS || s.drvs.contains(&d) {
-                    s.drvs.insert(d);
+            let full = !self.change(|s| {
+                if subscribe {
+                    capped_insert(&mut s.drvs, d)
                 } else {
-                    full = true;
+                    s.drvs.remove(&d) | true
                 }
             });
             if full {
                 return error(format!("at most {MAX_SUBSCRIPTIONS} derivations per connection"));
             }
-            json!({ "type": if subscribe { "subscribed" } else { "unsubscribed" }, "drv": drv })
-        } else if v.get("commit").is_some() || v.get("job").is_some() {
-            return error(
-                "subscribing by commit or job is not supported yet: subscribe to `drv` or `all`".into(),
-            );
+            vec![ack("drv", json!(drv))]
+        } else if let Some(raw) = v.get("job") {
+            let Some(id) = raw.as_u64() else {
+                return error("`job` is a jobset id: a non-negative integer".into());
+            };
+            if !subscribe {
+                self.change(|s| s.jobs.remove(&id));
+                return vec![ack("job", json!(id))];
+            }
+            let found = match super::ws_stats::read(&self.state, id).await {
+                Ok(Some(found)) => found,
+                Ok(None) => {
+                    return vec![json!({ "type": "error", "error": format!("no jobset {id}"), "job": id })]
+                }
+                Err(e) => return error(format!("reading jobset {id} failed: {e}")),
+            };
+            let repo = found.0.key.repo.clone();
+            if let Err(e) = self.may_read(&repo).await {
+                return vec![json!({ "type": "error", "error": e.to_string(), "job": id })];
+            }
+            if !self.change(|s| capped_insert(&mut s.jobs, id)) {
+                return error(format!("at most {MAX_SUBSCRIPTIONS} jobs per connection"));
+            }
+            crate::live::note_jobset(id, origin(&found.0));
+            vec![ack("job", json!(id)), super::ws_stats::message(&found.0, &found.1)]
+        } else if let Some(raw) = v.get("commit").and_then(Value::as_str) {
+            let sha = match super::ui::parse_sha("commit", raw) {
+                Ok(s) => s,
+                Err(e) => return error(e.to_string()),
+            };
+            if !subscribe {
+                self.change(|s| s.commits.remove(&sha).is_some());
+                return vec![ack("commit", json!(sha))];
+            }
+            self.subscribe_commit(sha).await
         } else {
-            return error("expected one of `drv` or `all`".into());
-        };
-        done
+            error("expected one of `drv`, `job`, `commit` or `all`".into())
+        }
     }
+
+    /// Changes this client's subscription; `change` answers whether the change was allowed.
+    fn change(&self, change: impl FnOnce(&mut crate::live::Subscription) -> bool) -> bool {
+        let mut allowed = false;
+        crate::live::update(self.id, |s| allowed = change(s));
+        allowed
+    }
+
+    /// Whether this client may read repository `repo`'s data (as jobsets record it).
+    async fn may_read(&self, repo: &str) -> Result<(), ApiError> {
+        let public = self.viewer.needs_visibility() && super::auth::repo_is_public(&self.state, repo).await;
+        self.viewer.read(&self.state, public, &[repo.to_string()]).await
+    }
+
+    /// Subscribes to commit `sha`: the jobsets of the repositories this client may read, now and later.
+    async fn subscribe_commit(&self, sha: String) -> Vec<Value> {
+        let (state, c) = (self.state.clone(), sha.clone());
+        let known = smol::unblock(move || {
+            let jobsets: Vec<_> = state.jobsets.all()?.into_iter().filter(|j| j.key.commit == c).collect();
+            let runs: Vec<String> = crate::forge::github::runs::all(&state.store)?
+                .into_iter()
+                .filter(|(_, r)| r.head_sha == c)
+                .map(|(_, r)| r.clone_url)
+                .collect();
+            Ok::<_, crate::store::StoreError>((jobsets, runs))
+        })
+        .await;
+        let (jobsets, run_repos) = match known {
+            Ok(k) => k,
+            Err(e) => {
+                return vec![json!({ "type": "error", "error": format!("reading commit {sha} failed: {e}") })]
+            }
+        };
+        let mut repos: Vec<String> = jobsets.iter().map(|j| j.key.repo.clone()).chain(run_repos).collect();
+        repos.sort();
+        repos.dedup();
+        let allowed: Option<std::collections::HashSet<String>> = if self.viewer.reads_all() {
+            None
+        } else {
+            let mut allowed = std::collections::HashSet::new();
+            let mut refusal = None;
+            for repo in repos {
+                match self.may_read(&repo).await {
+                    Ok(()) => _ = allowed.insert(repo),
+                    Err(e) => refusal = Some(e.to_string()),
+                }
+            }
+            if allowed.is_empty() {
+                let why = refusal.unwrap_or_else(|| format!("commit {sha} is not known"));
+                return vec![json!({ "type": "error", "error": why, "commit": sha })];
+            }
+            Some(allowed)
+        };
+        let followed: Vec<_> = jobsets
+            .into_iter()
+            .filter(|j| allowed.as_ref().is_none_or(|a| a.contains(&j.key.repo)))
+            .collect();
+        let s = sha.clone();
+        let room = |sub: &crate::live::Subscription| {
+            sub.commits.len() < MAX_SUBSCRIPTIONS || sub.commits.contains_key(&s)
+        };
+        if !self.change(|sub| {
+            room(sub) && {
+                sub.commits.insert(s.clone(), allowed);
+                true
+            }
+        }) {
+            return vec![
+                json!({ "type": "error", "error": format!("at most {MAX_SUBSCRIPTIONS} commits per connection") }),
+            ];
+        }
+        let mut answers = vec![json!({ "type": "subscribed", "commit": sha })];
+        for j in followed {
+            crate::live::note_jobset(j.id.0, origin(&j));
+            match super::ws_stats::read(&self.state, j.id.0).await {
+                Ok(Some((header, counts))) => answers.push(super::ws_stats::message(&header, &counts)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, jobset = j.id.0, "live: counting a jobset's attributes failed")
+                }
+            }
+        }
+        answers
+    }
+}
+
+/// Inserts `v` into `set` unless that would make it larger than [`MAX_SUBSCRIPTIONS`] (`false` then).
+fn capped_insert<T: Eq + std::hash::Hash>(set: &mut std::collections::HashSet<T>, v: T) -> bool {
+    if set.len() >= MAX_SUBSCRIPTIONS && !set.contains(&v) {
+        return false;
+    }
+    set.insert(v);
+    true
+}
+
+fn origin(j: &crate::jobset::Jobset) -> crate::live::JobsetOrigin {
+    crate::live::JobsetOrigin { repo: j.key.repo.clone(), commit: j.key.commit.clone() }
 }
 
 /// The client's side of the connection, with bytes read ahead.

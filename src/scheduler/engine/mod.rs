@@ -146,8 +146,9 @@ struct Engine {
     /// Each builder's health, in pool order (see `engine/health.rs`).
     health: Vec<health::HealthMem>,
     writes: Writes,
-    /// Paths of nodes finished since the last commit, while live clients are connected (`announce`).
-    finished_paths: HashMap<DrvId, Rc<str>>,
+    /// Paths and owning jobsets of nodes finished since the last commit, while live clients are
+    /// connected (`announce`).
+    finished_paths: HashMap<DrvId, (Rc<str>, Vec<u64>)>,
     deferred: Vec<Deferred>,
     followups: Vec<Followup>,
     prio_dirty: bool,
@@ -155,6 +156,11 @@ struct Engine {
     draining: bool,
     /// Repository checks holding or waiting for a local worker slot (`checks.rs`).
     checks: checks::CheckSlots,
+}
+
+/// The jobset ids among `owners` (what live clients following jobsets match).
+fn jobsets_of(owners: &[Owner]) -> Vec<u64> {
+    owners.iter().filter_map(|o| if let Owner::Jobset(j) = o { Some(j.0) } else { None }).collect()
 }
 
 fn class(state: &DrvState) -> Option<usize> {
@@ -278,15 +284,17 @@ impl Engine {
             return;
         }
         for (id, _, entry) in &writes.history {
-            let path = match self.nodes.get(id).map(|n| &n.path).or_else(|| finished.get(id)) {
-                Some(p) => p.to_string(),
-                // Not active (propagated failures, requeues): one graph read, usually cached.
+            let active = self.nodes.get(id).map(|n| (n.path.clone(), jobsets_of(&n.owners)));
+            let (path, jobsets) = match active.or_else(|| finished.get(id).cloned()) {
+                Some((p, j)) => (p.to_string(), j),
+                // Not active (propagated failures, requeues): one graph read, usually cached; its
+                // jobsets are unknown.
                 None => match self.graph.path_of(*id) {
-                    Ok(p) => p,
+                    Ok(p) => (p, Vec::new()),
                     Err(_) => continue,
                 },
             };
-            crate::live::state_change(&path, entry.state.name(), entry.attempt, entry.at_ms);
+            crate::live::state_change(&path, entry.state.name(), entry.attempt, entry.at_ms, &jobsets);
         }
     }
 
@@ -439,7 +447,7 @@ impl Engine {
         let Some(mut n) = self.nodes.remove(&id) else { return }; // present: checked above
         if crate::live::wanted() {
             // `announce` names it after the commit without reading the graph.
-            self.finished_paths.insert(id, n.path.clone());
+            self.finished_paths.insert(id, (n.path.clone(), jobsets_of(&n.owners)));
         }
         self.graph.unpin(id);
         self.building.remove(&id);

@@ -102,6 +102,8 @@ pub(super) async fn jobset(req: tide::Request<AppState>) -> Result<Markup, ApiEr
                 " · " (total) " attributes (" (header.errors) " evaluation errors) "
                 (super::admin::cancel_button(&viewer, header.id))
             }
+            p.live-counts data-counts-jobset=(header.id.0) {}
+            (super::live::hook(&serde_json::json!([{ "job": header.id.0 }]), &[]))
             @if cancelled { p id="cancelled" { "The jobset's builds were cancelled." } }
             @if let crate::jobset::JobsetState::Failed { message } = &header.state { pre.error { (message) } }
             form id="filter" method="get" {
@@ -122,7 +124,7 @@ pub(super) async fn jobset(req: tide::Request<AppState>) -> Result<Markup, ApiEr
                         @match outcome {
                             AttrOutcome::Drv(d) => {
                                 td.mono { a href=(drv_href(&d.drv_path)) { (attr) } }
-                                td { (badge(attr_state_name(outcome, page.states.get(&d.drv_path)))) }
+                                td data-drv=(d.drv_path) { (badge(attr_state_name(outcome, page.states.get(&d.drv_path)))) }
                                 td { (d.name) } td.mono { (d.system) }
                             }
                             AttrOutcome::Error { message } => {

@@ -9,6 +9,7 @@
 //! | `admin.rs` | `/ui/admin` (sessions, tokens, approvals waiting), `POST /ui/drvs/{drv}/rebuild`, `POST /ui/approve`, `POST /ui/admin/sessions/revoke` |
 //! | `session.rs` | sessions in redb, signed cookies, CSRF tokens (no route) |
 //! | `ansi.rs` | build-log ANSI colours to spans (no route) |
+//! | `live.rs` | `/ui/live.js`: the script that keeps the dashboard, commit and jobset pages live over `/v1/ws/builds` |
 //!
 //! Every page reads through the same readers as the `/v1` JSON routes (`drvs::read_drv`,
 //! `jobsets::read_page`, `logs::open_log`, `builds::read_active`, the stores' own functions) and applies
@@ -21,9 +22,12 @@
 mod admin;
 mod ansi;
 mod detail;
+mod live;
 pub mod login;
 mod pages;
 pub mod session;
+
+pub(in crate::web) use pages::parse_sha;
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
@@ -189,6 +193,7 @@ pub fn routes(app: &mut tide::Server<AppState>) {
     let callback = app.state().ui.callback_path();
     login::routes(app, &callback);
     admin::routes(app);
+    live::routes(app);
     app.at("/ui").get(|_req: tide::Request<AppState>| async move {
         let res: tide::Response = tide::Redirect::permanent("/ui/").into();
         Ok::<_, tide::Error>(res)

@@ -145,6 +145,7 @@ pub(super) async fn dashboard(req: tide::Request<AppState>) -> Result<Markup, Ap
                 @if shown_evals.is_empty() { tr { td colspan="5" .muted { "none" } } }
             }
             script { (maud::PreEscaped(ELAPSED_JS)) }
+            (super::live::hook(&serde_json::json!([{ "all": true }]), &["queues", "active", "runs", "evaluations"]))
         },
     ))
 }
@@ -342,7 +343,7 @@ async fn log_tail(state: &AppState, drv: &str) -> Option<(u32, Vec<String>)> {
     Some((log.attempt, lines.into_iter().skip(skip).collect()))
 }
 
-fn parse_sha(param: &'static str, raw: &str) -> Result<String, ApiError> {
+pub(in crate::web) fn parse_sha(param: &'static str, raw: &str) -> Result<String, ApiError> {
     if (raw.len() == 40 || raw.len() == 64) && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(raw.to_ascii_lowercase())
     } else {
@@ -426,7 +427,8 @@ fn render_commit(state: &AppState, viewer: &super::login::Viewer, sha: &str, dat
                 }
             }
         }
-        @for job in &data.jobs { (render_job(job, data.summary.as_ref())) }
+        div id="jobs" { @for job in &data.jobs { (render_job(job, data.summary.as_ref())) } }
+        (super::live::hook(&serde_json::json!([{ "commit": sha }]), &["runs", "jobs"]))
         @if !data.checks.is_empty() {
             h2 { "Repository checks" }
             table id="checks" {
@@ -468,6 +470,7 @@ fn render_job(job: &JobView, summary: Option<&ChangeSummary>) -> Markup {
                 (h.derivations) " derivations, " (h.errors) " evaluation errors"
                 @if let JobsetState::Failed { message } = &h.state { br; span.error { (message) } }
             }
+            p.live-counts data-counts-jobset=(h.id.0) {}
             @if let Some(d) = &job.diff {
                 p.counts {
                     "against " span.mono { (crate::text::short_sha(&d.base.key.commit)) } ": "
