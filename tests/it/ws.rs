@@ -3,7 +3,10 @@
 //! a subscriber gets `build_state_change` and `log_line` events of its derivation, a client subscribed to
 //! another derivation gets none, a client that never reads is dropped and counted while the others go on,
 //! malformed and oversized frames close only their own connection, and an anonymous client cannot
-//! subscribe to a private derivation or to everything.
+//! subscribe to a private derivation or to everything. Clients following a commit or a jobset (`job`)
+//! get the current `job_stats_update` when subscribing, then `build_state_change` of the jobset's builds
+//! and coalesced `job_stats_update`s; unsubscribing stops them; an anonymous client cannot follow a
+//! private repository's commit or jobset.
 
 use crate::common;
 
@@ -312,4 +315,140 @@ fn live_build_events_over_a_websocket() {
     drop(events);
     drop(server);
     let _ = reader.join();
+}
+
+/// Reads `ws` on a thread of its own, forwarding text messages.
+fn forward(mut ws: Ws) -> (mpsc::Receiver<Value>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<Value>();
+    let handle = std::thread::spawn(move || {
+        while let Some((op, payload)) = ws.frame() {
+            if op == 0x1 && tx.send(serde_json::from_slice(&payload).expect("JSON")).is_err() {
+                break;
+            }
+        }
+    });
+    (rx, handle)
+}
+
+#[test]
+fn commit_and_job_subscriptions_over_a_websocket() {
+    let nonce = common::nonce();
+    let home = Home::new();
+    let server = home.start();
+    let addr = server.http_address();
+    let token = home.token("ws-follow", "read");
+    common::send_token(Some(&token));
+
+    // `slow` builds until the gate exists; the quick ones need it, so they all build in a burst after.
+    let gate = std::env::temp_dir().join(format!("ekaci-ws-follow-gate-{nonce}"));
+    const QUICK: usize = 30;
+    let quick: String = (0..QUICK)
+        .map(|i| format!("  quick{i} = mk \"quick{i}-{nonce}\" \"echo ${{slow}} > $out\";\n"))
+        .collect();
+    let nix = format!(
+        "{NIX_PRELUDE}let slow = mk \"slow-{nonce}\" \"while [ ! -e {gate} ]; do /bin/sleep 0.1; done; echo slow > $out\"; in\n\
+         {{\n  inherit slow;\n{quick}}}\n",
+        gate = gate.display()
+    );
+    let mut running = common::start_slow_build(&home, &addr, &nonce, &nix);
+    let (slow, head) = (running.drv.clone(), running.head.clone());
+
+    // A local repository is private: an anonymous client may not follow its commit, nor a made-up one.
+    let mut anon = connect(&addr, None);
+    anon.send(json!({ "type": "subscribe", "commit": head }));
+    let (e, before) = anon.until("error");
+    assert_eq!(e["commit"], head.as_str(), "{e}");
+    assert!(before.is_empty(), "{before:?}");
+    anon.send(json!({ "type": "subscribe", "commit": "0".repeat(40) }));
+    let (e, _) = anon.until("error");
+    assert!(e["error"].as_str().is_some_and(|m| m.contains("not known")), "{e}");
+    anon.send(json!({ "type": "subscribe", "commit": "not-a-sha" }));
+    anon.until("error");
+
+    // Following the commit: the answer, then the current counts of its jobset (the head's job).
+    let mut by_commit = connect(&addr, Some(&token));
+    by_commit.send(json!({ "type": "subscribe", "commit": head.to_uppercase() }));
+    let (ack, _) = by_commit.until("subscribed");
+    assert_eq!(ack, json!({ "type": "subscribed", "commit": head }));
+    let (first, _) = by_commit.until("job_stats_update");
+    assert_eq!(first["commit"], head.as_str(), "{first}");
+    assert_eq!(first["job"], "main", "{first}");
+    assert_eq!(first["evaluation"], "evaluated", "{first}");
+    assert_eq!(first["attributes"], QUICK as u64 + 1, "{first}");
+    // The quick builds wait for the slow one, whose `building` may be committed after
+    // /v1/builds/active showed it.
+    assert_eq!(first["counts"]["queued"], QUICK as u64, "{first}");
+    let slow_state = |c: &Value| c["building"].as_u64().unwrap_or(0) + c["buildable"].as_u64().unwrap_or(0);
+    assert_eq!(slow_state(&first["counts"]), 1, "the slow build: {first}");
+    let jobset = first["jobset"].as_u64().expect("jobset id");
+
+    // The anonymous client may not follow that jobset either; unknown jobsets are named.
+    anon.send(json!({ "type": "subscribe", "job": jobset }));
+    let (e, _) = anon.until("error");
+    assert_eq!(e["job"], jobset, "{e}");
+    let mut by_job = connect(&addr, Some(&token));
+    by_job.send(json!({ "type": "subscribe", "job": u64::MAX }));
+    let (e, _) = by_job.until("error");
+    assert!(e["error"].as_str().is_some_and(|m| m.contains("no jobset")), "{e}");
+    by_job.send(json!({ "type": "subscribe", "job": jobset }));
+    by_job.until("subscribed");
+    let (snapshot, _) = by_job.until("job_stats_update");
+    assert_eq!(snapshot["counts"], first["counts"], "{snapshot}");
+
+    // A client that follows the commit, then stops.
+    let mut stopped = connect(&addr, Some(&token));
+    stopped.send(json!({ "type": "subscribe", "commit": head }));
+    stopped.until("subscribed");
+    stopped.send(json!({ "type": "unsubscribe", "commit": head }));
+    let (ack, _) = stopped.until("unsubscribed");
+    assert_eq!(ack["commit"], head.as_str(), "{ack}");
+
+    let (commit_events, commit_reader) = forward(by_commit);
+    let (job_events, job_reader) = forward(by_job);
+    std::fs::write(&gate, b"").expect("open the gate");
+
+    // Both followers see every build finish, and counts that end with all of them built.
+    let watch = |events: &mpsc::Receiver<Value>, who: &str| {
+        let (mut changes, mut updates, mut succeeded) = (0usize, 0usize, 0usize);
+        let mut slow_done = false;
+        loop {
+            let v = events
+                .recv_timeout(Duration::from_secs(180))
+                .unwrap_or_else(|_| panic!("{who}: the builds never all finished ({succeeded} built)"));
+            match v["type"].as_str() {
+                Some("build_state_change") => {
+                    changes += 1;
+                    slow_done |= v["drv"] == slow.as_str() && v["state"] == "success";
+                }
+                Some("job_stats_update") => {
+                    updates += 1;
+                    assert_eq!(v["jobset"], jobset, "{who}: {v}");
+                    succeeded = v["counts"]["success"].as_u64().unwrap_or(0) as usize;
+                    if succeeded == QUICK + 1 {
+                        assert_eq!(v["counts"].as_object().map(|c| c.len()), Some(1), "{who}: {v}");
+                        return (changes, updates, slow_done);
+                    }
+                }
+                _ => panic!("{who}: unexpected {v}"),
+            }
+        }
+    };
+    let (changes, updates, slow_done) = watch(&commit_events, "commit follower");
+    assert!(slow_done, "the commit follower saw the slow build succeed");
+    // 31 builds made at least 31 state changes; the counts came in fewer, coalesced messages.
+    assert!(changes > QUICK, "{changes} state changes");
+    assert!(updates < changes, "{updates} job_stats_update for {changes} state changes");
+    let (_, _, slow_done) = watch(&job_events, "job follower");
+    assert!(slow_done, "the job follower saw the slow build succeed");
+
+    // The client that unsubscribed got nothing: its answer to a ping comes first.
+    stopped.send(json!({ "type": "ping" }));
+    assert_eq!(stopped.recv(), json!({ "type": "pong" }));
+    eprintln!("commit follower: {changes} build_state_change, {updates} job_stats_update");
+
+    let _ = std::fs::remove_file(&gate);
+    let _ = running.review.wait();
+    drop((commit_events, job_events));
+    drop(server);
+    let _ = (commit_reader.join(), job_reader.join());
 }

@@ -507,6 +507,8 @@ pub struct RunningBuild {
     pub repo: GitRepo,
     /// The `.drv` path of the building derivation.
     pub drv: String,
+    /// The reviewed head commit.
+    pub head: String,
 }
 
 /// Reviews a new repository whose head's `default.nix` is `nix` (a job with a derivation named
@@ -531,5 +533,5 @@ pub fn start_slow_build(home: &Home, addr: &str, nonce: &str, nix: &str) -> Runn
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    RunningBuild { review, repo, drv }
+    RunningBuild { review, repo, drv, head }
 }
