@@ -44,9 +44,10 @@ pub struct JobsetOrigin {
 }
 
 impl Subscription {
-    /// Whether the client follows jobset `id` (from `origin`, when known).
+    /// Whether the client follows jobset `id` (from `origin`, when known); `all` follows every jobset.
     pub fn follows(&self, id: u64, origin: Option<&JobsetOrigin>) -> bool {
-        self.jobs.contains(&id)
+        self.all
+            || self.jobs.contains(&id)
             || origin.is_some_and(|o| {
                 self.commits
                     .get(&o.commit)
@@ -59,7 +60,7 @@ impl Subscription {
     }
 
     fn follows_jobsets(&self) -> bool {
-        !self.jobs.is_empty() || !self.commits.is_empty()
+        self.all || !self.jobs.is_empty() || !self.commits.is_empty()
     }
 }
 

@@ -27,7 +27,8 @@ const REMEMBERED: usize = 10_000;
 /// build state's name as `GET /v1/drvs/{drv}` shows it).
 pub type Counts = BTreeMap<String, u64>;
 
-/// Counts jobset `header`'s attributes by state, blocking.
+/// Counts jobset `header`'s attributes by state, blocking. A jobset not evaluated (yet) counts its
+/// derivations as `none`.
 pub fn counts_blocking(state: &AppState, header: &Jobset) -> Result<Counts, PageError> {
     let reader = Reader::new(&state.store)?;
     let mut counts = Counts::new();

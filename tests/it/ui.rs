@@ -4,7 +4,8 @@
 //! would: refused without a token (local repositories are private), and with a token (sent as a header
 //! through chromedriver's DevTools bridge) the commit page, the link to the failing build's log, the
 //! jobset filtered by state, the derivation page and the dashboard; then a running build's log page
-//! growing and its derivation page changing state without a reload (`/v1/ws/builds`). Skips with a printed reason only when
+//! growing and its derivation page changing state without a reload (`/v1/ws/builds`); and the commit,
+//! jobset and dashboard pages following a running build to its end without a reload (`/ui/live.js`). Skips with a printed reason only when
 //! chromedriver is not installed (CI installs it). With `EKA_CI_UI_SCREENSHOTS=<dir>` each page is also
 //! saved as a PNG there (docs/ui/ holds the ones docs/ui.md shows).
 
@@ -591,5 +592,102 @@ fn ui_log_follows_a_running_build() {
     let _ = std::fs::remove_file(&gate);
     let _ = running.review.wait();
     drop(browser);
+    drop(server);
+}
+
+/// The commit page, the jobset page and the dashboard follow a running build without a reload
+/// (`/ui/live.js` over `/v1/ws/builds`): the job's verdict and counts, the attribute's state and the
+/// active builds change when the build ends.
+#[test]
+fn ui_pages_follow_a_running_build() {
+    let Some(driver) = Driver::start() else { return };
+    let nonce = common::nonce();
+    let home = Home::new();
+    let server = home.start();
+    let addr = server.http_address();
+    let token = home.token("ui-pages-live", "read");
+    common::send_token(Some(&token));
+    let gate = std::env::temp_dir().join(format!("ekaci-ui-pages-gate-{nonce}"));
+    let nix = format!(
+        r#"{NIX_PRELUDE}
+{{ slow = mk "slow-{nonce}" "while [ ! -e {gate} ]; do /bin/sleep 0.2; done; echo slow > $out"; }}
+"#,
+        gate = gate.display()
+    );
+    let mut running = common::start_slow_build(&home, &addr, &nonce, &nix);
+    let slow_name = format!("slow-{nonce}.drv");
+    let live = |b: &Session| {
+        b.wait_for("html[data-live='subscribed']");
+        // A mark that a reload would lose.
+        b.run("window.ekaMark = 'kept';", json!([]));
+    };
+    let kept = |b: &Session| assert_eq!(b.run("return window.ekaMark;", json!([])), "kept", "reloaded");
+    let wait = |b: &Session, what: &str, done: &dyn Fn(&Session) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(b) {
+            assert!(Instant::now() < deadline, "{what} never happened: {}", b.source());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // Read in one script: the regions read may be replaced between two WebDriver commands.
+    let read = |b: &Session, css: &str, attr: &str| {
+        let v = b.run(
+            "var e = document.querySelector(arguments[0]); \
+             return e ? (arguments[1] ? e.getAttribute(arguments[1]) : e.textContent) : '';",
+            json!([css, attr]),
+        );
+        v.as_str().unwrap_or_default().to_string()
+    };
+    let count = |b: &Session, css: &str| {
+        b.run("return document.querySelectorAll(arguments[0]).length;", json!([css])).as_u64().unwrap_or(0)
+    };
+    let verdict = |b: &Session| read(b, "section.job h2 .badge", "data-state");
+
+    // The commit page: the job is building; its counts come from `job_stats_update`.
+    let commit = driver.session(Some(&token));
+    commit.open(&format!("http://{addr}/ui/commits/{}?base={}", running.head, running.base));
+    assert_eq!(verdict(&commit), "building", "{}", commit.source());
+    live(&commit);
+    wait(&commit, "live counts", &|b| count(b, "p.live-counts .badge") > 0);
+    let counts = read(&commit, "p.live-counts", "");
+    assert!(counts.starts_with("1 attributes (evaluated)"), "{counts}");
+    commit.screenshot("commit-live");
+
+    // The jobset page: the attribute's state.
+    let jobset = driver.session(Some(&token));
+    jobset.open(&format!(
+        "http://{addr}{}",
+        commit
+            .attr("section.job a[href^='/ui/jobsets/']", "href")
+            .trim_start_matches(&format!("http://{addr}"))
+    ));
+    jobset.wait_for("#attrs");
+    let slow_state = |b: &Session| read(b, "#attrs td[data-drv] .badge", "data-state");
+    assert!(matches!(slow_state(&jobset).as_str(), "building" | "buildable"), "{}", jobset.source());
+    live(&jobset);
+
+    // The dashboard: the build is active.
+    let dashboard = driver.session(Some(&token));
+    dashboard.open(&format!("http://{addr}/ui/"));
+    assert!(dashboard.text("#active").contains(&slow_name), "{}", dashboard.text("#active"));
+    live(&dashboard);
+    dashboard.screenshot("dashboard-live");
+
+    std::fs::write(&gate, b"").expect("open the gate");
+    wait(&commit, "the job's success", &|b| verdict(b) == "success");
+    wait(&commit, "the counts' success", &|b| {
+        count(b, "p.live-counts .badge") == 1 && count(b, "p.live-counts .badge[data-state='success']") == 1
+    });
+    kept(&commit);
+    wait(&jobset, "the attribute's success", &|b| slow_state(b) == "success");
+    kept(&jobset);
+    wait(&dashboard, "the end of the active build", &|b| !read(b, "#active", "").contains(&slow_name));
+    let active = read(&dashboard, "#active", "");
+    assert!(active.contains("no build running"), "{active}");
+    kept(&dashboard);
+
+    let _ = std::fs::remove_file(&gate);
+    let _ = running.review.wait();
+    drop((commit, jobset, dashboard));
     drop(server);
 }

@@ -22,7 +22,7 @@ pub const POLL_SECONDS: u32 = 10;
 /// the ids of the regions refetched on events, and the script.
 pub(super) fn hook(subscriptions: &serde_json::Value, regions: &[&str]) -> Markup {
     html! {
-        p.muted id="live" data-live=(subscriptions.to_string()) data-regions=(regions.join(" ")) data-poll=(POLL_SECONDS) {
+        p.muted id="live-updates" data-live=(subscriptions.to_string()) data-regions=(regions.join(" ")) data-poll=(POLL_SECONDS) {
             "live updates: " span id="live-status" { "off (needs JavaScript)" }
         }
         script src=(PATH) defer {}
@@ -31,7 +31,7 @@ pub(super) fn hook(subscriptions: &serde_json::Value, regions: &[&str]) -> Marku
 
 const SCRIPT: &str = r#"(function () {
   'use strict';
-  var hook = document.getElementById('live');
+  var hook = document.getElementById('live-updates');
   var status = document.getElementById('live-status');
   if (!hook || !window.WebSocket || !window.fetch) return;
   var subs = JSON.parse(hook.dataset.live || '[]');
@@ -111,7 +111,10 @@ const SCRIPT: &str = r#"(function () {
     ws.onmessage = function (e) {
       var m;
       try { m = JSON.parse(e.data); } catch (x) { return; }
-      if (m.type === 'subscribed') { if (polling === null) say('live'); }
+      if (m.type === 'subscribed') {
+        document.documentElement.dataset.live = 'subscribed';
+        if (polling === null) say('live');
+      }
       else if (m.type === 'error') fallback();
       else if (m.type === 'build_state_change') { updates++; showState(m); refresh(); }
       else if (m.type === 'job_stats_update') { updates++; stats[m.jobset] = m; showCounts(m); refresh(); }

@@ -507,7 +507,8 @@ pub struct RunningBuild {
     pub repo: GitRepo,
     /// The `.drv` path of the building derivation.
     pub drv: String,
-    /// The reviewed head commit.
+    /// The reviewed base and head commits.
+    pub base: String,
     pub head: String,
 }
 
@@ -533,5 +534,5 @@ pub fn start_slow_build(home: &Home, addr: &str, nonce: &str, nix: &str) -> Runn
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    RunningBuild { review, repo, drv, head }
+    RunningBuild { review, repo, drv, base, head }
 }
