@@ -46,8 +46,12 @@ pub struct JobsetOrigin {
 impl Subscription {
     /// Whether the client follows jobset `id` (from `origin`, when known); `all` follows every jobset.
     pub fn follows(&self, id: u64, origin: Option<&JobsetOrigin>) -> bool {
-        self.all
-            || self.jobs.contains(&id)
+        self.all || self.names(id, origin)
+    }
+
+    /// Whether the client names jobset `id` in a `job` or `commit` subscription.
+    fn names(&self, id: u64, origin: Option<&JobsetOrigin>) -> bool {
+        self.jobs.contains(&id)
             || origin.is_some_and(|o| {
                 self.commits
                     .get(&o.commit)
@@ -148,7 +152,7 @@ pub fn note_jobset(id: u64, origin: JobsetOrigin) {
     if h.jobsets.len() >= JOBSETS_KNOWN && !h.jobsets.contains_key(&id) {
         // Forget those no client follows.
         let Hub { jobsets, clients, .. } = &mut *h;
-        jobsets.retain(|j, o| clients.iter().any(|c| c.sub.follows(*j, Some(o))));
+        jobsets.retain(|j, o| clients.iter().any(|c| c.sub.names(*j, Some(o))));
         if jobsets.len() >= JOBSETS_KNOWN {
             return;
         }
@@ -274,6 +278,7 @@ pub fn state_change(drv: &str, state: &str, attempt: u32, at_ms: u64, jobsets: &
         return;
     }
     if jobsets.is_empty() {
+        // Unknown owners (a propagated failure, a rebuild): any named jobset may have changed.
         h.dirty_all = true;
     } else {
         let Hub { dirty, clients, jobsets: known, .. } = &mut *h;

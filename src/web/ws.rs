@@ -9,7 +9,10 @@
 //! code RFC 6455 gives for it (1002, 1003 or 1009).
 //!
 //! Events come from [`crate::live`]: the connection registers a bounded queue there; a client that does
-//! not read its events in time is dropped by the hub and counted. The protocol is in docs/http-api.md.
+//! not read its events in time is dropped by the hub and counted. Subscriptions name a derivation, a
+//! jobset (`job`), a commit or `all`; each is checked against the read rules of the page or route showing
+//! the same data, and a `job` or `commit` subscription is answered with the current `job_stats_update`
+//! of its jobsets (`web::ws_stats`). The protocol is in docs/http-api.md.
 
 use std::sync::Arc;
 use std::time::Duration;

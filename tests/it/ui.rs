@@ -672,6 +672,13 @@ fn ui_pages_follow_a_running_build() {
     assert!(dashboard.text("#active").contains(&slow_name), "{}", dashboard.text("#active"));
     live(&dashboard);
     dashboard.screenshot("dashboard-live");
+    // An anonymous browser may see the dashboard (`public_read`) but not follow all builds: it falls
+    // back to refreshing, and is shown no private build.
+    let anonymous = driver.session(None);
+    anonymous.open(&format!("http://{addr}/ui/"));
+    wait(&anonymous, "the fallback", &|b| read(b, "#live-status", "").starts_with("refreshing every"));
+    assert!(!read(&anonymous, "#active", "").contains(&slow_name), "a private build shown anonymously");
+    drop(anonymous);
 
     std::fs::write(&gate, b"").expect("open the gate");
     wait(&commit, "the job's success", &|b| verdict(b) == "success");

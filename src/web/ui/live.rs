@@ -5,7 +5,9 @@
 //! the session cookie, so the read rules are the page's), subscribes as its hook says, and on events:
 //! sets the state badge of each row marked `data-drv` with the derivation (`build_state_change`), writes
 //! a jobset's counts into elements marked `data-counts-jobset` (`job_stats_update`), and refetches the page
-//! itself at most once a second to replace the hook's regions (elements by id) with their new versions.
+//! itself to replace the hook's regions (elements by id) with their new versions: at most once a second,
+//! and never sooner than ten times the last refetch's duration after it (a page that is slow to render
+//! costs the server at most a tenth of its time per viewer).
 //! A subscription the server refuses (the dashboard's `all` for a viewer who does not read everything)
 //! falls back to refetching every [`POLL_SECONDS`]. The connection is reopened after it drops.
 
@@ -39,7 +41,9 @@ const SCRIPT: &str = r#"(function () {
   var poll = Number(hook.dataset.poll || 10) * 1000;
   var stats = {};
   var updates = 0;
-  var busy = false, again = false, last = 0, polling = null;
+  // The next refetch waits at least a second after the last one, and ten times as long as it took (a
+  // large commit page costs the server more to render: a viewer never keeps it busier than a tenth).
+  var busy = false, again = false, next = 0, polling = null;
   function say(text) { if (status) status.textContent = text; }
   function cls(s) {
     if (['success', 'cached', 'passed', 'evaluated'].indexOf(s) >= 0) return 'ok';
@@ -76,6 +80,7 @@ const SCRIPT: &str = r#"(function () {
     if (busy) { again = true; return; }
     busy = true;
     setTimeout(function () {
+      var started = Date.now();
       fetch(location.href, { credentials: 'same-origin' }).then(function (r) {
         return r.ok ? r.text() : null;
       }).then(function (text) {
@@ -88,11 +93,11 @@ const SCRIPT: &str = r#"(function () {
           Object.keys(stats).forEach(function (k) { showCounts(stats[k]); });
         }
       }).catch(function () {}).then(function () {
-        last = Date.now();
+        next = Date.now() + Math.max(1000, 10 * (Date.now() - started));
         busy = false;
         if (again) { again = false; refresh(); }
       });
-    }, Math.max(0, last + 1000 - Date.now()));
+    }, Math.max(0, next - Date.now()));
   }
   function fallback() {
     if (polling === null) polling = setInterval(refresh, poll);
