@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::jobsets::{attr_state_name, scan_index_of, PageError};
 use super::AppState;
-use crate::jobset::{AttrOutcome, Jobset, JobsetId, JobsetState, ScanKind};
+use crate::jobset::{Jobset, JobsetId, JobsetState, ScanKind};
 use crate::scheduler::state::Reader;
 
 /// How long after a change the counts are read: changes within it are sent as one update.
@@ -29,13 +29,18 @@ pub type Counts = BTreeMap<String, u64>;
 
 /// Counts jobset `header`'s attributes by state, blocking. A jobset not evaluated (yet) counts its
 /// derivations as `none`.
-pub fn counts_blocking(state: &AppState, header: &Jobset) -> Result<Counts, PageError> {
-    let reader = Reader::new(&state.store)?;
+pub fn counts_blocking(
+    jobsets: &crate::jobset::Jobsets,
+    graph: &crate::graph::Graph,
+    store: &crate::store::Store,
+    header: &Jobset,
+) -> Result<Counts, PageError> {
+    let reader = Reader::new(store)?;
     let mut counts = Counts::new();
     let mut drv_ids: Vec<u32> = Vec::new();
     let mut unknown = 0u64;
     if header.state == JobsetState::Evaluated {
-        let index = scan_index_of(&state.jobsets, &state.graph, header.id)?;
+        let index = scan_index_of(jobsets, graph, header.id)?;
         for e in index.iter() {
             match e.kind {
                 ScanKind::EvalError => *counts.entry("eval-error".into()).or_default() += 1,
@@ -44,22 +49,12 @@ pub fn counts_blocking(state: &AppState, header: &Jobset) -> Result<Counts, Page
             }
         }
     } else {
-        let mut paths = Vec::new();
-        state.jobsets.for_each_attr(header.id, |_, outcome| {
-            match outcome {
-                AttrOutcome::Drv(d) => paths.push(d.drv_path),
-                o @ AttrOutcome::Error { .. } => {
-                    *counts.entry(attr_state_name(&o, None).into()).or_default() += 1
-                }
-            }
+        // Evaluating (or failed): its derivations are read into the graph only when the evaluation
+        // ends, so they are counted without build states, and the count stays cheap while it streams.
+        jobsets.for_each_attr(header.id, |_, outcome| {
+            *counts.entry(attr_state_name(&outcome, None).into()).or_default() += 1;
             Ok(())
         })?;
-        for id in state.graph.ids_of(&paths)? {
-            match id {
-                Some(d) => drv_ids.push(d.0),
-                None => unknown += 1,
-            }
-        }
     }
     let asked = drv_ids.len() as u64;
     let records = reader.states(drv_ids.into_iter().map(crate::graph::DrvId))?;
@@ -100,7 +95,7 @@ pub async fn read(state: &AppState, id: u64) -> Result<Option<(Jobset, Counts)>,
     let state = state.clone();
     smol::unblock(move || {
         let Some(header) = state.jobsets.get(JobsetId(id))? else { return Ok(None) };
-        let counts = counts_blocking(&state, &header)?;
+        let counts = counts_blocking(&state.jobsets, &state.graph, &state.store, &header)?;
         Ok(Some((header, counts)))
     })
     .await
