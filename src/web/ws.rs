@@ -68,6 +68,19 @@ async fn handshake(req: tide::Request<AppState>) -> Result<tide::Response, ApiEr
         viewer.caller.read_listing(req.state())?;
     }
     let header = |name: &str| req.header(name).map(|v| v.last().as_str().to_string()).unwrap_or_default();
+    // A session cookie is sent by the browser whatever page opens the socket: a signed-in viewer's
+    // socket must come from our own pages (cross-site WebSocket hijacking). Tokens are never sent by a
+    // browser on its own.
+    if viewer.user.is_some() && viewer.caller.is_anonymous() {
+        let public = req.state().ui.oauth.as_ref().map(|o| o.redirect_url.clone());
+        if !same_origin(&header("Origin"), &header("Host"), public.as_deref()) {
+            return Err(ApiError::Refused {
+                status: 403,
+                message: "a signed-in browser's WebSocket must come from this server's own pages (Origin)"
+                    .into(),
+            });
+        }
+    }
     let bad = |reason: &'static str| ApiError::BadQuery { param: "upgrade", value: String::new(), reason };
     if !header("Upgrade").eq_ignore_ascii_case("websocket") {
         return Err(bad("expected `Upgrade: websocket`"));
@@ -86,6 +99,23 @@ async fn handshake(req: tide::Request<AppState>) -> Result<tide::Response, ApiEr
     let mut res = tide::Response::new(101);
     res.insert_ext(Accepted { viewer, accept: accept_key(key) });
     Ok(res)
+}
+
+/// Whether the handshake's `Origin` (absent: not a browser) is this server: `http(s)://` and the
+/// request's `Host`, or the origin of `public` (the OAuth redirect URL, behind a proxy that rewrites
+/// `Host`).
+fn same_origin(origin: &str, host: &str, public: Option<&str>) -> bool {
+    let origin = origin.trim();
+    if origin.is_empty() {
+        return true;
+    }
+    let authority = |url: &str| {
+        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+        Some(rest.split('/').next().unwrap_or_default().to_ascii_lowercase())
+    };
+    let Some(from) = authority(origin) else { return false };
+    (!host.is_empty() && from == host.trim().to_ascii_lowercase())
+        || public.and_then(authority).is_some_and(|p| p == from)
 }
 
 pub fn routes(app: &mut tide::Server<AppState>) {
@@ -557,6 +587,22 @@ mod tests {
     #[test]
     fn accept_key_of_rfc_6455_example() {
         assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn origins() {
+        assert!(same_origin("", "ci.example.com", None), "not a browser");
+        assert!(same_origin("https://ci.example.com", "ci.example.com", None));
+        assert!(same_origin("http://127.0.0.1:3030", "127.0.0.1:3030", None));
+        assert!(same_origin(
+            "https://CI.example.com",
+            "127.0.0.1:3030",
+            Some("https://ci.example.com/github/auth/callback")
+        ));
+        assert!(!same_origin("https://evil.example.com", "ci.example.com", None));
+        assert!(!same_origin("https://ci.example.com.evil.net", "ci.example.com", None));
+        assert!(!same_origin("null", "ci.example.com", None));
+        assert!(!same_origin("https://evil.example.com", "", Some("https://ci.example.com/cb")));
     }
 
     #[test]

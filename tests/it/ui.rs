@@ -86,6 +86,12 @@ impl Driver {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|(status, v)| panic!("{method} {path}: {status} {v}"))
+    }
+
+    /// A WebDriver command: its value, or the status and answer of a failure.
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, (u16, Value)> {
         let url = format!("{}{path}", self.base);
         let mut res = match (method, body) {
             ("GET", _) => self.agent.get(&url).call(),
@@ -96,8 +102,11 @@ impl Driver {
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = res.status().as_u16();
         let v: Value = res.body_mut().read_json().unwrap_or(Value::Null);
-        assert_eq!(status, 200, "{method} {path}: {v}");
-        v["value"].clone()
+        if status == 200 {
+            Ok(v["value"].clone())
+        } else {
+            Err((status, v))
+        }
     }
 
     /// A new headless browser; with `token`, every request it makes carries it.
@@ -195,9 +204,18 @@ impl Session<'_> {
             .to_string()
     }
 
+    /// Clicks the first element `css`; found again when a live page replaced it meanwhile.
     fn click(&self, css: &str) {
-        let e = self.one(css);
-        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})));
+        for _ in 0..5 {
+            let e = self.one(css);
+            let path = format!("/session/{}/element/{e}/click", self.id);
+            match self.d.try_call("POST", &path, Some(json!({}))) {
+                Ok(_) => return,
+                Err((_, v)) if v["value"]["error"] == "stale element reference" => continue,
+                Err((status, v)) => panic!("clicking `{css}`: {status} {v}"),
+            }
+        }
+        panic!("`{css}` kept being replaced while clicking it");
     }
 
     /// Runs `script` in the page (a returned promise is awaited) and returns its value.
@@ -510,6 +528,23 @@ fn ui_sign_in_and_admin_actions() {
     alice.open(&format!("http://{addr}/ui/"));
     let session_cookie =
         alice.cmd("GET", "/cookie/ekaci_session", None)["value"].as_str().expect("cookie").to_string();
+    // Her live pages follow the commit with her session; a WebSocket opened with her cookie by another
+    // site's page (another Origin) is refused before any upgrade.
+    alice.open(&commit_page);
+    alice.wait_for("html[data-live='subscribed']");
+    let cookie = format!("ekaci_session={session_cookie}");
+    let ws_head = |origin: &str| {
+        let headers = [
+            ("Cookie", cookie.as_str()),
+            ("Origin", origin),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+        ];
+        http_request(&addr, "GET", "/v1/ws/builds", &headers, b"").0
+    };
+    assert_eq!(ws_head("http://evil.example"), 403);
+    // From her own origin it gets as far as the upgrade checks (this request has no key).
+    assert_eq!(ws_head(&format!("http://{addr}")), 400);
     alice.click("#logout");
     alice.wait_for("#signin");
     let cookie = format!("ekaci_session={session_cookie}");

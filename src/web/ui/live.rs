@@ -40,6 +40,7 @@ const SCRIPT: &str = r#"(function () {
   var regions = (hook.dataset.regions || '').split(' ').filter(Boolean);
   var poll = Number(hook.dataset.poll || 10) * 1000;
   var stats = {};
+  var reconnected = false;
   var updates = 0;
   // The next refetch waits at least a second after the last one, and ten times as long as it took (a
   // large commit page costs the server more to render: a viewer never keeps it busier than a tenth).
@@ -88,7 +89,8 @@ const SCRIPT: &str = r#"(function () {
           var doc = new DOMParser().parseFromString(text, 'text/html');
           regions.forEach(function (id) {
             var now = document.getElementById(id), next = doc.getElementById(id);
-            if (now && next) now.replaceWith(document.importNode(next, true));
+            // Only what changed is replaced (a reader's selection and focus elsewhere stay).
+            if (now && next && now.innerHTML !== next.innerHTML) now.replaceWith(document.importNode(next, true));
           });
           Object.keys(stats).forEach(function (k) { showCounts(stats[k]); });
         }
@@ -122,10 +124,17 @@ const SCRIPT: &str = r#"(function () {
       }
       else if (m.type === 'error') fallback();
       else if (m.type === 'build_state_change') { updates++; showState(m); refresh(); }
-      else if (m.type === 'job_stats_update') { updates++; stats[m.jobset] = m; showCounts(m); refresh(); }
+      else if (m.type === 'job_stats_update') {
+        // The counts sent with the first subscription describe the page as it was just rendered.
+        var known = stats[m.jobset] !== undefined || reconnected;
+        updates++; stats[m.jobset] = m; showCounts(m);
+        if (known) refresh();
+      }
       hook.dataset.updates = updates;
     };
     ws.onclose = function () {
+      // Events may have been missed: the next connection refreshes the page.
+      reconnected = true;
       if (polling === null) say('reconnecting');
       setTimeout(connect, 5000);
     };
