@@ -5,7 +5,9 @@
 //! through chromedriver's DevTools bridge) the commit page, the link to the failing build's log, the
 //! jobset filtered by state, the derivation page and the dashboard; then a running build's log page
 //! growing and its derivation page changing state without a reload (`/v1/ws/builds`); and the commit,
-//! jobset and dashboard pages following a running build to its end without a reload (`/ui/live.js`). Skips with a printed reason only when
+//! jobset and dashboard pages following a running build to its end without a reload (`/ui/live.js`);
+//! a signed-in user without rights cannot follow a private commit, jobset or all builds over the
+//! WebSocket, and a session's WebSocket from another origin is refused. Skips with a printed reason only when
 //! chromedriver is not installed (CI installs it). With `EKA_CI_UI_SCREENSHOTS=<dir>` each page is also
 //! saved as a PNG there (docs/ui/ holds the ones docs/ui.md shows).
 
@@ -391,6 +393,20 @@ fn ui_pages_in_a_browser() {
     drop(server);
 }
 
+/// Opens `/v1/ws/builds` from the page `b` shows (its origin and cookies), sends a subscription and
+/// returns the first answer (`subscribed` or `error`).
+fn subscribe_in_page(b: &Session, subscription: &Value) -> Value {
+    b.run(
+        "var sub = arguments[0]; return new Promise(function (resolve) { \
+           var ws = new WebSocket('ws://' + location.host + '/v1/ws/builds'); \
+           ws.onopen = function () { sub.type = 'subscribe'; ws.send(JSON.stringify(sub)); }; \
+           ws.onmessage = function (e) { var m = JSON.parse(e.data); \
+             if (m.type === 'subscribed' || m.type === 'error') { ws.close(); resolve(m); } }; \
+           ws.onclose = function () { resolve({ type: 'closed' }); }; });",
+        json!([subscription]),
+    )
+}
+
 /// A free loopback port (the OAuth redirect URL names the server's port before it starts).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
@@ -522,6 +538,15 @@ fn ui_sign_in_and_admin_actions() {
     assert!(bob.all("#rebuild").is_empty());
     bob.open(&format!("http://{addr}/ui/admin"));
     assert_eq!(bob.text("h1"), "Not allowed");
+    // Nor may his session follow the private commit, its jobset or all builds live; Alice's may.
+    bob.open(&format!("http://{addr}/ui/"));
+    let jobset_id: u64 =
+        jobset_path.rsplit('/').next().and_then(|id| id.parse().ok()).expect("jobset id in the path");
+    for subscription in [json!({ "commit": head }), json!({ "job": jobset_id }), json!({ "all": true })] {
+        let answer = subscribe_in_page(&bob, &subscription);
+        assert_eq!(answer["type"], "error", "{subscription}: {answer}");
+        assert_eq!(subscribe_in_page(&alice, &subscription)["type"], "subscribed", "{subscription}");
+    }
     drop(bob);
 
     // Signing out revokes the session: its cookie no longer works.
