@@ -363,7 +363,8 @@ impl Session {
                 if subscribe {
                     capped_insert(&mut s.drvs, d)
                 } else {
-                    s.drvs.remove(&d) | true
+                    s.drvs.remove(&d);
+                    true
                 }
             });
             if full {
@@ -378,6 +379,21 @@ impl Session {
                 self.change(|s| s.jobs.remove(&id));
                 return vec![ack("job", json!(id))];
             }
+            // Permission first (an unknown jobset is refused like a private one to whoever does not
+            // read everything), then the count.
+            let jobsets = self.state.jobsets.clone();
+            let header = match smol::unblock(move || jobsets.get(crate::jobset::JobsetId(id))).await {
+                Ok(h) => h,
+                Err(e) => return error(format!("reading jobset {id} failed: {e}")),
+            };
+            let repos: Vec<String> = header.iter().map(|h| h.key.repo.clone()).collect();
+            let refused = match repos.first() {
+                Some(repo) => self.may_read(repo).await.err(),
+                None => self.viewer.read(&self.state, false, &[]).await.err(),
+            };
+            if let Some(e) = refused {
+                return vec![json!({ "type": "error", "error": e.to_string(), "job": id })];
+            }
             let found = match super::ws_stats::read(&self.state, id).await {
                 Ok(Some(found)) => found,
                 Ok(None) => {
@@ -385,10 +401,6 @@ impl Session {
                 }
                 Err(e) => return error(format!("reading jobset {id} failed: {e}")),
             };
-            let repo = found.0.key.repo.clone();
-            if let Err(e) = self.may_read(&repo).await {
-                return vec![json!({ "type": "error", "error": e.to_string(), "job": id })];
-            }
             if !self.change(|s| capped_insert(&mut s.jobs, id)) {
                 return error(format!("at most {MAX_SUBSCRIPTIONS} jobs per connection"));
             }
