@@ -231,45 +231,16 @@ fn scan_records(scan: &Scan<'_>, after: Option<String>) -> Result<PageRead, Page
     Ok(page)
 }
 
-/// The scan index of finished jobset `id`: every attribute's name and derivation id, in attribute
-/// order. Built from the records once and kept by `jobsets` when every derivation is in the graph (one
-/// that is not yet would be read as "none" forever).
+/// The scan index of finished jobset `id` (see [`crate::jobset::Jobsets::scan_index`]).
 fn scan_index_of(
     jobsets: &crate::jobset::Jobsets,
     graph: &crate::graph::Graph,
     id: crate::jobset::JobsetId,
 ) -> Result<std::sync::Arc<Vec<ScanEntry>>, PageError> {
-    if let Some(index) = jobsets.kept_scan(id) {
-        return Ok(index);
-    }
-    let (mut attrs, mut paths) = (Vec::new(), Vec::new());
-    jobsets.for_each_attr(id, |attr, outcome| {
-        attrs.push((attr.to_string(), matches!(outcome, AttrOutcome::Drv(_))));
-        if let AttrOutcome::Drv(d) = outcome {
-            paths.push(d.drv_path);
-        }
-        Ok(())
-    })?;
-    let mut ids = graph.ids_of(&paths)?.into_iter();
-    let mut complete = true;
-    let index: Vec<ScanEntry> = attrs
-        .into_iter()
-        .map(|(attr, is_drv)| {
-            let kind = if is_drv {
-                let found = ids.next().flatten().map(|d| d.0);
-                complete &= found.is_some();
-                ScanKind::Drv(found)
-            } else {
-                ScanKind::EvalError
-            };
-            ScanEntry { attr, kind }
-        })
-        .collect();
-    let index = std::sync::Arc::new(index);
-    if complete {
-        jobsets.keep_scan(id, index.clone());
-    }
-    Ok(index)
+    jobsets.scan_index(id, graph).map_err(|e| match e {
+        crate::jobset::ScanIndexError::Store(e) => PageError::Store(e),
+        crate::jobset::ScanIndexError::Graph(e) => PageError::Graph(e),
+    })
 }
 
 /// Builds and keeps the scan index of finished jobset `header` in the background unless it is kept
