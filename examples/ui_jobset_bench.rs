@@ -98,16 +98,8 @@ fn run(n: usize) -> Result<(), String> {
             None,
             filter(None, Some("building")),
         ),
-        (
-            "state=building, first filter since start (stored index)",
-            None,
-            filter(None, Some("building")),
-        ),
-        (
-            "q=pkg2999, first filter since start (stored index)",
-            None,
-            filter(Some("pkg2999"), None),
-        ),
+        ("state=building, first filter since start (stored index)", None, filter(None, Some("building"))),
+        ("q=pkg2999, first filter since start (stored index)", None, filter(Some("pkg2999"), None)),
         ("first page", None, AttrFilter::default()),
         ("a page in the middle", Some(middle), AttrFilter::default()),
         ("first page of state=failure", None, filter(None, Some("failure"))),

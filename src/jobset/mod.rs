@@ -449,7 +449,10 @@ impl Jobsets {
         let ScanRecord::V1 { entries } = decode(JOBSET_SCANS.name(), &id.0.to_string(), v.value())?;
         let index = entries
             .into_iter()
-            .map(|(attr, drv)| ScanEntry { attr, kind: drv.map_or(ScanKind::EvalError, |d| ScanKind::Drv(Some(d))) })
+            .map(|(attr, drv)| ScanEntry {
+                attr,
+                kind: drv.map_or(ScanKind::EvalError, |d| ScanKind::Drv(Some(d))),
+            })
             .collect();
         Ok(Some(std::sync::Arc::new(index)))
     }

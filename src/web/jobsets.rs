@@ -266,24 +266,38 @@ fn scan_index(scan: &Scan<'_>, after: Option<String>) -> Result<PageRead, PageEr
     let index = scan_index_of(jobsets, graph, id)?;
     let start = after.as_deref().map_or(0, |a| index.partition_point(|e| e.attr.as_str() <= a));
     let (mut listed, mut more) = (Vec::new(), false);
-    for chunk in index[start..].chunks(SCAN_CHUNK) {
-        let named: Vec<&ScanEntry> =
-            chunk.iter().filter(|e| filter.name.as_deref().is_none_or(|n| e.attr.contains(n))).collect();
-        // States are read only when the filter asks for one a derivation can have.
-        let wants_drv_state = filter.state.as_deref().is_some_and(|s| s != "eval-error");
-        let states: HashMap<u32, &'static str> = if wants_drv_state {
-            let ids = named.iter().filter_map(|e| match e.kind {
-                ScanKind::Drv(d) => d.map(crate::graph::DrvId),
+    let matches_name = |e: &&ScanEntry| filter.name.as_deref().is_none_or(|n| e.attr.contains(n));
+    let drv_ids = |entries: &[&ScanEntry]| -> Vec<u32> {
+        entries
+            .iter()
+            .filter_map(|e| match e.kind {
+                ScanKind::Drv(d) => d,
                 ScanKind::EvalError => None,
-            });
-            reader.states(ids)?.into_iter().map(|(d, r)| (d.0, r.state.name())).collect()
-        } else {
-            HashMap::new()
-        };
+            })
+            .collect()
+    };
+    // States are read only when the filter asks for one a derivation can have: those of the first chunk,
+    // then (the page not full yet) those of the whole rest in one pass over the states table.
+    let wants_drv_state = filter.state.as_deref().is_some_and(|s| s != "eval-error");
+    let mut states: Vec<(u32, &'static str)> = Vec::new();
+    for (i, chunk) in index[start..].chunks(SCAN_CHUNK).enumerate() {
+        let named: Vec<&ScanEntry> = chunk.iter().filter(matches_name).collect();
+        if wants_drv_state && i < 2 {
+            let ids = if i == 0 {
+                drv_ids(&named)
+            } else {
+                let rest: Vec<&ScanEntry> = index[start + SCAN_CHUNK..].iter().filter(matches_name).collect();
+                drv_ids(&rest)
+            };
+            states = reader.state_names(ids)?;
+        }
         for e in named {
             let name = match e.kind {
                 ScanKind::EvalError => "eval-error",
-                ScanKind::Drv(d) => d.and_then(|d| states.get(&d).copied()).unwrap_or("none"),
+                ScanKind::Drv(Some(d)) => {
+                    states.binary_search_by_key(&d, |(k, _)| *k).map_or("none", |at| states[at].1)
+                }
+                ScanKind::Drv(None) => "none",
             };
             if filter.state.as_deref().is_some_and(|f| f != name) {
                 continue;
