@@ -267,30 +267,24 @@ fn scan_index(scan: &Scan<'_>, after: Option<String>) -> Result<PageRead, PageEr
     let start = after.as_deref().map_or(0, |a| index.partition_point(|e| e.attr.as_str() <= a));
     let (mut listed, mut more) = (Vec::new(), false);
     let matches_name = |e: &&ScanEntry| filter.name.as_deref().is_none_or(|n| e.attr.contains(n));
-    let drv_ids = |entries: &[&ScanEntry]| -> Vec<u32> {
-        entries
-            .iter()
-            .filter_map(|e| match e.kind {
+    // States are read only when the filter asks for one a derivation can have, a chunk at a time in
+    // one pass over the states table each; chunks double from `SCAN_CHUNK`, so a page found early reads
+    // little and a page that needs the whole jobset makes few passes.
+    let wants_drv_state = filter.state.as_deref().is_some_and(|s| s != "eval-error");
+    let (mut from, mut size) = (start, SCAN_CHUNK);
+    while from < index.len() && !more {
+        let chunk = &index[from..index.len().min(from + size)];
+        (from, size) = (from + chunk.len(), size.saturating_mul(2));
+        let named: Vec<&ScanEntry> = chunk.iter().filter(matches_name).collect();
+        let states = if wants_drv_state {
+            let ids = named.iter().filter_map(|e| match e.kind {
                 ScanKind::Drv(d) => d,
                 ScanKind::EvalError => None,
-            })
-            .collect()
-    };
-    // States are read only when the filter asks for one a derivation can have: those of the first chunk,
-    // then (the page not full yet) those of the whole rest in one pass over the states table.
-    let wants_drv_state = filter.state.as_deref().is_some_and(|s| s != "eval-error");
-    let mut states: Vec<(u32, &'static str)> = Vec::new();
-    for (i, chunk) in index[start..].chunks(SCAN_CHUNK).enumerate() {
-        let named: Vec<&ScanEntry> = chunk.iter().filter(matches_name).collect();
-        if wants_drv_state && i < 2 {
-            let ids = if i == 0 {
-                drv_ids(&named)
-            } else {
-                let rest: Vec<&ScanEntry> = index[start + SCAN_CHUNK..].iter().filter(matches_name).collect();
-                drv_ids(&rest)
-            };
-            states = reader.state_names(ids)?;
-        }
+            });
+            reader.state_names(ids.collect())?
+        } else {
+            Vec::new()
+        };
         for e in named {
             let name = match e.kind {
                 ScanKind::EvalError => "eval-error",
@@ -307,9 +301,6 @@ fn scan_index(scan: &Scan<'_>, after: Option<String>) -> Result<PageRead, PageEr
                 break;
             }
             listed.push(e.attr.clone());
-        }
-        if more {
-            break;
         }
     }
     let items = jobsets.attrs(id, &listed)?;
