@@ -184,7 +184,8 @@ enum ScanRecordRef<'a> {
     V1 { entries: Vec<(&'a str, Option<u32>)> },
 }
 
-/// What building a scan index can fail with.
+/// What building a scan index can fail with (and reading a page of a jobset, `web::PageError`): the
+/// store or the derivation graph.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanIndexError {
     #[error(transparent)]
