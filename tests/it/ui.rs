@@ -682,8 +682,9 @@ in {{ inherit slow; after = mk "after-{nonce}" "echo ${{slow}} > $out"; }}
         std::thread::sleep(Duration::from_millis(200));
         alice.open(&drv_page);
     }
-    assert!(alice.text("#history").contains("cancelled on request"), "{}", alice.text("#history"));
+    assert!(alice.text("#history").contains("cancelled by web:alice"), "{}", alice.text("#history"));
     assert!(alice.all("#cancel-drv").is_empty(), "a final derivation offers no Cancel");
+    alice.screenshot("derivation-cancelled");
     assert!(server.log().contains("web UI: derivation cancelled"), "{}", server.log());
     let deadline = Instant::now() + Duration::from_secs(60);
     while process_running(&gate_text) {

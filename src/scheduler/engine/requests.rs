@@ -403,7 +403,7 @@ impl Engine {
             self.close_attempt(id, attempt, "cancelled");
         }
         let state = DrvState::Interrupted { kind: InterruptKind::Cancelled, reason: reason.to_string() };
-        self.finish(id, state, "cancelled on request");
+        self.finish(id, state, reason);
         // `finish` does not propagate a cancellation (an owner's cancel drops the dependents too): here
         // the dependents stay needed, and cannot build without it.
         self.followups.push(Followup::Propagate { id, path: node_path, blocked: true });
