@@ -738,6 +738,19 @@ impl Pipeline {
         retry_host_trouble("checkout", &what, || self.checkouts.checkout(repo, commit, auth)).await
     }
 
+    /// Builds and stores the scan index of finished jobset `id` (its graph is stored) in the background,
+    /// off the review's path: the web UI's filtered pages then read one row (`jobset_scans`). A failure
+    /// is only logged; a page builds the index on demand.
+    fn prepare_scan_index(&self, id: JobsetId) {
+        let (jobsets, graph) = (self.jobsets.clone(), self.graph.clone());
+        smol::spawn(smol::unblock(move || {
+            if let Err(e) = jobsets.scan_index(id, &graph) {
+                tracing::warn!(error = %e, jobset = %id, "building a jobset's scan index failed");
+            }
+        }))
+        .detach();
+    }
+
     /// Discovers the derivation graph of `roots`, discovering again (with backoff) while some roots
     /// failed because of host trouble (a `.drv` that could not be opened for lack of file descriptors):
     /// what was stored stays, so a retry reads only what is missing.
@@ -856,6 +869,7 @@ impl Pipeline {
             report(progress, &format!("reading the derivation graph of {}", key.job), 0, 0);
             let roots = self.roots_of(id).await?;
             self.discover(&key.job, &roots).await?;
+            self.prepare_scan_index(id);
         }
         Ok((jobset, false))
     }

@@ -362,13 +362,17 @@ pub struct RebuildCmd {
     pub drv: String,
 }
 
-/// Cancel a jobset's builds: work no other jobset needs is dropped, running builds of it are killed.
+/// Cancel a jobset's builds (work no other jobset needs is dropped, running builds of it are killed), or
+/// with --drv one queued or running derivation (its dependents become blocked).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "cancel")]
 pub struct CancelCmd {
     /// the jobset id (as `ekaci eval --json` reports it)
     #[argh(positional)]
-    pub jobset: u64,
+    pub jobset: Option<u64>,
+    /// cancel this one derivation (/nix/store/...drv) instead of a jobset
+    #[argh(option)]
+    pub drv: Option<String>,
 }
 
 /// Review head against base of a local repository: evaluate both, diff them, build what is added or
@@ -689,9 +693,18 @@ async fn rebuild(socket: &std::path::Path, cmd: &RebuildCmd) -> Result<(), Strin
 }
 
 async fn cancel(socket: &std::path::Path, cmd: &CancelCmd) -> Result<(), String> {
-    match call(socket, Request::Cancel { jobset: cmd.jobset }).await? {
+    let request = match (cmd.jobset, &cmd.drv) {
+        (Some(jobset), None) => Request::Cancel { jobset },
+        (None, Some(drv)) => Request::CancelDrv { drv: drv.clone() },
+        _ => return Err("cancel takes a jobset id or --drv /nix/store/...drv (one of them)".into()),
+    };
+    match call(socket, request).await? {
         Response::Cancelled { jobset } => {
             println!("cancelled the builds of jobset {jobset}");
+            Ok(())
+        }
+        Response::CancelledDrv { drv } => {
+            println!("cancelled {drv}");
             Ok(())
         }
         other => Err(format!("unexpected response to cancel: {other:?}")),

@@ -44,6 +44,8 @@ pub enum Request {
     Rebuild { drv: String },
     /// Cancel the builds of a jobset.
     Cancel { jobset: u64 },
+    /// Cancel one derivation that is queued or building (its dependents become `blocked`).
+    CancelDrv { drv: String },
     /// Approve the held head commit of pull request `number` of `repo` (`owner/repo`) for
     /// `require_approval`; with `sha`, only if that commit (or prefix) is the held head.
     Approve { repo: String, number: u64, sha: Option<String> },
@@ -144,6 +146,10 @@ pub enum Response {
     /// A jobset's builds were cancelled.
     Cancelled {
         jobset: u64,
+    },
+    /// One derivation was cancelled.
+    CancelledDrv {
+        drv: String,
     },
     /// The request could not be served; the message says why.
     Error {

@@ -68,6 +68,12 @@ impl Handler for DaemonHandler {
                     Err(e) => Response::Error { message: e.to_string() },
                 }
             }
+            Request::CancelDrv { drv } => {
+                match self.scheduler.cancel_drv(&drv, "cancelled with ekaci cancel --drv").await {
+                    Ok(()) => Response::CancelledDrv { drv },
+                    Err(e) => Response::Error { message: e.to_string() },
+                }
+            }
             Request::Approve { repo, number, sha } => self.approve(&repo, number, sha).await,
             Request::ApprovedUsers(op) => self.approved_users(op).await,
             Request::Tokens(op) => self.tokens(op).await,

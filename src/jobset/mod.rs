@@ -3,8 +3,9 @@
 //! A jobset is keyed by (repository, commit, job). It records the evaluation's state and, per attribute,
 //! either the derivation it produced or the evaluation error. Evaluating the same key again reuses a
 //! finished jobset. [`diff`] compares two jobsets of the same job. This module owns the `jobsets`,
-//! `jobset_keys`, `jobset_attrs` and `jobset_error_messages` tables (the last caches Nix's messages for
-//! error records whose explanation was deferred, see [`crate::nix::eval::DEFERRED_ERROR`]); it must never run Nix (the scheduler evaluates and hands the
+//! `jobset_keys`, `jobset_attrs`, `jobset_error_messages` (Nix's messages for
+//! error records whose explanation was deferred, see [`crate::nix::eval::DEFERRED_ERROR`]) and
+//! `jobset_scans` (a finished jobset's scan index, see [`Jobsets::scan_index`]) tables; it must never run Nix (the scheduler evaluates and hands the
 //! records here) and never hold a write transaction across an `.await` (every call is blocking).
 
 pub mod diff;
@@ -13,7 +14,9 @@ use redb::{ReadableTable, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::store::codec::{decode, encode};
-use crate::store::schema::{BUILD_OWNERS, JOBSETS, JOBSET_ATTRS, JOBSET_ERROR_MESSAGES, JOBSET_KEYS, META};
+use crate::store::schema::{
+    BUILD_OWNERS, JOBSETS, JOBSET_ATTRS, JOBSET_ERROR_MESSAGES, JOBSET_KEYS, JOBSET_SCANS, META,
+};
 use crate::store::{now_secs, Store, StoreError};
 
 /// The id of a jobset: the key of its `jobsets` row. It serializes as the bare `u64` (postcard and JSON
@@ -168,6 +171,29 @@ pub enum ScanKind {
     Drv(Option<u32>),
 }
 
+/// A finished jobset's scan index as `jobset_scans` stores it: (attribute, derivation id), `None` for an
+/// evaluation error. Only complete indexes (every derivation in the graph) are stored.
+#[derive(Deserialize)]
+enum ScanRecord {
+    V1 { entries: Vec<(String, Option<u32>)> },
+}
+
+/// [`ScanRecord`] borrowed, for encoding (the same postcard bytes).
+#[derive(Serialize)]
+enum ScanRecordRef<'a> {
+    V1 { entries: Vec<(&'a str, Option<u32>)> },
+}
+
+/// What building a scan index can fail with (and reading a page of a jobset, `web::PageError`): the
+/// store or the derivation graph.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanIndexError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
+}
+
 /// How many finished jobsets' scan indexes are kept in memory (about 60 bytes per attribute).
 const SCANS_KEPT: usize = 4;
 
@@ -247,8 +273,10 @@ impl Jobsets {
             attrs.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
             let mut messages = tx.open_table(JOBSET_ERROR_MESSAGES)?;
             messages.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
+            tx.open_table(JOBSET_SCANS)?.remove(id.0)?;
         }
         tx.commit()?;
+        self.drop_scan(id);
         self.mark_used(id);
         crate::live::note_jobset(
             id.0,
@@ -346,6 +374,7 @@ impl Jobsets {
             let mut attrs = tx.open_table(JOBSET_ATTRS)?;
             let mut owners = tx.open_table(BUILD_OWNERS)?;
             let mut messages = tx.open_table(JOBSET_ERROR_MESSAGES)?;
+            let mut scans = tx.open_table(JOBSET_SCANS)?;
             let mut meta = tx.open_table(META)?;
             let after_last = jobsets.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
             let floor = match meta.get(NEXT_ID_KEY)? {
@@ -365,6 +394,7 @@ impl Jobsets {
                 }
                 attrs.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
                 messages.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
+                scans.remove(id.0)?;
                 owners.remove(crate::scheduler::Owner::Jobset(*id).key())?;
             }
         }
@@ -372,6 +402,94 @@ impl Jobsets {
         let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
         scans.retain(|(k, _)| !ids.contains(k));
         Ok(removed)
+    }
+
+    /// The scan index of finished jobset `id`: every attribute's name and derivation id, in attribute
+    /// order, for filtered pages. Kept in memory ([`SCANS_KEPT`] jobsets), else read from
+    /// `jobset_scans` (one row: about 1 ms for 30,000 attributes), else built from the attribute records
+    /// (every record decoded and every .drv path looked up: tens of milliseconds for 30,000) and, when
+    /// every derivation is in the graph (one that is not yet would read as "none" forever), stored and
+    /// kept. The pipeline builds it once the graph of a finished evaluation is stored, so pages find it.
+    pub fn scan_index(&self, id: JobsetId, graph: &crate::graph::Graph) -> Result<ScanIndex, ScanIndexError> {
+        if let Some(index) = self.kept_scan(id) {
+            return Ok(index);
+        }
+        if let Some(index) = self.stored_scan(id)? {
+            self.keep_scan(id, index.clone());
+            return Ok(index);
+        }
+        let (mut attrs, mut paths) = (Vec::new(), Vec::new());
+        self.for_each_attr(id, |attr, outcome| {
+            attrs.push((attr.to_string(), matches!(outcome, AttrOutcome::Drv(_))));
+            if let AttrOutcome::Drv(d) = outcome {
+                paths.push(d.drv_path);
+            }
+            Ok(())
+        })?;
+        let mut ids = graph.ids_of(&paths)?.into_iter();
+        let mut complete = true;
+        let index: Vec<ScanEntry> = attrs
+            .into_iter()
+            .map(|(attr, is_drv)| {
+                let kind = if is_drv {
+                    let found = ids.next().flatten().map(|d| d.0);
+                    complete &= found.is_some();
+                    ScanKind::Drv(found)
+                } else {
+                    ScanKind::EvalError
+                };
+                ScanEntry { attr, kind }
+            })
+            .collect();
+        let index = std::sync::Arc::new(index);
+        if complete && self.store_scan(id, &index)? {
+            self.keep_scan(id, index.clone());
+        }
+        Ok(index)
+    }
+
+    /// The stored scan index of jobset `id`, if any.
+    fn stored_scan(&self, id: JobsetId) -> Result<Option<ScanIndex>, StoreError> {
+        let tx = self.store.db().begin_read()?;
+        let table = tx.open_table(JOBSET_SCANS)?;
+        let Some(v) = table.get(id.0)? else { return Ok(None) };
+        let ScanRecord::V1 { entries } = decode(JOBSET_SCANS.name(), &id.0.to_string(), v.value())?;
+        let index = entries
+            .into_iter()
+            .map(|(attr, drv)| ScanEntry {
+                attr,
+                kind: drv.map_or(ScanKind::EvalError, |d| ScanKind::Drv(Some(d))),
+            })
+            .collect();
+        Ok(Some(std::sync::Arc::new(index)))
+    }
+
+    /// Stores the complete scan index of jobset `id` if the jobset is (still) finished: re-evaluation and
+    /// removal delete the row in their own transactions. Returns whether it was stored.
+    fn store_scan(&self, id: JobsetId, index: &[ScanEntry]) -> Result<bool, StoreError> {
+        let entries: Vec<(&str, Option<u32>)> = index
+            .iter()
+            .map(|e| match e.kind {
+                ScanKind::EvalError => (e.attr.as_str(), None),
+                ScanKind::Drv(d) => (e.attr.as_str(), d),
+            })
+            .collect();
+        let bytes = encode(JOBSET_SCANS.name(), &ScanRecordRef::V1 { entries })?;
+        let tx = self.store.db().begin_write()?;
+        let finished = match tx.open_table(JOBSETS)?.get(id.0)? {
+            Some(v) => decode_jobset(id, v.value())?.state == JobsetState::Evaluated,
+            None => false,
+        };
+        if finished {
+            tx.open_table(JOBSET_SCANS)?.insert(id.0, bytes.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(finished)
+    }
+
+    fn drop_scan(&self, id: JobsetId) {
+        let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
+        scans.retain(|(k, _)| *k != id);
     }
 
     /// The scan index kept for jobset `id`, if any (see [`Jobsets::keep_scan`]).

@@ -26,6 +26,8 @@ pub enum SchedulerError {
     NeverRequested { path: String },
     #[error("derivation {path} is {state}, not in a final state: it cannot be rebuilt now")]
     NotTerminal { path: String, state: String },
+    #[error("derivation {path} is {state}: only a queued or running derivation can be cancelled")]
+    NotActive { path: String, state: String },
     #[error("no build owner {owner}")]
     UnknownOwner { owner: Owner },
     #[error("owner id {owner} is reserved for rebuild requests")]
@@ -109,6 +111,11 @@ pub(super) enum Command {
     Rebuild {
         drv: String,
         reply: Reply<Owner>,
+    },
+    CancelDrv {
+        drv: String,
+        reason: String,
+        reply: Reply<()>,
     },
     State {
         drv: String,
@@ -195,6 +202,14 @@ impl SchedulerHandle {
     pub async fn cancel(&self, owner: impl Into<Owner>) -> Result<(), SchedulerError> {
         let owner = owner.into();
         self.ask(|reply| Command::Cancel { owner, reply }).await?
+    }
+
+    /// Cancels one derivation that is not final yet (queued, waiting for a retry or building: a running
+    /// build is killed), recording `reason`; its dependents become `Blocked` on it. Answers once that is
+    /// persisted.
+    pub async fn cancel_drv(&self, drv: &str, reason: &str) -> Result<(), SchedulerError> {
+        let (drv, reason) = (drv.to_string(), reason.to_string());
+        self.ask(|reply| Command::CancelDrv { drv, reason, reply }).await?
     }
 
     /// Moves a derivation in a final state back to `Queued` (attempt numbering continues). Returns the owner

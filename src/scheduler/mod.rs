@@ -42,6 +42,9 @@
 //!   is killed only when none of its unfinished derivations is needed by a live owner any more; otherwise it
 //!   keeps running (shared derivations keep building) and its derivations nobody needs are cancelled when the
 //!   batch ends if they have not finished by then.
+//!   Cancelling one derivation ([`SchedulerHandle::cancel_drv`], an administrator's request) ends it whoever
+//!   needs it: `Interrupted(Cancelled)` with the given reason, its running batch killed (the batch's other
+//!   derivations requeued), and its non-final dependents `Blocked` on it.
 //! * **Recovery.** At start the scheduler resumes every live owner from its persisted roots: derivations left
 //!   `Building` by a crash are marked `Completed(Success)` if their outputs are now valid, else requeued; so the
 //!   final states equal those of an uninterrupted run.

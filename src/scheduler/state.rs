@@ -375,6 +375,35 @@ impl Reader {
         Ok(out)
     }
 
+    /// The state names of `ids` (those with a state), sorted by id, in one pass: a walk over the table
+    /// from the smallest id to the largest when the ids are dense enough in that range (a jobset's
+    /// derivations usually are), one lookup each in id order otherwise.
+    pub fn state_names(&self, mut ids: Vec<u32>) -> Result<Vec<(u32, &'static str)>, StoreError> {
+        ids.sort_unstable();
+        ids.dedup();
+        let t = self.tx.open_table(BUILD_STATES)?;
+        let mut out = Vec::with_capacity(ids.len());
+        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else { return Ok(out) };
+        if u64::from(last - first) < 4 * ids.len() as u64 {
+            let mut wanted = ids.iter().copied().peekable();
+            for entry in t.range(first..=last)? {
+                let (k, v) = entry?;
+                let id = k.value();
+                while wanted.next_if(|w| *w < id).is_some() {}
+                if wanted.next_if_eq(&id).is_some() {
+                    out.push((id, decode_state(id, v.value())?.state.name()));
+                }
+            }
+        } else {
+            for id in ids {
+                if let Some(v) = t.get(id)? {
+                    out.push((id, decode_state(id, v.value())?.state.name()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The history of `id`, oldest first.
     pub fn history(&self, id: DrvId) -> Result<Vec<HistoryEntry>, StoreError> {
         let t = self.tx.open_table(BUILD_HISTORY)?;

@@ -26,6 +26,10 @@ pub const JOBSET_ATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::n
 pub const JOBSET_ERROR_MESSAGES: TableDefinition<(u64, &str), &[u8]> =
     TableDefinition::new("jobset_error_messages");
 
+/// A finished jobset's scan index for filtered pages (`jobset::Jobsets::scan_index`): jobset id →
+/// `ScanRecord`.
+pub const JOBSET_SCANS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobset_scans");
+
 /// The derivation graph's path interning: .drv store path → `DrvIdRecord` (see `graph::record`).
 pub const GRAPH_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("graph_ids");
 
@@ -168,6 +172,7 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "cache_pushes", key: "&str", value: "&[u8]" },
     TableInfo { name: "cache_push_queue", key: "&str", value: "u64" },
     TableInfo { name: "cache_push_audit", key: "u64", value: "&[u8]" },
+    TableInfo { name: "jobset_scans", key: "u64", value: "&[u8]" },
 ];
 
 /// Creates every table that does not exist yet.
@@ -181,6 +186,7 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(JOBSET_KEYS)?;
     tx.open_table(JOBSET_ATTRS)?;
     tx.open_table(JOBSET_ERROR_MESSAGES)?;
+    tx.open_table(JOBSET_SCANS)?;
     tx.open_table(BUILD_STATES)?;
     tx.open_table(BUILD_HISTORY)?;
     tx.open_table(BUILD_ATTEMPTS)?;

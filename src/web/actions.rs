@@ -1,11 +1,12 @@
-//! The write routes, admin tokens only: `POST /v1/drvs/{drv}/rebuild`, `POST /v1/jobsets/{id}/cancel`,
+//! The write routes, admin tokens only: `POST /v1/drvs/{drv}/rebuild`, `POST /v1/drvs/{drv}/cancel`,
+//! `POST /v1/jobsets/{id}/cancel`,
 //! `POST /v1/github/approve`, and the maintainers of `@eka-ci merge`: `GET /v1/github/maintainers`
 //! (`?repo=OWNER/NAME` for one repository) and `POST /v1/github/maintainers`
 //! (`{"op": "add"|"remove", "repo", "attr", "login"}`).
 //!
 //! Each checks the token before reading anything else (no token: 401; a read token: 403), then makes
-//! the same call the control socket's `Rebuild`, `Cancel` and `Approve` make: the scheduler's
-//! `rebuild` and `cancel`, `forge::github::approvals::approve`, and `forge::github::maintainers`. A rebuild answers 202 with the
+//! the same call the control socket's `Rebuild`, `CancelDrv`, `Cancel` and `Approve` make: the scheduler's
+//! `rebuild`, `cancel_drv` and `cancel`, `forge::github::approvals::approve`, and `forge::github::maintainers`. A rebuild answers 202 with the
 //! requeued state and does not wait for the build. Nothing here decides anything those calls do not.
 
 use futures_lite::AsyncReadExt;
@@ -25,9 +26,9 @@ const MAX_APPROVE_BODY: u64 = 4096;
 fn refused(during: &'static str, e: SchedulerError) -> ApiError {
     match e {
         SchedulerError::UnknownDerivation { path } => ApiError::UnknownDrv { drv: path },
-        e @ (SchedulerError::NeverRequested { .. } | SchedulerError::NotTerminal { .. }) => {
-            ApiError::Conflict { message: e.to_string() }
-        }
+        e @ (SchedulerError::NeverRequested { .. }
+        | SchedulerError::NotTerminal { .. }
+        | SchedulerError::NotActive { .. }) => ApiError::Conflict { message: e.to_string() },
         other => ApiError::scheduler(during, other),
     }
 }
@@ -53,6 +54,29 @@ async fn rebuild(req: tide::Request<AppState>) -> Result<tide::Response, ApiErro
         "attempt": status.as_ref().map(|s| s.attempt),
     });
     Ok(tide::Response::builder(202).body(body).build())
+}
+
+/// Cancels `drv` (queued or building; the caller is an administrator, `by` names them): the one call
+/// behind the API's and the web UI's cancel of a derivation. Returns the state after the cancel.
+pub(super) async fn cancel_drv(
+    state: &AppState,
+    drv: &str,
+    by: &str,
+) -> Result<Option<crate::scheduler::DrvStatus>, ApiError> {
+    let scheduler = &state.scheduler;
+    let reason = format!("cancelled by {by}");
+    scheduler.cancel_drv(drv, &reason).await.map_err(|e| refused("cancelling the derivation", e))?;
+    scheduler.state(drv).await.map_err(|e| ApiError::scheduler("reading the build state", e))
+}
+
+async fn cancel_drv_route(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let caller = auth::caller(&req).await?;
+    caller.require(Scope::Admin, WHY_WRITE)?;
+    let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
+    let by = format!("api:{}", caller.name().unwrap_or("unknown"));
+    let status = cancel_drv(req.state(), &drv, &by).await?;
+    let body = json!({ "drv": drv, "state": status.as_ref().map(|s| state_json(&s.state)) });
+    Ok(tide::Response::builder(200).body(body).build())
 }
 
 async fn cancel(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
@@ -231,6 +255,8 @@ async fn list_maintainers(req: tide::Request<AppState>) -> Result<tide::Response
 pub fn routes(app: &mut tide::Server<AppState>) {
     app.at("/v1/drvs/:drv/rebuild")
         .post(|req: tide::Request<AppState>| async move { respond(rebuild(req).await) });
+    app.at("/v1/drvs/:drv/cancel")
+        .post(|req: tide::Request<AppState>| async move { respond(cancel_drv_route(req).await) });
     app.at("/v1/jobsets/:id/cancel")
         .post(|req: tide::Request<AppState>| async move { respond(cancel(req).await) });
     app.at("/v1/github/approve")

@@ -14,7 +14,6 @@ use super::drvs::{echo, ok_json, respond, state_json, ApiError};
 use super::AppState;
 use crate::jobset::{AttrOutcome, JobsetId, JobsetState, ScanEntry, ScanKind};
 use crate::scheduler::state::{DrvState, Reader};
-use crate::store::StoreError;
 
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
@@ -100,14 +99,9 @@ pub struct PageRead {
     pub states: HashMap<String, DrvState>,
 }
 
-/// What reading a page (or anything else from jobsets, the graph and build states) can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum PageError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Graph(#[from] crate::graph::GraphError),
-}
+/// What reading a page (or anything else from jobsets, the graph and build states) can fail with: the
+/// same as building a jobset's scan index.
+pub type PageError = crate::jobset::ScanIndexError;
 
 impl From<PageError> for ApiError {
     fn from(e: PageError) -> ApiError {
@@ -231,47 +225,6 @@ fn scan_records(scan: &Scan<'_>, after: Option<String>) -> Result<PageRead, Page
     Ok(page)
 }
 
-/// The scan index of finished jobset `id`: every attribute's name and derivation id, in attribute
-/// order. Built from the records once and kept by `jobsets` when every derivation is in the graph (one
-/// that is not yet would be read as "none" forever).
-pub(super) fn scan_index_of(
-    jobsets: &crate::jobset::Jobsets,
-    graph: &crate::graph::Graph,
-    id: crate::jobset::JobsetId,
-) -> Result<std::sync::Arc<Vec<ScanEntry>>, PageError> {
-    if let Some(index) = jobsets.kept_scan(id) {
-        return Ok(index);
-    }
-    let (mut attrs, mut paths) = (Vec::new(), Vec::new());
-    jobsets.for_each_attr(id, |attr, outcome| {
-        attrs.push((attr.to_string(), matches!(outcome, AttrOutcome::Drv(_))));
-        if let AttrOutcome::Drv(d) = outcome {
-            paths.push(d.drv_path);
-        }
-        Ok(())
-    })?;
-    let mut ids = graph.ids_of(&paths)?.into_iter();
-    let mut complete = true;
-    let index: Vec<ScanEntry> = attrs
-        .into_iter()
-        .map(|(attr, is_drv)| {
-            let kind = if is_drv {
-                let found = ids.next().flatten().map(|d| d.0);
-                complete &= found.is_some();
-                ScanKind::Drv(found)
-            } else {
-                ScanKind::EvalError
-            };
-            ScanEntry { attr, kind }
-        })
-        .collect();
-    let index = std::sync::Arc::new(index);
-    if complete {
-        jobsets.keep_scan(id, index.clone());
-    }
-    Ok(index)
-}
-
 /// Builds and keeps the scan index of finished jobset `header` in the background unless it is kept
 /// already, so that the filters of a page just shown do not pay for it. A failure is only logged.
 pub(super) fn warm_scan_index(state: &AppState, header: &crate::jobset::Jobset) {
@@ -280,7 +233,7 @@ pub(super) fn warm_scan_index(state: &AppState, header: &crate::jobset::Jobset) 
     }
     let (jobsets, graph, id) = (state.jobsets.clone(), state.graph.clone(), header.id);
     smol::spawn(smol::unblock(move || {
-        if let Err(e) = scan_index_of(&jobsets, &graph, id) {
+        if let Err(e) = jobsets.scan_index(id, &graph) {
             tracing::warn!(error = %e, jobset = id.0, "web UI: building a jobset's scan index failed");
         }
     }))
@@ -292,27 +245,35 @@ pub(super) fn warm_scan_index(state: &AppState, header: &crate::jobset::Jobset) 
 /// attributes listed are read whole.
 fn scan_index(scan: &Scan<'_>, after: Option<String>) -> Result<PageRead, PageError> {
     let Scan { jobsets, graph, reader, id, limit, filter } = *scan;
-    let index = scan_index_of(jobsets, graph, id)?;
+    let index = jobsets.scan_index(id, graph)?;
     let start = after.as_deref().map_or(0, |a| index.partition_point(|e| e.attr.as_str() <= a));
     let (mut listed, mut more) = (Vec::new(), false);
-    for chunk in index[start..].chunks(SCAN_CHUNK) {
-        let named: Vec<&ScanEntry> =
-            chunk.iter().filter(|e| filter.name.as_deref().is_none_or(|n| e.attr.contains(n))).collect();
-        // States are read only when the filter asks for one a derivation can have.
-        let wants_drv_state = filter.state.as_deref().is_some_and(|s| s != "eval-error");
-        let states: HashMap<u32, &'static str> = if wants_drv_state {
+    let matches_name = |e: &&ScanEntry| filter.name.as_deref().is_none_or(|n| e.attr.contains(n));
+    // States are read only when the filter asks for one a derivation can have, a chunk at a time in
+    // one pass over the states table each; chunks double from `SCAN_CHUNK`, so a page found early reads
+    // little and a page that needs the whole jobset makes few passes.
+    let wants_drv_state = filter.state.as_deref().is_some_and(|s| s != "eval-error");
+    let (mut from, mut size) = (start, SCAN_CHUNK);
+    while from < index.len() && !more {
+        let chunk = &index[from..index.len().min(from + size)];
+        (from, size) = (from + chunk.len(), size.saturating_mul(2));
+        let named: Vec<&ScanEntry> = chunk.iter().filter(matches_name).collect();
+        let states = if wants_drv_state {
             let ids = named.iter().filter_map(|e| match e.kind {
-                ScanKind::Drv(d) => d.map(crate::graph::DrvId),
+                ScanKind::Drv(d) => d,
                 ScanKind::EvalError => None,
             });
-            reader.states(ids)?.into_iter().map(|(d, r)| (d.0, r.state.name())).collect()
+            reader.state_names(ids.collect())?
         } else {
-            HashMap::new()
+            Vec::new()
         };
         for e in named {
             let name = match e.kind {
                 ScanKind::EvalError => "eval-error",
-                ScanKind::Drv(d) => d.and_then(|d| states.get(&d).copied()).unwrap_or("none"),
+                ScanKind::Drv(Some(d)) => {
+                    states.binary_search_by_key(&d, |(k, _)| *k).map_or("none", |at| states[at].1)
+                }
+                ScanKind::Drv(None) => "none",
             };
             if filter.state.as_deref().is_some_and(|f| f != name) {
                 continue;
@@ -322,9 +283,6 @@ fn scan_index(scan: &Scan<'_>, after: Option<String>) -> Result<PageRead, PageEr
                 break;
             }
             listed.push(e.attr.clone());
-        }
-        if more {
-            break;
         }
     }
     let items = jobsets.attrs(id, &listed)?;
@@ -584,5 +542,39 @@ mod tests {
             // A complete jobset's index is kept; one with derivations outside the graph is not.
             assert_eq!(t.0.kept_scan(t.3.id).is_some(), missing == 0);
         }
+    }
+
+    /// A jobset larger than a few scan chunks: the doubling chunks list what the records list; the index
+    /// is stored (a fresh `Jobsets`, as after a restart, reads the row) and the row goes with a
+    /// re-evaluation of the jobset.
+    #[test]
+    fn a_large_jobset_scans_in_doubling_chunks_from_its_stored_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = SCAN_CHUNK * 3 + 10;
+        let t = jobset(dir.path(), n, 0);
+        let f = |state: &str| AttrFilter { name: None, state: Some(state.to_string()) };
+        for filter in [f("failure"), f("building"), f("none")] {
+            for limit in [200, n] {
+                let indexed = all_pages(&t, &filter, limit, false);
+                assert_eq!(indexed, all_pages(&t, &filter, limit, true), "{filter:?} by {limit}");
+            }
+        }
+        assert_eq!(all_pages(&t, &f("failure"), n, false).len(), (0..n).filter(|v| v % 3 == 0).count());
+        let (jobsets, graph, store, header) = &t;
+        let row = |store: &crate::store::Store| {
+            let tx = store.db().begin_read().expect("read");
+            let table = tx.open_table(crate::store::schema::JOBSET_SCANS).expect("table");
+            table.get(header.id.0).expect("get").is_some()
+        };
+        assert!(row(store), "the complete index was stored");
+        let fresh = crate::jobset::Jobsets::new(store.clone());
+        assert!(fresh.kept_scan(header.id).is_none());
+        let stored = fresh.scan_index(header.id, graph).expect("stored index");
+        assert_eq!(stored, jobsets.kept_scan(header.id).expect("kept"));
+        // Evaluating the jobset again (another `allow_eval_failures`: the same id) drops the row.
+        let again = jobsets.begin(&header.key, !header.allow_eval_failures).expect("begin");
+        assert!(matches!(again, crate::jobset::Begin::New(id) if id == header.id));
+        assert!(!row(store), "a re-evaluated jobset kept its old index");
+        assert!(jobsets.kept_scan(header.id).is_none());
     }
 }

@@ -1,6 +1,7 @@
 //! `GET /v1/logs/{drv}?attempt=N`: the build log of one attempt of a derivation, streamed from disk
 //! byte for byte (`text/plain; charset=utf-8`, but never transcoded: a build's non-UTF-8 output reaches
-//! the client unchanged).
+//! the client unchanged), with `X-Content-Type-Options: nosniff` and a `Content-Disposition` file name.
+//! The web UI's `/ui/logs/{drv}/raw` serves the same response to a browser session (`log_response`).
 
 use futures_lite::io::{AsyncReadExt as _, BufReader};
 
@@ -85,6 +86,36 @@ pub(super) async fn open_log(state: &AppState, drv: &str, asked: Option<u32>) ->
     Ok(OpenLog { attempt, latest: status.attempt, file, len: meta.len() })
 }
 
+/// The response carrying an opened log: streamed from the file (never read whole into memory), as
+/// `text/plain; charset=utf-8` that browsers must not sniff as anything else (a log is whatever a build
+/// printed), with a `Content-Disposition` naming it `<name>-attempt-<N>.log` (`attachment` when
+/// `download`, else `inline`).
+pub(super) fn log_response(drv: &str, log: OpenLog, download: bool) -> tide::Response {
+    let OpenLog { attempt, file, len, .. } = log;
+    let body = tide::Body::from_reader(BufReader::new(file.take(len)), usize::try_from(len).ok());
+    let disposition = if download { "attachment" } else { "inline" };
+    tide::Response::builder(200)
+        .body(body)
+        .content_type("text/plain; charset=utf-8")
+        .header("X-Content-Type-Options", "nosniff")
+        .header("Content-Disposition", format!("{disposition}; filename=\"{}\"", log_file_name(drv, attempt)))
+        .header("X-Eka-Ci-Attempt", attempt.to_string())
+        .build()
+}
+
+/// `<name>-attempt-<N>.log` for a derivation's log, with every byte but ASCII letters, digits, `.`, `+`,
+/// `-` and `_` replaced by `_` (a derivation name may hold quotes or `;`).
+fn log_file_name(drv: &str, attempt: u32) -> String {
+    let base = crate::nix::store_path::strip_default_store(drv).unwrap_or(drv);
+    let name = base.split_once('-').map_or(base, |(_, n)| n);
+    let name = name.strip_suffix(".drv").unwrap_or(name);
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '_') { c } else { '_' })
+        .collect();
+    format!("{safe}-attempt-{attempt}.log")
+}
+
 async fn get_log(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
     let caller = super::auth::caller(&req).await?;
     let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
@@ -92,15 +123,23 @@ async fn get_log(req: tide::Request<AppState>) -> Result<tide::Response, ApiErro
     let state = req.state();
     let public = caller.is_anonymous() && super::auth::drv_is_public(state, &drv).await;
     caller.read(state, public)?;
-    let OpenLog { attempt, file, len, .. } = open_log(state, &drv, asked).await?;
-    let body = tide::Body::from_reader(BufReader::new(file.take(len)), usize::try_from(len).ok());
-    Ok(tide::Response::builder(200)
-        .body(body)
-        .content_type("text/plain; charset=utf-8")
-        .header("X-Eka-Ci-Attempt", attempt.to_string())
-        .build())
+    let log = open_log(state, &drv, asked).await?;
+    Ok(log_response(&drv, log, false))
 }
 
 pub fn routes(app: &mut tide::Server<AppState>) {
     app.at("/v1/logs/:drv").get(|req: tide::Request<AppState>| async move { respond(get_log(req).await) });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_file_names_are_safe() {
+        let drv = "/nix/store/lda4a1wrcw7wy9v7nwjhjsrkirbq1zkh-a\"b;c=1.0.drv";
+        assert_eq!(super::log_file_name(drv, 2), "a_b_c_1.0-attempt-2.log");
+        assert_eq!(
+            super::log_file_name("/nix/store/lda4a1wrcw7wy9v7nwjhjsrkirbq1zkh-hello-2.10.drv", 1),
+            "hello-2.10-attempt-1.log"
+        );
+    }
 }

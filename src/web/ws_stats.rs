@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::jobsets::{attr_state_name, scan_index_of, PageError};
+use super::jobsets::{attr_state_name, PageError};
 use super::AppState;
 use crate::jobset::{Jobset, JobsetId, JobsetState, ScanKind};
 use crate::scheduler::state::Reader;
@@ -40,7 +40,7 @@ pub fn counts_blocking(
     let mut drv_ids: Vec<u32> = Vec::new();
     let mut unknown = 0u64;
     if header.state == JobsetState::Evaluated {
-        let index = scan_index_of(jobsets, graph, header.id)?;
+        let index = jobsets.scan_index(header.id, graph)?;
         for e in index.iter() {
             match e.kind {
                 ScanKind::EvalError => *counts.entry("eval-error".into()).or_default() += 1,

@@ -329,6 +329,12 @@ fn cancel_and_review_errors() {
     let out = home.ekaci(&["cancel", "999999"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+    let out = home.ekaci(&["cancel", "--drv", "/nix/store/00000000000000000000000000000000-nope.drv"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in the derivation graph"));
+    let out = home.ekaci(&["cancel"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a jobset id or --drv"));
     let out = home.ekaci(&["rebuild", "/nix/store/00000000000000000000000000000000-nope.drv"]);
     assert_eq!(out.status.code(), Some(1));
     let out = home.ekaci(&["review", "--repo", "/nonexistent", "--base", "a", "--head", "b"]);

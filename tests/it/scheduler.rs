@@ -739,3 +739,56 @@ fn a_transient_host_error_is_retried_and_never_recorded_as_a_failure() {
     assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("transient host error child: done"), "the child test did not run:\n{stdout}");
 }
+
+#[test]
+fn cancelling_one_derivation_kills_its_build_and_blocks_its_dependents() {
+    let fx = Fixture::new();
+    let slow_pid = fx.file("one-slow.pid");
+    let d = fx.drvs(
+        &format!(
+            r#"  slow = mk "one-slow" "echo $$ > {slow_pid}; exec /bin/sleep 60" {{ }};
+  top = mk "one-top" "echo > $out" {{ inherit slow; }};
+  mid = mk "one-mid" "echo > $out" {{ inherit slow; }};
+  topmid = mk "one-topmid" "echo > $out" {{ inherit mid; }};"#
+        ),
+        &["slow", "top", "mid", "topmid"],
+    );
+    let graph = fx.graph();
+    let cfg = fx.config();
+    with_executor(|ex| async move {
+        let h = start(&ex, &graph, cfg, &d).await;
+        let (slow, top, mid, topmid) = (&d[0], &d[1], &d[2], &d[3]);
+        h.request(JobsetId(1), vec![top.clone(), topmid.clone()]).await.expect("request");
+        until(&h, slow, 30, is_building).await;
+        assert_eq!(state(&h, mid).await, DrvState::Queued);
+
+        // A queued derivation: cancelled, and what depends on it is blocked on it.
+        h.cancel_drv(mid, "cancelled by test").await.expect("cancel the queued one");
+        let cancelled = |s: &DrvState| matches!(s, DrvState::Interrupted { kind: InterruptKind::Cancelled, reason } if reason == "cancelled by test");
+        assert!(cancelled(&state(&h, mid).await), "{:?}", state(&h, mid).await);
+        let s = until(&h, topmid, 10, |s| s.is_terminal()).await;
+        assert_eq!(s.state, DrvState::Blocked { dependency: mid.clone() });
+        assert!(is_building(&state(&h, slow).await), "the other branch keeps building");
+
+        // The running build: its process is killed, its attempt closed as cancelled, its dependent blocked.
+        h.cancel_drv(slow, "cancelled by test").await.expect("cancel the running one");
+        let s = status(&h, slow).await;
+        assert!(cancelled(&s.state), "{:?}", s.state);
+        assert_eq!(s.attempts.last().and_then(|a| a.outcome.as_deref()), Some("cancelled"));
+        wait_gone(&slow_pid).await;
+        let s = until(&h, top, 10, |s| s.is_terminal()).await;
+        assert_eq!(s.state, DrvState::Blocked { dependency: slow.clone() });
+        let o = within(10, "the owner", h.wait(JobsetId(1))).await.expect("wait");
+        assert_eq!(o.status, OwnerStatus::Completed);
+
+        // A final derivation cannot be cancelled; an unknown one is unknown.
+        let e = h.cancel_drv(slow, "again").await.expect_err("already final");
+        assert!(e.to_string().contains("only a queued or running derivation"), "{e}");
+        let e = h
+            .cancel_drv("/nix/store/00000000000000000000000000000000-nope.drv", "x")
+            .await
+            .expect_err("unknown");
+        assert!(e.to_string().contains("not in the derivation graph"), "{e}");
+        h.shutdown().await.expect("shutdown");
+    });
+}

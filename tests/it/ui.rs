@@ -353,7 +353,7 @@ fn ui_pages_in_a_browser() {
     assert!(browser.text("#L1").contains(&format!("plain line {nonce}")));
     assert_eq!(browser.attr("#L2 a.n", "href"), "#L2");
     let path = browser.attr("#raw", "href");
-    assert!(path.starts_with("/v1/logs/"), "{path}");
+    assert!(path.starts_with("/ui/logs/") && path.contains("/raw?attempt="), "{path}");
     let auth = format!("Bearer {token}");
     let (code, _, body) = http_request(&addr, "GET", &path, &[("Authorization", &auth)], b"");
     assert_eq!(code, 200);
@@ -421,13 +421,12 @@ fn set_cookie<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         .and_then(|v| v.split(';').next())
 }
 
-#[test]
-fn ui_sign_in_and_admin_actions() {
-    let Some(driver) = Driver::start() else { return };
+/// A server with GitHub sign-in against a fake GitHub (OAuth app `ui-client`, next user `alice`, an
+/// administrator through `[web] admins`).
+fn oauth_server() -> (FakeGitHub, Home, common::Server) {
     let fake = FakeGitHub::start();
     fake.set_oauth_app("ui-client", "ui-secret");
     fake.set_oauth_user("alice", 101);
-    let nonce = common::nonce();
     let home = Home::new();
     let port = free_port();
     std::fs::write(
@@ -441,8 +440,16 @@ fn ui_sign_in_and_admin_actions() {
     )
     .expect("write config");
     let server = home.start();
+    assert_eq!(server.http_address(), format!("127.0.0.1:{port}"));
+    (fake, home, server)
+}
+
+#[test]
+fn ui_sign_in_and_admin_actions() {
+    let Some(driver) = Driver::start() else { return };
+    let (fake, home, server) = oauth_server();
+    let nonce = common::nonce();
     let addr = server.http_address();
-    assert_eq!(addr, format!("127.0.0.1:{port}"));
     let (base, head) = review_failing(&home, &nonce);
     let commit_page = format!("http://{addr}/ui/commits/{head}?base={base}");
 
@@ -756,5 +763,159 @@ fn ui_pages_follow_a_running_build() {
     let _ = std::fs::remove_file(&gate);
     let _ = running.review.wait();
     drop((commit, jobset, dashboard));
+    drop(server);
+}
+
+/// Whether any process's command line contains `needle` (read from /proc).
+fn process_running(needle: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| String::from_utf8_lossy(&c).contains(needle))
+}
+
+/// The `Cookie` header value of a browser's `ekaci_session` cookie.
+fn session_cookie(s: &Session) -> String {
+    let value = s.cmd("GET", "/cookie/ekaci_session", None)["value"].as_str().expect("cookie").to_string();
+    format!("ekaci_session={value}")
+}
+
+/// An administrator cancels one running derivation from its page: the build's processes end, the page
+/// shows `interrupted-cancelled`, its dependent becomes `blocked`; a non-administrator and a POST without
+/// the CSRF token are refused. The raw log of the cancelled attempt downloads through the browser
+/// session (streamed as `text/plain` with a file name) and is refused to an anonymous client and to a
+/// signed-in user who may not read the (private, local) repository.
+#[test]
+fn ui_cancel_a_running_derivation_and_raw_log() {
+    let Some(driver) = Driver::start() else { return };
+    let (fake, home, server) = oauth_server();
+    let nonce = common::nonce();
+    let addr = server.http_address();
+    let read = home.token("ui-cancel-read", "read");
+    let admin = home.token("ui-cancel-admin", "admin");
+    common::send_token(Some(&read));
+    let gate = std::env::temp_dir().join(format!("ekaci-ui-cancel-gate-{nonce}"));
+    let nix = format!(
+        r#"{NIX_PRELUDE}
+let slow = mk "slow-{nonce}" "i=0; while [ ! -e {gate} ]; do echo \"line $i\"; i=$((i+1)); /bin/sleep 0.2; done; echo slow > $out";
+in {{ inherit slow; after = mk "after-{nonce}" "echo ${{slow}} > $out"; }}
+"#,
+        gate = gate.display()
+    );
+    let mut running = common::start_slow_build(&home, &addr, &nonce, &nix);
+    let slow = running.drv.clone();
+    let (code, v) = common::get_json(&addr, &format!("/v1/drvs/{}", slow.trim_start_matches("/nix/store/")));
+    assert_eq!(code, 200, "{v}");
+    let after = v["dependents"][0].as_str().expect("the dependent").to_string();
+    assert!(after.ends_with(&format!("-after-{nonce}.drv")), "{v}");
+    common::send_token(None);
+    let gate_text = gate.display().to_string();
+    assert!(process_running(&gate_text), "the slow build's process is not running");
+
+    let alice = driver.session(None);
+    alice.open(&format!("http://{addr}/ui/login"));
+    alice.wait_for("#login");
+    assert_eq!(alice.text("#login"), "alice");
+    let drv_page = format!("http://{addr}/ui/drvs/{}", slow.trim_start_matches("/nix/store/"));
+    let drv_path = drv_page.strip_prefix(&format!("http://{addr}")).expect("same server").to_string();
+    alice.open(&drv_page);
+    assert_eq!(alice.attr("#state .badge", "data-state"), "building");
+
+    // Bob (signed in, no administrator) sees no Cancel button and his own CSRF token does not help.
+    fake.set_oauth_user("bob", 102);
+    let bob = driver.session(None);
+    bob.open(&format!("http://{addr}/ui/login"));
+    bob.wait_for("#login");
+    let bob_csrf = bob.run("return document.querySelector('input[name=csrf]').value;", json!([]));
+    let bob_csrf = bob_csrf.as_str().expect("csrf").to_string();
+    assert_eq!(bob.post_form(&format!("{drv_path}/cancel"), &format!("csrf={bob_csrf}")), 403);
+    bob.open(&drv_page);
+    assert!(bob.all("#cancel-drv").is_empty());
+    // Without the CSRF token even Alice is refused; the build keeps running.
+    assert_eq!(alice.post_form(&format!("{drv_path}/cancel"), ""), 403);
+    assert_eq!(alice.post_form(&format!("{drv_path}/cancel"), "csrf=forged"), 403);
+    alice.open(&drv_page);
+    assert_eq!(alice.attr("#state .badge", "data-state"), "building");
+    alice.screenshot("derivation-cancel");
+
+    // Alice clicks Cancel: the page comes back with the new state, and the build's processes are gone.
+    alice.click("#cancel-drv");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while alice.all("#state .badge[data-state='interrupted-cancelled']").is_empty() {
+        assert!(Instant::now() < deadline, "the page never showed the cancel: {}", alice.source());
+        std::thread::sleep(Duration::from_millis(200));
+        alice.open(&drv_page);
+    }
+    assert!(alice.text("#history").contains("cancelled by web:alice"), "{}", alice.text("#history"));
+    assert!(alice.all("#cancel-drv").is_empty(), "a final derivation offers no Cancel");
+    alice.screenshot("derivation-cancelled");
+    assert!(server.log().contains("web UI: derivation cancelled"), "{}", server.log());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while process_running(&gate_text) {
+        assert!(Instant::now() < deadline, "the cancelled build's process is still running");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!gate.exists(), "the build was not let finish");
+    let after_page = format!("/v1/drvs/{}", after.trim_start_matches("/nix/store/"));
+    let auth = format!("Bearer {admin}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, _, body) = http_request(&addr, "GET", &after_page, &[("Authorization", &auth)], b"");
+        assert_eq!(code, 200);
+        let v: Value = serde_json::from_slice(&body).expect("JSON");
+        if v["state"]["name"] == "blocked" {
+            assert_eq!(v["state"]["dependency"], slow.as_str(), "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dependent never became blocked: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = running.review.wait();
+    // The API refuses to cancel it again (409) and a read token may not cancel at all (403).
+    let cancel = format!("/v1/drvs/{}/cancel", slow.trim_start_matches("/nix/store/"));
+    let (code, _, body) = http_request(&addr, "POST", &cancel, &[("Authorization", &auth)], b"");
+    assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
+    let read_auth = format!("Bearer {read}");
+    let (code, _, _) = http_request(&addr, "POST", &cancel, &[("Authorization", &read_auth)], b"");
+    assert_eq!(code, 403);
+
+    // The raw log of the cancelled attempt, through Alice's session cookie.
+    alice.click("a.loglink");
+    alice.wait_for("#raw");
+    let raw = alice.attr("#raw", "href");
+    assert!(raw.starts_with("/ui/logs/") && raw.contains("/raw?attempt=1"), "{raw}");
+    let cookie = session_cookie(&alice);
+    let (code, head, body) = http_request(&addr, "GET", &raw, &[("Cookie", &cookie)], b"");
+    assert_eq!(code, 200, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/plain;") && head.contains("charset=utf-8"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    let name = format!("filename=\"slow-{nonce}-attempt-1.log\"").to_ascii_lowercase();
+    assert!(head.contains(&format!("content-disposition: inline; {name}")), "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).starts_with("line 0\nline 1\n"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let download = alice.attr("#download", "href");
+    let (code, head, _) = http_request(&addr, "GET", &download, &[("Cookie", &cookie)], b"");
+    assert_eq!(code, 200);
+    assert!(
+        head.to_ascii_lowercase().contains(&format!("content-disposition: attachment; {name}")),
+        "{head}"
+    );
+    // The browser itself follows the link with its cookie.
+    alice.open(&format!("http://{addr}{raw}"));
+    assert!(alice.source().contains("line 0"), "{}", alice.source());
+    // Anonymous, and Bob (who may not read the private repository): refused.
+    let (code, _, body) = http_request(&addr, "GET", &raw, &[], b"");
+    assert_eq!(code, 401);
+    assert!(!String::from_utf8_lossy(&body).contains("line 0"));
+    let (code, _, body) = http_request(&addr, "GET", &raw, &[("Cookie", &session_cookie(&bob))], b"");
+    assert_eq!(code, 403);
+    assert!(!String::from_utf8_lossy(&body).contains("line 0"));
+    drop(bob);
+    drop(alice);
     drop(server);
 }

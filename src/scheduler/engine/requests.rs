@@ -382,14 +382,52 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) async fn rebuild(&mut self, path: &str) -> Result<Owner, SchedulerError> {
+    /// Cancels one derivation that is queued, buildable, waiting for a retry or building (an
+    /// administrator's request): it becomes `Interrupted { Cancelled, reason }`, an attempt running now is
+    /// closed as `cancelled` and its batch is killed through the same kill as an owner's cancel (the build's
+    /// process group; the batch's other members go back in line), and every dependent that cannot build
+    /// any more becomes `Blocked` on it, as after any other interruption. Its owners see it final.
+    pub(super) async fn cancel_drv(&mut self, path: &str, reason: &str) -> Result<(), SchedulerError> {
+        let id = self.resolve_one(path).await?;
+        let Some(n) = self.nodes.get(&id) else {
+            self.flush().await?;
+            let store = self.store.clone();
+            let rec = smol::unblock(move || Reader::new(&store)?.state(id)).await?;
+            return Err(SchedulerError::NotActive {
+                path: path.to_string(),
+                state: rec.map_or_else(|| "never requested".to_string(), |r| r.state.to_string()),
+            });
+        };
+        let (batch, attempt, node_path) = (n.batch, n.rec.attempt, n.path.clone());
+        if n.rec.state == DrvState::Building {
+            self.close_attempt(id, attempt, "cancelled");
+        }
+        let state = DrvState::Interrupted { kind: InterruptKind::Cancelled, reason: reason.to_string() };
+        self.finish(id, state, reason);
+        // `finish` does not propagate a cancellation (an owner's cancel drops the dependents too): here
+        // the dependents stay needed, and cannot build without it.
+        self.followups.push(Followup::Propagate { id, path: node_path, blocked: true });
+        if let Some(b) = batch.and_then(|bid| self.batches.get_mut(&bid)).filter(|b| !b.killed) {
+            tracing::info!(drv = %path, "killing the batch of a cancelled derivation");
+            b.killed = true;
+            let _ = b.kill.try_send(());
+        }
+        Ok(())
+    }
+
+    /// The graph id of `path` (it must have been discovered).
+    async fn resolve_one(&self, path: &str) -> Result<DrvId, SchedulerError> {
         let graph = self.graph.clone();
         let paths = vec![path.to_string()];
-        let id = smol::unblock(move || prepare::resolve(&graph, &paths))
+        smol::unblock(move || prepare::resolve(&graph, &paths))
             .await?
             .first()
             .copied()
-            .ok_or_else(|| SchedulerError::UnknownDerivation { path: path.to_string() })?;
+            .ok_or_else(|| SchedulerError::UnknownDerivation { path: path.to_string() })
+    }
+
+    pub(super) async fn rebuild(&mut self, path: &str) -> Result<Owner, SchedulerError> {
+        let id = self.resolve_one(path).await?;
         if let Some(n) = self.nodes.get(&id) {
             return Err(SchedulerError::NotTerminal {
                 path: path.to_string(),

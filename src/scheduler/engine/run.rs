@@ -180,6 +180,12 @@ impl Engine {
                     let _ = reply.try_send(Err(e));
                 }
             },
+            Command::CancelDrv { drv, reason, reply } => match self.cancel_drv(&drv, &reason).await {
+                Ok(()) => self.deferred.push(Deferred::Done(reply)),
+                Err(e) => {
+                    let _ = reply.try_send(Err(e));
+                }
+            },
             Command::State { drv, reply } => {
                 let r = self.status(&drv).await;
                 let _ = reply.try_send(r);

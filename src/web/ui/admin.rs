@@ -1,6 +1,7 @@
 //! What administrators (`[web] admins`, signed in) see and do in the web UI: `/ui/admin` (the runs
 //! waiting for approval, the signed-in sessions with a Revoke button, the API tokens), and the actions
-//! `POST /ui/drvs/{drv}/rebuild`, `POST /ui/jobsets/{id}/cancel` (a jobset's builds), `POST /ui/approve`
+//! `POST /ui/drvs/{drv}/rebuild`, `POST /ui/drvs/{drv}/cancel` (one derivation, queued or building),
+//! `POST /ui/jobsets/{id}/cancel` (a jobset's builds), `POST /ui/approve`
 //! (a run held for approval) and
 //! `POST /ui/admin/sessions/revoke`. Every action is a form carrying
 //! the session's CSRF token (checked before anything else: a missing or wrong one answers 403), then
@@ -135,6 +136,31 @@ async fn rebuild(mut req: tide::Request<AppState>) -> Result<tide::Response, Api
     Ok(see_other(&drv_href(&drv)))
 }
 
+/// The Cancel button of a derivation page for a derivation not final yet (queued, buildable, building,
+/// waiting for a retry): cancels that one derivation (administrators only).
+pub(super) fn cancel_drv_button(
+    viewer: &Viewer,
+    drv: &str,
+    state: Option<&crate::scheduler::DrvState>,
+) -> Markup {
+    html! {
+        @if let (Some(u), Some(_)) = (viewer.user.as_ref().filter(|u| u.admin), state.filter(|s| !s.is_terminal())) {
+            form.inline method="post" action={ (drv_href(drv)) "/cancel" } {
+                input type="hidden" name="csrf" value=(u.csrf);
+                button id="cancel-drv" type="submit" { "Cancel" }
+            }
+        }
+    }
+}
+
+async fn cancel_drv(mut req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let (user, _) = admin_form(&mut req).await?;
+    let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
+    crate::web::actions::cancel_drv(req.state(), &drv, &format!("web:{}", user.login)).await?;
+    tracing::info!(login = %user.login, drv = %drv, "web UI: derivation cancelled");
+    Ok(see_other(&drv_href(&drv)))
+}
+
 /// The Cancel button of a jobset page: cancels the builds of the jobset (administrators only).
 pub(super) fn cancel_button(viewer: &Viewer, id: crate::jobset::JobsetId) -> Markup {
     html! {
@@ -212,6 +238,8 @@ pub fn routes(app: &mut tide::Server<AppState>) {
     app.at("/ui/jobsets/:id/cancel")
         .post(|req: tide::Request<AppState>| async move { act(cancel(req).await) });
     app.at("/ui/approve").post(|req: tide::Request<AppState>| async move { act(approve(req).await) });
+    app.at("/ui/drvs/:drv/cancel")
+        .post(|req: tide::Request<AppState>| async move { act(cancel_drv(req).await) });
     app.at("/ui/drvs/:drv/rebuild")
         .post(|req: tide::Request<AppState>| async move { act(rebuild(req).await) });
 }

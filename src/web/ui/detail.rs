@@ -180,6 +180,7 @@ pub(super) async fn drv(req: tide::Request<AppState>) -> Result<Markup, ApiError
                 script data-drv=(drv) { (maud::PreEscaped(STATE_JS)) }
             }
             (super::admin::rebuild_button(&viewer, &drv))
+            (super::admin::cancel_drv_button(&viewer, &drv, status.as_ref().map(|s| &s.state)))
             p { "system: " span.mono { (view.system) } }
             h2 { "Outputs" }
             table id="outputs" {
@@ -255,6 +256,19 @@ else if(e.type==='error'){st.textContent='No live updates: '+e.error;}};
 ws.onclose=function(){if(!done&&st.textContent.indexOf('Following')===0)st.textContent='Live updates ended; reload for the rest.';};
 })();"#;
 
+/// `/ui/logs/{drv}/raw?attempt=N[&download=1]`: the raw log for a browser, under the same read rules as
+/// the log page (a session's private repositories included), streamed like `GET /v1/logs/{drv}`.
+pub(super) async fn raw_log(req: tide::Request<AppState>) -> Result<tide::Response, ApiError> {
+    let viewer = super::login::viewer(&req).await?;
+    let drv = parse_drv_param(req.param("drv").unwrap_or_default())?;
+    let asked = crate::web::logs::parse_attempt(&req)?;
+    let download = req.url().query_pairs().any(|(k, v)| k == "download" && v == "1");
+    let state = req.state();
+    viewer.read_drv(state, &drv).await?;
+    let log = crate::web::logs::open_log(state, &drv, asked).await?;
+    Ok(crate::web::logs::log_response(&drv, log, download))
+}
+
 pub(super) async fn log(req: tide::Request<AppState>) -> Result<Markup, ApiError> {
     use futures_lite::io::AsyncSeekExt as _;
     let viewer = super::login::viewer(&req).await?;
@@ -285,7 +299,8 @@ pub(super) async fn log(req: tide::Request<AppState>) -> Result<Markup, ApiError
         html! {
             p {
                 a href=(drv_href(&drv)) { "derivation" } " · "
-                a id="raw" href=(raw) { "raw log" } " · " (log.len) " bytes"
+                a id="raw" href=(raw) { "raw log" } " · "
+                a id="download" href={ (raw) "&download=1" } { "download" } " · " (log.len) " bytes"
                 @if log.latest > 1 {
                     " · attempts: "
                     @for n in 1..=log.latest { a href=(log_href(&drv, n)) { (n) } " " }

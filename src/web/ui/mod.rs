@@ -4,9 +4,9 @@
 //! | file | pages |
 //! | --- | --- |
 //! | `pages.rs` | `/ui/` (dashboard), `/ui/repos/{owner}/{name}`, `/ui/commits/{sha}` (a pull request's head or any reviewed commit) |
-//! | `detail.rs` | `/ui/jobsets/{id}`, `/ui/drvs/{drv}`, `/ui/logs/{drv}?attempt=N` |
+//! | `detail.rs` | `/ui/jobsets/{id}`, `/ui/drvs/{drv}`, `/ui/logs/{drv}?attempt=N`, `/ui/logs/{drv}/raw?attempt=N` (`&download=1`) |
 //! | `login.rs` | `/ui/login`, the `[oauth]` callback, `POST /ui/logout`; the viewer and its read rules |
-//! | `admin.rs` | `/ui/admin` (sessions, tokens, approvals waiting), `POST /ui/drvs/{drv}/rebuild`, `POST /ui/approve`, `POST /ui/admin/sessions/revoke` |
+//! | `admin.rs` | `/ui/admin` (sessions, tokens, approvals waiting), `POST /ui/drvs/{drv}/rebuild`, `POST /ui/drvs/{drv}/cancel`, `POST /ui/jobsets/{id}/cancel`, `POST /ui/approve`, `POST /ui/admin/sessions/revoke` |
 //! | `session.rs` | sessions in redb, signed cookies, CSRF tokens (no route) |
 //! | `ansi.rs` | build-log ANSI colours to spans (no route) |
 //! | `live.rs` | `/ui/live.js`: the script that keeps the dashboard, commit and jobset pages live over `/v1/ws/builds` |
@@ -60,9 +60,9 @@ pub(super) fn log_href(drv: &str, attempt: u32) -> String {
     format!("/ui/logs/{}?attempt={attempt}", segment(strip_default_store(drv).unwrap_or(drv)))
 }
 
-/// The raw log of one attempt of `drv` (the JSON API's route).
+/// The raw log of one attempt of `drv`, for a browser (its session's read rules).
 pub(super) fn raw_log_href(drv: &str, attempt: u32) -> String {
-    super::drvs::log_url(drv, attempt)
+    format!("/ui/logs/{}/raw?attempt={attempt}", segment(strip_default_store(drv).unwrap_or(drv)))
 }
 
 pub(super) fn jobset_href(id: crate::jobset::JobsetId) -> String {
@@ -209,6 +209,9 @@ pub fn routes(app: &mut tide::Server<AppState>) {
         .get(|req: tide::Request<AppState>| async move { respond(detail::drv(req).await) });
     app.at("/ui/logs/:drv")
         .get(|req: tide::Request<AppState>| async move { respond(detail::log(req).await) });
+    app.at("/ui/logs/:drv/raw").get(|req: tide::Request<AppState>| async move {
+        Ok::<_, tide::Error>(detail::raw_log(req).await.unwrap_or_else(|e| error_page(&e)))
+    });
 }
 
 #[cfg(test)]
@@ -222,6 +225,10 @@ mod tests {
         assert_eq!(drv_href(drv), "/ui/drvs/lda4a1wrcw7wy9v7nwjhjsrkirbq1zkh-a%3Fb%3D1.0.drv");
         assert_eq!(log_href(drv, 2), "/ui/logs/lda4a1wrcw7wy9v7nwjhjsrkirbq1zkh-a%3Fb%3D1.0.drv?attempt=2");
         assert_eq!(drv_name(drv), "a?b=1.0.drv");
+        assert_eq!(
+            raw_log_href(drv, 1),
+            "/ui/logs/lda4a1wrcw7wy9v7nwjhjsrkirbq1zkh-a%3Fb%3D1.0.drv/raw?attempt=1"
+        );
         assert_eq!(duration(3723), "1h 02m 03s");
         assert_eq!(duration(61), "1m 01s");
     }
