@@ -3,10 +3,12 @@
 //! A jobset is keyed by (repository, commit, job). It records the evaluation's state and, per attribute,
 //! either the derivation it produced or the evaluation error. Evaluating the same key again reuses a
 //! finished jobset. [`diff`] compares two jobsets of the same job. This module owns the `jobsets`,
-//! `jobset_keys`, `jobset_attrs` and `jobset_error_messages` tables (the last caches Nix's messages for
+//! `jobset_keys`, `jobset_attrs`, `jobset_error_messages` and `jobset_aliases` (`aliases.rs`: the
+//! attributes nix-env does not list) tables (`jobset_error_messages` caches Nix's messages for
 //! error records whose explanation was deferred, see [`crate::nix::eval::DEFERRED_ERROR`]); it must never run Nix (the scheduler evaluates and hands the
 //! records here) and never hold a write transaction across an `.await` (every call is blocking).
 
+pub mod aliases;
 pub mod diff;
 
 use redb::{ReadableTable, TableHandle};
@@ -248,6 +250,7 @@ impl Jobsets {
             let mut messages = tx.open_table(JOBSET_ERROR_MESSAGES)?;
             messages.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
         }
+        aliases::remove_in(&tx, id)?;
         tx.commit()?;
         self.mark_used(id);
         Ok(Begin::New(id))
@@ -360,6 +363,7 @@ impl Jobsets {
                 attrs.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
                 messages.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
                 owners.remove(crate::scheduler::Owner::Jobset(*id).key())?;
+                aliases::remove_in(&tx, *id)?;
             }
         }
         tx.commit()?;

@@ -7,6 +7,7 @@ pub mod build;
 pub mod drv;
 pub mod eval;
 pub mod eval_builtin;
+pub mod eval_identity;
 pub(crate) mod eval_explain;
 pub mod flake;
 pub mod local;

@@ -26,6 +26,9 @@ pub const JOBSET_ATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::n
 pub const JOBSET_ERROR_MESSAGES: TableDefinition<(u64, &str), &[u8]> =
     TableDefinition::new("jobset_error_messages");
 
+/// What the identity step after an evaluation found (`jobset::aliases`): jobset id → `AliasesRecord`.
+pub const JOBSET_ALIASES: TableDefinition<u64, &[u8]> = TableDefinition::new("jobset_aliases");
+
 /// The derivation graph's path interning: .drv store path → `DrvIdRecord` (see `graph::record`).
 pub const GRAPH_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("graph_ids");
 
@@ -168,6 +171,7 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "cache_pushes", key: "&str", value: "&[u8]" },
     TableInfo { name: "cache_push_queue", key: "&str", value: "u64" },
     TableInfo { name: "cache_push_audit", key: "u64", value: "&[u8]" },
+    TableInfo { name: "jobset_aliases", key: "u64", value: "&[u8]" },
 ];
 
 /// Creates every table that does not exist yet.
@@ -207,5 +211,6 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(CACHE_PUSHES)?;
     tx.open_table(CACHE_PUSH_QUEUE)?;
     tx.open_table(CACHE_PUSH_AUDIT)?;
+    tx.open_table(JOBSET_ALIASES)?;
     Ok(())
 }

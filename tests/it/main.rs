@@ -48,6 +48,7 @@ mod size_check;
 mod soak;
 mod store;
 mod summary;
+mod nixenv_count;
 mod supervise;
 mod tidy;
 mod ui;
