@@ -119,7 +119,12 @@ fn summary_of(changes: usize) -> ChangeSummary {
                 must_rebuild: 4000,
             }],
             per_kernel: vec![
-                KernelRebuilds { kernel: "darwin".into(), rebuilds: 0, bucket: Bucket::None, rebuilt_drvs: 0 },
+                KernelRebuilds {
+                    kernel: "darwin".into(),
+                    rebuilds: 0,
+                    bucket: Bucket::None,
+                    rebuilt_drvs: 0,
+                },
                 KernelRebuilds {
                     kernel: "linux".into(),
                     rebuilds: 1000,

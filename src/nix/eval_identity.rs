@@ -247,10 +247,11 @@ impl Step<'_> {
             Termination::Exited(_) => return Ok(Err(nix_error_message(&out.stderr))),
             other => return Ok(Err(format!("{other:?}"))),
         }
-        let answers: Vec<Vec<i64>> = serde_json::from_slice(&out.stdout).map_err(|e| EvalError::Protocol {
-            program: NIX_INSTANTIATE.to_string(),
-            detail: format!("the identity step's answer is not a list of lists of numbers: {e}"),
-        })?;
+        let answers: Vec<Vec<i64>> =
+            serde_json::from_slice(&out.stdout).map_err(|e| EvalError::Protocol {
+                program: NIX_INSTANTIATE.to_string(),
+                detail: format!("the identity step's answer is not a list of lists of numbers: {e}"),
+            })?;
         if answers.len() != share.len() || answers.iter().zip(share).any(|(a, g)| a.len() != g.len()) {
             return Err(EvalError::Protocol {
                 program: NIX_INSTANTIATE.to_string(),

@@ -484,8 +484,7 @@ fn compute(
                     meta_only.push(attr.to_string());
                 }
             }
-            if !head_hidden.contains_key(attr)
-                && base_side.and_then(|b| b.2) != Some(fingerprint(&d.outputs))
+            if !head_hidden.contains_key(attr) && base_side.and_then(|b| b.2) != Some(fingerprint(&d.outputs))
             {
                 *listed_rebuilds.entry(d.system.clone()).or_insert(0) += 1;
             }

@@ -192,9 +192,13 @@ fn render_job(out: &mut String, job: &JobSummary, settings: &Settings, level: Tr
         out,
         "**Rebuilds:** {kernels} (attributes as `nix-env -qaP` lists them, nixpkgs' count{})\n",
         if !job.impact.aliases_known {
-            "; the aliases nix-env leaves out are not known for this change, every attribute is counted".to_string()
+            "; the aliases nix-env leaves out are not known for this change, every attribute is counted"
+                .to_string()
         } else if hidden > 0 {
-            format!("; {hidden} alias{} of an attribute listed before not counted", if hidden == 1 { "" } else { "es" })
+            format!(
+                "; {hidden} alias{} of an attribute listed before not counted",
+                if hidden == 1 { "" } else { "es" }
+            )
         } else {
             String::new()
         }
@@ -207,8 +211,14 @@ fn render_job(out: &mut String, job: &JobSummary, settings: &Settings, level: Tr
             "| system | rebuilds (attributes) | bucket | rebuilt derivations |\n| --- | ---: | --- | ---: |\n"
         });
         for s in &job.impact.per_system {
-            let _ =
-                write!(out, "| {} | {} | {} | {} |", esc(&s.system), s.rebuilds, s.bucket.label(), s.rebuilt_drvs);
+            let _ = write!(
+                out,
+                "| {} | {} | {} | {} |",
+                esc(&s.system),
+                s.rebuilds,
+                s.bucket.label(),
+                s.rebuilt_drvs
+            );
             if with_union {
                 let _ = write!(out, " {} |", s.must_rebuild);
             }

@@ -91,8 +91,8 @@ fn rebuild_count_equals_nix_env_with_every_kind_of_alias() {
     // so nix-env's method counts it as added though its out path did not change.
     let head_tree = tree(&n, "echo lib2 > $out", "  leafAlias = dontDistribute leaf;");
     let repo = GitRepo::new();
-    let base = repo
-        .commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&base_tree))]);
+    let base =
+        repo.commit("base", &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&base_tree))]);
     let head = repo.commit("head", &[("default.nix", Some(&head_tree))]);
 
     let dirs = tempfile::tempdir().expect("tmp");
@@ -130,7 +130,8 @@ fn rebuild_count_equals_nix_env_with_every_kind_of_alias() {
         assert_eq!(ours, theirs, "hidden: {:?}", aliases.hidden);
     }
     let head_aliases = jobsets.aliases(h).expect("read").expect("ran");
-    let hidden: Vec<(&str, &str)> = head_aliases.hidden.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let hidden: Vec<(&str, &str)> =
+        head_aliases.hidden.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     assert_eq!(
         hidden,
         vec![("a-c", "a.b"), ("libAlias", "lib"), ("pkgs.leafAgain", "leaf"), ("zlib", "pkgs.zlib")]
@@ -148,7 +149,11 @@ fn rebuild_count_equals_nix_env_with_every_kind_of_alias() {
     assert_eq!(s.impact.changed_drvs, 4);
     assert!(s.impact.must_rebuild >= s.impact.changed_drvs);
     // Package changes are of the listed attributes too: no change is reported for a hidden alias.
-    assert!(s.changes.iter().all(|c| !["a-c", "libAlias", "pkgs.leafAgain", "zlib"].contains(&c.attr.as_str())), "{:?}", s.changes);
+    assert!(
+        s.changes.iter().all(|c| !["a-c", "libAlias", "pkgs.leafAgain", "zlib"].contains(&c.attr.as_str())),
+        "{:?}",
+        s.changes
+    );
     let md = summary::render(
         &summary::ChangeSummary {
             repo: s.repo.clone(),
@@ -162,4 +167,110 @@ fn rebuild_count_equals_nix_env_with_every_kind_of_alias() {
     .markdown;
     assert!(md.contains(&format!("linux {expected} (1-10)")), "{md}");
     assert!(md.contains("4 aliases of an attribute listed before not counted"), "{md}");
+}
+
+/// The slice of the real nixpkgs (2020-07) the next test evaluates: a package set (`xorg`, ~200 packages),
+/// a set of our own that repeats `libpng` (so nix-env keeps `gtkSet.libpng`, the first in its walk), and
+/// `aliases.nix` aliases (`bluezFull`, `bro`, `x11`: listed separately).
+const SLICE: &str = r#"let pkgs = import ./. { }; in {
+  inherit (pkgs) xorg hello libpng libpng_apng bluez bluezFull zeek bro xlibsWrapper x11 cairo pango;
+  gtkSet = pkgs.recurseIntoAttrs { inherit (pkgs) gtk3 gtk2 libpng; };
+}
+"#;
+
+/// One line of a nixpkgs file replaced (exactly once).
+fn edit(root: &Path, file: &str, from: &str, to: &str) -> (String, String) {
+    let path = root.join(file);
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert_eq!(text.matches(from).count(), 1, "{from:?} in {file}");
+    let edited = text.replacen(from, to, 1);
+    std::fs::write(&path, &edited).expect("write");
+    (text, edited)
+}
+
+#[test]
+fn rebuild_count_equals_nix_env_on_a_slice_of_real_nixpkgs() {
+    let tarball = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/nixpkgs/nixpkgs-2020-07.tar.xz");
+    assert!(tarball.is_file(), "{} is missing", tarball.display());
+    let repo = GitRepo::new();
+    let status =
+        Command::new("tar").arg("-xJf").arg(&tarball).arg("-C").arg(repo.path()).status().expect("tar");
+    assert!(status.success());
+    let config = r#"{ "jobs": { "slice": { "file": "nixpkgs/slice.nix" } } }"#;
+    let base =
+        repo.commit("base", &[(".eka-ci/config.json", Some(config)), ("nixpkgs/slice.nix", Some(SLICE))]);
+    let tree = repo.path().join("nixpkgs");
+    let slice = |dir: &Path| {
+        let out = Command::new("nix-env")
+            .args(["-f", "slice.nix", "-qaP", "--out-path"])
+            .current_dir(dir)
+            .env("NIX_CONFIG", "substituters =")
+            .output()
+            .expect("nix-env");
+        assert!(out.status.success(), "nix-env: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                let attr = words.next()?.to_string();
+                Some((attr, words.last()?.to_string()))
+            })
+            .collect::<BTreeMap<String, String>>()
+    };
+    let nix_base = slice(&tree);
+    // A leaf change, then (from base) a change under hundreds of packages: xorgproto.
+    let hello = "pkgs/applications/misc/hello/default.nix";
+    let (original, _) =
+        edit(&tree, hello, "  pname = \"hello\";\n", "  pname = \"hello\";\n  postInstall = \"true\";\n");
+    let leaf = repo.commit("leaf", &[]);
+    let nix_leaf = slice(&tree);
+    std::fs::write(tree.join(hello), original).expect("restore");
+    let xorg = "pkgs/servers/x11/xorg/default.nix";
+    edit(
+        &tree,
+        xorg,
+        "    name = \"xorgproto-2019.1\";\n",
+        "    name = \"xorgproto-2019.1\";\n    postInstall = \"true\";\n",
+    );
+    let deep = repo.commit("deep", &[]);
+    let nix_deep = slice(&tree);
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let (store, pipeline) = common::pipeline_in(dir.path());
+    let mut counts = Vec::new();
+    for (head, nix_head) in [(&leaf, &nix_leaf), (&deep, &nix_deep)] {
+        let report =
+            smol::block_on(pipeline.diff_local(repo.path(), &base, head, None, &None)).expect("diff");
+        let job = report.jobs.first().expect("one job");
+        let (b, h) = (job.base.id, job.head.id);
+        let jobsets = pipeline.jobsets();
+        for (id, listed) in [(b, &nix_base), (h, nix_head)] {
+            let aliases = jobsets.aliases(id).expect("read").expect("the identity step ran");
+            let hidden = aliases.hidden_map();
+            assert_eq!(hidden.get("libpng"), Some(&"gtkSet.libpng"), "{aliases:?}");
+            let mut ours = Vec::new();
+            jobsets
+                .for_each_attr(id, |attr, o| {
+                    if matches!(o, eka_ci::jobset::AttrOutcome::Drv(_)) && !hidden.contains_key(attr) {
+                        ours.push(attr.to_string());
+                    }
+                    Ok(())
+                })
+                .expect("attrs");
+            ours.sort();
+            let theirs: Vec<String> = listed.keys().cloned().collect();
+            assert_eq!(ours, theirs, "hidden: {:?}", aliases.hidden);
+        }
+        let s = summary::summarize_job(&store, jobsets, pipeline.graph(), b, h, &Settings::default())
+            .expect("summary");
+        let expected = nixpkgs_count(&nix_base, nix_head);
+        let linux = s.impact.per_kernel.iter().find(|k| k.kernel == "linux").expect("linux");
+        assert_eq!(
+            (s.impact.rebuilds, linux.rebuilds, linux.bucket),
+            (expected, expected, Bucket::of(expected))
+        );
+        counts.push(expected);
+    }
+    assert_eq!(counts[0], 1, "the leaf change rebuilds hello alone");
+    assert!(counts[1] > 100, "xorgproto is under hundreds of packages: {}", counts[1]);
 }
