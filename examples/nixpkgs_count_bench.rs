@@ -159,7 +159,8 @@ fn main() {
         jobsets
             .for_each_attr(id, |attr, o| {
                 if matches!(o, AttrOutcome::Drv(_)) && !hidden.contains_key(attr) {
-                    ours.insert(attr.to_string());
+                    // nix-env prints names with a dot unquoted.
+                    ours.insert(attr.replace('"', ""));
                 }
                 Ok(())
             })

@@ -13,10 +13,14 @@
 //! the same object (after forcing them; functions are otherwise never equal). So `attrValues a ==
 //! attrValues b` holds for the same set, and fails for two sets built alike (each `callPackage` makes its
 //! own `override` functions) and for `drv // { meta = … }` (a new `meta`, as nixpkgs' `aliases.nix`
-//! makes). Forcing an attribute may fail: the comparison is then made attribute by attribute, each under
-//! `builtins.tryEval`, and an attribute that fails on both sides does not decide. The one case the
-//! comparison calls "the same" wrongly is a copy whose replaced attributes are deeply equal to the ones
-//! they replace (`drv // { meta = drv.meta; }`). A share whose process fails as a whole (an error
+//! makes), unless the new `meta` is deeply equal to the old one (a package whose `meta` already had
+//! `hydraPlatforms = [ ]`): so the positions where the attributes were defined
+//! (`builtins.unsafeGetAttrPos`) must be equal too, and a copy's new attributes were defined elsewhere.
+//! Forcing an attribute may fail: the comparison is then made attribute by attribute, each under
+//! `builtins.tryEval`, and an attribute that fails on both sides does not decide. What the comparison
+//! still calls "the same" wrongly: a copy made at the same place as the original's attributes with deeply
+//! equal values (`dontDistribute (dontDistribute drv)`), and two sets built alike by the same code that hold
+//! no function (plain `derivation` calls; every nixpkgs package carries `override` functions). A share whose process fails as a whole (an error
 //! `tryEval` cannot catch, the memory cap) is split in halves and retried; a single group that still
 //! fails is **undecided**: all its attributes count as listed, as before this step existed.
 
@@ -50,6 +54,9 @@ let
   attrSame = a: b: n:
     let t = builtins.tryEval (one n a == one n b); in if t.success then t.value else null;
   quick = [ "override" "overrideAttrs" "overrideDerivation" ];
+  # Where each attribute was defined: the same set has the same positions; a copy `s // { meta = …; }`
+  # has its new attributes' positions.
+  positions = s: names: map (n: builtins.unsafeGetAttrPos n s) names;
   same = a: b:
     let
       names = builtins.attrNames a;
@@ -57,6 +64,7 @@ let
       all = builtins.tryEval (builtins.attrValues a == builtins.attrValues b);
     in
       names == builtins.attrNames b
+      && positions a names == positions b names
       && !(builtins.any (n: attrSame a b n == false) fns)
       && (if all.success then all.value else !(builtins.any (n: attrSame a b n == false) names));
   valueOf = p:

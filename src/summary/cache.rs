@@ -18,7 +18,7 @@ enum SummaryRecord {
     /// A summary computed before rebuilds were counted as nix-env lists attributes: stale, its payload is
     /// not read (postcard ignores the bytes after the variant), and it reads as absent (recomputed).
     V1(Stale),
-    V2(JobSummary),
+    V2(Box<JobSummary>),
 }
 
 /// The unread payload of a stale record.
@@ -32,7 +32,7 @@ fn key(head_sha: &str, base_sha: &str, job: &str) -> String {
 fn decode_row(key: &str, bytes: &[u8]) -> Result<Option<JobSummary>, StoreError> {
     match decode::<SummaryRecord>(CHANGE_SUMMARIES.name(), &format!("{key:?}"), bytes)? {
         SummaryRecord::V1(Stale) => Ok(None),
-        SummaryRecord::V2(s) => Ok(Some(s)),
+        SummaryRecord::V2(s) => Ok(Some(*s)),
     }
 }
 
@@ -60,7 +60,7 @@ pub fn put(store: &Store, summary: &JobSummary) -> Result<(), StoreError> {
 /// `jobset::JobsetKey::job`), so summaries of different definitions never stand in for each other.
 pub fn put_as(store: &Store, job: &str, summary: &JobSummary) -> Result<(), StoreError> {
     let k = key(&summary.head_sha, &summary.base_sha, job);
-    let bytes = encode(CHANGE_SUMMARIES.name(), &SummaryRecord::V2(summary.clone()))?;
+    let bytes = encode(CHANGE_SUMMARIES.name(), &SummaryRecord::V2(Box::new(summary.clone())))?;
     let tx = store.db().begin_write()?;
     {
         let mut table = tx.open_table(CHANGE_SUMMARIES)?;

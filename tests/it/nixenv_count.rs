@@ -37,12 +37,17 @@ let
   x = callPackage ({{ lib }}: mkDrv "x-1.0" "echo x > $out" [ lib ]) {{ inherit lib; }};
   zlib = callPackage ({{ lib }}: mkDrv "zlib-1.0" "echo z > $out" [ lib ]) {{ inherit lib; }};
   leaf = callPackage ({{ }}: mkDrv "leaf-1.0" "echo leaf > $out" [ ]) {{ }};
+  nodist = callPackage ({{ lib }}: mkDrv "nodist-1.0" "echo nd > $out" [ lib ]) {{ inherit lib; }}
+    // {{ meta = {{ hydraPlatforms = [ ]; }}; }};
 in {{
   inherit lib app zlib leaf;
   # the very same set: nix-env lists `lib` only
   libAlias = lib;
   # aliases.nix style, a new set: listed
   libOld = dontDistribute lib;
+  # … also when its new `meta` equals the old one (defined elsewhere): listed
+  inherit nodist;
+  nodistOld = dontDistribute nodist;
   # callPackage twice: two sets, both listed
   app2 = callPackage appFn {{ inherit lib; }};
   # depth first, byte order per level: `a.b` comes before `a-c` (though "a-c" < "a.b" as strings)
@@ -139,14 +144,15 @@ fn rebuild_count_equals_nix_env_with_every_kind_of_alias() {
 
     let s = summary::summarize_job(&store, jobsets, pipeline.graph(), b, h, &Settings::default())
         .expect("summary");
-    // lib, libOld, app, app2, a.b, pkgs.zlib, and leafAlias (added in nix-env's view).
-    assert_eq!(expected, 7, "nix-env: base {nix_base:#?}\nhead {nix_head:#?}");
+    // lib, libOld, app, app2, a.b, pkgs.zlib, nodist, nodistOld, and leafAlias (added in nix-env's view).
+    assert_eq!(expected, 9, "nix-env: base {nix_base:#?}\nhead {nix_head:#?}");
     assert_eq!(s.impact.rebuilds, expected);
     assert!(s.impact.aliases_known && s.impact.hidden_aliases == 4, "{:?}", s.impact);
     let linux = s.impact.per_kernel.iter().find(|k| k.kernel == "linux").expect("linux");
     assert_eq!((linux.rebuilds, linux.bucket), (expected, Bucket::of(expected)));
-    // The derivation counts stay derivations: lib, app, x, zlib (app2 and libOld are app's and lib's).
-    assert_eq!(s.impact.changed_drvs, 4);
+    // The derivation counts stay derivations: lib, app, x, zlib, nodist (app2, libOld and nodistOld are
+    // app's, lib's and nodist's).
+    assert_eq!(s.impact.changed_drvs, 5);
     assert!(s.impact.must_rebuild >= s.impact.changed_drvs);
     // Package changes are of the listed attributes too: no change is reported for a hidden alias.
     assert!(
