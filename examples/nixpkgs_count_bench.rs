@@ -70,14 +70,7 @@ fn nix_env(dir: &Path) -> BTreeMap<String, String> {
         .output()
         .expect("nix-env");
     assert!(out.status.success(), "nix-env failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            let attr = words.next()?.to_string();
-            Some((attr, words.last()?.to_string()))
-        })
-        .collect()
+    eka_ci::nix::eval_identity::parse_nix_env_out_paths(&String::from_utf8_lossy(&out.stdout))
 }
 
 fn main() {

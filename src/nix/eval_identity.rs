@@ -4,25 +4,18 @@
 //! `nix-env` walks a job depth-first, the names of each level in byte order, and skips a derivation whose
 //! attribute set (the `Bindings` in memory) it has listed already (Nix's `get-drvs.cc`). Two attributes
 //! can only be the same set when they evaluate to the same `.drv`, so the caller groups a finished job's
-//! records by `.drv` path and [`find_hidden`] examines the groups of two or more attributes, in one
-//! `nix-instantiate` process per share of groups, importing the job exactly as the built-in evaluator does
-//! (restricted evaluation, the same argument builders).
+//! records by `.drv` path and [`find_hidden`] examines the groups of two or more attributes.
 //!
-//! Identity is observed in the Nix language with `builtins.attrValues`: it puts the very value objects of
-//! a set's attributes into a list, and `==` on two lists calls two elements equal at once when they are
-//! the same object (after forcing them; functions are otherwise never equal). So `attrValues a ==
-//! attrValues b` holds for the same set, and fails for two sets built alike (each `callPackage` makes its
-//! own `override` functions) and for `drv // { meta = … }` (a new `meta`, as nixpkgs' `aliases.nix`
-//! makes), unless the new `meta` is deeply equal to the old one (a package whose `meta` already had
-//! `hydraPlatforms = [ ]`): so the positions where the attributes were defined
-//! (`builtins.unsafeGetAttrPos`) must be equal too, and a copy's new attributes were defined elsewhere.
-//! Forcing an attribute may fail: the comparison is then made attribute by attribute, each under
-//! `builtins.tryEval`, and an attribute that fails on both sides does not decide. What the comparison
-//! still calls "the same" wrongly: a copy made at the same place as the original's attributes with deeply
-//! equal values (`dontDistribute (dontDistribute drv)`), and two sets built alike by the same code that hold
-//! no function (plain `derivation` calls; every nixpkgs package carries `override` functions). A share whose process fails as a whole (an error
-//! `tryEval` cannot catch, the memory cap) is split in halves and retried; a single group that still
-//! fails is **undecided**: all its attributes count as listed, as before this step existed.
+//! The Nix language cannot tell the same set from an equal one in every case (`==` compares contents,
+//! and a copy such as nixpkgs' `dontDistribute (dontDistribute drv)` has equal contents and equal
+//! attribute positions), so the step asks nix-env itself: one `nix-env -qaP` per share of groups lists
+//! [`IDENTITY_WRAPPER`], which imports the job exactly as the built-in evaluator does (restricted
+//! evaluation, the same arguments) and puts each group's attributes, in nix-env's order, into a set of its
+//! own. Selecting an attribute copies the value, whose attribute set stays the same object, so nix-env
+//! lists a member unless it is the set of a member listed before: the test it makes on the whole job. Only
+//! names are queried (no `.drv` is computed). A share whose process fails as a whole (an evaluation error
+//! nix-env does not skip, the memory cap) is split in halves and retried; a single group that still fails
+//! is **undecided**: all its attributes count as listed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,14 +23,17 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::nix::eval::{
-    add_restriction_args, attr_display, attr_split, check_source, nix_error_message, EvalError, EvalOptions,
-    EvalSource, Target,
+    add_restriction_args, attr_display, attr_split, check_source, nix_error_message, prepare_roots_dir,
+    EvalError, EvalOptions, EvalSource, Target,
 };
 use crate::nix::process::{run_captured, RunLimits, Termination};
 
-/// The Nix side: imports the job like the built-in evaluator's wrapper, then answers, per group (attribute
-/// paths in nix-env's order), for each member the index of the earlier listed member whose attribute set
-/// it is, or -1 when it is listed itself.
+/// The Nix side, a file `nix-env -qaP` lists (with `--argstr ekaCiRequest <request.json>`): imports the
+/// job like the built-in evaluator's wrapper, then makes one set per group (`g00000000`, …, marked
+/// `recurseForDerivations`) whose attributes `m00000000`, … are the group's attributes in nix-env's
+/// order, as values of the job (the very attribute sets: selecting an attribute copies the value, not
+/// the set). nix-env lists a member unless it is the set of one listed before, the same test it makes when
+/// it lists the job. A member whose name fails to evaluate is `null` (never listed, never hidden).
 pub const IDENTITY_WRAPPER: &str = r#"{ ekaCiRequest }:
 let
   r = builtins.fromJSON (builtins.readFile ekaCiRequest);
@@ -48,45 +44,17 @@ let
       in if builtins.isFunction raw then raw { } else raw;
   root = builtins.foldl' (v: n: v.${n}) top r.attrPath;
   get = path: builtins.foldl' (v: n: v.${n}) root path;
-  # The value objects of attribute n of s (a one-element list; empty when s lacks n).
-  one = n: s: builtins.attrValues (builtins.intersectAttrs { ${n} = null; } s);
-  # true / false / null (cannot tell: forcing failed)
-  attrSame = a: b: n:
-    let t = builtins.tryEval (one n a == one n b); in if t.success then t.value else null;
-  quick = [ "override" "overrideAttrs" "overrideDerivation" ];
-  # Where each attribute was defined: the same set has the same positions; a copy `s // { meta = …; }`
-  # has its new attributes' positions.
-  positions = s: names: map (n: builtins.unsafeGetAttrPos n s) names;
-  same = a: b:
-    let
-      names = builtins.attrNames a;
-      fns = builtins.filter (n: a ? ${n} && b ? ${n}) quick;
-      all = builtins.tryEval (builtins.attrValues a == builtins.attrValues b);
-    in
-      names == builtins.attrNames b
-      && positions a names == positions b names
-      && !(builtins.any (n: attrSame a b n == false) fns)
-      && (if all.success then all.value else !(builtins.any (n: attrSame a b n == false) names));
-  valueOf = p:
-    let t = builtins.tryEval (get p);
-    in if t.success && builtins.isAttrs t.value then { ok = true; v = t.value; } else { ok = false; };
-  group = paths:
-    let
-      vals = map valueOf paths;
-      at = i: builtins.elemAt vals i;
-      step = acc: i:
-        let
-          x = at i;
-          hits = if x.ok then builtins.filter (j: same (at j).v x.v) acc.reps else [ ];
-        in
-          if hits == [ ] then { reps = acc.reps ++ (if x.ok then [ i ] else [ ]); out = acc.out ++ [ (-1) ]; }
-          else { reps = acc.reps; out = acc.out ++ [ (builtins.head hits) ]; };
-    in (builtins.foldl' step { reps = [ ]; out = [ ]; } (builtins.genList (i: i) (builtins.length paths))).out;
-in map group r.groups
+  pad = i: let s = toString i; in builtins.substring 0 (8 - builtins.stringLength s) "00000000" + s;
+  member = p: let v = get p; in if (builtins.tryEval (v.name or null)).success then v else null;
+  numbered = prefix: f: l:
+    builtins.listToAttrs (builtins.genList (i: { name = prefix + pad i; value = f (builtins.elemAt l i); })
+      (builtins.length l));
+  group = paths: numbered "m" member paths // { recurseForDerivations = true; };
+in numbered "g" group r.groups
 "#;
 
 /// The Nix program of the step.
-const NIX_INSTANTIATE: &str = "nix-instantiate";
+const NIX_ENV: &str = "nix-env";
 
 /// Groups per process at most (a share is split further only when its process fails).
 const SHARE: usize = 2000;
@@ -136,8 +104,10 @@ pub async fn find_hidden(
     let attr_path = match source {
         EvalSource::File { attr_path, .. } | EvalSource::Flake { attr_path } => attr_path.clone(),
     };
-    let dir = RequestDir::create().await?;
-    let step = Step { checkout, target, attr_path, opts, dir: &dir };
+    // The request files go to a directory of the job's GC roots directory (restricted evaluation must be
+    // allowed to read them), removed when the step ends (or with the roots directory).
+    let dir = prepare_roots_dir(&opts.gc_roots_dir.join("identity-requests")).await?;
+    let step = Step { checkout, target, attr_path, opts, dir: &dir, seq: std::cell::Cell::new(0) };
     let workers = opts.workers.max(1);
     let per_share = groups.len().div_ceil(workers).clamp(1, SHARE);
     let stack = std::cell::RefCell::new(groups.chunks(per_share).map(<[_]>::to_vec).collect::<Vec<_>>());
@@ -165,7 +135,12 @@ pub async fn find_hidden(
         }
     };
     let workers: Vec<_> = (0..workers).map(|_| Box::pin(worker())).collect();
-    for result in join_all(workers).await {
+    let results = join_all(workers).await;
+    let removed = dir.clone();
+    if let Err(e) = smol::unblock(move || std::fs::remove_dir_all(removed)).await {
+        tracing::warn!(path = %dir.display(), error = %e, "cannot remove the identity step's request directory");
+    }
+    for result in results {
         result?;
     }
     for (paths, answer) in found.into_inner() {
@@ -210,7 +185,8 @@ struct Step<'a> {
     target: Target,
     attr_path: Vec<String>,
     opts: &'a EvalOptions,
-    dir: &'a RequestDir,
+    dir: &'a Path,
+    seq: std::cell::Cell<u64>,
 }
 
 impl Step<'_> {
@@ -223,22 +199,25 @@ impl Step<'_> {
         let request = serde_json::json!({
             "kind": kind, "file": file, "ref": flake, "attrPath": self.attr_path, "groups": share,
         });
-        let path = self.dir.next_path();
-        let written = path.clone();
+        self.seq.set(self.seq.get() + 1);
+        let path = self.dir.join(format!("identity-{}.json", self.seq.get()));
+        let wrapper = self.dir.join("identity.nix");
+        let (written, wrapper_written) = (path.clone(), wrapper.clone());
         let bytes = request.to_string().into_bytes();
-        smol::unblock(move || std::fs::write(&written, bytes)).await.map_err(|source| EvalError::Io {
-            action: "write",
-            path: path.clone(),
-            source,
-        })?;
-        let mut cmd = std::process::Command::new(NIX_INSTANTIATE);
+        smol::unblock(move || {
+            std::fs::write(&wrapper_written, IDENTITY_WRAPPER).map_err(|e| (wrapper_written, e))?;
+            std::fs::write(&written, bytes).map_err(|e| (written, e))
+        })
+        .await
+        .map_err(|(path, source)| EvalError::Io { action: "write", path, source })?;
+        let mut cmd = std::process::Command::new(NIX_ENV);
         cmd.current_dir(&self.checkout);
-        cmd.args(["--eval", "--read-write-mode", "--strict", "--json"]);
+        cmd.arg("-f").arg(&wrapper).args(["-qaP", "--no-name"]);
         if matches!(self.target, Target::Flake(_)) {
             cmd.args(["--extra-experimental-features", "nix-command flakes"]);
         }
-        add_restriction_args(&mut cmd, self.opts, &[&self.checkout, &self.dir.path]);
-        cmd.arg("--expr").arg(IDENTITY_WRAPPER).arg("--argstr").arg("ekaCiRequest").arg(&path);
+        add_restriction_args(&mut cmd, self.opts, &[&self.checkout, self.dir]);
+        cmd.arg("--argstr").arg("ekaCiRequest").arg(&path);
         let limits = RunLimits {
             memory_limit_bytes: (self.opts.max_memory_mib > 0)
                 .then(|| self.opts.max_memory_mib.saturating_mul(1 << 20)),
@@ -255,71 +234,49 @@ impl Step<'_> {
             Termination::Exited(_) => return Ok(Err(nix_error_message(&out.stderr))),
             other => return Ok(Err(format!("{other:?}"))),
         }
-        let answers: Vec<Vec<i64>> =
-            serde_json::from_slice(&out.stdout).map_err(|e| EvalError::Protocol {
-                program: NIX_INSTANTIATE.to_string(),
-                detail: format!("the identity step's answer is not a list of lists of numbers: {e}"),
-            })?;
-        if answers.len() != share.len() || answers.iter().zip(share).any(|(a, g)| a.len() != g.len()) {
-            return Err(EvalError::Protocol {
-                program: NIX_INSTANTIATE.to_string(),
-                detail: "the identity step answered for other groups than it was asked".to_string(),
-            });
+        let mut listed: Vec<Vec<bool>> = share.iter().map(|g| vec![false; g.len()]).collect();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let parsed = line
+                .trim()
+                .strip_prefix('g')
+                .and_then(|l| l.split_once(".m"))
+                .and_then(|(g, m)| Some((g.parse::<usize>().ok()?, m.parse::<usize>().ok()?)));
+            let slot = parsed.and_then(|(g, m)| listed.get_mut(g)?.get_mut(m));
+            let Some(slot) = slot else {
+                return Err(EvalError::Protocol {
+                    program: NIX_ENV.to_string(),
+                    detail: format!("the identity step listed an attribute it was not given: {line:?}"),
+                });
+            };
+            *slot = true;
         }
+        // Per member: -1 when listed, else the index of the first listed member (same .drv, earlier).
+        let answers = listed
+            .iter()
+            .map(|g| {
+                let first = g.iter().position(|l| *l).map_or(-1, |i| i as i64);
+                g.iter()
+                    .enumerate()
+                    .map(|(i, l)| if *l || first < 0 || first as usize > i { -1 } else { first })
+                    .collect()
+            })
+            .collect();
         Ok(Ok(answers))
     }
 }
 
-/// A private temporary directory for request files (restricted evaluation must be allowed to read it),
-/// removed on drop.
-struct RequestDir {
-    path: PathBuf,
-    seq: std::cell::Cell<u64>,
-}
-
-impl RequestDir {
-    async fn create() -> Result<RequestDir, EvalError> {
-        smol::unblock(|| {
-            let base = std::env::temp_dir();
-            let mut n = 0u32;
-            loop {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.subsec_nanos())
-                    .unwrap_or(0);
-                let path = base.join(format!("ekaci-identity-{}-{nanos:x}-{n}", std::process::id()));
-                match std::fs::create_dir(&path) {
-                    Ok(()) => {
-                        let path = std::fs::canonicalize(&path).unwrap_or(path);
-                        return Ok(RequestDir { path, seq: std::cell::Cell::new(0) });
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
-                    Err(source) => {
-                        return Err(EvalError::Io {
-                            action: "create a temporary directory in",
-                            path: base,
-                            source,
-                        })
-                    }
-                }
-            }
+/// Reads the output of `nix-env -qaP --out-path` (attribute, name, out paths per line): attribute → its out
+/// paths column. nixpkgs' rebuild count is the head attributes whose column differs from base's, or that
+/// base lacks; the benchmark and the tests compare the summary's count with it.
+pub fn parse_nix_env_out_paths(stdout: &str) -> std::collections::BTreeMap<String, String> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let attr = words.next()?.to_string();
+            Some((attr, words.last()?.to_string()))
         })
-        .await
-    }
-
-    fn next_path(&self) -> PathBuf {
-        let n = self.seq.get() + 1;
-        self.seq.set(n);
-        self.path.join(format!("identity-{n}.json"))
-    }
-}
-
-impl Drop for RequestDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the identity step's temporary directory");
-        }
-    }
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,6 +11,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{nonce, GitRepo};
+use eka_ci::jobset::aliases::JobsetAliases;
+use eka_ci::jobset::{AttrOutcome, JobsetId, Jobsets};
+use eka_ci::nix::eval_identity::parse_nix_env_out_paths;
 use eka_ci::summary::{self, Bucket, Settings};
 
 const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
@@ -63,24 +66,34 @@ in {{
     )
 }
 
-/// `nix-env -f dir -qaP --out-path`: attribute → its out paths column.
-fn nix_env(dir: &Path) -> BTreeMap<String, String> {
+/// `nix-env -f file -qaP --out-path` in `dir`: attribute → its out paths column.
+fn nix_env(dir: &Path, file: &str) -> BTreeMap<String, String> {
     let out = Command::new("nix-env")
-        .args(["-f", "."])
-        .args(["-qaP", "--out-path"])
+        .args(["-f", file, "-qaP", "--out-path"])
         .current_dir(dir)
         .env("NIX_CONFIG", "substituters =")
         .output()
         .expect("run nix-env");
     assert!(out.status.success(), "nix-env failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            let attr = words.next()?.to_string();
-            Some((attr, words.last()?.to_string()))
+    parse_nix_env_out_paths(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The derivation attributes of jobset `id` nix-env lists by the identity step's result, sorted, and that
+/// result.
+fn listed(jobsets: &Jobsets, id: JobsetId) -> (Vec<String>, JobsetAliases) {
+    let aliases = jobsets.aliases(id).expect("read").expect("the identity step ran");
+    let hidden = aliases.hidden_map();
+    let mut ours = Vec::new();
+    jobsets
+        .for_each_attr(id, |attr, o| {
+            if matches!(o, AttrOutcome::Drv(_)) && !hidden.contains_key(attr) {
+                ours.push(attr.to_string());
+            }
+            Ok(())
         })
-        .collect()
+        .expect("attrs");
+    ours.sort();
+    (ours, aliases)
 }
 
 /// nixpkgs' method: head attributes whose out paths differ from base's, plus added ones.
@@ -106,7 +119,7 @@ fn rebuild_count_equals_nix_env_with_every_kind_of_alias() {
         std::fs::create_dir_all(dir).expect("mkdir");
         std::fs::write(dir.join("default.nix"), text).expect("write");
     }
-    let (nix_base, nix_head) = (nix_env(&base_dir), nix_env(&head_dir));
+    let (nix_base, nix_head) = (nix_env(&base_dir, "."), nix_env(&head_dir, "."));
     let expected = nixpkgs_count(&nix_base, &nix_head);
 
     let dir = tempfile::tempdir().expect("tmp");
@@ -117,21 +130,10 @@ fn rebuild_count_equals_nix_env_with_every_kind_of_alias() {
     let jobsets = pipeline.jobsets();
 
     // The attributes listed are nix-env's on both sides, which names it keeps included.
-    for (id, listed) in [(b, &nix_base), (h, &nix_head)] {
-        let aliases = jobsets.aliases(id).expect("read").expect("the identity step ran");
+    for (id, env_list) in [(b, &nix_base), (h, &nix_head)] {
+        let (ours, aliases) = listed(jobsets, id);
         assert!(aliases.undecided.is_empty(), "{aliases:?}");
-        let hidden = aliases.hidden_map();
-        let mut ours = Vec::new();
-        jobsets
-            .for_each_attr(id, |attr, o| {
-                if matches!(o, eka_ci::jobset::AttrOutcome::Drv(_)) && !hidden.contains_key(attr) {
-                    ours.push(attr.to_string());
-                }
-                Ok(())
-            })
-            .expect("attrs");
-        ours.sort();
-        let theirs: Vec<String> = listed.keys().cloned().collect();
+        let theirs: Vec<String> = env_list.keys().cloned().collect();
         assert_eq!(ours, theirs, "hidden: {:?}", aliases.hidden);
     }
     let head_aliases = jobsets.aliases(h).expect("read").expect("ran");
@@ -206,23 +208,7 @@ fn rebuild_count_equals_nix_env_on_a_slice_of_real_nixpkgs() {
     let base =
         repo.commit("base", &[(".eka-ci/config.json", Some(config)), ("nixpkgs/slice.nix", Some(SLICE))]);
     let tree = repo.path().join("nixpkgs");
-    let slice = |dir: &Path| {
-        let out = Command::new("nix-env")
-            .args(["-f", "slice.nix", "-qaP", "--out-path"])
-            .current_dir(dir)
-            .env("NIX_CONFIG", "substituters =")
-            .output()
-            .expect("nix-env");
-        assert!(out.status.success(), "nix-env: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let mut words = l.split_whitespace();
-                let attr = words.next()?.to_string();
-                Some((attr, words.last()?.to_string()))
-            })
-            .collect::<BTreeMap<String, String>>()
-    };
+    let slice = |dir: &Path| nix_env(dir, "slice.nix");
     let nix_base = slice(&tree);
     // A leaf change, then (from base) a change under hundreds of packages: xorgproto.
     let hello = "pkgs/applications/misc/hello/default.nix";
@@ -250,21 +236,10 @@ fn rebuild_count_equals_nix_env_on_a_slice_of_real_nixpkgs() {
         let job = report.jobs.first().expect("one job");
         let (b, h) = (job.base.id, job.head.id);
         let jobsets = pipeline.jobsets();
-        for (id, listed) in [(b, &nix_base), (h, nix_head)] {
-            let aliases = jobsets.aliases(id).expect("read").expect("the identity step ran");
-            let hidden = aliases.hidden_map();
-            assert_eq!(hidden.get("libpng"), Some(&"gtkSet.libpng"), "{aliases:?}");
-            let mut ours = Vec::new();
-            jobsets
-                .for_each_attr(id, |attr, o| {
-                    if matches!(o, eka_ci::jobset::AttrOutcome::Drv(_)) && !hidden.contains_key(attr) {
-                        ours.push(attr.to_string());
-                    }
-                    Ok(())
-                })
-                .expect("attrs");
-            ours.sort();
-            let theirs: Vec<String> = listed.keys().cloned().collect();
+        for (id, env_list) in [(b, &nix_base), (h, nix_head)] {
+            let (ours, aliases) = listed(jobsets, id);
+            assert_eq!(aliases.hidden_map().get("libpng"), Some(&"gtkSet.libpng"), "{aliases:?}");
+            let theirs: Vec<String> = env_list.keys().cloned().collect();
             assert_eq!(ours, theirs, "hidden: {:?}", aliases.hidden);
         }
         let s = summary::summarize_job(&store, jobsets, pipeline.graph(), b, h, &Settings::default())
