@@ -151,9 +151,11 @@ fn main() {
         let mut ours = BTreeSet::new();
         jobsets
             .for_each_attr(id, |attr, o| {
-                if matches!(o, AttrOutcome::Drv(_)) && !hidden.contains_key(attr) {
-                    // nix-env prints names with a dot unquoted.
-                    ours.insert(attr.replace('"', ""));
+                if matches!(o, AttrOutcome::Drv(_))
+                    && !hidden.contains_key(attr)
+                    && eka_ci::nix::eval_identity::nix_env_lists_name(attr)
+                {
+                    ours.insert(attr.to_string());
                 }
                 Ok(())
             })

@@ -20,7 +20,7 @@ use crate::store::StoreError;
 /// What the identity step found for one jobset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobsetAliases {
-    /// Attributes nix-env does not list → the attribute (listed) whose attribute set each is.
+    /// Attributes nix-env does not list, each with the first attribute of its `.drv` that nix-env lists.
     pub hidden: Vec<(String, String)>,
     /// Groups of attributes sharing a `.drv` that were examined.
     pub groups: u64,

@@ -62,8 +62,8 @@ const SHARE: usize = 2000;
 /// What the identity step found for one job.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
-    /// Attributes nix-env does not list, each with the attribute (listed earlier) whose value it is;
-    /// sorted by attribute.
+    /// Attributes nix-env does not list, each with the first attribute of its `.drv` that nix-env lists
+    /// (before it in nix-env's order); sorted by attribute.
     pub hidden: Vec<(String, String)>,
     /// Groups (attributes sharing a `.drv`) examined.
     pub groups: u64,
@@ -265,6 +265,17 @@ impl Step<'_> {
     }
 }
 
+/// Whether nix-env lists an attribute of this name at all: it skips every name (at any level) that does
+/// not match `[A-Za-z_][A-Za-z0-9_+-]*` (`get-drvs.cc`), such as `rubyPackages."http_parser.rb"`. `attr` is
+/// an attribute path as stored (see `nix::eval::attr_display`).
+pub fn nix_env_lists_name(attr: &str) -> bool {
+    attr_split(attr).iter().all(|name| {
+        let mut chars = name.chars();
+        chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-'))
+    })
+}
+
 /// Reads the output of `nix-env -qaP --out-path` (attribute, name, out paths per line): attribute → its out
 /// paths column. nixpkgs' rebuild count is the head attributes whose column differs from base's, or that
 /// base lacks; the benchmark and the tests compare the summary's count with it.
@@ -285,6 +296,17 @@ mod tests {
 
     fn p(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn nix_env_lists_only_plain_names() {
+        // "": the job itself is one derivation, which nix-env lists.
+        for listed in ["", "a", "_x", "A9_", "a+b", "a-b", "pkgs.gtk+3", "a.b-c"] {
+            assert!(nix_env_lists_name(listed), "{listed}");
+        }
+        for skipped in ["1a", "a'b", "a:b", "a@b", "rubyPackages.\"http_parser.rb\"", "x.1y"] {
+            assert!(!nix_env_lists_name(skipped), "{skipped}");
+        }
     }
 
     #[test]

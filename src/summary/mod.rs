@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::{Graph, GraphError};
 use crate::jobset::{diff, AttrDrv, AttrOutcome, JobsetId, JobsetKey, JobsetState, Jobsets};
+use crate::nix::eval_identity::nix_env_lists_name;
 use crate::store::{now_secs, Store, StoreError};
 
 pub use render::render;
@@ -464,7 +465,8 @@ fn compute(
     let mut base_attrs: HashMap<String, (String, u64, Option<u64>)> = HashMap::new();
     jobsets.for_each_attr(base, |attr, o| {
         if let AttrOutcome::Drv(d) = o {
-            let listed = (!base_hidden.contains_key(attr)).then(|| fingerprint(&d.outputs));
+            let listed = (!base_hidden.contains_key(attr) && nix_env_lists_name(attr))
+                .then(|| fingerprint(&d.outputs));
             base_attrs.insert(attr.to_string(), (d.drv_path, fingerprint(&d.meta_json), listed));
             base_outputs.extend(d.outputs.into_iter().map(|(_, p)| p).filter(|p| !p.is_empty()));
         }
@@ -484,7 +486,9 @@ fn compute(
                     meta_only.push(attr.to_string());
                 }
             }
-            if !head_hidden.contains_key(attr) && base_side.and_then(|b| b.2) != Some(fingerprint(&d.outputs))
+            if !head_hidden.contains_key(attr)
+                && nix_env_lists_name(attr)
+                && base_side.and_then(|b| b.2) != Some(fingerprint(&d.outputs))
             {
                 *listed_rebuilds.entry(d.system.clone()).or_insert(0) += 1;
             }
@@ -503,17 +507,18 @@ fn compute(
     let differing = d.added.iter().chain(d.removed.iter()).chain(d.changed.iter());
     let differing = differing.map(|c| (c.attr.as_str(), c.base_drv.is_some(), c.head_drv.is_some()));
     // Package changes are of the attributes nix-env lists: an alias it does not list on head (on base,
-    // for a removed one) is left out, as nixpkgs' own tooling leaves it out.
+    // for a removed one), and a name it never lists, are left out, as nixpkgs' own tooling leaves them out.
     let differing = differing.filter(|(attr, in_base, in_head)| {
-        if *in_head {
-            !head_hidden.contains_key(attr)
+        let hidden = if *in_head {
+            head_hidden.contains_key(attr)
         } else {
-            !(*in_base && base_hidden.contains_key(attr))
-        }
+            *in_base && base_hidden.contains_key(attr)
+        };
+        !hidden && nix_env_lists_name(attr)
     });
-    for (attr, in_base, in_head) in differing.chain(
-        meta_only.iter().filter(|a| !head_hidden.contains_key(a.as_str())).map(|a| (a.as_str(), true, true)),
-    ) {
+    let meta_only =
+        meta_only.iter().filter(|a| !head_hidden.contains_key(a.as_str()) && nix_env_lists_name(a));
+    for (attr, in_base, in_head) in differing.chain(meta_only.map(|a| (a.as_str(), true, true))) {
         let b = if in_base { drv_of(jobsets.attr(base, attr)?) } else { None };
         let h = if in_head { drv_of(jobsets.attr(head, attr)?) } else { None };
         if let Some(change) = classify::classify(attr, b.as_ref(), h.as_ref()) {

@@ -13,7 +13,7 @@ use std::process::Command;
 use common::{nonce, GitRepo};
 use eka_ci::jobset::aliases::JobsetAliases;
 use eka_ci::jobset::{AttrOutcome, JobsetId, Jobsets};
-use eka_ci::nix::eval_identity::parse_nix_env_out_paths;
+use eka_ci::nix::eval_identity::{nix_env_lists_name, parse_nix_env_out_paths};
 use eka_ci::summary::{self, Bucket, Settings};
 
 const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
@@ -58,6 +58,8 @@ in {{
   "a-c" = x;
   # across nesting levels: `pkgs.zlib` ("pkgs" < "zlib") is listed, the top-level `zlib` is not
   pkgs = recurse {{ inherit zlib; leafAgain = leaf; }};
+  # a name nix-env never lists (not `[A-Za-z_][A-Za-z0-9_+-]*`), though it rebuilds
+  "dotted.name" = callPackage ({{ lib }}: mkDrv "dotted-1.0" "echo dot > $out" [ lib ]) {{ inherit lib; }};
   # not recursed into: never listed
   hidden = {{ inherit app; }};
 {body}
@@ -78,15 +80,15 @@ fn nix_env(dir: &Path, file: &str) -> BTreeMap<String, String> {
     parse_nix_env_out_paths(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// The derivation attributes of jobset `id` nix-env lists by the identity step's result, sorted, and that
-/// result.
+/// The derivation attributes of jobset `id` nix-env lists (by the identity step's result and nix-env's rule
+/// for names), sorted, and the identity step's result.
 fn listed(jobsets: &Jobsets, id: JobsetId) -> (Vec<String>, JobsetAliases) {
     let aliases = jobsets.aliases(id).expect("read").expect("the identity step ran");
     let hidden = aliases.hidden_map();
     let mut ours = Vec::new();
     jobsets
         .for_each_attr(id, |attr, o| {
-            if matches!(o, AttrOutcome::Drv(_)) && !hidden.contains_key(attr) {
+            if matches!(o, AttrOutcome::Drv(_)) && !hidden.contains_key(attr) && nix_env_lists_name(attr) {
                 ours.push(attr.to_string());
             }
             Ok(())
