@@ -522,7 +522,12 @@ fn compute(
         let b = if in_base { drv_of(jobsets.attr(base, attr)?) } else { None };
         let h = if in_head { drv_of(jobsets.attr(head, attr)?) } else { None };
         if let Some(change) = classify::classify(attr, b.as_ref(), h.as_ref()) {
-            changes.push(change);
+            // A derivation that changed with the same out paths (a fixed-output one) is no rebuild, and
+            // nothing changed in nix-env's listing: not a rebuild-only change either.
+            let same_outputs = b.as_ref().zip(h.as_ref()).is_some_and(|(b, h)| b.outputs == h.outputs);
+            if !(change.kinds == [PackageChangeKind::RebuildOnly] && same_outputs) {
+                changes.push(change);
+            }
         }
         if let Some(h) = h {
             if b.as_ref().is_none_or(|b| b.drv_path != h.drv_path) {
