@@ -361,7 +361,7 @@ fn package_tables(out: &mut String, job: &JobSummary, settings: &Settings, level
         } else if n > 0 {
             let _ = writeln!(
                 out,
-                "{n} rebuild-only package{} (derivation changed, metadata did not).\n",
+                "{n} rebuild-only package{} (derivation and out paths changed, metadata did not).\n",
                 plural(n)
             );
         }
