@@ -822,6 +822,7 @@ impl Pipeline {
         let id = match begin {
             Begin::Existing(jobset) => {
                 self.repair_graph(key, jobset.id).await?;
+                self.identify_aliases(key, jobset.id, job, checkout, true).await?;
                 return Ok((jobset, true));
             }
             Begin::New(id) => id,
@@ -866,6 +867,8 @@ impl Pipeline {
             smol::unblock(move || jobsets.finish(id, state)).await?
         };
         if jobset.state == JobsetState::Evaluated {
+            report(progress, &format!("finding the aliases nix-env does not list in {}", key.job), 0, 0);
+            self.identify_aliases(key, id, job, checkout, false).await?;
             report(progress, &format!("reading the derivation graph of {}", key.job), 0, 0);
             let roots = self.roots_of(id).await?;
             self.discover(&key.job, &roots).await?;
@@ -923,6 +926,56 @@ impl Pipeline {
             message: paths.relativize(&e.to_string()),
             host: host::transient_reason(&e),
         })
+    }
+
+    /// The identity step of jobset `id` (see `nix::eval_identity`): which of its derivation attributes
+    /// nix-env does not list, stored in `jobset_aliases`. With `only_missing` (a reused jobset), nothing is
+    /// done when the step already ran. A failure of the step is logged and nothing is stored: every
+    /// attribute then counts as listed.
+    async fn identify_aliases(
+        &self,
+        key: &JobsetKey,
+        id: JobsetId,
+        job: &JobConfig,
+        checkout: &Path,
+        only_missing: bool,
+    ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let jobsets = self.jobsets.clone();
+        let groups = smol::unblock(move || {
+            if only_missing && jobsets.aliases(id)?.is_some() {
+                return Ok(None);
+            }
+            crate::jobset::aliases::groups_of(&jobsets, id).map(Some)
+        })
+        .await?;
+        let Some(groups) = groups else { return Ok(()) };
+        let (source, opts) = self.eval_setup(id, job);
+        match crate::nix::eval_identity::find_hidden(checkout, &source, &opts, groups).await {
+            Ok(found) => {
+                let aliases = crate::jobset::aliases::JobsetAliases {
+                    hidden: found.hidden,
+                    groups: found.groups,
+                    undecided: found.undecided,
+                    duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                };
+                tracing::info!(
+                    job = %key.job_name(),
+                    commit = %key.commit,
+                    groups = aliases.groups,
+                    hidden = aliases.hidden.len(),
+                    undecided = aliases.undecided.len(),
+                    ms = aliases.duration_ms,
+                    "identity step: attributes nix-env does not list"
+                );
+                let jobsets = self.jobsets.clone();
+                smol::unblock(move || jobsets.put_aliases(id, &aliases)).await
+            }
+            Err(e) => {
+                tracing::warn!(job = %key.job_name(), commit = %key.commit, error = %e, "the identity step failed; every attribute counts as listed");
+                Ok(())
+            }
+        }
     }
 
     /// Discovers the derivation graph of a reused jobset again when some of its roots are missing from

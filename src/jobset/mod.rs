@@ -4,10 +4,12 @@
 //! either the derivation it produced or the evaluation error. Evaluating the same key again reuses a
 //! finished jobset. [`diff`] compares two jobsets of the same job. This module owns the `jobsets`,
 //! `jobset_keys`, `jobset_attrs`, `jobset_error_messages` (Nix's messages for
-//! error records whose explanation was deferred, see [`crate::nix::eval::DEFERRED_ERROR`]) and
-//! `jobset_scans` (a finished jobset's scan index, see [`Jobsets::scan_index`]) tables; it must never run Nix (the scheduler evaluates and hands the
+//! error records whose explanation was deferred, see [`crate::nix::eval::DEFERRED_ERROR`]),
+//! `jobset_scans` (a finished jobset's scan index, see [`Jobsets::scan_index`]) and `jobset_aliases`
+//! (`aliases.rs`: the attributes nix-env does not list) tables; it must never run Nix (the scheduler evaluates and hands the
 //! records here) and never hold a write transaction across an `.await` (every call is blocking).
 
+pub mod aliases;
 pub mod diff;
 
 use redb::{ReadableTable, TableHandle};
@@ -275,6 +277,7 @@ impl Jobsets {
             messages.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
             tx.open_table(JOBSET_SCANS)?.remove(id.0)?;
         }
+        aliases::remove_in(&tx, id)?;
         tx.commit()?;
         self.drop_scan(id);
         self.mark_used(id);
@@ -396,6 +399,7 @@ impl Jobsets {
                 messages.retain_in((id.0, "")..(id.0 + 1, ""), |_, _| false)?;
                 scans.remove(id.0)?;
                 owners.remove(crate::scheduler::Owner::Jobset(*id).key())?;
+                aliases::remove_in(&tx, *id)?;
             }
         }
         tx.commit()?;

@@ -8,6 +8,7 @@ pub mod drv;
 pub mod eval;
 pub mod eval_builtin;
 pub(crate) mod eval_explain;
+pub mod eval_identity;
 pub mod flake;
 pub mod local;
 pub mod process;

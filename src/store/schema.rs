@@ -29,6 +29,8 @@ pub const JOBSET_ERROR_MESSAGES: TableDefinition<(u64, &str), &[u8]> =
 /// A finished jobset's scan index for filtered pages (`jobset::Jobsets::scan_index`): jobset id →
 /// `ScanRecord`.
 pub const JOBSET_SCANS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobset_scans");
+/// What the identity step after an evaluation found (`jobset::aliases`): jobset id → `AliasesRecord`.
+pub const JOBSET_ALIASES: TableDefinition<u64, &[u8]> = TableDefinition::new("jobset_aliases");
 
 /// The derivation graph's path interning: .drv store path → `DrvIdRecord` (see `graph::record`).
 pub const GRAPH_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("graph_ids");
@@ -173,6 +175,7 @@ pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "cache_push_queue", key: "&str", value: "u64" },
     TableInfo { name: "cache_push_audit", key: "u64", value: "&[u8]" },
     TableInfo { name: "jobset_scans", key: "u64", value: "&[u8]" },
+    TableInfo { name: "jobset_aliases", key: "u64", value: "&[u8]" },
 ];
 
 /// Creates every table that does not exist yet.
@@ -213,5 +216,6 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), super::StoreError> {
     tx.open_table(CACHE_PUSHES)?;
     tx.open_table(CACHE_PUSH_QUEUE)?;
     tx.open_table(CACHE_PUSH_AUDIT)?;
+    tx.open_table(JOBSET_ALIASES)?;
     Ok(())
 }

@@ -15,16 +15,24 @@ use crate::store::{Store, StoreError};
 
 #[derive(Serialize, Deserialize)]
 enum SummaryRecord {
-    V1(JobSummary),
+    /// A summary computed before rebuilds were counted as nix-env lists attributes: stale, its payload is
+    /// not read (postcard ignores the bytes after the variant), and it reads as absent (recomputed).
+    V1(Stale),
+    V2(Box<JobSummary>),
 }
+
+/// The unread payload of a stale record.
+#[derive(Serialize, Deserialize)]
+struct Stale;
 
 fn key(head_sha: &str, base_sha: &str, job: &str) -> String {
     format!("{head_sha}\u{0}{base_sha}\u{0}{job}")
 }
 
-fn decode_row(key: &str, bytes: &[u8]) -> Result<JobSummary, StoreError> {
+fn decode_row(key: &str, bytes: &[u8]) -> Result<Option<JobSummary>, StoreError> {
     match decode::<SummaryRecord>(CHANGE_SUMMARIES.name(), &format!("{key:?}"), bytes)? {
-        SummaryRecord::V1(s) => Ok(s),
+        SummaryRecord::V1(Stale) => Ok(None),
+        SummaryRecord::V2(s) => Ok(Some(*s)),
     }
 }
 
@@ -39,7 +47,7 @@ pub fn get(
     let tx = store.db().begin_read()?;
     let table = tx.open_table(CHANGE_SUMMARIES)?;
     let found = table.get(k.as_str())?;
-    found.map(|v| decode_row(&k, v.value())).transpose()
+    Ok(found.map(|v| decode_row(&k, v.value())).transpose()?.flatten())
 }
 
 /// Stores (or replaces) a summary under its (head, base, job).
@@ -52,7 +60,7 @@ pub fn put(store: &Store, summary: &JobSummary) -> Result<(), StoreError> {
 /// `jobset::JobsetKey::job`), so summaries of different definitions never stand in for each other.
 pub fn put_as(store: &Store, job: &str, summary: &JobSummary) -> Result<(), StoreError> {
     let k = key(&summary.head_sha, &summary.base_sha, job);
-    let bytes = encode(CHANGE_SUMMARIES.name(), &SummaryRecord::V1(summary.clone()))?;
+    let bytes = encode(CHANGE_SUMMARIES.name(), &SummaryRecord::V2(Box::new(summary.clone())))?;
     let tx = store.db().begin_write()?;
     {
         let mut table = tx.open_table(CHANGE_SUMMARIES)?;
@@ -71,13 +79,13 @@ pub fn for_head(store: &Store, head_sha: &str) -> Result<Vec<JobSummary>, StoreE
     let mut out = Vec::new();
     for entry in table.range(start.as_str()..end.as_str())? {
         let (k, v) = entry?;
-        out.push(decode_row(k.value(), v.value())?);
+        out.extend(decode_row(k.value(), v.value())?);
     }
     Ok(out)
 }
 
-/// Removes every summary computed more than `max_age_secs` ago (rows that cannot be decoded are removed
-/// too: they can only be recomputed); returns how many were removed.
+/// Removes every summary computed more than `max_age_secs` ago (rows that cannot be decoded, and stale
+/// ones, are removed too: they can only be recomputed); returns how many were removed.
 pub fn prune(store: &Store, max_age_secs: u64) -> Result<usize, StoreError> {
     let cutoff = crate::store::now_secs().saturating_sub(max_age_secs);
     let tx = store.db().begin_write()?;
@@ -85,7 +93,7 @@ pub fn prune(store: &Store, max_age_secs: u64) -> Result<usize, StoreError> {
     {
         let mut table = tx.open_table(CHANGE_SUMMARIES)?;
         table.retain(|k, v| {
-            let keep = decode_row(k, v).is_ok_and(|s| s.computed_at >= cutoff);
+            let keep = decode_row(k, v).is_ok_and(|s| s.is_some_and(|s| s.computed_at >= cutoff));
             if !keep {
                 removed += 1;
             }

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::{Graph, GraphError};
 use crate::jobset::{diff, AttrDrv, AttrOutcome, JobsetId, JobsetKey, JobsetState, Jobsets};
+use crate::nix::eval_identity::nix_env_lists_name;
 use crate::store::{now_secs, Store, StoreError};
 
 pub use render::render;
@@ -249,16 +250,21 @@ impl Bucket {
     }
 }
 
-/// Rebuilds of one system.
+/// Rebuilds of one system (docs/change-summary.md, "Rebuild count").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemRebuilds {
     pub system: String,
-    /// Distinct head derivations of this system, of attributes with at least one head output path absent
-    /// from every base output (an alias of another rebuilt attribute is the same derivation: counted once).
+    /// nixpkgs' rebuild count: head attributes of this system that nix-env lists (hidden aliases left out,
+    /// see `jobset::aliases`) whose out paths differ from the same attribute's on base, or that base does
+    /// not list (added).
     pub rebuilds: u64,
+    /// ofborg's bucket of [`SystemRebuilds::rebuilds`].
     pub bucket: Bucket,
-    /// Derivations of this system that must rebuild: the rebuilt attributes' derivations and everything
-    /// in the head graph that depends on them (0 when the impact is not computed).
+    /// Rebuilt derivations of this system: distinct head derivations with an output path that no base
+    /// attribute has.
+    pub rebuilt_drvs: u64,
+    /// Derivations of this system that must rebuild: the rebuilt derivations and everything in the head
+    /// graph that depends on them (0 when the impact is not computed).
     pub must_rebuild: u64,
 }
 
@@ -266,9 +272,11 @@ pub struct SystemRebuilds {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelRebuilds {
     pub kernel: String,
-    /// Rebuilt derivations of the systems of this kernel (the sum of their [`SystemRebuilds::rebuilds`]).
+    /// The sum of its systems' [`SystemRebuilds::rebuilds`] (attributes).
     pub rebuilds: u64,
     pub bucket: Bucket,
+    /// The sum of its systems' [`SystemRebuilds::rebuilt_drvs`].
+    pub rebuilt_drvs: u64,
 }
 
 /// The blast radius of one rebuilt derivation.
@@ -294,8 +302,15 @@ pub struct RebuildImpact {
     /// The largest blast radii, largest first (ties by attribute); every rebuilt derivation with
     /// `full_blast_radius`, else at most `max_top_blast_radius`.
     pub top: Vec<BlastRadius>,
+    /// nixpkgs' rebuild count over every system (the sum of the per-system rebuilds; attributes).
+    pub rebuilds: u64,
+    /// Head derivation attributes nix-env does not list (aliases of an attribute listed before).
+    pub hidden_aliases: u64,
+    /// Whether the identity step ran for both jobsets; if not, every attribute of a jobset without it
+    /// counts as listed.
+    pub aliases_known: bool,
     /// Distinct rebuilt derivations, all systems (the blast radius seeds; the sum of the per-system
-    /// rebuilds).
+    /// rebuilt derivations).
     pub changed_drvs: u64,
     /// Derivations that must rebuild, all systems (the union of every seed's blast radius and the seeds).
     pub must_rebuild: u64,
@@ -439,25 +454,43 @@ fn compute(
 
     // One pass over base: every output path (for the rebuild count) and each attribute's derivation and
     // meta fingerprint (to find metadata-only changes, which leave the derivation as it was).
+    // Which attributes nix-env lists on each side (the identity step's result; without it, all).
+    let base_aliases = jobsets.aliases(base)?;
+    let head_aliases = jobsets.aliases(head)?;
+    let aliases_known = base_aliases.is_some() && head_aliases.is_some();
+    let (base_aliases, head_aliases) = (base_aliases.unwrap_or_default(), head_aliases.unwrap_or_default());
+    let (base_hidden, head_hidden) = (base_aliases.hidden_map(), head_aliases.hidden_map());
     let mut base_outputs: HashSet<String> = HashSet::new();
-    let mut base_attrs: HashMap<String, (String, u64)> = HashMap::new();
+    // attribute → (derivation, meta fingerprint, out-paths fingerprint when nix-env lists it)
+    let mut base_attrs: HashMap<String, (String, u64, Option<u64>)> = HashMap::new();
     jobsets.for_each_attr(base, |attr, o| {
         if let AttrOutcome::Drv(d) = o {
-            base_attrs.insert(attr.to_string(), (d.drv_path, fingerprint(&d.meta_json)));
+            let listed = (!base_hidden.contains_key(attr) && nix_env_lists_name(attr))
+                .then(|| fingerprint(&d.outputs));
+            base_attrs.insert(attr.to_string(), (d.drv_path, fingerprint(&d.meta_json), listed));
             base_outputs.extend(d.outputs.into_iter().map(|(_, p)| p).filter(|p| !p.is_empty()));
         }
         Ok(())
     })?;
-    // One pass over head: its systems, its roots, and the attributes whose metadata alone changed.
+    // One pass over head: its systems, its roots, the attributes whose metadata alone changed, and
+    // nixpkgs' rebuild count (listed attributes whose out paths differ from base's listing, or added).
     let mut systems: BTreeSet<String> = BTreeSet::new();
     let mut roots: BTreeSet<String> = BTreeSet::new();
     let mut meta_only: Vec<String> = Vec::new();
+    let mut listed_rebuilds: BTreeMap<String, u64> = BTreeMap::new();
     jobsets.for_each_attr(head, |attr, o| {
         if let AttrOutcome::Drv(d) = o {
-            if let Some((drv, meta)) = base_attrs.get(attr) {
+            let base_side = base_attrs.get(attr);
+            if let Some((drv, meta, _)) = base_side {
                 if *drv == d.drv_path && *meta != fingerprint(&d.meta_json) {
                     meta_only.push(attr.to_string());
                 }
+            }
+            if !head_hidden.contains_key(attr)
+                && nix_env_lists_name(attr)
+                && base_side.and_then(|b| b.2) != Some(fingerprint(&d.outputs))
+            {
+                *listed_rebuilds.entry(d.system.clone()).or_insert(0) += 1;
             }
             if !systems.contains(&d.system) {
                 systems.insert(d.system);
@@ -473,11 +506,28 @@ fn compute(
     let mut head_changed: Vec<(String, AttrDrv)> = Vec::with_capacity(d.added.len() + d.changed.len());
     let differing = d.added.iter().chain(d.removed.iter()).chain(d.changed.iter());
     let differing = differing.map(|c| (c.attr.as_str(), c.base_drv.is_some(), c.head_drv.is_some()));
-    for (attr, in_base, in_head) in differing.chain(meta_only.iter().map(|a| (a.as_str(), true, true))) {
+    // Package changes are of the attributes nix-env lists: an alias it does not list on head (on base,
+    // for a removed one), and a name it never lists, are left out, as nixpkgs' own tooling leaves them out.
+    let differing = differing.filter(|(attr, in_base, in_head)| {
+        let hidden = if *in_head {
+            head_hidden.contains_key(attr)
+        } else {
+            *in_base && base_hidden.contains_key(attr)
+        };
+        !hidden && nix_env_lists_name(attr)
+    });
+    let meta_only =
+        meta_only.iter().filter(|a| !head_hidden.contains_key(a.as_str()) && nix_env_lists_name(a));
+    for (attr, in_base, in_head) in differing.chain(meta_only.map(|a| (a.as_str(), true, true))) {
         let b = if in_base { drv_of(jobsets.attr(base, attr)?) } else { None };
         let h = if in_head { drv_of(jobsets.attr(head, attr)?) } else { None };
         if let Some(change) = classify::classify(attr, b.as_ref(), h.as_ref()) {
-            changes.push(change);
+            // A derivation that changed with the same out paths (a fixed-output one) is no rebuild, and
+            // nothing changed in nix-env's listing: not a rebuild-only change either.
+            let same_outputs = b.as_ref().zip(h.as_ref()).is_some_and(|(b, h)| b.outputs == h.outputs);
+            if !(change.kinds == [PackageChangeKind::RebuildOnly] && same_outputs) {
+                changes.push(change);
+            }
         }
         if let Some(h) = h {
             if b.as_ref().is_none_or(|b| b.drv_path != h.drv_path) {
@@ -506,11 +556,17 @@ fn compute(
         seeds.entry(h.drv_path.as_str()).or_insert((attr.as_str(), h.system.as_str()));
     }
     let mut per_system_drvs: BTreeMap<&str, u64> = systems.iter().map(|s| (s.as_str(), 0)).collect();
-    let mut kernel_drvs: BTreeMap<&'static str, u64> = impact::KERNELS.iter().map(|k| (*k, 0)).collect();
+    let mut kernel_drvs: BTreeMap<&'static str, (u64, u64)> =
+        impact::KERNELS.iter().map(|k| (*k, (0, 0))).collect();
     for (_, system) in seeds.values() {
         *per_system_drvs.entry(system).or_insert(0) += 1;
         if let Some(k) = impact::kernel_of(system) {
-            *kernel_drvs.entry(k).or_insert(0) += 1;
+            kernel_drvs.entry(k).or_insert((0, 0)).1 += 1;
+        }
+    }
+    for (system, n) in &listed_rebuilds {
+        if let Some(k) = impact::kernel_of(system) {
+            kernel_drvs.entry(k).or_insert((0, 0)).0 += n;
         }
     }
 
@@ -582,22 +638,34 @@ fn compute(
     }
     let per_system = per_system_drvs
         .iter()
-        .map(|(system, n)| SystemRebuilds {
-            system: system.to_string(),
-            rebuilds: *n,
-            bucket: Bucket::of(*n),
-            must_rebuild: must_per_system.get(*system).copied().unwrap_or(0),
+        .map(|(system, drvs)| {
+            let n = listed_rebuilds.get(*system).copied().unwrap_or(0);
+            SystemRebuilds {
+                system: system.to_string(),
+                rebuilds: n,
+                bucket: Bucket::of(n),
+                rebuilt_drvs: *drvs,
+                must_rebuild: must_per_system.get(*system).copied().unwrap_or(0),
+            }
         })
         .collect();
     let per_kernel = kernel_drvs
         .iter()
-        .map(|(k, n)| KernelRebuilds { kernel: k.to_string(), rebuilds: *n, bucket: Bucket::of(*n) })
+        .map(|(k, (n, drvs))| KernelRebuilds {
+            kernel: k.to_string(),
+            rebuilds: *n,
+            bucket: Bucket::of(*n),
+            rebuilt_drvs: *drvs,
+        })
         .collect();
     let impact = RebuildImpact {
         per_system,
         per_kernel,
         blast_radius_computed: settings.impact,
         top,
+        rebuilds: listed_rebuilds.values().sum(),
+        hidden_aliases: head_aliases.hidden.len() as u64,
+        aliases_known,
         changed_drvs: seeds.len() as u64,
         must_rebuild,
     };
@@ -632,11 +700,11 @@ fn compute(
     })
 }
 
-/// A fingerprint of an attribute's meta text (equal texts, equal fingerprints).
-fn fingerprint(meta: &Option<String>) -> u64 {
-    use std::hash::{Hash, Hasher};
+/// A fingerprint of an attribute's meta text or outputs (equal values, equal fingerprints).
+fn fingerprint<T: std::hash::Hash>(value: &T) -> u64 {
+    use std::hash::Hasher;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    meta.hash(&mut h);
+    value.hash(&mut h);
     h.finish()
 }
 

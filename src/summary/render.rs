@@ -187,16 +187,38 @@ fn render_job(out: &mut String, job: &JobSummary, settings: &Settings, level: Tr
         .map(|k| format!("{} {} ({})", k.kernel, k.rebuilds, k.bucket.label()))
         .collect();
     let kernels = if kernels.is_empty() { "none".to_string() } else { kernels.join(", ") };
-    let _ = writeln!(out, "**Rebuilds:** {kernels} (derivations; an alias attribute counts once)\n");
+    let hidden = job.impact.hidden_aliases;
+    let _ = writeln!(
+        out,
+        "**Rebuilds:** {kernels} (attributes as `nix-env -qaP` lists them, nixpkgs' count{})\n",
+        if !job.impact.aliases_known {
+            "; the aliases nix-env leaves out are not known for this change, every attribute is counted"
+                .to_string()
+        } else if hidden > 0 {
+            format!(
+                "; {hidden} alias{} of an attribute listed before not counted",
+                if hidden == 1 { "" } else { "es" }
+            )
+        } else {
+            String::new()
+        }
+    );
     if !job.impact.per_system.is_empty() {
         let with_union = job.impact.blast_radius_computed;
         out.push_str(if with_union {
-            "| system | rebuilds | bucket | must rebuild (with dependents) |\n| --- | ---: | --- | ---: |\n"
+            "| system | rebuilds (attributes) | bucket | rebuilt derivations | must rebuild (derivations, with dependents) |\n| --- | ---: | --- | ---: | ---: |\n"
         } else {
-            "| system | rebuilds | bucket |\n| --- | ---: | --- |\n"
+            "| system | rebuilds (attributes) | bucket | rebuilt derivations |\n| --- | ---: | --- | ---: |\n"
         });
         for s in &job.impact.per_system {
-            let _ = write!(out, "| {} | {} | {} |", esc(&s.system), s.rebuilds, s.bucket.label());
+            let _ = write!(
+                out,
+                "| {} | {} | {} | {} |",
+                esc(&s.system),
+                s.rebuilds,
+                s.bucket.label(),
+                s.rebuilt_drvs
+            );
             if with_union {
                 let _ = write!(out, " {} |", s.must_rebuild);
             }
@@ -211,7 +233,7 @@ fn render_job(out: &mut String, job: &JobSummary, settings: &Settings, level: Tr
         let _ = writeln!(
             out,
             "**Package changes:** {} added, {} removed, {} version bump{}, {} license change{}, {} maintainer \
-             change{}, {} rebuild-only (attributes, aliases included)\n",
+             change{}, {} rebuild-only (attributes as `nix-env -qaP` lists them)\n",
             c.added,
             c.removed,
             c.version_bump,
@@ -339,7 +361,7 @@ fn package_tables(out: &mut String, job: &JobSummary, settings: &Settings, level
         } else if n > 0 {
             let _ = writeln!(
                 out,
-                "{n} rebuild-only package{} (derivation changed, metadata did not).\n",
+                "{n} rebuild-only package{} (derivation and out paths changed, metadata did not).\n",
                 plural(n)
             );
         }

@@ -36,6 +36,7 @@ mod http_limits;
 mod jobset;
 mod merge_commands;
 mod nix_build;
+mod nixenv_count;
 mod nixos_module;
 mod pr_trust;
 mod rebuild_policy;

@@ -157,14 +157,16 @@ fn every_classification_exact_blast_radius_and_renames_on_real_nix() {
         }
     );
 
-    // Rebuilds: a..e, fresh, bump, rebuild = 8 attributes: not newname (its output exists in base), not
-    // lic and maint (meta is not part of the derivation: only their metadata changed).
+    // Rebuilds (nixpkgs' count, attributes): a..e, fresh, bump, rebuild, and newname (added: nixpkgs'
+    // method counts it though its output exists in base) = 9; not lic and maint (meta is not part of the
+    // derivation: only their metadata changed). Rebuilt derivations: the 8 whose outputs are new.
     let system = &s.impact.per_system;
     assert_eq!(system.len(), 1, "{system:?}");
-    assert_eq!((system[0].rebuilds, system[0].bucket), (8, Bucket::UpTo10));
+    assert_eq!((system[0].rebuilds, system[0].bucket), (9, Bucket::UpTo10));
+    assert_eq!(system[0].rebuilt_drvs, 8);
     let linux = s.impact.per_kernel.iter().find(|k| k.kernel == "linux").expect("linux");
     if system[0].system.ends_with("-linux") {
-        assert_eq!((linux.rebuilds, linux.bucket), (8, Bucket::UpTo10));
+        assert_eq!((linux.rebuilds, linux.bucket, linux.rebuilt_drvs), (9, Bucket::UpTo10, 8));
     }
     let darwin = s.impact.per_kernel.iter().find(|k| k.kernel == "darwin").expect("darwin");
     assert!(system[0].system.ends_with("-darwin") || (darwin.rebuilds, darwin.bucket) == (0, Bucket::None));
@@ -530,12 +532,14 @@ in {
     let s = summary::summarize_job(&env.store, env.pipeline.jobsets(), env.pipeline.graph(), b, h, &settings)
         .expect("summary");
 
-    // Package changes count attributes: the six whose derivation changed, aliases included.
-    assert_eq!(s.counts.rebuild_only, 6, "{:#?}", s.changes);
-    // Rebuilds count derivations: libpng, app1, app2, top (libpng_1 and app1Alias are the same ones).
+    // Package changes and rebuilds count the attributes nix-env lists: libpng, app1, app2, top
+    // (libpng_1 and app1Alias are the very sets of libpng and app1, which nix-env lists first).
+    assert_eq!(s.counts.rebuild_only, 4, "{:#?}", s.changes);
+    assert_eq!(s.impact.hidden_aliases, 2);
     let system = &s.impact.per_system;
     assert_eq!(system.len(), 1, "{system:?}");
     assert_eq!((system[0].rebuilds, system[0].bucket), (4, Bucket::UpTo10));
+    assert_eq!(system[0].rebuilt_drvs, 4);
     assert_eq!(s.impact.changed_drvs, 4, "the seeds are the rebuilds");
     // Must rebuild adds `inner`, which only the graph knows: never lower than the rebuilds.
     assert_eq!((s.impact.must_rebuild, system[0].must_rebuild), (5, 5));
@@ -550,8 +554,8 @@ in {
     }
     let md = render(&one(s.clone()), &settings).markdown;
     for needle in [
-        "(derivations; an alias attribute counts once)",
-        "6 rebuild-only (attributes, aliases included)",
+        "(attributes as `nix-env -qaP` lists them, nixpkgs' count; 2 aliases of an attribute listed before not counted)",
+        "4 rebuild-only (attributes as `nix-env -qaP` lists them)",
         "4 rebuilt derivations; 5 derivations must rebuild in total",
     ] {
         assert!(md.contains(needle), "{needle:?} missing in\n{md}");

@@ -776,7 +776,8 @@ async fn has_write_access(
 
 /// How a run attempt ended (errors aside).
 /// The rebuild count `[rebuild] max_rebuild_count` is compared with: the change summary's rebuild
-/// counts (attributes whose head output is new), summed over every system and job.
+/// counts (nixpkgs' unit: attributes as nix-env lists them whose out paths changed, plus added ones),
+/// summed over every system and job.
 fn rebuild_count(summary: &crate::summary::ChangeSummary) -> u64 {
     summary.jobs.iter().flat_map(|j| j.impact.per_system.iter()).map(|s| s.rebuilds).sum()
 }
