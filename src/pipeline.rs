@@ -461,6 +461,12 @@ impl Pipeline {
         if only.is_none() && stored.len() != found.len() {
             return Ok(None);
         }
+        tracing::info!(
+            repo,
+            commit,
+            jobs = found.len(),
+            "reusing an evaluated commit without checking it out"
+        );
         let mut sets = Vec::with_capacity(found.len());
         for s in found {
             let begin = {
