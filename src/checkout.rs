@@ -180,6 +180,15 @@ impl Worktree {
         &self.mirror
     }
 
+    /// `git worktree prune` in the mirror: it forgets worktrees whose directory is gone (logged on failure).
+    async fn prune_mirror(&self) {
+        let mut prune = GitCommand::new(None, &self.owner.extra_config, self.owner.timeout);
+        prune.arg("--git-dir").arg(&self.mirror).args(["worktree", "prune"]);
+        if let Err(message) = prune.run().await {
+            tracing::warn!(mirror = %self.mirror.display(), "git worktree prune failed: {message}");
+        }
+    }
+
     /// Removes the worktree. Its directory is first renamed out of the way (`<name>.removing`, next to
     /// it) and the mirror told to forget it (`git worktree prune`); its files are then deleted in the
     /// background, so nothing waits for that: on a large checkout (nixpkgs: tens of thousands of files)
@@ -197,11 +206,7 @@ impl Worktree {
             smol::unblock(move || std::fs::rename(from, to)).await
         };
         if renamed.is_ok() {
-            let mut prune = GitCommand::new(None, &self.owner.extra_config, self.owner.timeout);
-            prune.arg("--git-dir").arg(&self.mirror).args(["worktree", "prune"]);
-            if let Err(message) = prune.run().await {
-                tracing::warn!(mirror = %self.mirror.display(), "git worktree prune failed: {message}");
-            }
+            self.prune_mirror().await;
             self.armed = false;
             self.owner.live().remove(&self.path);
             smol::unblock(move || {
@@ -219,11 +224,7 @@ impl Worktree {
         let path = self.path.clone();
         let leftover = smol::unblock(move || force_remove_dir(&path)).await;
         if removed.is_err() {
-            let mut prune = GitCommand::new(None, &self.owner.extra_config, self.owner.timeout);
-            prune.arg("--git-dir").arg(&self.mirror).args(["worktree", "prune"]);
-            if let Err(message) = prune.run().await {
-                tracing::warn!(mirror = %self.mirror.display(), "git worktree prune failed: {message}");
-            }
+            self.prune_mirror().await;
         }
         self.armed = false;
         self.owner.live().remove(&self.path);

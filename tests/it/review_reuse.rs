@@ -30,15 +30,7 @@ fn short(sha: &str) -> &str {
 }
 
 fn summary(home: &Home, repo: &GitRepo, base: &str, head: &str) -> Output {
-    let out = home.ekaci(&[
-        "summary",
-        "--repo",
-        &repo.path().display().to_string(),
-        "--base",
-        base,
-        "--head",
-        head,
-    ]);
+    let out = home.ekaci_change("summary", repo, base, head, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     out
 }
@@ -114,16 +106,7 @@ fn a_base_with_a_job_head_dropped_is_checked_out_and_the_job_reported() {
     let home = Home::new();
     let server = home.start();
     let diff = |head: &str| -> serde_json::Value {
-        let out = home.ekaci(&[
-            "diff",
-            "--json",
-            "--repo",
-            &repo.path().display().to_string(),
-            "--base",
-            &base,
-            "--head",
-            head,
-        ]);
+        let out = home.ekaci_change("diff", &repo, &base, head, &["--json"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("diff JSON")
     };
