@@ -4,7 +4,8 @@
 //! For one commit it resolves the revision, checks the commit out into a private worktree, reads the
 //! untrusted `.eka-ci/config.json`, evaluates each job (reusing a jobset already evaluated for the same
 //! repository, commit and job), streams the records into the store, discovers the jobset's derivation
-//! graph, and removes the worktree. A diff for a forge ([`Pipeline::diff_with_config`]) evaluates both
+//! graph, and removes the worktree. A diff whose base is already evaluated (every job of head, with base's
+//! own definitions) takes base's jobsets without checking base out ([`Pipeline::diff_commits`]). A diff for a forge ([`Pipeline::diff_with_config`]) evaluates both
 //! commits with the jobs of a configuration the caller trusts instead of each commit's own. Evaluations are limited to a few at a time; requests beyond that
 //! wait in a queue whose depth `ekaci status` reports. This module decides the order of those steps; it
 //! must never parse Nix output or talk git itself (the `nix` and `checkout` modules do).
@@ -359,7 +360,8 @@ impl Pipeline {
     /// Diffs commit `base` against commit `head` of the repository at `url` (fetched with `auth` when
     /// given). Head is evaluated first: its configuration decides the jobs, and an invalid one is an
     /// error. A base without a usable configuration, or without one of head's jobs, contributes an
-    /// empty jobset for that job, so everything head has is Added.
+    /// empty jobset for that job, so everything head has is Added. A base already evaluated is not
+    /// checked out again ([`Pipeline::reuse_evaluated`]).
     pub async fn diff_commits(
         &self,
         url: &str,
