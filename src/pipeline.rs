@@ -361,7 +361,7 @@ impl Pipeline {
     /// given). Head is evaluated first: its configuration decides the jobs, and an invalid one is an
     /// error. A base without a usable configuration, or without one of head's jobs, contributes an
     /// empty jobset for that job, so everything head has is Added. A base already evaluated is not
-    /// checked out again ([`Pipeline::reuse_evaluated`]).
+    /// checked out again (`reuse_evaluated`).
     pub async fn diff_commits(
         &self,
         url: &str,
