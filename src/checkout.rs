@@ -180,10 +180,43 @@ impl Worktree {
         &self.mirror
     }
 
-    /// Removes the worktree: `git worktree remove --force`, then the directory if git left it.
+    /// `git worktree prune` in the mirror: it forgets worktrees whose directory is gone (logged on failure).
+    async fn prune_mirror(&self) {
+        let mut prune = GitCommand::new(None, &self.owner.extra_config, self.owner.timeout);
+        prune.arg("--git-dir").arg(&self.mirror).args(["worktree", "prune"]);
+        if let Err(message) = prune.run().await {
+            tracing::warn!(mirror = %self.mirror.display(), "git worktree prune failed: {message}");
+        }
+    }
+
+    /// Removes the worktree. Its directory is first renamed out of the way (`<name>.removing`, next to
+    /// it) and the mirror told to forget it (`git worktree prune`); its files are then deleted in the
+    /// background, so nothing waits for that: on a large checkout (nixpkgs: tens of thousands of files)
+    /// deleting can take minutes on a busy disk. A `.removing` directory left by a crash is a stale
+    /// worktree like any other ([`Checkouts::prune_stale`], retention). When the rename fails, the
+    /// worktree is removed in place: `git worktree remove --force`, then the directory if git left it.
     pub async fn remove(mut self) -> Result<(), CheckoutError> {
         let lock = self.lock.clone();
         let _guard = lock.lock().await;
+        let mut trash = self.path.clone().into_os_string();
+        trash.push(".removing");
+        let trash = PathBuf::from(trash);
+        let renamed = {
+            let (from, to) = (self.path.clone(), trash.clone());
+            smol::unblock(move || std::fs::rename(from, to)).await
+        };
+        if renamed.is_ok() {
+            self.prune_mirror().await;
+            self.armed = false;
+            self.owner.live().remove(&self.path);
+            smol::unblock(move || {
+                if let Err(e) = force_remove_dir(&trash) {
+                    tracing::warn!(path = %trash.display(), "cannot remove a worktree: {e}");
+                }
+            })
+            .detach();
+            return Ok(());
+        }
         let mut git = GitCommand::new(None, &self.owner.extra_config, self.owner.timeout);
         git.arg("--git-dir").arg(&self.mirror);
         git.args(["worktree", "remove", "--force", "--"]).arg(&self.path);
@@ -191,11 +224,7 @@ impl Worktree {
         let path = self.path.clone();
         let leftover = smol::unblock(move || force_remove_dir(&path)).await;
         if removed.is_err() {
-            let mut prune = GitCommand::new(None, &self.owner.extra_config, self.owner.timeout);
-            prune.arg("--git-dir").arg(&self.mirror).args(["worktree", "prune"]);
-            if let Err(message) = prune.run().await {
-                tracing::warn!(mirror = %self.mirror.display(), "git worktree prune failed: {message}");
-            }
+            self.prune_mirror().await;
         }
         self.armed = false;
         self.owner.live().remove(&self.path);

@@ -4,7 +4,8 @@
 //! For one commit it resolves the revision, checks the commit out into a private worktree, reads the
 //! untrusted `.eka-ci/config.json`, evaluates each job (reusing a jobset already evaluated for the same
 //! repository, commit and job), streams the records into the store, discovers the jobset's derivation
-//! graph, and removes the worktree. A diff for a forge ([`Pipeline::diff_with_config`]) evaluates both
+//! graph, and removes the worktree. A diff whose base is already evaluated (every job of head, with base's
+//! own definitions) takes base's jobsets without checking base out ([`Pipeline::diff_commits`]). A diff for a forge ([`Pipeline::diff_with_config`]) evaluates both
 //! commits with the jobs of a configuration the caller trusts instead of each commit's own. Evaluations are limited to a few at a time; requests beyond that
 //! wait in a queue whose depth `ekaci status` reports. This module decides the order of those steps; it
 //! must never parse Nix output or talk git itself (the `nix` and `checkout` modules do).
@@ -359,7 +360,8 @@ impl Pipeline {
     /// Diffs commit `base` against commit `head` of the repository at `url` (fetched with `auth` when
     /// given). Head is evaluated first: its configuration decides the jobs, and an invalid one is an
     /// error. A base without a usable configuration, or without one of head's jobs, contributes an
-    /// empty jobset for that job, so everything head has is Added.
+    /// empty jobset for that job, so everything head has is Added. A base already evaluated is not
+    /// checked out again (`reuse_evaluated`).
     pub async fn diff_commits(
         &self,
         url: &str,
@@ -374,8 +376,17 @@ impl Pipeline {
         let summary_settings = head_report.summary_settings.clone();
         let mut config_warnings: Vec<String> =
             head_report.config_warnings.into_iter().map(|w| format!("head: {w}")).collect();
-        let base_sets = match self.evaluate_commit(url, base_commit, job, auth, progress, false).await {
-            Ok((base_report, sets)) => {
+        let reused = self.reuse_evaluated(url, base_commit, job, &head_sets, progress).await?;
+        let evaluated = match reused {
+            Some(sets) => Ok((None, sets)),
+            None => self
+                .evaluate_commit(url, base_commit, job, auth, progress, false)
+                .await
+                .map(|(report, sets)| (Some(report), sets)),
+        };
+        let base_sets = match evaluated {
+            Ok((None, sets)) => sets,
+            Ok((Some(base_report), sets)) => {
                 config_warnings.extend(base_report.config_warnings.into_iter().map(|w| format!("base: {w}")));
                 sets
             }
@@ -418,6 +429,76 @@ impl Pipeline {
             config_warnings,
             summary_settings,
         })
+    }
+
+    /// The jobsets of `commit` for a diff against `head_sets`, without checking `commit` out, when every
+    /// job of head (or `only`) is already evaluated at `commit` with `commit`'s own definition, and
+    /// `commit` has no other job evaluated: the usual case of a base commit shared by many pull
+    /// requests. A commit's own job definitions never change, so its jobsets stand for its configuration;
+    /// that configuration's warnings were reported when it was evaluated. `None` (evaluate as usual)
+    /// otherwise.
+    async fn reuse_evaluated(
+        &self,
+        repo: &str,
+        commit: &str,
+        only: Option<&str>,
+        head_sets: &[Jobset],
+        progress: &ProgressSink,
+    ) -> Result<Option<Vec<Jobset>>, PipelineError> {
+        let stored = {
+            let (jobsets, repo, commit) = (self.jobsets.clone(), repo.to_string(), commit.to_string());
+            smol::unblock(move || jobsets.of_commit(&repo, &commit)).await?
+        };
+        let wanted: Vec<&str> = match only {
+            Some(job) => vec![job],
+            None => head_sets.iter().map(|h| h.key.job.as_str()).collect(),
+        };
+        let mut found = Vec::with_capacity(wanted.len());
+        for name in &wanted {
+            match stored.iter().find(|s| s.key.job == *name) {
+                Some(s) if s.state == JobsetState::Evaluated => found.push(s.clone()),
+                _ => return Ok(None),
+            }
+        }
+        if only.is_none() && stored.len() != found.len() {
+            return Ok(None);
+        }
+        // A jobset evaluated before the identity step existed has no aliases row: its step needs the
+        // checkout, so the usual path takes it.
+        let identified = {
+            let (jobsets, ids) = (self.jobsets.clone(), found.iter().map(|s| s.id).collect::<Vec<_>>());
+            smol::unblock(move || {
+                for id in ids {
+                    if jobsets.aliases(id)?.is_none() {
+                        return Ok::<bool, StoreError>(false);
+                    }
+                }
+                Ok(true)
+            })
+            .await?
+        };
+        if !identified {
+            return Ok(None);
+        }
+        tracing::info!(
+            repo,
+            commit,
+            jobs = found.len(),
+            "reusing an evaluated commit without checking it out"
+        );
+        let mut sets = Vec::with_capacity(found.len());
+        for s in found {
+            let begin = {
+                let (jobsets, key, allow) = (self.jobsets.clone(), s.key.clone(), s.allow_eval_failures);
+                smol::unblock(move || jobsets.begin(&key, allow)).await?
+            };
+            // Gone meanwhile (retention): `begin` started it again, and the usual path evaluates it.
+            let Begin::Existing(jobset) = begin else { return Ok(None) };
+            self.repair_graph(&jobset.key, jobset.id, progress).await?;
+            report_reused(progress, &jobset.key);
+            sets.push(jobset);
+        }
+        Ok(Some(sets))
     }
 
     /// Evaluates every job (or `only`) of `repo` at `commit`, fetching with `auth` when given. With
@@ -757,7 +838,19 @@ impl Pipeline {
     async fn discover(&self, job: &str, roots: &[String]) -> Result<(), PipelineError> {
         let graph_error = |source| PipelineError::Graph { job: job.to_string(), source };
         for retry in 0..=HOST_RETRY_DELAYS.len() {
+            let started = std::time::Instant::now();
             let stats = self.graph.discover(roots).await.map_err(graph_error)?;
+            tracing::info!(
+                job,
+                roots = roots.len(),
+                new = stats.new_nodes,
+                known = stats.known_nodes,
+                files = stats.files_read,
+                read_ms = stats.read_time.as_millis() as u64,
+                write_ms = stats.write_time.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "derivation graph discovered"
+            );
             let trouble = stats.failed.iter().find_map(|f| {
                 host::transient_reason(f.error.as_ref()).map(|reason| (reason, f.error.to_string()))
             });
@@ -810,6 +903,7 @@ impl Pipeline {
                 // evaluating means the first was cancelled: take over.
                 if let Some(jobset) = found {
                     if jobset.state != JobsetState::Evaluating && jobset.allow_eval_failures == allow {
+                        report_reused(progress, key);
                         return Ok((jobset, true));
                     }
                 }
@@ -821,8 +915,9 @@ impl Pipeline {
         };
         let id = match begin {
             Begin::Existing(jobset) => {
-                self.repair_graph(key, jobset.id).await?;
+                self.repair_graph(key, jobset.id, progress).await?;
                 self.identify_aliases(key, jobset.id, job, checkout, true).await?;
+                report_reused(progress, key);
                 return Ok((jobset, true));
             }
             Begin::New(id) => id,
@@ -981,7 +1076,12 @@ impl Pipeline {
     /// Discovers the derivation graph of a reused jobset again when some of its roots are missing from
     /// the graph (the server stopped between storing the evaluation and storing its graph). Roots the
     /// graph knows end the walk at once, so a complete graph costs one lookup per root.
-    async fn repair_graph(&self, key: &JobsetKey, id: JobsetId) -> Result<(), PipelineError> {
+    async fn repair_graph(
+        &self,
+        key: &JobsetKey,
+        id: JobsetId,
+        progress: &ProgressSink,
+    ) -> Result<(), PipelineError> {
         let roots = self.roots_of(id).await?;
         let known = {
             let (graph, roots) = (self.graph.clone(), roots.clone());
@@ -999,6 +1099,7 @@ impl Pipeline {
             missing,
             "a reused jobset's derivation graph is incomplete (interrupted before it was stored); discovering it again"
         );
+        report(progress, &format!("reading the derivation graph of {} again", key.job), 0, 0);
         self.discover(&key.job, &roots).await
     }
 
@@ -1016,6 +1117,13 @@ impl Pipeline {
         })
         .await
     }
+}
+
+/// Tells the progress line that `key`'s jobset was evaluated before and is reused as it is (no evaluation,
+/// no graph discovery).
+fn report_reused(progress: &ProgressSink, key: &JobsetKey) {
+    let stage = format!("reusing {} @ {} (already evaluated)", key.job, crate::text::short_sha(&key.commit));
+    report(progress, &stage, 0, 0);
 }
 
 /// Removes a worktree once its step is done; a failure is logged (the worktree is pruned at the next start).

@@ -325,6 +325,30 @@ impl Jobsets {
         }
     }
 
+    /// Every jobset of `repo` at `commit` evaluated with that commit's own job definitions (job keys
+    /// without [`DEFINITION_MARK`]), in any state, in job order.
+    pub fn of_commit(&self, repo: &str, commit: &str) -> Result<Vec<Jobset>, StoreError> {
+        let prefix = format!("{repo}\u{0}{commit}\u{0}");
+        let end = format!("{repo}\u{0}{commit}\u{1}");
+        let ids = {
+            let tx = self.store.db().begin_read()?;
+            let keys = tx.open_table(JOBSET_KEYS)?;
+            let mut ids = Vec::new();
+            for entry in keys.range(prefix.as_str()..end.as_str())? {
+                let (k, v) = entry?;
+                if !k.value().contains(DEFINITION_MARK) {
+                    ids.push(JobsetId(v.value()));
+                }
+            }
+            ids
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.get(id)?);
+        }
+        Ok(out)
+    }
+
     /// Records the end of an evaluation.
     pub fn finish(&self, id: JobsetId, state: JobsetState) -> Result<Jobset, StoreError> {
         let tx = self.store.db().begin_write()?;

@@ -170,18 +170,7 @@ fn eval_reports_drvs_and_per_attribute_errors() {
 }
 
 fn diff_json(home: &Home, repo: &GitRepo, base: &str, head: &str) -> Value {
-    let out = home.ekaci(&[
-        "diff",
-        "--repo",
-        &repo.path().display().to_string(),
-        "--base",
-        base,
-        "--head",
-        head,
-        "--job",
-        "main",
-        "--json",
-    ]);
+    let out = home.ekaci_change("diff", repo, base, head, &["--job", "main", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     json(&out)
 }

@@ -43,6 +43,7 @@ mod rebuild_policy;
 mod remote_builders;
 mod repo_config;
 mod retention;
+mod review_reuse;
 mod scheduler;
 mod sealed_eval;
 mod size_check;

@@ -153,6 +153,14 @@ impl Home {
         c
     }
 
+    /// `ekaci SUB --repo REPO --base BASE --head HEAD EXTRA…` (`diff`, `summary`, …), run to its end.
+    pub fn ekaci_change(&self, sub: &str, repo: &GitRepo, base: &str, head: &str, extra: &[&str]) -> Output {
+        let repo = repo.path().display().to_string();
+        let mut args = vec![sub, "--repo", &repo, "--base", base, "--head", head];
+        args.extend_from_slice(extra);
+        self.ekaci(&args)
+    }
+
     /// `ekaci review --json` of `head` against `base`, run to its end.
     pub fn review(&self, repo: &GitRepo, base: &str, head: &str) -> Output {
         self.review_command(repo, base, head, &["--json"]).output().expect("run ekaci review")

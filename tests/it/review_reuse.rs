@@ -1,0 +1,123 @@
+//! The review path with a base commit already evaluated (the usual case: many pull requests share one
+//! base): `ekaci summary` and `ekaci diff` reuse base's jobsets without evaluating or checking base out
+//! again, say so on the progress line, give the same answer as a fresh server, and leave no worktree
+//! behind. A base with a job head does not have is checked out as before, so that the job is reported.
+
+use crate::common;
+use crate::github_app::wait_for;
+
+use common::{GitRepo, Home, NIX_PRELUDE};
+use std::process::Output;
+
+const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
+
+/// A small package set whose library `lib` the changes touch (a mid-level library under `app`).
+fn nix(lib_script: &str) -> String {
+    format!(
+        r#"{NIX_PRELUDE}
+let lib = mk "lib-1.0" "{lib_script}"; in
+{{
+  lib = lib;
+  app = mk "app-1.0" "echo ${{lib}} > $out";
+  leaf = mk "leaf-1.0" "echo leaf > $out";
+}}
+"#
+    )
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..12]
+}
+
+fn summary(home: &Home, repo: &GitRepo, base: &str, head: &str) -> Output {
+    let out = home.ekaci_change("summary", repo, base, head, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// How many evaluations of `commit` the server log records.
+fn evaluations_of(log: &str, commit: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("evaluating a jobset") && l.contains(&format!("commit={commit}")))
+        .count()
+}
+
+#[test]
+fn a_second_change_against_an_evaluated_base_reuses_it_without_a_checkout() {
+    let repo = GitRepo::new();
+    let base = repo.commit(
+        "base",
+        &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&nix("echo lib > $out")))],
+    );
+    let head1 = repo.commit("lib: one change", &[("default.nix", Some(&nix("echo lib; true > $out")))]);
+    repo.git(&["checkout", "-q", &base]);
+    let head2 = repo.commit("lib: another change", &[("default.nix", Some(&nix("echo lib: > $out")))]);
+
+    let home = Home::new();
+    let server = home.start();
+    // Cold: both sides evaluated, one after the other, each shown on the progress line.
+    let first = summary(&home, &repo, &base, &head1);
+    let progress = String::from_utf8_lossy(&first.stderr);
+    assert!(progress.contains(&format!("evaluating main @ {}", short(&head1))), "{progress}");
+    assert!(progress.contains(&format!("evaluating main @ {}", short(&base))), "{progress}");
+    assert!(progress.contains("summarising 1 job(s)"), "{progress}");
+
+    // Warm: base is reused as it is.
+    let second = summary(&home, &repo, &base, &head2);
+    let progress = String::from_utf8_lossy(&second.stderr);
+    assert!(progress.contains(&format!("evaluating main @ {}", short(&head2))), "{progress}");
+    assert!(progress.contains(&format!("reusing main @ {} (already evaluated)", short(&base))), "{progress}");
+    assert!(!progress.contains(&format!("checking out {}", short(&base))), "{progress}");
+    let log = server.log();
+    assert_eq!(evaluations_of(&log, &base), 1, "base is evaluated once: {log}");
+    assert_eq!(evaluations_of(&log, &head2), 1, "{log}");
+    assert!(log.contains("reusing an evaluated commit without checking it out"), "{log}");
+
+    // The same summary as a server that evaluates base for this change alone.
+    let fresh = Home::new();
+    let fresh_server = fresh.start();
+    let expected = summary(&fresh, &repo, &base, &head2);
+    assert_eq!(String::from_utf8_lossy(&second.stdout), String::from_utf8_lossy(&expected.stdout));
+    let markdown = String::from_utf8_lossy(&second.stdout);
+    assert!(markdown.contains("lib") && markdown.contains("app"), "{markdown}");
+    drop(fresh_server);
+
+    // Every worktree is removed (in the background), none is left behind.
+    let worktrees = home.path().join("data/ekaci/worktrees");
+    wait_for("the worktrees removed", || {
+        let left = std::fs::read_dir(&worktrees).map(|d| d.count()).unwrap_or(0);
+        (left == 0).then_some(())
+    });
+    drop(server);
+}
+
+#[test]
+fn a_base_with_a_job_head_dropped_is_checked_out_and_the_job_reported() {
+    let two_jobs = r#"{ "jobs": { "main": { "file": "default.nix" }, "extra": { "file": "default.nix" } } }"#;
+    let repo = GitRepo::new();
+    let base = repo.commit(
+        "base",
+        &[(".eka-ci/config.json", Some(two_jobs)), ("default.nix", Some(&nix("echo lib > $out")))],
+    );
+    let head = repo.commit(
+        "drop extra",
+        &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&nix("echo lib; true > $out")))],
+    );
+    let home = Home::new();
+    let server = home.start();
+    let diff = |head: &str| -> serde_json::Value {
+        let out = home.ekaci_change("diff", &repo, &base, head, &["--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("diff JSON")
+    };
+    let first = diff(&head);
+    assert_eq!(first["only_in_base"], serde_json::json!(["extra"]), "{first}");
+    // Asked again, base's jobsets are reused (not evaluated again), and `extra` still reported.
+    let again = diff(&head);
+    assert_eq!(again["only_in_base"], serde_json::json!(["extra"]), "{again}");
+    assert_eq!(again["jobs"], first["jobs"]);
+    let log = server.log();
+    assert_eq!(evaluations_of(&log, &base), 2, "main and extra, once each: {log}");
+    assert!(!log.contains("reusing an evaluated commit without checking it out"), "{log}");
+    drop(server);
+}
