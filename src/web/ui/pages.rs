@@ -578,9 +578,9 @@ fn render_summary(js: &crate::summary::JobSummary) -> Markup {
         }
         @if !js.impact.per_system.is_empty() {
             table.rebuilds {
-                tr { th { "system" } th { "rebuilds" } th { "must rebuild" } }
+                tr { th { "system" } th { "rebuilds (attributes)" } th { "rebuilt derivations" } th { "must rebuild (derivations, with dependents)" } }
                 @for s in &js.impact.per_system {
-                    tr { td.mono { (s.system) } td { (s.rebuilds) " (" (s.bucket.label()) ")" } td { (s.must_rebuild) } }
+                    tr { td.mono { (s.system) } td { (s.rebuilds) " (" (s.bucket.label()) ")" } td { (s.rebuilt_drvs) } td { (s.must_rebuild) } }
                 }
             }
         }
