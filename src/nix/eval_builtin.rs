@@ -37,7 +37,7 @@
 //! sent; explanations are sent as each share finishes.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -45,6 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
+use futures_lite::AsyncReadExt;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -56,7 +57,9 @@ use crate::nix::eval::{
 use crate::nix::eval_explain::{self, nix_string, ExplainError, Explained, Session};
 use crate::nix::process::builders::read_oom_kills;
 use crate::nix::process::host::OomKilled;
-use crate::nix::process::{run_captured, RunLimits, RunOutput, Termination};
+use crate::nix::process::{
+    run_captured, watch_memory, Pipe, ProcessError, RunLimits, RunOutput, SupervisedChild, TailBuffer, Termination,
+};
 
 /// The Nix program every step runs.
 const NIX_INSTANTIATE: &str = "nix-instantiate";
@@ -71,9 +74,12 @@ const ROOT_BATCH: usize = 5000;
 /// and spreads the work over the workers).
 const EXPLAIN_SHARE: usize = 1000;
 
-/// A walk step gets about 1/(workers × this) of a level's attributes, so that the workers stay busy to the
-/// end while each process evaluates as much as possible of what it has imported.
-const WALK_SHARES: usize = 4;
+/// The longest line of standard error a walk process may print; a longer one ends the process (the job's
+/// code can print anything with `builtins.trace`).
+const MAX_LINE: usize = 64 << 20;
+
+/// A walk worker sends progress counts every this many attributes.
+const COUNTS_EVERY: u64 = 500;
 
 /// Attribute sets nested deeper than this are not recursed into (protects `force_recurse` from cycles
 /// such as `pkgs.pkgs.pkgs…`).
@@ -143,6 +149,17 @@ let
       else if k.value == "drv" then
         (let i = builtins.tryEval (infoOf v); in if i.success then { k = "drv"; i = i.value; } else { k = "err"; })
       else { k = "skip"; };
+  # Depth-first walk for long-lived walk processes: one line per attribute on stderr ("trace: <nonce>
+  # <json>", printed as soon as the attribute is classified, before its children), children of a set to
+  # recurse into right after it; the value is the number of lines, a check that the walk ended.
+  dfs = path:
+    let
+      w = walk path;
+      children =
+        if w.k == "rec" && builtins.length path < r.maxDepth
+        then builtins.foldl' (n: c: n + dfs (path ++ [ c ])) 0 w.names
+        else 0;
+    in builtins.trace "${r.nonce} ${builtins.toJSON w}" (builtins.seq w.k (1 + children));
   # One store file that lists (and so references) every .drv of a walk step: one GC root keeps them all.
   # appendContext fails unless the path is a valid store path.
   rootsFile = builtins.toFile "ekaci-roots" (builtins.concatStringsSep "\n"
@@ -153,7 +170,7 @@ let
     else { k = "other"; type = builtins.typeOf root; };
 in
   if r.mode == "root" then rootKind
-  else if r.mode == "walk" then map walk r.items
+  else if r.mode == "dfs" then builtins.foldl' (n: p: n + dfs p) 0 r.items
   else if r.mode == "roots" then [ { type = "derivation"; name = "ekaci-roots"; drvPath = rootsFile; outputName = "out"; } ]
   else if r.mode == "repl" then { ex = i: builtins.deepSeq (explain (builtins.elemAt r.items i)) null; }
   else if r.mode == "info" then map info r.items
@@ -164,7 +181,7 @@ in
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Root,
-    Walk,
+    Dfs,
     Roots,
     Repl,
     Info,
@@ -176,7 +193,7 @@ impl Mode {
     fn as_str(self) -> &'static str {
         match self {
             Mode::Root => "root",
-            Mode::Walk => "walk",
+            Mode::Dfs => "dfs",
             Mode::Roots => "roots",
             Mode::Repl => "repl",
             Mode::Info => "info",
@@ -204,15 +221,70 @@ struct Walk {
     unexplained: Vec<Vec<String>>,
 }
 
+/// How the standard error of a walk process ended.
+enum WalkRead {
+    /// End of file: the process exited (or is exiting).
+    Eof,
+    /// Over the memory cap.
+    Memory,
+    /// Output that is not what the wrapper prints.
+    Bad(String),
+}
+
+/// The walk's results and counters, shared by its workers.
+struct Progress<'w> {
+    listed: Cell<u64>,
+    evaluated: Cell<u64>,
+    found: &'w RefCell<Walk>,
+}
+
+impl Progress<'_> {
+    /// Takes in one walked attribute: a derivation to root, a failure to explain, children to walk next
+    /// (put at the front of `todo`, in order, as the walk process walks them).
+    fn accept(
+        &self,
+        path: Vec<String>,
+        walked: Walked,
+        todo: &mut VecDeque<Vec<String>>,
+        drvs: &mut Vec<(Vec<String>, Info)>,
+    ) {
+        self.evaluated.set(self.evaluated.get() + 1);
+        match (walked.k.as_str(), walked.i) {
+            ("drv", Some(info)) => drvs.push((path, info)),
+            ("drv" | "err", _) => self.found.borrow_mut().unexplained.push(path),
+            ("rec", _) if path.len() >= MAX_DEPTH => {
+                let message = format!("not recursing into an attribute set nested deeper than {MAX_DEPTH} levels");
+                self.found.borrow_mut().records.push(error_record(&path, message));
+            }
+            ("rec", _) => {
+                self.listed.set(self.listed.get() + walked.names.len() as u64);
+                for name in walked.names.into_iter().rev() {
+                    let mut child = path.clone();
+                    child.push(name);
+                    todo.push_front(child);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn counts(&self) -> EvalCounts {
+        let found = self.found.borrow();
+        let instantiated =
+            found.records.iter().filter(|r| matches!(r.outcome, EvalOutcome::Derivation(_))).count();
+        EvalCounts {
+            listed: self.listed.get(),
+            evaluated: self.evaluated.get(),
+            instantiated: instantiated as u64,
+            errors: (found.records.len() - instantiated + found.unexplained.len()) as u64,
+        }
+    }
+}
+
 /// Work after the walk.
 enum Task<'a> {
     Explain(Vec<Vec<String>>),
     Redo(&'a [Item]),
-}
-
-/// The number of attributes per walk step for a level of `n` attributes.
-fn walk_chunk(n: usize, workers: usize, batch_size: usize) -> usize {
-    n.div_ceil(workers.max(1).saturating_mul(WALK_SHARES)).max(batch_size).max(1)
 }
 
 /// Why one step's process failed.
@@ -436,6 +508,16 @@ impl Evaluator<'_> {
 
     /// Writes the request file of a step over `items`.
     async fn write_request(&self, mode: Mode, items: &[&[String]]) -> Result<PathBuf, EvalError> {
+        self.write_request_marked(mode, items, "").await
+    }
+
+    /// [`Self::write_request`] with the walk's marker `nonce` (see [`Evaluator::walk_process`]).
+    async fn write_request_marked(
+        &self,
+        mode: Mode,
+        items: &[&[String]],
+        nonce: &str,
+    ) -> Result<PathBuf, EvalError> {
         let (kind, file, flake) = match &self.target {
             Target::File(f) => ("file", f.to_string_lossy().into_owned(), String::new()),
             Target::Flake(r) => ("flake", String::new(), r.clone()),
@@ -449,6 +531,8 @@ impl Evaluator<'_> {
             "items": items,
             "forceRecurse": self.opts.force_recurse,
             "meta": self.opts.meta,
+            "nonce": nonce,
+            "maxDepth": MAX_DEPTH,
         });
         let request_path = self.work.path.join(format!("request-{}.json", self.next_seq()));
         let path = request_path.clone();
@@ -469,6 +553,22 @@ impl Evaluator<'_> {
         root: Option<&Path>,
     ) -> Result<RunOutput, EvalError> {
         let request_path = self.write_request(mode, items).await?;
+        let cmd = self.command(mode, &request_path, root);
+        let oom_before = smol::unblock(read_oom_kills).await;
+        let result = run_captured(cmd, &self.limits).await;
+        let path = request_path.clone();
+        let _ = smol::unblock(move || std::fs::remove_file(path)).await;
+        let out = result?;
+        // Killed by the kernel for the host's lack of memory (not our own cap, which is
+        // `Termination::MemoryLimit`): no verdict on these attributes; the pipeline retries.
+        if let Termination::Exited(status) = out.termination {
+            oom_check(status, oom_before).await?;
+        }
+        Ok(out)
+    }
+
+    /// The `nix-instantiate` command of a step on the request file `request_path`, with every restriction.
+    fn command(&self, mode: Mode, request_path: &Path, root: Option<&Path>) -> std::process::Command {
         let mut cmd = std::process::Command::new(NIX_INSTANTIATE);
         cmd.current_dir(&self.checkout);
         if !matches!(mode, Mode::Instantiate | Mode::Roots) {
@@ -480,24 +580,11 @@ impl Evaluator<'_> {
         }
         // The wrapper reads its request file, so the request directory is readable too.
         add_restriction_args(&mut cmd, self.opts, &[&self.checkout, &self.work.path]);
-        cmd.arg("--expr").arg(WRAPPER).arg("--argstr").arg("ekaCiRequest").arg(&request_path);
+        cmd.arg("--expr").arg(WRAPPER).arg("--argstr").arg("ekaCiRequest").arg(request_path);
         if let Some(root) = root {
             cmd.arg("--add-root").arg(root);
         }
-        let oom_before = smol::unblock(read_oom_kills).await;
-        let result = run_captured(cmd, &self.limits).await;
-        let path = request_path.clone();
-        let _ = smol::unblock(move || std::fs::remove_file(path)).await;
-        let out = result?;
-        // Killed by the kernel for the host's lack of memory (not our own cap, which is
-        // `Termination::MemoryLimit`): no verdict on these attributes; the pipeline retries.
-        if let Termination::Exited(status) = out.termination {
-            let killed = smol::unblock(move || OomKilled::check(NIX_INSTANTIATE, &status, oom_before)).await;
-            if let Some(killed) = killed {
-                return Err(EvalError::OomKilled(killed));
-            }
-        }
-        Ok(out)
+        cmd
     }
 
     /// Runs an evaluation step and parses its JSON output, or says why it failed.
@@ -578,115 +665,180 @@ impl Evaluator<'_> {
         }
     }
 
-    /// Walks the job's attributes breadth-first over the worker pool: each step classifies a large share
-    /// of attributes and computes the derivations' information in the same process, and the derivations
-    /// it found are given GC roots right after it.
+    /// Walks the job's attributes over the worker pool: worker `i` of `n` takes the top-level attributes
+    /// `i`, `i + n`, `i + 2n`, … and walks them depth-first in long-lived processes (see
+    /// [`Self::walk_worker`]); the derivations found are given GC roots after each process.
     async fn walk(&self, names: Vec<String>, out: &Emitter) -> Result<Walk, EvalError> {
         let found = RefCell::new(Walk::default());
-        let (tx, rx) = async_channel::unbounded::<Vec<Vec<String>>>();
-        let pending = Cell::new(0usize);
-        let (listed, evaluated) = (Cell::new(0u64), Cell::new(0u64));
-        let enqueue = |paths: Vec<Vec<String>>| {
-            listed.set(listed.get() + paths.len() as u64);
-            let chunk = walk_chunk(paths.len(), self.opts.workers, self.opts.batch_size);
-            for c in paths.chunks(chunk) {
-                pending.set(pending.get() + 1);
-                let _ = tx.try_send(c.to_vec());
-            }
-        };
-        enqueue(names.into_iter().map(|n| vec![n]).collect());
-        if pending.get() == 0 {
-            return Ok(found.into_inner());
+        let progress = Progress { listed: Cell::new(names.len() as u64), evaluated: Cell::new(0), found: &found };
+        let workers = self.opts.workers.max(1);
+        let mut shares: Vec<VecDeque<Vec<String>>> = vec![VecDeque::new(); workers.min(names.len())];
+        for (i, name) in names.into_iter().enumerate() {
+            shares[i % workers].push_back(vec![name]);
         }
-        let worker = || async {
-            while let Ok(batch) = rx.recv().await {
-                let size = batch.len() as u64;
-                let children = self.walk_batch(batch, &found).await?;
-                enqueue(children);
-                evaluated.set(evaluated.get() + size);
-                let counts = {
-                    let found = found.borrow();
-                    let instantiated = found
-                        .records
-                        .iter()
-                        .filter(|r| matches!(r.outcome, EvalOutcome::Derivation(_)))
-                        .count();
-                    EvalCounts {
-                        listed: listed.get(),
-                        evaluated: evaluated.get(),
-                        instantiated: instantiated as u64,
-                        errors: (found.records.len() - instantiated + found.unexplained.len()) as u64,
-                    }
-                };
-                out.counts(counts).await?;
-                pending.set(pending.get() - 1);
-                if pending.get() == 0 {
-                    tx.close();
-                }
-            }
-            Ok::<(), EvalError>(())
-        };
-        try_join_all((0..self.opts.workers).map(|_| worker()).collect()).await?;
-        out.walked.set(Some((listed.get(), evaluated.get())));
+        try_join_all(shares.into_iter().map(|share| self.walk_worker(share, &progress, out)).collect()).await?;
+        out.walked.set(Some((progress.listed.get(), progress.evaluated.get())));
+        out.counts(progress.counts()).await?;
         Ok(found.into_inner())
     }
 
-    /// Walks one batch (isolating failures), roots its derivations; returns the children of recursed sets.
-    async fn walk_batch(
+    /// Walks `todo` (subtrees, in order) depth-first in as few processes as possible: a process that
+    /// ends early is followed by a fresh one at the first attribute it did not report. Over the memory
+    /// cap that attribute is retried (memory grows with everything a process evaluated) unless it was
+    /// the first of its process; any other failure is that attribute's error record.
+    async fn walk_worker(
         &self,
-        batch: Vec<Vec<String>>,
-        found: &RefCell<Walk>,
-    ) -> Result<Vec<Vec<String>>, EvalError> {
-        let mut children = Vec::new();
-        let mut drvs = Vec::new();
-        let mut accept = |batch: Vec<Vec<String>>, list: Vec<Walked>, children: &mut Vec<Vec<String>>| {
-            let mut found = found.borrow_mut();
-            for (path, w) in batch.into_iter().zip(list) {
-                match (w.k.as_str(), w.i) {
-                    ("drv", Some(info)) => drvs.push((path, info)),
-                    ("drv" | "err", _) => found.unexplained.push(path),
-                    ("rec", _) if path.len() >= MAX_DEPTH => {
-                        let message = format!(
-                            "not recursing into an attribute set nested deeper than {MAX_DEPTH} levels"
-                        );
-                        found.records.push(error_record(&path, message));
+        mut todo: VecDeque<Vec<String>>,
+        progress: &Progress<'_>,
+        out: &Emitter,
+    ) -> Result<(), EvalError> {
+        while !todo.is_empty() {
+            let mut drvs = Vec::new();
+            let (reported, failure) = self.walk_process(&mut todo, &mut drvs, progress, out).await?;
+            self.root_all(drvs, progress.found).await?;
+            match failure {
+                None => {}
+                Some(Failure::Memory) if reported > 0 => {}
+                Some(failure) => {
+                    if let Some(path) = todo.pop_front() {
+                        let record = error_record(&path, failure.message(self.opts));
+                        progress.found.borrow_mut().records.push(record);
+                        progress.evaluated.set(progress.evaluated.get() + 1);
                     }
-                    ("rec", _) => children.extend(w.names.into_iter().map(|n| {
-                        let mut p = path.clone();
-                        p.push(n);
-                        p
-                    })),
-                    _ => {}
+                }
+            }
+            out.counts(progress.counts()).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one walk process over `todo` (mode `dfs` of [`WRAPPER`]). It reports each attribute as one
+    /// line `trace: <nonce> <json>` on standard error, in depth-first order: the attribute at the front
+    /// of `todo` is taken off and a set's children are put at the front, so `todo` always holds what the
+    /// process has yet to report. The nonce is random per process: the job's own `builtins.trace` cannot
+    /// forge a result. Returns how many attributes the process reported and why it ended early, if it did.
+    async fn walk_process(
+        &self,
+        todo: &mut VecDeque<Vec<String>>,
+        drvs: &mut Vec<(Vec<String>, Info)>,
+        progress: &Progress<'_>,
+        out: &Emitter,
+    ) -> Result<(usize, Option<Failure>), EvalError> {
+        let nonce = eval_explain::token();
+        let request_path = {
+            let items: Vec<&[String]> = todo.iter().map(Vec::as_slice).collect();
+            self.write_request_marked(Mode::Dfs, &items, &nonce).await?
+        };
+        let oom_before = smol::unblock(read_oom_kills).await;
+        let spawned = SupervisedChild::spawn(self.command(Mode::Dfs, &request_path, None), Pipe::Null, Pipe::Null, Pipe::Piped);
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = smol::unblock(move || std::fs::remove_file(request_path)).await;
+                return Err(e.into());
+            }
+        };
+        let pid = child.pid();
+        let pgid = i32::try_from(pid).unwrap_or(0);
+        let mut stderr = child.take_stderr();
+        let marker = format!("trace: {nonce} ");
+        let mut tail = TailBuffer::new(self.limits.stderr_tail);
+        let mut reported = 0usize;
+        let read = async {
+            let Some(pipe) = stderr.as_mut() else { return Ok::<_, EvalError>(WalkRead::Eof) };
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 64 << 10];
+            loop {
+                let n = pipe.read(&mut chunk).await.map_err(|source| ProcessError::Read {
+                    program: NIX_INSTANTIATE.to_string(),
+                    pid,
+                    source,
+                })?;
+                if n == 0 {
+                    tail.push(&buf);
+                    return Ok(WalkRead::Eof);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let mut start = 0;
+                while let Some(end) = buf[start..].iter().position(|b| *b == b'\n') {
+                    let line = &buf[start..start + end];
+                    start += end + 1;
+                    let Some(json) = line.strip_prefix(marker.as_bytes()) else {
+                        tail.push(line);
+                        tail.push(b"\n");
+                        continue;
+                    };
+                    let walked = match serde_json::from_slice::<Walked>(json) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            return Ok(WalkRead::Bad(format!("unexpected output from {NIX_INSTANTIATE}: {e}")))
+                        }
+                    };
+                    let Some(path) = todo.pop_front() else {
+                        return Ok(WalkRead::Bad(format!(
+                            "unexpected output from {NIX_INSTANTIATE}: more results than attributes"
+                        )));
+                    };
+                    progress.accept(path, walked, todo, drvs);
+                    reported += 1;
+                    if progress.evaluated.get() % COUNTS_EVERY == 0 {
+                        out.counts(progress.counts()).await?;
+                    }
+                }
+                buf.drain(..start);
+                if buf.len() > MAX_LINE {
+                    return Ok(WalkRead::Bad(format!(
+                        "the evaluation printed a line longer than {MAX_LINE} bytes on standard error"
+                    )));
                 }
             }
         };
-        let mut stack = vec![batch];
-        while let Some(mut batch) = stack.pop() {
-            if batch.is_empty() {
-                continue;
+        let peak = Cell::new(0u64);
+        let ended = match self.limits.memory_limit_bytes {
+            Some(limit) if pgid > 0 => {
+                futures_lite::future::or(read, async {
+                    watch_memory(pgid, limit, self.limits.poll_interval, &peak).await;
+                    Ok(WalkRead::Memory)
+                })
+                .await
             }
-            let refs: Vec<&[String]> = batch.iter().map(Vec::as_slice).collect();
-            match self.run_list::<Walked>(Mode::Walk, &refs).await? {
-                Batch::All(list) => accept(batch, list, &mut children),
-                Batch::Partial(done) => {
-                    let rest = batch.split_off(done.len().min(batch.len()));
-                    stack.push(rest);
-                    accept(batch, done, &mut children);
-                }
-                Batch::FailedAt { done, failure } => {
-                    let culprit = split_culprit(&mut batch, done.len(), &mut stack);
-                    accept(batch, done, &mut children);
-                    if let Some(path) = culprit {
-                        found.borrow_mut().records.push(error_record(&path, failure.message(self.opts)));
-                    }
-                }
-                Batch::Failed(failure) => bisect(batch, &mut stack, |path| {
-                    found.borrow_mut().records.push(error_record(&path, failure.message(self.opts)))
-                }),
+            _ => read.await,
+        };
+        drop(stderr);
+        let _ = smol::unblock(move || std::fs::remove_file(request_path)).await;
+        let ended = match ended {
+            Ok(ended) => ended,
+            Err(e) => {
+                child.kill_group();
+                let _ = child.wait().await;
+                return Err(e);
             }
-        }
-        self.root_all(drvs, found).await?;
-        Ok(children)
+        };
+        let failure = match ended {
+            WalkRead::Eof => {
+                let status = child.wait().await?;
+                oom_check(status, oom_before).await?;
+                if !status.success() {
+                    let message = nix_error_message(&tail.into_parts().0);
+                    Some(Failure::Other(if message.is_empty() {
+                        format!("{NIX_INSTANTIATE} failed ({status}) without an error message")
+                    } else {
+                        message
+                    }))
+                } else if !todo.is_empty() {
+                    Some(Failure::Other(format!(
+                        "unexpected output from {NIX_INSTANTIATE}: the walk ended before this attribute"
+                    )))
+                } else {
+                    None
+                }
+            }
+            WalkRead::Memory => Some(Failure::Memory),
+            WalkRead::Bad(message) => Some(Failure::Other(message)),
+        };
+        child.kill_group();
+        let _ = child.wait().await;
+        Ok((reported, failure))
     }
 
     /// Gives evaluated derivations a GC root without evaluating them again: `nix-instantiate --add-root`
@@ -983,6 +1135,15 @@ fn error_record(path: &[String], message: String) -> EvalRecord {
     EvalRecord { attr: attr_display(path), attr_path: path.to_vec(), outcome: EvalOutcome::Error { message } }
 }
 
+/// Fails with [`EvalError::OomKilled`] when the kernel's out-of-memory killer ended the process (the
+/// host's lack of memory, not our own cap): no verdict on its attributes; the pipeline retries.
+async fn oom_check(status: std::process::ExitStatus, oom_before: Option<u64>) -> Result<(), EvalError> {
+    match smol::unblock(move || OomKilled::check(NIX_INSTANTIATE, &status, oom_before)).await {
+        Some(killed) => Err(EvalError::OomKilled(killed)),
+        None => Ok(()),
+    }
+}
+
 /// Why a step's process failed, or `None` when it succeeded.
 fn failure(out: &RunOutput) -> Option<Failure> {
     match &out.termination {
@@ -1178,15 +1339,6 @@ mod tests {
         let mut stack = Vec::new();
         assert_eq!(split_culprit(&mut batch, 0, &mut stack), Some(1));
         assert!(batch.is_empty() && stack.is_empty());
-    }
-
-    #[test]
-    fn walk_shares_are_large_but_spread_over_the_workers() {
-        // nixpkgs' top level with 2 workers: 8 shares of about 1,500 attributes.
-        assert_eq!(walk_chunk(12_143, 2, 100), 1_518);
-        // Small levels: at least `batch_size` per process.
-        assert_eq!(walk_chunk(30, 2, 100), 100);
-        assert_eq!(walk_chunk(0, 0, 0), 1);
     }
 
     #[test]
