@@ -58,7 +58,8 @@ use crate::nix::eval_explain::{self, nix_string, ExplainError, Explained, Sessio
 use crate::nix::process::builders::read_oom_kills;
 use crate::nix::process::host::OomKilled;
 use crate::nix::process::{
-    run_captured, watch_memory, Pipe, ProcessError, RunLimits, RunOutput, SupervisedChild, TailBuffer, Termination,
+    run_captured, watch_memory, Pipe, ProcessError, RunLimits, RunOutput, SupervisedChild, TailBuffer,
+    Termination,
 };
 
 /// The Nix program every step runs.
@@ -235,6 +236,9 @@ enum WalkRead {
 struct Progress<'w> {
     listed: Cell<u64>,
     evaluated: Cell<u64>,
+    /// Derivations found (their `.drv` files are written by the walk; the GC root follows).
+    derivations: Cell<u64>,
+    errors: Cell<u64>,
     found: &'w RefCell<Walk>,
 }
 
@@ -250,10 +254,18 @@ impl Progress<'_> {
     ) {
         self.evaluated.set(self.evaluated.get() + 1);
         match (walked.k.as_str(), walked.i) {
-            ("drv", Some(info)) => drvs.push((path, info)),
-            ("drv" | "err", _) => self.found.borrow_mut().unexplained.push(path),
+            ("drv", Some(info)) => {
+                self.derivations.set(self.derivations.get() + 1);
+                drvs.push((path, info))
+            }
+            ("drv" | "err", _) => {
+                self.errors.set(self.errors.get() + 1);
+                self.found.borrow_mut().unexplained.push(path)
+            }
             ("rec", _) if path.len() >= MAX_DEPTH => {
-                let message = format!("not recursing into an attribute set nested deeper than {MAX_DEPTH} levels");
+                let message =
+                    format!("not recursing into an attribute set nested deeper than {MAX_DEPTH} levels");
+                self.errors.set(self.errors.get() + 1);
                 self.found.borrow_mut().records.push(error_record(&path, message));
             }
             ("rec", _) => {
@@ -269,14 +281,11 @@ impl Progress<'_> {
     }
 
     fn counts(&self) -> EvalCounts {
-        let found = self.found.borrow();
-        let instantiated =
-            found.records.iter().filter(|r| matches!(r.outcome, EvalOutcome::Derivation(_))).count();
         EvalCounts {
             listed: self.listed.get(),
             evaluated: self.evaluated.get(),
-            instantiated: instantiated as u64,
-            errors: (found.records.len() - instantiated + found.unexplained.len()) as u64,
+            instantiated: self.derivations.get(),
+            errors: self.errors.get(),
         }
     }
 }
@@ -670,13 +679,20 @@ impl Evaluator<'_> {
     /// [`Self::walk_worker`]); the derivations found are given GC roots after each process.
     async fn walk(&self, names: Vec<String>, out: &Emitter) -> Result<Walk, EvalError> {
         let found = RefCell::new(Walk::default());
-        let progress = Progress { listed: Cell::new(names.len() as u64), evaluated: Cell::new(0), found: &found };
+        let progress = Progress {
+            listed: Cell::new(names.len() as u64),
+            evaluated: Cell::new(0),
+            derivations: Cell::new(0),
+            errors: Cell::new(0),
+            found: &found,
+        };
         let workers = self.opts.workers.max(1);
         let mut shares: Vec<VecDeque<Vec<String>>> = vec![VecDeque::new(); workers.min(names.len())];
         for (i, name) in names.into_iter().enumerate() {
             shares[i % workers].push_back(vec![name]);
         }
-        try_join_all(shares.into_iter().map(|share| self.walk_worker(share, &progress, out)).collect()).await?;
+        try_join_all(shares.into_iter().map(|share| self.walk_worker(share, &progress, out)).collect())
+            .await?;
         out.walked.set(Some((progress.listed.get(), progress.evaluated.get())));
         out.counts(progress.counts()).await?;
         Ok(found.into_inner())
@@ -704,10 +720,10 @@ impl Evaluator<'_> {
                         let record = error_record(&path, failure.message(self.opts));
                         progress.found.borrow_mut().records.push(record);
                         progress.evaluated.set(progress.evaluated.get() + 1);
+                        progress.errors.set(progress.errors.get() + 1);
                     }
                 }
             }
-            out.counts(progress.counts()).await?;
         }
         Ok(())
     }
@@ -730,7 +746,12 @@ impl Evaluator<'_> {
             self.write_request_marked(Mode::Dfs, &items, &nonce).await?
         };
         let oom_before = smol::unblock(read_oom_kills).await;
-        let spawned = SupervisedChild::spawn(self.command(Mode::Dfs, &request_path, None), Pipe::Null, Pipe::Null, Pipe::Piped);
+        let spawned = SupervisedChild::spawn(
+            self.command(Mode::Dfs, &request_path, None),
+            Pipe::Null,
+            Pipe::Null,
+            Pipe::Piped,
+        );
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
@@ -771,7 +792,9 @@ impl Evaluator<'_> {
                     let walked = match serde_json::from_slice::<Walked>(json) {
                         Ok(w) => w,
                         Err(e) => {
-                            return Ok(WalkRead::Bad(format!("unexpected output from {NIX_INSTANTIATE}: {e}")))
+                            return Ok(WalkRead::Bad(format!(
+                                "unexpected output from {NIX_INSTANTIATE}: {e}"
+                            )))
                         }
                     };
                     let Some(path) = todo.pop_front() else {
@@ -1339,6 +1362,38 @@ mod tests {
         let mut stack = Vec::new();
         assert_eq!(split_culprit(&mut batch, 0, &mut stack), Some(1));
         assert!(batch.is_empty() && stack.is_empty());
+    }
+
+    #[test]
+    fn the_walk_queue_follows_the_depth_first_order_of_the_process() {
+        let found = RefCell::new(Walk::default());
+        let progress = Progress {
+            listed: Cell::new(2),
+            evaluated: Cell::new(0),
+            derivations: Cell::new(0),
+            errors: Cell::new(0),
+            found: &found,
+        };
+        let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let walked = |json: &str| serde_json::from_str::<Walked>(json).expect("walked");
+        let mut todo: VecDeque<Vec<String>> = [path(&["a"]), path(&["b"])].into();
+        let mut drvs = Vec::new();
+        let front = todo.pop_front().expect("a");
+        progress.accept(front, walked(r#"{"k":"rec","names":["x","y"]}"#), &mut todo, &mut drvs);
+        assert_eq!(Vec::from(todo.clone()), vec![path(&["a", "x"]), path(&["a", "y"]), path(&["b"])]);
+        let front = todo.pop_front().expect("a.x");
+        progress.accept(front, walked(r#"{"k":"err"}"#), &mut todo, &mut drvs);
+        let front = todo.pop_front().expect("a.y");
+        progress.accept(front, walked(r#"{"k":"skip"}"#), &mut todo, &mut drvs);
+        let deep: Vec<String> = (0..MAX_DEPTH).map(|i| i.to_string()).collect();
+        progress.accept(deep, walked(r#"{"k":"rec","names":["z"]}"#), &mut todo, &mut drvs);
+        assert_eq!(Vec::from(todo), vec![path(&["b"])]);
+        let counts = progress.counts();
+        assert_eq!((counts.listed, counts.evaluated, counts.instantiated, counts.errors), (4, 4, 0, 2));
+        let found = found.into_inner();
+        assert_eq!(found.unexplained, vec![path(&["a", "x"])]);
+        assert_eq!(found.records.len(), 1, "the set nested too deep is an error");
+        assert!(drvs.is_empty());
     }
 
     #[test]
