@@ -63,6 +63,11 @@ fn tree_rss(root: u32) -> u64 {
 }
 
 fn main() -> ExitCode {
+    // The evaluator's own log (e.g. walk processes restarted over the memory cap), on standard error.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("eka_ci=info"))
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 5 {
         eprintln!("usage: nixpkgs_eval_bench NIXPKGS_DIR WORKERS MAX_MEMORY_MIB NIX_ENV_OUTPUT");

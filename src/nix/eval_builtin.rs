@@ -7,16 +7,19 @@
 //! 1. **root**: import the file (auto-called with `{}` if it is a function) or `getFlake` the checkout,
 //!    select the attribute path; a derivation is the single job, an attribute set is walked, anything else
 //!    (or a failure) is an [`EvalError`] for the whole job.
-//! 2. **walk** (breadth-first, a large share of a level per process, see [`walk_chunk`]): each attribute
+//! 2. **walk** (depth-first, one long-lived process per worker, see [`Evaluator::walk`]): worker `i` of
+//!    `n` takes every `n`-th top-level attribute from the `i`-th and walks its share in one process that
+//!    keeps the job loaded, entering a set as soon as it is classified (no level barrier). Each attribute
 //!    is forced under `builtins.tryEval` and classified as derivation, set to recurse into
 //!    (`recurseForDerivations = true`, or any set with `force_recurse`), something to skip, or failing; a
 //!    derivation's name, system, drvPath, outputs, meta and requiredSystemFeatures are computed in the
 //!    same pass, also under `tryEval` (read-write mode, so that import-from-derivation can build and the
-//!    `.drv` files are written). Each attribute is evaluated once, in one process.
-//! 3. **roots**, right after each walk step: `nix-instantiate --add-root` of one stand-in whose "drvPath"
+//!    `.drv` files are written). Each result is printed at once as a `builtins.trace` line marked with a
+//!    random nonce, so results stream while the process runs. Each attribute is evaluated once.
+//! 3. **roots**, right after each walk process: `nix-instantiate --add-root` of one stand-in whose "drvPath"
 //!    is a store file listing (so referencing) the step's `.drv` paths, written by `builtins.toFile`: one
-//!    GC root per step, no evaluation of the job. If a `.drv` is no longer valid, the step fails and its
-//!    derivations go through the full per-batch instantiation instead.
+//!    GC root per 5,000 derivations, no evaluation of the job. If a `.drv` is no longer valid, the step
+//!    fails and its derivations go through the full per-batch instantiation instead.
 //! 4. **explain**: with [`EvalOptions::defer_error_messages`] (the server), the attributes whose `tryEval`
 //!    failed are recorded with [`crate::nix::eval::DEFERRED_ERROR`] and [`explain`] finds their messages
 //!    later, for the errors a report shows. Otherwise they get Nix's real message from `nix repl` sessions
@@ -25,16 +28,16 @@
 //!    per-batch steps: **info** (the walk's computation under `tryEval`), **explain** alone in a process,
 //!    **instantiate** (`nix-instantiate --add-root` of the real attributes).
 //!
-//! A step whose process fails as a whole (an error `tryEval` cannot catch, such as a type error, the memory
-//! limit, a crash) must find the attribute responsible. When Nix printed part of its JSON output before
-//! failing (Nix 2.8 does), the complete elements are results and the next attribute is the culprit: it gets
-//! the process's message and the rest of the list is retried ([`streamed_prefix`]). Over the memory cap the
-//! complete elements are kept too, but the rest is retried in a fresh process without blame (memory grows
-//! with everything a process has evaluated); only an attribute that is first in a fresh process and still
-//! goes over is an error. Otherwise the list is bisected: split in halves and retried until the failing
-//! attribute is alone. Either way one bad attribute never costs the rest of the job. Work is spread over
-//! `workers` concurrent processes. The walk's records are kept until it ends (`Listed` comes first), then
-//! sent; explanations are sent as each share finishes.
+//! A walk process that ends early (an error `tryEval` cannot catch, such as a type error or `abort`, the
+//! memory cap, a crash) has reported every attribute before the one it was on: a fresh process continues
+//! from there. That attribute gets the process's message, except over the memory cap, where it is retried
+//! (memory grows with everything a process has evaluated); only an attribute that is first in a fresh
+//! process and still goes over is an error. The other steps work on lists: when Nix printed part of its
+//! JSON output before failing (Nix 2.8 does), the complete elements are results and the next attribute is
+//! the culprit ([`streamed_prefix`]); otherwise the list is bisected: split in halves and retried until
+//! the failing attribute is alone. Either way one bad attribute never costs the rest of the job. The
+//! walk's records are kept until it ends (`Listed` comes first), then sent; explanations are sent as each
+//! share finishes, `workers` processes at a time.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -710,7 +713,17 @@ impl Evaluator<'_> {
     ) -> Result<(), EvalError> {
         while !todo.is_empty() {
             let mut drvs = Vec::new();
+            let started = std::time::Instant::now();
             let (reported, failure) = self.walk_process(&mut todo, &mut drvs, progress, out).await?;
+            if failure.is_some() {
+                tracing::info!(
+                    reported,
+                    left = todo.len(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    over_memory_cap = matches!(failure, Some(Failure::Memory)),
+                    "a walk process ended early; a fresh one continues"
+                );
+            }
             self.root_all(drvs, progress.found).await?;
             match failure {
                 None => {}
