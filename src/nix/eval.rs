@@ -72,8 +72,8 @@ pub struct EvalOptions {
     pub force_recurse: bool,
     /// Collect each derivation's `meta`. Default true.
     pub meta: bool,
-    /// The built-in backend's least number of attributes per walk process (a process gets about
-    /// 1/(4 × workers) of a level, at least this) and the batch size of its fallback steps. Default 100.
+    /// The batch size of the built-in backend's fallback steps (its walk runs one process per worker, see
+    /// `eval_builtin`). Default 100.
     pub batch_size: usize,
     /// Which evaluator to use. Default [`EvalBackend::Auto`].
     pub backend: EvalBackend,

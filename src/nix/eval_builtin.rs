@@ -164,7 +164,7 @@ let
         then builtins.foldl' (n: c: n + dfs (path ++ [ c ])) 0 w.names
         else 0;
     in builtins.trace "${r.nonce} ${builtins.toJSON w}" (builtins.seq w.k (1 + children));
-  # One store file that lists (and so references) every .drv of a walk step: one GC root keeps them all.
+  # One store file that lists (and so references) up to 5,000 .drv of a walk process: one GC root keeps them all.
   # appendContext fails unless the path is a valid store path.
   rootsFile = builtins.toFile "ekaci-roots" (builtins.concatStringsSep "\n"
     (map (p: let d = builtins.head p; in builtins.appendContext d { ${d} = { path = true; }; }) r.items));
@@ -817,7 +817,7 @@ impl Evaluator<'_> {
                     };
                     progress.accept(path, walked, todo, drvs);
                     reported += 1;
-                    if progress.evaluated.get() % COUNTS_EVERY == 0 {
+                    if progress.evaluated.get().is_multiple_of(COUNTS_EVERY) {
                         out.counts(progress.counts()).await?;
                     }
                 }
