@@ -677,9 +677,11 @@ impl Evaluator<'_> {
         }
     }
 
-    /// Walks the job's attributes over the worker pool: worker `i` of `n` takes the top-level attributes
-    /// `i`, `i + n`, `i + 2n`, … and walks them depth-first in long-lived processes (see
-    /// [`Self::walk_worker`]); the derivations found are given GC roots after each process.
+    /// Walks the job's attributes over the worker pool: the top-level attributes are split into
+    /// `workers` × [`EvalOptions::walk_shares_per_worker`] interleaved shares ([`interleaved_shares`]) in
+    /// a queue; each worker takes the next share when it is done with one and walks it depth-first in a
+    /// fresh long-lived process (see [`Self::walk_worker`]), so no worker idles while shares remain and
+    /// memory starts afresh per share. The derivations found are given GC roots after each process.
     async fn walk(&self, names: Vec<String>, out: &Emitter) -> Result<Walk, EvalError> {
         let found = RefCell::new(Walk::default());
         let progress = Progress {
@@ -690,12 +692,15 @@ impl Evaluator<'_> {
             found: &found,
         };
         let workers = self.opts.workers.max(1);
-        let mut shares: Vec<VecDeque<Vec<String>>> = vec![VecDeque::new(); workers.min(names.len())];
-        for (i, name) in names.into_iter().enumerate() {
-            shares[i % workers].push_back(vec![name]);
-        }
-        try_join_all(shares.into_iter().map(|share| self.walk_worker(share, &progress, out)).collect())
-            .await?;
+        let shares =
+            RefCell::new(interleaved_shares(names, workers * self.opts.walk_shares_per_worker.max(1)));
+        let worker = || async {
+            loop {
+                let Some(share) = shares.borrow_mut().pop_front() else { return Ok::<(), EvalError>(()) };
+                self.walk_worker(share, &progress, out).await?;
+            }
+        };
+        try_join_all((0..workers).map(|_| worker()).collect()).await?;
         out.walked.set(Some((progress.listed.get(), progress.evaluated.get())));
         out.counts(progress.counts()).await?;
         Ok(found.into_inner())
@@ -1289,6 +1294,18 @@ async fn read_roots(base: &Path, n: usize) -> Vec<Result<String, String>> {
     .await
 }
 
+/// Splits the top-level attributes into at most `n` interleaved shares, in queue order: share `j` holds
+/// attributes `j`, `j + n`, `j + 2n`, … (neighbours in nixpkgs' alphabetical order often share costly
+/// parts, and interleaving spreads them; every share costs about the same).
+fn interleaved_shares(names: Vec<String>, n: usize) -> VecDeque<VecDeque<Vec<String>>> {
+    let n = n.max(1).min(names.len());
+    let mut shares: VecDeque<VecDeque<Vec<String>>> = (0..n).map(|_| VecDeque::new()).collect();
+    for (i, name) in names.into_iter().enumerate() {
+        shares[i % n].push_back(vec![name]);
+    }
+    shares
+}
+
 fn describe_type(nix_type: &str) -> String {
     match nix_type {
         "" => "not an attribute set".to_string(),
@@ -1407,6 +1424,19 @@ mod tests {
         assert_eq!(found.unexplained, vec![path(&["a", "x"])]);
         assert_eq!(found.records.len(), 1, "the set nested too deep is an error");
         assert!(drvs.is_empty());
+    }
+
+    #[test]
+    fn the_share_queue_interleaves_every_attribute_once() {
+        let names = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>();
+        let flat = |q: &VecDeque<VecDeque<Vec<String>>>| q.iter().map(|s| s.len()).collect::<Vec<_>>();
+        let q = interleaved_shares(names(7), 3);
+        let firsts: Vec<Vec<String>> = q.iter().map(|s| s.iter().map(|p| p[0].clone()).collect()).collect();
+        assert_eq!(firsts, vec![vec!["0", "3", "6"], vec!["1", "4"], vec!["2", "5"]]);
+        assert!(q.iter().flatten().all(|p| p.len() == 1), "shares hold top-level paths");
+        assert_eq!(flat(&interleaved_shares(names(2), 4)), vec![1, 1], "no empty share");
+        assert_eq!(flat(&interleaved_shares(names(5), 0)), vec![5], "0 shares is one");
+        assert!(interleaved_shares(Vec::new(), 4).is_empty());
     }
 
     #[test]
