@@ -7,9 +7,9 @@
 //! 1. **root**: import the file (auto-called with `{}` if it is a function) or `getFlake` the checkout,
 //!    select the attribute path; a derivation is the single job, an attribute set is walked, anything else
 //!    (or a failure) is an [`EvalError`] for the whole job.
-//! 2. **walk** (depth-first, one long-lived process per worker, see [`Evaluator::walk`]): worker `i` of
-//!    `n` takes every `n`-th top-level attribute from the `i`-th and walks its share in one process that
-//!    keeps the job loaded, entering a set as soon as it is classified (no level barrier). Each attribute
+//! 2. **walk** (depth-first, see [`Evaluator::walk`]): the top-level attributes are split into
+//!    `workers` × `walk_shares_per_worker` interleaved shares in a queue; a worker takes the next share
+//!    when done with one and walks it in one fresh process that keeps the job loaded, entering a set as soon as it is classified (no level barrier). Each attribute
 //!    is forced under `builtins.tryEval` and classified as derivation, set to recurse into
 //!    (`recurseForDerivations = true`, or any set with `force_recurse`), something to skip, or failing; a
 //!    derivation's name, system, drvPath, outputs, meta and requiredSystemFeatures are computed in the
