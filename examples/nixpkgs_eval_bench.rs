@@ -63,9 +63,16 @@ fn tree_rss(root: u32) -> u64 {
 }
 
 fn main() -> ExitCode {
+    // The evaluator's own log (e.g. walk processes restarted over the memory cap), on standard error.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("eka_ci=info"))
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 5 {
-        eprintln!("usage: nixpkgs_eval_bench NIXPKGS_DIR WORKERS MAX_MEMORY_MIB NIX_ENV_OUTPUT");
+    if args.len() != 5 && args.len() != 6 {
+        eprintln!(
+            "usage: nixpkgs_eval_bench NIXPKGS_DIR WORKERS MAX_MEMORY_MIB NIX_ENV_OUTPUT [SHARES_PER_WORKER]"
+        );
         return ExitCode::from(2);
     }
     let dir = PathBuf::from(&args[1]);
@@ -99,6 +106,13 @@ fn main() -> ExitCode {
     let mut opts = EvalOptions::new(roots.path());
     opts.workers = workers;
     opts.max_memory_mib = max_memory_mib;
+    if let Some(k) = args.get(5) {
+        let Ok(k) = k.parse::<usize>() else {
+            eprintln!("SHARES_PER_WORKER must be a number");
+            return ExitCode::from(2);
+        };
+        opts.walk_shares_per_worker = k;
+    }
     opts.backend = EvalBackend::Builtin;
     opts.timeout = Duration::from_secs(3 * 3600);
     // As the server does: failures are explained later, for the errors a report shows.

@@ -448,8 +448,8 @@ pub struct EvaluationConfig {
     /// Bound on one job's whole evaluation, in seconds (10..=86400, default 3600).
     #[serde(deserialize_with = "de::ranged_u64::<_, 10, 86400>")]
     pub timeout_seconds: u64,
-    /// The built-in evaluator's least number of attributes per walk process, and its fallback steps' batch
-    /// size (1..=10000, default 100); docs/evaluation.md.
+    /// The batch size of the built-in evaluator's fallback steps (1..=10000, default 100); the walk runs
+    /// one process per worker whatever it is. docs/evaluation.md.
     #[serde(deserialize_with = "de::ranged_u64::<_, 1, 10000>")]
     pub batch_size: u64,
     /// Evaluations that run at once; more wait in the queue (1..=64, default 1).

@@ -72,9 +72,13 @@ pub struct EvalOptions {
     pub force_recurse: bool,
     /// Collect each derivation's `meta`. Default true.
     pub meta: bool,
-    /// The built-in backend's least number of attributes per walk process (a process gets about
-    /// 1/(4 × workers) of a level, at least this) and the batch size of its fallback steps. Default 100.
+    /// The batch size of the built-in backend's fallback steps (its walk runs one process per worker, see
+    /// `eval_builtin`). Default 100.
     pub batch_size: usize,
+    /// The built-in backend's walk splits the top-level attributes into `workers` × this many interleaved
+    /// shares, taken from a queue by the workers, a fresh `nix-instantiate` per share (see
+    /// `eval_builtin`). Default [`WALK_SHARES_PER_WORKER`]; 0 is taken as 1.
+    pub walk_shares_per_worker: usize,
     /// Which evaluator to use. Default [`EvalBackend::Auto`].
     pub backend: EvalBackend,
     /// Evaluate under Nix's `restrict-eval`: only the checkout, the search path and the store are
@@ -100,6 +104,10 @@ pub fn is_deferred(message: &str) -> bool {
     message == DEFERRED_ERROR
 }
 
+/// The default of [`EvalOptions::walk_shares_per_worker`], chosen by measurement on nixpkgs
+/// (docs/benchmarks.md, "nixpkgs evaluation").
+pub const WALK_SHARES_PER_WORKER: usize = 3;
+
 impl EvalOptions {
     /// The defaults, with GC roots in `gc_roots_dir`.
     pub fn new(gc_roots_dir: impl Into<PathBuf>) -> EvalOptions {
@@ -111,6 +119,7 @@ impl EvalOptions {
             force_recurse: false,
             meta: true,
             batch_size: 100,
+            walk_shares_per_worker: WALK_SHARES_PER_WORKER,
             backend: EvalBackend::Auto,
             restrict_eval: true,
             allowed_uris: Vec::new(),

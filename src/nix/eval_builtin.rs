@@ -7,16 +7,19 @@
 //! 1. **root**: import the file (auto-called with `{}` if it is a function) or `getFlake` the checkout,
 //!    select the attribute path; a derivation is the single job, an attribute set is walked, anything else
 //!    (or a failure) is an [`EvalError`] for the whole job.
-//! 2. **walk** (breadth-first, a large share of a level per process, see [`walk_chunk`]): each attribute
+//! 2. **walk** (depth-first, see [`Evaluator::walk`]): the top-level attributes are split into
+//!    `workers` × `walk_shares_per_worker` interleaved shares in a queue; a worker takes the next share
+//!    when done with one and walks it in one fresh process that keeps the job loaded, entering a set as soon as it is classified (no level barrier). Each attribute
 //!    is forced under `builtins.tryEval` and classified as derivation, set to recurse into
 //!    (`recurseForDerivations = true`, or any set with `force_recurse`), something to skip, or failing; a
 //!    derivation's name, system, drvPath, outputs, meta and requiredSystemFeatures are computed in the
 //!    same pass, also under `tryEval` (read-write mode, so that import-from-derivation can build and the
-//!    `.drv` files are written). Each attribute is evaluated once, in one process.
-//! 3. **roots**, right after each walk step: `nix-instantiate --add-root` of one stand-in whose "drvPath"
+//!    `.drv` files are written). Each result is printed at once as a `builtins.trace` line marked with a
+//!    random nonce, so results stream while the process runs. Each attribute is evaluated once.
+//! 3. **roots**, right after each walk process: `nix-instantiate --add-root` of one stand-in whose "drvPath"
 //!    is a store file listing (so referencing) the step's `.drv` paths, written by `builtins.toFile`: one
-//!    GC root per step, no evaluation of the job. If a `.drv` is no longer valid, the step fails and its
-//!    derivations go through the full per-batch instantiation instead.
+//!    GC root per 5,000 derivations, no evaluation of the job. If a `.drv` is no longer valid, the step
+//!    fails and its derivations go through the full per-batch instantiation instead.
 //! 4. **explain**: with [`EvalOptions::defer_error_messages`] (the server), the attributes whose `tryEval`
 //!    failed are recorded with [`crate::nix::eval::DEFERRED_ERROR`] and [`explain`] finds their messages
 //!    later, for the errors a report shows. Otherwise they get Nix's real message from `nix repl` sessions
@@ -25,19 +28,19 @@
 //!    per-batch steps: **info** (the walk's computation under `tryEval`), **explain** alone in a process,
 //!    **instantiate** (`nix-instantiate --add-root` of the real attributes).
 //!
-//! A step whose process fails as a whole (an error `tryEval` cannot catch, such as a type error, the memory
-//! limit, a crash) must find the attribute responsible. When Nix printed part of its JSON output before
-//! failing (Nix 2.8 does), the complete elements are results and the next attribute is the culprit: it gets
-//! the process's message and the rest of the list is retried ([`streamed_prefix`]). Over the memory cap the
-//! complete elements are kept too, but the rest is retried in a fresh process without blame (memory grows
-//! with everything a process has evaluated); only an attribute that is first in a fresh process and still
-//! goes over is an error. Otherwise the list is bisected: split in halves and retried until the failing
-//! attribute is alone. Either way one bad attribute never costs the rest of the job. Work is spread over
-//! `workers` concurrent processes. The walk's records are kept until it ends (`Listed` comes first), then
-//! sent; explanations are sent as each share finishes.
+//! A walk process that ends early (an error `tryEval` cannot catch, such as a type error or `abort`, the
+//! memory cap, a crash) has reported every attribute before the one it was on: a fresh process continues
+//! from there. That attribute gets the process's message, except over the memory cap, where it is retried
+//! (memory grows with everything a process has evaluated); only an attribute that is first in a fresh
+//! process and still goes over is an error. The other steps work on lists: when Nix printed part of its
+//! JSON output before failing (Nix 2.8 does), the complete elements are results and the next attribute is
+//! the culprit ([`streamed_prefix`]); otherwise the list is bisected: split in halves and retried until
+//! the failing attribute is alone. Either way one bad attribute never costs the rest of the job. The
+//! walk's records are kept until it ends (`Listed` comes first), then sent; explanations are sent as each
+//! share finishes, `workers` processes at a time.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -45,6 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
+use futures_lite::AsyncReadExt;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -56,7 +60,10 @@ use crate::nix::eval::{
 use crate::nix::eval_explain::{self, nix_string, ExplainError, Explained, Session};
 use crate::nix::process::builders::read_oom_kills;
 use crate::nix::process::host::OomKilled;
-use crate::nix::process::{run_captured, RunLimits, RunOutput, Termination};
+use crate::nix::process::{
+    run_captured, watch_memory, Pipe, ProcessError, RunLimits, RunOutput, SupervisedChild, TailBuffer,
+    Termination,
+};
 
 /// The Nix program every step runs.
 const NIX_INSTANTIATE: &str = "nix-instantiate";
@@ -71,9 +78,12 @@ const ROOT_BATCH: usize = 5000;
 /// and spreads the work over the workers).
 const EXPLAIN_SHARE: usize = 1000;
 
-/// A walk step gets about 1/(workers × this) of a level's attributes, so that the workers stay busy to the
-/// end while each process evaluates as much as possible of what it has imported.
-const WALK_SHARES: usize = 4;
+/// The longest line of standard error a walk process may print; a longer one ends the process (the job's
+/// code can print anything with `builtins.trace`).
+const MAX_LINE: usize = 64 << 20;
+
+/// A walk worker sends progress counts every this many attributes.
+const COUNTS_EVERY: u64 = 500;
 
 /// Attribute sets nested deeper than this are not recursed into (protects `force_recurse` from cycles
 /// such as `pkgs.pkgs.pkgs…`).
@@ -143,7 +153,18 @@ let
       else if k.value == "drv" then
         (let i = builtins.tryEval (infoOf v); in if i.success then { k = "drv"; i = i.value; } else { k = "err"; })
       else { k = "skip"; };
-  # One store file that lists (and so references) every .drv of a walk step: one GC root keeps them all.
+  # Depth-first walk for long-lived walk processes: one line per attribute on stderr ("trace: <nonce>
+  # <json>", printed as soon as the attribute is classified, before its children), children of a set to
+  # recurse into right after it; the value is the number of lines, a check that the walk ended.
+  dfs = path:
+    let
+      w = walk path;
+      children =
+        if w.k == "rec" && builtins.length path < r.maxDepth
+        then builtins.foldl' (n: c: n + dfs (path ++ [ c ])) 0 w.names
+        else 0;
+    in builtins.trace "${r.nonce} ${builtins.toJSON w}" (builtins.seq w.k (1 + children));
+  # One store file that lists (and so references) up to 5,000 .drv of a walk process: one GC root keeps them all.
   # appendContext fails unless the path is a valid store path.
   rootsFile = builtins.toFile "ekaci-roots" (builtins.concatStringsSep "\n"
     (map (p: let d = builtins.head p; in builtins.appendContext d { ${d} = { path = true; }; }) r.items));
@@ -153,7 +174,7 @@ let
     else { k = "other"; type = builtins.typeOf root; };
 in
   if r.mode == "root" then rootKind
-  else if r.mode == "walk" then map walk r.items
+  else if r.mode == "dfs" then builtins.foldl' (n: p: n + dfs p) 0 r.items
   else if r.mode == "roots" then [ { type = "derivation"; name = "ekaci-roots"; drvPath = rootsFile; outputName = "out"; } ]
   else if r.mode == "repl" then { ex = i: builtins.deepSeq (explain (builtins.elemAt r.items i)) null; }
   else if r.mode == "info" then map info r.items
@@ -164,7 +185,7 @@ in
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Root,
-    Walk,
+    Dfs,
     Roots,
     Repl,
     Info,
@@ -176,7 +197,7 @@ impl Mode {
     fn as_str(self) -> &'static str {
         match self {
             Mode::Root => "root",
-            Mode::Walk => "walk",
+            Mode::Dfs => "dfs",
             Mode::Roots => "roots",
             Mode::Repl => "repl",
             Mode::Info => "info",
@@ -204,15 +225,78 @@ struct Walk {
     unexplained: Vec<Vec<String>>,
 }
 
+/// How the standard error of a walk process ended.
+enum WalkRead {
+    /// End of file: the process exited (or is exiting).
+    Eof,
+    /// Over the memory cap.
+    Memory,
+    /// Output that is not what the wrapper prints.
+    Bad(String),
+}
+
+/// The walk's results and counters, shared by its workers.
+struct Progress<'w> {
+    listed: Cell<u64>,
+    evaluated: Cell<u64>,
+    /// Derivations found (their `.drv` files are written by the walk; the GC root follows).
+    derivations: Cell<u64>,
+    errors: Cell<u64>,
+    found: &'w RefCell<Walk>,
+}
+
+impl Progress<'_> {
+    /// Takes in one walked attribute: a derivation to root, a failure to explain, children to walk next
+    /// (put at the front of `todo`, in order, as the walk process walks them).
+    fn accept(
+        &self,
+        path: Vec<String>,
+        walked: Walked,
+        todo: &mut VecDeque<Vec<String>>,
+        drvs: &mut Vec<(Vec<String>, Info)>,
+    ) {
+        self.evaluated.set(self.evaluated.get() + 1);
+        match (walked.k.as_str(), walked.i) {
+            ("drv", Some(info)) => {
+                self.derivations.set(self.derivations.get() + 1);
+                drvs.push((path, info))
+            }
+            ("drv" | "err", _) => {
+                self.errors.set(self.errors.get() + 1);
+                self.found.borrow_mut().unexplained.push(path)
+            }
+            ("rec", _) if path.len() >= MAX_DEPTH => {
+                let message =
+                    format!("not recursing into an attribute set nested deeper than {MAX_DEPTH} levels");
+                self.errors.set(self.errors.get() + 1);
+                self.found.borrow_mut().records.push(error_record(&path, message));
+            }
+            ("rec", _) => {
+                self.listed.set(self.listed.get() + walked.names.len() as u64);
+                for name in walked.names.into_iter().rev() {
+                    let mut child = path.clone();
+                    child.push(name);
+                    todo.push_front(child);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn counts(&self) -> EvalCounts {
+        EvalCounts {
+            listed: self.listed.get(),
+            evaluated: self.evaluated.get(),
+            instantiated: self.derivations.get(),
+            errors: self.errors.get(),
+        }
+    }
+}
+
 /// Work after the walk.
 enum Task<'a> {
     Explain(Vec<Vec<String>>),
     Redo(&'a [Item]),
-}
-
-/// The number of attributes per walk step for a level of `n` attributes.
-fn walk_chunk(n: usize, workers: usize, batch_size: usize) -> usize {
-    n.div_ceil(workers.max(1).saturating_mul(WALK_SHARES)).max(batch_size).max(1)
 }
 
 /// Why one step's process failed.
@@ -436,6 +520,16 @@ impl Evaluator<'_> {
 
     /// Writes the request file of a step over `items`.
     async fn write_request(&self, mode: Mode, items: &[&[String]]) -> Result<PathBuf, EvalError> {
+        self.write_request_marked(mode, items, "").await
+    }
+
+    /// [`Self::write_request`] with the walk's marker `nonce` (see [`Evaluator::walk_process`]).
+    async fn write_request_marked(
+        &self,
+        mode: Mode,
+        items: &[&[String]],
+        nonce: &str,
+    ) -> Result<PathBuf, EvalError> {
         let (kind, file, flake) = match &self.target {
             Target::File(f) => ("file", f.to_string_lossy().into_owned(), String::new()),
             Target::Flake(r) => ("flake", String::new(), r.clone()),
@@ -449,6 +543,8 @@ impl Evaluator<'_> {
             "items": items,
             "forceRecurse": self.opts.force_recurse,
             "meta": self.opts.meta,
+            "nonce": nonce,
+            "maxDepth": MAX_DEPTH,
         });
         let request_path = self.work.path.join(format!("request-{}.json", self.next_seq()));
         let path = request_path.clone();
@@ -469,6 +565,22 @@ impl Evaluator<'_> {
         root: Option<&Path>,
     ) -> Result<RunOutput, EvalError> {
         let request_path = self.write_request(mode, items).await?;
+        let cmd = self.command(mode, &request_path, root);
+        let oom_before = smol::unblock(read_oom_kills).await;
+        let result = run_captured(cmd, &self.limits).await;
+        let path = request_path.clone();
+        let _ = smol::unblock(move || std::fs::remove_file(path)).await;
+        let out = result?;
+        // Killed by the kernel for the host's lack of memory (not our own cap, which is
+        // `Termination::MemoryLimit`): no verdict on these attributes; the pipeline retries.
+        if let Termination::Exited(status) = out.termination {
+            oom_check(status, oom_before).await?;
+        }
+        Ok(out)
+    }
+
+    /// The `nix-instantiate` command of a step on the request file `request_path`, with every restriction.
+    fn command(&self, mode: Mode, request_path: &Path, root: Option<&Path>) -> std::process::Command {
         let mut cmd = std::process::Command::new(NIX_INSTANTIATE);
         cmd.current_dir(&self.checkout);
         if !matches!(mode, Mode::Instantiate | Mode::Roots) {
@@ -480,24 +592,11 @@ impl Evaluator<'_> {
         }
         // The wrapper reads its request file, so the request directory is readable too.
         add_restriction_args(&mut cmd, self.opts, &[&self.checkout, &self.work.path]);
-        cmd.arg("--expr").arg(WRAPPER).arg("--argstr").arg("ekaCiRequest").arg(&request_path);
+        cmd.arg("--expr").arg(WRAPPER).arg("--argstr").arg("ekaCiRequest").arg(request_path);
         if let Some(root) = root {
             cmd.arg("--add-root").arg(root);
         }
-        let oom_before = smol::unblock(read_oom_kills).await;
-        let result = run_captured(cmd, &self.limits).await;
-        let path = request_path.clone();
-        let _ = smol::unblock(move || std::fs::remove_file(path)).await;
-        let out = result?;
-        // Killed by the kernel for the host's lack of memory (not our own cap, which is
-        // `Termination::MemoryLimit`): no verdict on these attributes; the pipeline retries.
-        if let Termination::Exited(status) = out.termination {
-            let killed = smol::unblock(move || OomKilled::check(NIX_INSTANTIATE, &status, oom_before)).await;
-            if let Some(killed) = killed {
-                return Err(EvalError::OomKilled(killed));
-            }
-        }
-        Ok(out)
+        cmd
     }
 
     /// Runs an evaluation step and parses its JSON output, or says why it failed.
@@ -578,115 +677,209 @@ impl Evaluator<'_> {
         }
     }
 
-    /// Walks the job's attributes breadth-first over the worker pool: each step classifies a large share
-    /// of attributes and computes the derivations' information in the same process, and the derivations
-    /// it found are given GC roots right after it.
+    /// Walks the job's attributes over the worker pool: the top-level attributes are split into
+    /// `workers` × [`EvalOptions::walk_shares_per_worker`] interleaved shares ([`interleaved_shares`]) in
+    /// a queue; each worker takes the next share when it is done with one and walks it depth-first in a
+    /// fresh long-lived process (see [`Self::walk_worker`]), so no worker idles while shares remain and
+    /// memory starts afresh per share. The derivations found are given GC roots after each process.
     async fn walk(&self, names: Vec<String>, out: &Emitter) -> Result<Walk, EvalError> {
         let found = RefCell::new(Walk::default());
-        let (tx, rx) = async_channel::unbounded::<Vec<Vec<String>>>();
-        let pending = Cell::new(0usize);
-        let (listed, evaluated) = (Cell::new(0u64), Cell::new(0u64));
-        let enqueue = |paths: Vec<Vec<String>>| {
-            listed.set(listed.get() + paths.len() as u64);
-            let chunk = walk_chunk(paths.len(), self.opts.workers, self.opts.batch_size);
-            for c in paths.chunks(chunk) {
-                pending.set(pending.get() + 1);
-                let _ = tx.try_send(c.to_vec());
-            }
+        let progress = Progress {
+            listed: Cell::new(names.len() as u64),
+            evaluated: Cell::new(0),
+            derivations: Cell::new(0),
+            errors: Cell::new(0),
+            found: &found,
         };
-        enqueue(names.into_iter().map(|n| vec![n]).collect());
-        if pending.get() == 0 {
-            return Ok(found.into_inner());
-        }
+        let workers = self.opts.workers.max(1);
+        let shares =
+            RefCell::new(interleaved_shares(names, workers * self.opts.walk_shares_per_worker.max(1)));
         let worker = || async {
-            while let Ok(batch) = rx.recv().await {
-                let size = batch.len() as u64;
-                let children = self.walk_batch(batch, &found).await?;
-                enqueue(children);
-                evaluated.set(evaluated.get() + size);
-                let counts = {
-                    let found = found.borrow();
-                    let instantiated = found
-                        .records
-                        .iter()
-                        .filter(|r| matches!(r.outcome, EvalOutcome::Derivation(_)))
-                        .count();
-                    EvalCounts {
-                        listed: listed.get(),
-                        evaluated: evaluated.get(),
-                        instantiated: instantiated as u64,
-                        errors: (found.records.len() - instantiated + found.unexplained.len()) as u64,
-                    }
-                };
-                out.counts(counts).await?;
-                pending.set(pending.get() - 1);
-                if pending.get() == 0 {
-                    tx.close();
-                }
+            loop {
+                let Some(share) = shares.borrow_mut().pop_front() else { return Ok::<(), EvalError>(()) };
+                self.walk_worker(share, &progress, out).await?;
             }
-            Ok::<(), EvalError>(())
         };
-        try_join_all((0..self.opts.workers).map(|_| worker()).collect()).await?;
-        out.walked.set(Some((listed.get(), evaluated.get())));
+        try_join_all((0..workers).map(|_| worker()).collect()).await?;
+        out.walked.set(Some((progress.listed.get(), progress.evaluated.get())));
+        out.counts(progress.counts()).await?;
         Ok(found.into_inner())
     }
 
-    /// Walks one batch (isolating failures), roots its derivations; returns the children of recursed sets.
-    async fn walk_batch(
+    /// Walks `todo` (subtrees, in order) depth-first in as few processes as possible: a process that
+    /// ends early is followed by a fresh one at the first attribute it did not report. Over the memory
+    /// cap that attribute is retried (memory grows with everything a process evaluated) unless it was
+    /// the first of its process; any other failure is that attribute's error record.
+    async fn walk_worker(
         &self,
-        batch: Vec<Vec<String>>,
-        found: &RefCell<Walk>,
-    ) -> Result<Vec<Vec<String>>, EvalError> {
-        let mut children = Vec::new();
-        let mut drvs = Vec::new();
-        let mut accept = |batch: Vec<Vec<String>>, list: Vec<Walked>, children: &mut Vec<Vec<String>>| {
-            let mut found = found.borrow_mut();
-            for (path, w) in batch.into_iter().zip(list) {
-                match (w.k.as_str(), w.i) {
-                    ("drv", Some(info)) => drvs.push((path, info)),
-                    ("drv" | "err", _) => found.unexplained.push(path),
-                    ("rec", _) if path.len() >= MAX_DEPTH => {
-                        let message = format!(
-                            "not recursing into an attribute set nested deeper than {MAX_DEPTH} levels"
-                        );
-                        found.records.push(error_record(&path, message));
+        mut todo: VecDeque<Vec<String>>,
+        progress: &Progress<'_>,
+        out: &Emitter,
+    ) -> Result<(), EvalError> {
+        while !todo.is_empty() {
+            let mut drvs = Vec::new();
+            let started = std::time::Instant::now();
+            let (reported, failure) = self.walk_process(&mut todo, &mut drvs, progress, out).await?;
+            if failure.is_some() {
+                tracing::info!(
+                    reported,
+                    left = todo.len(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    over_memory_cap = matches!(failure, Some(Failure::Memory)),
+                    "a walk process ended early; a fresh one continues"
+                );
+            }
+            self.root_all(drvs, progress.found).await?;
+            match failure {
+                None => {}
+                Some(Failure::Memory) if reported > 0 => {}
+                Some(failure) => {
+                    if let Some(path) = todo.pop_front() {
+                        let record = error_record(&path, failure.message(self.opts));
+                        progress.found.borrow_mut().records.push(record);
+                        progress.evaluated.set(progress.evaluated.get() + 1);
+                        progress.errors.set(progress.errors.get() + 1);
                     }
-                    ("rec", _) => children.extend(w.names.into_iter().map(|n| {
-                        let mut p = path.clone();
-                        p.push(n);
-                        p
-                    })),
-                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one walk process over `todo` (mode `dfs` of [`WRAPPER`]). It reports each attribute as one
+    /// line `trace: <nonce> <json>` on standard error, in depth-first order: the attribute at the front
+    /// of `todo` is taken off and a set's children are put at the front, so `todo` always holds what the
+    /// process has yet to report. The nonce is random per process: the job's own `builtins.trace` cannot
+    /// forge a result. Returns how many attributes the process reported and why it ended early, if it did.
+    async fn walk_process(
+        &self,
+        todo: &mut VecDeque<Vec<String>>,
+        drvs: &mut Vec<(Vec<String>, Info)>,
+        progress: &Progress<'_>,
+        out: &Emitter,
+    ) -> Result<(usize, Option<Failure>), EvalError> {
+        let nonce = eval_explain::token();
+        let request_path = {
+            let items: Vec<&[String]> = todo.iter().map(Vec::as_slice).collect();
+            self.write_request_marked(Mode::Dfs, &items, &nonce).await?
+        };
+        let oom_before = smol::unblock(read_oom_kills).await;
+        let spawned = SupervisedChild::spawn(
+            self.command(Mode::Dfs, &request_path, None),
+            Pipe::Null,
+            Pipe::Null,
+            Pipe::Piped,
+        );
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = smol::unblock(move || std::fs::remove_file(request_path)).await;
+                return Err(e.into());
+            }
+        };
+        let pid = child.pid();
+        let pgid = i32::try_from(pid).unwrap_or(0);
+        let mut stderr = child.take_stderr();
+        let marker = format!("trace: {nonce} ");
+        let mut tail = TailBuffer::new(self.limits.stderr_tail);
+        let mut reported = 0usize;
+        let read = async {
+            let Some(pipe) = stderr.as_mut() else { return Ok::<_, EvalError>(WalkRead::Eof) };
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 64 << 10];
+            loop {
+                let n = pipe.read(&mut chunk).await.map_err(|source| ProcessError::Read {
+                    program: NIX_INSTANTIATE.to_string(),
+                    pid,
+                    source,
+                })?;
+                if n == 0 {
+                    tail.push(&buf);
+                    return Ok(WalkRead::Eof);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let mut start = 0;
+                while let Some(end) = buf[start..].iter().position(|b| *b == b'\n') {
+                    let line = &buf[start..start + end];
+                    start += end + 1;
+                    let Some(json) = line.strip_prefix(marker.as_bytes()) else {
+                        tail.push(line);
+                        tail.push(b"\n");
+                        continue;
+                    };
+                    let walked = match serde_json::from_slice::<Walked>(json) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            return Ok(WalkRead::Bad(format!(
+                                "unexpected output from {NIX_INSTANTIATE}: {e}"
+                            )))
+                        }
+                    };
+                    let Some(path) = todo.pop_front() else {
+                        return Ok(WalkRead::Bad(format!(
+                            "unexpected output from {NIX_INSTANTIATE}: more results than attributes"
+                        )));
+                    };
+                    progress.accept(path, walked, todo, drvs);
+                    reported += 1;
+                    if progress.evaluated.get().is_multiple_of(COUNTS_EVERY) {
+                        out.counts(progress.counts()).await?;
+                    }
+                }
+                buf.drain(..start);
+                if buf.len() > MAX_LINE {
+                    return Ok(WalkRead::Bad(format!(
+                        "the evaluation printed a line longer than {MAX_LINE} bytes on standard error"
+                    )));
                 }
             }
         };
-        let mut stack = vec![batch];
-        while let Some(mut batch) = stack.pop() {
-            if batch.is_empty() {
-                continue;
+        let peak = Cell::new(0u64);
+        let ended = match self.limits.memory_limit_bytes {
+            Some(limit) if pgid > 0 => {
+                futures_lite::future::or(read, async {
+                    watch_memory(pgid, limit, self.limits.poll_interval, &peak).await;
+                    Ok(WalkRead::Memory)
+                })
+                .await
             }
-            let refs: Vec<&[String]> = batch.iter().map(Vec::as_slice).collect();
-            match self.run_list::<Walked>(Mode::Walk, &refs).await? {
-                Batch::All(list) => accept(batch, list, &mut children),
-                Batch::Partial(done) => {
-                    let rest = batch.split_off(done.len().min(batch.len()));
-                    stack.push(rest);
-                    accept(batch, done, &mut children);
-                }
-                Batch::FailedAt { done, failure } => {
-                    let culprit = split_culprit(&mut batch, done.len(), &mut stack);
-                    accept(batch, done, &mut children);
-                    if let Some(path) = culprit {
-                        found.borrow_mut().records.push(error_record(&path, failure.message(self.opts)));
-                    }
-                }
-                Batch::Failed(failure) => bisect(batch, &mut stack, |path| {
-                    found.borrow_mut().records.push(error_record(&path, failure.message(self.opts)))
-                }),
+            _ => read.await,
+        };
+        drop(stderr);
+        let _ = smol::unblock(move || std::fs::remove_file(request_path)).await;
+        let ended = match ended {
+            Ok(ended) => ended,
+            Err(e) => {
+                child.kill_group();
+                let _ = child.wait().await;
+                return Err(e);
             }
-        }
-        self.root_all(drvs, found).await?;
-        Ok(children)
+        };
+        let failure = match ended {
+            WalkRead::Eof => {
+                let status = child.wait().await?;
+                oom_check(status, oom_before).await?;
+                if !status.success() {
+                    let message = nix_error_message(&tail.into_parts().0);
+                    Some(Failure::Other(if message.is_empty() {
+                        format!("{NIX_INSTANTIATE} failed ({status}) without an error message")
+                    } else {
+                        message
+                    }))
+                } else if !todo.is_empty() {
+                    Some(Failure::Other(format!(
+                        "unexpected output from {NIX_INSTANTIATE}: the walk ended before this attribute"
+                    )))
+                } else {
+                    None
+                }
+            }
+            WalkRead::Memory => Some(Failure::Memory),
+            WalkRead::Bad(message) => Some(Failure::Other(message)),
+        };
+        child.kill_group();
+        let _ = child.wait().await;
+        Ok((reported, failure))
     }
 
     /// Gives evaluated derivations a GC root without evaluating them again: `nix-instantiate --add-root`
@@ -983,6 +1176,15 @@ fn error_record(path: &[String], message: String) -> EvalRecord {
     EvalRecord { attr: attr_display(path), attr_path: path.to_vec(), outcome: EvalOutcome::Error { message } }
 }
 
+/// Fails with [`EvalError::OomKilled`] when the kernel's out-of-memory killer ended the process (the
+/// host's lack of memory, not our own cap): no verdict on its attributes; the pipeline retries.
+async fn oom_check(status: std::process::ExitStatus, oom_before: Option<u64>) -> Result<(), EvalError> {
+    match smol::unblock(move || OomKilled::check(NIX_INSTANTIATE, &status, oom_before)).await {
+        Some(killed) => Err(EvalError::OomKilled(killed)),
+        None => Ok(()),
+    }
+}
+
 /// Why a step's process failed, or `None` when it succeeded.
 fn failure(out: &RunOutput) -> Option<Failure> {
     match &out.termination {
@@ -1092,6 +1294,18 @@ async fn read_roots(base: &Path, n: usize) -> Vec<Result<String, String>> {
     .await
 }
 
+/// Splits the top-level attributes into at most `n` interleaved shares, in queue order: share `j` holds
+/// attributes `j`, `j + n`, `j + 2n`, … (neighbours in nixpkgs' alphabetical order often share costly
+/// parts, and interleaving spreads them; every share costs about the same).
+fn interleaved_shares(names: Vec<String>, n: usize) -> VecDeque<VecDeque<Vec<String>>> {
+    let n = n.max(1).min(names.len());
+    let mut shares: VecDeque<VecDeque<Vec<String>>> = (0..n).map(|_| VecDeque::new()).collect();
+    for (i, name) in names.into_iter().enumerate() {
+        shares[i % n].push_back(vec![name]);
+    }
+    shares
+}
+
 fn describe_type(nix_type: &str) -> String {
     match nix_type {
         "" => "not an attribute set".to_string(),
@@ -1181,12 +1395,48 @@ mod tests {
     }
 
     #[test]
-    fn walk_shares_are_large_but_spread_over_the_workers() {
-        // nixpkgs' top level with 2 workers: 8 shares of about 1,500 attributes.
-        assert_eq!(walk_chunk(12_143, 2, 100), 1_518);
-        // Small levels: at least `batch_size` per process.
-        assert_eq!(walk_chunk(30, 2, 100), 100);
-        assert_eq!(walk_chunk(0, 0, 0), 1);
+    fn the_walk_queue_follows_the_depth_first_order_of_the_process() {
+        let found = RefCell::new(Walk::default());
+        let progress = Progress {
+            listed: Cell::new(2),
+            evaluated: Cell::new(0),
+            derivations: Cell::new(0),
+            errors: Cell::new(0),
+            found: &found,
+        };
+        let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let walked = |json: &str| serde_json::from_str::<Walked>(json).expect("walked");
+        let mut todo: VecDeque<Vec<String>> = [path(&["a"]), path(&["b"])].into();
+        let mut drvs = Vec::new();
+        let front = todo.pop_front().expect("a");
+        progress.accept(front, walked(r#"{"k":"rec","names":["x","y"]}"#), &mut todo, &mut drvs);
+        assert_eq!(Vec::from(todo.clone()), vec![path(&["a", "x"]), path(&["a", "y"]), path(&["b"])]);
+        let front = todo.pop_front().expect("a.x");
+        progress.accept(front, walked(r#"{"k":"err"}"#), &mut todo, &mut drvs);
+        let front = todo.pop_front().expect("a.y");
+        progress.accept(front, walked(r#"{"k":"skip"}"#), &mut todo, &mut drvs);
+        let deep: Vec<String> = (0..MAX_DEPTH).map(|i| i.to_string()).collect();
+        progress.accept(deep, walked(r#"{"k":"rec","names":["z"]}"#), &mut todo, &mut drvs);
+        assert_eq!(Vec::from(todo), vec![path(&["b"])]);
+        let counts = progress.counts();
+        assert_eq!((counts.listed, counts.evaluated, counts.instantiated, counts.errors), (4, 4, 0, 2));
+        let found = found.into_inner();
+        assert_eq!(found.unexplained, vec![path(&["a", "x"])]);
+        assert_eq!(found.records.len(), 1, "the set nested too deep is an error");
+        assert!(drvs.is_empty());
+    }
+
+    #[test]
+    fn the_share_queue_interleaves_every_attribute_once() {
+        let names = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>();
+        let flat = |q: &VecDeque<VecDeque<Vec<String>>>| q.iter().map(|s| s.len()).collect::<Vec<_>>();
+        let q = interleaved_shares(names(7), 3);
+        let firsts: Vec<Vec<String>> = q.iter().map(|s| s.iter().map(|p| p[0].clone()).collect()).collect();
+        assert_eq!(firsts, vec![vec!["0", "3", "6"], vec!["1", "4"], vec!["2", "5"]]);
+        assert!(q.iter().flatten().all(|p| p.len() == 1), "shares hold top-level paths");
+        assert_eq!(flat(&interleaved_shares(names(2), 4)), vec![1, 1], "no empty share");
+        assert_eq!(flat(&interleaved_shares(names(5), 0)), vec![5], "0 shares is one");
+        assert!(interleaved_shares(Vec::new(), 4).is_empty());
     }
 
     #[test]

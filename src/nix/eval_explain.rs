@@ -99,8 +99,8 @@ enum SessionEnd {
     OomKilled(OomKilled),
 }
 
-/// A random marker token, unguessable by the evaluated code.
-fn token() -> String {
+/// A random marker token, unguessable by the evaluated code (also the built-in evaluator's walk marker).
+pub(crate) fn token() -> String {
     let mut bytes = [0u8; 16];
     let random =
         std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));

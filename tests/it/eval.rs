@@ -41,7 +41,7 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval")
 }
 
-fn options(roots: &Path) -> EvalOptions {
+pub(crate) fn options(roots: &Path) -> EvalOptions {
     let mut o = EvalOptions::new(roots);
     o.backend = EvalBackend::Builtin;
     o.workers = 2;
@@ -51,13 +51,13 @@ fn options(roots: &Path) -> EvalOptions {
     o
 }
 
-struct Run {
+pub(crate) struct Run {
     result: Result<EvalSummary, EvalError>,
     events: Vec<EvalEvent>,
 }
 
 impl Run {
-    fn records(&self) -> BTreeMap<String, EvalRecord> {
+    pub(crate) fn records(&self) -> BTreeMap<String, EvalRecord> {
         let mut map = BTreeMap::new();
         for e in &self.events {
             if let EvalEvent::Record(r) = e {
@@ -67,7 +67,7 @@ impl Run {
         map
     }
 
-    fn summary(&self) -> &EvalSummary {
+    pub(crate) fn summary(&self) -> &EvalSummary {
         match &self.result {
             Ok(s) => s,
             Err(e) => panic!("evaluation failed: {e}"),
@@ -82,7 +82,7 @@ impl Run {
     }
 }
 
-fn run(checkout: &Path, source: &EvalSource, opts: &EvalOptions) -> Run {
+pub(crate) fn run(checkout: &Path, source: &EvalSource, opts: &EvalOptions) -> Run {
     init();
     let (tx, rx) = async_channel::unbounded();
     let result = smol::block_on(evaluate(checkout, source, opts, tx));
@@ -93,18 +93,18 @@ fn run(checkout: &Path, source: &EvalSource, opts: &EvalOptions) -> Run {
     Run { result, events }
 }
 
-fn file_source(file: &str, attr_path: &[&str]) -> EvalSource {
+pub(crate) fn file_source(file: &str, attr_path: &[&str]) -> EvalSource {
     EvalSource::File { file: file.into(), attr_path: attr_path.iter().map(|s| s.to_string()).collect() }
 }
 
-fn drv<'a>(records: &'a BTreeMap<String, EvalRecord>, attr: &str) -> &'a EvalDrv {
+pub(crate) fn drv<'a>(records: &'a BTreeMap<String, EvalRecord>, attr: &str) -> &'a EvalDrv {
     match records.get(attr).map(|r| &r.outcome) {
         Some(EvalOutcome::Derivation(d)) => d,
         other => panic!("{attr}: expected a derivation, got {other:?}"),
     }
 }
 
-fn error_message<'a>(records: &'a BTreeMap<String, EvalRecord>, attr: &str) -> &'a str {
+pub(crate) fn error_message<'a>(records: &'a BTreeMap<String, EvalRecord>, attr: &str) -> &'a str {
     match records.get(attr).map(|r| &r.outcome) {
         Some(EvalOutcome::Error { message }) => message,
         other => panic!("{attr}: expected an error, got {other:?}"),
@@ -125,7 +125,7 @@ fn eval_string(file: &Path, attr: &str) -> String {
     serde_json::from_str(&json).expect("a JSON string")
 }
 
-fn check_progress(run: &Run) {
+pub(crate) fn check_progress(run: &Run) {
     let total = run
         .events
         .iter()

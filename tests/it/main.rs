@@ -25,6 +25,7 @@ mod daemon;
 mod drv_parser;
 mod eval;
 mod eval_sharing;
+mod eval_walk;
 mod github_app;
 mod github_client;
 mod github_webhook;

@@ -1,0 +1,109 @@
+//! The built-in evaluator's walk processes against real Nix: one long-lived `nix-instantiate` per worker
+//! walks its share depth-first, is replaced by a fresh one over the memory cap or when it dies, and loses
+//! no attribute either way.
+
+use std::path::Path;
+use std::process::Command;
+
+use eka_ci::nix::eval::EvalOutcome;
+
+use crate::eval::{check_progress, drv, error_message, file_source, options, run};
+
+/// Attributes `a<i>` that each keep about 40 MB alive (a list of half a million thunks held by the
+/// attribute's value, which the walk's root keeps): a process that walks many of them grows past a small
+/// cap, while each alone stays well under it.
+fn write_growing(dir: &Path, count: usize) {
+    let mut text = String::from(
+        "let mk = n: let big = builtins.genList (x: x) 500000; in derivation { name = \"grow-${toString n}\"; \
+         system = builtins.currentSystem; builder = \"/bin/sh\"; args = [ \"-c\" \"echo > $out\" ]; \
+         size = builtins.length big; } // { inherit big; }; in {\n",
+    );
+    for i in 0..count {
+        text.push_str(&format!("  a{i} = mk {i};\n"));
+    }
+    text.push_str("}\n");
+    std::fs::write(dir.join("default.nix"), text).expect("write");
+}
+
+/// Peak resident memory, in KiB, of one `nix-instantiate` that forces every attribute of `default.nix`
+/// the way the walk does (the derivation path of each).
+fn peak_kib_of_one_process(dir: &Path) -> u64 {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "nix-instantiate", "--eval", "--strict", "-E"])
+        .arg("let s = import ./default.nix; in builtins.foldl' (n: a: builtins.seq s.${a}.drvPath (n + 1)) 0 (builtins.attrNames s)")
+        .current_dir(dir)
+        .env("NIX_CONFIG", "substituters =")
+        .output()
+        .expect("run /usr/bin/time nix-instantiate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr.lines().last().and_then(|l| l.trim().parse().ok()).expect("the peak RSS from /usr/bin/time")
+}
+
+#[test]
+fn a_walk_restarted_over_the_memory_cap_yields_every_attribute() {
+    let checkout = tempfile::tempdir().expect("tempdir");
+    write_growing(checkout.path(), 30);
+    // The premise: one process walking the whole job goes far over the cap.
+    let cap_mib = 300;
+    let peak = peak_kib_of_one_process(checkout.path());
+    assert!(peak > 2 * cap_mib * 1024, "one process peaked at only {peak} KiB");
+    let roots = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(roots.path());
+    opts.max_memory_mib = cap_mib;
+    opts.workers = 1;
+    let run = run(checkout.path(), &file_source("default.nix", &[]), &opts);
+    assert_eq!(run.summary().total, 30);
+    let records = run.records();
+    for i in 0..30 {
+        assert_eq!(drv(&records, &format!("a{i}")).name, format!("grow-{i}"));
+    }
+    check_progress(&run);
+}
+
+/// A nested set (three levels) whose middle child kills the walk process with an error `tryEval` cannot
+/// catch, between top-level attributes.
+const DYING: &str = r#"
+let
+  mk = name: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; };
+  level = n: builtins.listToAttrs (builtins.genList (i: { name = "p${toString i}"; value = mk "l${toString n}-${toString i}"; }) 10);
+in {
+  before = mk "before";
+  set = level 1 // {
+    recurseForDerivations = true;
+    deeper = level 2 // {
+      recurseForDerivations = true;
+      dies = abort "eka-ci-fixture: the walk process dies here";
+      deepest = level 3 // { recurseForDerivations = true; typeError = mk (1 + "a"); };
+    };
+  };
+  zafter = mk "after";
+}
+"#;
+
+#[test]
+fn a_walk_process_that_dies_mid_set_loses_nothing_else() {
+    let checkout = tempfile::tempdir().expect("tempdir");
+    std::fs::write(checkout.path().join("default.nix"), DYING).expect("write");
+    let roots = tempfile::tempdir().expect("tempdir");
+    for workers in [1, 2] {
+        let mut opts = options(roots.path());
+        opts.workers = workers;
+        let run = run(checkout.path(), &file_source("default.nix", &[]), &opts);
+        let records = run.records();
+        // 3 sets of 10, before and after, and the two failing attributes.
+        assert_eq!(records.len(), 34, "{workers} workers: {:?}", records.keys());
+        assert!(error_message(&records, "set.deeper.dies").contains("the walk process dies here"));
+        assert!(error_message(&records, "set.deeper.deepest.typeError").contains("cannot add"));
+        for i in 0..10 {
+            assert_eq!(drv(&records, &format!("set.p{i}")).name, format!("l1-{i}"));
+            assert_eq!(drv(&records, &format!("set.deeper.p{i}")).name, format!("l2-{i}"));
+            assert_eq!(drv(&records, &format!("set.deeper.deepest.p{i}")).name, format!("l3-{i}"));
+        }
+        assert_eq!(drv(&records, "before").name, "before");
+        assert_eq!(drv(&records, "zafter").name, "after");
+        let errors = records.values().filter(|r| matches!(r.outcome, EvalOutcome::Error { .. })).count();
+        assert_eq!(errors, 2);
+        check_progress(&run);
+    }
+}
