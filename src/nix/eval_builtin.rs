@@ -90,17 +90,9 @@ const COUNTS_EVERY: u64 = 500;
 pub const MAX_DEPTH: usize = 32;
 
 /// The Nix side of the evaluator, evaluated by every step with `--argstr ekaCiRequest <request.json>`.
-pub const WRAPPER: &str = r#"{ ekaCiRequest }:
-let
-  r = builtins.fromJSON (builtins.readFile ekaCiRequest);
-  top =
-    if r.kind == "flake" then (builtins.getFlake r.ref).outputs
-    else
-      let raw = import (/. + r.file);
-      in if builtins.isFunction raw then raw { } else raw;
-  root = builtins.foldl' (v: n: v.${n}) top r.attrPath;
-  get = path: builtins.foldl' (v: n: v.${n}) root path;
-  isDrv = v: (v.type or null) == "derivation";
+pub const WRAPPER: &str = concat!(
+    job_wrapper_prelude!(),
+    r#"  isDrv = v: (v.type or null) == "derivation";
   kindOf = v:
     if !(builtins.isAttrs v) then "skip"
     else if isDrv v then "drv"
@@ -180,7 +172,8 @@ in
   else if r.mode == "info" then map info r.items
   else if r.mode == "explain" then map explain r.items
   else builtins.genList (i: get (builtins.elemAt r.items i) // { __ekaCiIndex = i; }) (builtins.length r.items)
-"#;
+"#
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {

@@ -34,24 +34,17 @@ use crate::nix::process::{run_captured, RunLimits, Termination};
 /// order, as values of the job (the very attribute sets: selecting an attribute copies the value, not
 /// the set). nix-env lists a member unless it is the set of one listed before, the same test it makes when
 /// it lists the job. A member whose name fails to evaluate is `null` (never listed, never hidden).
-pub const IDENTITY_WRAPPER: &str = r#"{ ekaCiRequest }:
-let
-  r = builtins.fromJSON (builtins.readFile ekaCiRequest);
-  top =
-    if r.kind == "flake" then (builtins.getFlake r.ref).outputs
-    else
-      let raw = import (/. + r.file);
-      in if builtins.isFunction raw then raw { } else raw;
-  root = builtins.foldl' (v: n: v.${n}) top r.attrPath;
-  get = path: builtins.foldl' (v: n: v.${n}) root path;
-  pad = i: let s = toString i; in builtins.substring 0 (8 - builtins.stringLength s) "00000000" + s;
+pub const IDENTITY_WRAPPER: &str = concat!(
+    job_wrapper_prelude!(),
+    r#"  pad = i: let s = toString i; in builtins.substring 0 (8 - builtins.stringLength s) "00000000" + s;
   member = p: let v = get p; in if (builtins.tryEval (v.name or null)).success then v else null;
   numbered = prefix: f: l:
     builtins.listToAttrs (builtins.genList (i: { name = prefix + pad i; value = f (builtins.elemAt l i); })
       (builtins.length l));
   group = paths: numbered "m" member paths // { recurseForDerivations = true; };
 in numbered "g" group r.groups
-"#;
+"#
+);
 
 /// The Nix program of the step.
 const NIX_ENV: &str = "nix-env";
