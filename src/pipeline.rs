@@ -1285,6 +1285,10 @@ pub enum Verdict {
     StillFailing,
     /// Builds on both sides.
     StillOk,
+    /// Added, and not built (`ekaci review --no-build`).
+    AddedNotBuilt,
+    /// Changed, and not built on either side (`ekaci review --no-build`).
+    ChangedNotBuilt,
 }
 
 impl Verdict {
@@ -1293,6 +1297,11 @@ impl Verdict {
         matches!(self, Verdict::AddedFailing | Verdict::NewlyFailing | Verdict::StillFailing)
     }
 }
+
+/// The state name and detail of an attribute a review did not build (`ekaci review --no-build`).
+pub const NOT_BUILT_STATE: &str = "not-built";
+/// See [`NOT_BUILT_STATE`].
+pub const NOT_BUILT_DETAIL: &str = "not built (--no-build)";
 
 /// A build result as the review reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1305,6 +1314,11 @@ pub struct BuildResult {
 }
 
 impl BuildResult {
+    /// The result of a derivation a review did not build: not ok, since nothing shows it builds.
+    fn not_built() -> BuildResult {
+        BuildResult { state: NOT_BUILT_STATE.into(), ok: false, detail: Some(NOT_BUILT_DETAIL.into()) }
+    }
+
     fn from_state(state: Option<&DrvState>) -> BuildResult {
         match state {
             None => {
@@ -1369,6 +1383,21 @@ pub struct ReviewReport {
     pub summary_markdown: Option<String>,
     /// The head commit's checks (docs/checks.md), in name order; a failed check fails the review.
     pub checks: Vec<crate::checks::CheckReport>,
+    /// True when nothing was built (`ekaci review --no-build`): every Added and Changed attribute is
+    /// [`Verdict::AddedNotBuilt`] or [`Verdict::ChangedNotBuilt`], no check ran, no size was measured.
+    /// Last, so that a client that predates it still decodes the report (postcard ignores trailing bytes).
+    #[serde(default)]
+    pub builds_skipped: bool,
+}
+
+impl ReviewReport {
+    /// Puts the change summary (and its markdown) into the report, when there is one.
+    fn set_summary(&mut self, summary: Option<(crate::summary::ChangeSummary, crate::summary::Rendered)>) {
+        if let Some((summary, rendered)) = summary {
+            self.summary = Some(summary);
+            self.summary_markdown = Some(rendered.markdown);
+        }
+    }
 }
 
 impl Pipeline {
@@ -1380,17 +1409,30 @@ impl Pipeline {
     /// introduces an evaluation error (unless the job has `allow_eval_failures`), or when head's
     /// evaluation fails as a whole. Evaluation errors head merely keeps from base are reported, not held
     /// against it.
+    ///
+    /// With `no_build` (`ekaci review --no-build`) nothing is built: evaluation (reusing an evaluated
+    /// base as always), the diff and the change summary are the same, every Added and Changed attribute
+    /// is reported as not built, and neither checks nor size checks run (both need builds). Such a
+    /// review fails only on evaluation: new evaluation errors in head or a failed head evaluation.
     pub async fn review_local(
         &self,
         scheduler: &SchedulerHandle,
         repo_path: &Path,
         base: &str,
         head: &str,
+        no_build: bool,
         progress: &ProgressSink,
     ) -> Result<ReviewReport, PipelineError> {
         let base_commit = crate::checkout::resolve_rev(repo_path, base).await?;
         let head_commit = crate::checkout::resolve_rev(repo_path, head).await?;
         let url = crate::checkout::local_url(repo_path);
+        if no_build {
+            let diff = self.diff_commits(&url, &base_commit, &head_commit, None, None, progress).await?;
+            let summary = self.change_summary_or_log(&diff).await;
+            let mut review = self.classify_review(None, diff).await;
+            review.set_summary(summary);
+            return Ok(review);
+        }
         let owners = std::sync::Mutex::new(Vec::new());
         let mut review =
             self.review_commits(scheduler, &url, &base_commit, &head_commit, None, &owners, progress).await?;
@@ -1445,19 +1487,25 @@ impl Pipeline {
         progress: &ProgressSink,
     ) -> Result<ReviewReport, PipelineError> {
         let diff = self.diff_commits(url, base, head, None, auth, progress).await?;
-        let summary = match self.change_summary(&diff).await {
+        let summary = self.change_summary_or_log(&diff).await;
+        let mut review = self.build_review(scheduler, diff, requested, progress).await?;
+        review.set_summary(summary);
+        Ok(review)
+    }
+
+    /// [`Pipeline::change_summary`], or `None` (logged) when it cannot be computed: a review goes on
+    /// without it.
+    async fn change_summary_or_log(
+        &self,
+        diff: &DiffReport,
+    ) -> Option<(crate::summary::ChangeSummary, crate::summary::Rendered)> {
+        match self.change_summary(diff).await {
             Ok(summary) => Some(summary),
             Err(e) => {
                 tracing::warn!(error = %e, "computing the change summary failed");
                 None
             }
-        };
-        let mut review = self.build_review(scheduler, diff, requested, progress).await?;
-        if let Some((summary, rendered)) = summary {
-            review.summary = Some(summary);
-            review.summary_markdown = Some(rendered.markdown);
         }
-        Ok(review)
     }
 
     /// The change summary of every job of `diff` (cached per job), and its markdown.
@@ -1516,11 +1564,39 @@ impl Pipeline {
                 }
             }
         }
+        Ok(self.classify_review(Some((scheduler, &states)), diff).await)
+    }
+
+    /// Classifies each Added and Changed attribute of `diff` by the build `states` (with the scheduler
+    /// for failed builds' log tails), or as not built when `built` is `None`, and decides which jobs
+    /// fail the review (see [`Pipeline::review_local`]).
+    async fn classify_review(
+        &self,
+        built: Option<(&SchedulerHandle, &std::collections::HashMap<String, DrvState>)>,
+        diff: DiffReport,
+    ) -> ReviewReport {
         let mut jobs = Vec::new();
         for job in diff.jobs {
             let mut attrs = Vec::new();
             for change in job.to_build() {
                 let Some(head_drv) = change.head_drv.clone() else { continue };
+                let Some((scheduler, states)) = built else {
+                    let (verdict, base) = match change.base_drv {
+                        None => (Verdict::AddedNotBuilt, None),
+                        Some(_) => (Verdict::ChangedNotBuilt, Some(BuildResult::not_built())),
+                    };
+                    attrs.push(AttrReview {
+                        attr: change.attr.clone(),
+                        name: change.name.clone(),
+                        verdict,
+                        head_drv,
+                        head: BuildResult::not_built(),
+                        base_drv: change.base_drv.clone(),
+                        base,
+                        log_tail: None,
+                    });
+                    continue;
+                };
                 let head_result = BuildResult::from_state(states.get(&head_drv));
                 let base_result = change.base_drv.as_ref().map(|b| BuildResult::from_state(states.get(b)));
                 let verdict = match (&base_result, head_result.ok) {
@@ -1549,7 +1625,7 @@ impl Pipeline {
             jobs.push(JobReview { diff: job, attrs, failed });
         }
         let failed = jobs.iter().any(|j| j.failed);
-        Ok(ReviewReport {
+        ReviewReport {
             repo: diff.repo,
             base_commit: diff.base_commit,
             head_commit: diff.head_commit,
@@ -1561,7 +1637,8 @@ impl Pipeline {
             summary: None,
             summary_markdown: None,
             checks: Vec::new(),
-        })
+            builds_skipped: built.is_none(),
+        }
     }
 
     /// Runs the checks of `config` on `commit` of `url` (docs/checks.md): finds each check's shell

@@ -376,7 +376,9 @@ pub struct CancelCmd {
 }
 
 /// Review head against base of a local repository: evaluate both, diff them, build what is added or
-/// changed, and report per job. Exits 0 when no added or changed attribute fails, 1 otherwise.
+/// changed, and report per job. Exits 0 when no added or changed attribute fails, 1 otherwise. With
+/// --no-build nothing is built (nor are checks run): exits 1 when head has evaluation errors new in head
+/// or a job's evaluation fails, 0 otherwise.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "review")]
 pub struct ReviewCmd {
@@ -392,6 +394,9 @@ pub struct ReviewCmd {
     /// print machine-readable JSON (no progress output)
     #[argh(switch)]
     pub json: bool,
+    /// evaluate, diff and summarise only: build nothing and run no checks
+    #[argh(switch)]
+    pub no_build: bool,
 }
 
 /// Evaluate a local repository at a revision, per its .eka-ci/config.json, and print every attribute's
@@ -558,14 +563,25 @@ async fn status(socket: &std::path::Path, cmd: &StatusCmd) -> Result<(), String>
 }
 
 async fn review(socket: &std::path::Path, cmd: &ReviewCmd) -> Result<(), String> {
-    let request =
-        Request::Review { repo: repo_path(&cmd.repo)?, base: cmd.base.clone(), head: cmd.head.clone() };
+    let (repo, base, head) = (repo_path(&cmd.repo)?, cmd.base.clone(), cmd.head.clone());
+    // A plain review keeps the request every server version understands.
+    let request = if cmd.no_build {
+        Request::ReviewWith { repo, base, head, no_build: true }
+    } else {
+        Request::Review { repo, base, head }
+    };
     match call_with_progress(socket, request, !cmd.json).await? {
         Response::Review(report) => {
             if cmd.json {
                 println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
             } else {
                 print!("{}", render::review_report(&report));
+            }
+            if report.failed && report.builds_skipped {
+                return Err(
+                    "review failed: head has new evaluation errors or its evaluation failed (see above)"
+                        .into(),
+                );
             }
             if report.failed {
                 return Err("review failed: an added or changed attribute fails (see above)".into());

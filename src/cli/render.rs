@@ -118,29 +118,42 @@ pub fn review_report(r: &ReviewReport) -> String {
     for w in &r.config_warnings {
         let _ = writeln!(out, "warning: {w}");
     }
+    if r.builds_skipped {
+        let _ =
+            writeln!(out, "nothing was built (--no-build): build results are not known, checks did not run");
+    }
     for job in &r.jobs {
         let d = &job.diff;
         let verdict = if job.failed { "FAIL" } else { "ok" };
         let _ = writeln!(out, "\njob {}: {verdict}", d.job);
         let _ = writeln!(out, "  head: {}", jobset_line(&d.head));
         let count = |v: Verdict| job.attrs.iter().filter(|a| a.verdict == v).count();
+        let builds = if r.builds_skipped {
+            "builds: not built (--no-build)".to_string()
+        } else {
+            format!(
+                "{} newly failing, {} newly succeeding, {} still failing",
+                count(Verdict::NewlyFailing) + count(Verdict::AddedFailing),
+                count(Verdict::NewlySucceeding),
+                count(Verdict::StillFailing),
+            )
+        };
         let _ = writeln!(
             out,
-            "  {} added, {} removed, {} changed, {} unchanged; {} newly failing, {} newly succeeding, {} still failing",
+            "  {} added, {} removed, {} changed, {} unchanged; {builds}",
             d.added.len(),
             d.removed.len(),
             d.changed.len(),
             d.unchanged,
-            count(Verdict::NewlyFailing) + count(Verdict::AddedFailing),
-            count(Verdict::NewlySucceeding),
-            count(Verdict::StillFailing),
         );
-        let sections: [(&str, &[Verdict]); 5] = [
+        let sections: [(&str, &[Verdict]); 7] = [
             ("newly failing", &[Verdict::NewlyFailing, Verdict::AddedFailing]),
             ("still failing", &[Verdict::StillFailing]),
             ("newly succeeding", &[Verdict::NewlySucceeding]),
             ("added", &[Verdict::AddedOk]),
             ("changed, still building", &[Verdict::StillOk]),
+            ("added, not built (--no-build)", &[Verdict::AddedNotBuilt]),
+            ("changed, not built (--no-build)", &[Verdict::ChangedNotBuilt]),
         ];
         for (title, verdicts) in sections {
             let picked: Vec<_> = job.attrs.iter().filter(|a| verdicts.contains(&a.verdict)).collect();
@@ -149,8 +162,9 @@ pub fn review_report(r: &ReviewReport) -> String {
             }
             let _ = writeln!(out, "  {title} ({}):", picked.len());
             for a in picked {
-                let why = match (&a.head.detail, a.head.ok) {
-                    (Some(detail), false) => format!(": {} ({})", first_line(detail), a.head.state),
+                let why = match (&a.head.detail, a.head.ok, a.verdict) {
+                    (_, _, Verdict::AddedNotBuilt | Verdict::ChangedNotBuilt) => String::new(),
+                    (Some(detail), false, _) => format!(": {} ({})", first_line(detail), a.head.state),
                     _ => String::new(),
                 };
                 let _ = writeln!(out, "    {} ({}){why}", a.attr, a.name);
@@ -193,7 +207,9 @@ pub fn review_report(r: &ReviewReport) -> String {
     if let Some(markdown) = &r.summary_markdown {
         let _ = writeln!(out, "\n{}", markdown.trim_end());
     }
-    let _ = writeln!(out, "\nresult: {}", if r.failed { "FAIL" } else { "ok" });
+    let nothing_built =
+        if r.builds_skipped { " (evaluation only; nothing was built: --no-build)" } else { "" };
+    let _ = writeln!(out, "\nresult: {}{nothing_built}", if r.failed { "FAIL" } else { "ok" });
     out
 }
 

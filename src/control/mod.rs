@@ -69,6 +69,17 @@ pub enum Request {
     /// Cache pushes, most recently changed first, at most `limit`; with `failed`, only those given up or
     /// whose last attempt failed.
     Pushes { failed: bool, limit: u32 },
+    /// [`Request::Review`] with options: with `no_build`, evaluate, diff and summarise without building
+    /// anything (`ekaci review --no-build`). A variant of its own, last, because postcard encodes a
+    /// struct variant's fields with no names or count: a field added to `Review` would make the server
+    /// refuse every `Review` frame of an older client, while a new variant leaves those as they are.
+    ReviewWith {
+        repo: String,
+        base: String,
+        head: String,
+        #[serde(default)]
+        no_build: bool,
+    },
 }
 
 /// What [`Request::AutoMerge`] does.
@@ -327,6 +338,21 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn review_requests_keep_their_encoding() {
+        // An older client's `Review` frame: variant 3, then the three strings.
+        let old = [3, 1, b'r', 1, b'b', 1, b'h'];
+        let request = Request::Review { repo: "r".into(), base: "b".into(), head: "h".into() };
+        assert_eq!(postcard::to_allocvec(&request).expect("encodes"), old);
+        assert_eq!(postcard::from_bytes::<Request>(&old).expect("decodes"), request);
+        // The options travel in a variant of their own, after every older one.
+        let with =
+            Request::ReviewWith { repo: "r".into(), base: "b".into(), head: "h".into(), no_build: true };
+        let bytes = postcard::to_allocvec(&with).expect("encodes");
+        assert_eq!(bytes, [19, 1, b'r', 1, b'b', 1, b'h', 1]);
+        assert_eq!(postcard::from_bytes::<Request>(&bytes).expect("decodes"), with);
+    }
 
     #[test]
     fn progress_frames_keep_their_encoding() {

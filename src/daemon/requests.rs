@@ -48,15 +48,9 @@ impl Handler for DaemonHandler {
                     Err(e) => Response::Error { message: e.to_string() },
                 }
             }
-            Request::Review { repo, base, head } => {
-                match self
-                    .pipeline
-                    .review_local(&self.scheduler, Path::new(&repo), &base, &head, &progress)
-                    .await
-                {
-                    Ok(report) => Response::Review(report),
-                    Err(e) => Response::Error { message: e.to_string() },
-                }
+            Request::Review { repo, base, head } => self.review(&repo, &base, &head, false, &progress).await,
+            Request::ReviewWith { repo, base, head, no_build } => {
+                self.review(&repo, &base, &head, no_build, &progress).await
             }
             Request::Builds { state, limit } => self.builds(state, limit).await,
             Request::Log { drv, attempt, follow } => self.log(&drv, attempt, follow, &frames).await,
@@ -129,6 +123,25 @@ const APPROVED_BY: &str = "cli";
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
 impl DaemonHandler {
+    /// `ekaci review`, with or without builds.
+    async fn review(
+        &self,
+        repo: &str,
+        base: &str,
+        head: &str,
+        no_build: bool,
+        progress: &ProgressSink,
+    ) -> Response {
+        match self
+            .pipeline
+            .review_local(&self.scheduler, Path::new(repo), base, head, no_build, progress)
+            .await
+        {
+            Ok(report) => Response::Review(report),
+            Err(e) => error(e),
+        }
+    }
+
     /// Stored check results: of one commit, or the newest.
     async fn checks(&self, commit: Option<String>, limit: u32) -> Response {
         let store = self.store.clone();

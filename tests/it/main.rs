@@ -44,6 +44,7 @@ mod rebuild_policy;
 mod remote_builders;
 mod repo_config;
 mod retention;
+mod review_no_build;
 mod review_reuse;
 mod scheduler;
 mod sealed_eval;

@@ -555,6 +555,8 @@ pub(super) fn verdict_words(v: crate::pipeline::Verdict) -> &'static str {
         NewlySucceeding => "failed on the base, builds now",
         StillFailing => "fails on the base and here",
         StillOk => "builds",
+        AddedNotBuilt => "added, not built",
+        ChangedNotBuilt => "changed, not built",
     }
 }
 
