@@ -28,6 +28,18 @@ use eka_ci::nix::eval::{
 const EXPLAIN_SAMPLE: usize = 50;
 
 /// Resident bytes of `root` and every process descending from it.
+/// User and system CPU seconds of this process (not its children), from `/proc/self/stat`.
+fn self_cpu() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command (which ends with ')'): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = 100.0; // USER_HZ on Linux
+    let user = fields.get(11)?.parse::<f64>().ok()? / tick;
+    let system = fields.get(12)?.parse::<f64>().ok()? / tick;
+    Some((user, system))
+}
+
 fn tree_rss(root: u32) -> u64 {
     let mut parent: HashMap<u32, u32> = HashMap::new();
     let mut rss: HashMap<u32, u64> = HashMap::new();
@@ -111,7 +123,9 @@ fn main() -> ExitCode {
             eprintln!("SHARES_PER_WORKER must be a number");
             return ExitCode::from(2);
         };
+        // A share count means the walk without sessions: a fresh process per share.
         opts.walk_shares_per_worker = k;
+        opts.walk_sessions = false;
     }
     opts.backend = EvalBackend::Builtin;
     opts.timeout = Duration::from_secs(3 * 3600);
@@ -215,6 +229,15 @@ fn main() -> ExitCode {
 
     println!("workers: {workers}, max_memory_mib: {max_memory_mib}");
     println!("wall: {:.1} s", wall.as_secs_f64());
+    println!(
+        "walk: {} nix repl sessions, {} nix-instantiate walk processes",
+        summary.walk_sessions, summary.walk_processes
+    );
+    if let Some((user, system)) = self_cpu() {
+        println!(
+            "CPU of this process alone (the evaluator's own side): {user:.1} s user, {system:.1} s system"
+        );
+    }
     println!(
         "peak RSS of the process tree: {:.2} GiB",
         peak.load(Ordering::Relaxed) as f64 / (1u64 << 30) as f64

@@ -79,6 +79,11 @@ pub struct EvalOptions {
     /// shares, taken from a queue by the workers, a fresh `nix-instantiate` per share (see
     /// `eval_builtin`). Default [`WALK_SHARES_PER_WORKER`]; 0 is taken as 1.
     pub walk_shares_per_worker: usize,
+    /// The built-in backend walks in long-lived `nix repl` sessions, one per worker, that take share
+    /// after share ([`WALK_SESSION_SHARES_PER_WORKER`] per worker) from the queue and keep the job loaded;
+    /// a session is replaced only when it goes over the memory cap or dies. Default true. False (or when
+    /// no session starts): a fresh `nix-instantiate` per share of [`Self::walk_shares_per_worker`].
+    pub walk_sessions: bool,
     /// Which evaluator to use. Default [`EvalBackend::Auto`].
     pub backend: EvalBackend,
     /// Evaluate under Nix's `restrict-eval`: only the checkout, the search path and the store are
@@ -108,6 +113,10 @@ pub fn is_deferred(message: &str) -> bool {
 /// (docs/benchmarks.md, "nixpkgs evaluation").
 pub const WALK_SHARES_PER_WORKER: usize = 3;
 
+/// Shares per worker when the walk runs in sessions ([`EvalOptions::walk_sessions`]): a share costs a
+/// line to the session, so many small ones keep the workers busy until the end.
+pub const WALK_SESSION_SHARES_PER_WORKER: usize = 32;
+
 impl EvalOptions {
     /// The defaults, with GC roots in `gc_roots_dir`.
     pub fn new(gc_roots_dir: impl Into<PathBuf>) -> EvalOptions {
@@ -120,6 +129,7 @@ impl EvalOptions {
             meta: true,
             batch_size: 100,
             walk_shares_per_worker: WALK_SHARES_PER_WORKER,
+            walk_sessions: true,
             backend: EvalBackend::Auto,
             restrict_eval: true,
             allowed_uris: Vec::new(),
@@ -227,6 +237,12 @@ pub struct EvalSummary {
     pub derivations: usize,
     pub errors: usize,
     pub elapsed: Duration,
+    /// `nix repl` sessions the built-in walk started (see `eval_builtin`); 0 for `nix-eval-jobs`.
+    #[serde(default)]
+    pub walk_sessions: u64,
+    /// `nix-instantiate` walk processes the built-in walk started (without sessions, or when none starts).
+    #[serde(default)]
+    pub walk_processes: u64,
 }
 
 /// A failure of the whole evaluation (failures of single attributes are [`EvalOutcome::Error`] records).
@@ -350,6 +366,8 @@ pub async fn evaluate(
         derivations: emitter.derivations.get(),
         errors: emitter.errors.get(),
         elapsed: started.elapsed(),
+        walk_sessions: emitter.walk_sessions.get(),
+        walk_processes: emitter.walk_processes.get(),
     })
 }
 
@@ -400,6 +418,9 @@ pub(crate) struct Emitter {
     /// Attributes the built-in walk found and evaluated (it finds more than it makes records of: sets
     /// it recursed into, values it skipped); `None` before the walk ends, and for `nix-eval-jobs`.
     pub(crate) walked: Cell<Option<(u64, u64)>>,
+    /// Walk sessions and walk processes started (for [`EvalSummary`]).
+    pub(crate) walk_sessions: Cell<u64>,
+    pub(crate) walk_processes: Cell<u64>,
 }
 
 impl Emitter {
@@ -411,6 +432,8 @@ impl Emitter {
             derivations: Cell::new(0),
             errors: Cell::new(0),
             walked: Cell::new(None),
+            walk_sessions: Cell::new(0),
+            walk_processes: Cell::new(0),
         }
     }
 

@@ -48,20 +48,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::nix::eval::{
     add_restriction_args, attr_display, check_source, meta_with_names, nix_error_message, prepare_roots_dir,
     Emitter, EvalCounts, EvalDrv, EvalError, EvalEvent, EvalOptions, EvalOutcome, EvalRecord, EvalSource,
-    Target, DEFERRED_ERROR,
+    Target, DEFERRED_ERROR, WALK_SESSION_SHARES_PER_WORKER,
 };
 use crate::nix::eval_explain::{self, nix_string, ExplainError, Explained, Session};
 use crate::nix::process::builders::read_oom_kills;
 use crate::nix::process::host::OomKilled;
 use crate::nix::process::{
-    run_captured, watch_memory, Pipe, ProcessError, RunLimits, RunOutput, SupervisedChild, TailBuffer,
+    run_captured, watch_memory, Pipe, RunLimits, RunOutput, SharedBudget, SupervisedChild, TailBuffer,
     Termination,
 };
 
@@ -168,7 +168,11 @@ in
   if r.mode == "root" then rootKind
   else if r.mode == "dfs" then builtins.foldl' (n: p: n + dfs p) 0 r.items
   else if r.mode == "roots" then [ { type = "derivation"; name = "ekaci-roots"; drvPath = rootsFile; outputName = "out"; } ]
-  else if r.mode == "repl" then { ex = i: builtins.deepSeq (explain (builtins.elemAt r.items i)) null; }
+  else if r.mode == "repl" then {
+    ex = i: builtins.deepSeq (explain (builtins.elemAt r.items i)) null;
+    # A walk session's share: a JSON file listing subtrees, walked depth-first as mode `dfs` does.
+    walk = file: builtins.foldl' (n: p: n + dfs p) 0 (builtins.fromJSON (builtins.readFile file));
+  }
   else if r.mode == "info" then map info r.items
   else if r.mode == "explain" then map explain r.items
   else builtins.genList (i: get (builtins.elemAt r.items i) // { __ekaCiIndex = i; }) (builtins.length r.items)
@@ -228,6 +232,80 @@ enum WalkRead {
     Bad(String),
 }
 
+/// How a walk session ended (see [`Evaluator::walk_session`]).
+enum SessionWalk {
+    /// The queue is empty and every attribute the session took is reported.
+    Done,
+    /// No session could start or load the job.
+    Unavailable(String),
+    /// The session ended at the front of `todo` after reporting `reported` attributes.
+    Ended { reported: usize, failure: Failure },
+}
+
+/// What the reading side of a walk session saw.
+enum SessionRead {
+    Done,
+    LoadFailed(String),
+    /// End of file on standard error, with what the session printed last.
+    Eof(TailBuffer),
+    Memory,
+    Bad(String),
+}
+
+/// One line of a child's standard error.
+enum LineRead<'b> {
+    Line(&'b [u8]),
+    Eof,
+    /// A line longer than [`MAX_LINE`] (the job's code can print anything with `builtins.trace`).
+    TooLong,
+}
+
+/// Splits a pipe into lines (without the newline); a last line without a newline is dropped.
+#[derive(Default)]
+struct LineReader {
+    buf: Vec<u8>,
+    /// Where the unread part of `buf` starts.
+    start: usize,
+    /// Bytes of `buf` after `start` known to hold no newline.
+    scanned: usize,
+}
+
+impl LineReader {
+    async fn next(&mut self, pipe: &mut (impl futures_lite::AsyncRead + Unpin)) -> LineRead<'_> {
+        loop {
+            let from = self.start + self.scanned;
+            if let Some(end) = self.buf[from..].iter().position(|b| *b == b'\n') {
+                let line_start = self.start;
+                let line_end = from + end;
+                self.start = line_end + 1;
+                self.scanned = 0;
+                return LineRead::Line(&self.buf[line_start..line_end]);
+            }
+            self.scanned = self.buf.len() - self.start;
+            if self.scanned > MAX_LINE {
+                return LineRead::TooLong;
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let len = self.buf.len();
+            self.buf.resize(len + (64 << 10), 0);
+            match pipe.read(&mut self.buf[len..]).await {
+                Ok(n) if n > 0 => self.buf.truncate(len + n),
+                _ => {
+                    self.buf.truncate(len);
+                    return LineRead::Eof;
+                }
+            }
+        }
+    }
+}
+
+fn too_long() -> String {
+    format!("the evaluation printed a line longer than {MAX_LINE} bytes on standard error")
+}
+
 /// The walk's results and counters, shared by its workers.
 struct Progress<'w> {
     listed: Cell<u64>,
@@ -274,6 +352,13 @@ impl Progress<'_> {
             }
             _ => {}
         }
+    }
+
+    /// Records `path` as failing with `message` (an error `tryEval` could not catch, or the memory cap).
+    fn fail(&self, path: &[String], message: String) {
+        self.found.borrow_mut().records.push(error_record(path, message));
+        self.evaluated.set(self.evaluated.get() + 1);
+        self.errors.set(self.errors.get() + 1);
     }
 
     fn counts(&self) -> EvalCounts {
@@ -539,15 +624,55 @@ impl Evaluator<'_> {
             "nonce": nonce,
             "maxDepth": MAX_DEPTH,
         });
-        let request_path = self.work.path.join(format!("request-{}.json", self.next_seq()));
-        let path = request_path.clone();
-        let bytes = request.to_string().into_bytes();
-        smol::unblock(move || std::fs::write(&path, bytes)).await.map_err(|source| EvalError::Io {
+        self.write_json_file("request", &request).await
+    }
+
+    /// Writes `value` as JSON to a new file `<prefix>-<n>.json` of the work directory.
+    async fn write_json_file(
+        &self,
+        prefix: &str,
+        value: &impl serde::Serialize,
+    ) -> Result<PathBuf, EvalError> {
+        let path = self.work.path.join(format!("{prefix}-{}.json", self.next_seq()));
+        let bytes = serde_json::to_vec(value).map_err(|e| EvalError::Io {
+            action: "encode",
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let written = path.clone();
+        smol::unblock(move || std::fs::write(&written, bytes)).await.map_err(|source| EvalError::Io {
             action: "write",
-            path: request_path.clone(),
+            path: path.clone(),
             source,
         })?;
-        Ok(request_path)
+        Ok(path)
+    }
+
+    /// The work directory's copy of [`WRAPPER`] (for `nix repl`, which loads it with `import`), written once.
+    async fn wrapper_file(&self) -> Result<PathBuf, EvalError> {
+        let wrapper = self.work.path.join("wrapper.nix");
+        if !wrapper.exists() {
+            let path = wrapper.clone();
+            smol::unblock(move || std::fs::write(&path, WRAPPER)).await.map_err(|source| EvalError::Io {
+                action: "write",
+                path: wrapper.clone(),
+                source,
+            })?;
+        }
+        Ok(wrapper)
+    }
+
+    /// A `nix repl` in the checkout, restricted like every step.
+    fn repl_command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(NIX);
+        cmd.current_dir(&self.checkout);
+        let features = match self.target {
+            Target::Flake(_) => "nix-command flakes",
+            Target::File(_) => "nix-command",
+        };
+        cmd.args(["--extra-experimental-features", features]).arg("repl");
+        add_restriction_args(&mut cmd, self.opts, &[&self.checkout, &self.work.path]);
+        cmd
     }
 
     /// Runs one `nix-instantiate` step over `items`; `root` makes it an instantiation with GC roots.
@@ -671,10 +796,13 @@ impl Evaluator<'_> {
     }
 
     /// Walks the job's attributes over the worker pool: the top-level attributes are split into
-    /// `workers` × [`EvalOptions::walk_shares_per_worker`] interleaved shares ([`interleaved_shares`]) in
-    /// a queue; each worker takes the next share when it is done with one and walks it depth-first in a
-    /// fresh long-lived process (see [`Self::walk_worker`]), so no worker idles while shares remain and
-    /// memory starts afresh per share. The derivations found are given GC roots after each process.
+    /// interleaved shares ([`interleaved_shares`]) in a queue, and each worker takes the next share when
+    /// it is done with one, so no worker idles while shares remain. With [`EvalOptions::walk_sessions`]
+    /// a worker walks its shares in one long-lived `nix repl` session that keeps the job loaded
+    /// ([`Self::walk_sessions`], `workers` × [`WALK_SESSION_SHARES_PER_WORKER`] shares); otherwise, or
+    /// when no session starts, each share in a fresh process ([`Self::walk_worker`], `workers` ×
+    /// [`EvalOptions::walk_shares_per_worker`] shares). The derivations found are given GC roots as they
+    /// accumulate and when a process ends.
     async fn walk(&self, names: Vec<String>, out: &Emitter) -> Result<Walk, EvalError> {
         let found = RefCell::new(Walk::default());
         let progress = Progress {
@@ -685,18 +813,307 @@ impl Evaluator<'_> {
             found: &found,
         };
         let workers = self.opts.workers.max(1);
-        let shares =
-            RefCell::new(interleaved_shares(names, workers * self.opts.walk_shares_per_worker.max(1)));
+        let per_worker = if self.opts.walk_sessions {
+            WALK_SESSION_SHARES_PER_WORKER
+        } else {
+            self.opts.walk_shares_per_worker.max(1)
+        };
+        let shares = RefCell::new(interleaved_shares(names, workers * per_worker));
+        let sessions = Cell::new(self.opts.walk_sessions);
+        // The sessions share `workers` × the cap: one may grow past its share while another is young.
+        let budget =
+            self.limits.memory_limit_bytes.map(|cap| SharedBudget::new(cap.saturating_mul(workers as u64)));
         let worker = || async {
+            if sessions.get() {
+                self.walk_sessions(&shares, &sessions, budget.as_ref(), &progress, out).await?;
+            }
             loop {
-                let Some(share) = shares.borrow_mut().pop_front() else { return Ok::<(), EvalError>(()) };
-                self.walk_worker(share, &progress, out).await?;
+                // Without sessions: as many shares per process as `walk_shares_per_worker` makes.
+                let take = if self.opts.walk_sessions {
+                    let left = shares.borrow().len();
+                    left.div_ceil(workers).max(1)
+                } else {
+                    1
+                };
+                let mut todo = VecDeque::new();
+                for _ in 0..take {
+                    if let Some(share) = shares.borrow_mut().pop_front() {
+                        todo.extend(share);
+                    }
+                }
+                if todo.is_empty() {
+                    return Ok::<(), EvalError>(());
+                }
+                self.walk_worker(todo, &progress, out).await?;
             }
         };
         try_join_all((0..workers).map(|_| worker()).collect()).await?;
         out.walked.set(Some((progress.listed.get(), progress.evaluated.get())));
         out.counts(progress.counts()).await?;
         Ok(found.into_inner())
+    }
+
+    /// One worker's walk in `nix repl` sessions: takes shares from `shares` until it is empty, in as few
+    /// sessions as possible (a fresh one only after one went over the memory cap or died; see
+    /// [`Self::walk_session`]). When a session cannot start or load the job, clears `sessions` and returns
+    /// with what it holds put back at the front of the queue: the workers carry on with processes.
+    async fn walk_sessions(
+        &self,
+        shares: &RefCell<VecDeque<VecDeque<Vec<String>>>>,
+        sessions: &Cell<bool>,
+        budget: Option<&SharedBudget>,
+        progress: &Progress<'_>,
+        out: &Emitter,
+    ) -> Result<(), EvalError> {
+        let mut todo = VecDeque::new();
+        while sessions.get() {
+            let mut drvs = Vec::new();
+            let started = std::time::Instant::now();
+            let ended = self.walk_session(&mut todo, shares, budget, &mut drvs, progress, out).await?;
+            self.root_all(drvs, progress.found).await?;
+            match ended {
+                SessionWalk::Done => return Ok(()),
+                SessionWalk::Unavailable(message) => {
+                    if sessions.replace(false) {
+                        tracing::warn!(%message, "cannot walk in nix repl sessions; one process per share instead");
+                    }
+                    if !todo.is_empty() {
+                        shares.borrow_mut().push_front(todo);
+                    }
+                    return Ok(());
+                }
+                SessionWalk::Ended { reported, failure } => {
+                    tracing::info!(
+                        reported,
+                        left = todo.len(),
+                        seconds = started.elapsed().as_secs_f64(),
+                        over_memory_cap = matches!(failure, Failure::Memory),
+                        "a walk session ended early; a fresh one continues"
+                    );
+                    self.after_early_end(&mut todo, reported, failure, progress);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a walk process or session ended early at the front of `todo`: over the memory cap that
+    /// attribute is retried (memory grows with everything a process evaluated) unless it was the first of
+    /// its process; any other failure is that attribute's error record.
+    fn after_early_end(
+        &self,
+        todo: &mut VecDeque<Vec<String>>,
+        reported: usize,
+        failure: Failure,
+        progress: &Progress<'_>,
+    ) {
+        if matches!(failure, Failure::Memory) && reported > 0 {
+            return;
+        }
+        if let Some(path) = todo.pop_front() {
+            progress.fail(&path, failure.message(self.opts));
+        }
+    }
+
+    /// Runs one `nix repl` session (see [`eval_explain`] for how a repl is driven) that loads the job
+    /// once and walks `todo`, then share after share from the queue: each share is written to a file and
+    /// walked by a line `ekaCiWalk.walk "<file>"` (mode `dfs` of [`WRAPPER`], the same streamed
+    /// results), followed by a line that traces an end marker. An error `tryEval` cannot catch ends only
+    /// that line: the attribute it was on gets the message and the session carries on with the rest.
+    /// `todo` always holds what the session took and has yet to report.
+    async fn walk_session(
+        &self,
+        todo: &mut VecDeque<Vec<String>>,
+        shares: &RefCell<VecDeque<VecDeque<Vec<String>>>>,
+        budget: Option<&SharedBudget>,
+        drvs: &mut Vec<(Vec<String>, Info)>,
+        progress: &Progress<'_>,
+        out: &Emitter,
+    ) -> Result<SessionWalk, EvalError> {
+        let nonce = eval_explain::token();
+        let request = self.write_request_marked(Mode::Repl, &[], &nonce).await?;
+        let wrapper = self.wrapper_file().await?;
+        let (Some(w), Some(r)) = (wrapper.to_str(), request.to_str()) else {
+            return Ok(SessionWalk::Unavailable("a temporary path is not UTF-8".to_string()));
+        };
+        let load = format!(
+            "ekaCiWalk = import (/. + {}) {{ ekaCiRequest = {}; }}\nbuiltins.seq ekaCiWalk null\n\
+             builtins.trace \"{nonce}-load\" null\n",
+            nix_string(w),
+            nix_string(r)
+        );
+        let oom_before = smol::unblock(read_oom_kills).await;
+        let mut child =
+            match SupervisedChild::spawn(self.repl_command(), Pipe::Piped, Pipe::Null, Pipe::Piped) {
+                Ok(child) => child,
+                Err(e) => return Ok(SessionWalk::Unavailable(e.to_string())),
+            };
+        out.walk_sessions.set(out.walk_sessions.get() + 1);
+        let pgid = i32::try_from(child.pid()).unwrap_or(0);
+        let (Some(mut stdin), Some(mut stderr)) = (child.take_stdin(), child.take_stderr()) else {
+            child.kill_group();
+            let _ = child.wait().await;
+            return Ok(SessionWalk::Unavailable("nix repl: no pipes".to_string()));
+        };
+        let reported = Cell::new(0usize);
+        let loaded = Cell::new(false);
+        let marker = format!("trace: {nonce} ");
+        let work = async {
+            let mut lines = LineReader::default();
+            let mut tail = TailBuffer::new(self.limits.stderr_tail);
+            if stdin.write_all(load.as_bytes()).await.is_err() {
+                return Ok(SessionRead::Eof(tail));
+            }
+            let load_marker = format!("trace: {nonce}-load");
+            loop {
+                match lines.next(&mut stderr).await {
+                    LineRead::Line(line) if line == load_marker.as_bytes() => break,
+                    LineRead::Line(line) => {
+                        tail.push(line);
+                        tail.push(b"\n");
+                    }
+                    LineRead::Eof => return Ok(SessionRead::Eof(tail)),
+                    LineRead::TooLong => return Ok(SessionRead::Bad(too_long())),
+                }
+            }
+            let (before, _) =
+                std::mem::replace(&mut tail, TailBuffer::new(self.limits.stderr_tail)).into_parts();
+            if let Some(message) = eval_explain::repl_message(&before) {
+                return Ok(SessionRead::LoadFailed(message));
+            }
+            loaded.set(true);
+            let mut n = 0u64;
+            loop {
+                if todo.is_empty() {
+                    match shares.borrow_mut().pop_front() {
+                        Some(share) => *todo = share,
+                        None => return Ok(SessionRead::Done),
+                    }
+                }
+                if drvs.len() >= ROOT_BATCH {
+                    self.root_all(std::mem::take(drvs), progress.found).await?;
+                }
+                n += 1;
+                let share_path = {
+                    let items: Vec<&[String]> = todo.iter().map(Vec::as_slice).collect();
+                    self.write_json_file("share", &items).await?
+                };
+                let Some(share) = share_path.to_str() else {
+                    return Ok(SessionRead::Bad("a temporary path is not UTF-8".to_string()));
+                };
+                let line = format!(
+                    "builtins.seq (ekaCiWalk.walk {}) null\nbuiltins.trace \"{nonce}-end-{n}\" null\n",
+                    nix_string(share)
+                );
+                if stdin.write_all(line.as_bytes()).await.is_err() {
+                    return Ok(SessionRead::Eof(tail));
+                }
+                let end_marker = format!("trace: {nonce}-end-{n}");
+                loop {
+                    let line = match lines.next(&mut stderr).await {
+                        LineRead::Line(line) => line,
+                        LineRead::Eof => return Ok(SessionRead::Eof(tail)),
+                        LineRead::TooLong => return Ok(SessionRead::Bad(too_long())),
+                    };
+                    if line == end_marker.as_bytes() {
+                        break;
+                    }
+                    let Some(json) = line.strip_prefix(marker.as_bytes()) else {
+                        tail.push(line);
+                        tail.push(b"\n");
+                        continue;
+                    };
+                    match self.take_walked(json, todo, drvs, progress, out).await? {
+                        Ok(()) => reported.set(reported.get() + 1),
+                        Err(message) => return Ok(SessionRead::Bad(message)),
+                    }
+                }
+                let path = share_path.clone();
+                let _ = smol::unblock(move || std::fs::remove_file(path)).await;
+                let (text, _) =
+                    std::mem::replace(&mut tail, TailBuffer::new(self.limits.stderr_tail)).into_parts();
+                if !todo.is_empty() {
+                    // An error tryEval cannot catch, at the front of `todo`: the session survives it.
+                    let message = eval_explain::repl_message(&text).unwrap_or_else(|| {
+                        "unexpected output from nix repl: the walk ended before this attribute".to_string()
+                    });
+                    if let Some(path) = todo.pop_front() {
+                        progress.fail(&path, message);
+                    }
+                }
+            }
+        };
+        let peak = Cell::new(0u64);
+        let ended = match budget {
+            Some(budget) if pgid > 0 => {
+                futures_lite::future::or(work, async {
+                    budget.watch(pgid, self.limits.poll_interval, &peak).await;
+                    Ok(SessionRead::Memory)
+                })
+                .await
+            }
+            _ => work.await,
+        };
+        drop(stdin);
+        drop(stderr);
+        let _ = smol::unblock(move || std::fs::remove_file(request)).await;
+        let ended = match ended {
+            Ok(ended) => ended,
+            Err(e) => {
+                child.kill_group();
+                let _ = child.wait().await;
+                return Err(e);
+            }
+        };
+        child.kill_group();
+        let status = child.wait().await;
+        let reported = reported.get();
+        Ok(match ended {
+            SessionRead::Done => SessionWalk::Done,
+            SessionRead::LoadFailed(message) => SessionWalk::Unavailable(message),
+            SessionRead::Memory => SessionWalk::Ended { reported, failure: Failure::Memory },
+            SessionRead::Bad(message) => SessionWalk::Ended { reported, failure: Failure::Other(message) },
+            SessionRead::Eof(tail) => {
+                // Ended by itself: the kernel's out-of-memory killer is the host's trouble.
+                if let Ok(status) = status {
+                    oom_check(status, oom_before).await?;
+                }
+                let message = eval_explain::repl_message(&tail.into_parts().0);
+                if !loaded.get() {
+                    SessionWalk::Unavailable(
+                        message.unwrap_or_else(|| "nix repl exited while loading".to_string()),
+                    )
+                } else {
+                    let message = message
+                        .unwrap_or_else(|| "nix repl exited while evaluating this attribute".to_string());
+                    SessionWalk::Ended { reported, failure: Failure::Other(message) }
+                }
+            }
+        })
+    }
+
+    /// Takes in one result line of a walk (the JSON after the marker): `Err` names output that is not
+    /// what the wrapper prints.
+    async fn take_walked(
+        &self,
+        json: &[u8],
+        todo: &mut VecDeque<Vec<String>>,
+        drvs: &mut Vec<(Vec<String>, Info)>,
+        progress: &Progress<'_>,
+        out: &Emitter,
+    ) -> Result<Result<(), String>, EvalError> {
+        let walked = match serde_json::from_slice::<Walked>(json) {
+            Ok(w) => w,
+            Err(e) => return Ok(Err(format!("unexpected output from the walk: {e}"))),
+        };
+        let Some(path) = todo.pop_front() else {
+            return Ok(Err("unexpected output from the walk: more results than attributes".to_string()));
+        };
+        progress.accept(path, walked, todo, drvs);
+        if progress.evaluated.get().is_multiple_of(COUNTS_EVERY) {
+            out.counts(progress.counts()).await?;
+        }
+        Ok(Ok(()))
     }
 
     /// Walks `todo` (subtrees, in order) depth-first in as few processes as possible: a process that
@@ -723,17 +1140,8 @@ impl Evaluator<'_> {
                 );
             }
             self.root_all(drvs, progress.found).await?;
-            match failure {
-                None => {}
-                Some(Failure::Memory) if reported > 0 => {}
-                Some(failure) => {
-                    if let Some(path) = todo.pop_front() {
-                        let record = error_record(&path, failure.message(self.opts));
-                        progress.found.borrow_mut().records.push(record);
-                        progress.evaluated.set(progress.evaluated.get() + 1);
-                        progress.errors.set(progress.errors.get() + 1);
-                    }
-                }
+            if let Some(failure) = failure {
+                self.after_early_end(&mut todo, reported, failure, progress);
             }
         }
         Ok(())
@@ -770,6 +1178,7 @@ impl Evaluator<'_> {
                 return Err(e.into());
             }
         };
+        out.walk_processes.set(out.walk_processes.get() + 1);
         let pid = child.pid();
         let pgid = i32::try_from(pid).unwrap_or(0);
         let mut stderr = child.take_stderr();
@@ -778,52 +1187,21 @@ impl Evaluator<'_> {
         let mut reported = 0usize;
         let read = async {
             let Some(pipe) = stderr.as_mut() else { return Ok::<_, EvalError>(WalkRead::Eof) };
-            let mut buf = Vec::new();
-            let mut chunk = vec![0u8; 64 << 10];
+            let mut lines = LineReader::default();
             loop {
-                let n = pipe.read(&mut chunk).await.map_err(|source| ProcessError::Read {
-                    program: NIX_INSTANTIATE.to_string(),
-                    pid,
-                    source,
-                })?;
-                if n == 0 {
-                    tail.push(&buf);
-                    return Ok(WalkRead::Eof);
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let mut start = 0;
-                while let Some(end) = buf[start..].iter().position(|b| *b == b'\n') {
-                    let line = &buf[start..start + end];
-                    start += end + 1;
-                    let Some(json) = line.strip_prefix(marker.as_bytes()) else {
-                        tail.push(line);
-                        tail.push(b"\n");
-                        continue;
-                    };
-                    let walked = match serde_json::from_slice::<Walked>(json) {
-                        Ok(w) => w,
-                        Err(e) => {
-                            return Ok(WalkRead::Bad(format!(
-                                "unexpected output from {NIX_INSTANTIATE}: {e}"
-                            )))
-                        }
-                    };
-                    let Some(path) = todo.pop_front() else {
-                        return Ok(WalkRead::Bad(format!(
-                            "unexpected output from {NIX_INSTANTIATE}: more results than attributes"
-                        )));
-                    };
-                    progress.accept(path, walked, todo, drvs);
-                    reported += 1;
-                    if progress.evaluated.get().is_multiple_of(COUNTS_EVERY) {
-                        out.counts(progress.counts()).await?;
-                    }
-                }
-                buf.drain(..start);
-                if buf.len() > MAX_LINE {
-                    return Ok(WalkRead::Bad(format!(
-                        "the evaluation printed a line longer than {MAX_LINE} bytes on standard error"
-                    )));
+                let line = match lines.next(pipe).await {
+                    LineRead::Line(line) => line,
+                    LineRead::Eof => return Ok(WalkRead::Eof),
+                    LineRead::TooLong => return Ok(WalkRead::Bad(too_long())),
+                };
+                let Some(json) = line.strip_prefix(marker.as_bytes()) else {
+                    tail.push(line);
+                    tail.push(b"\n");
+                    continue;
+                };
+                match self.take_walked(json, todo, drvs, progress, out).await? {
+                    Ok(()) => reported += 1,
+                    Err(message) => return Ok(WalkRead::Bad(message)),
                 }
             }
         };
@@ -908,26 +1286,8 @@ impl Evaluator<'_> {
     async fn explain_share(&self, share: Vec<Vec<String>>, out: &Emitter) -> Result<(), EvalError> {
         let refs: Vec<&[String]> = share.iter().map(Vec::as_slice).collect();
         let request = self.write_request(Mode::Repl, &refs).await?;
-        let wrapper = self.work.path.join("wrapper.nix");
-        if !wrapper.exists() {
-            let path = wrapper.clone();
-            smol::unblock(move || std::fs::write(&path, WRAPPER)).await.map_err(|source| EvalError::Io {
-                action: "write",
-                path: wrapper.clone(),
-                source,
-            })?;
-        }
-        let command = || {
-            let mut cmd = std::process::Command::new(NIX);
-            cmd.current_dir(&self.checkout);
-            let features = match self.target {
-                Target::Flake(_) => "nix-command flakes",
-                Target::File(_) => "nix-command",
-            };
-            cmd.args(["--extra-experimental-features", features]).arg("repl");
-            add_restriction_args(&mut cmd, self.opts, &[&self.checkout, &self.work.path]);
-            cmd
-        };
+        let wrapper = self.wrapper_file().await?;
+        let command = || self.repl_command();
         let load = match (wrapper.to_str(), request.to_str()) {
             (Some(w), Some(r)) => Some(format!(
                 "ekaCiExplain = import (/. + {}) {{ ekaCiRequest = {}; }}",

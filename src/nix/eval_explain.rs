@@ -207,7 +207,7 @@ fn died(n: usize, buf: &[u8]) -> SessionEnd {
 
 /// Nix's error message in an attribute's output, if it has a line starting with `error:` (the repl's
 /// banner and `trace:` lines are not errors).
-fn repl_message(out: &[u8]) -> Option<String> {
+pub(crate) fn repl_message(out: &[u8]) -> Option<String> {
     let text = crate::text::strip_ansi(&String::from_utf8_lossy(out));
     text.lines().any(|l| l.starts_with("error:")).then(|| nix_error_message(out))
 }

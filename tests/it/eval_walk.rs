@@ -1,6 +1,7 @@
-//! The built-in evaluator's walk processes against real Nix: one long-lived `nix-instantiate` per worker
-//! walks its share depth-first, is replaced by a fresh one over the memory cap or when it dies, and loses
-//! no attribute either way.
+//! The built-in evaluator's walk against real Nix, in both of its forms: long-lived `nix repl` sessions
+//! that take share after share (the default), and a fresh `nix-instantiate` per share. Either walks its
+//! shares depth-first, is replaced by a fresh one over the memory cap or when it dies, survives an error
+//! `tryEval` cannot catch, and loses no attribute.
 
 use std::path::Path;
 use std::process::Command;
@@ -49,16 +50,29 @@ fn a_walk_restarted_over_the_memory_cap_yields_every_attribute() {
     let peak = peak_kib_of_one_process(checkout.path());
     assert!(peak > 2 * cap_mib * 1024, "one process peaked at only {peak} KiB");
     let roots = tempfile::tempdir().expect("tempdir");
-    let mut opts = options(roots.path());
-    opts.max_memory_mib = cap_mib;
-    opts.workers = 1;
-    let run = run(checkout.path(), &file_source("default.nix", &[]), &opts);
-    assert_eq!(run.summary().total, 30);
-    let records = run.records();
-    for i in 0..30 {
-        assert_eq!(drv(&records, &format!("a{i}")).name, format!("grow-{i}"));
+    // Two workers: the sessions share twice the cap, and still no attribute is lost.
+    for (workers, sessions) in [(1, true), (2, true), (1, false)] {
+        let mut opts = options(roots.path());
+        opts.max_memory_mib = cap_mib;
+        opts.workers = workers;
+        opts.walk_sessions = sessions;
+        let run = run(checkout.path(), &file_source("default.nix", &[]), &opts);
+        assert_eq!(run.summary().total, 30, "sessions: {sessions}");
+        let records = run.records();
+        for i in 0..30 {
+            assert_eq!(drv(&records, &format!("a{i}")).name, format!("grow-{i}"), "sessions: {sessions}");
+        }
+        let summary = run.summary();
+        if sessions {
+            // Restarted over the cap, in sessions only.
+            assert!(summary.walk_sessions > workers as u64, "{summary:?}");
+            assert_eq!(summary.walk_processes, 0, "{summary:?}");
+        } else {
+            assert!(summary.walk_processes >= 2, "{summary:?}");
+            assert_eq!(summary.walk_sessions, 0, "{summary:?}");
+        }
+        check_progress(&run);
     }
-    check_progress(&run);
 }
 
 /// A nested set (three levels) whose middle child kills the walk process with an error `tryEval` cannot
@@ -86,13 +100,14 @@ fn a_walk_process_that_dies_mid_set_loses_nothing_else() {
     let checkout = tempfile::tempdir().expect("tempdir");
     std::fs::write(checkout.path().join("default.nix"), DYING).expect("write");
     let roots = tempfile::tempdir().expect("tempdir");
-    for workers in [1, 2] {
+    for (workers, sessions) in [(1, true), (2, true), (1, false), (2, false)] {
         let mut opts = options(roots.path());
         opts.workers = workers;
+        opts.walk_sessions = sessions;
         let run = run(checkout.path(), &file_source("default.nix", &[]), &opts);
         let records = run.records();
         // 3 sets of 10, before and after, and the two failing attributes.
-        assert_eq!(records.len(), 34, "{workers} workers: {:?}", records.keys());
+        assert_eq!(records.len(), 34, "{workers} workers, sessions {sessions}: {:?}", records.keys());
         assert!(error_message(&records, "set.deeper.dies").contains("the walk process dies here"));
         assert!(error_message(&records, "set.deeper.deepest.typeError").contains("cannot add"));
         for i in 0..10 {
@@ -104,6 +119,16 @@ fn a_walk_process_that_dies_mid_set_loses_nothing_else() {
         assert_eq!(drv(&records, "zafter").name, "after");
         let errors = records.values().filter(|r| matches!(r.outcome, EvalOutcome::Error { .. })).count();
         assert_eq!(errors, 2);
+        let summary = run.summary();
+        if sessions {
+            // A session survives errors `tryEval` cannot catch: one per worker at most.
+            assert!(summary.walk_sessions >= 1 && summary.walk_sessions <= workers as u64, "{summary:?}");
+            assert_eq!(summary.walk_processes, 0, "{summary:?}");
+        } else {
+            // Each uncatchable error ends its process: a fresh one continues after it.
+            assert!(summary.walk_processes >= 3, "{summary:?}");
+            assert_eq!(summary.walk_sessions, 0, "{summary:?}");
+        }
         check_progress(&run);
     }
 }

@@ -35,7 +35,8 @@ pub(crate) mod builders;
 pub mod env;
 pub mod host;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::process::CommandExt as _;
@@ -265,6 +266,52 @@ pub async fn watch_memory(pgid: i32, limit_bytes: u64, interval: Duration, peak:
             return rss;
         }
     }
+}
+
+/// A memory budget shared by several process groups (the built-in evaluator's walk sessions), so that
+/// one may grow past an even share while the others are small: [`SharedBudget::watch`] resolves for a
+/// group when it alone exceeds the budget, or when the groups together exceed it and it is the largest
+/// (then it is above an even share). Single-threaded, like the executor.
+pub struct SharedBudget {
+    limit_bytes: u64,
+    rss: RefCell<BTreeMap<i32, u64>>,
+}
+
+impl SharedBudget {
+    pub fn new(limit_bytes: u64) -> SharedBudget {
+        SharedBudget { limit_bytes, rss: RefCell::new(BTreeMap::new()) }
+    }
+
+    /// Polls the group's memory every `interval` like [`watch_memory`] and resolves with its RSS when it
+    /// must stop (see the type). The group counts towards the budget until this future ends or is dropped.
+    pub async fn watch(&self, pgid: i32, interval: Duration, peak: &Cell<u64>) -> u64 {
+        struct Registered<'b>(&'b SharedBudget, i32);
+        impl Drop for Registered<'_> {
+            fn drop(&mut self) {
+                self.0.rss.borrow_mut().remove(&self.1);
+            }
+        }
+        let _registered = Registered(self, pgid);
+        loop {
+            smol::Timer::after(interval).await;
+            let rss = smol::unblock(move || group_rss_bytes(pgid)).await;
+            peak.set(peak.get().max(rss));
+            let mut all = self.rss.borrow_mut();
+            all.insert(pgid, rss);
+            if over_shared_budget(&all, pgid, self.limit_bytes) {
+                return rss;
+            }
+        }
+    }
+}
+
+/// Whether group `pgid` of `all` (resident bytes by group) must stop under a shared budget of
+/// `limit_bytes`: it alone is over, or all together are over and it is the largest (ties: the lowest id).
+fn over_shared_budget(all: &BTreeMap<i32, u64>, pgid: i32, limit_bytes: u64) -> bool {
+    let own = all.get(&pgid).copied().unwrap_or(0);
+    let total: u64 = all.values().sum();
+    let largest = all.iter().rev().max_by_key(|(_, bytes)| **bytes).map(|(group, _)| *group);
+    own > limit_bytes || (total > limit_bytes && largest == Some(pgid))
 }
 
 /// Bounds for [`run_captured`].
@@ -522,6 +569,24 @@ impl TailBuffer {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_shared_budget_stops_only_the_largest_group_and_only_when_all_are_over() {
+        let all: BTreeMap<i32, u64> = [(10, 300), (11, 500)].into_iter().collect();
+        // Together under the budget: nobody stops, though 11 is above an even share.
+        assert!(!over_shared_budget(&all, 11, 1000));
+        // Together over: the largest stops, the other goes on.
+        assert!(over_shared_budget(&all, 11, 700));
+        assert!(!over_shared_budget(&all, 10, 700));
+        // Alone over the whole budget: stops even when another group is larger.
+        let all: BTreeMap<i32, u64> = [(10, 800), (11, 900)].into_iter().collect();
+        assert!(over_shared_budget(&all, 10, 700));
+        // Equal sizes: exactly one of them (the lowest id) stops.
+        let all: BTreeMap<i32, u64> = [(10, 400), (11, 400)].into_iter().collect();
+        assert!(over_shared_budget(&all, 10, 700));
+        assert!(!over_shared_budget(&all, 11, 700));
+    }
+
     use super::*;
 
     #[test]
