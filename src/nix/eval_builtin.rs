@@ -872,7 +872,13 @@ impl Evaluator<'_> {
             let ended = self.walk_session(&mut todo, shares, budget, &mut drvs, progress, out).await?;
             self.root_all(drvs, progress.found).await?;
             match ended {
-                SessionWalk::Done => return Ok(()),
+                SessionWalk::Done => {
+                    tracing::info!(
+                        seconds = started.elapsed().as_secs_f64(),
+                        "a walk session found the queue empty"
+                    );
+                    return Ok(());
+                }
                 SessionWalk::Unavailable(message) => {
                     if sessions.replace(false) {
                         tracing::warn!(%message, "cannot walk in nix repl sessions; one process per share instead");
