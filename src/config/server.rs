@@ -442,7 +442,8 @@ pub struct EvaluationConfig {
     /// Parallel evaluator processes per evaluation; 0 means one per core (0..=256, default 0).
     #[serde(deserialize_with = "de::ranged_u64::<_, 0, 256>")]
     pub workers: u64,
-    /// Memory cap of each evaluator process in MiB; 0 disables it (0..=1048576, default 4096).
+    /// Memory cap of each evaluator process in MiB (the built-in walk's sessions share `workers` × it);
+    /// 0 disables it (0..=1048576, default 4096).
     #[serde(deserialize_with = "de::ranged_u64::<_, 0, 1048576>")]
     pub max_memory_mib: u64,
     /// Bound on one job's whole evaluation, in seconds (10..=86400, default 3600).

@@ -1,22 +1,26 @@
 //! The built-in evaluator: lists a job's attributes and instantiates its derivations with Nix's own
-//! `nix-instantiate`, in a pool of parallel worker processes, isolating failures per attribute.
+//! `nix-instantiate` and `nix repl`, in a pool of parallel worker processes, isolating failures per
+//! attribute.
 //!
-//! Used when `nix-eval-jobs` is not installed. Every step is a `nix-instantiate` process evaluating
-//! [`WRAPPER`] on a JSON request file (the job, the mode, a list of attribute paths):
+//! Used when `nix-eval-jobs` is not installed. Every step evaluates [`WRAPPER`] on a JSON request file
+//! (the job, the mode, a list of attribute paths):
 //!
 //! 1. **root**: import the file (auto-called with `{}` if it is a function) or `getFlake` the checkout,
 //!    select the attribute path; a derivation is the single job, an attribute set is walked, anything else
 //!    (or a failure) is an [`EvalError`] for the whole job.
 //! 2. **walk** (depth-first, see [`Evaluator::walk`]): the top-level attributes are split into
-//!    `workers` × `walk_shares_per_worker` interleaved shares in a queue; a worker takes the next share
-//!    when done with one and walks it in one fresh process that keeps the job loaded, entering a set as soon as it is classified (no level barrier). Each attribute
+//!    interleaved shares in a queue; each worker walks share after share in one long-lived `nix repl`
+//!    session that keeps the job loaded ([`Evaluator::walk_session`]; the sessions share one memory
+//!    budget of `workers` × the cap), or, without sessions, each share in a fresh `nix-instantiate`.
+//!    A set is entered as soon as it is classified (no level barrier). Each attribute
 //!    is forced under `builtins.tryEval` and classified as derivation, set to recurse into
 //!    (`recurseForDerivations = true`, or any set with `force_recurse`), something to skip, or failing; a
 //!    derivation's name, system, drvPath, outputs, meta and requiredSystemFeatures are computed in the
-//!    same pass, also under `tryEval` (read-write mode, so that import-from-derivation can build and the
+//!    same pass, also under `tryEval` (read-write store, so that import-from-derivation can build and the
 //!    `.drv` files are written). Each result is printed at once as a `builtins.trace` line marked with a
 //!    random nonce, so results stream while the process runs. Each attribute is evaluated once.
-//! 3. **roots**, right after each walk process: `nix-instantiate --add-root` of one stand-in whose "drvPath"
+//! 3. **roots**, every 5,000 derivations and when a walk session or process ends: `nix-instantiate
+//!    --add-root` of one stand-in whose "drvPath"
 //!    is a store file listing (so referencing) the step's `.drv` paths, written by `builtins.toFile`: one
 //!    GC root per 5,000 derivations, no evaluation of the job. If a `.drv` is no longer valid, the step
 //!    fails and its derivations go through the full per-batch instantiation instead.
@@ -28,9 +32,10 @@
 //!    per-batch steps: **info** (the walk's computation under `tryEval`), **explain** alone in a process,
 //!    **instantiate** (`nix-instantiate --add-root` of the real attributes).
 //!
-//! A walk process that ends early (an error `tryEval` cannot catch, such as a type error or `abort`, the
-//! memory cap, a crash) has reported every attribute before the one it was on: a fresh process continues
-//! from there. That attribute gets the process's message, except over the memory cap, where it is retried
+//! A walk session survives an error `tryEval` cannot catch (a type error, `abort`): the attribute it was on
+//! gets the message and the session carries on. A walk session or process that ends early (such an error
+//! in a process, the memory cap, a crash) has reported every attribute before the one it was on: a fresh
+//! one continues from there. That attribute gets the process's message, except over the memory cap, where it is retried
 //! (memory grows with everything a process has evaluated); only an attribute that is first in a fresh
 //! process and still goes over is an error. The other steps work on lists: when Nix printed part of its
 //! JSON output before failing (Nix 2.8 does), the complete elements are results and the next attribute is
