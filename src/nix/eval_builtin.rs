@@ -265,7 +265,8 @@ enum LineRead<'b> {
     TooLong,
 }
 
-/// Splits a pipe into lines (without the newline); a last line without a newline is dropped.
+/// Splits a pipe into lines (without the newline); a last line without a newline is left in
+/// [`LineReader::rest`].
 #[derive(Default)]
 struct LineReader {
     buf: Vec<u8>,
@@ -276,6 +277,11 @@ struct LineReader {
 }
 
 impl LineReader {
+    /// What was read after the last complete line.
+    fn rest(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
     async fn next(&mut self, pipe: &mut (impl futures_lite::AsyncRead + Unpin)) -> LineRead<'_> {
         loop {
             let from = self.start + self.scanned;
@@ -983,7 +989,10 @@ impl Evaluator<'_> {
                         tail.push(line);
                         tail.push(b"\n");
                     }
-                    LineRead::Eof => return Ok(SessionRead::Eof(tail)),
+                    LineRead::Eof => {
+                        tail.push(lines.rest());
+                        return Ok(SessionRead::Eof(tail));
+                    }
                     LineRead::TooLong => return Ok(SessionRead::Bad(too_long())),
                 }
             }
@@ -1023,7 +1032,10 @@ impl Evaluator<'_> {
                 loop {
                     let line = match lines.next(&mut stderr).await {
                         LineRead::Line(line) => line,
-                        LineRead::Eof => return Ok(SessionRead::Eof(tail)),
+                        LineRead::Eof => {
+                            tail.push(lines.rest());
+                            return Ok(SessionRead::Eof(tail));
+                        }
                         LineRead::TooLong => return Ok(SessionRead::Bad(too_long())),
                     };
                     if line == end_marker.as_bytes() {
@@ -1202,7 +1214,11 @@ impl Evaluator<'_> {
             loop {
                 let line = match lines.next(pipe).await {
                     LineRead::Line(line) => line,
-                    LineRead::Eof => return Ok(WalkRead::Eof),
+                    LineRead::Eof => {
+                        // A last message without a newline still belongs to the tail.
+                        tail.push(lines.rest());
+                        return Ok(WalkRead::Eof);
+                    }
                     LineRead::TooLong => return Ok(WalkRead::Bad(too_long())),
                 };
                 let Some(json) = line.strip_prefix(marker.as_bytes()) else {

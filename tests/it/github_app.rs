@@ -330,6 +330,25 @@ fn a_pull_request_ends_in_exact_check_runs_and_redeliveries_and_forgeries_change
     let html = String::from_utf8_lossy(&html);
     assert_eq!(status, 200, "{html}");
     assert!(html.contains("newly failing") && html.contains(">broken<") && html.contains("#7"), "{html}");
+    // The repository's page lists the pull request with its verdict, linking to the head's page.
+    let (owner, name) = REPO.split_once('/').expect("owner/name");
+    let repo_page = format!("/ui/repos/{owner}/{name}");
+    let (status, _, html) = common::http_get(&s.server().http_address(), &repo_page);
+    let html = String::from_utf8_lossy(&html);
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains(&format!("href=\"/ui/commits/{head}\"")), "{html}");
+    let (status, _, _) = common::http_get(&s.server().http_address(), "/ui/repos/octo-org/no-such-repo");
+    assert_eq!(status, 404);
+    if let Some(driver) = crate::ui::Driver::start() {
+        let browser = driver.session(None);
+        browser.open(&format!("http://{}{repo_page}", s.server().http_address()));
+        assert_eq!(browser.text("h1"), REPO);
+        let pulls = browser.texts("#pulls td");
+        assert_eq!(pulls.first().map(String::as_str), Some("#7"), "{pulls:?}");
+        assert!(pulls.iter().any(|t| t.starts_with("failed")), "{pulls:?}");
+        assert_eq!(browser.texts("#branches td.mono"), ["master"]);
+        browser.screenshot("repository");
+    }
 
     // A redelivery (same delivery id) and a forged signature change nothing.
     assert_eq!(s.deliver("pull_request", "d-open-1", &body), 200);

@@ -28,7 +28,7 @@ const CONFIG: &str = r#"{ "jobs": { "main": { "file": "default.nix" } } }"#;
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A chromedriver process on a free loopback port; killed on drop.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     base: String,
     agent: ureq::Agent,
@@ -43,7 +43,7 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    fn start() -> Option<Driver> {
+    pub(crate) fn start() -> Option<Driver> {
         if !Path::new(CHROMEDRIVER).exists() {
             // .ci/run installs it: in CI a missing browser is a failure, not a skip.
             assert!(
@@ -112,7 +112,7 @@ impl Driver {
     }
 
     /// A new headless browser; with `token`, every request it makes carries it.
-    fn session(&self, token: Option<&str>) -> Session<'_> {
+    pub(crate) fn session(&self, token: Option<&str>) -> Session<'_> {
         let profile = self._profile.path().join(format!("p{}", common::nonce()));
         let v = self.call(
             "POST",
@@ -139,7 +139,7 @@ impl Driver {
     }
 }
 
-struct Session<'a> {
+pub(crate) struct Session<'a> {
     d: &'a Driver,
     id: String,
 }
@@ -159,7 +159,7 @@ impl Session<'_> {
         self.cmd("POST", "/goog/cdp/execute", Some(json!({ "cmd": cmd, "params": params })))
     }
 
-    fn open(&self, url: &str) {
+    pub(crate) fn open(&self, url: &str) {
         self.cmd("POST", "/url", Some(json!({ "url": url })));
     }
 
@@ -184,12 +184,12 @@ impl Session<'_> {
         found[0].clone()
     }
 
-    fn text(&self, css: &str) -> String {
+    pub(crate) fn text(&self, css: &str) -> String {
         let e = self.one(css);
         self.cmd("GET", &format!("/element/{e}/text"), None).as_str().unwrap_or_default().to_string()
     }
 
-    fn texts(&self, css: &str) -> Vec<String> {
+    pub(crate) fn texts(&self, css: &str) -> Vec<String> {
         self.all(css)
             .iter()
             .map(|e| {
@@ -250,7 +250,7 @@ impl Session<'_> {
     }
 
     /// Saves the page as `<EKA_CI_UI_SCREENSHOTS>/<name>.png` when that variable is set.
-    fn screenshot(&self, name: &str) {
+    pub(crate) fn screenshot(&self, name: &str) {
         let Some(dir) = std::env::var_os("EKA_CI_UI_SCREENSHOTS") else { return };
         let b64 = self.cmd("GET", "/screenshot", None);
         let png = base64_decode(b64.as_str().expect("screenshot"));
