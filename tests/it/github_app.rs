@@ -337,8 +337,9 @@ fn a_pull_request_ends_in_exact_check_runs_and_redeliveries_and_forgeries_change
     let html = String::from_utf8_lossy(&html);
     assert_eq!(status, 200, "{html}");
     assert!(html.contains(&format!("href=\"/ui/commits/{head}\"")), "{html}");
+    // An unknown repository is refused to an anonymous reader like a private one (no existence leak).
     let (status, _, _) = common::http_get(&s.server().http_address(), "/ui/repos/octo-org/no-such-repo");
-    assert_eq!(status, 404);
+    assert_eq!(status, 401);
     if let Some(driver) = crate::ui::Driver::start() {
         let browser = driver.session(None);
         browser.open(&format!("http://{}{repo_page}", s.server().http_address()));
