@@ -1067,27 +1067,12 @@ impl Evaluator<'_> {
             }
         };
         let peak = Cell::new(0u64);
-        let ended = match budget {
-            Some(budget) if pgid > 0 => {
-                futures_lite::future::or(work, async {
-                    budget.watch(pgid, self.limits.poll_interval, &peak).await;
-                    Ok(SessionRead::Memory)
-                })
-                .await
-            }
-            _ => work.await,
-        };
+        let watch = budget.filter(|_| pgid > 0).map(|b| b.watch(pgid, self.limits.poll_interval, &peak));
+        let ended = until_over(work, watch, || SessionRead::Memory).await;
         drop(stdin);
         drop(stderr);
         let _ = smol::unblock(move || std::fs::remove_file(request)).await;
-        let ended = match ended {
-            Ok(ended) => ended,
-            Err(e) => {
-                child.kill_group();
-                let _ = child.wait().await;
-                return Err(e);
-            }
-        };
+        let ended = or_kill(&mut child, ended).await?;
         child.kill_group();
         let status = child.wait().await;
         let reported = reported.get();
@@ -1233,26 +1218,15 @@ impl Evaluator<'_> {
             }
         };
         let peak = Cell::new(0u64);
-        let ended = match self.limits.memory_limit_bytes {
-            Some(limit) if pgid > 0 => {
-                futures_lite::future::or(read, async {
-                    watch_memory(pgid, limit, self.limits.poll_interval, &peak).await;
-                    Ok(WalkRead::Memory)
-                })
-                .await
-            }
-            _ => read.await,
-        };
+        let watch = self
+            .limits
+            .memory_limit_bytes
+            .filter(|_| pgid > 0)
+            .map(|limit| watch_memory(pgid, limit, self.limits.poll_interval, &peak));
+        let ended = until_over(read, watch, || WalkRead::Memory).await;
         drop(stderr);
         let _ = smol::unblock(move || std::fs::remove_file(request_path)).await;
-        let ended = match ended {
-            Ok(ended) => ended,
-            Err(e) => {
-                child.kill_group();
-                let _ = child.wait().await;
-                return Err(e);
-            }
-        };
+        let ended = or_kill(&mut child, ended).await?;
         let failure = match ended {
             WalkRead::Eof => {
                 let status = child.wait().await?;
@@ -1554,6 +1528,33 @@ impl Evaluator<'_> {
 
 fn error_record(path: &[String], message: String) -> EvalRecord {
     EvalRecord { attr: attr_display(path), attr_path: path.to_vec(), outcome: EvalOutcome::Error { message } }
+}
+
+/// Runs `work` until it ends or the memory `watch` (if any) resolves, which gives `over()`.
+async fn until_over<T>(
+    work: impl Future<Output = Result<T, EvalError>>,
+    watch: Option<impl Future<Output = u64>>,
+    over: impl FnOnce() -> T,
+) -> Result<T, EvalError> {
+    match watch {
+        Some(watch) => {
+            futures_lite::future::or(work, async {
+                watch.await;
+                Ok(over())
+            })
+            .await
+        }
+        None => work.await,
+    }
+}
+
+/// Passes `result` through; on an error, kills `child`'s group and reaps it first.
+async fn or_kill<T>(child: &mut SupervisedChild, result: Result<T, EvalError>) -> Result<T, EvalError> {
+    if result.is_err() {
+        child.kill_group();
+        let _ = child.wait().await;
+    }
+    result
 }
 
 /// Fails with [`EvalError::OomKilled`] when the kernel's out-of-memory killer ended the process (the
