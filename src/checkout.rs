@@ -36,6 +36,11 @@ use smol::lock::Mutex as AsyncMutex;
 use crate::secret::Secret;
 use crate::text::ellipsis_chars;
 
+/// Where a mirror keeps the commits it fetched by id (`refs/ekaci/seen/<sha>`).
+const SEEN_REFS: &str = "refs/ekaci/seen/";
+/// How many of those refs a mirror keeps (the most recent commits).
+const SEEN_KEPT: usize = 64;
+
 /// Longest git message kept in an error, in characters (the tail is kept: git's `fatal:` line is last).
 const MAX_MESSAGE_CHARS: usize = 2000;
 
@@ -410,6 +415,22 @@ impl Checkouts {
         matches!(git.run().await, Ok(kind) if kind.trim() == "commit")
     }
 
+    /// Deletes the refs of fetched commits beyond the [`SEEN_KEPT`] most recent (by commit date), so
+    /// that a mirror keeps what recent fetches negotiate with and old commits can be collected.
+    async fn forget_old_seen(&self, mirror: &Path) {
+        let mut list = self.git(None);
+        list.arg("--git-dir").arg(mirror);
+        list.args(["for-each-ref", "--sort=-committerdate", "--format=%(refname)", SEEN_REFS]);
+        let Ok(refs) = list.run().await else { return };
+        for name in refs.lines().skip(SEEN_KEPT) {
+            let mut delete = self.git(None);
+            delete.arg("--git-dir").arg(mirror).args(["update-ref", "-d", name]);
+            if let Err(e) = delete.run().await {
+                tracing::warn!(mirror = %mirror.display(), "cannot delete {name}: {e:?}");
+            }
+        }
+    }
+
     async fn fetch(
         &self,
         url: &RepoUrl,
@@ -431,9 +452,13 @@ impl Checkouts {
         };
         // Host trouble keeps its own variants (retried by the pipeline); only git's verdict is a message.
         let host = |failure: GitFailure| failure.into_error("fetch", &url.display, fetch_error);
-        let first = match fetch_command(extra, url, mirror, &[sha], false, auth, limit).run().await {
+        // Kept under a ref: the next fetch offers it as a commit the mirror has, so only what is new is
+        // sent (without a ref, every fetch sent the whole tree again and the mirror grew by a full pack).
+        let keep = format!("+{sha}:{SEEN_REFS}{sha}");
+        let first = match fetch_command(extra, url, mirror, &[&keep], false, auth, limit).run().await {
             Ok(_) => {
                 if self.has_commit(mirror, sha).await {
+                    self.forget_old_seen(mirror).await;
                     return Ok(());
                 }
                 return Err(fetch_error("the fetched object is not a commit".to_string()));

@@ -386,3 +386,51 @@ fn a_stuck_remote_is_killed_at_the_fetch_time_limit() {
     // git was killed: the remote sees its connection closed.
     assert!(accepted.join().expect("listener thread"), "git's connection was closed");
 }
+
+/// The objects of `mirror` on disk, in KiB: loose (`size`) and packed (`size-pack`) from
+/// `git count-objects -v` (a small fetch is stored as loose objects).
+fn pack_kib(mirror: &Path) -> u64 {
+    let out = git(mirror, &["count-objects", "-v"]);
+    let field = |name: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in git count-objects -v: {out}"))
+    };
+    field("size: ") + field("size-pack: ")
+}
+
+#[test]
+fn a_second_commit_fetches_only_what_is_new() {
+    let fx = Fixture::new();
+    // About 2 MiB that does not compress, in both commits.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let big: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect();
+    std::fs::write(fx.src.join("big"), &big).expect("write");
+    git(&fx.src, &["add", "big"]);
+    let base = commit(&fx.src, "base with big");
+    let head = commit(&fx.src, "head, big unchanged");
+    let checkouts = fx.checkouts();
+    let url = local_url(&fx.src);
+    let wt = smol::block_on(checkouts.checkout(&url, &base, None)).expect("checkout base");
+    let mirror = wt.mirror().to_path_buf();
+    smol::block_on(wt.remove()).expect("remove");
+    let after_base = pack_kib(&mirror);
+    assert!(after_base >= 2000, "the first fetch holds the big file: {after_base} KiB");
+    let wt = smol::block_on(checkouts.checkout(&url, &head, None)).expect("checkout head");
+    assert_eq!(read(wt.path()), "head, big unchanged");
+    smol::block_on(wt.remove()).expect("remove");
+    let after_head = pack_kib(&mirror);
+    assert!(
+        after_head < after_base + 100,
+        "the second fetch sent the big file again: {after_base} → {after_head} KiB"
+    );
+    // Both commits are kept under refs the next fetch negotiates with.
+    let refs = git(&mirror, &["for-each-ref", "--format=%(refname)", "refs/ekaci/seen/"]);
+    assert_eq!(refs.lines().count(), 2, "{refs}");
+}
