@@ -84,6 +84,9 @@ pub struct EvalOptions {
     /// a session is replaced only when it goes over the memory cap or dies. Default true. False (or when
     /// no session starts): a fresh `nix-instantiate` per share of [`Self::walk_shares_per_worker`].
     pub walk_sessions: bool,
+    /// Derivations per GC root of the built-in walk (one `nix-instantiate` roots that many). Default
+    /// [`WALK_ROOT_BATCH`]; 0 is taken as 1. Smaller values only make more root steps (tests use 1).
+    pub walk_root_batch: usize,
     /// Which evaluator to use. Default [`EvalBackend::Auto`].
     pub backend: EvalBackend,
     /// Evaluate under Nix's `restrict-eval`: only the checkout, the search path and the store are
@@ -117,6 +120,9 @@ pub const WALK_SHARES_PER_WORKER: usize = 3;
 /// line to the session, so many small ones keep the workers busy until the end.
 pub const WALK_SESSION_SHARES_PER_WORKER: usize = 32;
 
+/// The default of [`EvalOptions::walk_root_batch`].
+pub const WALK_ROOT_BATCH: usize = 5000;
+
 impl EvalOptions {
     /// The defaults, with GC roots in `gc_roots_dir`.
     pub fn new(gc_roots_dir: impl Into<PathBuf>) -> EvalOptions {
@@ -130,6 +136,7 @@ impl EvalOptions {
             batch_size: 100,
             walk_shares_per_worker: WALK_SHARES_PER_WORKER,
             walk_sessions: true,
+            walk_root_batch: WALK_ROOT_BATCH,
             backend: EvalBackend::Auto,
             restrict_eval: true,
             allowed_uris: Vec::new(),

@@ -76,8 +76,6 @@ const NIX_INSTANTIATE: &str = "nix-instantiate";
 /// The Nix program of the explaining repl sessions.
 const NIX: &str = "nix";
 
-/// Derivations per GC root of the walk (one `nix-instantiate` writes a store file referencing them).
-const ROOT_BATCH: usize = 5000;
 
 /// At most this many failed attributes per repl session (a fresh session per share keeps memory bounded
 /// and spreads the work over the workers).
@@ -86,6 +84,10 @@ const EXPLAIN_SHARE: usize = 1000;
 /// The longest line of standard error a walk process may print; a longer one ends the process (the job's
 /// code can print anything with `builtins.trace`).
 const MAX_LINE: usize = 64 << 20;
+
+/// How often the walk sessions' memory is sampled (one scan of `/proc` for all of them; a session grows
+/// by about 15 MB in this time on nixpkgs).
+const SESSION_POLL: Duration = Duration::from_millis(100);
 
 /// A walk worker sends progress counts every this many attributes.
 const COUNTS_EVERY: u64 = 500;
@@ -911,6 +913,10 @@ impl Evaluator<'_> {
                 }
             }
         }
+        // Another worker found sessions unavailable: what this one still holds goes back to the queue.
+        if !todo.is_empty() {
+            shares.borrow_mut().push_front(todo);
+        }
         Ok(())
     }
 
@@ -1010,8 +1016,10 @@ impl Evaluator<'_> {
                         None => return Ok(SessionRead::Done),
                     }
                 }
-                if drvs.len() >= ROOT_BATCH {
-                    self.root_all(std::mem::take(drvs), progress.found).await?;
+                if drvs.len() >= self.opts.walk_root_batch.max(1) {
+                    // This future is dropped when the session goes over the memory budget: the batch
+                    // stays in `drvs` until rooted, and is rooted after the session if it was dropped.
+                    self.root_batch(drvs, progress.found).await?;
                 }
                 n += 1;
                 let share_path = {
@@ -1067,7 +1075,7 @@ impl Evaluator<'_> {
             }
         };
         let peak = Cell::new(0u64);
-        let watch = budget.filter(|_| pgid > 0).map(|b| b.watch(pgid, self.limits.poll_interval, &peak));
+        let watch = budget.filter(|_| pgid > 0).map(|b| b.watch(pgid, SESSION_POLL, &peak));
         let ended = until_over(work, watch, || SessionRead::Memory).await;
         drop(stdin);
         drop(stderr);
@@ -1261,23 +1269,35 @@ impl Evaluator<'_> {
     async fn root_all(&self, drvs: Vec<(Vec<String>, Info)>, found: &RefCell<Walk>) -> Result<(), EvalError> {
         let mut drvs = drvs;
         while !drvs.is_empty() {
-            let rest = drvs.split_off(drvs.len().min(ROOT_BATCH));
-            let batch = std::mem::replace(&mut drvs, rest);
-            let base = self.roots_dir.join(format!("{}-{}", self.work.token, self.next_seq()));
-            let paths: Vec<[String; 1]> = batch.iter().map(|(_, info)| [info.drv_path.clone()]).collect();
-            let refs: Vec<&[String]> = paths.iter().map(|p| p.as_slice()).collect();
-            let run = self.run_nix(Mode::Roots, &refs, Some(&base)).await?;
-            let lines = String::from_utf8_lossy(&run.stdout).lines().filter(|l| !l.is_empty()).count();
-            let rooted = read_roots(&base, 1).await.into_iter().all(|r| r.is_ok());
-            let mut found = found.borrow_mut();
-            if failure(&run).is_some() || lines != 1 || !rooted {
-                found.redo.extend(batch.into_iter().map(|(path, _)| Item { path, error: None }));
-                continue;
-            }
-            for (path, info) in batch {
-                let root = Ok(info.drv_path.clone());
-                found.records.push(self.drv_record(&Item { path, error: None }, info, root));
-            }
+            self.root_batch(&mut drvs, found).await?;
+        }
+        Ok(())
+    }
+
+    /// Roots the first [`EvalOptions::walk_root_batch`] derivations of `drvs` (see [`Self::root_all`]) and turns them into
+    /// records. Safe to drop while it runs (a walk session stopped over the memory cap drops it): the
+    /// batch leaves `drvs` only once its root step has ended, so nothing is lost.
+    async fn root_batch(
+        &self,
+        drvs: &mut Vec<(Vec<String>, Info)>,
+        found: &RefCell<Walk>,
+    ) -> Result<(), EvalError> {
+        let n = drvs.len().min(self.opts.walk_root_batch.max(1));
+        let base = self.roots_dir.join(format!("{}-{}", self.work.token, self.next_seq()));
+        let paths: Vec<[String; 1]> = drvs[..n].iter().map(|(_, info)| [info.drv_path.clone()]).collect();
+        let refs: Vec<&[String]> = paths.iter().map(|p| p.as_slice()).collect();
+        let run = self.run_nix(Mode::Roots, &refs, Some(&base)).await?;
+        let lines = String::from_utf8_lossy(&run.stdout).lines().filter(|l| !l.is_empty()).count();
+        let rooted = read_roots(&base, 1).await.into_iter().all(|r| r.is_ok());
+        let batch: Vec<_> = drvs.drain(..n).collect();
+        let mut found = found.borrow_mut();
+        if failure(&run).is_some() || lines != 1 || !rooted {
+            found.redo.extend(batch.into_iter().map(|(path, _)| Item { path, error: None }));
+            return Ok(());
+        }
+        for (path, info) in batch {
+            let root = Ok(info.drv_path.clone());
+            found.records.push(self.drv_record(&Item { path, error: None }, info, root));
         }
         Ok(())
     }

@@ -132,3 +132,28 @@ fn a_walk_process_that_dies_mid_set_loses_nothing_else() {
         check_progress(&run);
     }
 }
+
+/// A session stopped over the memory budget while it gives GC roots to what it found (a root step
+/// after every derivation here) keeps every derivation: the batch being rooted is rooted after the
+/// session instead of being lost with it.
+#[test]
+fn a_session_stopped_while_rooting_loses_no_derivation() {
+    let checkout = tempfile::tempdir().expect("tempdir");
+    write_growing(checkout.path(), 40);
+    let roots = tempfile::tempdir().expect("tempdir");
+    for workers in [1, 2] {
+        let mut opts = options(roots.path());
+        opts.max_memory_mib = 300;
+        opts.workers = workers;
+        opts.walk_root_batch = 1;
+        let run = run(checkout.path(), &file_source("default.nix", &[]), &opts);
+        let summary = run.summary();
+        assert!(summary.walk_sessions > workers as u64, "no session was stopped: {summary:?}");
+        assert_eq!(summary.total, 40, "{workers} workers: {summary:?}");
+        let records = run.records();
+        for i in 0..40 {
+            assert_eq!(drv(&records, &format!("a{i}")).name, format!("grow-{i}"), "{workers} workers");
+        }
+        check_progress(&run);
+    }
+}

@@ -224,20 +224,23 @@ fn program_name(program: &OsStr) -> String {
 
 /// The sum of `VmRSS` (bytes) of every process whose process group is `pgid`. Blocking.
 pub fn group_rss_bytes(pgid: i32) -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
-    let mut total = 0u64;
+    groups_rss_bytes(&[pgid]).get(&pgid).copied().unwrap_or(0)
+}
+
+/// [`group_rss_bytes`] of several groups in one scan of `/proc` (a group without processes is absent).
+pub fn groups_rss_bytes(pgids: &[i32]) -> BTreeMap<i32, u64> {
+    let mut totals = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return totals };
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else { continue };
         // Processes come and go while we scan: every read failure just means "not there any more".
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        if stat_pgrp(&stat) != Some(pgid) {
-            continue;
-        }
+        let Some(group) = stat_pgrp(&stat).filter(|g| pgids.contains(g)) else { continue };
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
-        total += status_rss_bytes(&status).unwrap_or(0);
+        *totals.entry(group).or_insert(0) += status_rss_bytes(&status).unwrap_or(0);
     }
-    total
+    totals
 }
 
 /// The process group field of `/proc/<pid>/stat` (the 5th; the command name in parentheses may contain
@@ -275,11 +278,13 @@ pub async fn watch_memory(pgid: i32, limit_bytes: u64, interval: Duration, peak:
 pub struct SharedBudget {
     limit_bytes: u64,
     rss: RefCell<BTreeMap<i32, u64>>,
+    /// When `/proc` was last scanned for every group (one scan serves all watchers of a tick).
+    scanned: Cell<Option<Instant>>,
 }
 
 impl SharedBudget {
     pub fn new(limit_bytes: u64) -> SharedBudget {
-        SharedBudget { limit_bytes, rss: RefCell::new(BTreeMap::new()) }
+        SharedBudget { limit_bytes, rss: RefCell::new(BTreeMap::new()), scanned: Cell::new(None) }
     }
 
     /// Polls the group's memory every `interval` like [`watch_memory`] and resolves with its RSS when it
@@ -291,13 +296,24 @@ impl SharedBudget {
                 self.0.rss.borrow_mut().remove(&self.1);
             }
         }
+        self.rss.borrow_mut().insert(pgid, 0);
         let _registered = Registered(self, pgid);
         loop {
             smol::Timer::after(interval).await;
-            let rss = smol::unblock(move || group_rss_bytes(pgid)).await;
+            // Another watcher scanned within this tick: its figures serve this group too.
+            let fresh = self.scanned.get().is_some_and(|at| at.elapsed() < interval / 2);
+            if !fresh {
+                self.scanned.set(Some(Instant::now()));
+                let groups: Vec<i32> = self.rss.borrow().keys().copied().collect();
+                let found = smol::unblock(move || groups_rss_bytes(&groups)).await;
+                let mut all = self.rss.borrow_mut();
+                for (group, bytes) in all.iter_mut() {
+                    *bytes = found.get(group).copied().unwrap_or(0);
+                }
+            }
+            let all = self.rss.borrow();
+            let rss = all.get(&pgid).copied().unwrap_or(0);
             peak.set(peak.get().max(rss));
-            let mut all = self.rss.borrow_mut();
-            all.insert(pgid, rss);
             if over_shared_budget(&all, pgid, self.limit_bytes) {
                 return rss;
             }
