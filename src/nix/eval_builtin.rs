@@ -76,7 +76,6 @@ const NIX_INSTANTIATE: &str = "nix-instantiate";
 /// The Nix program of the explaining repl sessions.
 const NIX: &str = "nix";
 
-
 /// At most this many failed attributes per repl session (a fresh session per share keeps memory bounded
 /// and spreads the work over the workers).
 const EXPLAIN_SHARE: usize = 1000;
