@@ -895,10 +895,6 @@ impl Evaluator<'_> {
                     if sessions.replace(false) {
                         tracing::warn!(%message, "cannot walk in nix repl sessions; one process per share instead");
                     }
-                    if !todo.is_empty() {
-                        shares.borrow_mut().push_front(todo);
-                    }
-                    return Ok(());
                 }
                 SessionWalk::Ended { reported, failure } => {
                     tracing::info!(
@@ -912,7 +908,8 @@ impl Evaluator<'_> {
                 }
             }
         }
-        // Another worker found sessions unavailable: what this one still holds goes back to the queue.
+        // Sessions are unavailable (found by this worker or another): what this one holds goes back to
+        // the queue, for the workers' processes.
         if !todo.is_empty() {
             shares.borrow_mut().push_front(todo);
         }
