@@ -161,7 +161,7 @@ pub const WRAPPER: &str = concat!(
         if w.k == "rec" && builtins.length path < r.maxDepth
         then builtins.foldl' (n: c: n + dfs (path ++ [ c ])) 0 w.names
         else 0;
-    in builtins.trace "${r.nonce} ${builtins.toJSON w}" (builtins.seq w.k (1 + children));
+    in builtins.trace "${ekaCiNonce} ${builtins.toJSON w}" (builtins.seq w.k (1 + children));
   # One store file that lists (and so references) up to 5,000 .drv of a walk process: one GC root keeps them all.
   # appendContext fails unless the path is a valid store path.
   rootsFile = builtins.toFile "ekaci-roots" (builtins.concatStringsSep "\n"
@@ -610,16 +610,6 @@ impl Evaluator<'_> {
 
     /// Writes the request file of a step over `items`.
     async fn write_request(&self, mode: Mode, items: &[&[String]]) -> Result<PathBuf, EvalError> {
-        self.write_request_marked(mode, items, "").await
-    }
-
-    /// [`Self::write_request`] with the walk's marker `nonce` (see [`Evaluator::walk_process`]).
-    async fn write_request_marked(
-        &self,
-        mode: Mode,
-        items: &[&[String]],
-        nonce: &str,
-    ) -> Result<PathBuf, EvalError> {
         let (kind, file, flake) = match &self.target {
             Target::File(f) => ("file", f.to_string_lossy().into_owned(), String::new()),
             Target::Flake(r) => ("flake", String::new(), r.clone()),
@@ -633,7 +623,6 @@ impl Evaluator<'_> {
             "items": items,
             "forceRecurse": self.opts.force_recurse,
             "meta": self.opts.meta,
-            "nonce": nonce,
             "maxDepth": MAX_DEPTH,
         });
         self.write_json_file("request", &request).await
@@ -695,7 +684,7 @@ impl Evaluator<'_> {
         root: Option<&Path>,
     ) -> Result<RunOutput, EvalError> {
         let request_path = self.write_request(mode, items).await?;
-        let cmd = self.command(mode, &request_path, root);
+        let cmd = self.command(mode, &request_path, root, None);
         let oom_before = smol::unblock(read_oom_kills).await;
         let result = run_captured(cmd, &self.limits).await;
         let path = request_path.clone();
@@ -710,7 +699,15 @@ impl Evaluator<'_> {
     }
 
     /// The `nix-instantiate` command of a step on the request file `request_path`, with every restriction.
-    fn command(&self, mode: Mode, request_path: &Path, root: Option<&Path>) -> std::process::Command {
+    /// The `nix-instantiate` of one step; `nonce` is the walk's marker (see [`Self::walk_process`]), given
+    /// as an argument so that it is in no file the job can read.
+    fn command(
+        &self,
+        mode: Mode,
+        request_path: &Path,
+        root: Option<&Path>,
+        nonce: Option<&str>,
+    ) -> std::process::Command {
         let mut cmd = std::process::Command::new(NIX_INSTANTIATE);
         cmd.current_dir(&self.checkout);
         if !matches!(mode, Mode::Instantiate | Mode::Roots) {
@@ -723,6 +720,9 @@ impl Evaluator<'_> {
         // The wrapper reads its request file, so the request directory is readable too.
         add_restriction_args(&mut cmd, self.opts, &[&self.checkout, &self.work.path]);
         cmd.arg("--expr").arg(WRAPPER).arg("--argstr").arg("ekaCiRequest").arg(request_path);
+        if let Some(nonce) = nonce {
+            cmd.arg("--argstr").arg("ekaCiNonce").arg(nonce);
+        }
         if let Some(root) = root {
             cmd.arg("--add-root").arg(root);
         }
@@ -950,13 +950,14 @@ impl Evaluator<'_> {
         out: &Emitter,
     ) -> Result<SessionWalk, EvalError> {
         let nonce = eval_explain::token();
-        let request = self.write_request_marked(Mode::Repl, &[], &nonce).await?;
+        let request = self.write_request(Mode::Repl, &[]).await?;
         let wrapper = self.wrapper_file().await?;
         let (Some(w), Some(r)) = (wrapper.to_str(), request.to_str()) else {
             return Ok(SessionWalk::Unavailable("a temporary path is not UTF-8".to_string()));
         };
         let load = format!(
-            "ekaCiWalk = import (/. + {}) {{ ekaCiRequest = {}; }}\nbuiltins.seq ekaCiWalk null\n\
+            "ekaCiWalk = import (/. + {}) {{ ekaCiRequest = {}; ekaCiNonce = \"{nonce}\"; }}\n\
+             builtins.seq ekaCiWalk null\n\
              builtins.trace \"{nonce}-load\" null\n",
             nix_string(w),
             nix_string(r)
@@ -1174,11 +1175,11 @@ impl Evaluator<'_> {
         let nonce = eval_explain::token();
         let request_path = {
             let items: Vec<&[String]> = todo.iter().map(Vec::as_slice).collect();
-            self.write_request_marked(Mode::Dfs, &items, &nonce).await?
+            self.write_request(Mode::Dfs, &items).await?
         };
         let oom_before = smol::unblock(read_oom_kills).await;
         let spawned = SupervisedChild::spawn(
-            self.command(Mode::Dfs, &request_path, None),
+            self.command(Mode::Dfs, &request_path, None, Some(&nonce)),
             Pipe::Null,
             Pipe::Null,
             Pipe::Piped,

@@ -4,12 +4,13 @@
 //! the store directly.
 
 /// The opening of every Nix wrapper the evaluator runs (`--argstr ekaCiRequest <request.json>`): reads the
-/// request and imports the job exactly one way (a flake's outputs, or a file called with `{ }` when it is a
+/// request (and, for the walk, its random marker `ekaCiNonce`, given on the command line or the repl's
+/// input, never in a file the job could read) and imports the job exactly one way (a flake's outputs, or a file called with `{ }` when it is a
 /// function), then selects the job's attribute path. Binds `r`, `top`, `root` and `get`; the wrapper
 /// continues the `let`.
 macro_rules! job_wrapper_prelude {
     () => {
-        r#"{ ekaCiRequest }:
+        r#"{ ekaCiRequest, ekaCiNonce ? "" }:
 let
   r = builtins.fromJSON (builtins.readFile ekaCiRequest);
   top =

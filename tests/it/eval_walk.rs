@@ -157,3 +157,51 @@ fn a_session_stopped_while_rooting_loses_no_derivation() {
         check_progress(&run);
     }
 }
+
+/// A job that looks for the evaluator's marker: it finds the request files through the search path the
+/// evaluator gives it (`builtins.nixPath`), reads them, and prints a forged result line with every nonce
+/// it finds, claiming that its first attribute is a derivation named "forged". The evaluator must not
+/// take it: the marker is never in a file the job can read.
+const FORGER: &str = r#"
+let
+  mk = name: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; };
+  dirs = map (e: e.path) builtins.nixPath;
+  files = builtins.concatMap (d:
+    let entries = builtins.tryEval (builtins.attrNames (builtins.readDir d));
+    in if entries.success
+       then map (n: d + "/" + n) (builtins.filter (n: builtins.match ".*[.]json" n != null) entries.value)
+       else [ ]) dirs;
+  nonces = builtins.concatMap (f:
+    let text = builtins.tryEval (builtins.readFile f);
+        req = if text.success then builtins.fromJSON text.value else { };
+    in if builtins.isAttrs req && req ? nonce && req.nonce != "" then [ req.nonce ] else [ ]) files;
+  drv = mk "forged";
+  line = n: "${n} " + builtins.toJSON { k = "drv"; i = { name = "forged"; system = drv.system;
+    drvPath = builtins.unsafeDiscardStringContext drv.drvPath; outputs = { out = null; }; features = [ ];
+    meta = null; pname = null; version = null; }; };
+  forge = builtins.foldl' (acc: n: builtins.trace (line n) acc) true nonces;
+in
+  builtins.seq forge {
+    a = builtins.seq forge (mk "real-a");
+    b = builtins.seq forge (mk "real-b");
+    found = builtins.seq forge (mk "nonces-${toString (builtins.length nonces)}");
+  }
+"#;
+
+#[test]
+fn a_job_cannot_forge_the_walk_results() {
+    let checkout = tempfile::tempdir().expect("tempdir");
+    std::fs::write(checkout.path().join("default.nix"), FORGER).expect("write");
+    let roots = tempfile::tempdir().expect("tempdir");
+    for sessions in [true, false] {
+        let mut opts = options(roots.path());
+        opts.workers = 1;
+        opts.walk_sessions = sessions;
+        let run = run(checkout.path(), &file_source("default.nix", &[]), &opts);
+        let records = run.records();
+        assert_eq!(drv(&records, "a").name, "real-a", "sessions {sessions}: {records:?}");
+        assert_eq!(drv(&records, "b").name, "real-b", "sessions {sessions}");
+        // The job did look (it read the request files it could reach) but found no marker.
+        assert_eq!(drv(&records, "found").name, "nonces-0", "sessions {sessions}");
+    }
+}
