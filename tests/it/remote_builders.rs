@@ -202,8 +202,22 @@ fn base64(bytes: &[u8]) -> String {
     s
 }
 
+/// A free port for a builder's sshd, below Linux's ephemeral range (32768–60999). Every other listener
+/// of the tests binds port 0 and gets an ephemeral port, so a builder's port that `stop` frees cannot be
+/// taken by another test before `start` binds it again (which once left a restarted builder "down" for
+/// good: its port answered, but not as its sshd). Ports are handed out once per test process.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Test processes running at once start at different places in 20000..32000.
+    let start = 20_000 + (std::process::id() % 240) * 50;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = u16::try_from(20_000 + (start - 20_000 + n) % 12_000).expect("a port");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+        assert!(n < 12_000, "no free port in 20000..32000");
+    }
 }
 
 fn system() -> String {
