@@ -371,15 +371,52 @@ impl Pipeline {
         auth: Option<&GitAuth>,
         progress: &ProgressSink,
     ) -> Result<DiffReport, PipelineError> {
-        let (head_report, head_sets) =
-            self.evaluate_commit(url, head_commit, job, auth, progress, false).await?;
+        let head = self.evaluate_commit(url, head_commit, job, auth, progress, false);
+        // Base with nothing evaluated yet (a cold review) is checked out while head evaluates; a base
+        // with jobsets is usually reused without a checkout (`reuse_evaluated`).
+        let base_cold = {
+            let (jobsets, repo, commit) = (self.jobsets.clone(), url.to_string(), base_commit.to_string());
+            smol::unblock(move || jobsets.of_commit(&repo, &commit)).await?.is_empty()
+        };
+        let (head, mut base_checkout) = if base_cold {
+            let (head, held) = self.with_checkout_during(head, url, base_commit, auth).await;
+            (head, Some(held))
+        } else {
+            (head.await, None)
+        };
+        let (head_report, head_sets) = match head {
+            Ok(evaluated) => evaluated,
+            Err(e) => {
+                if let Some(held) = base_checkout {
+                    held.remove().await;
+                }
+                return Err(e);
+            }
+        };
         let summary_settings = head_report.summary_settings.clone();
         let mut config_warnings: Vec<String> =
             head_report.config_warnings.into_iter().map(|w| format!("head: {w}")).collect();
-        let reused = self.reuse_evaluated(url, base_commit, job, &head_sets, progress).await?;
-        let evaluated = match reused {
-            Some(sets) => Ok((None, sets)),
-            None => self
+        let reused = match self.reuse_evaluated(url, base_commit, job, &head_sets, progress).await {
+            Ok(reused) => reused,
+            Err(e) => {
+                if let Some(held) = base_checkout {
+                    held.remove().await;
+                }
+                return Err(e);
+            }
+        };
+        let evaluated = match (reused, base_checkout.take()) {
+            (Some(sets), held) => {
+                if let Some(held) = held {
+                    held.remove().await;
+                }
+                Ok((None, sets))
+            }
+            (None, Some(held)) => self
+                .evaluate_held(url, base_commit, held, Definitions::Own(job), progress, false)
+                .await
+                .map(|(report, sets)| (Some(report), sets)),
+            (None, None) => self
                 .evaluate_commit(url, base_commit, job, auth, progress, false)
                 .await
                 .map(|(report, sets)| (Some(report), sets)),
@@ -513,17 +550,49 @@ impl Pipeline {
         progress: &ProgressSink,
         with_attrs: bool,
     ) -> Result<(EvalReport, Vec<Jobset>), PipelineError> {
-        let short = crate::text::short_sha(commit);
-        report(progress, &format!("checking out {short}"), 0, 0);
-        let _worktree_slot = self.worktree_slots.acquire().await;
-        let worktree = self.checkout(repo, commit, auth).await?;
-        let result = self
-            .evaluate_worktree(repo, commit, &worktree, Definitions::Own(only), progress, with_attrs)
-            .await;
-        if let Err(e) = worktree.remove().await {
-            tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
-        }
+        report(progress, &format!("checking out {}", crate::text::short_sha(commit)), 0, 0);
+        let held = self.hold_checkout(repo, commit, auth).await;
+        self.evaluate_held(repo, commit, held, Definitions::Own(only), progress, with_attrs).await
+    }
+
+    /// Checks `commit` of `repo` out under a worktree slot (waiting for one), for
+    /// [`Pipeline::evaluate_held`]. A review starts the second side's checkout this way while the first
+    /// side evaluates, so that its checkout costs no time of its own.
+    async fn hold_checkout(&self, repo: &str, commit: &str, auth: Option<&GitAuth>) -> HeldCheckout<'_> {
+        let slot = self.worktree_slots.acquire().await;
+        let worktree = self.checkout(repo, commit, auth).await;
+        HeldCheckout { _slot: slot, worktree }
+    }
+
+    /// Evaluates the jobs `definitions` selects in the checkout `held` (see [`Pipeline::evaluate_commit`]),
+    /// then removes it.
+    async fn evaluate_held(
+        &self,
+        repo: &str,
+        commit: &str,
+        held: HeldCheckout<'_>,
+        definitions: Definitions<'_>,
+        progress: &ProgressSink,
+        with_attrs: bool,
+    ) -> Result<(EvalReport, Vec<Jobset>), PipelineError> {
+        let HeldCheckout { _slot, worktree } = held;
+        let worktree = worktree?;
+        let result = self.evaluate_worktree(repo, commit, &worktree, definitions, progress, with_attrs).await;
+        remove_worktree(worktree).await;
         result
+    }
+
+    /// Runs `first` (the head side's evaluation) while `commit` (the base side) is checked out; see
+    /// [`Pipeline::hold_checkout`].
+    async fn with_checkout_during<T>(
+        &self,
+        first: impl std::future::Future<Output = T>,
+        repo: &str,
+        commit: &str,
+        auth: Option<&GitAuth>,
+    ) -> (T, HeldCheckout<'_>) {
+        tracing::info!(repo, commit, "checking the base out while head evaluates");
+        futures_lite::future::zip(first, self.hold_checkout(repo, commit, auth)).await
     }
 
     /// Diffs commit `base` against commit `head` of the repository at `url`, evaluating both with the
@@ -540,20 +609,22 @@ impl Pipeline {
         auth: Option<&GitAuth>,
         progress: &ProgressSink,
     ) -> Result<DiffReport, PipelineError> {
-        let mut sides = Vec::new();
-        for commit in [head_commit, base_commit] {
-            report(progress, &format!("checking out {}", crate::text::short_sha(commit)), 0, 0);
-            let _worktree_slot = self.worktree_slots.acquire().await;
-            let worktree = self.checkout(url, commit, auth).await?;
-            let result = self
-                .evaluate_worktree(url, commit, &worktree, Definitions::Given(gate), progress, false)
-                .await;
-            if let Err(e) = worktree.remove().await {
-                tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
+        let given = Definitions::Given(gate);
+        report(progress, &format!("checking out {}", crate::text::short_sha(head_commit)), 0, 0);
+        let head = async {
+            let held = self.hold_checkout(url, head_commit, auth).await;
+            self.evaluate_held(url, head_commit, held, given, progress, false).await
+        };
+        let (head, base) = self.with_checkout_during(head, url, base_commit, auth).await;
+        let head_sets = match head {
+            Ok((_, sets)) => sets,
+            Err(e) => {
+                base.remove().await;
+                return Err(e);
             }
-            sides.push(result?.1);
-        }
-        let (head_sets, base_sets) = (&sides[0], &sides[1]);
+        };
+        let base_sets = self.evaluate_held(url, base_commit, base, given, progress, false).await?.1;
+        let (head_sets, base_sets) = (&head_sets, &base_sets);
         let mut jobs = Vec::new();
         for (h, b) in head_sets.iter().zip(base_sets) {
             let (jobsets, base_id, head_id) = (self.jobsets.clone(), b.id, h.id);
@@ -1127,6 +1198,22 @@ fn report_reused(progress: &ProgressSink, key: &JobsetKey) {
 }
 
 /// Removes a worktree once its step is done; a failure is logged (the worktree is pruned at the next start).
+/// A checkout made ahead of its evaluation, with the worktree slot it holds (see
+/// [`Pipeline::hold_checkout`]); [`HeldCheckout::remove`] ends it unused.
+struct HeldCheckout<'p> {
+    _slot: smol::lock::SemaphoreGuard<'p>,
+    worktree: Result<Worktree, crate::checkout::CheckoutError>,
+}
+
+impl HeldCheckout<'_> {
+    /// Removes the worktree (off the executor, unlike dropping it) and frees the slot.
+    async fn remove(self) {
+        if let Ok(worktree) = self.worktree {
+            remove_worktree(worktree).await;
+        }
+    }
+}
+
 async fn remove_worktree(worktree: Worktree) {
     if let Err(e) = worktree.remove().await {
         tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
