@@ -372,54 +372,44 @@ impl Pipeline {
         progress: &ProgressSink,
     ) -> Result<DiffReport, PipelineError> {
         let head = self.evaluate_commit(url, head_commit, job, auth, progress, false);
-        // Base with nothing evaluated yet (a cold review) is checked out while head evaluates; a base
-        // with jobsets is usually reused without a checkout (`reuse_evaluated`).
+        // Base with nothing evaluated yet (a cold review) goes alongside head: checked out while head
+        // evaluates, evaluated as soon as head's evaluation frees the slot (while head's aliases and
+        // graph are read). A base with jobsets is usually reused without a checkout (`reuse_evaluated`).
         let base_cold = {
             let (jobsets, repo, commit) = (self.jobsets.clone(), url.to_string(), base_commit.to_string());
             smol::unblock(move || jobsets.of_commit(&repo, &commit)).await?.is_empty()
         };
-        let (head, mut base_checkout) = if base_cold {
-            let (head, held) = self.with_checkout_during(head, url, base_commit, auth).await;
-            (head, Some(held))
+        let (head, base) = if base_cold {
+            tracing::info!(
+                repo = url,
+                base = base_commit,
+                "base has nothing evaluated: it goes alongside head"
+            );
+            // Head's failure ends the review at once (base's checkout and evaluation are dropped);
+            // base's own failure waits for head and is handled below.
+            let base = async {
+                Ok::<_, PipelineError>(
+                    self.evaluate_commit(url, base_commit, job, auth, progress, false).await,
+                )
+            };
+            let (head, base) = futures_lite::future::try_zip(head, base).await?;
+            (head, Some(base))
         } else {
-            (head.await, None)
+            (head.await?, None)
         };
-        let (head_report, head_sets) = match head {
-            Ok(evaluated) => evaluated,
-            Err(e) => {
-                if let Some(held) = base_checkout {
-                    held.remove().await;
-                }
-                return Err(e);
-            }
-        };
+        let (head_report, head_sets) = head;
         let summary_settings = head_report.summary_settings.clone();
         let mut config_warnings: Vec<String> =
             head_report.config_warnings.into_iter().map(|w| format!("head: {w}")).collect();
-        let reused = match self.reuse_evaluated(url, base_commit, job, &head_sets, progress).await {
-            Ok(reused) => reused,
-            Err(e) => {
-                if let Some(held) = base_checkout {
-                    held.remove().await;
-                }
-                return Err(e);
-            }
-        };
-        let evaluated = match (reused, base_checkout.take()) {
-            (Some(sets), held) => {
-                if let Some(held) = held {
-                    held.remove().await;
-                }
-                Ok((None, sets))
-            }
-            (None, Some(held)) => self
-                .evaluate_held(url, base_commit, held, Definitions::Own(job), progress, false)
-                .await
-                .map(|(report, sets)| (Some(report), sets)),
-            (None, None) => self
-                .evaluate_commit(url, base_commit, job, auth, progress, false)
-                .await
-                .map(|(report, sets)| (Some(report), sets)),
+        let evaluated = match base {
+            Some(evaluated) => evaluated.map(|(report, sets)| (Some(report), sets)),
+            None => match self.reuse_evaluated(url, base_commit, job, &head_sets, progress).await? {
+                Some(sets) => Ok((None, sets)),
+                None => self
+                    .evaluate_commit(url, base_commit, job, auth, progress, false)
+                    .await
+                    .map(|(report, sets)| (Some(report), sets)),
+            },
         };
         let base_sets = match evaluated {
             Ok((None, sets)) => sets,
@@ -550,49 +540,26 @@ impl Pipeline {
         progress: &ProgressSink,
         with_attrs: bool,
     ) -> Result<(EvalReport, Vec<Jobset>), PipelineError> {
-        report(progress, &format!("checking out {}", crate::text::short_sha(commit)), 0, 0);
-        let held = self.hold_checkout(repo, commit, auth).await;
-        self.evaluate_held(repo, commit, held, Definitions::Own(only), progress, with_attrs).await
+        self.check_out_and_evaluate(repo, commit, Definitions::Own(only), auth, progress, with_attrs).await
     }
 
-    /// Checks `commit` of `repo` out under a worktree slot (waiting for one), for
-    /// [`Pipeline::evaluate_held`]. A review starts the second side's checkout this way while the first
-    /// side evaluates, so that its checkout costs no time of its own.
-    async fn hold_checkout(&self, repo: &str, commit: &str, auth: Option<&GitAuth>) -> HeldCheckout<'_> {
-        let slot = self.worktree_slots.acquire().await;
-        let worktree = self.checkout(repo, commit, auth).await;
-        HeldCheckout { _slot: slot, worktree }
-    }
-
-    /// Evaluates the jobs `definitions` selects in the checkout `held` (see [`Pipeline::evaluate_commit`]),
-    /// then removes it.
-    async fn evaluate_held(
+    /// Checks `commit` of `repo` out (under a worktree slot), evaluates the jobs `definitions` selects in
+    /// it, and removes the checkout.
+    async fn check_out_and_evaluate(
         &self,
         repo: &str,
         commit: &str,
-        held: HeldCheckout<'_>,
         definitions: Definitions<'_>,
+        auth: Option<&GitAuth>,
         progress: &ProgressSink,
         with_attrs: bool,
     ) -> Result<(EvalReport, Vec<Jobset>), PipelineError> {
-        let HeldCheckout { _slot, worktree } = held;
-        let worktree = worktree?;
+        report(progress, &format!("checking out {}", crate::text::short_sha(commit)), 0, 0);
+        let _worktree_slot = self.worktree_slots.acquire().await;
+        let worktree = self.checkout(repo, commit, auth).await?;
         let result = self.evaluate_worktree(repo, commit, &worktree, definitions, progress, with_attrs).await;
         remove_worktree(worktree).await;
         result
-    }
-
-    /// Runs `first` (the head side's evaluation) while `commit` (the base side) is checked out; see
-    /// [`Pipeline::hold_checkout`].
-    async fn with_checkout_during<T>(
-        &self,
-        first: impl std::future::Future<Output = T>,
-        repo: &str,
-        commit: &str,
-        auth: Option<&GitAuth>,
-    ) -> (T, HeldCheckout<'_>) {
-        tracing::info!(repo, commit, "checking the base out while head evaluates");
-        futures_lite::future::zip(first, self.hold_checkout(repo, commit, auth)).await
     }
 
     /// Diffs commit `base` against commit `head` of the repository at `url`, evaluating both with the
@@ -609,21 +576,17 @@ impl Pipeline {
         auth: Option<&GitAuth>,
         progress: &ProgressSink,
     ) -> Result<DiffReport, PipelineError> {
+        // Base goes alongside head: checked out while head evaluates, evaluated (or its stored jobsets
+        // reused) as soon as the evaluation slot is free. Head's failure drops base at once.
         let given = Definitions::Given(gate);
-        report(progress, &format!("checking out {}", crate::text::short_sha(head_commit)), 0, 0);
-        let head = async {
-            let held = self.hold_checkout(url, head_commit, auth).await;
-            self.evaluate_held(url, head_commit, held, given, progress, false).await
+        let head = self.check_out_and_evaluate(url, head_commit, given, auth, progress, false);
+        let base = async {
+            Ok::<_, PipelineError>(
+                self.check_out_and_evaluate(url, base_commit, given, auth, progress, false).await,
+            )
         };
-        let (head, base) = self.with_checkout_during(head, url, base_commit, auth).await;
-        let head_sets = match head {
-            Ok((_, sets)) => sets,
-            Err(e) => {
-                base.remove().await;
-                return Err(e);
-            }
-        };
-        let base_sets = self.evaluate_held(url, base_commit, base, given, progress, false).await?.1;
+        let ((_, head_sets), base) = futures_lite::future::try_zip(head, base).await?;
+        let base_sets = base?.1;
         let (head_sets, base_sets) = (&head_sets, &base_sets);
         let mut jobs = Vec::new();
         for (h, b) in head_sets.iter().zip(base_sets) {
@@ -995,10 +958,18 @@ impl Pipeline {
         };
         tracing::info!(job = %key.job_name(), commit = %key.commit, jobset = %id, "evaluating a jobset");
         let stage = format!("evaluating {} @ {}", key.job, crate::text::short_sha(&key.commit));
+        let slot = match self.slots.try_acquire() {
+            Some(slot) => slot,
+            None => {
+                // Another evaluation runs (another request's, or the other side of this review).
+                report(progress, &format!("waiting to start {stage} (another evaluation is running)"), 0, 0);
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let slot = self.slots.acquire().await;
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                slot
+            }
+        };
         report(progress, &stage, 0, 0);
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let slot = self.slots.acquire().await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
         self.running.fetch_add(1, Ordering::Relaxed);
         let mut retry = 0;
         let outcome = loop {
@@ -1198,22 +1169,6 @@ fn report_reused(progress: &ProgressSink, key: &JobsetKey) {
 }
 
 /// Removes a worktree once its step is done; a failure is logged (the worktree is pruned at the next start).
-/// A checkout made ahead of its evaluation, with the worktree slot it holds (see
-/// [`Pipeline::hold_checkout`]); [`HeldCheckout::remove`] ends it unused.
-struct HeldCheckout<'p> {
-    _slot: smol::lock::SemaphoreGuard<'p>,
-    worktree: Result<Worktree, crate::checkout::CheckoutError>,
-}
-
-impl HeldCheckout<'_> {
-    /// Removes the worktree (off the executor, unlike dropping it) and frees the slot.
-    async fn remove(self) {
-        if let Ok(worktree) = self.worktree {
-            remove_worktree(worktree).await;
-        }
-    }
-}
-
 async fn remove_worktree(worktree: Worktree) {
     if let Err(e) = worktree.remove().await {
         tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");

@@ -2,8 +2,8 @@
 //! base): `ekaci summary` and `ekaci diff` reuse base's jobsets without evaluating or checking base out
 //! again, say so on the progress line, give the same answer as a fresh server, and leave no worktree
 //! behind. A base with a job head does not have is checked out as before, so that the job is reported.
-//! A base with nothing evaluated (a cold review) is checked out while head evaluates, and that checkout is
-//! removed when head fails.
+//! A base with nothing evaluated (a cold review) goes alongside head (checked out while head evaluates),
+//! and is dropped with its checkout when head fails.
 
 use crate::common;
 use crate::github_app::wait_for;
@@ -57,16 +57,17 @@ fn a_second_change_against_an_evaluated_base_reuses_it_without_a_checkout() {
 
     let home = Home::new();
     let server = home.start();
-    // Cold: both sides evaluated, one after the other, each shown on the progress line; base was
-    // checked out while head evaluated, so it has no checking-out stage of its own.
+    // Cold: both sides evaluated, each shown on the progress line; base went alongside head (checked
+    // out while head evaluated), and the two evaluations took turns.
     let first = summary(&home, &repo, &base, &head1);
     let progress = String::from_utf8_lossy(&first.stderr);
     assert!(progress.contains(&format!("evaluating main @ {}", short(&head1))), "{progress}");
     assert!(progress.contains(&format!("evaluating main @ {}", short(&base))), "{progress}");
     assert!(progress.contains("summarising 1 job(s)"), "{progress}");
-    assert!(progress.contains(&format!("checking out {}", short(&head1))), "{progress}");
-    assert!(!progress.contains(&format!("checking out {}", short(&base))), "{progress}");
-    assert!(server.log().contains("checking the base out while head evaluates"), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("base has nothing evaluated: it goes alongside head"), "{log}");
+    assert_eq!(evaluations_of(&log, &base), 1, "{log}");
+    assert_eq!(evaluations_of(&log, &head1), 1, "{log}");
 
     // Warm: base is reused as it is.
     let second = summary(&home, &repo, &base, &head2);
@@ -129,7 +130,7 @@ fn a_base_with_a_job_head_dropped_is_checked_out_and_the_job_reported() {
 }
 
 #[test]
-fn a_cold_review_whose_head_fails_removes_the_base_checkout_it_made() {
+fn a_cold_review_whose_head_fails_drops_base_and_leaves_no_checkout() {
     let repo = GitRepo::new();
     let base = repo.commit(
         "base",
@@ -143,8 +144,7 @@ fn a_cold_review_whose_head_fails_removes_the_base_checkout_it_made() {
     assert!(!out.status.success(), "head's configuration is malformed: {err}");
     assert!(err.contains(".eka-ci/config.json"), "the error names the file: {err}");
     let log = server.log();
-    assert!(log.contains("checking the base out while head evaluates"), "{log}");
-    assert_eq!(evaluations_of(&log, &base), 0, "base is not evaluated when head fails: {log}");
+    assert!(log.contains("base has nothing evaluated: it goes alongside head"), "{log}");
     let worktrees = home.path().join("data/ekaci/worktrees");
     wait_for("the base checkout removed", || {
         let left = std::fs::read_dir(&worktrees).map(|d| d.count()).unwrap_or(0);
