@@ -44,13 +44,28 @@ fn evaluations_of(log: &str, commit: &str) -> usize {
         .count()
 }
 
-#[test]
-fn a_second_change_against_an_evaluated_base_reuses_it_without_a_checkout() {
+/// A repository whose first commit (returned) is the base of the changes: `CONFIG` and `lib` building.
+fn repo_with_base() -> (GitRepo, String) {
     let repo = GitRepo::new();
     let base = repo.commit(
         "base",
         &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&nix("echo lib > $out")))],
     );
+    (repo, base)
+}
+
+/// Waits until every worktree of `home`'s server is removed (they are deleted in the background).
+fn wait_for_no_worktree(home: &Home) {
+    let worktrees = home.path().join("data/ekaci/worktrees");
+    wait_for("the worktrees removed", || {
+        let left = std::fs::read_dir(&worktrees).map(|d| d.count()).unwrap_or(0);
+        (left == 0).then_some(())
+    });
+}
+
+#[test]
+fn a_second_change_against_an_evaluated_base_reuses_it_without_a_checkout() {
+    let (repo, base) = repo_with_base();
     let head1 = repo.commit("lib: one change", &[("default.nix", Some(&nix("echo lib; true > $out")))]);
     repo.git(&["checkout", "-q", &base]);
     let head2 = repo.commit("lib: another change", &[("default.nix", Some(&nix("echo lib: > $out")))]);
@@ -90,11 +105,7 @@ fn a_second_change_against_an_evaluated_base_reuses_it_without_a_checkout() {
     drop(fresh_server);
 
     // Every worktree is removed (in the background), none is left behind.
-    let worktrees = home.path().join("data/ekaci/worktrees");
-    wait_for("the worktrees removed", || {
-        let left = std::fs::read_dir(&worktrees).map(|d| d.count()).unwrap_or(0);
-        (left == 0).then_some(())
-    });
+    wait_for_no_worktree(&home);
     drop(server);
 }
 
@@ -131,11 +142,7 @@ fn a_base_with_a_job_head_dropped_is_checked_out_and_the_job_reported() {
 
 #[test]
 fn a_cold_review_whose_head_fails_drops_base_and_leaves_no_checkout() {
-    let repo = GitRepo::new();
-    let base = repo.commit(
-        "base",
-        &[(".eka-ci/config.json", Some(CONFIG)), ("default.nix", Some(&nix("echo lib > $out")))],
-    );
+    let (repo, base) = repo_with_base();
     let head = repo.commit("break the configuration", &[(".eka-ci/config.json", Some("{ \"jobs\": "))]);
     let home = Home::new();
     let server = home.start();
@@ -145,10 +152,6 @@ fn a_cold_review_whose_head_fails_drops_base_and_leaves_no_checkout() {
     assert!(err.contains(".eka-ci/config.json"), "the error names the file: {err}");
     let log = server.log();
     assert!(log.contains("base has nothing evaluated: it goes alongside head"), "{log}");
-    let worktrees = home.path().join("data/ekaci/worktrees");
-    wait_for("the base checkout removed", || {
-        let left = std::fs::read_dir(&worktrees).map(|d| d.count()).unwrap_or(0);
-        (left == 0).then_some(())
-    });
+    wait_for_no_worktree(&home);
     drop(server);
 }
