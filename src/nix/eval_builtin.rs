@@ -270,45 +270,49 @@ enum LineRead<'b> {
 /// [`LineReader::rest`].
 #[derive(Default)]
 struct LineReader {
+    /// Read bytes in `buf[..end]`; the rest is zeroed room for the next read (zeroed once, not per read).
     buf: Vec<u8>,
+    end: usize,
     /// Where the unread part of `buf` starts.
     start: usize,
     /// Bytes of `buf` after `start` known to hold no newline.
     scanned: usize,
 }
 
+/// The room a [`LineReader`] reads into at least.
+const READ_ROOM: usize = 64 << 10;
+
 impl LineReader {
     /// What was read after the last complete line.
     fn rest(&self) -> &[u8] {
-        &self.buf[self.start..]
+        &self.buf[self.start..self.end]
     }
 
     async fn next(&mut self, pipe: &mut (impl futures_lite::AsyncRead + Unpin)) -> LineRead<'_> {
         loop {
             let from = self.start + self.scanned;
-            if let Some(end) = self.buf[from..].iter().position(|b| *b == b'\n') {
+            if let Some(end) = self.buf[from..self.end].iter().position(|b| *b == b'\n') {
                 let line_start = self.start;
                 let line_end = from + end;
                 self.start = line_end + 1;
                 self.scanned = 0;
                 return LineRead::Line(&self.buf[line_start..line_end]);
             }
-            self.scanned = self.buf.len() - self.start;
+            self.scanned = self.end - self.start;
             if self.scanned > MAX_LINE {
                 return LineRead::TooLong;
             }
             if self.start > 0 {
-                self.buf.drain(..self.start);
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
                 self.start = 0;
             }
-            let len = self.buf.len();
-            self.buf.resize(len + (64 << 10), 0);
-            match pipe.read(&mut self.buf[len..]).await {
-                Ok(n) if n > 0 => self.buf.truncate(len + n),
-                _ => {
-                    self.buf.truncate(len);
-                    return LineRead::Eof;
-                }
+            if self.buf.len() - self.end < READ_ROOM {
+                self.buf.resize(self.end + READ_ROOM, 0);
+            }
+            match pipe.read(&mut self.buf[self.end..]).await {
+                Ok(n) if n > 0 => self.end += n,
+                _ => return LineRead::Eof,
             }
         }
     }
@@ -1770,6 +1774,49 @@ mod tests {
         let r: Result<(), ()> =
             smol::block_on(try_join_all(Vec::<futures_lite::future::Ready<Result<(), ()>>>::new()));
         assert_eq!(r, Ok(()));
+    }
+
+    /// A pipe that hands out at most `chunk` bytes per read.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        chunk: usize,
+    }
+
+    impl futures_lite::AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = self.chunk.min(buf.len()).min(self.data.len() - self.at);
+            let at = self.at;
+            buf[..n].copy_from_slice(&self.data[at..at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[test]
+    fn line_reader_splits_lines_across_reads_and_keeps_an_unfinished_last_line() {
+        let long = "x".repeat(3 * READ_ROOM);
+        let text = format!("a\n\nbc\n{long}\ntail");
+        for chunk in [1, 3, 7, READ_ROOM, 4 * READ_ROOM] {
+            let mut pipe = Trickle { data: text.clone().into_bytes(), at: 0, chunk };
+            let mut reader = LineReader::default();
+            let mut lines = Vec::new();
+            smol::block_on(async {
+                loop {
+                    match reader.next(&mut pipe).await {
+                        LineRead::Line(l) => lines.push(String::from_utf8(l.to_vec()).expect("utf-8")),
+                        LineRead::Eof => break,
+                        LineRead::TooLong => panic!("no line is too long"),
+                    }
+                }
+            });
+            assert_eq!(lines, ["a", "", "bc", long.as_str()], "chunk {chunk}");
+            assert_eq!(reader.rest(), b"tail", "chunk {chunk}");
+        }
     }
 
     #[test]
