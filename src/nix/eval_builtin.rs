@@ -318,6 +318,16 @@ impl LineReader {
     }
 }
 
+/// Writes `bytes` to `path` off the executor.
+async fn write_file(path: &Path, bytes: Vec<u8>) -> Result<(), EvalError> {
+    let target = path.to_path_buf();
+    smol::unblock(move || std::fs::write(&target, bytes)).await.map_err(|source| EvalError::Io {
+        action: "write",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 fn too_long() -> String {
     format!("the evaluation printed a line longer than {MAX_LINE} bytes on standard error")
 }
@@ -644,12 +654,7 @@ impl Evaluator<'_> {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        let written = path.clone();
-        smol::unblock(move || std::fs::write(&written, bytes)).await.map_err(|source| EvalError::Io {
-            action: "write",
-            path: path.clone(),
-            source,
-        })?;
+        write_file(&path, bytes).await?;
         Ok(path)
     }
 
@@ -657,12 +662,7 @@ impl Evaluator<'_> {
     async fn wrapper_file(&self) -> Result<PathBuf, EvalError> {
         let wrapper = self.work.path.join("wrapper.nix");
         if !wrapper.exists() {
-            let path = wrapper.clone();
-            smol::unblock(move || std::fs::write(&path, WRAPPER)).await.map_err(|source| EvalError::Io {
-                action: "write",
-                path: wrapper.clone(),
-                source,
-            })?;
+            write_file(&wrapper, WRAPPER.as_bytes().to_vec()).await?;
         }
         Ok(wrapper)
     }

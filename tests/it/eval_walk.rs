@@ -95,11 +95,16 @@ in {
 }
 "#;
 
+/// A checkout whose `default.nix` is `nix`, and a directory for the evaluation's GC roots.
+fn job_with(nix: &str) -> (tempfile::TempDir, tempfile::TempDir) {
+    let checkout = tempfile::tempdir().expect("tempdir");
+    std::fs::write(checkout.path().join("default.nix"), nix).expect("write");
+    (checkout, tempfile::tempdir().expect("tempdir"))
+}
+
 #[test]
 fn a_walk_process_that_dies_mid_set_loses_nothing_else() {
-    let checkout = tempfile::tempdir().expect("tempdir");
-    std::fs::write(checkout.path().join("default.nix"), DYING).expect("write");
-    let roots = tempfile::tempdir().expect("tempdir");
+    let (checkout, roots) = job_with(DYING);
     for (workers, sessions) in [(1, true), (2, true), (1, false), (2, false)] {
         let mut opts = options(roots.path());
         opts.workers = workers;
@@ -190,9 +195,7 @@ in
 
 #[test]
 fn a_job_cannot_forge_the_walk_results() {
-    let checkout = tempfile::tempdir().expect("tempdir");
-    std::fs::write(checkout.path().join("default.nix"), FORGER).expect("write");
-    let roots = tempfile::tempdir().expect("tempdir");
+    let (checkout, roots) = job_with(FORGER);
     for sessions in [true, false] {
         let mut opts = options(roots.path());
         opts.workers = 1;
