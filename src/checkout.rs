@@ -6,7 +6,13 @@
 //!   `host-owner-repo` for humans, `<hash>` a 64-bit FNV-1a of the URL (userinfo removed), so two URLs
 //!   never share a mirror and no URL can name a path outside `mirrors/`.
 //! - `worktrees/<identity>-<sha12>-<pid>-<n>`: a detached `git worktree` of one commit, alive as long
-//!   as its [`Worktree`] value.
+//!   as its [`Worktree`] value, or kept as a *spare* once the work that read it is over
+//!   ([`Worktree::release`]). The next checkout of the same mirror resets a spare to its commit
+//!   (`git checkout --force` and `git clean -ffdx` change only the files that differ, where a fresh
+//!   worktree writes every file: about 1 s for nixpkgs on an idle disk, far more on a busy one) and
+//!   renames it for that commit. A spare whose `.git` file no longer names its mirror is removed, never
+//!   reset. At most `[git] spare_worktrees` per mirror are kept, only in memory: a restart deletes them
+//!   with every other stale worktree.
 //!
 //! We fetch commit ids, never branch names: what is tested is exactly the commit that was asked for.
 //! `git fetch <url> <sha>` is tried first (any protocol-v2 server, GitHub included, serves reachable
@@ -27,9 +33,9 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smol::lock::Mutex as AsyncMutex;
 
@@ -124,6 +130,17 @@ struct Inner {
     /// How long one git call (a fetch, a worktree checkout, a diff) may run before its process group is
     /// killed (`[git] timeout_seconds`).
     timeout: Duration,
+    /// Idle worktrees kept for the next checkout, by mirror name; their paths are in `live` too, so that
+    /// no directory scan deletes them.
+    spares: Mutex<HashMap<String, Vec<Spare>>>,
+    /// How many spares one mirror keeps (`[git] spare_worktrees`; 0 by default outside the server).
+    spare_limit: AtomicUsize,
+}
+
+/// An idle worktree of a mirror, and since when it is idle (retention removes old ones).
+struct Spare {
+    path: PathBuf,
+    since: Instant,
 }
 
 /// `[git] timeout_seconds` by default.
@@ -132,6 +149,33 @@ pub const DEFAULT_GIT_TIMEOUT: Duration = Duration::from_secs(600);
 impl Inner {
     fn live(&self) -> MutexGuard<'_, HashSet<PathBuf>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spares(&self) -> MutexGuard<'_, HashMap<String, Vec<Spare>>> {
+        self.spares.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the most recently released spare of `mirror` out of the pool (and out of `live`).
+    fn pop_spare(&self, mirror: &str) -> Option<PathBuf> {
+        let spare = self.spares().get_mut(mirror)?.pop()?;
+        self.live().remove(&spare.path);
+        Some(spare.path)
+    }
+
+    /// Takes the spares of `mirror` that `which` selects out of the pool (and out of `live`).
+    fn take_spares(&self, mirror: &str, mut which: impl FnMut(&Spare) -> bool) -> Vec<PathBuf> {
+        let mut spares = self.spares();
+        let Some(list) = spares.get_mut(mirror) else { return Vec::new() };
+        let (taken, kept): (Vec<Spare>, Vec<Spare>) = std::mem::take(list).into_iter().partition(&mut which);
+        *list = kept;
+        let mut live = self.live();
+        taken
+            .into_iter()
+            .map(|s| {
+                live.remove(&s.path);
+                s.path
+            })
+            .collect()
     }
 }
 
@@ -192,6 +236,28 @@ impl Worktree {
         if let Err(message) = prune.run().await {
             tracing::warn!(mirror = %self.mirror.display(), "git worktree prune failed: {message}");
         }
+    }
+
+    /// The work that read this worktree is over: it is kept as a spare for the next checkout of its
+    /// mirror when the mirror has fewer than `[git] spare_worktrees` spares, and removed
+    /// ([`Worktree::remove`]) otherwise. Only for worktrees nothing untrusted wrote to (evaluations only
+    /// read theirs; checks run on a copy): a spare is reset before it is used again, but only after its
+    /// `.git` file is found to name its mirror still.
+    pub async fn release(mut self) -> Result<(), CheckoutError> {
+        let lock = self.lock.clone();
+        {
+            let _guard = lock.lock().await;
+            let limit = self.owner.spare_limit.load(Ordering::Relaxed);
+            let mut spares = self.owner.spares();
+            let list = spares.entry(mirror_name_of(&self.mirror)).or_default();
+            if list.len() < limit {
+                list.push(Spare { path: self.path.clone(), since: Instant::now() });
+                // It stays in `live`: no directory scan may delete a spare.
+                self.armed = false;
+                return Ok(());
+            }
+        }
+        self.remove().await
     }
 
     /// Removes the worktree. Its directory is first renamed out of the way (`<name>.removing`, next to
@@ -277,8 +343,16 @@ impl Checkouts {
                 live: Mutex::new(HashSet::new()),
                 extra_config,
                 timeout,
+                spares: Mutex::new(HashMap::new()),
+                spare_limit: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// Keeps up to `per_mirror` released worktrees of each mirror as spares ([`Worktree::release`]);
+    /// 0 (the default) removes every released worktree.
+    pub fn set_spare_worktrees(&self, per_mirror: usize) {
+        self.inner.spare_limit.store(per_mirror, Ordering::Relaxed);
     }
 
     /// `<data_dir>/mirrors`.
@@ -326,6 +400,29 @@ impl Checkouts {
         }
 
         let dir = self.inner.worktrees.join(worktree_name(&name, &sha));
+        while let Some(spare) = self.inner.pop_spare(&name) {
+            match self.reset_spare(&mirror, &spare, &sha, &dir).await {
+                Ok(()) => {
+                    tracing::info!(sha, path = %dir.display(), "checked out into a spare worktree");
+                    self.inner.live().insert(dir.clone());
+                    return Ok(Worktree {
+                        path: dir,
+                        sha,
+                        mirror,
+                        lock: lock.clone(),
+                        owner: self.inner.clone(),
+                        armed: true,
+                    });
+                }
+                Err(message) => {
+                    tracing::warn!(path = %spare.display(), "a spare worktree is removed, not reused: {message}");
+                    let s = spare.clone();
+                    if let Err(e) = smol::unblock(move || force_remove_dir(&s)).await {
+                        tracing::warn!(path = %spare.display(), "cannot remove a spare worktree: {e}");
+                    }
+                }
+            }
+        }
         let worktree_error = |message: String| CheckoutError::Worktree {
             url: url.display.clone(),
             sha: sha.clone(),
@@ -354,6 +451,26 @@ impl Checkouts {
         }
         self.inner.live().insert(dir.clone());
         Ok(Worktree { path: dir, sha, mirror, lock: lock.clone(), owner: self.inner.clone(), armed: true })
+    }
+
+    /// Resets spare worktree `spare` of `mirror` to commit `sha` (tracked files as in `sha`, every
+    /// other file deleted, ignored ones included) and moves it to `dir`. Refused unless its `.git`
+    /// file names its admin directory in `mirror` and that names it back ([`spare_admin_dir`]); git
+    /// is then told that directory, never left to find it.
+    async fn reset_spare(&self, mirror: &Path, spare: &Path, sha: &str, dir: &Path) -> Result<(), String> {
+        let admin = {
+            let (m, s) = (mirror.to_path_buf(), spare.to_path_buf());
+            smol::unblock(move || spare_admin_dir(&m, &s)).await?
+        };
+        for args in [&["checkout", "--force", "--detach", "--quiet", sha][..], &["clean", "-ffdxq"]] {
+            let mut git = self.git(None);
+            git.arg("-C").arg(spare).arg("--git-dir").arg(&admin).arg("--work-tree").arg(spare).args(args);
+            git.run().await.map_err(|failure| format!("git {}: {failure}", args[0]))?;
+        }
+        let mut moved = self.git(None);
+        moved.arg("--git-dir").arg(mirror).args(["worktree", "move", "--"]).arg(spare).arg(dir);
+        moved.run().await.map_err(|failure| format!("git worktree move: {failure}"))?;
+        Ok(())
     }
 
     async fn ensure_mirror(&self, url: &RepoUrl, mirror: &Path, sha: &str) -> Result<(), CheckoutError> {
@@ -543,6 +660,13 @@ impl Checkouts {
     /// owns and that was last modified at least `min_age` ago. Returns the count and the bytes freed.
     pub async fn remove_old_worktrees(&self, min_age: std::time::Duration) -> (u64, u64) {
         let (mut count, mut bytes) = (0, 0);
+        // Spares idle that long go too; the scan below then finds them like any other.
+        let mirrors: Vec<String> = self.inner.spares().keys().cloned().collect();
+        for name in mirrors {
+            let lock = self.lock_for(&name);
+            let _guard = lock.lock().await;
+            self.inner.take_spares(&name, |s| s.since.elapsed() >= min_age);
+        }
         for (path, is_dir) in list_dir(&self.inner.worktrees).await.unwrap_or_default() {
             if self.inner.live().contains(&path) {
                 continue;
@@ -596,6 +720,13 @@ impl Checkouts {
         }
         let lock = self.lock_for(&name);
         let _guard = lock.lock().await;
+        // Its spares are only kept for it.
+        for spare in self.inner.take_spares(&name, |_| true) {
+            let s = spare.clone();
+            if let Err(e) = smol::unblock(move || force_remove_dir(&s)).await {
+                tracing::warn!(path = %spare.display(), "cannot remove a spare worktree: {e}");
+            }
+        }
         let prefix = format!("{}-", name.trim_end_matches(".git"));
         let in_use = self
             .inner
@@ -696,6 +827,42 @@ fn worktree_name(mirror_name: &str, sha: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let identity = mirror_name.trim_end_matches(".git");
     format!("{identity}-{}-{}-{n}", crate::text::short_sha(sha), std::process::id())
+}
+
+/// The mirror name (`<identity>-<hash>.git`) of mirror directory `mirror`.
+fn mirror_name_of(mirror: &Path) -> String {
+    mirror.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The admin directory (`<mirror>/worktrees/<name>`) of worktree `spare`, checked both ways: `.git` in
+/// `spare` is a regular file `gitdir: <dir>` with `<dir>` directly under `<mirror>/worktrees`, and
+/// that directory's `gitdir` file names `spare/.git`. Anything else means the worktree was changed
+/// by someone else, and git must not be run in it.
+fn spare_admin_dir(mirror: &Path, spare: &Path) -> Result<PathBuf, String> {
+    let dot_git = spare.join(".git");
+    let read = |path: &Path| -> Result<String, String> {
+        let meta =
+            std::fs::symlink_metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a regular file", path.display()));
+        }
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let real = |path: &Path| std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()));
+    let text = read(&dot_git)?;
+    let admin = text
+        .strip_prefix("gitdir: ")
+        .map(|rest| PathBuf::from(rest.trim_end_matches('\n')))
+        .ok_or_else(|| format!("{} does not name a git directory", dot_git.display()))?;
+    let admin = real(&admin)?;
+    if admin.parent() != Some(real(&mirror.join("worktrees"))?.as_path()) {
+        return Err(format!("{} names {}, outside its mirror", dot_git.display(), admin.display()));
+    }
+    let back = read(&admin.join("gitdir"))?;
+    if real(Path::new(back.trim_end_matches('\n')))? != real(&dot_git)? {
+        return Err(format!("{} belongs to another worktree", admin.display()));
+    }
+    Ok(admin)
 }
 
 /// Deletes a directory tree, making read-only directories writable if a first attempt fails.

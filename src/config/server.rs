@@ -491,11 +491,15 @@ pub struct GitConfig {
     /// so a stuck remote cannot hold an evaluation slot (10..=86400, default 600).
     #[serde(deserialize_with = "de::ranged_u64::<_, 10, 86400>")]
     pub timeout_seconds: u64,
+    /// Worktrees of a repository kept after an evaluation for the next checkout of the same repository,
+    /// which then changes only the files that differ (0..=16, default 2: a review's base and head).
+    #[serde(deserialize_with = "de::ranged_u64::<_, 0, 16>")]
+    pub spare_worktrees: u64,
 }
 
 impl Default for GitConfig {
     fn default() -> Self {
-        GitConfig { timeout_seconds: 600 }
+        GitConfig { timeout_seconds: 600, spare_worktrees: 2 }
     }
 }
 

@@ -421,6 +421,7 @@ async fn start_pipeline(
     };
     let checkouts =
         Checkouts::with_timeout(&data_dir, std::time::Duration::from_secs(config.git.timeout_seconds));
+    checkouts.set_spare_worktrees(usize::try_from(config.git.spare_worktrees).unwrap_or(0));
     match checkouts.prune_stale().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(worktrees = n, "removed worktrees left by a previous run"),

@@ -434,3 +434,147 @@ fn a_second_commit_fetches_only_what_is_new() {
     let refs = git(&mirror, &["for-each-ref", "--format=%(refname)", "refs/ekaci/seen/"]);
     assert_eq!(refs.lines().count(), 2, "{refs}");
 }
+
+/// Entries under the worktrees directory (worktrees, spares, directories being removed).
+fn worktree_dirs(checkouts: &Checkouts) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(checkouts.worktrees_dir())
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// Waits until the worktrees directory holds exactly `n` entries (removals finish in the background).
+fn wait_for_worktree_dirs(checkouts: &Checkouts, n: usize) -> Vec<PathBuf> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let dirs = worktree_dirs(checkouts);
+        if dirs.len() == n {
+            return dirs;
+        }
+        assert!(std::time::Instant::now() < deadline, "expected {n} worktree entries, found {dirs:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_released_worktree_is_reset_to_the_next_commit_and_reused() {
+    let fx = Fixture::new();
+    let checkouts = fx.checkouts();
+    checkouts.set_spare_worktrees(1);
+    let url = local_url(&fx.src);
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.one, None)).expect("checkout");
+    let (first, mirror) = (wt.path().to_path_buf(), wt.mirror().to_path_buf());
+    // Whatever is left in it must not reach the next checkout: a changed tracked file, untracked and
+    // ignored files, a nested repository.
+    std::fs::write(first.join("file"), "changed").expect("write");
+    std::fs::write(first.join(".gitignore"), "ignored\n").expect("write");
+    std::fs::write(first.join("ignored"), "x").expect("write");
+    std::fs::create_dir_all(first.join("nested/deeper")).expect("mkdir");
+    std::fs::write(first.join("nested/deeper/output"), "x").expect("write");
+    git(&first.join("nested"), &["init", "-q"]);
+    smol::block_on(wt.release()).expect("release");
+    assert_eq!(worktree_dirs(&checkouts), vec![first.clone()], "kept as a spare");
+
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.two, None)).expect("checkout");
+    let second = wt.path().to_path_buf();
+    assert_ne!(second, first, "renamed for its commit");
+    assert!(!first.exists());
+    assert!(second.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(&fx.two[..12])));
+    assert_eq!(read(&second), "two");
+    assert_eq!(git(&second, &["rev-parse", "HEAD"]), fx.two);
+    assert_eq!(git(&second, &["status", "--porcelain", "--ignored", "--untracked-files=all"]), "");
+    for gone in [".gitignore", "ignored", "nested"] {
+        assert!(!second.join(gone).exists(), "{gone} is left from the previous use");
+    }
+    assert_eq!(listed_worktrees(&mirror), vec![mirror.clone(), second.clone()], "one worktree, moved");
+    assert_eq!(worktree_dirs(&checkouts), vec![second.clone()]);
+
+    // A second checkout while the first is in use gets a fresh worktree; with room for one spare, the
+    // second released is removed.
+    let other = smol::block_on(checkouts.checkout(&url, &fx.one, None)).expect("checkout");
+    assert_eq!(read(other.path()), "one");
+    smol::block_on(wt.release()).expect("release");
+    smol::block_on(other.release()).expect("release");
+    assert_eq!(wait_for_worktree_dirs(&checkouts, 1), vec![second]);
+}
+
+#[test]
+fn a_spare_whose_git_file_was_changed_is_removed_and_never_run_in() {
+    let fx = Fixture::new();
+    let checkouts = fx.checkouts();
+    checkouts.set_spare_worktrees(1);
+    let url = local_url(&fx.src);
+    // A repository someone else controls: git run in it would move its HEAD.
+    let hostile = fx.tmp.path().join("hostile");
+    std::fs::create_dir(&hostile).expect("mkdir");
+    git(&hostile, &["init", "-q"]);
+    let head_before = std::fs::read_to_string(hostile.join(".git/HEAD")).expect("HEAD");
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.one, None)).expect("checkout");
+    let spare = wt.path().to_path_buf();
+    smol::block_on(wt.release()).expect("release");
+    std::fs::write(spare.join(".git"), format!("gitdir: {}\n", hostile.join(".git").display()))
+        .expect("write");
+
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.two, None)).expect("checkout");
+    assert_eq!(read(wt.path()), "two");
+    assert!(!spare.exists(), "the tampered spare is deleted");
+    assert_eq!(std::fs::read_to_string(hostile.join(".git/HEAD")).expect("HEAD"), head_before);
+    assert_eq!(git(&hostile, &["status", "--porcelain"]), "", "nothing was checked out into it");
+    assert_eq!(worktree_dirs(&checkouts), vec![wt.path().to_path_buf()]);
+
+    // The same for a `.git` that is a symlink to the real admin directory's file, and one naming
+    // another worktree of the same mirror.
+    let kept = smol::block_on(checkouts.checkout(&url, &fx.one, None)).expect("checkout");
+    let spare = wt.path().to_path_buf();
+    smol::block_on(wt.release()).expect("release");
+    let real = std::fs::read_to_string(spare.join(".git")).expect(".git");
+    std::fs::write(fx.tmp.path().join("dot-git"), &real).expect("write");
+    std::fs::remove_file(spare.join(".git")).expect("rm");
+    std::os::unix::fs::symlink(fx.tmp.path().join("dot-git"), spare.join(".git")).expect("symlink");
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.two, None)).expect("checkout");
+    assert!(!spare.exists());
+    let spare = wt.path().to_path_buf();
+    smol::block_on(wt.release()).expect("release");
+    std::fs::copy(kept.path().join(".git"), spare.join(".git")).expect("copy");
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.two, None)).expect("checkout");
+    assert!(!spare.exists());
+    assert_eq!(read(kept.path()), "one", "the other worktree is untouched");
+    assert_eq!(git(kept.path(), &["rev-parse", "HEAD"]), fx.one);
+    assert_eq!(read(wt.path()), "two");
+}
+
+#[test]
+fn spares_are_not_kept_by_default_and_retention_removes_idle_ones() {
+    let fx = Fixture::new();
+    let checkouts = fx.checkouts();
+    let url = local_url(&fx.src);
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.one, None)).expect("checkout");
+    smol::block_on(wt.release()).expect("release");
+    wait_for_worktree_dirs(&checkouts, 0);
+
+    checkouts.set_spare_worktrees(2);
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.one, None)).expect("checkout");
+    let spare = wt.path().to_path_buf();
+    smol::block_on(wt.release()).expect("release");
+    // Not idle for an hour yet: kept, and the directory scan spares it although its files are old.
+    let (count, _) = smol::block_on(checkouts.remove_old_worktrees(std::time::Duration::from_secs(3600)));
+    assert_eq!(count, 0);
+    assert!(spare.exists());
+    let (count, bytes) = smol::block_on(checkouts.remove_old_worktrees(std::time::Duration::ZERO));
+    assert_eq!(count, 1);
+    assert!(bytes > 0);
+    assert!(!spare.exists());
+    // The next checkout adds a fresh worktree.
+    let wt = smol::block_on(checkouts.checkout(&url, &fx.two, None)).expect("checkout");
+    assert_eq!(read(wt.path()), "two");
+
+    // Removing the mirror removes its spare, and is not refused for it.
+    let mirror = wt.mirror().to_path_buf();
+    smol::block_on(wt.release()).expect("release");
+    assert_eq!(worktree_dirs(&checkouts).len(), 1);
+    let freed = smol::block_on(checkouts.remove_mirror(&mirror)).expect("remove mirror");
+    assert!(freed.is_some(), "the mirror is removed");
+    assert!(!mirror.exists());
+    assert_eq!(worktree_dirs(&checkouts), Vec::<PathBuf>::new());
+}

@@ -568,6 +568,8 @@ const RANGED: &[(&str, &str, &str, i64, i64)] = &[
     ("[retention]\n", "jobsets_days", "retention.jobsets_days", 0, 36500),
     ("[retention]\n", "worktrees_hours", "retention.worktrees_hours", 0, 87600),
     ("[limits]\n", "max_jobs_per_repo", "limits.max_jobs_per_repo", 1, 1000),
+    ("[git]\n", "timeout_seconds", "git.timeout_seconds", 10, 86400),
+    ("[git]\n", "spare_worktrees", "git.spare_worktrees", 0, 16),
 ];
 
 #[test]
@@ -583,6 +585,8 @@ fn ranged_keys_accept_their_bounds_and_reject_just_outside() {
                 "retention.jobsets_days" => l.config.retention.jobsets_days as i64,
                 "retention.worktrees_hours" => l.config.retention.worktrees_hours as i64,
                 "limits.max_jobs_per_repo" => l.config.limits.max_jobs_per_repo as i64,
+                "git.timeout_seconds" => l.config.git.timeout_seconds as i64,
+                "git.spare_worktrees" => l.config.git.spare_worktrees as i64,
                 _ => i64::from(l.config.web.port),
             };
             assert_eq!(got, v, "{path}");

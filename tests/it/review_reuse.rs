@@ -54,13 +54,16 @@ fn repo_with_base() -> (GitRepo, String) {
     (repo, base)
 }
 
-/// Waits until every worktree of `home`'s server is removed (they are deleted in the background).
-fn wait_for_no_worktree(home: &Home) {
+/// Waits until `home`'s server has exactly `n` worktrees (spares), none of them being removed
+/// (removals finish in the background); returns them.
+fn wait_for_worktrees(home: &Home, n: usize) -> Vec<std::path::PathBuf> {
     let worktrees = home.path().join("data/ekaci/worktrees");
-    wait_for("the worktrees removed", || {
-        let left = std::fs::read_dir(&worktrees).map(|d| d.count()).unwrap_or(0);
-        (left == 0).then_some(())
-    });
+    wait_for(&format!("{n} worktree(s) left"), || {
+        let left: Vec<_> = std::fs::read_dir(&worktrees)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        (left.len() == n).then_some(left)
+    })
 }
 
 #[test]
@@ -84,7 +87,17 @@ fn a_second_change_against_an_evaluated_base_reuses_it_without_a_checkout() {
     assert_eq!(evaluations_of(&log, &base), 1, "{log}");
     assert_eq!(evaluations_of(&log, &head1), 1, "{log}");
 
-    // Warm: base is reused as it is.
+    // The cold review's two worktrees are kept as spares, each reset to what its commit has.
+    for spare in wait_for_worktrees(&home, 2) {
+        assert_eq!(
+            common::git_in(&spare, &["status", "--porcelain", "--ignored"]),
+            "",
+            "{}",
+            spare.display()
+        );
+    }
+
+    // Warm: base is reused as it is, head checked out into a spare.
     let second = summary(&home, &repo, &base, &head2);
     let progress = String::from_utf8_lossy(&second.stderr);
     assert!(progress.contains(&format!("evaluating main @ {}", short(&head2))), "{progress}");
@@ -94,6 +107,7 @@ fn a_second_change_against_an_evaluated_base_reuses_it_without_a_checkout() {
     assert_eq!(evaluations_of(&log, &base), 1, "base is evaluated once: {log}");
     assert_eq!(evaluations_of(&log, &head2), 1, "{log}");
     assert!(log.contains("reusing an evaluated commit without checking it out"), "{log}");
+    assert!(log.contains("checked out into a spare worktree"), "{log}");
 
     // The same summary as a server that evaluates base for this change alone.
     let fresh = Home::new();
@@ -104,8 +118,8 @@ fn a_second_change_against_an_evaluated_base_reuses_it_without_a_checkout() {
     assert!(markdown.contains("lib") && markdown.contains("app"), "{markdown}");
     drop(fresh_server);
 
-    // Every worktree is removed (in the background), none is left behind.
-    wait_for_no_worktree(&home);
+    // No more worktrees than the spares are left behind.
+    wait_for_worktrees(&home, 2);
     drop(server);
 }
 
@@ -145,6 +159,8 @@ fn a_cold_review_whose_head_fails_drops_base_and_leaves_no_checkout() {
     let (repo, base) = repo_with_base();
     let head = repo.commit("break the configuration", &[(".eka-ci/config.json", Some("{ \"jobs\": "))]);
     let home = Home::new();
+    // No spares: whatever the order of the two checkouts, none may be left.
+    home.write_config("[git]\nspare_worktrees = 0");
     let server = home.start();
     let out = home.ekaci_change("summary", &repo, &base, &head, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -152,6 +168,6 @@ fn a_cold_review_whose_head_fails_drops_base_and_leaves_no_checkout() {
     assert!(err.contains(".eka-ci/config.json"), "the error names the file: {err}");
     let log = server.log();
     assert!(log.contains("base has nothing evaluated: it goes alongside head"), "{log}");
-    wait_for_no_worktree(&home);
+    wait_for_worktrees(&home, 0);
     drop(server);
 }
