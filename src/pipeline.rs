@@ -558,7 +558,7 @@ impl Pipeline {
         let _worktree_slot = self.worktree_slots.acquire().await;
         let worktree = self.checkout(repo, commit, auth).await?;
         let result = self.evaluate_worktree(repo, commit, &worktree, definitions, progress, with_attrs).await;
-        remove_worktree(worktree).await;
+        release_worktree(worktree).await;
         result
     }
 
@@ -629,7 +629,7 @@ impl Pipeline {
         let _worktree_slot = self.worktree_slots.acquire().await;
         let worktree = self.checkout(repo, commit, auth).await?;
         let result = load_repo_config(&worktree, repo, commit, self.repo_limits()).await;
-        remove_worktree(worktree).await;
+        release_worktree(worktree).await;
         result
     }
 
@@ -779,7 +779,7 @@ impl Pipeline {
             Ok::<(), PipelineError>(())
         }
         .await;
-        remove_worktree(worktree).await;
+        release_worktree(worktree).await;
         result
     }
 
@@ -1004,11 +1004,25 @@ impl Pipeline {
             smol::unblock(move || jobsets.finish(id, state)).await?
         };
         if jobset.state == JobsetState::Evaluated {
-            report(progress, &format!("finding the aliases nix-env does not list in {}", key.job), 0, 0);
-            self.identify_aliases(key, id, job, checkout, false).await?;
-            report(progress, &format!("reading the derivation graph of {}", key.job), 0, 0);
-            let roots = self.roots_of(id).await?;
-            self.discover(&key.job, &roots).await?;
+            // The identity step (a Nix process) and the graph discovery (this process reading .drv
+            // files) need nothing of each other: they run at once.
+            report(
+                progress,
+                &format!(
+                    "finding the aliases nix-env does not list in {0} and reading its derivation graph",
+                    key.job
+                ),
+                0,
+                0,
+            );
+            let aliases = async {
+                self.identify_aliases(key, id, job, checkout, false).await.map_err(PipelineError::from)
+            };
+            let graph = async {
+                let roots = self.roots_of(id).await?;
+                self.discover(&key.job, &roots).await
+            };
+            futures_lite::future::try_zip(aliases, graph).await?;
             self.prepare_scan_index(id);
         }
         Ok((jobset, false))
@@ -1168,9 +1182,10 @@ fn report_reused(progress: &ProgressSink, key: &JobsetKey) {
     report(progress, &stage, 0, 0);
 }
 
-/// Removes a worktree once its step is done; a failure is logged (the worktree is pruned at the next start).
-async fn remove_worktree(worktree: Worktree) {
-    if let Err(e) = worktree.remove().await {
+/// Releases a worktree that was only read once its step is done: kept as a spare for the next checkout
+/// of its repository, or removed; a failure is logged (the worktree is pruned at the next start).
+async fn release_worktree(worktree: Worktree) {
+    if let Err(e) = worktree.release().await {
         tracing::warn!(error = %e, "removing a worktree failed; it is pruned at the next start");
     }
 }
