@@ -294,11 +294,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Opts::new(
             "eka_ci_host_trouble_retries_total",
             "Pipeline steps retried after host trouble (out of file descriptors, processes or disk space), \
-             by stage: checkout, evaluation, graph",
+             by stage: checkout, evaluation, graph, identity",
         ),
         &["stage"],
     )?;
-    for stage in ["checkout", "evaluation", "graph"] {
+    for stage in ["checkout", "evaluation", "graph", "identity"] {
         host_trouble_retries.with_label_values(&[stage]);
     }
     registry.register(Box::new(host_trouble_retries.clone()))?;

@@ -1009,7 +1009,7 @@ impl Pipeline {
             report(
                 progress,
                 &format!(
-                    "finding the aliases nix-env does not list in {0} and reading its derivation graph",
+                    "reading the derivation graph of {0} and finding the aliases nix-env does not list",
                     key.job
                 ),
                 0,
@@ -1102,7 +1102,12 @@ impl Pipeline {
         .await?;
         let Some(groups) = groups else { return Ok(()) };
         let (source, opts) = self.eval_setup(id, job);
-        match crate::nix::eval_identity::find_hidden(checkout, &source, &opts, groups).await {
+        let what = format!("{} @ {}", key.job_name(), key.commit);
+        let found = retry_host_trouble("identity", &what, || {
+            crate::nix::eval_identity::find_hidden(checkout, &source, &opts, groups.clone())
+        })
+        .await;
+        match found {
             Ok(found) => {
                 let aliases = crate::jobset::aliases::JobsetAliases {
                     hidden: found.hidden,

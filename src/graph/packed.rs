@@ -1,9 +1,11 @@
 //! The compact in-memory form of a graph node, as held by the LRU front.
 //!
 //! A resident node is one heap block ([`Packed`], whose layout is documented there): the cache entry holds
-//! only the id and the block's pointer. Input and dependent ids come first, as fixed-width `u32`s, because
-//! graph walks read nothing else; the rest is varint-encoded symbols and compressed store paths, decoded only
-//! when a caller asks for a whole node (about 130 bytes for a typical node).
+//! only the id and the block's pointer. Input and dependent ids come first, because graph walks read
+//! nothing else, as varint deltas: inputs (in .drv order) from the id before, zigzag-encoded; dependents
+//! (ascending) from the one before. Ids are numbered in discovery order, so a node's inputs are mostly
+//! close together: on nixpkgs an id takes about 2 bytes instead of 4. The rest is varint-encoded symbols
+//! and compressed store paths, decoded only when a caller asks for a whole node.
 //!
 //! Strings that repeat across nodes (systems, feature sets, output names and output-name sets) are interned
 //! graph-wide in an [`Interner`]; store paths are unique per node, so they are stored with their
@@ -91,8 +93,8 @@ const FLAG_FIXED_OUTPUT: u8 = 4;
 /// ```text
 /// n_inputs         varint
 /// n_dependents     varint
-/// input ids        n_inputs × u32 (little-endian)      ─┐ fixed width: walks read these directly
-/// dependent ids    n_dependents × u32, ascending       ─┘
+/// input ids        n_inputs × varint zigzag(id − previous id), the first from 0   ─┐ walks read
+/// dependent ids    n_dependents × varint (id − previous id), ascending, from 0    ─┘ only these
 /// flags            u8
 /// output count     varint
 /// system           varint symbol
@@ -113,15 +115,79 @@ struct Counts {
     n_dependents: usize,
     /// Offset of the input ids.
     ids: usize,
+    /// Offset of the dependent ids.
+    dependents: usize,
+    /// Offset of the part after the ids.
+    variable: usize,
 }
 
-impl Counts {
-    fn dependents(&self) -> usize {
-        self.ids.saturating_add(self.n_inputs.saturating_mul(4))
+/// The offset after the `n` varints that start at `start`, if `data` holds them.
+fn skip_varints(data: &[u8], start: usize, n: usize) -> Option<usize> {
+    if n == 0 {
+        return Some(start);
     }
+    let mut left = n;
+    for (i, b) in data.get(start..)?.iter().enumerate() {
+        if b & 0x80 == 0 {
+            left -= 1;
+            if left == 0 {
+                return Some(start + i + 1);
+            }
+        }
+    }
+    None
+}
 
-    fn variable(&self) -> usize {
-        self.dependents().saturating_add(self.n_dependents.saturating_mul(4))
+/// Zigzag: small magnitudes of either sign become small unsigned numbers.
+fn zigzag(delta: i64) -> u64 {
+    ((delta << 1) ^ (delta >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// The ids of one region, decoded as they are read. A corrupt region ends early (walks then see fewer
+/// ids; [`Packed::header`] and [`Packed::unpack`] report the corruption).
+struct Ids<'a> {
+    r: Reader<'a>,
+    left: usize,
+    previous: i64,
+    /// Inputs: zigzag deltas; dependents: plain deltas.
+    signed: bool,
+}
+
+impl Iterator for Ids<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let v = u64::try_from(self.r.varint().ok()?).ok()?;
+        let delta = if self.signed { unzigzag(v) } else { i64::try_from(v).ok()? };
+        let id = self.previous.checked_add(delta)?;
+        self.previous = id;
+        match u32::try_from(id) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                self.left = 0;
+                None
+            }
+        }
+    }
+}
+
+/// Appends `ids` as varint deltas (zigzag when `signed`).
+fn push_ids(out: &mut Vec<u8>, ids: impl Iterator<Item = u32>, signed: bool) {
+    let mut previous = 0i64;
+    for id in ids {
+        let delta = i64::from(id) - previous;
+        previous = i64::from(id);
+        // On 64-bit targets a u64 is a usize; a delta of two u32s always fits in 33 bits.
+        let v = if signed { zigzag(delta) } else { delta.unsigned_abs() };
+        push_varint(out, v as usize);
     }
 }
 
@@ -158,12 +224,8 @@ impl Packed {
         d.clear();
         push_varint(&mut d, node.inputs.len());
         push_varint(&mut d, dependents.len());
-        for (id, _) in &node.inputs {
-            d.extend_from_slice(&id.to_le_bytes());
-        }
-        for id in dependents {
-            d.extend_from_slice(&id.to_le_bytes());
-        }
+        push_ids(&mut d, node.inputs.iter().map(|(id, _)| *id), true);
+        push_ids(&mut d, dependents.iter().copied(), false);
         let mut flags = 0;
         for (set, flag) in [
             (node.prefer_local_build, FLAG_PREFER_LOCAL),
@@ -191,43 +253,35 @@ impl Packed {
         Ok(Packed { data })
     }
 
-    /// The counts at the start of the block. A corrupt block reads as having no ids; every decoding
-    /// access then reports it through [`Packed::header`].
-    fn counts(&self) -> Counts {
+    /// The counts and regions at the start of the block; `None` when the block is too short for them
+    /// (walks then see no ids, and every decoding access reports it through [`Packed::header`]).
+    fn counts(&self) -> Option<Counts> {
         let mut r = Reader::at(&self.data, 0);
-        match (r.varint(), r.varint()) {
-            (Ok(n_inputs), Ok(n_dependents)) => Counts { n_inputs, n_dependents, ids: r.pos },
-            _ => Counts { n_inputs: 0, n_dependents: 0, ids: self.data.len() },
-        }
+        let (n_inputs, n_dependents) = (r.varint().ok()?, r.varint().ok()?);
+        let ids = r.pos;
+        let dependents = skip_varints(&self.data, ids, n_inputs)?;
+        let variable = skip_varints(&self.data, dependents, n_dependents)?;
+        Some(Counts { n_inputs, n_dependents, ids, dependents, variable })
     }
 
-    fn ids(&self, start: usize, n: usize) -> impl Iterator<Item = u32> + '_ {
-        n.checked_mul(4)
-            .and_then(|len| start.checked_add(len))
-            .and_then(|end| self.data.get(start..end))
-            .unwrap_or_default()
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    fn ids(&self, region: impl FnOnce(&Counts) -> (usize, usize), signed: bool) -> Ids<'_> {
+        let (start, left) = self.counts().as_ref().map(region).unwrap_or((self.data.len(), 0));
+        Ids { r: Reader::at(&self.data, start), left, previous: 0, signed }
     }
 
     /// The ids of the input derivations, in the order of the .drv file.
     pub(crate) fn input_ids(&self) -> impl Iterator<Item = u32> + '_ {
-        let c = self.counts();
-        self.ids(c.ids, c.n_inputs)
+        self.ids(|c| (c.ids, c.n_inputs), true)
     }
 
     /// The ids of the nodes that have this node as an input, ascending.
     pub(crate) fn dependent_ids(&self) -> impl Iterator<Item = u32> + '_ {
-        let c = self.counts();
-        self.ids(c.dependents(), c.n_dependents)
+        self.ids(|c| (c.dependents, c.n_dependents), false)
     }
 
     fn header(&self) -> Result<Header, PackError> {
-        let c = self.counts();
-        if c.variable() > self.data.len() {
-            return Err(PackError::Corrupt("block too short"));
-        }
-        let mut r = Reader::at(&self.data, c.variable());
+        let c = self.counts().ok_or(PackError::Corrupt("block too short"))?;
+        let mut r = Reader::at(&self.data, c.variable);
         let flags = r.u8()?;
         let n_outputs = r.varint()?;
         let system = r.sym()?;
@@ -258,21 +312,20 @@ impl Packed {
             return Ok(());
         }
         u32::try_from(merged.len()).map_err(|_| PackError::TooLarge("dependents"))?;
-        let c = self.counts();
-        let (inputs, tail) = match (self.data.get(c.ids..c.dependents()), self.data.get(c.variable()..)) {
+        let c = self.counts().ok_or(PackError::Corrupt("block too short"))?;
+        let (inputs, tail) = match (self.data.get(c.ids..c.dependents), self.data.get(c.variable..)) {
             (Some(i), Some(t)) => (i, t),
             _ => return Err(PackError::Corrupt("block too short")),
         };
         let mut d = Vec::with_capacity(
-            varint_len(c.n_inputs) + varint_len(merged.len()) + inputs.len() + 4 * merged.len() + tail.len(),
+            varint_len(c.n_inputs) + varint_len(merged.len()) + inputs.len() + 5 * merged.len() + tail.len(),
         );
         push_varint(&mut d, c.n_inputs);
         push_varint(&mut d, merged.len());
         d.extend_from_slice(inputs);
-        for id in &merged {
-            d.extend_from_slice(&id.to_le_bytes());
-        }
+        push_ids(&mut d, merged.iter().copied(), false);
         d.extend_from_slice(tail);
+        d.shrink_to_fit();
         self.data = d.into_boxed_slice();
         Ok(())
     }
@@ -586,10 +639,11 @@ mod tests {
             assert_eq!(p.path().unwrap(), n.path);
             assert_eq!(p.input_ids().collect::<Vec<_>>(), vec![3, 1]);
         }
-        // 2 counts, 2 input ids; flags, output count, system, features; 2 input output sets, 4 output names; the drv
-        // path (tag, hash, name), `dev` and `out` derived (tag, hash), `weird` with its name, `ca` empty, raw.
+        // 2 counts, 2 input ids (3 and 1: 1 byte each as zigzag deltas); flags, output count, system,
+        // features; 2 input output sets, 4 output names; the drv path (tag, hash, name), `dev` and `out`
+        // derived (tag, hash), `weird` with its name, `ca` empty, raw.
         let p = Packed::build(&cases[0], &[], &mut i).unwrap();
-        assert_eq!(p.heap_bytes(), 2 + 2 * 4 + 4 + 2 + 4 + (1 + 20 + 1 + 14) + 2 * 21 + (21 + 1 + 5) + 2);
+        assert_eq!(p.heap_bytes(), 2 + 2 + 4 + 2 + 4 + (1 + 20 + 1 + 14) + 2 * 21 + (21 + 1 + 5) + 2);
     }
 
     #[test]
@@ -602,6 +656,49 @@ mod tests {
         p.merge_dependents(&[8]).unwrap();
         assert_eq!(p.dependent_ids().collect::<Vec<_>>(), vec![1, 4, 8, 9]);
         assert_eq!(p.unpack(&i).unwrap(), n, "the rest of the block is intact");
+    }
+
+    #[test]
+    fn ids_round_trip_at_the_extremes_in_any_order() {
+        let mut i = Interner::default();
+        let inputs = [u32::MAX, 0, 7, 6, 1 << 20, (1 << 20) + 1, u32::MAX - 1, 0];
+        let mut n = node("/x.drv", &[("out", "/x")]);
+        n.inputs = inputs.iter().map(|&id| (id, vec!["out".to_string()])).collect();
+        let dependents = [0, 1, 127, 128, 16_384, u32::MAX];
+        let mut p = Packed::build(&n, &dependents, &mut i).unwrap();
+        assert_eq!(p.input_ids().collect::<Vec<_>>(), inputs);
+        assert_eq!(p.dependent_ids().collect::<Vec<_>>(), dependents);
+        assert_eq!(p.unpack(&i).unwrap(), n);
+        p.merge_dependents(&[2, u32::MAX - 1]).unwrap();
+        assert_eq!(
+            p.dependent_ids().collect::<Vec<_>>(),
+            [0, 1, 2, 127, 128, 16_384, u32::MAX - 1, u32::MAX]
+        );
+        assert_eq!(p.input_ids().collect::<Vec<_>>(), inputs);
+        assert_eq!(p.unpack(&i).unwrap(), n);
+        // Neighbouring ids take one byte each, where fixed width took four.
+        n.inputs = (1000..1010).map(|id| (id, vec!["out".to_string()])).collect();
+        let near = Packed::build(&n, &(2000..2010).collect::<Vec<_>>(), &mut i).unwrap();
+        let far = {
+            n.inputs = (0..10).map(|k| (k * 100_000, vec!["out".to_string()])).collect();
+            Packed::build(&n, &(0..10).map(|k| k * 100_000).collect::<Vec<_>>(), &mut i).unwrap()
+        };
+        // Far: 0 (1 byte), then 9 steps of 100,000 (3 bytes each); near: 1000 or 2000 (2 bytes), then 9
+        // steps of 1 (1 byte each). Per region 28 against 11 bytes.
+        assert_eq!(far.heap_bytes() - near.heap_bytes(), 2 * (28 - 11));
+    }
+
+    #[test]
+    fn a_truncated_block_reads_as_corrupt_never_out_of_bounds() {
+        let mut i = Interner::default();
+        let mut n = node("/x.drv", &[("out", "/x")]);
+        n.inputs = vec![(300, vec!["out".to_string()]), (5, vec!["out".to_string()])];
+        let p = Packed::build(&n, &[70_000], &mut i).unwrap();
+        for len in 0..p.data.len() {
+            let cut = Packed { data: Box::from(&p.data[..len]) };
+            assert!(cut.unpack(&i).is_err(), "cut at {len}");
+            assert!(cut.input_ids().count() <= 2 && cut.dependent_ids().count() <= 1);
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Host trouble during a review's pipeline steps is retried, never recorded as the commit's failure: the
 //! server's process runs out of file descriptors for real (EMFILE) while checking out, while evaluating
-//! and while reading `.drv` files, and each step waits, retries with backoff and completes once
+//! and while reading `.drv` files (with the identity step alongside), and each step waits, retries with backoff and completes once
 //! descriptors are free again, with the jobset evaluated and its graph stored.
 
 use crate::common;
@@ -33,8 +33,9 @@ fn host_trouble_child() {
 
     let n = nonce();
     let repo = GitRepo::new();
+    // `c` is `a` again: the identity step has a group to decide, so it runs a Nix process.
     let nix = format!(
-        "{}{{ a = mk \"trouble-a\" \"echo a > $out\" [ ]; b = mk \"trouble-b\" \"echo b > $out\" [ ]; }}",
+        "{}let s = {{ a = mk \"trouble-a\" \"echo a > $out\" [ ]; b = mk \"trouble-b\" \"echo b > $out\" [ ]; }}; in s // {{ c = s.a; }}",
         nonce_prelude(&n)
     );
     let sha = repo.commit("c", &[(".eka-ci/config.json", Some(FILE_JOB)), ("default.nix", Some(&nix))]);
@@ -99,12 +100,13 @@ fn host_trouble_child() {
             _ => None,
         })
         .collect();
-    assert_eq!(drvs.len(), 2, "both attributes evaluated, none recorded as an error: {:#?}", job.attrs);
+    assert_eq!(drvs.len(), 3, "every attribute evaluated, none recorded as an error: {:#?}", job.attrs);
     let roots: Vec<String> =
         drvs.iter().filter_map(|d| d.split_once('=').map(|(_, p)| p.to_string())).collect();
     let ids = pipeline.graph().ids_of(&roots).expect("graph lookup");
     assert!(ids.iter().all(Option::is_some), "every root's graph was stored: {ids:?}");
-    for stage in ["checkout", "evaluation", "graph"] {
+    // The identity step runs alongside the graph, out of descriptors with it, and is retried too.
+    for stage in ["checkout", "evaluation", "graph", "identity"] {
         assert!(retries(stage) >= 1, "{stage}");
     }
     println!("host trouble child: done");
