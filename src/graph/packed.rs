@@ -211,6 +211,10 @@ impl Packed {
     ) -> Result<Packed, PackError> {
         u32::try_from(node.inputs.len()).map_err(|_| PackError::TooLarge("inputs"))?;
         u32::try_from(dependents.len()).map_err(|_| PackError::TooLarge("dependents"))?;
+        // They are stored as deltas from the one before: out of order they would decode as other ids.
+        if dependents.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(PackError::Corrupt("dependents not ascending"));
+        }
         let system = interner.intern(&[node.system.as_str()])?;
         let features = interner.intern(&node.required_system_features)?;
         let input_outputs =
@@ -676,6 +680,8 @@ mod tests {
         );
         assert_eq!(p.input_ids().collect::<Vec<_>>(), inputs);
         assert_eq!(p.unpack(&i).unwrap(), n);
+        assert!(Packed::build(&n, &[3, 2], &mut i).is_err(), "dependents out of order are refused");
+        assert!(Packed::build(&n, &[2, 2], &mut i).is_err(), "and so are duplicates");
         // Neighbouring ids take one byte each, where fixed width took four.
         n.inputs = (1000..1010).map(|id| (id, vec!["out".to_string()])).collect();
         let near = Packed::build(&n, &(2000..2010).collect::<Vec<_>>(), &mut i).unwrap();
