@@ -437,6 +437,8 @@ impl GitHubService {
             .iter()
             .map(|p| (p.clone(), repo_config.change_sets.kind_of(p).map_or("", |k| k.as_str())))
             .collect();
+        // Counted before the check runs are posted, so that whoever sees them sees the count too.
+        crate::metrics::global().github_rebuild_skips.with_label_values(&["change_sets"]).inc();
         let summary = no_rebuild_text(&paths);
         for job in jobs {
             let fields = completed(
@@ -449,7 +451,6 @@ impl GitHubService {
         }
         let fields = completed(CheckConclusion::Neutral, "No rebuilds expected", summary, None);
         reporter.report(SUMMARY_CHECK, fields).await?;
-        crate::metrics::global().github_rebuild_skips.with_label_values(&["change_sets"]).inc();
         Ok(Finish::Done {
             outcome: "change_sets: only docs-only or no-op paths changed".into(),
             failed_drvs: Vec::new(),
@@ -468,6 +469,8 @@ impl GitHubService {
         rebuilds: u64,
         max: usize,
     ) -> Result<Finish, RunError> {
+        // Counted before the check runs are posted, so that whoever sees them sees the count too.
+        crate::metrics::global().github_rebuild_skips.with_label_values(&["wide"]).inc();
         let mut any_failed = false;
         for job in &diff.jobs {
             let (title, summary, failed) = wide_gate_text(job, rebuilds, max);
@@ -475,7 +478,6 @@ impl GitHubService {
             let conclusion = if failed { CheckConclusion::Failure } else { CheckConclusion::Neutral };
             reporter.report(&gate_check(&job.job), completed(conclusion, &title, summary, None)).await?;
         }
-        crate::metrics::global().github_rebuild_skips.with_label_values(&["wide"]).inc();
         Ok(Finish::Done {
             outcome: format!(
                 "wide change: {rebuilds} rebuilds, over max_rebuild_count {max}; builds skipped"
@@ -515,6 +517,8 @@ impl GitHubService {
         if changed.len() > SHOWN {
             summary.push_str(&format!("- … and {} more\n", changed.len() - SHOWN));
         }
+        // Counted before the check runs are posted, so that whoever sees them sees the count too.
+        crate::metrics::global().github_rebuild_skips.with_label_values(&["skip_paths"]).inc();
         for job in jobs {
             let fields = completed(
                 CheckConclusion::Success,
@@ -524,7 +528,6 @@ impl GitHubService {
             );
             reporter.report(&gate_check(job), fields).await?;
         }
-        crate::metrics::global().github_rebuild_skips.with_label_values(&["skip_paths"]).inc();
         Ok(Some(Finish::Done {
             outcome: "only paths in [rebuild] skip_paths changed".into(),
             failed_drvs: Vec::new(),
