@@ -115,10 +115,6 @@ struct Counts {
     n_dependents: usize,
     /// Offset of the input ids.
     ids: usize,
-    /// Offset of the dependent ids.
-    dependents: usize,
-    /// Offset of the part after the ids.
-    variable: usize,
 }
 
 /// The offset after the `n` varints that start at `start`, if `data` holds them.
@@ -165,13 +161,16 @@ impl Iterator for Ids<'_> {
             return None;
         }
         self.left -= 1;
-        let v = u64::try_from(self.r.varint().ok()?).ok()?;
-        let delta = if self.signed { unzigzag(v) } else { i64::try_from(v).ok()? };
-        let id = self.previous.checked_add(delta)?;
-        self.previous = id;
-        match u32::try_from(id) {
-            Ok(id) => Some(id),
-            Err(_) => {
+        let v = u64::try_from(self.r.varint().ok()?).ok();
+        let delta = v.and_then(|v| if self.signed { Some(unzigzag(v)) } else { i64::try_from(v).ok() });
+        let id = delta.and_then(|d| self.previous.checked_add(d));
+        match id.and_then(|id| u32::try_from(id).ok()) {
+            Some(found) => {
+                self.previous = i64::from(found);
+                Some(found)
+            }
+            None => {
+                // Corrupt: the region ends here for good.
                 self.left = 0;
                 None
             }
@@ -257,35 +256,44 @@ impl Packed {
         Ok(Packed { data })
     }
 
-    /// The counts and regions at the start of the block; `None` when the block is too short for them
-    /// (walks then see no ids, and every decoding access reports it through [`Packed::header`]).
+    /// The counts at the start of the block; `None` when the block is too short for them (walks then
+    /// see no ids, and every decoding access reports it through [`Packed::header`]).
     fn counts(&self) -> Option<Counts> {
         let mut r = Reader::at(&self.data, 0);
         let (n_inputs, n_dependents) = (r.varint().ok()?, r.varint().ok()?);
-        let ids = r.pos;
-        let dependents = skip_varints(&self.data, ids, n_inputs)?;
-        let variable = skip_varints(&self.data, dependents, n_dependents)?;
-        Some(Counts { n_inputs, n_dependents, ids, dependents, variable })
+        Some(Counts { n_inputs, n_dependents, ids: r.pos })
     }
 
-    fn ids(&self, region: impl FnOnce(&Counts) -> (usize, usize), signed: bool) -> Ids<'_> {
-        let (start, left) = self.counts().as_ref().map(region).unwrap_or((self.data.len(), 0));
+    /// Offset of the dependent ids (after the input ids). Only what is asked for is skipped: a walk over
+    /// inputs never scans the dependents, which a core derivation has tens of thousands of.
+    fn dependents_at(&self, c: &Counts) -> Option<usize> {
+        skip_varints(&self.data, c.ids, c.n_inputs)
+    }
+
+    /// Offset of the part after the ids.
+    fn variable_at(&self, c: &Counts) -> Option<usize> {
+        skip_varints(&self.data, self.dependents_at(c)?, c.n_dependents)
+    }
+
+    fn ids(&self, region: impl FnOnce(&Counts) -> Option<(usize, usize)>, signed: bool) -> Ids<'_> {
+        let (start, left) = self.counts().as_ref().and_then(region).unwrap_or((self.data.len(), 0));
         Ids { r: Reader::at(&self.data, start), left, previous: 0, signed }
     }
 
     /// The ids of the input derivations, in the order of the .drv file.
     pub(crate) fn input_ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.ids(|c| (c.ids, c.n_inputs), true)
+        self.ids(|c| Some((c.ids, c.n_inputs)), true)
     }
 
     /// The ids of the nodes that have this node as an input, ascending.
     pub(crate) fn dependent_ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.ids(|c| (c.dependents, c.n_dependents), false)
+        self.ids(|c| Some((self.dependents_at(c)?, c.n_dependents)), false)
     }
 
     fn header(&self) -> Result<Header, PackError> {
-        let c = self.counts().ok_or(PackError::Corrupt("block too short"))?;
-        let mut r = Reader::at(&self.data, c.variable);
+        let too_short = PackError::Corrupt("block too short");
+        let c = self.counts().ok_or(too_short)?;
+        let mut r = Reader::at(&self.data, self.variable_at(&c).ok_or(too_short)?);
         let flags = r.u8()?;
         let n_outputs = r.varint()?;
         let system = r.sym()?;
@@ -316,10 +324,13 @@ impl Packed {
             return Ok(());
         }
         u32::try_from(merged.len()).map_err(|_| PackError::TooLarge("dependents"))?;
-        let c = self.counts().ok_or(PackError::Corrupt("block too short"))?;
-        let (inputs, tail) = match (self.data.get(c.ids..c.dependents), self.data.get(c.variable..)) {
+        let too_short = PackError::Corrupt("block too short");
+        let c = self.counts().ok_or(too_short)?;
+        let (dependents, variable) =
+            (self.dependents_at(&c).ok_or(too_short)?, self.variable_at(&c).ok_or(too_short)?);
+        let (inputs, tail) = match (self.data.get(c.ids..dependents), self.data.get(variable..)) {
             (Some(i), Some(t)) => (i, t),
-            _ => return Err(PackError::Corrupt("block too short")),
+            _ => return Err(too_short),
         };
         let mut d = Vec::with_capacity(
             varint_len(c.n_inputs) + varint_len(merged.len()) + inputs.len() + 5 * merged.len() + tail.len(),
